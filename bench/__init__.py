@@ -1,0 +1,1 @@
+"""Operator harnesses, each run as ``python -m bench.NAME --json PATH``."""

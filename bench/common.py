@@ -1,0 +1,104 @@
+"""What every harness shares: the machine record, percentiles, the table and the JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["base_parser", "machine", "percentiles", "print_table", "write_json"]
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    with contextlib.suppress(ValueError, OSError):
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=5,
+                cwd=Path(__file__).resolve().parents[1],
+            ).stdout.strip()
+            or None
+        )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "commit": commit,
+        "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def percentiles(
+    values: Sequence[float] | np.ndarray, points: Iterable[float] = (50, 90, 99, 99.9)
+) -> dict[str, float]:
+    """``{"p50": ..., "p90": ..., "p99": ..., "p999": ..., "max": ...}`` of ``values``."""
+    data = np.asarray(values, dtype=np.float64)
+    out: dict[str, float] = {}
+    for p in points:
+        key = "p" + (f"{p:g}".replace(".", ""))
+        out[key] = float(np.percentile(data, p)) if data.size else float("nan")
+    out["max"] = float(data.max()) if data.size else float("nan")
+    return out
+
+
+def print_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """A plain aligned table on standard output."""
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value)
+
+    cells = [[fmt(row.get(c, "")) for c in columns] for row in rows]
+    widths = [
+        max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)
+    ]
+    print(f"\n{title}")
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def write_json(path: str | None, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` to ``path`` (if given) as indented JSON."""
+    if path:
+        Path(path).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+        print(f"\nwrote {path}")
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    return parser

@@ -1,0 +1,82 @@
+"""Quote validation: which quotes the engine may act on.
+
+A symbol actor runs every incoming quote through :class:`QuoteValidator` before the trigger
+book sees it. A rejected quote is counted by reason and never acted on.
+
+Rules, in order:
+
+``not_finite``    bid or ask is NaN or infinite
+``non_positive``  bid or ask is zero or negative
+``crossed``       bid > ask (a locked market, bid == ask, is allowed)
+``stale``         the quote is older than ``max_age_ms`` when it arrives, or older than the
+                  last accepted one (out of order)
+``jump``          the mid moved more than ``max_jump`` (relative) from the last accepted mid.
+                  Real markets do gap (the XAUUSD day in ``data/`` drops 5.57 in one tick, 0.4 %),
+                  so a jump is accepted once ``confirm_jumps`` consecutive quotes agree on the new
+                  level: a single bad print is dropped, a real move is followed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+__all__ = ["QuoteLimits", "QuoteValidator"]
+
+
+class QuoteLimits(msgspec.Struct, frozen=True, kw_only=True):
+    max_age_ms: int = 5_000
+    max_jump: float = 0.02
+    """Largest relative move of the mid from one accepted quote to the next (2 %)."""
+    confirm_jumps: int = 3
+    """Consecutive quotes that confirm a jump before it is accepted."""
+
+
+class QuoteValidator:
+    """Validates the quotes of one symbol. Pure: the caller passes ``now_ms``."""
+
+    __slots__ = ("_candidate", "_confirmations", "last_mid", "last_ts", "limits", "rejected")
+
+    def __init__(self, limits: QuoteLimits | None = None) -> None:
+        self.limits = limits or QuoteLimits()
+        self.last_mid: float | None = None
+        self.last_ts: int | None = None
+        self.rejected: dict[str, int] = {}
+        self._candidate: float | None = None
+        self._confirmations = 0
+
+    def check(self, bid: float, ask: float, ts_ms: int, now_ms: int) -> str | None:
+        """``None`` if the quote may be acted on, else the reason it is rejected (and counted)."""
+        reason = self._reason(bid, ask, ts_ms, now_ms)
+        if reason is not None:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        return reason
+
+    def _reason(self, bid: float, ask: float, ts_ms: int, now_ms: int) -> str | None:
+        if not (math.isfinite(bid) and math.isfinite(ask)):
+            return "not_finite"
+        if bid <= 0 or ask <= 0:
+            return "non_positive"
+        if bid > ask:
+            return "crossed"
+        limits = self.limits
+        if now_ms - ts_ms > limits.max_age_ms or (
+            self.last_ts is not None and ts_ms < self.last_ts
+        ):
+            return "stale"
+        mid = (bid + ask) * 0.5
+        last = self.last_mid
+        if last is not None and abs(mid - last) > limits.max_jump * last:
+            # Confirm a jump: the following quotes must stay near the new level.
+            candidate = self._candidate
+            if candidate is not None and abs(mid - candidate) <= limits.max_jump * candidate:
+                self._confirmations += 1
+            else:
+                self._candidate, self._confirmations = mid, 1
+            if self._confirmations < limits.confirm_jumps:
+                return "jump"
+        self._candidate, self._confirmations = None, 0
+        self.last_mid = mid
+        self.last_ts = ts_ms
+        return None

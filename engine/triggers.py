@@ -1,0 +1,294 @@
+"""The trigger book: every armed SL/TP level of one symbol, and which ones a quote crosses.
+
+Semantics (DESIGN.md, "Trigger semantics")
+------------------------------------------
+* A long (BUY) is watched on the bid: SL fires when ``bid <= SL``, TP when ``bid >= TP``.
+  A short (SELL) is watched on the ask: SL fires when ``ask >= SL``, TP when ``ask <= TP``.
+* A level already crossed by the last quote when it is registered (or modified) fires at once.
+* A gap fires at the first quote past the level; the trigger records that quote's price (the
+  price a market close will meet), not the level.
+* A position fires at most once: when one of its levels fires, the position leaves the book.
+  Should both of its levels be crossed by one quote (only possible with inverted levels), the
+  SL wins.
+
+Order of the triggers one quote fires
+-------------------------------------
+SL before TP; within a kind, longs before shorts; within a side, in the order the levels are
+crossed (long SL: highest level first; short SL: lowest; long TP: lowest; short TP: highest);
+levels at the same price in the order they were armed (price-time priority; a modification
+re-arms). ``tests/engine/test_triggers_oracle.py`` checks this against brute force.
+
+Cost
+----
+Four heaps per symbol (long SL, short SL, long TP, short TP) hold ``(key, seq, position_id)``
+with lazy deletion: a modification or cancellation only forgets the entry's sequence number, and
+a heap item whose sequence number is no longer current is skipped when it surfaces. A quote that
+crosses nothing costs four peeks, whatever the number of positions; each fired trigger costs one
+``heappop``. Stale items are compacted away when they outnumber the live ones.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from typing import NamedTuple
+
+from protocol.common import Side
+from protocol.errors import UsageError
+
+__all__ = ["KEEP", "Trigger", "TriggerBook", "TriggerKind"]
+
+
+class TriggerKind(enum.IntEnum):
+    SL = 0
+    TP = 1
+
+
+class Trigger(NamedTuple):
+    """A level a quote crossed. ``price`` is the quote's bid (long) or ask (short)."""
+
+    position_id: str
+    kind: TriggerKind
+    side: Side
+    level: int
+    price: int
+
+
+class _Keep:
+    """Sentinel: "leave this level as it is" (``None`` means "remove the level")."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+# Entry layout, a small list per position (cheaper in memory than an object with slots):
+_IS_SELL, _SL, _TP, _SL_SEQ, _TP_SEQ = range(5)
+_COMPACT_MIN = 4096
+_BULK_AFTER = 32  # least pops before a crossed heap is drained in bulk (TriggerBook._drain)
+
+
+class TriggerBook:
+    """The armed SL/TP levels of one symbol, in integer points."""
+
+    __slots__ = ("_entries", "_heaps", "_seq", "_stale", "ask", "bid", "symbol")
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.bid: int | None = None
+        self.ask: int | None = None
+        self._entries: dict[str, list[int | None]] = {}
+        # 0: long SL (max-heap, key -level), 1: short SL (min), 2: long TP (min),
+        # 3: short TP (max, key -level). Keys are negated where the crossing order is descending.
+        self._heaps: tuple[list[tuple[int, int, str]], ...] = ([], [], [], [])
+        self._seq = 0
+        self._stale = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, position_id: object) -> bool:
+        return position_id in self._entries
+
+    def levels(self, position_id: str) -> tuple[int | None, int | None]:
+        """The armed ``(sl, tp)`` of a position. Raises ``KeyError`` if it is not in the book."""
+        entry = self._entries[position_id]
+        return entry[_SL], entry[_TP]
+
+    def position_ids(self) -> list[str]:
+        return list(self._entries)
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def register(
+        self, position_id: str, side: Side, sl: int | None, tp: int | None
+    ) -> list[Trigger]:
+        """Arm a position's levels. Returns the trigger if the last quote already crossed one.
+
+        Raises:
+            UsageError: the position is already in the book (use :meth:`modify`).
+        """
+        if position_id in self._entries:
+            raise UsageError("position already registered", position_id=position_id)
+        entry: list[int | None] = [side is Side.SELL, None, None, 0, 0]
+        self._entries[position_id] = entry
+        return self._arm(position_id, entry, sl, tp)
+
+    def modify(
+        self,
+        position_id: str,
+        sl: int | _Keep | None = KEEP,
+        tp: int | _Keep | None = KEEP,
+    ) -> list[Trigger]:
+        """Move or remove (``None``) a position's levels; ``KEEP`` leaves one as it is.
+
+        A level moved past the last quote fires at once, as at registration.
+
+        Raises:
+            KeyError: the position is not in the book (it fired, or was never registered).
+        """
+        entry = self._entries[position_id]
+        arm_sl = arm_tp = None
+        if not isinstance(sl, _Keep) and sl != entry[_SL]:
+            self._forget(entry, _SL_SEQ)
+            entry[_SL], arm_sl = None, sl
+        if not isinstance(tp, _Keep) and tp != entry[_TP]:
+            self._forget(entry, _TP_SEQ)
+            entry[_TP], arm_tp = None, tp
+        return self._arm(position_id, entry, arm_sl, arm_tp)
+
+    def cancel(self, position_id: str) -> bool:
+        """Disarm a position (closed by other means). Returns False if it was not in the book."""
+        entry = self._entries.pop(position_id, None)
+        if entry is None:
+            return False
+        self._forget(entry, _SL_SEQ)
+        self._forget(entry, _TP_SEQ)
+        self._maybe_compact()
+        return True
+
+    # -- quotes ------------------------------------------------------------------------------
+
+    def on_quote(self, bid: int, ask: int) -> list[Trigger]:
+        """Record the quote and return the triggers it crossed, in the documented order.
+
+        The fired positions leave the book.
+        """
+        self.bid = bid
+        self.ask = ask
+        long_sl, short_sl, long_tp, short_tp = self._heaps
+        # The fast path: four peeks, nothing crossed.
+        if (
+            (not long_sl or -long_sl[0][0] < bid)
+            and (not short_sl or short_sl[0][0] > ask)
+            and (not long_tp or long_tp[0][0] > bid)
+            and (not short_tp or -short_tp[0][0] < ask)
+        ):
+            return []
+        fired: list[Trigger] = []
+        # Each heap is keyed so that "crossed" reads "key <= limit" (see _drain).
+        if long_sl and -long_sl[0][0] >= bid:
+            self._drain(long_sl, _SL_SEQ, TriggerKind.SL, Side.BUY, True, bid, -bid, fired)
+        if short_sl and short_sl[0][0] <= ask:
+            self._drain(short_sl, _SL_SEQ, TriggerKind.SL, Side.SELL, False, ask, ask, fired)
+        if long_tp and long_tp[0][0] <= bid:
+            self._drain(long_tp, _TP_SEQ, TriggerKind.TP, Side.BUY, False, bid, bid, fired)
+        if short_tp and -short_tp[0][0] >= ask:
+            self._drain(short_tp, _TP_SEQ, TriggerKind.TP, Side.SELL, True, ask, -ask, fired)
+        self._maybe_compact()
+        return fired
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _arm(
+        self, pid: str, entry: list[int | None], sl: int | None, tp: int | None
+    ) -> list[Trigger]:
+        """Arm the new levels ``sl``/``tp`` (None: none new), unless the last quote crosses one.
+
+        The crossing check covers the position's levels as they will be, new or already armed.
+        """
+        is_sell = bool(entry[_IS_SELL])
+        bid, ask = self.bid, self.ask
+        current_sl = sl if sl is not None else entry[_SL]
+        current_tp = tp if tp is not None else entry[_TP]
+        if bid is not None and ask is not None:
+            side = Side.SELL if is_sell else Side.BUY
+            price = ask if is_sell else bid
+            if current_sl is not None and (price >= current_sl if is_sell else price <= current_sl):
+                self._fire(pid, entry)
+                return [Trigger(pid, TriggerKind.SL, side, current_sl, price)]
+            if current_tp is not None and (price <= current_tp if is_sell else price >= current_tp):
+                self._fire(pid, entry)
+                return [Trigger(pid, TriggerKind.TP, side, current_tp, price)]
+        if sl is not None:
+            self._seq += 1
+            entry[_SL], entry[_SL_SEQ] = sl, self._seq
+            if is_sell:
+                heapq.heappush(self._heaps[1], (sl, self._seq, pid))
+            else:
+                heapq.heappush(self._heaps[0], (-sl, self._seq, pid))
+        if tp is not None:
+            self._seq += 1
+            entry[_TP], entry[_TP_SEQ] = tp, self._seq
+            if is_sell:
+                heapq.heappush(self._heaps[3], (-tp, self._seq, pid))
+            else:
+                heapq.heappush(self._heaps[2], (tp, self._seq, pid))
+        return []
+
+    def _drain(
+        self,
+        heap: list[tuple[int, int, str]],
+        seq_slot: int,
+        kind: TriggerKind,
+        side: Side,
+        negated: bool,
+        price: int,
+        limit: int,
+        fired: list[Trigger],
+    ) -> None:
+        """Fire every live item of ``heap`` whose key is ``<= limit``, in heap order.
+
+        Items are popped one by one (the usual case: a quote crosses a handful of levels).
+        If the heap is still crossed after ``max(32, n/32)`` pops, this is a storm (a gap
+        through many levels): the crossed items are taken out in one linear pass and sorted,
+        and the rest is heapified again, O(n + k log k) instead of k pops of O(log n) with a
+        cache miss per level. A linear pass costs about as much as n/32 pops, so switching
+        there is never worse than twice the better of the two strategies.
+        """
+        entries = self._entries
+        other_slot = _TP_SEQ if seq_slot == _SL_SEQ else _SL_SEQ
+        make = tuple.__new__
+        pop = heapq.heappop
+        items: list[tuple[int, int, str]] = []
+        bulk_after = max(_BULK_AFTER, len(heap) >> 5)
+        while heap and heap[0][0] <= limit:
+            if len(items) == bulk_after:
+                crossed = [item for item in heap if item[0] <= limit]
+                crossed.sort()
+                items.extend(crossed)
+                heap[:] = [item for item in heap if item[0] > limit]
+                heapq.heapify(heap)
+                break
+            items.append(pop(heap))
+        stale = 0
+        for key, seq, pid in items:
+            entry = entries.get(pid)
+            if entry is None or entry[seq_slot] != seq:
+                stale += 1
+                continue
+            del entries[pid]
+            if entry[other_slot]:  # the position's other level is now stale in its heap
+                entry[other_slot] = 0
+                stale -= 1
+            fired.append(make(Trigger, (pid, kind, side, -key if negated else key, price)))
+        self._stale -= stale
+
+    def _fire(self, pid: str, entry: list[int | None]) -> None:
+        """Take a position out of the book; its other level's heap item goes stale."""
+        del self._entries[pid]
+        self._forget(entry, _SL_SEQ)
+        self._forget(entry, _TP_SEQ)
+
+    def _forget(self, entry: list[int | None], seq_slot: int) -> None:
+        """Make the heap item of one level stale (it will be skipped when it surfaces)."""
+        if entry[seq_slot]:
+            entry[seq_slot] = 0
+            self._stale += 1
+
+    def _maybe_compact(self) -> None:
+        """Rebuild the heaps without stale items once these outnumber the live ones."""
+        if self._stale < _COMPACT_MIN or self._stale < 2 * len(self._entries):
+            return
+        entries = self._entries
+        for index, heap in enumerate(self._heaps):
+            seq_slot = _SL_SEQ if index < 2 else _TP_SEQ
+            live = [
+                item
+                for item in heap
+                if (e := entries.get(item[2])) is not None and e[seq_slot] == item[1]
+            ]
+            heapq.heapify(live)
+            heap[:] = live
+        self._stale = 0

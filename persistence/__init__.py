@@ -1,0 +1,1 @@
+"""Durability: the Postgres journal, snapshots and recovery; Redis for what nodes share."""

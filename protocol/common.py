@@ -1,0 +1,59 @@
+"""Primitives shared by every wire and by the engine: sides, origins, alerts.
+
+They live here, in the bottom layer, so that the engine and the messages use the very same
+types (an engine ``Alert`` *is* the alert a client receives).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+__all__ = ["Alert", "AlertLevel", "Origin", "Side"]
+
+
+class Side(enum.StrEnum):
+    """Direction of a position. A BUY is long (closed at the bid), a SELL short (at the ask)."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+
+class Origin(enum.StrEnum):
+    """Where a position came from."""
+
+    SIGNAL = "signal"  # an approved strategy signal
+    MANUAL = "manual"  # opened by a user through the API
+    EXTERNAL = "external"  # found on the terminal, adopted
+
+
+class AlertLevel(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True):
+    """Something an operator or a user should look at.
+
+    Produced by the engine (guards, command deadlines, reconciliation) and sent as it is to
+    clients and the alerts table.
+    """
+
+    kind: str
+    """Stable machine-readable kind: ``drawdown``, ``spread``, ``price_jump``, ``feed_silent``,
+    ``device_stale``, ``command_overdue``, ``close_failed``, ``outbox_full``, ..."""
+    level: AlertLevel
+    message: str
+    time_ms: int
+    user_id: str | None = None
+    device_id: str | None = None
+    symbol: str | None = None
+    position_id: str | None = None
+    value: float | None = None
+    threshold: float | None = None

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from engine.lifecycle import (
+    FINAL_STATES,
+    PositionEvent,
+    PositionState,
+    next_state,
+    transitions,
+)
+from engine.positions import Position
+from protocol.common import Side
+from protocol.errors import IllegalTransition
+
+S, E = PositionState, PositionEvent
+
+
+def _position(state: PositionState) -> Position:
+    return Position(
+        id="p1",
+        user_id="u1",
+        device_id="d1",
+        account="1",
+        symbol="XAUUSD",
+        side=Side.BUY,
+        volume=0.1,
+        state=state,
+        updated_ms=5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "final"),
+    [
+        ([E.OPEN_FILLED, E.CLOSE_SENT, E.CLOSE_FILLED], S.CLOSED),
+        ([E.OPEN_REJECTED], S.REJECTED),
+        ([E.RETRY, E.OPEN_FILLED, E.CLOSE_SENT, E.RETRY, E.CLOSE_FAILED], S.CLOSE_FAILED),
+        ([E.OPEN_FILLED, E.CLOSE_SENT, E.LINK_LOST, E.BROKER_CLOSED], S.CLOSED),
+        ([E.OPEN_FILLED, E.CLOSE_SENT, E.LINK_LOST, E.CLOSE_SENT, E.CLOSE_FILLED], S.CLOSED),
+        ([E.LINK_LOST, E.OPEN_FILLED], S.OPEN),
+        ([E.LINK_LOST, E.OPEN_REJECTED], S.REJECTED),
+        ([E.OPEN_FILLED, E.BROKER_CLOSED], S.CLOSED),
+        ([E.OPEN_FILLED, E.CLOSE_SENT, E.CLOSE_FAILED, E.CLOSE_SENT, E.BROKER_CLOSED], S.CLOSED),
+    ],
+)
+def test_documented_paths(path: list[PositionEvent], final: PositionState) -> None:
+    p = _position(S.PENDING_OPEN)
+    for i, event in enumerate(path):
+        p.apply(event, now_ms=10 + i)
+    assert p.state is final
+    assert p.updated_ms == 10 + len(path) - 1
+
+
+def test_unknown_remembers_where_it_came_from() -> None:
+    p = _position(S.CLOSING)
+    p.apply(E.LINK_LOST, 1)
+    assert p.state is S.UNKNOWN and p.unknown_from is S.CLOSING
+    p.apply(E.CLOSE_SENT, 2)
+    assert p.state is S.CLOSING and p.unknown_from is None
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [
+        (s, e)
+        for s, e in itertools.product(PositionState, PositionEvent)
+        if (s, e) not in transitions()
+    ],
+)
+def test_every_illegal_transition_raises_and_changes_nothing(
+    state: PositionState, event: PositionEvent
+) -> None:
+    p = _position(state)
+    before = (p.state, p.updated_ms, p.unknown_from)
+    with pytest.raises(IllegalTransition) as info:
+        p.apply(event, now_ms=99)
+    assert (p.state, p.updated_ms, p.unknown_from) == before
+    assert info.value.code == "illegal_transition"
+    assert info.value.details == {"state": state.value, "event": event.value}
+
+
+def test_final_states_have_no_way_out() -> None:
+    for state in FINAL_STATES:
+        for event in PositionEvent:
+            with pytest.raises(IllegalTransition):
+                next_state(state, event)
+
+
+def test_unknown_is_never_left_by_a_retry_or_a_link_loss() -> None:
+    """UNKNOWN is resolved only by what a snapshot proves (DESIGN.md): no blind resend."""
+    for event in (E.RETRY, E.LINK_LOST, E.CLOSE_FILLED, E.CLOSE_FAILED):
+        with pytest.raises(IllegalTransition):
+            next_state(S.UNKNOWN, event)
