@@ -1,0 +1,160 @@
+"""Messages between a user's client (the dashboard, an app) and the server on ``/ws/client``.
+
+The client authenticates with a JWT (query ``token`` or the ``Authorization`` header), sends a
+:class:`Subscribe`, and receives a :class:`Snapshot` of what it subscribed to, then deltas.
+Deltas are coalesced: a client sees the latest state of each position, never every
+intermediate one, and a client that cannot keep up is disconnected (close code 1013 "try again
+later"), never allowed to slow anyone else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from protocol.common import Alert, Origin, Side
+from protocol.types import Count, Id, Money, Price, ShortText, Symbol, Text, Ticket, TimeMs, Volume
+
+__all__ = [
+    "AccountView",
+    "AlertMessage",
+    "Channel",
+    "ClientError",
+    "ClientMessage",
+    "ClientPing",
+    "DeviceStatus",
+    "DeviceView",
+    "Pong",
+    "PositionDelta",
+    "PositionView",
+    "PriceUpdate",
+    "ServerClientMessage",
+    "Snapshot",
+    "Subscribe",
+    "Unsubscribe",
+]
+
+Channel = Literal["positions", "prices", "alerts", "devices"]
+
+
+class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every client-wire message."""
+
+
+# -- views: what a client may see (no secrets, no other user's data) ------------------------
+
+
+class PositionView(msgspec.Struct, frozen=True, kw_only=True):
+    id: Id
+    symbol: Symbol
+    side: Side
+    volume: Volume
+    state: ShortText
+    origin: Origin = Origin.SIGNAL
+    device_id: Id | None = None
+    ticket: Ticket | None = None
+    open_price: Price | None = None
+    open_time_ms: TimeMs | None = None
+    sl: Price | None = None
+    tp: Price | None = None
+    current_price: Price | None = None
+    pl: Money | None = None
+    """Profit or loss in the account currency at ``current_price`` (realised once closed)."""
+    close_price: Price | None = None
+    close_time_ms: TimeMs | None = None
+    close_reason: ShortText | None = None
+    signal_id: Id | None = None
+    flags: list[ShortText] = msgspec.field(default_factory=list)
+    updated_ms: TimeMs = 0
+
+
+class AccountView(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: Id
+    balance: Money | None = None
+    equity: Money | None = None
+    currency: ShortText = ""
+    drawdown: Annotated[float, Meta(ge=0, le=1e6)] = 0.0
+    guard_level: Literal["normal", "warning", "critical"] = "normal"
+    opens_blocked: bool = False
+
+
+class DeviceView(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: Id
+    connected: bool
+    stale: bool = False
+    last_seen_ms: TimeMs | None = None
+    account_login: ShortText = ""
+    broker: ShortText = ""
+    healthy: bool = True
+
+
+# -- client -> server ------------------------------------------------------------------------
+
+
+class Subscribe(_Msg, tag="subscribe", frozen=True, kw_only=True):
+    v: Count = 1
+    channels: Annotated[list[Channel], Meta(max_length=8)] = msgspec.field(
+        default_factory=lambda: ["positions", "alerts", "devices"]
+    )
+    symbols: Annotated[list[Symbol], Meta(max_length=64)] = msgspec.field(default_factory=list)
+    """Symbols for the ``prices`` channel (empty: those of the user's positions)."""
+
+
+class Unsubscribe(_Msg, tag="unsubscribe", frozen=True, kw_only=True):
+    channels: Annotated[list[Channel], Meta(max_length=8)]
+
+
+class ClientPing(_Msg, tag="ping", frozen=True, kw_only=True):
+    seq: Count = 0
+
+
+ClientMessage = Subscribe | Unsubscribe | ClientPing
+"""Everything a client may send."""
+
+
+# -- server -> client ------------------------------------------------------------------------
+
+
+class Snapshot(_Msg, tag="snapshot", frozen=True, kw_only=True):
+    time_ms: TimeMs
+    positions: list[PositionView] = msgspec.field(default_factory=list)
+    account: AccountView | None = None
+    devices: list[DeviceView] = msgspec.field(default_factory=list)
+    alerts: list[Alert] = msgspec.field(default_factory=list)
+
+
+class PositionDelta(_Msg, tag="position", frozen=True, kw_only=True):
+    position: PositionView
+
+
+class PriceUpdate(_Msg, tag="price", frozen=True, kw_only=True):
+    symbol: Symbol
+    bid: Price
+    ask: Price
+    time_ms: TimeMs
+
+
+class AlertMessage(_Msg, tag="alert", frozen=True, kw_only=True):
+    alert: Alert
+
+
+class DeviceStatus(_Msg, tag="device", frozen=True, kw_only=True):
+    device: DeviceView
+
+
+class ClientError(_Msg, tag="error", frozen=True, kw_only=True):
+    code: ShortText
+    message: Text
+
+
+class Pong(_Msg, tag="pong", frozen=True, kw_only=True):
+    seq: Count = 0
+    time_ms: TimeMs
+
+
+ServerClientMessage = (
+    Snapshot | PositionDelta | PriceUpdate | AlertMessage | DeviceStatus | ClientError | Pong
+)
+"""Everything the server may send to a client."""

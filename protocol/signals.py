@@ -1,0 +1,43 @@
+"""Strategy signals: what a strategy engine posts to ``POST /api/v1/signals``.
+
+The body is signed (``X-Signature: t=<ms>,v1=<hex>``, see ``protocol.signing``) and deduplicated
+by ``(strategy_id, signal_id, version)``: posting the same triple again is answered with the
+signal already recorded, never a second one. A new ``version`` of a signal supersedes the older
+one for users who have not decided yet.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from protocol.common import Side
+from protocol.device import OrderType
+from protocol.types import Count, Id, Price, ShortText, Symbol, TimeMs, Volume
+
+__all__ = ["Signal"]
+
+
+class Signal(msgspec.Struct, frozen=True, kw_only=True):
+    strategy_id: Id
+    signal_id: Id
+    version: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 1
+    symbol: Symbol
+    """The canonical symbol (``XAUUSD``)."""
+    side: Side
+    order_type: OrderType = OrderType.MARKET
+    entry: Price
+    """The price the strategy saw; late or moved approvals are measured against it."""
+    sl: Price | None = None
+    tp: Price | None = None
+    volume: Volume | None = None
+    """Suggested volume in lots (users may size by a multiple of it)."""
+    risk_percent: Annotated[float, Meta(gt=0, le=100)] | None = None
+    """Suggested risk, percent of equity lost if the SL is hit."""
+    created_at_ms: TimeMs
+    expires_at_ms: TimeMs | None = None
+    """No approval after this time; positions opened from it are closed at this time."""
+    comment: ShortText = ""
+    max_slippage_points: Count | None = None

@@ -1,0 +1,67 @@
+"""Bounded field types shared by every message.
+
+Every number and string on a wire has bounds, enforced by the decoder: a value outside them is a
+:class:`~protocol.errors.DecodeError`, never a surprise deeper in the engine. The bounds also
+reject NaN and the infinities (a NaN fails every comparison), which msgpack can carry.
+
+Conventions (docs/protocol.md states them for EA authors):
+* times are integer milliseconds since the Unix epoch, UTC (``*_ms``);
+* prices are decimal numbers as the terminal shows them (doubles); the engine turns them into
+  integer points at the symbol's digits;
+* volumes are lots; tickets are the terminal's integer tickets.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta
+
+__all__ = [
+    "ClientId",
+    "Count",
+    "Digits",
+    "Id",
+    "Money",
+    "Nonce",
+    "Points",
+    "Price",
+    "Ratio",
+    "ShortText",
+    "Size",
+    "Symbol",
+    "Text",
+    "Ticket",
+    "TimeMs",
+    "Volume",
+]
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$"
+
+Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=_ID_PATTERN)]
+"""An identifier: device, user, position, command, strategy, signal. Letters, digits, ``_.:@-``."""
+
+ClientId = Annotated[str, Meta(min_length=1, max_length=31, pattern=_ID_PATTERN)]
+"""The tag an order carries in its comment; MT5 keeps 31 characters of a comment."""
+
+Nonce = Annotated[str, Meta(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+"""A handshake nonce: 16 to 64 URL-safe characters, unique per handshake."""
+
+Symbol = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.#\-+!]+$")]
+"""A symbol name, canonical (``XAUUSD``) or the broker's (``XAUUSDm``, ``GOLD.vip``, ``#US30``)."""
+
+ShortText = Annotated[str, Meta(max_length=64)]
+Text = Annotated[str, Meta(max_length=1024)]
+
+Price = Annotated[float, Meta(gt=0, lt=1e9)]
+Volume = Annotated[float, Meta(gt=0, le=1e6)]
+Money = Annotated[float, Meta(ge=-1e15, le=1e15)]
+Size = Annotated[float, Meta(gt=0, le=1e9)]
+"""A positive quantity such as a contract size."""
+Ratio = Annotated[float, Meta(ge=0, le=100)]
+
+TimeMs = Annotated[int, Meta(ge=0, le=2**53)]
+Ticket = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Digits = Annotated[int, Meta(ge=0, le=8)]
+Points = Annotated[int, Meta(ge=0, le=10**9)]
+Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
