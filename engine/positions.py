@@ -1,19 +1,24 @@
 """Positions: what the engine holds for every trade it watches.
 
-A :class:`Position` is mutable engine state (a msgspec Struct, so snapshots and journal records
-encode it directly). Prices are integer points of the instrument (see ``engine.instruments``);
-times are milliseconds since the Unix epoch, always passed in by the caller.
+A :class:`Position` is an immutable value (a frozen msgspec Struct): every change makes a new
+one. That is what lets a journal record, a snapshot and a client view hold the very object the
+engine holds, with no copy and no risk of it changing under them. Prices are integer points of
+the instrument (see ``engine.instruments``); times are milliseconds since the Unix epoch, always
+passed in by the caller.
 
-State changes go through :meth:`Position.apply`, which consults the table in
-``engine.lifecycle``: an illegal event raises and leaves the position untouched.
+State changes go through :meth:`Position.transition`, which consults the table in
+``engine.lifecycle``: an illegal event raises, and the position (immutable) is untouched.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 
 from engine.lifecycle import LIVE_STATES, PositionEvent, PositionState, next_state
 from protocol.common import Origin, Side
+from protocol.errors import UsageError
 
 __all__ = ["BreakEvenRule", "Position", "TrailingRule"]
 
@@ -37,7 +42,7 @@ class BreakEvenRule(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     offset: int = 0
 
 
-class Position(msgspec.Struct, kw_only=True, gc=False):
+class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One position, from the open we asked for to its close.
 
     ``gc=False``: positions reference only immutable values, never each other, so the cyclic
@@ -68,33 +73,43 @@ class Position(msgspec.Struct, kw_only=True, gc=False):
     expires_at_ms: int | None = None
     """Auto-close time inherited from the approval (the old platform's expiry)."""
     attempt: int = 0
-    """Attempt number of the command in flight (or the last one sent)."""
+    """Attempt number of the open or close in flight (or the last one sent)."""
+    modify_count: int = 0
+    """Modify commands issued so far (their ids must never repeat with other content)."""
     command_id: str | None = None
     """The command in flight for this position, if any."""
     unknown_from: PositionState | None = None
     """The state the position was in when the link was lost (set while UNKNOWN)."""
+    trigger_price: int | None = None
+    """The quote price that fired the engine's SL/TP (the close records its own fill)."""
     close_price: int | None = None
     close_time_ms: int | None = None
     close_reason: str | None = None
     """``sl``, ``tp``, ``manual``, ``expiry``, ``guard``, ``broker_sl``, ``broker_tp``, ..."""
+    realized_pl: float | None = None
+    """Profit or loss of the close, in the account currency (when the fill is known)."""
     flags: tuple[str, ...] = ()
     """Operator flags such as ``stale_device``; advisory, never a state."""
     updated_ms: int = 0
 
-    def apply(self, event: PositionEvent, now_ms: int) -> PositionState:
-        """Move to the state ``event`` leads to and return it.
+    def transition(self, event: PositionEvent, now_ms: int, **changes: Any) -> Position:
+        """A copy in the state ``event`` leads to, with ``changes`` applied too.
 
         Raises:
-            IllegalTransition: the event is not allowed now; nothing was changed.
+            IllegalTransition: the event is not allowed now (this position is unchanged).
         """
         new = next_state(self.state, event)
         if new is PositionState.UNKNOWN:
-            self.unknown_from = self.state
+            changes["unknown_from"] = self.state
         elif self.state is PositionState.UNKNOWN:
-            self.unknown_from = None
-        self.state = new
-        self.updated_ms = now_ms
-        return new
+            changes["unknown_from"] = None
+        return msgspec.structs.replace(self, state=new, updated_ms=now_ms, **changes)
+
+    def with_changes(self, now_ms: int, **changes: Any) -> Position:
+        """A copy with ``changes`` (levels, ticket, flags...) and no change of state."""
+        if "state" in changes:
+            raise UsageError("change state with transition(), not with_changes()")
+        return msgspec.structs.replace(self, updated_ms=now_ms, **changes)
 
     @property
     def is_live(self) -> bool:

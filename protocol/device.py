@@ -186,6 +186,7 @@ class EventKind(enum.StrEnum):
     CLOSED_STOPOUT = "closed_stopout"  # margin stop-out
     CLOSED_OTHER = "closed_other"
     OPENED_MANUAL = "opened_manual"  # a person (or another EA) opened it
+    OPENED_PENDING = "opened_pending"  # a pending order the server placed has filled
 
 
 class PositionEvent(_Msg, tag="event", frozen=True, kw_only=True):

@@ -23,6 +23,8 @@ __all__ = ["Signal"]
 class Signal(msgspec.Struct, frozen=True, kw_only=True):
     strategy_id: Id
     signal_id: Id
+    audience: Annotated[list[Id], Meta(min_length=1, max_length=10_000)]
+    """The users this signal is for; nobody else may see it or act on it."""
     version: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 1
     symbol: Symbol
     """The canonical symbol (``XAUUSD``)."""

@@ -13,7 +13,7 @@ from engine.lifecycle import (
 )
 from engine.positions import Position
 from protocol.common import Side
-from protocol.errors import IllegalTransition
+from protocol.errors import IllegalTransition, UsageError
 
 S, E = PositionState, PositionEvent
 
@@ -49,16 +49,16 @@ def _position(state: PositionState) -> Position:
 def test_documented_paths(path: list[PositionEvent], final: PositionState) -> None:
     p = _position(S.PENDING_OPEN)
     for i, event in enumerate(path):
-        p.apply(event, now_ms=10 + i)
+        p = p.transition(event, now_ms=10 + i)
     assert p.state is final
     assert p.updated_ms == 10 + len(path) - 1
 
 
 def test_unknown_remembers_where_it_came_from() -> None:
     p = _position(S.CLOSING)
-    p.apply(E.LINK_LOST, 1)
+    p = p.transition(E.LINK_LOST, 1)
     assert p.state is S.UNKNOWN and p.unknown_from is S.CLOSING
-    p.apply(E.CLOSE_SENT, 2)
+    p = p.transition(E.CLOSE_SENT, 2)
     assert p.state is S.CLOSING and p.unknown_from is None
 
 
@@ -76,8 +76,8 @@ def test_every_illegal_transition_raises_and_changes_nothing(
     p = _position(state)
     before = (p.state, p.updated_ms, p.unknown_from)
     with pytest.raises(IllegalTransition) as info:
-        p.apply(event, now_ms=99)
-    assert (p.state, p.updated_ms, p.unknown_from) == before
+        p.transition(event, now_ms=99, volume=5.0)
+    assert (p.state, p.updated_ms, p.unknown_from, p.volume) == (*before, 0.1)
     assert info.value.code == "illegal_transition"
     assert info.value.details == {"state": state.value, "event": event.value}
 
@@ -94,3 +94,13 @@ def test_unknown_is_never_left_by_a_retry_or_a_link_loss() -> None:
     for event in (E.RETRY, E.LINK_LOST, E.CLOSE_FILLED, E.CLOSE_FAILED):
         with pytest.raises(IllegalTransition):
             next_state(S.UNKNOWN, event)
+
+
+def test_positions_are_immutable_values() -> None:
+    p = _position(S.OPEN)
+    moved = p.with_changes(7, sl=123)
+    assert p.sl is None and moved.sl == 123 and moved.updated_ms == 7
+    with pytest.raises(AttributeError):
+        p.sl = 5  # type: ignore[misc]
+    with pytest.raises(UsageError):
+        p.with_changes(8, state=S.CLOSED)

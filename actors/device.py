@@ -1,0 +1,263 @@
+"""The device actor: one per device, around its :class:`~engine.device.DeviceCore`.
+
+A device talks to the node through a *link* (a WebSocket in the gateway, memory channels for the
+built-in paper device) that knows how to encode, sign and send a server message. One live session
+per device: a second connection replaces the first, whose unanswered commands are lost (their
+positions go UNKNOWN until the new session's positions snapshot settles them).
+
+Commands from user actors enter with :meth:`DeviceActor.submit_nowait`, synchronously: the
+command is in this device's outbox when the call returns (the tick path's last step). Frames
+from the device enter with :meth:`DeviceActor.inbound` and are handled in the actor's task.
+The outbox never drops: past its limit the device is marked unhealthy and an alert is raised.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+import trio
+
+from actors.mailbox import Mailbox
+from actors.messages import (
+    AccountReport,
+    DeviceChanged,
+    LinkLost,
+    Settled,
+    TerminalEvent,
+    TerminalSnapshot,
+)
+from engine.device import DeviceCore, DeviceOutput
+from engine.user import DeviceInfo
+from protocol.client import DeviceView
+from protocol.device import (
+    AccountState,
+    Ack,
+    Command,
+    Heartbeat,
+    HelloBody,
+    PositionEvent,
+    PositionsSnapshot,
+    ServerMessage,
+    Welcome,
+)
+
+if TYPE_CHECKING:
+    from actors.node import Node
+
+__all__ = ["DeviceActor", "DeviceLink", "Session"]
+
+_sessions = itertools.count(1)
+
+
+class DeviceLink(Protocol):
+    """The transport of one device session."""
+
+    async def send(self, message: ServerMessage) -> None:
+        """Encode (and sign commands) and send; raise if the connection is gone."""
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class Session:
+    """One connection of a device: its link and its own outbox."""
+
+    def __init__(self, session_id: str, link: DeviceLink) -> None:
+        self.session_id = session_id
+        self.link = link
+        self.outbox: Mailbox[ServerMessage] = Mailbox(f"outbox:{session_id}", 1 << 30)
+        self.closed = trio.Event()
+        self.cancel = trio.CancelScope()
+
+
+class DeviceActor:
+    def __init__(self, node: Node, device_id: str, user_id: str) -> None:
+        self.node = node
+        self.device_id = device_id
+        self.user_id = user_id
+        self.mailbox: Mailbox[Any] = Mailbox(f"device:{device_id}", node.config.device_mailbox)
+        self.core = self._new_core()
+        self.session: Session | None = None
+        self.log = structlog.get_logger().bind(device_id=device_id, user_id=user_id)
+        self._nursery: trio.Nursery | None = None
+        self._started = trio.Event()
+
+    def _new_core(self) -> DeviceCore:
+        node = self.node
+        return DeviceCore(
+            self.device_id,
+            self.user_id,
+            node.instruments,
+            node.classify,
+            node.directory.device_overrides(self.device_id),
+            stale_after_ms=node.config.device_stale_ms,
+            outbox_limit=node.config.outbox_limit,
+        )
+
+    @property
+    def info(self) -> DeviceInfo:
+        core = self.core
+        return DeviceInfo(self.device_id, dict(core.instruments), core.connected, core.stale)
+
+    def view(self) -> DeviceView:
+        core = self.core
+        hello = core.hello
+        return DeviceView(
+            device_id=self.device_id,
+            connected=core.connected,
+            stale=core.stale,
+            last_seen_ms=core.last_seen_ms,
+            healthy=core.healthy,
+            account_login=hello.account_login if hello else "",
+            broker=hello.broker if hello else "",
+        )
+
+    # -- commands (from user actors) ---------------------------------------------------------
+
+    def submit_nowait(self, command: Command) -> None:
+        """Hand a command to this device: in the outbox on return, or queued if it is away."""
+        out = self.core.submit(command, self.node.clock.now_ms())
+        self._apply(out)
+
+    # -- sessions (from the gateway or the paper device) -------------------------------------
+
+    async def open_session(self, body: HelloBody, link: DeviceLink) -> Session:
+        """Start a session for a verified hello; replaces any live one. Sends the welcome."""
+        while self._nursery is None:
+            await self._started.wait()
+        now = self.node.clock.now_ms()
+        session = Session(f"{self.device_id}:{next(_sessions)}", link)
+        old = self.session
+        self.session = session
+        out = self.core.connect(session.session_id, body, now)
+        config = self.node.config
+        session.outbox.put_nowait(
+            Welcome(
+                session_id=session.session_id,
+                v=1,
+                server_time_ms=now,
+                heartbeat_s=config.heartbeat_s,
+                stale_after_s=config.device_stale_ms // 1000,
+                encryption=body.encryption,
+            )
+        )
+        self._apply(out)
+        if old is not None:
+            await self._end(old, 4001, "replaced by a new connection")
+        assert self._nursery is not None
+        self._nursery.start_soon(self._write, session)
+        self.log.info(
+            "device session opened",
+            session_id=session.session_id,
+            replaced=old.session_id if old else None,
+        )
+        return session
+
+    def inbound(self, session: Session, message: Any) -> None:
+        """A decoded frame from the device (never blocks)."""
+        self.mailbox.put_nowait((session, message))
+
+    def close_session(self, session: Session) -> None:
+        """The connection ended (the reader saw it close)."""
+        self.mailbox.put_nowait((session, None))
+
+    async def _end(self, session: Session, code: int, reason: str) -> None:
+        session.cancel.cancel()
+        session.closed.set()
+        with trio.move_on_after(1):
+            try:
+                await session.link.close(code, reason)
+            except Exception as exc:  # already gone: nothing to close
+                self.log.debug("closing a dead link", error=str(exc))
+
+    async def _write(self, session: Session) -> None:
+        with session.cancel:
+            try:
+                while True:
+                    for frame in await session.outbox.get_batch():
+                        await session.link.send(frame)
+            except Exception as exc:  # the connection broke: the reader will report the close
+                self.log.info("device link write failed", error=str(exc))
+
+    # -- the actor ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            # Sessions opened from now on wait for the next run (a restart) to be ready.
+            self._nursery = None
+            self._started = trio.Event()
+
+    async def _run(self) -> None:
+        self.core = self._new_core()
+        if self.session is not None:  # a restart: the old session cannot be trusted
+            stale, self.session = self.session, None
+            await self._end(stale, 1011, "device actor restarted")
+        lost = [cid for cid, c in self.node.state.commands.items() if c.device_id == self.device_id]
+        if lost:
+            self.node.user(self.user_id).deliver(LinkLost(self.device_id, lost))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._started.set()
+            nursery.start_soon(self._tick)
+            while True:
+                for session, message in await self.mailbox.get_batch():
+                    if session is self.session:
+                        self._handle(session, message)
+
+    def _handle(self, session: Session, message: Any) -> None:
+        now = self.node.clock.now_ms()
+        core = self.core
+        user = self.node.user(self.user_id)
+        kind = type(message)
+        if message is None:
+            self.session = None
+            session.cancel.cancel()
+            self._apply(core.disconnect(now))
+            self.log.info("device session closed", session_id=session.session_id)
+        elif kind is Ack:
+            self._apply(core.on_ack(message, now))
+        elif kind is Heartbeat:
+            self._apply(core.on_heartbeat(now))
+        elif kind is PositionsSnapshot:
+            positions, out = core.on_snapshot(message.positions, now)
+            self._apply(out)
+            user.deliver(TerminalSnapshot(self.device_id, positions))
+            self._apply(core.flush())
+        elif kind is PositionEvent:
+            event = core.on_event(message, now)
+            if event is not None:
+                user.deliver(TerminalEvent(self.device_id, event))
+        elif kind is AccountState:
+            core.last_seen_ms = now
+            user.deliver(AccountReport(self.device_id, message))
+        else:
+            self.log.warning("unexpected device message", type=kind.__name__)
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(self.node.config.device_tick_s)
+            self._apply(self.core.tick(self.node.clock.now_ms()))
+
+    def _apply(self, out: DeviceOutput) -> None:
+        node = self.node
+        if out.frames:
+            session = self.session
+            if session is not None:
+                for frame in out.frames:
+                    session.outbox.put_nowait(frame)
+        if out.results or out.lost:
+            user = node.user(self.user_id)
+            for result in out.results:
+                user.deliver(Settled(result))
+            if out.lost:
+                user.deliver(LinkLost(self.device_id, out.lost))
+        if out.records:
+            node.record(out.records)
+        if out.alerts:
+            node.publish_alerts(out.alerts)
+        if out.status_changed:
+            node.user(self.user_id).deliver(DeviceChanged(self.info))
+            node.hub.device_changed(self.user_id, self.view())

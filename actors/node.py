@@ -1,0 +1,319 @@
+"""A node: the actors of one engine process, their directory, and what they share.
+
+The :class:`Node` spawns actors on demand (a symbol actor per instrument, a user actor and a
+device actor when first needed), each under :func:`~actors.supervisor.supervise` in the node's
+nursery, so one failing actor is restarted alone. It also holds what actors share inside the
+process: the price board, the client hub, the journal sink and the live fold of every record
+(:class:`~engine.state.EngineState`), from which a restarted actor is rebuilt.
+
+Start-up and crash recovery are one path: the node is built from an ``EngineState`` (empty, or
+loaded from snapshot + journal), every open position is re-armed by its user actor, and every
+command that was in flight is marked for reconciliation (its device must reconnect and send its
+positions snapshot before anything else is decided).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+import trio
+
+from actors.clock import Clock, WallClock
+from actors.device import DeviceActor
+from actors.directory import Directory, StaticDirectory
+from actors.hub import ClientHub
+from actors.messages import LinkLost
+from actors.supervisor import Supervised, supervise
+from actors.symbol import SymbolActor
+from actors.user import UserActor
+from engine.device import Classifier
+from engine.guards import MarketLimits
+from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
+from engine.quotes import QuoteLimits
+from engine.records import AlertRaised, Record
+from engine.state import EngineState
+from engine.user import DeviceInfo, Timing
+from protocol.client import DeviceView
+from protocol.common import Alert
+from protocol.errors import UnknownPrincipal
+from protocol.feed import Quote
+
+__all__ = ["JournalSink", "MemoryJournal", "Node", "NodeConfig", "PriceBoard"]
+
+
+class NodeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Sizes and periods of a node, defaulted for the 2-core dev machine."""
+
+    quote_inbox: int = 4096
+    user_mailbox: int = 65_536
+    device_mailbox: int = 65_536
+    outbox_limit: int = 10_000
+    device_stale_ms: int = 30_000
+    device_tick_s: float = 1.0
+    heartbeat_s: int = 5
+    client_capacity: int = 1024
+    client_max_overruns: int = 3
+    price_push_ms: int = 250
+    drain_timeout_s: float = 5.0
+    timing: Timing = msgspec.field(default_factory=Timing)
+    quote_limits: QuoteLimits = msgspec.field(default_factory=QuoteLimits)
+    market_limits: MarketLimits = msgspec.field(default_factory=MarketLimits)
+
+
+class JournalSink(Protocol):
+    """Where records go: ``persistence.Journal`` in production, :class:`MemoryJournal` in tests."""
+
+    def append_nowait(self, record: Record) -> int: ...
+
+    async def wait_durable(self, seq: int) -> None: ...
+
+
+class MemoryJournal:
+    """Keeps records in a list; every record is "durable" at once (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def append_nowait(self, record: Record) -> int:
+        self.records.append(record)
+        return len(self.records)
+
+    async def wait_durable(self, seq: int) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class PriceBoard:
+    """The latest accepted quote of every symbol, readable by anyone in the process."""
+
+    __slots__ = ("_quotes",)
+
+    def __init__(self) -> None:
+        self._quotes: dict[str, tuple[float, float, int]] = {}
+
+    def update(self, symbol: str, bid: float, ask: float, time_ms: int) -> None:
+        self._quotes[symbol] = (bid, ask, time_ms)
+
+    def get(self, symbol: str) -> tuple[float, float, int] | None:
+        return self._quotes.get(symbol)
+
+    def points(self, symbol: str, scale: int) -> tuple[int | None, int | None]:
+        quote = self._quotes.get(symbol)
+        if quote is None:
+            return None, None
+        return round(quote[0] * scale), round(quote[1] * scale)
+
+    def all(self) -> dict[str, tuple[float, float, int]]:
+        return dict(self._quotes)
+
+
+class Node:
+    def __init__(
+        self,
+        *,
+        journal: JournalSink | None = None,
+        directory: Directory | None = None,
+        clock: Clock | None = None,
+        instruments: Mapping[str, Instrument] | None = None,
+        state: EngineState | None = None,
+        config: NodeConfig | None = None,
+        classify: Classifier | None = None,
+    ) -> None:
+        self.journal: JournalSink = journal or MemoryJournal()
+        self.directory: Directory = directory or StaticDirectory()
+        self.clock: Clock = clock or WallClock()
+        self.instruments: dict[str, Instrument] = dict(instruments or DEFAULT_INSTRUMENTS)
+        self.state = state or EngineState()
+        self.config = config or NodeConfig()
+        if classify is None:
+            from protocol.results import classify as broker_classify  # the production table
+
+            classify = broker_classify
+        self.classify: Classifier = classify
+        self.prices = PriceBoard()
+        self.hub = ClientHub(self)
+        self.tracer: Callable[[int, int], None] | None = None
+        """A latency probe: called with (quote seq, commands) when a fired quote's commands are
+        in their outboxes. None in production."""
+        self.accepting = True
+        self.symbols: dict[str, SymbolActor] = {}
+        self.users: dict[str, UserActor] = {}
+        self.devices: dict[str, DeviceActor] = {}
+        self.supervised: dict[str, Supervised] = {}
+        self.alerts_raised = 0
+        self.log = structlog.get_logger().bind(node=True)
+        self._nursery: trio.Nursery | None = None
+        self._on_alerts: list[Callable[[list[Alert]], None]] = []
+        self._running = trio.Event()
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every actor until cancelled. Recovered state is re-armed and reconciled first."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for instrument in self.instruments.values():
+                self._spawn_symbol(instrument)
+            self._mark_in_flight_for_reconciliation()
+            for user_id in {p.user_id for p in self.state.positions.values()}:
+                self.user(user_id)
+            nursery.start_soon(self.hub.push_prices)
+            self._running.set()
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    def _mark_in_flight_for_reconciliation(self) -> None:
+        """After a (re)start no device is connected: every command in flight has lost its link."""
+        lost: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for cid, c in self.state.commands.items():
+            lost[(c.user_id, c.device_id)].append(cid)
+        for (user_id, device_id), ids in lost.items():
+            self.user(user_id).deliver(LinkLost(device_id, ids))
+
+    def pending(self) -> int:
+        """Messages waiting in every mailbox of the node."""
+        return (
+            sum(len(u.mailbox) for u in self.users.values())
+            + sum(len(d.mailbox) for d in self.devices.values())
+            + sum(len(s.inbox) for s in self.symbols.values())
+        )
+
+    async def shutdown(self) -> None:
+        """Stop intake, let the mailboxes drain (bounded in time), then stop the actors.
+
+        The caller takes the final snapshot afterwards (``persistence``): the state fold is
+        complete once the actors have stopped.
+        """
+        self.accepting = False
+        with trio.move_on_after(self.config.drain_timeout_s):
+            # Polling is fine here: shutdown only, bounded, over many mailboxes at once.
+            while self.pending():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- actors ------------------------------------------------------------------------------
+
+    def _start(self, name: str, run: Callable[[], Any], **context: Any) -> None:
+        assert self._nursery is not None, "the node is not running"
+        record = self.supervised.setdefault(name, Supervised(name))
+        self._nursery.start_soon(functools.partial(supervise, name, run, record, **context))
+
+    def _spawn_symbol(self, instrument: Instrument) -> SymbolActor:
+        actor = SymbolActor(self, instrument)
+        self.symbols[instrument.symbol] = actor
+        self._start(f"symbol:{instrument.symbol}", actor.run, symbol=instrument.symbol)
+        return actor
+
+    def symbol(self, symbol: str) -> SymbolActor | None:
+        return self.symbols.get(symbol)
+
+    def user(self, user_id: str) -> UserActor:
+        """The user's actor, started on first use."""
+        actor = self.users.get(user_id)
+        if actor is None:
+            actor = UserActor(self, user_id)
+            self.users[user_id] = actor
+            self._start(f"user:{user_id}", actor.run, user_id=user_id)
+        return actor
+
+    def device(self, device_id: str) -> DeviceActor:
+        """The device's actor, started on first use.
+
+        Raises:
+            UnknownPrincipal: the directory knows no owner for this device.
+        """
+        actor = self.devices.get(device_id)
+        if actor is None:
+            owner = self.directory.device_owner(device_id)
+            if owner is None:
+                raise UnknownPrincipal("unknown device", device_id=device_id)
+            actor = DeviceActor(self, device_id, owner)
+            self.devices[device_id] = actor
+            self._start(f"device:{device_id}", actor.run, device_id=device_id, user_id=owner)
+        return actor
+
+    def device_infos(self, user_id: str) -> list[DeviceInfo]:
+        return [d.info for d in self.devices.values() if d.user_id == user_id]
+
+    def device_views(self, user_id: str) -> list[DeviceView]:
+        return [d.view() for d in self.devices.values() if d.user_id == user_id]
+
+    # -- quotes ------------------------------------------------------------------------------
+
+    def offer_quotes(self, quotes: Iterable[Quote]) -> int:
+        """Route quotes to their symbol actors; returns how many had one (never blocks)."""
+        if not self.accepting:
+            return 0
+        routed = 0
+        symbols = self.symbols
+        for quote in quotes:
+            actor = symbols.get(quote.symbol)
+            if actor is not None:
+                actor.offer(quote)
+                routed += 1
+        return routed
+
+    # -- records and alerts ------------------------------------------------------------------
+
+    def record(self, records: Iterable[Record]) -> int:
+        """Journal records (write-behind) and fold them into the live state; last seq."""
+        seq = 0
+        append, apply = self.journal.append_nowait, self.state.apply
+        for record in records:
+            seq = append(record)
+            apply(record)
+        return seq
+
+    async def record_durably(self, record: Record) -> int:
+        """Journal a record and wait until it (and everything before it) is committed.
+
+        Raises:
+            StorageError: the journal cannot make it durable now.
+        """
+        seq = self.record([record])
+        await self.journal.wait_durable(seq)
+        return seq
+
+    def on_alerts(self, listener: Callable[[list[Alert]], None]) -> None:
+        """Call ``listener`` with every batch of alerts (metrics, the alerts endpoint)."""
+        self._on_alerts.append(listener)
+
+    def publish_alerts(self, alerts: list[Alert]) -> None:
+        """Fan alerts out to clients and listeners (their records are already journaled)."""
+        self.alerts_raised += len(alerts)
+        self.hub.publish_alerts(alerts)
+        for listener in self._on_alerts:
+            listener(alerts)
+
+    def raise_alerts(self, alerts: list[Alert]) -> None:
+        """Journal and publish alerts that no core has journaled (market alerts)."""
+        self.record(AlertRaised(alert=a) for a in alerts)
+        self.publish_alerts(alerts)
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and depths for metrics (read at scrape time, never on the tick path)."""
+        return {
+            "quotes": sum(s.quotes for s in self.symbols.values()),
+            "quotes_rejected": sum(s.rejected for s in self.symbols.values()),
+            "quotes_coalesced": sum(s.inbox.coalesced for s in self.symbols.values()),
+            "fires": sum(s.fired for s in self.symbols.values()),
+            "armed": sum(len(s.core) for s in self.symbols.values()),
+            "users": len(self.users),
+            "devices_connected": sum(d.core.connected for d in self.devices.values()),
+            "clients": self.hub.clients,
+            "clients_dropped": self.hub.dropped,
+            "alerts": self.alerts_raised,
+            "restarts": {k: v.restarts for k, v in self.supervised.items() if v.restarts},
+            "mailbox_depth": {
+                "symbol": max((len(s.inbox) for s in self.symbols.values()), default=0),
+                "user": max((len(u.mailbox) for u in self.users.values()), default=0),
+                "device": max((len(d.mailbox) for d in self.devices.values()), default=0),
+            },
+        }

@@ -1,0 +1,407 @@
+"""The paper device: a simulated MetaTrader terminal speaking the device protocol.
+
+:class:`PaperTerminal` is the terminal's state (positions, pending orders, balance, the window of
+executed command ids) as a plain object: it answers server messages with device messages, fills
+at the current bid/ask with configurable latency, slippage and a rejection rate, and runs its
+own broker-side SL/TP (which sometimes beat the engine's triggers, as a real broker's do). It is
+the default device of ``tripwire run``, the device of many tests, and (behind a WebSocket) the
+simulated EA of the end-to-end harness.
+
+:func:`run_paper_device` connects one to a node in-process (no socket): it is the peer of the
+engine, so it receives exactly what a real EA receives.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+import trio
+
+from engine.instruments import Instrument
+from protocol.common import Side
+from protocol.device import (
+    AccountState,
+    Ack,
+    CloseCommand,
+    DeviceMessage,
+    EventKind,
+    Heartbeat,
+    HelloBody,
+    ModifyCommand,
+    OpenCommand,
+    OrderType,
+    PartialCloseCommand,
+    PositionEvent,
+    PositionsSnapshot,
+    ServerMessage,
+    SymbolSpec,
+    TerminalPosition,
+    Welcome,
+)
+
+if TYPE_CHECKING:
+    from actors.node import Node
+
+__all__ = ["PaperConfig", "PaperTerminal", "run_paper_device"]
+
+DONE, REQUOTE, INVALID_STOPS, INVALID_VOLUME, POSITION_CLOSED = 10009, 10004, 10016, 10014, 10036
+
+
+class PaperConfig(msgspec.Struct, frozen=True, kw_only=True):
+    latency_ms: float = 5.0
+    """Delay between receiving a command and answering it."""
+    slippage_points: int = 0
+    """Fills are this many points worse than the quote (at most)."""
+    reject_rate: float = 0.0
+    """Fraction of opens and closes answered with a requote (retryable)."""
+    balance: float = 10_000.0
+    currency: str = "USD"
+    broker_stops: bool = True
+    """Run the broker-side SL/TP the engine sends with its opens."""
+    suffix: str = ""
+    """Broker symbol suffix (``m`` turns XAUUSD into XAUUSDm), to exercise symbol mapping."""
+    window: int = 1000
+    """How many executed command ids the terminal remembers (the idempotency window)."""
+    seed: int = 7
+
+
+class PaperTerminal:
+    """A simulated terminal. Prices come from ``quote(symbol) -> (bid, ask) | None``."""
+
+    def __init__(
+        self,
+        instruments: Mapping[str, Instrument],
+        quote: Callable[[str], tuple[float, float] | None],
+        config: PaperConfig | None = None,
+        login: str = "1000001",
+    ) -> None:
+        self.config = config or PaperConfig()
+        self.instruments = dict(instruments)
+        self.quote = quote
+        self.login = login
+        self.rng = random.Random(self.config.seed)
+        self.positions: dict[int, TerminalPosition] = {}
+        self.orders: dict[int, tuple[OpenCommand, str]] = {}  # pending orders: ticket -> order
+        self.executed: OrderedDict[str, Ack] = OrderedDict()
+        self.balance = self.config.balance
+        self._tickets = 100_000
+        self.executions = 0
+        """Trades actually performed (a repeated command id is answered, not executed)."""
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def broker(self, canonical: str) -> str:
+        return canonical + self.config.suffix
+
+    def canonical(self, broker: str) -> str:
+        suffix = self.config.suffix
+        return broker[: -len(suffix)] if suffix and broker.endswith(suffix) else broker
+
+    def _next_ticket(self) -> int:
+        self._tickets += 1
+        return self._tickets
+
+    # -- what a terminal says ------------------------------------------------------------------
+
+    def hello(self, now_ms: int) -> HelloBody:
+        specs = [
+            SymbolSpec(
+                name=self.broker(s),
+                digits=i.digits,
+                contract_size=i.contract_size,
+                volume_min=i.volume_min,
+                volume_step=i.volume_step,
+                volume_max=i.volume_max,
+                stops_level=i.stops_level,
+                filling_modes=["ioc"],
+            )
+            for s, i in self.instruments.items()
+        ]
+        return HelloBody(
+            ea_build="paper-1",
+            platform="mt5",
+            account_login=self.login,
+            broker="Tripwire Paper",
+            server_name="paper",
+            terminal_time_ms=now_ms,
+            currency=self.config.currency,
+            symbols=specs,
+        )
+
+    def snapshot(self, now_ms: int) -> PositionsSnapshot:
+        return PositionsSnapshot(time_ms=now_ms, positions=list(self.positions.values()))
+
+    def account(self, now_ms: int) -> AccountState:
+        floating = sum(
+            self._profit(p, self._close_price(p)) or 0.0 for p in self.positions.values()
+        )
+        return AccountState(
+            balance=round(self.balance, 2),
+            equity=round(self.balance + floating, 2),
+            currency=self.config.currency,
+            time_ms=now_ms,
+        )
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def handle(self, message: ServerMessage, now_ms: int) -> list[DeviceMessage]:
+        """The terminal's answer to a server message (commands are acked exactly once each)."""
+        if not isinstance(
+            message, OpenCommand | CloseCommand | PartialCloseCommand | ModifyCommand
+        ):
+            return []
+        earlier = self.executed.get(message.command_id)
+        if earlier is not None:  # the idempotency rule: a repeat gets the earlier answer
+            return [msgspec.structs.replace(earlier, repeat=True)]
+        ack = self._execute(message, now_ms)
+        if ack.retcode != REQUOTE:  # a requote did nothing: the same id may be tried again
+            self.executed[message.command_id] = ack
+            while len(self.executed) > self.config.window:
+                self.executed.popitem(last=False)
+        return [ack]
+
+    def _execute(self, command: Any, now_ms: int) -> Ack:
+        cid = command.command_id
+        symbol = self.canonical(command.symbol)
+        quote = self.quote(symbol)
+        if quote is None:
+            return Ack(command_id=cid, retcode=10021, result_text="off quotes")
+        rejectable = isinstance(command, OpenCommand | CloseCommand)
+        if rejectable and self.rng.random() < self.config.reject_rate:
+            return Ack(command_id=cid, retcode=REQUOTE, result_text="requote", executed=False)
+        bid, ask = quote
+        instrument = self.instruments[symbol]
+        slip = self.rng.randint(0, self.config.slippage_points) * instrument.point
+        if isinstance(command, OpenCommand):
+            return self._open(command, symbol, bid, ask, slip, now_ms)
+        if isinstance(command, ModifyCommand):
+            p = self.positions.get(command.ticket)
+            if p is None:
+                return Ack(command_id=cid, retcode=POSITION_CLOSED, result_text="no position")
+            self.positions[p.ticket] = msgspec.structs.replace(p, sl=command.sl, tp=command.tp)
+            self.executions += 1
+            return Ack(command_id=cid, retcode=DONE, ticket=p.ticket)
+        p = self.positions.get(command.ticket)
+        if p is None:
+            return Ack(command_id=cid, retcode=POSITION_CLOSED, result_text="position closed")
+        price = round((bid - slip) if p.side is Side.BUY else (ask + slip), instrument.digits)
+        volume = min(command.volume, p.volume)
+        if isinstance(command, PartialCloseCommand) and volume >= p.volume:
+            return Ack(command_id=cid, retcode=INVALID_VOLUME, result_text="invalid volume")
+        self.executions += 1
+        self._book(p, price, volume)
+        return Ack(
+            command_id=cid,
+            retcode=DONE,
+            ticket=p.ticket,
+            fill_price=price,
+            fill_volume=volume,
+            fill_time_ms=now_ms,
+        )
+
+    def _open(
+        self, command: OpenCommand, symbol: str, bid: float, ask: float, slip: float, now_ms: int
+    ) -> Ack:
+        cid = command.command_id
+        if command.order_type is not OrderType.MARKET:
+            ticket = self._next_ticket()
+            self.orders[ticket] = (command, symbol)
+            self.executions += 1
+            return Ack(command_id=cid, retcode=10008, ticket=ticket, result_text="placed")
+        digits = self.instruments[symbol].digits
+        price = round(ask + slip if command.side is Side.BUY else bid - slip, digits)
+        market = bid if command.side is Side.BUY else ask
+        for level, below in (
+            (command.sl, command.side is Side.BUY),
+            (command.tp, command.side is Side.SELL),
+        ):
+            if level is not None and (level >= market if below else level <= market):
+                return Ack(command_id=cid, retcode=INVALID_STOPS, result_text="invalid stops")
+        ticket = self._next_ticket()
+        self.positions[ticket] = TerminalPosition(
+            ticket=ticket,
+            symbol=command.symbol,
+            side=command.side,
+            volume=command.volume,
+            open_price=price,
+            open_time_ms=now_ms,
+            sl=command.sl,
+            tp=command.tp,
+            comment=command.client_id,
+        )
+        self.executions += 1
+        return Ack(
+            command_id=cid,
+            retcode=DONE,
+            ticket=ticket,
+            fill_price=price,
+            fill_volume=command.volume,
+            fill_time_ms=now_ms,
+        )
+
+    def _book(self, p: TerminalPosition, price: float, volume: float) -> float:
+        profit = (self._profit(p, price) or 0.0) * volume / p.volume
+        self.balance += profit
+        left = round(p.volume - volume, 8)
+        if left > 0:
+            self.positions[p.ticket] = msgspec.structs.replace(p, volume=left)
+        else:
+            del self.positions[p.ticket]
+        return round(profit, 2)
+
+    def _close_price(self, p: TerminalPosition) -> float | None:
+        quote = self.quote(self.canonical(p.symbol))
+        if quote is None:
+            return None
+        return quote[0] if p.side is Side.BUY else quote[1]
+
+    def _profit(self, p: TerminalPosition, price: float | None) -> float | None:
+        if price is None:
+            return None
+        contract = self.instruments[self.canonical(p.symbol)].contract_size
+        return (price - p.open_price) * p.side.sign * p.volume * contract
+
+    # -- the broker's own stops and pending orders --------------------------------------------
+
+    def check_prices(self, now_ms: int) -> list[DeviceMessage]:
+        """Close positions whose broker-side SL/TP the market reached; fill pending orders."""
+        events: list[DeviceMessage] = []
+        if self.config.broker_stops:
+            for p in list(self.positions.values()):
+                price = self._close_price(p)
+                if price is None:
+                    continue
+                buy = p.side is Side.BUY
+                if p.sl is not None and (price <= p.sl if buy else price >= p.sl):
+                    kind = EventKind.CLOSED_SL
+                elif p.tp is not None and (price >= p.tp if buy else price <= p.tp):
+                    kind = EventKind.CLOSED_TP
+                else:
+                    continue
+                profit = self._book(p, price, p.volume)
+                events.append(
+                    PositionEvent(
+                        kind=kind,
+                        ticket=p.ticket,
+                        symbol=p.symbol,
+                        side=p.side,
+                        volume=p.volume,
+                        price=price,
+                        time_ms=now_ms,
+                        comment=p.comment,
+                        profit=profit,
+                    )
+                )
+        for ticket, (order, symbol) in list(self.orders.items()):
+            quote = self.quote(symbol)
+            if quote is None or order.price is None:
+                continue
+            market = quote[1] if order.side is Side.BUY else quote[0]
+            better = market <= order.price if order.side is Side.BUY else market >= order.price
+            if better == (order.order_type is OrderType.LIMIT):
+                del self.orders[ticket]
+                self.positions[ticket] = TerminalPosition(
+                    ticket=ticket,
+                    symbol=order.symbol,
+                    side=order.side,
+                    volume=order.volume,
+                    open_price=market,
+                    open_time_ms=now_ms,
+                    sl=order.sl,
+                    tp=order.tp,
+                    comment=order.client_id,
+                )
+                events.append(
+                    PositionEvent(
+                        kind=EventKind.OPENED_PENDING,
+                        ticket=ticket,
+                        symbol=order.symbol,
+                        side=order.side,
+                        volume=order.volume,
+                        price=market,
+                        time_ms=now_ms,
+                        sl=order.sl,
+                        tp=order.tp,
+                        comment=order.client_id,
+                    )
+                )
+        return events
+
+
+class _MemoryLink:
+    """The in-process transport: server messages go straight into the terminal's inbox."""
+
+    def __init__(self, inbox: trio.MemorySendChannel[ServerMessage]) -> None:
+        self.inbox = inbox
+        self.closed: tuple[int, str] | None = None
+
+    async def send(self, message: ServerMessage) -> None:
+        await self.inbox.send(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+        await self.inbox.aclose()
+
+
+async def run_paper_device(
+    node: Node,
+    device_id: str,
+    config: PaperConfig | None = None,
+    *,
+    task_status: trio.TaskStatus[PaperTerminal] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect a paper terminal to ``node`` as ``device_id`` and run it until cancelled."""
+    log = structlog.get_logger().bind(device_id=device_id)
+    config = config or PaperConfig()
+
+    def quote(symbol: str) -> tuple[float, float] | None:
+        q = node.prices.get(symbol)
+        return None if q is None else (q[0], q[1])
+
+    terminal = PaperTerminal(node.instruments, quote, config)
+    actor = node.device(device_id)
+    send, receive = trio.open_memory_channel[ServerMessage](1 << 16)
+    link = _MemoryLink(send)
+    session = await actor.open_session(terminal.hello(node.clock.now_ms()), link)
+    task_status.started(terminal)
+    heartbeat_s = 5.0
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def answer(message: ServerMessage) -> None:
+                await trio.sleep(config.latency_ms / 1000)
+                for reply in terminal.handle(message, node.clock.now_ms()):
+                    actor.inbound(session, reply)
+
+            async def watch() -> None:
+                seq = 0
+                next_beat = trio.current_time()
+                while True:
+                    await trio.sleep(0.05)
+                    now = node.clock.now_ms()
+                    for event in terminal.check_prices(now):
+                        actor.inbound(session, event)
+                    if trio.current_time() >= next_beat:
+                        seq += 1
+                        actor.inbound(session, Heartbeat(seq=seq, time_ms=now))
+                        actor.inbound(session, terminal.account(now))
+                        next_beat = trio.current_time() + heartbeat_s
+
+            async for message in receive:
+                if isinstance(message, Welcome):
+                    heartbeat_s = float(message.heartbeat_s)
+                    now = node.clock.now_ms()
+                    actor.inbound(session, terminal.snapshot(now))
+                    actor.inbound(session, terminal.account(now))
+                    nursery.start_soon(watch)
+                else:
+                    nursery.start_soon(answer, message)
+            nursery.cancel_scope.cancel()
+    finally:
+        log.info("paper device stopped")
+        actor.close_session(session)

@@ -1,0 +1,147 @@
+"""The symbol actor: one per canonical symbol, the first stop of every tick.
+
+It owns the symbol's :class:`~engine.symbol.SymbolCore` (validator, market guard, trailing and
+trigger books). Quotes arrive through :meth:`offer` (coalescing inbox), arm/move/disarm requests
+from user actors through :meth:`control`, both in one FIFO so a position is always armed before
+a later quote is judged against it. What a quote fires goes to each owning user's mailbox with a
+non-blocking put: per quote the work does not grow with the number of open positions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from actors.mailbox import QuoteInbox, Sweep
+from actors.messages import Fired, Moved
+from engine.effects import Arm, Disarm, MoveLevels
+from engine.instruments import Instrument
+from engine.lifecycle import PositionState
+from engine.symbol import SymbolCore
+from engine.trailing import LevelMove
+from engine.triggers import Trigger
+from protocol.feed import Quote
+
+if TYPE_CHECKING:
+    from actors.node import Node
+
+__all__ = ["SymbolActor"]
+
+
+class SymbolActor:
+    def __init__(self, node: Node, instrument: Instrument) -> None:
+        self.node = node
+        self.instrument = instrument
+        self.symbol = instrument.symbol
+        self.inbox = QuoteInbox(f"symbol:{self.symbol}", node.config.quote_inbox)
+        self.core = self._new_core()
+        self.quotes = 0
+        self.rejected = 0
+        self.fired = 0
+        self.seq = 0
+        self.log = structlog.get_logger().bind(symbol=self.symbol)
+
+    def _new_core(self) -> SymbolCore:
+        config = self.node.config
+        return SymbolCore(self.instrument, config.quote_limits, config.market_limits)
+
+    # -- inputs (never block) ----------------------------------------------------------------
+
+    def offer(self, quote: Quote) -> None:
+        """A quote from a feed."""
+        self.inbox.put_quote(quote)
+
+    def control(self, op: Arm | MoveLevels | Disarm) -> None:
+        """An arm/move/disarm from a user actor."""
+        self.inbox.put_control(op)
+
+    # -- the actor ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Restore the book from the node's state, then serve the inbox until cancelled."""
+        self.core = self._new_core()
+        for p in self.node.state.positions.values():
+            if p.symbol == self.symbol and p.state is PositionState.OPEN:
+                self._arm(Arm(p))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_silence)
+            while True:
+                sweep, batch = await self.inbox.get_batch()
+                now = self.node.clock.now_ms()
+                if sweep is not None:
+                    self._sweep(sweep, now)
+                for item in batch:
+                    if type(item) is Quote:
+                        self._quote(item, now)
+                    else:
+                        self._control(item)  # type: ignore[arg-type]
+
+    def _quote(self, quote: Quote, now_ms: int) -> None:
+        self.seq += 1
+        self.quotes += 1
+        outcome = self.core.on_quote(quote.bid, quote.ask, quote.time_ms, now_ms)
+        if outcome.rejected is not None:
+            self.rejected += 1
+            return
+        self.node.prices.update(self.symbol, quote.bid, quote.ask, quote.time_ms)
+        if outcome.fired:
+            self._dispatch_fired(outcome.fired)
+        if outcome.moved:
+            self._dispatch_moved(outcome.moved)
+        if outcome.alerts:
+            self.node.raise_alerts(outcome.alerts)
+
+    def _sweep(self, sweep: Sweep, now_ms: int) -> None:
+        """Quotes coalesced away under load: fire what their extremes crossed."""
+        fired = self.core.on_sweep(sweep.bid_low, sweep.bid_high, sweep.ask_low, sweep.ask_high)
+        self.log.warning("quotes coalesced under load", count=sweep.count, fired=len(fired))
+        if fired:
+            self._dispatch_fired(fired)
+
+    def _dispatch_fired(self, fired: list[tuple[str, Trigger]]) -> None:
+        self.fired += len(fired)
+        by_user: dict[str, list[Trigger]] = defaultdict(list)
+        for user_id, trigger in fired:
+            by_user[user_id].append(trigger)
+        node, seq = self.node, self.seq
+        for user_id, triggers in by_user.items():
+            node.user(user_id).deliver(Fired(triggers, seq))
+
+    def _dispatch_moved(self, moved: list[tuple[str, LevelMove]]) -> None:
+        by_user: dict[str, list[LevelMove]] = defaultdict(list)
+        for user_id, move in moved:
+            by_user[user_id].append(move)
+        for user_id, moves in by_user.items():
+            self.node.user(user_id).deliver(Moved(moves))
+
+    def _control(self, op: Arm | MoveLevels | Disarm) -> None:
+        if isinstance(op, Arm):
+            self._arm(op)
+        elif isinstance(op, MoveLevels):
+            p = op.position
+            fired = self.core.move(p.id, sl=p.sl, tp=p.tp)
+            if fired:
+                self._dispatch_fired(fired)
+        else:
+            self.core.disarm(op.position_id)
+
+    def _arm(self, op: Arm) -> None:
+        p = op.position
+        if p.open_price is None:
+            return
+        fired = self.core.arm(
+            p.id, p.user_id, p.side, p.open_price, p.sl, p.tp, p.trailing, p.break_even
+        )
+        if fired:
+            self._dispatch_fired(fired)
+
+    async def _watch_silence(self) -> None:
+        interval = self.node.config.market_limits.silence_ms / 4000
+        while True:
+            await trio.sleep(interval)
+            alerts = self.core.check_silence(self.node.clock.now_ms())
+            if alerts:
+                self.node.raise_alerts(alerts)

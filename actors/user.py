@@ -1,0 +1,211 @@
+"""The user actor: drives one user's :class:`~engine.user.UserCore`.
+
+Its mailbox (``spill`` policy: a fired trigger is never dropped) receives triggers from symbol
+actors, command outcomes and terminal reports from device actors, and calls from the gateway.
+It sleeps until the next message or until the core's next due time (retries, modifies, expiry).
+
+Effects are carried out in a fixed order, and that order is the durability rule of DESIGN.md:
+
+1. closes, modifies and retries go to the device outbox FIRST (their ids make a resend after a
+   crash harmless), then their records go to the write-behind journal;
+2. an open goes out only once its records are durable (a crash in between must not leave an
+   open on the terminal that the engine has no record of);
+3. arm/disarm requests go to symbol actors, changed positions and alerts to client streams.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from actors.mailbox import Mailbox
+from actors.messages import (
+    AccountReport,
+    Call,
+    DeviceChanged,
+    Fired,
+    LinkLost,
+    Moved,
+    Reply,
+    Settled,
+    TerminalEvent,
+    TerminalSnapshot,
+)
+from engine.device import Result
+from engine.effects import Disarm, Effects
+from engine.user import UserCore
+from protocol.device import Ack, OpenCommand
+from protocol.errors import TripwireError
+
+if TYPE_CHECKING:
+    from actors.node import Node
+
+__all__ = ["UserActor"]
+
+
+class UserActor:
+    def __init__(self, node: Node, user_id: str) -> None:
+        self.node = node
+        self.user_id = user_id
+        self.mailbox: Mailbox[Any] = Mailbox(f"user:{user_id}", node.config.user_mailbox)
+        self.core = self._new_core()
+        self.log = structlog.get_logger().bind(user_id=user_id)
+        self._nursery: trio.Nursery | None = None
+        self._ready = trio.Event()
+
+    def _new_core(self) -> UserCore:
+        node = self.node
+        return UserCore(
+            self.user_id,
+            node.directory.user_settings(self.user_id),
+            node.instruments,
+            node.config.timing,
+        )
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def deliver(self, message: Any) -> None:
+        """Put a message in the mailbox (never blocks, never drops)."""
+        self.mailbox.put_nowait(message)
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(core, *args) -> (value, effects)`` inside the actor and return ``value``.
+
+        Raises whatever :class:`TripwireError` the core raised (a refusal, a conflict...).
+        """
+        reply = Reply()
+        self.mailbox.put_nowait(Call(fn, args, reply))
+        return await reply.wait()
+
+    # -- the actor ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Restore from the node's state fold, then serve the mailbox until cancelled."""
+        self.core = core = self._new_core()
+        state = self.node.state
+        effects = core.restore(
+            state.positions_of_user(self.user_id),
+            state.commands_of_user(self.user_id),
+            [a for (u, _), a in state.approvals.items() if u == self.user_id],
+            state.guards.get(self.user_id),
+        )
+        for info in self.node.device_infos(self.user_id):
+            effects.extend(core.on_device(info, self.node.clock.now_ms()))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._carry_out(effects, None)
+            self._ready.set()
+            await self._serve()
+
+    async def _serve(self) -> None:
+        clock = self.node.clock
+        while True:
+            due = self.core.next_due_ms()
+            batch: list[Any] = []
+            if due is None:
+                batch = await self.mailbox.get_batch()
+            else:
+                wait = max(0.0, (due - clock.now_ms()) / 1000)
+                with trio.move_on_after(wait):
+                    batch = await self.mailbox.get_batch()
+            now = clock.now_ms()
+            for message in batch:
+                self._handle(message, now)
+            due = self.core.next_due_ms()
+            if due is not None and due <= now:
+                self._carry_out(self.core.tick(now), None)
+
+    def _handle(self, message: Any, now: int) -> None:
+        core = self.core
+        kind = type(message)
+        if kind is Fired:
+            self._carry_out(core.on_triggers(message.triggers, now), message.quote_seq)
+        elif kind is Settled:
+            r = message.result
+            self._carry_out(core.on_result(r.command_id, r.category, r.ack, now), None)
+        elif kind is Moved:
+            self._carry_out(core.on_level_moves(message.moves, now), None)
+        elif kind is LinkLost:
+            self._carry_out(core.on_link_lost(message.command_ids, now), None)
+        elif kind is TerminalSnapshot:
+            self._carry_out(core.on_snapshot(message.device_id, message.positions, now), None)
+        elif kind is TerminalEvent:
+            self._carry_out(core.on_event(message.device_id, message.event, now), None)
+        elif kind is AccountReport:
+            s = message.state
+            self._carry_out(core.on_account(s.balance, s.equity, s.currency, now), None)
+        elif kind is DeviceChanged:
+            self._carry_out(core.on_device(message.info, now), None)
+        elif kind is Call:
+            self._call(message)
+        else:  # pragma: no cover - a programming error, surfaced by the supervisor
+            raise TypeError(f"user actor got {kind.__name__}")
+
+    def _call(self, call: Call) -> None:
+        try:
+            value, effects = call.fn(self.core, *call.args)
+        except TripwireError as refusal:
+            call.reply.fail(refusal)
+            return
+        except Exception as bug:
+            call.reply.fail(bug)
+            raise
+        if effects is not None:
+            self._carry_out(effects, None)
+        call.reply.set(value)
+
+    # -- effects -----------------------------------------------------------------------------
+
+    def _carry_out(self, effects: Effects, quote_seq: int | None) -> None:
+        node = self.node
+        opens = []
+        for device_id, command in effects.commands:
+            if isinstance(command, OpenCommand):
+                opens.append((device_id, command))
+            else:
+                node.device(device_id).submit_nowait(command)
+        if quote_seq is not None and node.tracer is not None and effects.commands:
+            node.tracer(quote_seq, len(effects.commands))
+        if opens:
+            # The records go with an awaited append: the open leaves once they are durable.
+            *early, last = effects.records
+            node.record(early)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._open_when_durable, last, opens)
+        else:
+            node.record(effects.records)
+        for op in effects.arms:
+            symbol = op.symbol if isinstance(op, Disarm) else op.position.symbol
+            actor = node.symbol(symbol)
+            if actor is not None:
+                actor.control(op)
+        if effects.changed:
+            node.hub.positions_changed(self.user_id, effects.changed)
+        if effects.alerts:
+            node.publish_alerts(effects.alerts)
+
+    async def _open_when_durable(self, last_record: Any, opens: list[tuple[str, Any]]) -> None:
+        try:
+            await self.node.record_durably(last_record)
+        except TripwireError as exc:
+            # Not durable: never open. The open is settled as refused (the position -> REJECTED).
+            self.log.error("open held back: journal unavailable", error=str(exc))
+            for _, command in opens:
+                self.deliver(
+                    Settled(
+                        Result(
+                            command.command_id,
+                            "final",
+                            Ack(
+                                command_id=command.command_id,
+                                retcode=-1,
+                                result_text="not opened: the journal is unavailable",
+                            ),
+                        )
+                    )
+                )
+            return
+        for device_id, command in opens:
+            self.node.device(device_id).submit_nowait(command)

@@ -1,0 +1,337 @@
+"""One device's session: symbol names, the outbox, acks, deadlines and health.
+
+:class:`DeviceCore` is what a device actor drives. It holds no position state (that is the
+user core's): it translates commands to the broker's names, remembers which commands are out,
+matches acks to them, notices deadlines and silence, and says which commands were lost with
+the link.
+
+Rules of operation
+------------------
+* A command is *queued* while the device is away or has not yet sent its positions snapshot
+  after connecting, and *sent* after that, in submission order. Nothing is ever dropped: past
+  ``outbox_limit`` commands the device is marked unhealthy and an alert is raised.
+* An ack settles a sent command once. A second ack for it (a duplicate, or the EA's ``repeat``
+  answer) is counted and ignored; an ack for an id never sent here is reported.
+* On disconnect, sent commands without an ack are returned as *lost* (the user core moves their
+  positions to UNKNOWN); queued ones stay queued for the next session.
+* A sent command past its deadline raises one ``command_overdue`` alert (it stays out: an ack
+  may still come). No heartbeat for ``stale_after_ms`` makes the device stale (one alert, and
+  its positions are flagged) until it is heard from again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
+
+import msgspec
+
+from engine.instruments import Instrument
+from engine.records import AlertRaised, ReconciliationEntry, ReconciliationRecorded, Record
+from engine.symbols import SymbolMap
+from protocol.common import Alert, AlertLevel
+from protocol.device import Ack, Command, HelloBody, PositionEvent, TerminalPosition
+
+__all__ = ["Classifier", "DeviceCore", "DeviceOutput", "Result"]
+
+Classifier = Callable[[str, int, "bool | None"], str]
+"""``(platform, retcode, executed) -> category``: ``protocol.results.classify``."""
+
+
+class Result(NamedTuple):
+    """A settled command, for the user core."""
+
+    command_id: str
+    category: str
+    ack: Ack | None
+
+
+class DeviceOutput:
+    """What the device actor must do after a call."""
+
+    __slots__ = ("alerts", "frames", "lost", "records", "results", "status_changed")
+
+    def __init__(self) -> None:
+        self.frames: list[Command] = []
+        """Commands to write to the device now, in the broker's names and digits."""
+        self.results: list[Result] = []
+        self.lost: list[str] = []
+        self.alerts: list[Alert] = []
+        self.records: list[Record] = []
+        self.status_changed = False
+
+
+class _Out(NamedTuple):
+    command: Command  # canonical
+    sent: bool
+    overdue: bool
+
+
+class DeviceCore:
+    """A device's session state. Pure: the caller passes the time."""
+
+    RESOLVED_WINDOW = 4096
+
+    def __init__(
+        self,
+        device_id: str,
+        user_id: str,
+        instruments: Mapping[str, Instrument],
+        classify: Classifier,
+        overrides: Mapping[str, str] | None = None,
+        stale_after_ms: int = 30_000,
+        outbox_limit: int = 10_000,
+    ) -> None:
+        self.device_id = device_id
+        self.user_id = user_id
+        self.canonical = dict(instruments)
+        self.classify = classify
+        self.overrides = dict(overrides or {})
+        self.stale_after_ms = stale_after_ms
+        self.outbox_limit = outbox_limit
+        self.symbols = SymbolMap.identity(self.canonical)
+        self.instruments: dict[str, Instrument] = dict(self.canonical)
+        self._broker_digits: dict[str, int] = {s: i.digits for s, i in self.canonical.items()}
+        self.platform = "mt5"
+        self.session_id: str | None = None
+        self.connected = False
+        self.ready = False
+        self.stale = False
+        self.healthy = True
+        self.last_seen_ms: int | None = None
+        self.hello: HelloBody | None = None
+        self._out: OrderedDict[str, _Out] = OrderedDict()
+        self._resolved: OrderedDict[str, str] = OrderedDict()
+        self.duplicate_acks = 0
+        self.unknown_acks = 0
+
+    # -- session -----------------------------------------------------------------------------
+
+    def connect(self, session_id: str, body: HelloBody, now_ms: int) -> DeviceOutput:
+        """A verified hello. A live session is replaced: its unanswered commands are lost."""
+        out = self.disconnect(now_ms) if self.connected else DeviceOutput()
+        self.session_id, self.hello = session_id, body
+        self.platform = body.platform
+        self.connected, self.ready = True, False
+        self.last_seen_ms = now_ms
+        self._learn_symbols(body, now_ms, out)
+        self._set_stale(False, now_ms, out)
+        out.status_changed = True
+        return out
+
+    def disconnect(self, now_ms: int) -> DeviceOutput:
+        out = DeviceOutput()
+        if not self.connected:
+            return out
+        self.connected, self.ready, self.session_id = False, False, None
+        for cid, item in list(self._out.items()):
+            if item.sent:
+                out.lost.append(cid)
+                del self._out[cid]
+        out.status_changed = True
+        return out
+
+    def _learn_symbols(self, body: HelloBody, now_ms: int, out: DeviceOutput) -> None:
+        specs = {s.name: s for s in body.symbols}
+        if specs:
+            self.symbols = SymbolMap.build(self.canonical, specs, self.overrides)
+        for canonical, base in self.canonical.items():
+            broker = self.symbols.to_broker(canonical)
+            spec = specs.get(broker) if broker else None
+            if spec is None:
+                continue
+            shift = base.digits - spec.digits
+            stops = spec.stops_level * 10**shift if shift >= 0 else spec.stops_level // 10**-shift
+            self.instruments[canonical] = msgspec.structs.replace(
+                base,
+                contract_size=spec.contract_size,
+                volume_min=spec.volume_min,
+                volume_step=spec.volume_step,
+                volume_max=spec.volume_max,
+                stops_level=stops,
+            )
+            self._broker_digits[canonical] = spec.digits
+        for missing in self.symbols.unmapped:
+            out.records.append(
+                self._recon(now_ms, "unmapped_symbol", f"the broker offers no name for {missing}")
+            )
+
+    def on_heartbeat(self, now_ms: int) -> DeviceOutput:
+        out = DeviceOutput()
+        self.last_seen_ms = now_ms
+        self._set_stale(False, now_ms, out)
+        return out
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def submit(self, command: Command, now_ms: int) -> DeviceOutput:
+        """Take a command (canonical symbol). It is sent now if the session is ready."""
+        out = DeviceOutput()
+        if self.symbols.to_broker(command.symbol) is None:
+            out.results.append(
+                Result(
+                    command.command_id,
+                    "final",
+                    Ack(
+                        command_id=command.command_id,
+                        retcode=-1,
+                        result_text=f"the broker offers no symbol for {command.symbol}",
+                    ),
+                )
+            )
+            return out
+        sendable = self.connected and self.ready
+        self._out[command.command_id] = _Out(command, sendable, False)
+        if sendable:
+            out.frames.append(self._to_wire(command))
+        if len(self._out) > self.outbox_limit and self.healthy:
+            self.healthy = False
+            out.status_changed = True
+            self._alert(
+                out,
+                "outbox_full",
+                AlertLevel.CRITICAL,
+                now_ms,
+                f"device {self.device_id} has {len(self._out)} commands outstanding",
+            )
+        return out
+
+    def on_ack(self, ack: Ack, now_ms: int) -> DeviceOutput:
+        out = DeviceOutput()
+        self.last_seen_ms = now_ms
+        cid = ack.command_id
+        item = self._out.get(cid)
+        if item is None or not item.sent:
+            if cid in self._resolved:
+                self.duplicate_acks += 1
+            else:
+                self.unknown_acks += 1
+                out.records.append(
+                    self._recon(now_ms, "unknown_ack", f"ack for {cid} (retcode {ack.retcode})")
+                )
+            return out
+        del self._out[cid]
+        category = str(self.classify(self.platform, ack.retcode, ack.executed))
+        self._resolved[cid] = category
+        while len(self._resolved) > self.RESOLVED_WINDOW:
+            self._resolved.popitem(last=False)
+        out.results.append(Result(cid, category, ack))
+        if not self.healthy and len(self._out) <= self.outbox_limit // 2:
+            self.healthy = True
+            out.status_changed = True
+        return out
+
+    def on_snapshot(
+        self, positions: Iterable[TerminalPosition], now_ms: int
+    ) -> tuple[list[TerminalPosition], DeviceOutput]:
+        """The terminal's positions (canonical) and the queued commands now due to go out."""
+        out = DeviceOutput()
+        self.last_seen_ms = now_ms
+        canonical = []
+        for t in positions:
+            name = self.symbols.to_canonical(t.symbol)
+            if name is None:
+                out.records.append(
+                    self._recon(now_ms, "unmapped_symbol", f"ticket {t.ticket} on {t.symbol}")
+                )
+                continue
+            canonical.append(msgspec.structs.replace(t, symbol=name))
+        self.ready = True
+        return canonical, out
+
+    def flush(self) -> DeviceOutput:
+        """Send what was queued (called once the user core has reconciled the snapshot)."""
+        out = DeviceOutput()
+        if not (self.connected and self.ready):
+            return out
+        for cid, item in self._out.items():
+            if not item.sent:
+                self._out[cid] = item._replace(sent=True)
+                out.frames.append(self._to_wire(item.command))
+        return out
+
+    def on_event(self, event: PositionEvent, now_ms: int) -> PositionEvent | None:
+        """The terminal's own event with a canonical symbol (None if the symbol is not ours)."""
+        self.last_seen_ms = now_ms
+        name = self.symbols.to_canonical(event.symbol)
+        return None if name is None else msgspec.structs.replace(event, symbol=name)
+
+    def outstanding(self) -> list[str]:
+        return list(self._out)
+
+    # -- time --------------------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> DeviceOutput:
+        out = DeviceOutput()
+        for cid, item in list(self._out.items()):
+            if not item.overdue and item.command.deadline_ms <= now_ms:
+                self._out[cid] = item._replace(overdue=True)
+                where = "sent" if item.sent else "still queued (device away)"
+                self._alert(
+                    out,
+                    "command_overdue",
+                    AlertLevel.WARNING,
+                    now_ms,
+                    f"no ack for {cid} by its deadline ({where})",
+                )
+        if self.last_seen_ms is not None and now_ms - self.last_seen_ms > self.stale_after_ms:
+            self._set_stale(True, now_ms, out)
+        return out
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _to_wire(self, command: Command) -> Command:
+        """The command in the broker's symbol name and price digits."""
+        digits = self._broker_digits.get(command.symbol)
+        changes: dict[str, object] = {"symbol": self.symbols.to_broker(command.symbol)}
+        if digits is not None:
+            for field in ("price", "sl", "tp"):
+                value = getattr(command, field, None)
+                if value is not None:
+                    changes[field] = round(value, digits)
+        return msgspec.structs.replace(command, **changes)
+
+    def _set_stale(self, stale: bool, now_ms: int, out: DeviceOutput) -> None:
+        if stale == self.stale:
+            return
+        self.stale = stale
+        out.status_changed = True
+        if stale:
+            self._alert(
+                out,
+                "device_stale",
+                AlertLevel.WARNING,
+                now_ms,
+                f"no heartbeat from {self.device_id} for "
+                f"{self.stale_after_ms // 1000} s: its positions are flagged",
+            )
+        else:
+            self._alert(
+                out,
+                "device_stale",
+                AlertLevel.INFO,
+                now_ms,
+                f"{self.device_id} is heard from again",
+            )
+
+    def _alert(
+        self, out: DeviceOutput, kind: str, level: AlertLevel, now_ms: int, message: str
+    ) -> None:
+        alert = Alert(
+            kind=kind,
+            level=level,
+            message=message,
+            time_ms=now_ms,
+            user_id=self.user_id,
+            device_id=self.device_id,
+        )
+        out.alerts.append(alert)
+        out.records.append(AlertRaised(alert=alert))
+
+    def _recon(self, now_ms: int, kind: str, detail: str) -> ReconciliationRecorded:
+        return ReconciliationRecorded(
+            entry=ReconciliationEntry(
+                time_ms=now_ms, device_id=self.device_id, kind=kind, detail=detail
+            )
+        )

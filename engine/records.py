@@ -1,0 +1,179 @@
+"""Journal records: every state change the engine makes, as msgspec Structs.
+
+The engine's state is the fold of these records (``engine.state``): recovery, snapshots and
+the restart of a crashed actor all rebuild state by applying them, so there is one code path.
+Records carry resulting values, not instructions (a :class:`PositionSaved` holds the whole
+position after the change), so applying one never re-runs a business rule and a replay cannot
+decide differently from the live engine.
+
+Records are tagged by ``k``; one msgpack Encoder/Decoder for the union is built once here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from engine.positions import Position
+from protocol.common import Alert
+from protocol.device import Command
+from protocol.signals import Signal
+
+__all__ = [
+    "AlertRaised",
+    "Approval",
+    "ApprovalSaved",
+    "AuditEntry",
+    "AuditRecorded",
+    "CommandIssued",
+    "CommandResolved",
+    "GuardSaved",
+    "PositionSaved",
+    "ReconciliationEntry",
+    "ReconciliationRecorded",
+    "Record",
+    "SignalSaved",
+    "decode_batch",
+    "encode_batch",
+    "signal_key",
+]
+
+
+def signal_key(strategy_id: str, signal_id: str, version: int) -> str:
+    """The identity signals are deduplicated by."""
+    return f"{strategy_id}/{signal_id}/{version}"
+
+
+class Approval(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's decision on a signal (one per user and signal version)."""
+
+    id: str
+    user_id: str
+    signal: str
+    """:func:`signal_key` of the signal decided on."""
+    decision: Literal["approve", "reject"]
+    decided_ms: int
+    expires_at_ms: int | None = None
+    ip: str = ""
+    user_agent: str = ""
+    position_id: str | None = None
+    """The position opened from an approval."""
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """Who did what to what, from where, and how it ended."""
+
+    time_ms: int
+    actor_id: str | None
+    action: str
+    target_type: str
+    target_id: str
+    outcome: str
+    ip: str = ""
+    user_agent: str = ""
+    detail: dict[str, str | int | float | bool | None] = msgspec.field(default_factory=dict)
+
+
+class ReconciliationEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A difference between what the engine believed and what a terminal reported."""
+
+    time_ms: int
+    device_id: str
+    kind: str
+    """``closed_while_away``, ``resent``, ``adopted``, ``open_confirmed``, ``open_not_found``,
+    ``volume_mismatch``, ``levels_mismatch``, ``unknown_ack``, ``unmapped_symbol`` ..."""
+    position_id: str | None = None
+    ticket: int | None = None
+    detail: str = ""
+
+
+class _Record(msgspec.Struct, frozen=True, kw_only=True, tag_field="k"):
+    """Base of every journal record."""
+
+
+class PositionSaved(_Record, tag="pos", frozen=True, kw_only=True):
+    position: Position
+
+
+class CommandIssued(_Record, tag="cmd", frozen=True, kw_only=True):
+    """A command handed to a device (before it is sent: it goes out first, the record follows)."""
+
+    command: Command
+    position_id: str
+    user_id: str
+    device_id: str
+    issued_ms: int
+
+
+class CommandResolved(_Record, tag="cmdres", frozen=True, kw_only=True):
+    """The end of a command: its ack, or why there will be none."""
+
+    command_id: str
+    position_id: str
+    device_id: str
+    outcome: str
+    """A result category (``done``, ``retryable``, ``final``, ``already_closed``, ``unknown``)
+    or ``link_lost``, ``expired``, ``superseded``."""
+    time_ms: int
+    retcode: int | None = None
+    text: str = ""
+
+
+class SignalSaved(_Record, tag="sig", frozen=True, kw_only=True):
+    signal: Signal
+    received_ms: int
+
+
+class ApprovalSaved(_Record, tag="appr", frozen=True, kw_only=True):
+    approval: Approval
+
+
+class AlertRaised(_Record, tag="alert", frozen=True, kw_only=True):
+    alert: Alert
+
+
+class ReconciliationRecorded(_Record, tag="recon", frozen=True, kw_only=True):
+    entry: ReconciliationEntry
+
+
+class AuditRecorded(_Record, tag="audit", frozen=True, kw_only=True):
+    entry: AuditEntry
+
+
+class GuardSaved(_Record, tag="guard", frozen=True, kw_only=True):
+    """A user's drawdown guard and account figures, so a restart keeps the peak."""
+
+    user_id: str
+    peak: float | None
+    level: int
+    opens_blocked: bool
+    balance: float | None = None
+    equity: float | None = None
+    time_ms: int
+
+
+Record = (
+    PositionSaved
+    | CommandIssued
+    | CommandResolved
+    | SignalSaved
+    | ApprovalSaved
+    | AlertRaised
+    | ReconciliationRecorded
+    | AuditRecorded
+    | GuardSaved
+)
+
+_ENCODER = msgspec.msgpack.Encoder()
+_BATCH_DECODER = msgspec.msgpack.Decoder(list[Record])
+
+
+def encode_batch(records: list[Record]) -> bytes:
+    """One msgpack array of records (one journal row per group-commit batch)."""
+    return _ENCODER.encode(records)
+
+
+def decode_batch(payload: bytes) -> list[Record]:
+    """The records of one journal batch, decoded in one call."""
+    return _BATCH_DECODER.decode(payload)

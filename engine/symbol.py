@@ -1,0 +1,200 @@
+"""One symbol's watch: quote validation, market guard, trailing stops and the trigger book.
+
+:class:`SymbolCore` is what a symbol actor drives. A quote goes, in order:
+
+1. through the :class:`~engine.quotes.QuoteValidator` (a rejected quote is counted and stops
+   here: nothing acts on it);
+2. into integer points, and through the :class:`~engine.guards.MarketGuard` (alerts only);
+3. through the :class:`~engine.trailing.TrailingBook`, whose SL moves re-arm the trigger book;
+4. through the :class:`~engine.triggers.TriggerBook`, whose crossed levels are returned with the
+   user that owns each position, for the symbol actor to hand to that user.
+
+Per quote the work does not grow with the number of positions (see the two books).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from engine.guards import MarketGuard, MarketLimits
+from engine.instruments import Instrument
+from engine.positions import BreakEvenRule, TrailingRule
+from engine.quotes import QuoteLimits, QuoteValidator
+from engine.trailing import LevelMove, TrailingBook
+from engine.triggers import KEEP, Trigger, TriggerBook, _Keep
+from protocol.common import Alert, Side
+
+__all__ = ["QuoteOutcome", "SymbolCore"]
+
+
+class QuoteOutcome(NamedTuple):
+    """What one quote did. ``rejected`` is the validator's reason, if it refused the quote."""
+
+    rejected: str | None
+    fired: list[tuple[str, Trigger]]
+    """``(user_id, trigger)`` in the trigger book's order."""
+    moved: list[tuple[str, LevelMove]]
+    alerts: list[Alert]
+
+
+_NOTHING = QuoteOutcome(None, [], [], [])
+
+
+class SymbolCore:
+    """Everything one symbol decides about quotes and levels. Pure: time comes in."""
+
+    __slots__ = (
+        "_owners",
+        "ask",
+        "bid",
+        "book",
+        "guard",
+        "instrument",
+        "last_quote_ms",
+        "trailing",
+        "validator",
+    )
+
+    def __init__(
+        self,
+        instrument: Instrument,
+        quote_limits: QuoteLimits | None = None,
+        market_limits: MarketLimits | None = None,
+    ) -> None:
+        self.instrument = instrument
+        self.validator = QuoteValidator(quote_limits)
+        self.guard = MarketGuard(instrument.symbol, market_limits)
+        self.book = TriggerBook(instrument.symbol)
+        self.trailing = TrailingBook(instrument.symbol)
+        self._owners: dict[str, str] = {}
+        self.bid: float | None = None
+        self.ask: float | None = None
+        self.last_quote_ms: int | None = None
+
+    @property
+    def symbol(self) -> str:
+        return self.instrument.symbol
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def owner(self, position_id: str) -> str | None:
+        return self._owners.get(position_id)
+
+    # -- levels ------------------------------------------------------------------------------
+
+    def arm(
+        self,
+        position_id: str,
+        user_id: str,
+        side: Side,
+        open_price: int,
+        sl: int | None,
+        tp: int | None,
+        trailing: TrailingRule | None = None,
+        break_even: BreakEvenRule | None = None,
+    ) -> list[tuple[str, Trigger]]:
+        """Watch a position. Returns its trigger at once if the last quote already crossed it.
+
+        Arming a position that is already armed re-arms it with the new levels.
+        """
+        if position_id in self._owners:
+            self.disarm(position_id)
+        self._owners[position_id] = user_id
+        fired = self.book.register(position_id, side, sl, tp)
+        if fired:
+            del self._owners[position_id]
+            return [(user_id, t) for t in fired]
+        if trailing is not None or break_even is not None:
+            self.trailing.add(position_id, side, open_price, sl, trailing, break_even)
+        return []
+
+    def move(
+        self, position_id: str, sl: int | _Keep | None = KEEP, tp: int | _Keep | None = KEEP
+    ) -> list[tuple[str, Trigger]]:
+        """Change a watched position's levels (a user's modify). Unknown positions are ignored."""
+        user_id = self._owners.get(position_id)
+        if user_id is None:
+            return []
+        if not isinstance(sl, _Keep) and position_id in self.trailing:
+            self.trailing.set_sl(position_id, sl)
+        fired = self.book.modify(position_id, sl=sl, tp=tp)
+        if fired:
+            self._forget(position_id)
+        return [(user_id, t) for t in fired]
+
+    def disarm(self, position_id: str) -> bool:
+        """Stop watching a position (closed, or closing by other means)."""
+        if self._owners.pop(position_id, None) is None:
+            return False
+        self.book.cancel(position_id)
+        self.trailing.remove(position_id)
+        return True
+
+    def _forget(self, position_id: str) -> None:
+        self._owners.pop(position_id, None)
+        self.trailing.remove(position_id)
+
+    # -- quotes ------------------------------------------------------------------------------
+
+    def on_quote(self, bid: float, ask: float, ts_ms: int, now_ms: int) -> QuoteOutcome:
+        rejected = self.validator.check(bid, ask, ts_ms, now_ms)
+        if rejected is not None:
+            return QuoteOutcome(rejected, [], [], [])
+        self.bid, self.ask, self.last_quote_ms = bid, ask, now_ms
+        scale = self.instrument.scale
+        bid_points, ask_points = round(bid * scale), round(ask * scale)
+        alerts = self.guard.on_quote(bid, ask, now_ms)
+        moved: list[tuple[str, LevelMove]] = []
+        if len(self.trailing):
+            owners = self._owners
+            for move in self.trailing.on_quote(bid_points, ask_points):
+                self.book.modify(move.position_id, sl=move.sl)
+                moved.append((owners[move.position_id], move))
+        triggers = self.book.on_quote(bid_points, ask_points)
+        if not triggers:
+            if not moved and not alerts:
+                return _NOTHING
+            return QuoteOutcome(None, [], moved, alerts)
+        owners = self._owners
+        fired = []
+        for t in triggers:
+            fired.append((owners.pop(t.position_id), t))
+            if len(self.trailing):
+                self.trailing.remove(t.position_id)
+        return QuoteOutcome(None, fired, moved, alerts)
+
+    def on_sweep(
+        self, bid_low: float, bid_high: float, ask_low: float, ask_high: float
+    ) -> list[tuple[str, Trigger]]:
+        """Fire what quotes coalesced away under load crossed, from their extreme prices.
+
+        The lowest bid and highest ask are applied first (they cross long and short SLs), then
+        the highest bid and lowest ask (long and short TPs). Each is a price a real quote had;
+        an extreme further than the validator's jump limit from the last accepted mid is left
+        out, as the validator would have refused it. The quote that follows the sweep updates
+        the book's current price and the trailing stops as usual.
+        """
+        mid = self.validator.last_mid
+        if mid is None:
+            return []
+        limit = self.validator.limits.max_jump * mid
+        scale = self.instrument.scale
+
+        def usable(price: float, fallback: float | None) -> int | None:
+            chosen = price if abs(price - mid) <= limit else fallback
+            return None if chosen is None else round(chosen * scale)
+
+        fired: list[tuple[str, Trigger]] = []
+        last_bid, last_ask = self.bid, self.ask
+        for bid, ask in ((bid_low, ask_high), (bid_high, ask_low)):
+            b, a = usable(bid, last_bid), usable(ask, last_ask)
+            if b is None or a is None:
+                continue
+            for t in self.book.on_quote(b, a):
+                fired.append((self._owners.pop(t.position_id), t))
+                self.trailing.remove(t.position_id)
+        return fired
+
+    def check_silence(self, now_ms: int) -> list[Alert]:
+        return self.guard.check_silence(now_ms)

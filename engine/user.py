@@ -1,0 +1,796 @@
+"""A user's trading core: approvals, positions, command outcomes, guards.
+
+:class:`UserCore` is driven by a user actor. Every handler takes the time, changes the core's
+own state and returns :class:`~engine.effects.Effects`; it never waits and never does I/O.
+
+Commands and their ids: an open, a close or a partial close is sent with the id
+``<position>.<action>.<attempt>``; a retryable rejection leads to the next attempt after a
+backoff, an answer-less disconnect to UNKNOWN (resolved only by the terminal's snapshot, where a
+resend re-uses the same id). Modifies (broker-side SL/TP following trailing and break-even moves)
+are rate-limited per position and coalesced to the latest levels.
+
+Terminal-side facts (reconciliation findings, the terminal's own events) are handled in
+``engine.user_terminal``, which extends this class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Literal, NamedTuple
+
+from engine import user_terminal
+from engine.effects import Arm, Disarm, Effects
+from engine.guards import DrawdownGuard, GuardDecision
+from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
+from engine.lifecycle import FINAL_STATES, PositionEvent, PositionState
+from engine.positions import Position
+from engine.records import (
+    AlertRaised,
+    Approval,
+    ApprovalSaved,
+    CommandIssued,
+    CommandResolved,
+    GuardSaved,
+    PositionSaved,
+    signal_key,
+)
+from engine.sizing import UserSettings, check_entry, check_stops, protective_levels, size_volume
+from engine.trailing import LevelMove
+from engine.triggers import Trigger, TriggerKind
+from protocol.common import Alert, AlertLevel, Origin
+from protocol.device import (
+    Ack,
+    CloseCommand,
+    Command,
+    ModifyCommand,
+    OpenCommand,
+    PartialCloseCommand,
+    TerminalPosition,
+)
+from protocol.device import PositionEvent as TerminalEvent
+from protocol.errors import Conflict, Forbidden, GuardBlocked, NotFound, Refused, SizingRefused
+from protocol.ids import client_id, command_id
+from protocol.signals import Signal
+
+__all__ = ["DeviceInfo", "InFlight", "Timing", "UserCore"]
+
+Category = Literal["done", "retryable", "final", "already_closed", "unknown"]
+
+
+class Timing(NamedTuple):
+    """Deadlines, backoffs and rates (milliseconds)."""
+
+    open_deadline: int = 15_000
+    close_deadline: int = 10_000
+    modify_deadline: int = 10_000
+    retry_base: int = 200
+    retry_cap: int = 5_000
+    max_close_attempts: int = 5
+    max_open_attempts: int = 3
+    modify_interval: int = 1_000
+    """At most one modify per position per interval (trailing stops move often)."""
+    guard_save_interval: int = 10_000
+
+
+class DeviceInfo(NamedTuple):
+    """What the user core knows of one of the user's devices."""
+
+    device_id: str
+    instruments: Mapping[str, Instrument]
+    """Canonical symbol -> the broker's specs for it (volume limits, stops level)."""
+    connected: bool = True
+    stale: bool = False
+
+
+class InFlight(NamedTuple):
+    """A command sent and not yet resolved."""
+
+    command: Command
+    device_id: str
+    position_id: str
+    lost: bool = False
+    """The link dropped before its answer (the position is UNKNOWN until reconnect)."""
+
+
+def _position_id_for(approval_id: str) -> str:
+    """Derived from the approval, so a retried approval names the same position."""
+    return "P" + hashlib.blake2b(approval_id.encode(), digest_size=8).hexdigest()
+
+
+class UserCore:
+    """One user's positions and decisions."""
+
+    RECENT_CLOSED = 200
+
+    def __init__(
+        self,
+        user_id: str,
+        settings: UserSettings | None = None,
+        instruments: Mapping[str, Instrument] | None = None,
+        timing: Timing | None = None,
+    ) -> None:
+        self.user_id = user_id
+        self.settings = settings or UserSettings()
+        self.instruments: dict[str, Instrument] = dict(instruments or DEFAULT_INSTRUMENTS)
+        self.timing = timing or Timing()
+        self.positions: dict[str, Position] = {}
+        self.recent_closed: OrderedDict[str, Position] = OrderedDict()
+        self.inflight: dict[str, InFlight] = {}
+        self.approvals: dict[str, Approval] = {}
+        self.devices: dict[str, DeviceInfo] = {}
+        self.guard = DrawdownGuard(self.settings.drawdown, user_id)
+        self.balance: float | None = None
+        self.equity: float | None = None
+        self.currency = ""
+        self._retries: dict[str, tuple[int, Command]] = {}  # position -> (due, last command)
+        self._modifies: dict[str, int] = {}  # position id -> due time of its pending modify
+        self._last_modify: dict[str, int] = {}
+        self._guard_saved_ms = 0
+        self._expiries: list[tuple[int, str]] = []  # heap of (expires_at_ms, position id)
+
+    # -- restoring -----------------------------------------------------------------------------
+
+    def restore(
+        self,
+        positions: Iterable[Position],
+        commands: Iterable[CommandIssued],
+        approvals: Iterable[Approval],
+        guard: GuardSaved | None,
+    ) -> Effects:
+        """Rebuild from recovered state; returns the arms for every watched position."""
+        effects = Effects()
+        for p in positions:
+            self.positions[p.id] = p
+            if p.state is PositionState.OPEN:
+                effects.arms.append(Arm(p))
+                if p.expires_at_ms is not None:
+                    heapq.heappush(self._expiries, (p.expires_at_ms, p.id))
+        for c in commands:
+            if c.position_id in self.positions:
+                lost = self.positions[c.position_id].state is PositionState.UNKNOWN
+                self.inflight[c.command.command_id] = InFlight(
+                    c.command, c.device_id, c.position_id, lost
+                )
+        for a in approvals:
+            self.approvals[a.signal] = a
+        if guard is not None:
+            self.guard.peak = guard.peak
+            self.guard.opens_blocked = guard.opens_blocked
+            self.balance, self.equity = guard.balance, guard.equity
+        return effects
+
+    # -- devices -------------------------------------------------------------------------------
+
+    def on_device(self, info: DeviceInfo, now_ms: int) -> Effects:
+        """A device connected, disconnected or changed health; flags follow staleness."""
+        self.devices[info.device_id] = info
+        for symbol, instrument in info.instruments.items():
+            self.instruments.setdefault(symbol, instrument)
+        effects = Effects()
+        for p in list(self.positions.values()):
+            if p.device_id != info.device_id:
+                continue
+            flagged = "stale_device" in p.flags
+            if info.stale and not flagged:
+                self._save(p.with_changes(now_ms, flags=(*p.flags, "stale_device")), effects)
+            elif not info.stale and flagged:
+                self._save(
+                    p.with_changes(now_ms, flags=tuple(f for f in p.flags if f != "stale_device")),
+                    effects,
+                )
+        return effects
+
+    def _trading_device(self) -> DeviceInfo:
+        live = [d for d in self.devices.values() if d.connected and not d.stale]
+        if not live:
+            raise Refused("no connected device to trade on", user_id=self.user_id)
+        return live[0]
+
+    def instrument_for(self, symbol: str, device_id: str | None = None) -> Instrument:
+        if device_id is not None and device_id in self.devices:
+            inst = self.devices[device_id].instruments.get(symbol)
+            if inst is not None:
+                return inst
+        try:
+            return self.instruments[symbol]
+        except KeyError:
+            raise Refused(f"{symbol} is not a symbol the engine trades", symbol=symbol) from None
+
+    # -- approvals -----------------------------------------------------------------------------
+
+    def decide(
+        self,
+        *,
+        approval_id: str,
+        signal: Signal,
+        decision: Literal["approve", "reject"],
+        bid: float | None,
+        ask: float | None,
+        now_ms: int,
+        ip: str = "",
+        user_agent: str = "",
+    ) -> tuple[Approval, Effects]:
+        """Record a user's decision on a signal; an approval opens a position.
+
+        Raises:
+            Forbidden: the signal is not for this user.
+            Conflict: the user already decided on this signal version.
+            Refused: (and subclasses) the open cannot be placed: guard, device, late, moved,
+                sizing, stops. Nothing is recorded then, so the user may decide again.
+        """
+        if self.user_id not in signal.audience:
+            raise Forbidden("this signal is not for you")
+        key = signal_key(signal.strategy_id, signal.signal_id, signal.version)
+        if key in self.approvals:
+            earlier = self.approvals[key]
+            raise Conflict(
+                f"already decided: {earlier.decision}",
+                decision=earlier.decision,
+                approval_id=earlier.id,
+            )
+        effects = Effects()
+        expires = signal.expires_at_ms if self.settings.auto_close_on_expiry else None
+        if decision == "reject":
+            approval = Approval(
+                id=approval_id,
+                user_id=self.user_id,
+                signal=key,
+                decision="reject",
+                decided_ms=now_ms,
+                ip=ip,
+                user_agent=user_agent,
+            )
+            self.approvals[key] = approval
+            effects.records.append(ApprovalSaved(approval=approval))
+            return approval, effects
+
+        if self.guard.opens_blocked:
+            raise GuardBlocked(
+                "drawdown is critical: new positions are blocked",
+                drawdown=round(self.guard.drawdown, 4),
+            )
+        device = self._trading_device()
+        instrument = self.instrument_for(signal.symbol, device.device_id)
+        if bid is None or ask is None:
+            raise Refused(f"no price for {signal.symbol} yet", symbol=signal.symbol)
+        to_points = instrument.to_points
+        entry = to_points(signal.entry)
+        sl = None if signal.sl is None else to_points(signal.sl)
+        tp = None if signal.tp is None else to_points(signal.tp)
+        plan = check_entry(
+            instrument,
+            signal.side,
+            entry,
+            signal.created_at_ms,
+            signal.expires_at_ms,
+            to_points(bid),
+            to_points(ask),
+            now_ms,
+            self.settings,
+        )
+        volume = size_volume(
+            instrument,
+            self.settings,
+            signal.volume,
+            signal.risk_percent,
+            self.equity,
+            plan.price,
+            sl,
+        )
+        check_stops(instrument, signal.side, plan.price, sl, tp)
+        broker_sl, broker_tp = protective_levels(
+            instrument, signal.side, plan.price, sl, tp, self.settings
+        )
+
+        position_id = _position_id_for(approval_id)
+        cid = command_id(position_id, "open", 1)
+        position = Position(
+            id=position_id,
+            user_id=self.user_id,
+            device_id=device.device_id,
+            account=device.device_id,
+            symbol=signal.symbol,
+            side=signal.side,
+            volume=volume,
+            origin=Origin.SIGNAL,
+            open_price=plan.price,
+            sl=sl,
+            tp=tp,
+            client_id=client_id(position_id),
+            signal_id=key,
+            approval_id=approval_id,
+            expires_at_ms=expires,
+            attempt=1,
+            command_id=cid,
+            updated_ms=now_ms,
+        )
+        command = OpenCommand(
+            command_id=cid,
+            client_id=position.client_id,
+            symbol=signal.symbol,
+            side=signal.side,
+            order_type=plan.order_type,
+            volume=volume,
+            price=instrument.to_price(plan.price),
+            sl=None if broker_sl is None else instrument.to_price(broker_sl),
+            tp=None if broker_tp is None else instrument.to_price(broker_tp),
+            deviation_points=self.settings.deviation_points,
+            expires_ms=plan.expires_ms,
+            deadline_ms=now_ms + self.timing.open_deadline,
+        )
+        approval = Approval(
+            id=approval_id,
+            user_id=self.user_id,
+            signal=key,
+            decision="approve",
+            decided_ms=now_ms,
+            expires_at_ms=expires,
+            ip=ip,
+            user_agent=user_agent,
+            position_id=position_id,
+        )
+        self.approvals[key] = approval
+        effects.records.append(ApprovalSaved(approval=approval))
+        self._save(position, effects)
+        self._issue(command, device.device_id, position_id, now_ms, effects)
+        return approval, effects
+
+    # -- triggers and closes -------------------------------------------------------------------
+
+    def on_triggers(self, triggers: Iterable[Trigger], now_ms: int) -> Effects:
+        """SL/TP fired: close each position that is still OPEN (the hot path)."""
+        effects = Effects()
+        positions = self.positions
+        for t in triggers:
+            p = positions.get(t.position_id)
+            if p is None or p.state is not PositionState.OPEN:
+                continue  # closing or closed by other means meanwhile
+            reason = "sl" if t.kind is TriggerKind.SL else "tp"
+            self._close(p, reason, now_ms, effects, trigger_price=t.price, armed=False)
+        return effects
+
+    def close_position(self, position_id: str, reason: str, now_ms: int) -> Effects:
+        """Close a position by hand (owner or admin), by expiry, or by a guard.
+
+        Raises:
+            NotFound: no such live position for this user.
+            Conflict: it is not OPEN or CLOSE_FAILED (already closing, unknown, pending).
+        """
+        p = self.positions.get(position_id)
+        if p is None:
+            raise NotFound("no such open position", position_id=position_id)
+        if p.state not in (PositionState.OPEN, PositionState.CLOSE_FAILED):
+            raise Conflict(f"position is {p.state.value}", state=p.state.value)
+        effects = Effects()
+        self._close(p, reason, now_ms, effects, armed=p.state is PositionState.OPEN)
+        return effects
+
+    def _close(
+        self,
+        p: Position,
+        reason: str,
+        now_ms: int,
+        effects: Effects,
+        trigger_price: int | None = None,
+        armed: bool = True,
+    ) -> None:
+        # A close after an earlier one (a retry, or a new try after CLOSE_FAILED) must not reuse
+        # an id: the EA would answer it with the earlier result instead of closing.
+        attempt = p.attempt + 1 if p.close_reason is not None else 1
+        cid = command_id(p.id, "close", attempt)
+        assert p.ticket is not None  # an OPEN position always has its ticket
+        command = CloseCommand(
+            command_id=cid,
+            ticket=p.ticket,
+            symbol=p.symbol,
+            volume=p.volume,
+            deviation_points=self.settings.deviation_points,
+            reason=reason,
+            deadline_ms=now_ms + self.timing.close_deadline,
+        )
+        closing = p.transition(
+            PositionEvent.CLOSE_SENT,
+            now_ms,
+            attempt=attempt,
+            command_id=cid,
+            close_reason=reason,
+            trigger_price=trigger_price,
+        )
+        # The command goes out first; its record follows (DESIGN.md: ids make a resend harmless).
+        self._issue(command, p.device_id, p.id, now_ms, effects)
+        self._save(closing, effects)
+        if armed:
+            effects.arms.append(Disarm(p.symbol, p.id))
+        self._modifies.pop(p.id, None)
+
+    # -- command outcomes ----------------------------------------------------------------------
+
+    def on_result(
+        self, command_id_: str, category: Category, ack: Ack | None, now_ms: int
+    ) -> Effects:
+        """The device's answer to one of our commands (or its classified absence).
+
+        An answer to a command that is not in flight (a duplicate, a late repeat, one resolved
+        by reconciliation meanwhile) changes nothing.
+        """
+        effects = Effects()
+        flight = self.inflight.pop(command_id_, None)
+        if flight is None:
+            return effects
+        effects.records.append(
+            CommandResolved(
+                command_id=command_id_,
+                position_id=flight.position_id,
+                device_id=flight.device_id,
+                outcome=category,
+                time_ms=now_ms,
+                retcode=None if ack is None else ack.retcode,
+                text="" if ack is None else ack.result_text,
+            )
+        )
+        p = self.positions.get(flight.position_id)
+        command = flight.command
+        # Modifies and partial closes travel beside the position's own open/close command.
+        beside = isinstance(command, ModifyCommand | PartialCloseCommand)
+        if p is None or (p.command_id != command_id_ and not beside):
+            return effects  # the position moved on (closed meanwhile): nothing left to do
+        if isinstance(command, OpenCommand):
+            self._open_result(p, command, category, ack, now_ms, effects)
+        elif isinstance(command, CloseCommand):
+            self._close_result(p, command, category, ack, now_ms, effects)
+        elif isinstance(command, PartialCloseCommand):
+            self._partial_result(p, command, category, ack, now_ms, effects)
+        else:
+            self._modify_result(p, category, ack, now_ms, effects)
+        return effects
+
+    def _open_result(
+        self,
+        p: Position,
+        command: OpenCommand,
+        category: Category,
+        ack: Ack | None,
+        now_ms: int,
+        effects: Effects,
+    ) -> None:
+        instrument = self.instrument_for(p.symbol, p.device_id)
+        if category == "done" and ack is not None and ack.ticket is not None:
+            if ack.fill_price is None:  # a pending order was placed: wait for its fill event
+                self._save(p.with_changes(now_ms, ticket=ack.ticket), effects)
+                return
+            opened = p.transition(
+                PositionEvent.OPEN_FILLED,
+                now_ms,
+                ticket=ack.ticket,
+                open_price=instrument.to_points(ack.fill_price),
+                open_time_ms=ack.fill_time_ms or now_ms,
+                volume=ack.fill_volume or p.volume,
+                command_id=None,
+            )
+            self._save(opened, effects)
+            effects.arms.append(Arm(opened))
+        elif category == "retryable" and p.attempt < self.timing.max_open_attempts:
+            self._save(p.transition(PositionEvent.RETRY, now_ms), effects)
+            self._retries[p.id] = (now_ms + self._backoff(p.attempt), command)
+        elif category == "unknown":
+            self._save(p.transition(PositionEvent.LINK_LOST, now_ms), effects)
+        else:
+            reason = (
+                "retries exhausted"
+                if category == "retryable"
+                else (ack.result_text if ack else category)
+            )
+            self._save(
+                p.transition(
+                    PositionEvent.OPEN_REJECTED,
+                    now_ms,
+                    command_id=None,
+                    close_reason=f"open refused: {reason}",
+                ),
+                effects,
+            )
+            self._alert(
+                effects,
+                "open_rejected",
+                AlertLevel.WARNING,
+                now_ms,
+                f"open of {p.symbol} refused by the broker: {reason}",
+                p,
+            )
+
+    def _close_result(
+        self,
+        p: Position,
+        command: CloseCommand,
+        category: Category,
+        ack: Ack | None,
+        now_ms: int,
+        effects: Effects,
+    ) -> None:
+        instrument = self.instrument_for(p.symbol, p.device_id)
+        if category in ("done", "already_closed"):
+            fill = (
+                None
+                if ack is None or ack.fill_price is None
+                else instrument.to_points(ack.fill_price)
+            )
+            event = (
+                PositionEvent.CLOSE_FILLED if category == "done" else PositionEvent.BROKER_CLOSED
+            )
+            closed = p.transition(
+                event,
+                now_ms,
+                close_price=fill,
+                close_time_ms=(ack.fill_time_ms if ack else None) or now_ms,
+                command_id=None,
+                realized_pl=self._realized(p, fill),
+            )
+            self._save(closed, effects)
+        elif category == "retryable" and p.attempt < self.timing.max_close_attempts:
+            self._save(p.transition(PositionEvent.RETRY, now_ms), effects)
+            self._retries[p.id] = (now_ms + self._backoff(p.attempt), command)
+        elif category == "unknown":
+            self._save(p.transition(PositionEvent.LINK_LOST, now_ms), effects)
+        else:
+            reason = (
+                "retries exhausted"
+                if category == "retryable"
+                else (ack.result_text if ack else category)
+            )
+            failed = p.transition(PositionEvent.CLOSE_FAILED, now_ms, command_id=None)
+            self._save(failed, effects)
+            self._alert(
+                effects,
+                "close_failed",
+                AlertLevel.CRITICAL,
+                now_ms,
+                f"close of {p.symbol} position {p.id} failed: {reason}",
+                p,
+            )
+
+    def _partial_result(
+        self,
+        p: Position,
+        command: PartialCloseCommand,
+        category: Category,
+        ack: Ack | None,
+        now_ms: int,
+        effects: Effects,
+    ) -> None:
+        if category == "done":
+            closed = ack.fill_volume if ack and ack.fill_volume else command.volume
+            remaining = round(p.volume - closed, 8)
+            if remaining > 0:
+                self._save(p.with_changes(now_ms, volume=remaining), effects)
+        elif category != "already_closed":
+            self._alert(
+                effects,
+                "partial_close_failed",
+                AlertLevel.WARNING,
+                now_ms,
+                f"partial close of {p.id} not done: {ack.result_text if ack else category}",
+                p,
+            )
+
+    def partial_close(self, position_id: str, volume: float, now_ms: int) -> Effects:
+        """Close ``volume`` lots of an OPEN position (the rest stays watched).
+
+        Raises:
+            NotFound: no such live position.
+            Conflict: it is not OPEN.
+            SizingRefused: the volume does not fit the broker's step, or leaves nothing.
+        """
+        p = self.positions.get(position_id)
+        if p is None:
+            raise NotFound("no such open position", position_id=position_id)
+        if p.state is not PositionState.OPEN or p.ticket is None:
+            raise Conflict(f"position is {p.state.value}", state=p.state.value)
+        volume = self.instrument_for(p.symbol, p.device_id).normalize_volume(volume)
+        if volume >= p.volume:
+            raise SizingRefused(
+                "a partial close must leave some volume; close it instead",
+                volume=volume,
+                position_volume=p.volume,
+            )
+        effects = Effects()
+        updated = p.with_changes(now_ms, modify_count=p.modify_count + 1)
+        command = PartialCloseCommand(
+            command_id=command_id(p.id, "pclose", updated.modify_count),
+            ticket=p.ticket,
+            symbol=p.symbol,
+            volume=volume,
+            deviation_points=self.settings.deviation_points,
+            deadline_ms=now_ms + self.timing.close_deadline,
+        )
+        self._save(updated, effects)
+        self._issue(command, p.device_id, p.id, now_ms, effects)
+        return effects
+
+    def _modify_result(
+        self, p: Position, category: Category, ack: Ack | None, now_ms: int, effects: Effects
+    ) -> None:
+        if category == "retryable" and p.state is PositionState.OPEN:
+            self._modifies[p.id] = now_ms + self.timing.modify_interval
+        elif category == "final":
+            self._alert(
+                effects,
+                "modify_failed",
+                AlertLevel.WARNING,
+                now_ms,
+                f"broker refused the stops of {p.id}: {ack.result_text if ack else 'no reason'}",
+                p,
+            )
+
+    def on_link_lost(self, command_ids: Iterable[str], now_ms: int) -> Effects:
+        """The device went away with these commands unanswered: opens and closes -> UNKNOWN."""
+        effects = Effects()
+        for cid in command_ids:
+            flight = self.inflight.get(cid)
+            if flight is None:
+                continue
+            if isinstance(flight.command, ModifyCommand):
+                del self.inflight[cid]
+                effects.records.append(
+                    CommandResolved(
+                        command_id=cid,
+                        position_id=flight.position_id,
+                        device_id=flight.device_id,
+                        outcome="link_lost",
+                        time_ms=now_ms,
+                    )
+                )
+                continue
+            p = self.positions.get(flight.position_id)
+            self.inflight[cid] = flight._replace(lost=True)
+            if (
+                p is not None
+                and p.command_id == cid
+                and p.state in (PositionState.PENDING_OPEN, PositionState.CLOSING)
+            ):
+                self._save(p.transition(PositionEvent.LINK_LOST, now_ms), effects)
+        return effects
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _issue(
+        self, command: Command, device_id: str, position_id: str, now_ms: int, effects: Effects
+    ) -> None:
+        self.inflight[command.command_id] = InFlight(command, device_id, position_id)
+        effects.commands.append((device_id, command))
+        effects.records.append(
+            CommandIssued(
+                command=command,
+                position_id=position_id,
+                user_id=self.user_id,
+                device_id=device_id,
+                issued_ms=now_ms,
+            )
+        )
+
+    def _save(self, p: Position, effects: Effects) -> None:
+        """Keep ``p`` as the current value of its position and journal it."""
+        if p.state in FINAL_STATES:
+            self.positions.pop(p.id, None)
+            self.recent_closed[p.id] = p
+            self.recent_closed.move_to_end(p.id)
+            while len(self.recent_closed) > self.RECENT_CLOSED:
+                self.recent_closed.popitem(last=False)
+            self._retries.pop(p.id, None)
+            self._modifies.pop(p.id, None)
+            self._last_modify.pop(p.id, None)
+        else:
+            self.positions[p.id] = p
+            if p.expires_at_ms is not None and p.state is PositionState.OPEN:
+                heapq.heappush(self._expiries, (p.expires_at_ms, p.id))
+        effects.records.append(PositionSaved(position=p))
+        effects.changed.append(p)
+
+    def _alert(
+        self,
+        effects: Effects,
+        kind: str,
+        level: AlertLevel,
+        now_ms: int,
+        message: str,
+        p: Position | None = None,
+    ) -> None:
+        alert = Alert(
+            kind=kind,
+            level=level,
+            message=message,
+            time_ms=now_ms,
+            user_id=self.user_id,
+            device_id=p.device_id if p else None,
+            symbol=p.symbol if p else None,
+            position_id=p.id if p else None,
+        )
+        effects.alerts.append(alert)
+        effects.records.append(AlertRaised(alert=alert))
+
+    def _backoff(self, attempt: int) -> int:
+        return int(min(self.timing.retry_cap, self.timing.retry_base * 2 ** max(0, attempt - 1)))
+
+    def _realized(self, p: Position, close_points: int | None) -> float | None:
+        if close_points is None or p.open_price is None:
+            return None
+        instrument = self.instrument_for(p.symbol, p.device_id)
+        diff = (close_points - p.open_price) * p.side.sign / instrument.scale
+        return round(diff * p.volume * instrument.contract_size, 2)
+
+    # -- terminal facts and time (engine.user_terminal) ---------------------------------------
+
+    def on_snapshot(
+        self, device_id: str, terminal: Iterable[TerminalPosition], now_ms: int
+    ) -> Effects:
+        """A device's positions snapshot (canonical symbols): reconcile."""
+        return user_terminal.on_snapshot(self, device_id, terminal, now_ms)
+
+    def on_event(self, device_id: str, event: TerminalEvent, now_ms: int) -> Effects:
+        """The terminal closed or opened a position on its own (canonical symbol)."""
+        return user_terminal.on_event(self, device_id, event, now_ms)
+
+    def on_level_moves(self, moves: Iterable[LevelMove], now_ms: int) -> Effects:
+        return user_terminal.on_level_moves(self, moves, now_ms)
+
+    def tick(self, now_ms: int) -> Effects:
+        """Issue the retries, modifies and expiry closes that have come due."""
+        return user_terminal.tick(self, now_ms)
+
+    def next_due_ms(self) -> int | None:
+        """When :meth:`tick` next has something to do (None: nothing is scheduled)."""
+        due = [d for d, _ in self._retries.values()]
+        due += self._modifies.values()
+        expiry = self._next_expiry()
+        if expiry is not None:
+            due.append(expiry)
+        return min(due) if due else None
+
+    def _next_expiry(self) -> int | None:
+        """The earliest expiry of an OPEN position (stale heap entries are dropped here)."""
+        heap = self._expiries
+        while heap:
+            at, pid = heap[0]
+            p = self.positions.get(pid)
+            if p is not None and p.state is PositionState.OPEN and p.expires_at_ms == at:
+                return at
+            heapq.heappop(heap)
+        return None
+
+    def pop_expired(self, now_ms: int) -> list[str]:
+        """Ids of OPEN positions whose expiry has come (removed from the schedule)."""
+        expired = []
+        while (at := self._next_expiry()) is not None and at <= now_ms:
+            expired.append(heapq.heappop(self._expiries)[1])
+        return expired
+
+    # -- account and guard ---------------------------------------------------------------------
+
+    def on_account(self, balance: float, equity: float, currency: str, now_ms: int) -> Effects:
+        """An account report: the drawdown guard may block opens or close everything."""
+        self.balance, self.equity, self.currency = balance, equity, currency or self.currency
+        effects = Effects()
+        alerts, decisions = self.guard.update(equity, now_ms)
+        for alert in alerts:
+            effects.alerts.append(alert)
+            effects.records.append(AlertRaised(alert=alert))
+        if GuardDecision.CLOSE_ALL in decisions:
+            for p in list(self.positions.values()):
+                if p.state in (PositionState.OPEN, PositionState.CLOSE_FAILED):
+                    self._close(p, "guard", now_ms, effects, armed=p.state is PositionState.OPEN)
+        if alerts or now_ms - self._guard_saved_ms >= self.timing.guard_save_interval:
+            self._guard_saved_ms = now_ms
+            effects.records.append(
+                GuardSaved(
+                    user_id=self.user_id,
+                    peak=self.guard.peak,
+                    level=int(self.guard.level),
+                    opens_blocked=self.guard.opens_blocked,
+                    balance=balance,
+                    equity=equity,
+                    time_ms=now_ms,
+                )
+            )
+        return effects

@@ -1,0 +1,61 @@
+"""What clients see of a position: floats at the instrument's digits and a live P&L.
+
+The P&L here is for display, in floats (it is recomputed on every delta a client gets). Money
+that is recorded (a realised P&L) goes through the exact ``engine.money`` functions.
+"""
+
+from __future__ import annotations
+
+from engine.instruments import Instrument
+from engine.positions import Position
+from protocol.client import PositionView
+
+__all__ = ["display_pl", "position_view"]
+
+
+def display_pl(instrument: Instrument, position: Position, current: int | None) -> float | None:
+    """Floating (or realised) P&L in the profit currency, rounded to cents."""
+    reference = position.close_price if position.close_price is not None else current
+    if position.open_price is None or reference is None:
+        return None
+    diff = (reference - position.open_price) * position.side.sign / instrument.scale
+    return round(diff * position.volume * instrument.contract_size, 2)
+
+
+def position_view(
+    instrument: Instrument, position: Position, bid: int | None = None, ask: int | None = None
+) -> PositionView:
+    """A client's view of ``position`` at the current quote (a long is valued at the bid)."""
+    current = bid if position.side.sign > 0 else ask
+    to_price = instrument.to_price
+
+    def price(points: int | None) -> float | None:
+        return None if points is None else to_price(points)
+
+    pl = (
+        position.realized_pl
+        if position.realized_pl is not None
+        else display_pl(instrument, position, current)
+    )
+    return PositionView(
+        id=position.id,
+        symbol=position.symbol,
+        side=position.side,
+        volume=position.volume,
+        state=position.state.value,
+        origin=position.origin,
+        device_id=position.device_id,
+        ticket=position.ticket,
+        open_price=price(position.open_price),
+        open_time_ms=position.open_time_ms,
+        sl=price(position.sl),
+        tp=price(position.tp),
+        current_price=price(current),
+        pl=pl,
+        close_price=price(position.close_price),
+        close_time_ms=position.close_time_ms,
+        close_reason=position.close_reason,
+        signal_id=position.signal_id,
+        flags=list(position.flags),
+        updated_ms=position.updated_ms,
+    )

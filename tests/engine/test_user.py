@@ -1,0 +1,397 @@
+"""The user core's flows, as plain function calls (no trio, no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.effects import Arm, Disarm
+from engine.guards import DrawdownLimits
+from engine.instruments import DEFAULT_INSTRUMENTS
+from engine.lifecycle import PositionState
+from engine.records import ApprovalSaved, CommandIssued, PositionSaved
+from engine.sizing import UserSettings
+from engine.trailing import LevelMove
+from engine.triggers import Trigger, TriggerKind
+from engine.user import DeviceInfo, UserCore
+from protocol.common import AlertLevel, Side
+from protocol.device import (
+    Ack,
+    CloseCommand,
+    EventKind,
+    ModifyCommand,
+    OpenCommand,
+    PositionEvent,
+    TerminalPosition,
+)
+from protocol.errors import Conflict, Forbidden, GuardBlocked, NotFound, Refused
+from protocol.signals import Signal
+
+GOLD = DEFAULT_INSTRUMENTS["XAUUSD"]
+P = GOLD.to_points
+T0 = 1_700_000_000_000
+
+
+def signal(**over) -> Signal:
+    fields = dict(
+        strategy_id="s1",
+        signal_id="g1",
+        version=1,
+        audience=["u1"],
+        symbol="XAUUSD",
+        side=Side.BUY,
+        entry=1950.0,
+        sl=1945.0,
+        tp=1960.0,
+        volume=0.1,
+        created_at_ms=T0,
+        expires_at_ms=T0 + 3_600_000,
+    )
+    fields.update(over)
+    return Signal(**fields)
+
+
+def core(**settings) -> UserCore:
+    c = UserCore("u1", UserSettings(**settings))
+    c.on_device(DeviceInfo("d1", {"XAUUSD": GOLD}), T0)
+    return c
+
+
+def approved(c: UserCore, sig: Signal | None = None, now: int = T0 + 1000) -> str:
+    _, fx = c.decide(
+        approval_id="a1",
+        signal=sig or signal(),
+        decision="approve",
+        bid=1950.0,
+        ask=1950.3,
+        now_ms=now,
+    )
+    return fx.commands[0][1].command_id
+
+
+def opened(c: UserCore, fill: float = 1950.3, ticket: int = 555) -> str:
+    cid = approved(c)
+    fx = c.on_result(
+        cid,
+        "done",
+        Ack(command_id=cid, retcode=10009, ticket=ticket, fill_price=fill, fill_time_ms=T0 + 1100),
+        T0 + 1100,
+    )
+    [arm] = fx.arms
+    assert isinstance(arm, Arm)
+    return arm.position.id
+
+
+def fire(c: UserCore, pid: str, kind=TriggerKind.SL, price: float = 1944.5):
+    p = c.positions[pid]
+    level = p.sl if kind is TriggerKind.SL else p.tp
+    return c.on_triggers([Trigger(pid, kind, p.side, level, P(price))], T0 + 2000)
+
+
+def test_approval_opens_with_broker_stops_and_journals_in_order() -> None:
+    c = core()
+    approval, fx = c.decide(
+        approval_id="a1",
+        signal=signal(),
+        decision="approve",
+        bid=1950.0,
+        ask=1950.3,
+        now_ms=T0 + 1000,
+        ip="10.0.0.1",
+        user_agent="ua",
+    )
+    [(device, cmd)] = fx.commands
+    assert device == "d1" and isinstance(cmd, OpenCommand)
+    pid = approval.position_id
+    assert cmd.command_id == f"{pid}.open.1" and cmd.client_id == f"tw:{pid}"
+    assert (cmd.sl, cmd.tp, cmd.volume, cmd.price) == (1945.0, 1960.0, 0.01, 1950.3)
+    assert [type(r) for r in fx.records] == [ApprovalSaved, PositionSaved, CommandIssued]
+    assert c.positions[pid].state is PositionState.PENDING_OPEN
+    assert approval.ip == "10.0.0.1" and approval.user_agent == "ua"
+
+
+def test_decisions_are_owned_and_made_once() -> None:
+    c = core()
+    with pytest.raises(Forbidden):
+        c.decide(
+            approval_id="a0",
+            signal=signal(audience=["u2"]),
+            decision="approve",
+            bid=1950.0,
+            ask=1950.3,
+            now_ms=T0,
+        )
+    c.decide(approval_id="a1", signal=signal(), decision="reject", bid=None, ask=None, now_ms=T0)
+    with pytest.raises(Conflict) as again:
+        c.decide(
+            approval_id="a2", signal=signal(), decision="approve", bid=1950.0, ask=1950.3, now_ms=T0
+        )
+    assert again.value.details["decision"] == "reject"
+    # A new version of the signal is a new decision.
+    c.decide(
+        approval_id="a3", signal=signal(version=2), decision="reject", bid=None, ask=None, now_ms=T0
+    )
+
+
+def test_refusals_record_nothing() -> None:
+    c = UserCore("u1")
+    with pytest.raises(Refused, match="no connected device"):
+        c.decide(
+            approval_id="a1", signal=signal(), decision="approve", bid=1950.0, ask=1950.3, now_ms=T0
+        )
+    assert not c.approvals
+    c.on_device(DeviceInfo("d1", {"XAUUSD": GOLD}), T0)
+    with pytest.raises(Refused, match="no price"):
+        c.decide(
+            approval_id="a1", signal=signal(), decision="approve", bid=None, ask=None, now_ms=T0
+        )
+    assert not c.approvals and not c.positions
+
+
+def test_breach_close_ack_closed_with_fill_and_pl() -> None:
+    c = core()
+    pid = opened(c)
+    assert c.positions[pid].state is PositionState.OPEN
+    fx = fire(c, pid)
+    [(_, close)] = fx.commands
+    assert isinstance(close, CloseCommand) and close.command_id == f"{pid}.close.1"
+    assert close.ticket == 555 and close.reason == "sl" and close.volume == 0.01
+    p = c.positions[pid]
+    assert p.state is PositionState.CLOSING and p.trigger_price == P(1944.5)
+    fx = c.on_result(
+        close.command_id,
+        "done",
+        Ack(command_id=close.command_id, retcode=10009, fill_price=1944.4),
+        T0 + 2100,
+    )
+    closed = c.recent_closed[pid]
+    assert closed.state is PositionState.CLOSED and closed.close_price == P(1944.4)
+    assert closed.realized_pl == pytest.approx((1944.4 - 1950.3) * 0.01 * 100)
+    assert pid not in c.positions
+
+
+def test_a_trigger_for_a_position_not_open_does_nothing() -> None:
+    c = core()
+    pid = opened(c)
+    fire(c, pid)
+    assert not fire(c, pid).commands  # already closing
+
+
+def test_retryable_close_retries_with_backoff_and_new_ids_then_fails() -> None:
+    c = core()
+    pid = opened(c)
+    cid = fire(c, pid).commands[0][1].command_id
+    now = T0 + 2000
+    for attempt in range(2, 6):
+        fx = c.on_result(cid, "retryable", Ack(command_id=cid, retcode=10004), now)
+        assert c.positions[pid].state is PositionState.CLOSING and not fx.commands
+        assert not c.tick(now + 1).commands  # not before its backoff
+        now += 10_000
+        [(_, retry)] = c.tick(now).commands
+        assert retry.command_id == f"{pid}.close.{attempt}"
+        cid = retry.command_id
+    fx = c.on_result(cid, "retryable", Ack(command_id=cid, retcode=10004), now)
+    assert c.positions[pid].state is PositionState.CLOSE_FAILED
+    assert [a.level for a in fx.alerts] == [AlertLevel.CRITICAL]
+
+
+def test_final_rejection_fails_and_a_new_close_never_reuses_an_id() -> None:
+    c = core()
+    pid = opened(c)
+    cid = fire(c, pid).commands[0][1].command_id
+    fx = c.on_result(
+        cid, "final", Ack(command_id=cid, retcode=10018, result_text="closed"), T0 + 3000
+    )
+    assert c.positions[pid].state is PositionState.CLOSE_FAILED
+    assert fx.alerts[0].kind == "close_failed"
+    [(_, again)] = c.close_position(pid, "manual", T0 + 4000).commands
+    assert again.command_id == f"{pid}.close.2"
+
+
+def test_link_lost_then_snapshot_says_closed_no_resend() -> None:
+    c = core()
+    pid = opened(c)
+    cid = fire(c, pid).commands[0][1].command_id
+    c.on_link_lost([cid], T0 + 3000)
+    assert c.positions[pid].state is PositionState.UNKNOWN
+    fx = c.on_snapshot("d1", [], T0 + 5000)
+    assert not fx.commands
+    assert c.recent_closed[pid].state is PositionState.CLOSED
+    assert c.recent_closed[pid].close_reason == "sl"
+
+
+def test_link_lost_then_snapshot_says_open_resends_the_same_id() -> None:
+    c = core()
+    pid = opened(c)
+    cid = fire(c, pid).commands[0][1].command_id
+    c.on_link_lost([cid], T0 + 3000)
+    still = TerminalPosition(
+        ticket=555,
+        symbol="XAUUSD",
+        side=Side.BUY,
+        volume=0.01,
+        open_price=1950.3,
+        open_time_ms=T0,
+        comment=f"tw:{pid}",
+    )
+    fx = c.on_snapshot("d1", [still], T0 + 5000)
+    [(_, resent)] = fx.commands
+    assert resent.command_id == cid
+    assert c.positions[pid].state is PositionState.CLOSING
+
+
+def test_duplicate_late_and_unknown_results_are_ignored() -> None:
+    c = core()
+    pid = opened(c)
+    cid = fire(c, pid).commands[0][1].command_id
+    ack = Ack(command_id=cid, retcode=10009, fill_price=1944.4)
+    assert c.on_result(cid, "done", ack, T0 + 3000)
+    assert not c.on_result(cid, "done", ack, T0 + 3001)  # a duplicate
+    assert not c.on_result("nope.close.1", "done", ack, T0 + 3002)
+
+
+def test_broker_stop_hits_first_then_our_close_is_already_closed() -> None:
+    c = core()
+    pid = opened(c)
+    cid = fire(c, pid).commands[0][1].command_id
+    fx = c.on_result(cid, "already_closed", Ack(command_id=cid, retcode=10036), T0 + 3000)
+    assert c.recent_closed[pid].state is PositionState.CLOSED
+    assert c.recent_closed[pid].close_price is None  # the terminal's fill comes with its event
+    event = PositionEvent(
+        kind=EventKind.CLOSED_SL,
+        ticket=555,
+        symbol="XAUUSD",
+        side=Side.BUY,
+        volume=0.01,
+        price=1945.0,
+        time_ms=T0 + 2500,
+        profit=-5.3,
+    )
+    fx = c.on_event("d1", event, T0 + 3100)
+    closed = c.recent_closed[pid]
+    assert closed.close_price == P(1945.0) and closed.realized_pl == -5.3
+    assert fx.records
+
+
+def test_terminal_event_before_our_ack_wins_and_the_ack_is_ignored() -> None:
+    c = core()
+    pid = opened(c)
+    cid = fire(c, pid).commands[0][1].command_id
+    event = PositionEvent(
+        kind=EventKind.CLOSED_SL,
+        ticket=555,
+        symbol="XAUUSD",
+        side=Side.BUY,
+        volume=0.01,
+        price=1945.0,
+        time_ms=T0 + 2500,
+    )
+    c.on_event("d1", event, T0 + 2600)
+    assert c.recent_closed[pid].close_reason == "sl"
+    assert c.recent_closed[pid].close_price == P(1945.0)
+    assert not c.on_result(
+        cid, "already_closed", Ack(command_id=cid, retcode=10036), T0 + 2700
+    ).changed
+
+
+def test_manual_terminal_close_of_an_open_position_disarms() -> None:
+    c = core()
+    pid = opened(c)
+    event = PositionEvent(
+        kind=EventKind.CLOSED_MANUAL,
+        ticket=555,
+        symbol="XAUUSD",
+        side=Side.BUY,
+        volume=0.01,
+        price=1951.0,
+        time_ms=T0 + 2500,
+    )
+    fx = c.on_event("d1", event, T0 + 2600)
+    assert fx.arms == [Disarm("XAUUSD", pid)]
+    assert c.recent_closed[pid].close_reason == "manual_terminal"
+
+
+def test_expiry_closes_what_the_approval_opened() -> None:
+    c = core()
+    pid = opened(c)
+    assert not c.tick(T0 + 3_599_000).commands
+    [(_, close)] = c.tick(T0 + 3_600_000).commands
+    assert close.reason == "expiry" and close.command_id == f"{pid}.close.1"
+
+
+def test_drawdown_critical_blocks_opens_or_closes_all() -> None:
+    c = core()
+    c.on_account(10_000, 10_000, "USD", T0)
+    c.on_account(10_000, 8_400, "USD", T0 + 1)
+    with pytest.raises(GuardBlocked):
+        approved(c)
+    c2 = core(drawdown=DrawdownLimits(on_critical="close_all"))
+    pid = opened(c2)
+    c2.on_account(10_000, 10_000, "USD", T0)
+    fx = c2.on_account(10_000, 8_000, "USD", T0 + 2)
+    [(_, close)] = fx.commands
+    assert close.reason == "guard" and c2.positions[pid].state is PositionState.CLOSING
+
+
+def test_trailing_moves_become_rate_limited_modifies() -> None:
+    c = core()
+    pid = opened(c)
+    c.on_level_moves([LevelMove(pid, P(1947), "trailing")], T0 + 2000)
+    [(_, first)] = c.tick(T0 + 2000).commands
+    assert isinstance(first, ModifyCommand) and first.sl == 1947.0
+    assert first.command_id == f"{pid}.modify.1"
+    c.on_level_moves([LevelMove(pid, P(1948), "trailing")], T0 + 2100)
+    c.on_level_moves([LevelMove(pid, P(1949), "trailing")], T0 + 2200)
+    assert not c.tick(T0 + 2500).commands  # within the interval
+    [(_, second)] = c.tick(T0 + 3000).commands  # coalesced to the latest level
+    assert second.sl == 1949.0 and second.command_id == f"{pid}.modify.2"
+
+
+def test_unknown_open_is_resolved_by_the_snapshot() -> None:
+    c = core()
+    cid = approved(c)
+    pid = cid.split(".")[0]
+    c.on_link_lost([cid], T0 + 2000)
+    assert c.positions[pid].state is PositionState.UNKNOWN
+    found = TerminalPosition(
+        ticket=777,
+        symbol="XAUUSD",
+        side=Side.BUY,
+        volume=0.01,
+        open_price=1950.4,
+        open_time_ms=T0 + 1500,
+        comment=f"tw:{pid}",
+    )
+    fx = c.on_snapshot("d1", [found], T0 + 5000)
+    assert c.positions[pid].state is PositionState.OPEN and c.positions[pid].ticket == 777
+    assert isinstance(fx.arms[0], Arm)
+
+    c2 = core()
+    cid2 = approved(c2)
+    c2.on_link_lost([cid2], T0 + 2000)
+    c2.on_snapshot("d1", [], T0 + 5000)
+    assert c2.recent_closed[cid2.split(".")[0]].state is PositionState.REJECTED
+
+
+def test_unknown_terminal_positions_are_adopted_as_external() -> None:
+    c = core()
+    theirs = TerminalPosition(
+        ticket=999,
+        symbol="XAUUSD",
+        side=Side.SELL,
+        volume=0.5,
+        open_price=1955.0,
+        open_time_ms=T0,
+        sl=1965.0,
+    )
+    fx = c.on_snapshot("d1", [theirs], T0 + 1000)
+    [p] = c.positions.values()
+    assert p.origin.value == "external" and p.state is PositionState.OPEN
+    assert p.sl == P(1965.0) and isinstance(fx.arms[0], Arm)
+    # The same ticket seen again is not adopted twice.
+    c.on_snapshot("d1", [theirs], T0 + 2000)
+    assert len(c.positions) == 1
+
+
+def test_manual_close_of_unknown_position() -> None:
+    with pytest.raises(NotFound):
+        core().close_position("nope", "manual", T0)
