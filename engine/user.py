@@ -9,8 +9,10 @@ backoff, an answer-less disconnect to UNKNOWN (resolved only by the terminal's s
 resend re-uses the same id). Modifies (broker-side SL/TP following trailing and break-even moves)
 are rate-limited per position and coalesced to the latest levels.
 
-Terminal-side facts (reconciliation findings, the terminal's own events) are handled in
-``engine.user_terminal``, which extends this class.
+The handlers live in three modules, exposed here as methods: approvals, devices and the guard
+in this one; closes and command outcomes in ``engine.user_commands``; terminal-side facts
+(reconciliation, the terminal's own events), level moves and what comes due in time in
+``engine.user_terminal``.
 """
 
 from __future__ import annotations
@@ -21,37 +23,33 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Literal, NamedTuple
 
-from engine import user_terminal
-from engine.effects import Arm, Disarm, Effects
+from engine import user_commands, user_terminal
+from engine.effects import Arm, Effects
 from engine.guards import DrawdownGuard, GuardDecision
 from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
-from engine.lifecycle import FINAL_STATES, PositionEvent, PositionState
+from engine.lifecycle import FINAL_STATES, PositionState
 from engine.positions import Position
 from engine.records import (
     AlertRaised,
     Approval,
     ApprovalSaved,
     CommandIssued,
-    CommandResolved,
     GuardSaved,
     PositionSaved,
     signal_key,
 )
 from engine.sizing import UserSettings, check_entry, check_stops, protective_levels, size_volume
 from engine.trailing import LevelMove
-from engine.triggers import Trigger, TriggerKind
+from engine.triggers import Trigger
 from protocol.common import Alert, AlertLevel, Origin
 from protocol.device import (
     Ack,
-    CloseCommand,
     Command,
-    ModifyCommand,
     OpenCommand,
-    PartialCloseCommand,
     TerminalPosition,
 )
 from protocol.device import PositionEvent as TerminalEvent
-from protocol.errors import Conflict, Forbidden, GuardBlocked, NotFound, Refused, SizingRefused
+from protocol.errors import Conflict, Forbidden, GuardBlocked, Refused
 from protocol.ids import client_id, command_id
 from protocol.signals import Signal
 
@@ -340,33 +338,30 @@ class UserCore:
 
     # -- triggers and closes -------------------------------------------------------------------
 
+    # -- command outcomes ----------------------------------------------------------------------
+
+    # -- commands (engine.user_commands) ----------------------------------------------------
+
     def on_triggers(self, triggers: Iterable[Trigger], now_ms: int) -> Effects:
         """SL/TP fired: close each position that is still OPEN (the hot path)."""
-        effects = Effects()
-        positions = self.positions
-        for t in triggers:
-            p = positions.get(t.position_id)
-            if p is None or p.state is not PositionState.OPEN:
-                continue  # closing or closed by other means meanwhile
-            reason = "sl" if t.kind is TriggerKind.SL else "tp"
-            self._close(p, reason, now_ms, effects, trigger_price=t.price, armed=False)
-        return effects
+        return user_commands.on_triggers(self, triggers, now_ms)
 
     def close_position(self, position_id: str, reason: str, now_ms: int) -> Effects:
-        """Close a position by hand (owner or admin), by expiry, or by a guard.
+        """Close a position by hand, by expiry or by a guard (see ``user_commands``)."""
+        return user_commands.close_position(self, position_id, reason, now_ms)
 
-        Raises:
-            NotFound: no such live position for this user.
-            Conflict: it is not OPEN or CLOSE_FAILED (already closing, unknown, pending).
-        """
-        p = self.positions.get(position_id)
-        if p is None:
-            raise NotFound("no such open position", position_id=position_id)
-        if p.state not in (PositionState.OPEN, PositionState.CLOSE_FAILED):
-            raise Conflict(f"position is {p.state.value}", state=p.state.value)
-        effects = Effects()
-        self._close(p, reason, now_ms, effects, armed=p.state is PositionState.OPEN)
-        return effects
+    def partial_close(self, position_id: str, volume: float, now_ms: int) -> Effects:
+        return user_commands.partial_close(self, position_id, volume, now_ms)
+
+    def on_result(
+        self, command_id_: str, category: Category, ack: Ack | None, now_ms: int
+    ) -> Effects:
+        """The device's answer to one of our commands (or its classified absence)."""
+        return user_commands.on_result(self, command_id_, category, ack, now_ms)
+
+    def on_link_lost(self, command_ids: Iterable[str], now_ms: int) -> Effects:
+        """The device went away with these commands unanswered: opens and closes -> UNKNOWN."""
+        return user_commands.on_link_lost(self, command_ids, now_ms)
 
     def _close(
         self,
@@ -377,281 +372,7 @@ class UserCore:
         trigger_price: int | None = None,
         armed: bool = True,
     ) -> None:
-        # A close after an earlier one (a retry, or a new try after CLOSE_FAILED) must not reuse
-        # an id: the EA would answer it with the earlier result instead of closing.
-        attempt = p.attempt + 1 if p.close_reason is not None else 1
-        cid = command_id(p.id, "close", attempt)
-        assert p.ticket is not None  # an OPEN position always has its ticket
-        command = CloseCommand(
-            command_id=cid,
-            ticket=p.ticket,
-            symbol=p.symbol,
-            volume=p.volume,
-            deviation_points=self.settings.deviation_points,
-            reason=reason,
-            deadline_ms=now_ms + self.timing.close_deadline,
-        )
-        closing = p.transition(
-            PositionEvent.CLOSE_SENT,
-            now_ms,
-            attempt=attempt,
-            command_id=cid,
-            close_reason=reason,
-            trigger_price=trigger_price,
-        )
-        # The command goes out first; its record follows (DESIGN.md: ids make a resend harmless).
-        self._issue(command, p.device_id, p.id, now_ms, effects)
-        self._save(closing, effects)
-        if armed:
-            effects.arms.append(Disarm(p.symbol, p.id))
-        self._modifies.pop(p.id, None)
-
-    # -- command outcomes ----------------------------------------------------------------------
-
-    def on_result(
-        self, command_id_: str, category: Category, ack: Ack | None, now_ms: int
-    ) -> Effects:
-        """The device's answer to one of our commands (or its classified absence).
-
-        An answer to a command that is not in flight (a duplicate, a late repeat, one resolved
-        by reconciliation meanwhile) changes nothing.
-        """
-        effects = Effects()
-        flight = self.inflight.pop(command_id_, None)
-        if flight is None:
-            return effects
-        effects.records.append(
-            CommandResolved(
-                command_id=command_id_,
-                position_id=flight.position_id,
-                device_id=flight.device_id,
-                outcome=category,
-                time_ms=now_ms,
-                retcode=None if ack is None else ack.retcode,
-                text="" if ack is None else ack.result_text,
-            )
-        )
-        p = self.positions.get(flight.position_id)
-        command = flight.command
-        # Modifies and partial closes travel beside the position's own open/close command.
-        beside = isinstance(command, ModifyCommand | PartialCloseCommand)
-        if p is None or (p.command_id != command_id_ and not beside):
-            return effects  # the position moved on (closed meanwhile): nothing left to do
-        if isinstance(command, OpenCommand):
-            self._open_result(p, command, category, ack, now_ms, effects)
-        elif isinstance(command, CloseCommand):
-            self._close_result(p, command, category, ack, now_ms, effects)
-        elif isinstance(command, PartialCloseCommand):
-            self._partial_result(p, command, category, ack, now_ms, effects)
-        else:
-            self._modify_result(p, category, ack, now_ms, effects)
-        return effects
-
-    def _open_result(
-        self,
-        p: Position,
-        command: OpenCommand,
-        category: Category,
-        ack: Ack | None,
-        now_ms: int,
-        effects: Effects,
-    ) -> None:
-        instrument = self.instrument_for(p.symbol, p.device_id)
-        if category == "done" and ack is not None and ack.ticket is not None:
-            if ack.fill_price is None:  # a pending order was placed: wait for its fill event
-                self._save(p.with_changes(now_ms, ticket=ack.ticket), effects)
-                return
-            opened = p.transition(
-                PositionEvent.OPEN_FILLED,
-                now_ms,
-                ticket=ack.ticket,
-                open_price=instrument.to_points(ack.fill_price),
-                open_time_ms=ack.fill_time_ms or now_ms,
-                volume=ack.fill_volume or p.volume,
-                command_id=None,
-            )
-            self._save(opened, effects)
-            effects.arms.append(Arm(opened))
-        elif category == "retryable" and p.attempt < self.timing.max_open_attempts:
-            self._save(p.transition(PositionEvent.RETRY, now_ms), effects)
-            self._retries[p.id] = (now_ms + self._backoff(p.attempt), command)
-        elif category == "unknown":
-            self._save(p.transition(PositionEvent.LINK_LOST, now_ms), effects)
-        else:
-            reason = (
-                "retries exhausted"
-                if category == "retryable"
-                else (ack.result_text if ack else category)
-            )
-            self._save(
-                p.transition(
-                    PositionEvent.OPEN_REJECTED,
-                    now_ms,
-                    command_id=None,
-                    close_reason=f"open refused: {reason}",
-                ),
-                effects,
-            )
-            self._alert(
-                effects,
-                "open_rejected",
-                AlertLevel.WARNING,
-                now_ms,
-                f"open of {p.symbol} refused by the broker: {reason}",
-                p,
-            )
-
-    def _close_result(
-        self,
-        p: Position,
-        command: CloseCommand,
-        category: Category,
-        ack: Ack | None,
-        now_ms: int,
-        effects: Effects,
-    ) -> None:
-        instrument = self.instrument_for(p.symbol, p.device_id)
-        if category in ("done", "already_closed"):
-            fill = (
-                None
-                if ack is None or ack.fill_price is None
-                else instrument.to_points(ack.fill_price)
-            )
-            event = (
-                PositionEvent.CLOSE_FILLED if category == "done" else PositionEvent.BROKER_CLOSED
-            )
-            closed = p.transition(
-                event,
-                now_ms,
-                close_price=fill,
-                close_time_ms=(ack.fill_time_ms if ack else None) or now_ms,
-                command_id=None,
-                realized_pl=self._realized(p, fill),
-            )
-            self._save(closed, effects)
-        elif category == "retryable" and p.attempt < self.timing.max_close_attempts:
-            self._save(p.transition(PositionEvent.RETRY, now_ms), effects)
-            self._retries[p.id] = (now_ms + self._backoff(p.attempt), command)
-        elif category == "unknown":
-            self._save(p.transition(PositionEvent.LINK_LOST, now_ms), effects)
-        else:
-            reason = (
-                "retries exhausted"
-                if category == "retryable"
-                else (ack.result_text if ack else category)
-            )
-            failed = p.transition(PositionEvent.CLOSE_FAILED, now_ms, command_id=None)
-            self._save(failed, effects)
-            self._alert(
-                effects,
-                "close_failed",
-                AlertLevel.CRITICAL,
-                now_ms,
-                f"close of {p.symbol} position {p.id} failed: {reason}",
-                p,
-            )
-
-    def _partial_result(
-        self,
-        p: Position,
-        command: PartialCloseCommand,
-        category: Category,
-        ack: Ack | None,
-        now_ms: int,
-        effects: Effects,
-    ) -> None:
-        if category == "done":
-            closed = ack.fill_volume if ack and ack.fill_volume else command.volume
-            remaining = round(p.volume - closed, 8)
-            if remaining > 0:
-                self._save(p.with_changes(now_ms, volume=remaining), effects)
-        elif category != "already_closed":
-            self._alert(
-                effects,
-                "partial_close_failed",
-                AlertLevel.WARNING,
-                now_ms,
-                f"partial close of {p.id} not done: {ack.result_text if ack else category}",
-                p,
-            )
-
-    def partial_close(self, position_id: str, volume: float, now_ms: int) -> Effects:
-        """Close ``volume`` lots of an OPEN position (the rest stays watched).
-
-        Raises:
-            NotFound: no such live position.
-            Conflict: it is not OPEN.
-            SizingRefused: the volume does not fit the broker's step, or leaves nothing.
-        """
-        p = self.positions.get(position_id)
-        if p is None:
-            raise NotFound("no such open position", position_id=position_id)
-        if p.state is not PositionState.OPEN or p.ticket is None:
-            raise Conflict(f"position is {p.state.value}", state=p.state.value)
-        volume = self.instrument_for(p.symbol, p.device_id).normalize_volume(volume)
-        if volume >= p.volume:
-            raise SizingRefused(
-                "a partial close must leave some volume; close it instead",
-                volume=volume,
-                position_volume=p.volume,
-            )
-        effects = Effects()
-        updated = p.with_changes(now_ms, modify_count=p.modify_count + 1)
-        command = PartialCloseCommand(
-            command_id=command_id(p.id, "pclose", updated.modify_count),
-            ticket=p.ticket,
-            symbol=p.symbol,
-            volume=volume,
-            deviation_points=self.settings.deviation_points,
-            deadline_ms=now_ms + self.timing.close_deadline,
-        )
-        self._save(updated, effects)
-        self._issue(command, p.device_id, p.id, now_ms, effects)
-        return effects
-
-    def _modify_result(
-        self, p: Position, category: Category, ack: Ack | None, now_ms: int, effects: Effects
-    ) -> None:
-        if category == "retryable" and p.state is PositionState.OPEN:
-            self._modifies[p.id] = now_ms + self.timing.modify_interval
-        elif category == "final":
-            self._alert(
-                effects,
-                "modify_failed",
-                AlertLevel.WARNING,
-                now_ms,
-                f"broker refused the stops of {p.id}: {ack.result_text if ack else 'no reason'}",
-                p,
-            )
-
-    def on_link_lost(self, command_ids: Iterable[str], now_ms: int) -> Effects:
-        """The device went away with these commands unanswered: opens and closes -> UNKNOWN."""
-        effects = Effects()
-        for cid in command_ids:
-            flight = self.inflight.get(cid)
-            if flight is None:
-                continue
-            if isinstance(flight.command, ModifyCommand):
-                del self.inflight[cid]
-                effects.records.append(
-                    CommandResolved(
-                        command_id=cid,
-                        position_id=flight.position_id,
-                        device_id=flight.device_id,
-                        outcome="link_lost",
-                        time_ms=now_ms,
-                    )
-                )
-                continue
-            p = self.positions.get(flight.position_id)
-            self.inflight[cid] = flight._replace(lost=True)
-            if (
-                p is not None
-                and p.command_id == cid
-                and p.state in (PositionState.PENDING_OPEN, PositionState.CLOSING)
-            ):
-                self._save(p.transition(PositionEvent.LINK_LOST, now_ms), effects)
-        return effects
+        user_commands.close(self, p, reason, now_ms, effects, trigger_price, armed)
 
     # -- helpers -------------------------------------------------------------------------------
 

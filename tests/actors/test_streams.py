@@ -1,0 +1,52 @@
+"""Client streams: snapshot then deltas; a slow client is dropped, the others keep up."""
+
+from __future__ import annotations
+
+import trio
+
+from protocol.client import PositionDelta, Snapshot
+from tests.actors.test_commands import open_position
+
+
+async def test_snapshot_then_coalesced_deltas_and_slow_client_dropped(
+    harness, device, autojump_clock
+) -> None:
+    node = harness.node
+    await device.connect()
+    hub = node.hub
+    fast, snap = await hub.subscribe("u1", ["positions", "alerts", "devices"])
+    slow, _ = await hub.subscribe("u1", ["positions"])
+    assert isinstance(snap, Snapshot) and snap.devices[0].connected
+    received: list = []
+
+    async def read_fast() -> None:
+        while True:
+            batch = await fast.buffer.get_batch()
+            if not batch:
+                return
+            received.extend(batch)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_fast)
+        pid = await open_position(harness, device)
+        await trio.sleep(0.1)
+        assert any(
+            isinstance(m, PositionDelta) and m.position.id == pid and m.position.state == "open"
+            for m in received
+        )
+        # Flood the slow client (it never reads) past its buffer, repeatedly.
+        capacity = node.config.client_capacity
+        for i in range(capacity * (node.config.client_max_overruns + 1)):
+            slow.buffer.offer(
+                ("x", i),
+                PositionDelta(position=snap.positions[0]) if snap.positions else received[-1],
+            )
+        assert slow.dropped
+        # The fast client is unaffected: a new change still reaches it at once.
+        before = len(received)
+        harness.quote(1944.0, 1944.3)
+        await trio.sleep(0.1)
+        assert len(received) > before
+        nursery.cancel_scope.cancel()
+    hub.unsubscribe(slow)
+    assert hub.dropped == 1
