@@ -5,12 +5,20 @@ trigger books). Quotes arrive through :meth:`offer` (coalescing inbox), arm/move
 from user actors through :meth:`control`, both in one FIFO so a position is always armed before
 a later quote is judged against it. What a quote fires goes to each owning user's mailbox with a
 non-blocking put: per quote the work does not grow with the number of open positions.
+
+The idle fast path: when the inbox is empty, :meth:`offer` processes the quote at once, in the
+caller's task (trio runs every task on one thread, so nothing can interleave with the
+synchronous core). That saves a task hop, ~20 us of a ~50 us budget, on the common case of a
+quote arriving at a quiet actor; a busy actor's quotes queue as usual, and FIFO order with
+arm requests is kept because the fast path is taken only when nothing is queued. A failure on
+the fast path is handed to the actor's own task, which raises it so that the supervisor
+restarts the actor as for any other failure.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 import trio
@@ -31,6 +39,12 @@ if TYPE_CHECKING:
 __all__ = ["SymbolActor"]
 
 
+class _Failure(NamedTuple):
+    """A failure of the fast path, to be raised in the actor's task."""
+
+    error: Exception
+
+
 class SymbolActor:
     def __init__(self, node: Node, instrument: Instrument) -> None:
         self.node = node
@@ -42,6 +56,8 @@ class SymbolActor:
         self.rejected = 0
         self.fired = 0
         self.seq = 0
+        self._idle = False
+        """True while the actor's task is waiting for its inbox (the fast path is open)."""
         self.log = structlog.get_logger().bind(symbol=self.symbol)
 
     def _new_core(self) -> SymbolCore:
@@ -51,7 +67,14 @@ class SymbolActor:
     # -- inputs (never block) ----------------------------------------------------------------
 
     def offer(self, quote: Quote) -> None:
-        """A quote from a feed."""
+        """A quote from a feed: processed now if the actor is idle, queued otherwise."""
+        if self._idle and not len(self.inbox):
+            try:
+                self._quote(quote, self.node.clock.now_ms())
+            except Exception as exc:  # the actor's failure, raised in the actor's own task
+                self._idle = False
+                self.inbox.put_control(_Failure(exc))
+            return
         self.inbox.put_quote(quote)
 
     def control(self, op: Arm | MoveLevels | Disarm) -> None:
@@ -69,13 +92,19 @@ class SymbolActor:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_silence)
             while True:
-                sweep, batch = await self.inbox.get_batch()
+                self._idle = True
+                try:
+                    sweep, batch = await self.inbox.get_batch()
+                finally:
+                    self._idle = False
                 now = self.node.clock.now_ms()
                 if sweep is not None:
                     self._sweep(sweep, now)
                 for item in batch:
                     if type(item) is Quote:
                         self._quote(item, now)
+                    elif type(item) is _Failure:
+                        raise item.error
                     else:
                         self._control(item)  # type: ignore[arg-type]
 

@@ -45,6 +45,7 @@ class SymbolCore:
 
     __slots__ = (
         "_owners",
+        "_scale",
         "ask",
         "bid",
         "book",
@@ -67,6 +68,7 @@ class SymbolCore:
         self.book = TriggerBook(instrument.symbol)
         self.trailing = TrailingBook(instrument.symbol)
         self._owners: dict[str, str] = {}
+        self._scale = instrument.scale
         self.bid: float | None = None
         self.ask: float | None = None
         self.last_quote_ms: int | None = None
@@ -142,7 +144,7 @@ class SymbolCore:
         if rejected is not None:
             return QuoteOutcome(rejected, [], [], [])
         self.bid, self.ask, self.last_quote_ms = bid, ask, now_ms
-        scale = self.instrument.scale
+        scale = self._scale
         bid_points, ask_points = round(bid * scale), round(ask * scale)
         alerts = self.guard.on_quote(bid, ask, now_ms)
         moved: list[tuple[str, LevelMove]] = []

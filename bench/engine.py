@@ -1,0 +1,275 @@
+"""Engine harness: the actors in one process, no sockets.
+
+    python -m bench.engine --positions 100000 --devices 1000 --rate 1000 --json out.json
+
+A node with ``--devices`` users (one device each, connected through in-process links) and
+``--positions`` open XAUUSD positions, SL/TP spread around the market, recovered from state as
+after a restart. Three measurements:
+
+``tick_to_outbox_us``  quotes from the real XAUUSD day at a constant ``--rate``; latency from each
+                       quote's SCHEDULED send time (no coordinated omission: a late send counts
+                       against us) to the moment its close commands sit in the device outboxes,
+                       for every quote that fired something. p50/p99/p999 in microseconds.
+``max_quotes_per_s``   quotes offered as fast as the symbol actor takes them, at the full book.
+``storm_100k_s``       one gap quote crossing 100,000 levels at once: seconds until every close
+                       command is in an outbox.
+
+Same-run baseline: ``hop_us``, a bare trio memory-channel round trip between two tasks
+divided by two, i.e. one task hop, the unit the hot path is built from (two hops: feed -> symbol
+actor -> user actor). The journal is in memory here (the durable journal is measured by
+``bench.persistence``).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import numpy as np
+import trio
+
+from actors.directory import StaticDirectory
+from actors.marketdata import load_ticks
+from actors.node import MemoryJournal, Node, NodeConfig
+from bench.common import base_parser, machine, percentiles, print_table, write_json
+from engine.instruments import DEFAULT_INSTRUMENTS
+from engine.lifecycle import PositionState
+from engine.positions import Position
+from engine.quotes import QuoteLimits
+from engine.records import PositionSaved
+from engine.state import EngineState
+from protocol.common import Side
+from protocol.device import HelloBody, PositionsSnapshot, SymbolSpec, TerminalPosition
+from protocol.feed import Quote
+from protocol.results import classify
+
+GOLD = DEFAULT_INSTRUMENTS["XAUUSD"]
+
+
+class _Link:
+    """An in-process device link that takes frames and counts them."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    async def send(self, message: object) -> None:
+        self.frames += 1
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+
+def _positions(n: int, devices: int, entry: int, storm: bool, seed: int = 5) -> EngineState:
+    rng = np.random.default_rng(seed)
+    state = EngineState()
+    sl_dist = np.clip(rng.lognormal(np.log(8_000), 0.7, n), 300, 60_000).astype(int).tolist()
+    tp_dist = np.clip(rng.lognormal(np.log(12_000), 0.7, n), 300, 90_000).astype(int).tolist()
+    for i in range(n):
+        side = Side.BUY if storm or i % 2 == 0 else Side.SELL
+        d = i % devices
+        pid = f"P{i:08d}"
+        sl = entry - side.sign * sl_dist[i]
+        tp = entry + side.sign * tp_dist[i]
+        state.apply(PositionSaved(position=Position(
+            id=pid, user_id=f"u{d}", device_id=f"d{d}", account=str(d), symbol="XAUUSD",
+            side=side, volume=0.1, state=PositionState.OPEN, open_price=entry, open_time_ms=0,
+            sl=sl, tp=tp, ticket=1_000_000 + i, client_id=f"tw:{pid}")))
+    return state
+
+
+async def _start(nursery: trio.Nursery, n: int, devices: int, entry: int,
+                 storm: bool = False) -> tuple[Node, list[_Link]]:
+    """A running node with ``n`` positions armed and every device connected and reconciled."""
+    state = _positions(n, devices, entry, storm)
+    directory = StaticDirectory(devices={f"d{d}": f"u{d}" for d in range(devices)})
+    # The replayed day is hours old; quotes are stamped "now", so staleness never bites.
+    config = NodeConfig(quote_limits=QuoteLimits(max_age_ms=60_000, max_jump=0.5),
+                        quote_inbox=1 << 20)
+    node = Node(journal=MemoryJournal(), directory=directory, state=state, config=config,
+                instruments={"XAUUSD": GOLD}, classify=classify)
+    await nursery.start(node.run)
+    by_device: dict[str, list[TerminalPosition]] = {}
+    for p in state.positions.values():
+        assert p.ticket is not None and p.open_price is not None
+        by_device.setdefault(p.device_id, []).append(TerminalPosition(
+            ticket=p.ticket, symbol="XAUUSD", side=p.side, volume=p.volume,
+            open_price=GOLD.to_price(p.open_price), open_time_ms=0, comment=p.client_id))
+    links = []
+    spec = SymbolSpec(name="XAUUSD", digits=GOLD.digits, contract_size=GOLD.contract_size)
+    for d in range(devices):
+        actor = node.device(f"d{d}")
+        link = _Link()
+        body = HelloBody(ea_build="bench", account_login=str(d), terminal_time_ms=0,
+                         symbols=[spec])
+        session = await actor.open_session(body, link)
+        actor.inbound(session, PositionsSnapshot(time_ms=0, positions=by_device.get(f"d{d}", [])))
+        links.append(link)
+    symbol = node.symbols["XAUUSD"]
+    node.offer_quotes([Quote(symbol="XAUUSD", bid=GOLD.to_price(entry),
+                             ask=GOLD.to_price(entry + 300), time_ms=node.clock.now_ms())])
+    with trio.fail_after(300):
+        while len(symbol.core) < n or node.pending():
+            await trio.sleep(0.05)
+    gc.collect()
+    gc.freeze()  # the long-lived state leaves the young generations, as after a recovery
+    return node, links
+
+
+async def _hop_us(rounds: int = 20_000) -> float:
+    a_send, a_recv = trio.open_memory_channel[int](1)
+    b_send, b_recv = trio.open_memory_channel[int](1)
+
+    async def echo() -> None:
+        async for x in a_recv:
+            b_send.send_nowait(x)
+
+    samples = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        for _ in range(rounds):
+            t0 = time.perf_counter_ns()
+            a_send.send_nowait(0)
+            await b_recv.receive()
+            samples.append(time.perf_counter_ns() - t0)
+        nursery.cancel_scope.cancel()
+    return float(np.median(samples)) / 2 / 1000
+
+
+async def _paced(node: Node, bids: list[float], asks: list[float], rate: float,
+                 duration: float) -> dict[str, float]:
+    """Constant-rate quotes; latency from each scheduled time to its commands in the outboxes."""
+    count = min(len(bids), int(rate * duration))
+    symbol = node.symbols["XAUUSD"]
+    base_seq = symbol.seq
+    scheduled = np.zeros(count + 1)
+    latencies: list[float] = []
+    fired_commands = [0]
+
+    def tracer(seq: int, commands: int) -> None:
+        i = seq - base_seq
+        if 1 <= i <= count:
+            latencies.append(time.perf_counter() - scheduled[i])
+            fired_commands[0] += commands
+
+    node.tracer = tracer
+    clock = node.clock
+    start = time.perf_counter() + 0.05
+    offer = node.offer_quotes
+    for i in range(1, count + 1):
+        due = start + (i - 1) / rate
+        scheduled[i] = due
+        remaining = due - time.perf_counter()
+        if remaining > 0.0015:
+            await trio.sleep(remaining - 0.0015)  # trio's timers are millisecond-grained
+        while time.perf_counter() < due:
+            await trio.lowlevel.checkpoint()  # spin the last stretch; the actors still run
+        offer([Quote(symbol="XAUUSD", bid=bids[i - 1], ask=asks[i - 1], time_ms=clock.now_ms())])
+    with trio.move_on_after(5):
+        while node.pending():
+            await trio.sleep(0.01)
+    node.tracer = None
+    us = percentiles(np.array(latencies) * 1e6, (50, 99, 99.9))
+    return {"p50": round(us["p50"], 1), "p99": round(us["p99"], 1),
+            "p999": round(us["p999"], 1), "samples": len(latencies),
+            "quotes": count, "commands": fired_commands[0]}
+
+
+async def _throughput(node: Node, bids: list[float], asks: list[float]) -> float:
+    """Quotes per second the symbol actor sustains at the full book."""
+    symbol = node.symbols["XAUUSD"]
+    n = len(bids)
+    before = symbol.quotes
+    clock = node.clock
+    t0 = time.perf_counter()
+    for j in range(0, n, 500):
+        now = clock.now_ms()
+        node.offer_quotes([Quote(symbol="XAUUSD", bid=b, ask=a, time_ms=now)
+                           for b, a in zip(bids[j:j + 500], asks[j:j + 500], strict=True)])
+        await trio.sleep(0)
+    with trio.fail_after(120):
+        while symbol.quotes - before < n:
+            await trio.sleep(0)
+    return n / (time.perf_counter() - t0)
+
+
+async def _storm(n: int, devices: int, entry: int) -> float:
+    """One gap quote through ``n`` long SLs: seconds until every close is in an outbox."""
+    async with trio.open_nursery() as nursery:
+        node, _ = await _start(nursery, n, devices, entry, storm=True)
+        done = trio.Event()
+        issued = [0]
+
+        def tracer(seq: int, commands: int) -> None:
+            issued[0] += commands
+            if issued[0] >= n:
+                done.set()
+
+        node.tracer = tracer
+        gap = GOLD.to_price(entry - 100_000)  # 100 dollars under every SL
+        t0 = time.perf_counter()
+        node.offer_quotes([Quote(symbol="XAUUSD", bid=gap, ask=gap + 0.3,
+                                 time_ms=node.clock.now_ms())])
+        with trio.fail_after(120):
+            await done.wait()
+        elapsed = time.perf_counter() - t0
+        gc.unfreeze()
+        nursery.cancel_scope.cancel()
+    return elapsed
+
+
+async def run(positions: int, devices: int, rate: float, duration: float,
+              storm: int) -> dict[str, object]:
+    ticks = load_ticks("XAUUSD")
+    bids, asks = ticks.bid.tolist(), ticks.ask.tolist()
+    entry = GOLD.to_points(bids[0])
+    hop = await _hop_us()
+    async with trio.open_nursery() as nursery:
+        t0 = time.perf_counter()
+        node, _ = await _start(nursery, positions, devices, entry)
+        setup_s = time.perf_counter() - t0
+        latency = await _paced(node, bids, asks, rate, duration)
+        # Throughput on quotes that stay inside the book's quiet middle (nothing left to fire
+        # there after the paced run), so what is measured is the per-quote path.
+        quiet_bid = bids[0]
+        qb = [quiet_bid + (k % 7) * 0.01 for k in range(50_000)]
+        qa = [b + 0.3 for b in qb]
+        max_qps = await _throughput(node, qb, qa)
+        gc.unfreeze()
+        nursery.cancel_scope.cancel()
+    storm_s = await _storm(storm, devices, entry) if storm else None
+    return {"tick_to_outbox_us": latency, "max_quotes_per_s": round(max_qps),
+            "storm_100k_s": None if storm_s is None else round(storm_s, 3),
+            "storm_positions": storm, "hop_us": round(hop, 1), "setup_s": round(setup_s, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--positions", type=int, default=100_000)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=1000.0, help="quotes per second")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of paced quotes")
+    parser.add_argument("--storm", type=int, default=100_000,
+                        help="levels the breach storm crosses (0: skip)")
+    args = parser.parse_args(argv)
+    results = trio.run(run, args.positions, args.devices, args.rate, args.duration, args.storm)
+    lat = results["tick_to_outbox_us"]
+    assert isinstance(lat, dict)
+    rows = [
+        {"metric": "tick_to_outbox_us p50", "value": lat["p50"], "target": "<= 50"},
+        {"metric": "tick_to_outbox_us p99", "value": lat["p99"], "target": "<= 500"},
+        {"metric": "tick_to_outbox_us p999", "value": lat["p999"], "target": ""},
+        {"metric": "quotes that fired (samples)", "value": lat["samples"], "target": ""},
+        {"metric": "max_quotes_per_s", "value": results["max_quotes_per_s"],
+         "target": ">= 50,000"},
+        {"metric": "storm_100k_s", "value": results["storm_100k_s"], "target": "<= 1"},
+        {"metric": "hop_us (same-run baseline)", "value": results["hop_us"], "target": ""},
+    ]
+    print_table(f"engine, {args.positions:,} positions, {args.devices:,} devices, "
+                f"{args.rate:g} quotes/s", rows, ["metric", "value", "target"])
+    write_json(args.json, {"machine": machine(), "config": vars(args), "results": results})
+    return 0
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
