@@ -21,13 +21,16 @@ __all__ = [
     "ClientId",
     "Count",
     "Digits",
+    "ErrorDetails",
     "Id",
     "Money",
     "Nonce",
     "Points",
     "Price",
     "Ratio",
+    "RetCode",
     "ShortText",
+    "Signature",
     "Size",
     "Symbol",
     "Text",
@@ -65,3 +68,23 @@ Ticket = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Digits = Annotated[int, Meta(ge=0, le=8)]
 Points = Annotated[int, Meta(ge=0, le=10**9)]
 Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+RetCode = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+"""A broker result code (MT5 ``MqlTradeResult.retcode``, MT4 ``GetLastError()``): an int32."""
+
+Signature = Annotated[str, Meta(max_length=128)]
+"""A hex HMAC, or empty when unsigned. The decoder only bounds its size; ``protocol.signing``
+wants exactly 64 lower-case hex digits and answers anything else with ``bad_signature``."""
+
+ErrorDetails = Annotated[
+    dict[
+        Annotated[str, Meta(max_length=64)],
+        Annotated[str, Meta(max_length=256)]
+        | Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+        | Annotated[float, Meta(ge=-1e15, le=1e15)]
+        | bool
+        | None,
+    ],
+    Meta(max_length=16),
+]
+"""The machine-readable fields of an error (``size``/``limit``, ``path``, ``server_time_ms``):
+flat, few and small, so an error frame can never be the big one."""
