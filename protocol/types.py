@@ -39,7 +39,19 @@ __all__ = [
     "Volume",
 ]
 
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$"
+
+def _whole(chars: str) -> str:
+    """A pattern matching the whole string, nothing else.
+
+    msgspec checks ``pattern`` with ``re.search``, and a bare ``$`` also matches before a
+    final newline, so ``^[a-z]+$`` accepts ``"dev1\n"``: an id that breaks canonical strings,
+    nonce keys and log lines. ``(?!\n)`` closes that gap; it stays a valid JSON Schema (ECMA)
+    pattern, where it is simply always true.
+    """
+    return f"^{chars}$(?!\\n)"
+
+
+_ID_PATTERN = _whole(r"[A-Za-z0-9][A-Za-z0-9_.:@\-]*")
 
 Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=_ID_PATTERN)]
 """An identifier: device, user, position, command, strategy, signal. Letters, digits, ``_.:@-``."""
@@ -47,10 +59,10 @@ Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=_ID_PATTERN)]
 ClientId = Annotated[str, Meta(min_length=1, max_length=31, pattern=_ID_PATTERN)]
 """The tag an order carries in its comment; MT5 keeps 31 characters of a comment."""
 
-Nonce = Annotated[str, Meta(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+Nonce = Annotated[str, Meta(min_length=16, max_length=64, pattern=_whole(r"[A-Za-z0-9_\-]+"))]
 """A handshake nonce: 16 to 64 URL-safe characters, unique per handshake."""
 
-Symbol = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.#\-+!]+$")]
+Symbol = Annotated[str, Meta(min_length=1, max_length=32, pattern=_whole(r"[A-Za-z0-9_.#\-+!]+"))]
 """A symbol name, canonical (``XAUUSD``) or the broker's (``XAUUSDm``, ``GOLD.vip``, ``#US30``)."""
 
 ShortText = Annotated[str, Meta(max_length=64)]
