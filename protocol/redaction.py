@@ -54,7 +54,7 @@ NEVER_TO_DEVICES: Final = frozenset(
 )
 PEER_DETAIL_KEYS: Final = frozenset(
     {
-        "size", "limit", "path", "reason", "server_time_ms", "window_ms", "offered",
+        "size", "limit", "path", "reason", "ts_ms", "server_time_ms", "window_ms", "offered",
         "min_supported", "max_supported", "command_id", "counter", "last",
     }
 )  # fmt: skip

@@ -17,6 +17,8 @@ the EA's own ``category``. Rules of operation:
   with proof of non-execution: the ack's ``executed`` is ``false``.
 * An ack that says ``executed: true`` is never retried: a retryable or final code with it is
   ``unknown``.
+* ``-1`` and ``-2`` are the EA's own refusals (bad signature, a command it cannot apply):
+  ``final``, the command never reached the broker.
 * A code not in the table is ``final``: the safe default for what we do not understand is to
   stop and alert, never to retry blindly, and never to assume it worked.
 
@@ -161,6 +163,14 @@ _MT4: Final = [
 ]
 
 
+# Codes the EA itself answers with when it refuses a command before it reaches the broker. Both
+# platforms use them; negative, so they can never collide with a broker's code.
+_EA: Final = [
+    (-1, "EA_BAD_SIGNATURE", _F, "The EA refused the command: its signature did not verify"),
+    (-2, "EA_REJECTED", _F, "The EA refused the command (unknown symbol, ticket/symbol mismatch)"),
+]
+
+
 def _table(platform: Platform, rows: Sequence[tuple[int, str, str, str]]) -> dict[int, ResultCode]:
     table: dict[int, ResultCode] = {}
     for code, name, category, description in rows:
@@ -177,8 +187,8 @@ def _table(platform: Platform, rows: Sequence[tuple[int, str, str, str]]) -> dic
 
 
 RESULT_CODES: Final[Mapping[Platform, Mapping[int, ResultCode]]] = {
-    "mt5": _table("mt5", _MT5),
-    "mt4": _table("mt4", _MT4),
+    "mt5": _table("mt5", [*_MT5, *_EA]),
+    "mt4": _table("mt4", [*_MT4, *_EA]),
 }
 
 

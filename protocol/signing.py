@@ -113,8 +113,10 @@ def _check_secrets(secrets: Sequence[bytes]) -> None:
 
 def _check_time(ts_ms: int, now_ms: int, window_ms: int) -> None:
     if abs(now_ms - ts_ms) > window_ms:
+        side = "behind" if ts_ms < now_ms else "ahead of"
         raise SignatureExpired(
-            f"timestamp is {now_ms - ts_ms} ms from the server's clock (window ±{window_ms} ms)",
+            f"timestamp is {abs(now_ms - ts_ms)} ms {side} the server's clock"
+            f" (window ±{window_ms} ms)",
             ts_ms=ts_ms,
             server_time_ms=now_ms,
             window_ms=window_ms,

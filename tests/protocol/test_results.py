@@ -59,6 +59,8 @@ EXPECTED = [
     ("mt4", 150, "TRADE_PROHIBITED_BY_FIFO", F, F), ("mt4", 4108, "INVALID_TICKET", C, C),
     ("mt4", 4109, "TRADE_NOT_ALLOWED", F, F), ("mt4", 4110, "LONGS_NOT_ALLOWED", F, F),
     ("mt4", 4111, "SHORTS_NOT_ALLOWED", F, F),
+    ("mt5", -1, "EA_BAD_SIGNATURE", F, F), ("mt5", -2, "EA_REJECTED", F, F),
+    ("mt4", -1, "EA_BAD_SIGNATURE", F, F), ("mt4", -2, "EA_REJECTED", F, F),
 ]  # fmt: skip
 
 
