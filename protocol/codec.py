@@ -188,16 +188,12 @@ def _decode_error(exc: BaseException) -> DecodeError:
 _DECODE_FAILURES = (msgspec.DecodeError, UnicodeError, RecursionError)
 
 
-def _frame_size(frame: bytes | bytearray | memoryview | str, limit: int) -> int:
+def _frame_size(frame: bytes | bytearray | memoryview | str) -> int:
+    """The size of a frame in bytes (UTF-8 for text)."""
     if isinstance(frame, memoryview):
         return frame.nbytes
     if isinstance(frame, str):
-        # A text frame arrives decoded; its UTF-8 size is between len and 4 * len, and only
-        # when the limit falls inside that range is the exact size worth an encode.
-        size = len(frame)
-        if size <= limit < 4 * size:
-            size = len(frame.encode("utf-8", "surrogatepass"))
-        return size
+        return len(frame.encode("utf-8", "surrogatepass"))
     return len(frame)
 
 
@@ -233,7 +229,17 @@ class WireCodec(Generic[In, Out]):
     per (encoding, limit). Use the factories below rather than the constructor.
     """
 
-    __slots__ = ("_decoder", "_encode", "_out_types", "encoding", "max_frame_bytes", "name")
+    __slots__ = (
+        "_binary_only",
+        "_decode",
+        "_decoder",
+        "_encode",
+        "_out_types",
+        "_surely_fits",
+        "encoding",
+        "max_frame_bytes",
+        "name",
+    )
 
     def __init__(self, name: str, encoding: Encoding, outbound: Any, max_frame_bytes: int) -> None:
         if encoding not in ("json", "msgpack"):
@@ -244,6 +250,11 @@ class WireCodec(Generic[In, Out]):
         self.encoding: Encoding = encoding
         self.max_frame_bytes = max_frame_bytes
         self._decoder = _DECODERS[name][encoding]
+        self._decode = self._decoder.decode
+        self._binary_only = encoding == "msgpack"
+        # Every frame of at most limit // 4 items fits: a text frame's UTF-8 size is at most four
+        # bytes a character. Only a longer one pays for an exact size (the hot path is one len).
+        self._surely_fits = max_frame_bytes // 4
         self._out_types: tuple[type, ...] = get_args(outbound) or (outbound,)
         self._encode = _JSON_ENCODER.encode if encoding == "json" else _MSGPACK_ENCODER.encode
 
@@ -256,17 +267,18 @@ class WireCodec(Generic[In, Out]):
             DecodeError: anything else wrong with it, including a text frame on a msgpack
                 connection (``details["reason"] == "frame_type"``).
         """
-        size = _frame_size(frame, self.max_frame_bytes)
-        if size > self.max_frame_bytes:
-            raise FrameTooLarge(
-                f"frame of {size} bytes is over the {self.max_frame_bytes} byte limit",
-                size=size,
-                limit=self.max_frame_bytes,
-            )
-        if isinstance(frame, str) and self.encoding == "msgpack":
+        if len(frame) > self._surely_fits:
+            size = _frame_size(frame)
+            if size > self.max_frame_bytes:
+                raise FrameTooLarge(
+                    f"frame of {size} bytes is over the {self.max_frame_bytes} byte limit",
+                    size=size,
+                    limit=self.max_frame_bytes,
+                )
+        if self._binary_only and isinstance(frame, str):
             raise DecodeError("a msgpack connection takes binary frames", reason="frame_type")
         try:
-            message: In = self._decoder.decode(frame)
+            message: In = self._decode(frame)
         except _DECODE_FAILURES as exc:
             raise _decode_error(exc) from None
         return message
@@ -282,7 +294,7 @@ class WireCodec(Generic[In, Out]):
                 f"{type(message).__name__} is not sent on the {self.name} codec's wire"
             )
         data = self._encode(message)
-        return data.decode() if self.encoding == "json" else data
+        return data if self._binary_only else data.decode()
 
     def __repr__(self) -> str:
         return (
