@@ -188,11 +188,15 @@ def _decode_error(exc: BaseException) -> DecodeError:
 _DECODE_FAILURES = (msgspec.DecodeError, UnicodeError, RecursionError)
 
 
-def _frame_size(frame: bytes | bytearray | memoryview | str) -> int:
-    """The size of a frame in bytes (UTF-8 for text)."""
+def _frame_size(frame: bytes | bytearray | memoryview | str, limit: int) -> int:
+    """The size of a frame in bytes (UTF-8 for text).
+
+    A text frame longer than ``limit`` characters is over it whatever its encoding; its length
+    is reported as is (a lower bound of its size) rather than copied to be measured exactly.
+    """
     if isinstance(frame, memoryview):
         return frame.nbytes
-    if isinstance(frame, str):
+    if isinstance(frame, str) and len(frame) <= limit:
         return len(frame.encode("utf-8", "surrogatepass"))
     return len(frame)
 
@@ -268,7 +272,7 @@ class WireCodec(Generic[In, Out]):
                 connection (``details["reason"] == "frame_type"``).
         """
         if len(frame) > self._surely_fits:
-            size = _frame_size(frame)
+            size = _frame_size(frame, self.max_frame_bytes)
             if size > self.max_frame_bytes:
                 raise FrameTooLarge(
                     f"frame of {size} bytes is over the {self.max_frame_bytes} byte limit",

@@ -10,7 +10,7 @@ import enum
 
 import msgspec
 
-from protocol.types import Id, ShortText, Symbol, Text, TimeMs
+from protocol.types import Id, Real, ShortText, Symbol, Text, TimeMs
 
 __all__ = ["Alert", "AlertLevel", "Origin", "Side"]
 
@@ -57,5 +57,6 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     device_id: Id | None = None
     symbol: Symbol | None = None
     position_id: Id | None = None
-    value: float | None = None
-    threshold: float | None = None
+    value: Real | None = None
+    """The measured value (a drawdown, a spread, a move); finite, or null."""
+    threshold: Real | None = None

@@ -28,6 +28,7 @@ __all__ = [
     "Points",
     "Price",
     "Ratio",
+    "Real",
     "RetCode",
     "ShortText",
     "Signature",
@@ -74,6 +75,8 @@ Money = Annotated[float, Meta(ge=-1e15, le=1e15)]
 Size = Annotated[float, Meta(gt=0, le=1e9)]
 """A positive quantity such as a contract size."""
 Ratio = Annotated[float, Meta(ge=0, le=100)]
+Real = Annotated[float, Meta(ge=-1e18, le=1e18)]
+"""Any finite number (a measured value, a threshold): bounded only to refuse NaN and infinity."""
 
 TimeMs = Annotated[int, Meta(ge=0, le=2**53)]
 Ticket = Annotated[int, Meta(ge=0, le=2**63 - 1)]

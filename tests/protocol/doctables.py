@@ -28,6 +28,7 @@ _NAMED = {
     "Money": "money",
     "Size": "size",
     "Ratio": "ratio",
+    "Real": "real",
     "TimeMs": "time",
     "Ticket": "ticket",
     "Digits": "digits",
