@@ -15,7 +15,19 @@ import msgspec
 from msgspec import Meta
 
 from protocol.common import Alert, Origin, Side
-from protocol.types import Count, Id, Money, Price, ShortText, Symbol, Text, Ticket, TimeMs, Volume
+from protocol.types import (
+    Count,
+    ErrorDetails,
+    Id,
+    Money,
+    Price,
+    ShortText,
+    Symbol,
+    Text,
+    Ticket,
+    TimeMs,
+    Volume,
+)
 
 __all__ = [
     "AccountView",
@@ -145,8 +157,11 @@ class DeviceStatus(_Msg, tag="device", frozen=True, kw_only=True):
 
 
 class ClientError(_Msg, tag="error", frozen=True, kw_only=True):
+    """Something went wrong; ``code`` is one of the stable codes of ``protocol.errors``."""
+
     code: ShortText
     message: Text
+    details: ErrorDetails | None = None
 
 
 class Pong(_Msg, tag="pong", frozen=True, kw_only=True):

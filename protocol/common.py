@@ -10,6 +10,8 @@ import enum
 
 import msgspec
 
+from protocol.types import Id, Real, ShortText, Symbol, Text, TimeMs
+
 __all__ = ["Alert", "AlertLevel", "Origin", "Side"]
 
 
@@ -45,15 +47,16 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     clients and the alerts table.
     """
 
-    kind: str
+    kind: ShortText
     """Stable machine-readable kind: ``drawdown``, ``spread``, ``price_jump``, ``feed_silent``,
     ``device_stale``, ``command_overdue``, ``close_failed``, ``outbox_full``, ..."""
     level: AlertLevel
-    message: str
-    time_ms: int
-    user_id: str | None = None
-    device_id: str | None = None
-    symbol: str | None = None
-    position_id: str | None = None
-    value: float | None = None
-    threshold: float | None = None
+    message: Text
+    time_ms: TimeMs
+    user_id: Id | None = None
+    device_id: Id | None = None
+    symbol: Symbol | None = None
+    position_id: Id | None = None
+    value: Real | None = None
+    """The measured value (a drawdown, a spread, a move); finite, or null."""
+    threshold: Real | None = None

@@ -28,12 +28,15 @@ from protocol.types import (
     ClientId,
     Count,
     Digits,
+    ErrorDetails,
     Id,
     Money,
     Nonce,
     Points,
     Price,
+    RetCode,
     ShortText,
+    Signature,
     Size,
     Symbol,
     Text,
@@ -122,7 +125,7 @@ class Hello(_Msg, tag="hello", frozen=True, kw_only=True):
     """The protocol version the device speaks."""
     ts_ms: TimeMs
     nonce: Nonce
-    sig: str = msgspec.field(default="")
+    sig: Signature = ""
     """Lower-case hex HMAC-SHA256 of the canonical string under the device secret."""
     body: Annotated[str, Meta(max_length=262_144)]
 
@@ -165,7 +168,8 @@ class Ack(_Msg, tag="ack", frozen=True, kw_only=True):
     """
 
     command_id: Id
-    retcode: int = msgspec.field(default=0)
+    retcode: RetCode = 0
+    """MT5 ``MqlTradeResult.retcode`` or MT4 ``GetLastError()``; see ``protocol.results``."""
     result_text: Text = ""
     category: ShortText | None = None
     ticket: Ticket | None = None
@@ -268,7 +272,7 @@ class OpenCommand(_Msg, tag="open", frozen=True, kw_only=True):
     """Pending orders only: cancel the order at this time."""
     deadline_ms: TimeMs
     """After this the server gives up waiting for the ack and raises an alert."""
-    sig: str = ""
+    sig: Signature = ""
 
 
 class CloseCommand(_Msg, tag="close", frozen=True, kw_only=True):
@@ -282,7 +286,7 @@ class CloseCommand(_Msg, tag="close", frozen=True, kw_only=True):
     reason: ShortText = ""
     """``sl``, ``tp``, ``manual``, ``expiry``, ``guard``: for the EA's log only."""
     deadline_ms: TimeMs
-    sig: str = ""
+    sig: Signature = ""
 
 
 class PartialCloseCommand(_Msg, tag="partial_close", frozen=True, kw_only=True):
@@ -294,7 +298,7 @@ class PartialCloseCommand(_Msg, tag="partial_close", frozen=True, kw_only=True):
     volume: Volume
     deviation_points: Points = 0
     deadline_ms: TimeMs
-    sig: str = ""
+    sig: Signature = ""
 
 
 class ModifyCommand(_Msg, tag="modify", frozen=True, kw_only=True):
@@ -306,7 +310,7 @@ class ModifyCommand(_Msg, tag="modify", frozen=True, kw_only=True):
     sl: Price | None = None
     tp: Price | None = None
     deadline_ms: TimeMs
-    sig: str = ""
+    sig: Signature = ""
 
 
 class Ping(_Msg, tag="ping", frozen=True, kw_only=True):
@@ -324,6 +328,9 @@ class DeviceError(_Msg, tag="error", frozen=True, kw_only=True):
     message: Text
     fatal: bool = False
     command_id: Id | None = None
+    details: ErrorDetails | None = None
+    """Fields that help the EA recover, e.g. ``server_time_ms`` on ``expired`` (fix the clock
+    offset and sign a new hello), ``size``/``limit`` on ``too_large``, ``path`` on ``malformed``."""
 
 
 Command = OpenCommand | CloseCommand | PartialCloseCommand | ModifyCommand

@@ -28,9 +28,10 @@ __all__ = [
 ACTIONS = frozenset({"open", "close", "pclose", "modify"})
 CLIENT_ID_PREFIX = "tw:"
 MAX_POSITION_ID = 31 - len(CLIENT_ID_PREFIX)
-_POSITION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,27}$")
+# fullmatch, never match: "$" also matches before a final newline ("P1\n" is no position id).
+_POSITION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,27}")
 _COMMAND_ID = re.compile(
-    r"^([A-Za-z0-9][A-Za-z0-9_\-]{0,27})\.(open|close|pclose|modify)\.(\d{1,9})$"
+    r"([A-Za-z0-9][A-Za-z0-9_\-]{0,27})\.(open|close|pclose|modify)\.([0-9]{1,9})"
 )
 
 
@@ -44,7 +45,7 @@ def command_id(position_id: str, action: str, attempt: int) -> str:
         raise UsageError(f"unknown command action {action!r}")
     if not 1 <= attempt < 10**9:
         raise UsageError("attempt must be in 1..999999999")
-    if not _POSITION_ID.match(position_id):
+    if not _POSITION_ID.fullmatch(position_id):
         raise UsageError(
             "position id must be 1-28 characters of [A-Za-z0-9_-]", position_id=position_id
         )
@@ -53,7 +54,7 @@ def command_id(position_id: str, action: str, attempt: int) -> str:
 
 def parse_command_id(value: str) -> tuple[str, str, int] | None:
     """``(position_id, action, attempt)`` of a command id, or None if it is not one of ours."""
-    match = _COMMAND_ID.match(value)
+    match = _COMMAND_ID.fullmatch(value)
     if match is None:
         return None
     return match.group(1), match.group(2), int(match.group(3))
@@ -61,7 +62,7 @@ def parse_command_id(value: str) -> tuple[str, str, int] | None:
 
 def client_id(position_id: str) -> str:
     """The order-comment tag of a position (31 characters at most)."""
-    if not _POSITION_ID.match(position_id):
+    if not _POSITION_ID.fullmatch(position_id):
         raise UsageError(
             "position id must be 1-28 characters of [A-Za-z0-9_-]", position_id=position_id
         )
@@ -77,4 +78,4 @@ def position_id_from_comment(comment: str) -> str | None:
     if not comment.startswith(CLIENT_ID_PREFIX):
         return None
     candidate = comment[len(CLIENT_ID_PREFIX) :].split(" ", 1)[0].split("[", 1)[0]
-    return candidate if _POSITION_ID.match(candidate) else None
+    return candidate if _POSITION_ID.fullmatch(candidate) else None
