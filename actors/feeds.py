@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 import trio
-from protocol.codec import feed_codec
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from actors.clock import Clock
 from actors.marketdata import load_ticks
+from protocol.codec import feed_codec
 from protocol.errors import ProtocolError
 from protocol.feed import Quote, QuoteBatch
 

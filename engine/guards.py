@@ -169,16 +169,30 @@ class MarketGuard:
         median = ordered[len(ordered) // 2]
         wide = len(ordered) >= 20 and median > 0 and spread > limits.spread_multiple * median
         if wide != ("spread" in alerting):
-            self._edge(alerts, "spread", wide, now_ms, spread, limits.spread_multiple * median,
-                       f"spread {spread:g} is over {limits.spread_multiple:g}x its median "
-                       f"{median:g}")
+            self._edge(
+                alerts,
+                "spread",
+                wide,
+                now_ms,
+                spread,
+                limits.spread_multiple * median,
+                f"spread {spread:g} is over {limits.spread_multiple:g}x its median {median:g}",
+            )
         last = self._last_mid
         self._last_mid = mid
         if last is not None and last > 0 and abs(mid - last) > limits.jump * last:
             move = abs(mid - last) / last
-            alerts.append(Alert(kind="price_jump", level=AlertLevel.WARNING, time_ms=now_ms,
-                                symbol=self.symbol, value=move, threshold=limits.jump,
-                                message=f"{self.symbol} moved {move:.2%} in one quote"))
+            alerts.append(
+                Alert(
+                    kind="price_jump",
+                    level=AlertLevel.WARNING,
+                    time_ms=now_ms,
+                    symbol=self.symbol,
+                    value=move,
+                    threshold=limits.jump,
+                    message=f"{self.symbol} moved {move:.2%} in one quote",
+                )
+            )
         if alerting:
             alerting.discard("feed_silent")
         return alerts

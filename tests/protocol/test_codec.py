@@ -69,8 +69,8 @@ def test_signal_round_trips(signal: Signal) -> None:
 
 def test_signal_for_another_strategy_is_forbidden() -> None:
     signal = Signal(
-        strategy_id="s1", signal_id="x1", symbol="XAUUSD", side=Side.BUY, entry=2000.0,
-        created_at_ms=1,
+        strategy_id="s1", signal_id="x1", audience=["u1"], symbol="XAUUSD", side=Side.BUY,
+        entry=2000.0, created_at_ms=1,
     )  # fmt: skip
     with pytest.raises(Forbidden):
         codec.decode_signal(codec.encode_signal(signal), strategy_id="s2")
