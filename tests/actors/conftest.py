@@ -12,19 +12,7 @@ from actors.directory import StaticDirectory
 from actors.node import MemoryJournal, Node, NodeConfig
 from engine.sizing import UserSettings
 from protocol.feed import Quote
-
-
-def classify(platform: str, retcode: int, executed: bool | None) -> str:
-    """The rules the actor tests rely on (the full table lives in protocol.results)."""
-    if retcode in (10008, 10009, 10010):
-        return "done"
-    if retcode in (10004, 10020, 10021, 10024) or (retcode == 10012 and executed is False):
-        return "retryable"
-    if retcode == 10036:
-        return "already_closed"
-    if retcode in (10012, 10031):
-        return "unknown"
-    return "final"
+from protocol.results import classify
 
 
 class Harness:
