@@ -13,7 +13,7 @@ The outbox never drops: past its limit the device is marked unhealthy and an ale
 
 from __future__ import annotations
 
-import itertools
+import secrets
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -31,6 +31,7 @@ from actors.messages import (
 from engine.device import DeviceCore, DeviceOutput
 from engine.user import DeviceInfo
 from protocol.client import DeviceView
+from protocol.closecodes import CloseCode
 from protocol.device import (
     AccountState,
     Ack,
@@ -48,7 +49,10 @@ if TYPE_CHECKING:
 
 __all__ = ["DeviceActor", "DeviceLink", "Session"]
 
-_sessions = itertools.count(1)
+
+def _session_id() -> str:
+    """Random and unique: the optional frame cipher mixes it into its key (docs/protocol.md)."""
+    return "s-" + secrets.token_hex(12)
 
 
 class DeviceLink(Protocol):
@@ -127,7 +131,7 @@ class DeviceActor:
         while self._nursery is None:
             await self._started.wait()
         now = self.node.clock.now_ms()
-        session = Session(f"{self.device_id}:{next(_sessions)}", link)
+        session = Session(_session_id(), link)
         old = self.session
         self.session = session
         out = self.core.connect(session.session_id, body, now)
@@ -144,7 +148,7 @@ class DeviceActor:
         )
         self._apply(out)
         if old is not None:
-            await self._end(old, 4001, "replaced by a new connection")
+            await self._end(old, CloseCode.REPLACED, "replaced by a new connection")
         assert self._nursery is not None
         self._nursery.start_soon(self._write, session)
         self.log.info(
@@ -194,7 +198,7 @@ class DeviceActor:
         self.core = self._new_core()
         if self.session is not None:  # a restart: the old session cannot be trusted
             stale, self.session = self.session, None
-            await self._end(stale, 1011, "device actor restarted")
+            await self._end(stale, CloseCode.SERVICE_RESTART, "device actor restarted")
         lost = [cid for cid, c in self.node.state.commands.items() if c.device_id == self.device_id]
         if lost:
             self.node.user(self.user_id).deliver(LinkLost(self.device_id, lost))

@@ -70,7 +70,7 @@ class JournalSink(Protocol):
 
     def append_nowait(self, record: Record) -> int: ...
 
-    async def wait_durable(self, seq: int) -> None: ...
+    async def wait_committed(self, seq: int) -> None: ...
 
 
 class MemoryJournal:
@@ -83,7 +83,7 @@ class MemoryJournal:
         self.records.append(record)
         return len(self.records)
 
-    async def wait_durable(self, seq: int) -> None:
+    async def wait_committed(self, seq: int) -> None:
         await trio.lowlevel.checkpoint()
 
 
@@ -276,7 +276,7 @@ class Node:
             StorageError: the journal cannot make it durable now.
         """
         seq = self.record([record])
-        await self.journal.wait_durable(seq)
+        await self.journal.wait_committed(seq)
         return seq
 
     def on_alerts(self, listener: Callable[[list[Alert]], None]) -> None:

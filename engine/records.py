@@ -34,6 +34,7 @@ __all__ = [
     "ReconciliationRecorded",
     "Record",
     "SignalSaved",
+    "decision_key",
     "decode_batch",
     "encode_batch",
     "signal_key",
@@ -41,8 +42,16 @@ __all__ = [
 
 
 def signal_key(strategy_id: str, signal_id: str, version: int) -> str:
-    """The identity signals are deduplicated by."""
+    """The identity signals are deduplicated by (a new version is a new signal)."""
     return f"{strategy_id}/{signal_id}/{version}"
+
+
+def decision_key(signal: str) -> str:
+    """What a user decides on: the signal whatever its version (one decision per user).
+
+    A new version supersedes the old one only for users who have not decided yet.
+    """
+    return signal.rsplit("/", 1)[0]
 
 
 class Approval(msgspec.Struct, frozen=True, kw_only=True):

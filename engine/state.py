@@ -28,6 +28,7 @@ from engine.records import (
     ReconciliationRecorded,
     Record,
     SignalSaved,
+    decision_key,
     signal_key,
 )
 
@@ -63,6 +64,7 @@ class EngineState:
         self.commands: dict[str, CommandIssued] = {}
         self.signals: dict[str, SignalSaved] = {}
         self.approvals: dict[tuple[str, str], Approval] = {}
+        """(user, :func:`~engine.records.decision_key`) -> the user's decision."""
         self.guards: dict[str, GuardSaved] = {}
 
     def apply(self, record: Record, seq: int | None = None) -> None:
@@ -84,7 +86,7 @@ class EngineState:
             self.signals[signal_key(s.strategy_id, s.signal_id, s.version)] = record
         elif isinstance(record, ApprovalSaved):
             a = record.approval
-            self.approvals[(a.user_id, a.signal)] = a
+            self.approvals[(a.user_id, decision_key(a.signal))] = a
         elif isinstance(record, GuardSaved):
             self.guards[record.user_id] = record
         elif isinstance(record, AlertRaised | ReconciliationRecorded | AuditRecorded):
@@ -147,7 +149,7 @@ class EngineState:
             state.signals[
                 signal_key(s.signal.strategy_id, s.signal.signal_id, s.signal.version)
             ] = s
-        state.approvals = {(a.user_id, a.signal): a for a in snapshot.approvals}
+        state.approvals = {(a.user_id, decision_key(a.signal)): a for a in snapshot.approvals}
         state.guards = {g.user_id: g for g in snapshot.guards}
         return state
 

@@ -36,6 +36,7 @@ from engine.records import (
     CommandIssued,
     GuardSaved,
     PositionSaved,
+    decision_key,
     signal_key,
 )
 from engine.sizing import UserSettings, check_entry, check_stops, protective_levels, size_volume
@@ -153,7 +154,7 @@ class UserCore:
                     c.command, c.device_id, c.position_id, lost
                 )
         for a in approvals:
-            self.approvals[a.signal] = a
+            self.approvals[decision_key(a.signal)] = a
         if guard is not None:
             self.guard.peak = guard.peak
             self.guard.opens_blocked = guard.opens_blocked
@@ -215,15 +216,16 @@ class UserCore:
 
         Raises:
             Forbidden: the signal is not for this user.
-            Conflict: the user already decided on this signal version.
+            Conflict: the user already decided on this signal (any version of it).
             Refused: (and subclasses) the open cannot be placed: guard, device, late, moved,
                 sizing, stops. Nothing is recorded then, so the user may decide again.
         """
         if self.user_id not in signal.audience:
             raise Forbidden("this signal is not for you")
         key = signal_key(signal.strategy_id, signal.signal_id, signal.version)
-        if key in self.approvals:
-            earlier = self.approvals[key]
+        decided = decision_key(key)
+        if decided in self.approvals:
+            earlier = self.approvals[decided]
             raise Conflict(
                 f"already decided: {earlier.decision}",
                 decision=earlier.decision,
@@ -241,7 +243,7 @@ class UserCore:
                 ip=ip,
                 user_agent=user_agent,
             )
-            self.approvals[key] = approval
+            self.approvals[decided] = approval
             effects.records.append(ApprovalSaved(approval=approval))
             return approval, effects
 
@@ -330,7 +332,7 @@ class UserCore:
             user_agent=user_agent,
             position_id=position_id,
         )
-        self.approvals[key] = approval
+        self.approvals[decided] = approval
         effects.records.append(ApprovalSaved(approval=approval))
         self._save(position, effects)
         self._issue(command, device.device_id, position_id, now_ms, effects)

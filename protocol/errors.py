@@ -24,6 +24,7 @@ The tree keeps "you misused the API" apart from "the peer misbehaved" (as h11 do
     │   │   ├── ReplayDetected         replayed
     │   │   └── UnknownPrincipal       unknown_principal
     │   ├── Forbidden                  forbidden
+    │   ├── RateLimited                rate_limited
     │   └── InvalidQuote               invalid_quote
     ├── Refused                        refused          a business rule says no
     │   ├── SizingRefused              sizing_refused
@@ -57,6 +58,7 @@ __all__ = [
     "PeerError",
     "PriceDeviation",
     "ProtocolError",
+    "RateLimited",
     "Refused",
     "ReplayDetected",
     "SignatureExpired",
@@ -192,6 +194,12 @@ class Forbidden(PeerError):
     """Raised when an authenticated peer asks for something it does not own."""
 
     code = "forbidden"
+
+
+class RateLimited(PeerError):
+    """Raised when a peer tries too often (logins); ``details["retry_after_s"]`` says when."""
+
+    code = "rate_limited"
 
 
 class InvalidQuote(PeerError):

@@ -7,6 +7,7 @@ import trio
 from engine.lifecycle import PositionState
 from engine.symbol import SymbolCore
 from engine.user import UserCore
+from protocol.closecodes import CloseCode
 from protocol.device import CloseCommand, OpenCommand
 from tests.actors.test_commands import open_position
 from tests.actors.test_flow import wait_for_state
@@ -75,7 +76,7 @@ async def test_second_connection_replaces_the_first(harness, device, autojump_cl
     approval = await approve(node, gold_signal(node))
     await first.next(OpenCommand)  # sent on the first connection, never answered
     second = await device.connect(positions=[])
-    assert first.closed is not None and first.closed[0] == 4001
+    assert first.closed is not None and first.closed[0] == CloseCode.REPLACED
     # The open was lost with the first link; the new snapshot lacks it: REJECTED, not resent.
     await wait_for_state(node, "u1", approval.position_id, PositionState.REJECTED)
     assert not [f for f in second.frames if isinstance(f, OpenCommand)]

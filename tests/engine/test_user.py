@@ -126,10 +126,16 @@ def test_decisions_are_owned_and_made_once() -> None:
             approval_id="a2", signal=signal(), decision="approve", bid=1950.0, ask=1950.3, now_ms=T0
         )
     assert again.value.details["decision"] == "reject"
-    # A new version of the signal is a new decision.
-    c.decide(
-        approval_id="a3", signal=signal(version=2), decision="reject", bid=None, ask=None, now_ms=T0
-    )
+    # One decision per signal whatever its version: a new version does not reopen it.
+    with pytest.raises(Conflict):
+        c.decide(
+            approval_id="a3",
+            signal=signal(version=2),
+            decision="reject",
+            bid=None,
+            ask=None,
+            now_ms=T0,
+        )
 
 
 def test_refusals_record_nothing() -> None:

@@ -1,0 +1,184 @@
+"""Configuration: environment variables (and an optional TOML file), validated at start-up.
+
+Every setting has an environment variable ``TRIPWIRE_<NAME>`` (``DATABASE_URL`` and
+``REDIS_URL`` keep their conventional names). ``TRIPWIRE_CONFIG`` may name a TOML file whose
+keys are the setting names in lower case; the environment wins over the file. A value that does
+not parse, or a combination that cannot work, stops the start with a message naming the
+variable (a :class:`~protocol.errors.ConfigError`), never a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from protocol.errors import ConfigError
+
+__all__ = ["SETTINGS_HELP", "Settings", "load_settings"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str | None = None
+    redis_url: str | None = None
+    state_dir: str = ".tripwire"
+    data_dir: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    jwt_secret: str | None = None
+    jwt_ttl_s: int = 3600
+    log_format: str = "console"
+    log_level: str = "info"
+    log_frames: bool = False
+    feed: str = "replay"
+    replay_speed: float = 1.0
+    feed_token: str | None = None
+    paper_device: bool = True
+    demo_user: str = "demo"
+    demo_password: str = "demo-password"
+    admin_user: str = "admin"
+    admin_password: str | None = None
+    handshake_window_ms: int = 5000
+    handshake_timeout_s: float = 10.0
+    device_max_frame: int = 1_048_576
+    client_max_frame: int = 65_536
+    max_body_bytes: int = 262_144
+    legacy_redirects: bool = True
+    snapshot_interval_s: float = 60.0
+    read_cache_ttl_ms: int = 500
+    login_burst: int = 5
+    login_refill_s: float = 12.0
+
+
+SETTINGS_HELP: dict[str, str] = {
+    "host": "address to listen on (loopback by default)",
+    "port": "port to listen on",
+    "database_url": "Postgres URL; unset: an embedded Postgres under the state dir",
+    "redis_url": "Redis URL (optional for one node: nonce cache, tick bus, read cache)",
+    "state_dir": "where the embedded Postgres, the JWT secret and the demo set-up live",
+    "data_dir": "tick data for the replay feed (default: the repository's data/)",
+    "tls_cert": "PEM certificate: serve https and wss (with tls_key)",
+    "tls_key": "PEM private key for tls_cert",
+    "jwt_secret": "HS256 key for access tokens (32+ bytes); unset: generated once, kept in "
+    "the state dir",
+    "jwt_ttl_s": "access token lifetime, seconds",
+    "log_format": "console or json",
+    "log_level": "debug, info, warning or error",
+    "log_frames": "log every device frame (redacted) at debug level",
+    "feed": "replay (the bundled real data), random, none, or a ws:// URL of an upstream feed",
+    "replay_speed": "replay speed, 1.0 = real time",
+    "feed_token": "token a /ws/feed publisher must present (unset: the feed socket is closed)",
+    "paper_device": "start the built-in paper device for the demo user",
+    "demo_user": "username of the demo user created at first start",
+    "demo_password": "password of the demo user",
+    "admin_user": "username of the admin created at first start",
+    "admin_password": "password of the admin (unset: no admin account is created)",
+    "handshake_window_ms": "device handshake clock window, ms (at most 60000)",
+    "handshake_timeout_s": "seconds a device has to send its hello",
+    "device_max_frame": "largest device frame, bytes (larger: closed with 1009)",
+    "client_max_frame": "largest client frame, bytes",
+    "max_body_bytes": "largest REST request body, bytes (larger: 413)",
+    "legacy_redirects": "old Flask routes answer 301 (true) or 410 (false)",
+    "snapshot_interval_s": "seconds between state snapshots",
+    "read_cache_ttl_ms": "TTL of the Redis read-through cache for heavy REST reads",
+    "login_burst": "login attempts allowed at once per user and address",
+    "login_refill_s": "seconds to earn one more login attempt",
+}
+
+_CONVENTIONAL = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+
+
+def env_name(field: str) -> str:
+    return _CONVENTIONAL.get(field, "TRIPWIRE_" + field.upper())
+
+
+def _coerce(field: str, raw: Any, kind: Any) -> Any:
+    name = env_name(field)
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str):
+        if kind is bool or kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ConfigError(f"{name} must be true or false, not {raw!r}", variable=name)
+        try:
+            if kind is int or kind == "int":
+                return int(raw)
+            if kind is float or kind == "float":
+                return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, not {raw!r}", variable=name) from None
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from a TOML file (``TRIPWIRE_CONFIG``), the environment and ``overrides``.
+
+    Raises:
+        ConfigError: a value does not parse or a combination cannot work.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = environ.get("TRIPWIRE_CONFIG")
+    if config_file:
+        try:
+            values.update(tomllib.loads(Path(config_file).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(
+                f"TRIPWIRE_CONFIG {config_file!r}: {exc}", variable="TRIPWIRE_CONFIG"
+            ) from None
+    annotations = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+    for field, kind in annotations.items():
+        raw = environ.get(env_name(field))
+        if raw is not None:
+            base = kind.split(" | ")[0] if isinstance(kind, str) else kind
+            values[field] = _coerce(field, raw, base)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - set(annotations)
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    try:
+        settings = msgspec.convert(values, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from None
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    def fail(field: str, message: str) -> None:
+        raise ConfigError(f"{env_name(field)}: {message}", variable=env_name(field))
+
+    if not 0 < s.port < 65536:
+        fail("port", "must be 1..65535")
+    if s.log_format not in {"console", "json"}:
+        fail("log_format", "must be console or json")
+    if s.log_level.lower() not in {"debug", "info", "warning", "error"}:
+        fail("log_level", "must be debug, info, warning or error")
+    if not 0 < s.handshake_window_ms <= 60_000:
+        fail("handshake_window_ms", "must be 1..60000")
+    if (s.tls_cert is None) != (s.tls_key is None):
+        fail("tls_cert", "TLS needs both TRIPWIRE_TLS_CERT and TRIPWIRE_TLS_KEY")
+    for field in ("tls_cert", "tls_key"):
+        path = getattr(s, field)
+        if path is not None and not Path(path).is_file():
+            fail(field, f"{path!r} is not a readable file")
+    if s.jwt_secret is not None and len(s.jwt_secret.encode()) < 32:
+        fail("jwt_secret", "must be at least 32 bytes")
+    if not (s.feed in {"replay", "random", "none"} or s.feed.startswith(("ws://", "wss://"))):
+        fail("feed", "must be replay, random, none or a ws:// URL")
+    if s.replay_speed <= 0:
+        fail("replay_speed", "must be positive")
+    if s.device_max_frame < 4096 or s.client_max_frame < 1024 or s.max_body_bytes < 1024:
+        fail("device_max_frame", "frame and body limits are too small to be useful")
+    if s.snapshot_interval_s < 1:
+        fail("snapshot_interval_s", "must be at least 1 second")

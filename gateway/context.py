@@ -1,0 +1,85 @@
+"""What every handler of the gateway shares: the node, the registry, the stores, the counters.
+
+One :class:`GatewayContext` is built by the runtime and attached to the app; handlers reach it
+with :func:`current_context`. Counters here are plain integers bumped on the request path and
+read by the Prometheus collector at scrape time (``gateway.metrics``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from quart import current_app
+
+from gateway.auth import LoginLimiter, TokenIssuer
+from gateway.config import Settings
+
+if TYPE_CHECKING:
+    from actors.clock import Clock
+    from actors.node import Node
+    from engine.records import Record
+
+__all__ = ["Counters", "GatewayContext", "NonceStore", "current_context"]
+
+
+class NonceStore(Protocol):
+    async def check_and_add(self, key: str, now_ms: int, ttl_ms: int) -> bool: ...
+
+
+class Journal(Protocol):
+    def append_nowait(self, record: Record) -> int: ...
+
+    async def wait_committed(self, seq: int) -> None: ...
+
+
+@dataclass
+class Counters:
+    """What the edge counts (exported by ``gateway.metrics``)."""
+
+    handshakes: Counter[str] = field(default_factory=Counter)
+    bad_frames: Counter[str] = field(default_factory=Counter)
+    legacy_calls: Counter[str] = field(default_factory=Counter)
+    logins: Counter[str] = field(default_factory=Counter)
+    devices_connected: int = 0
+    clients_connected: int = 0
+    clients_dropped: int = 0
+    device_frames: int = 0
+    feed_quotes: int = 0
+
+    def handshake(self, outcome: str) -> None:
+        self.handshakes[outcome] += 1
+
+    def bad_frame(self, code: str) -> None:
+        self.bad_frames[code] += 1
+
+
+@dataclass
+class GatewayContext:
+    settings: Settings
+    node: Node
+    registry: Any
+    """``gateway.registry.Registry``: users, devices and their secrets."""
+    nonces: NonceStore
+    tokens: TokenIssuer
+    clock: Clock
+    journal: Journal
+    db: Any = None
+    """``persistence.db.Database`` (None in tests that need no SQL)."""
+    cache: Any = None
+    """``persistence.cache.ReadCache`` or None."""
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    counters: Counters = field(default_factory=Counters)
+    ready: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def record_durably(self, record: Record) -> int:
+        """Journal ``record`` (and fold it) and wait for it to be committed."""
+        return await self.node.record_durably(record)
+
+
+def current_context() -> GatewayContext:
+    """The context of the app serving the current request."""
+    ctx: GatewayContext = current_app.extensions["tripwire"]
+    return ctx

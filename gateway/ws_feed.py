@@ -1,0 +1,64 @@
+"""``/ws/feed``: an upstream publisher pushes quote batches into the node.
+
+Only a publisher holding the feed token (``TRIPWIRE_FEED_TOKEN``, compared in constant time,
+``?token=`` or ``Authorization: Bearer``) may connect; with no token configured the endpoint is
+closed. Frames are :class:`~protocol.feed.QuoteBatch` (JSON or msgpack, by subprotocol). A
+malformed frame is answered with an error frame and the connection is closed with the matching
+code: a feed that sends garbage is not trusted to send prices. Quotes for symbols the node does
+not trade are counted and ignored; the symbol actors validate the rest.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING
+
+import structlog
+from quart import websocket
+
+from protocol.closecodes import CloseCode, close_code_for, close_reason
+from protocol.codec import encoding_of, feed_codec, negotiate, sniff_encoding
+from protocol.errors import ProtocolError
+from protocol.feed import QuoteBatch
+
+if TYPE_CHECKING:
+    from gateway.context import GatewayContext
+
+__all__ = ["serve_feed"]
+
+
+def _token_ok(expected: str | None, presented: str | None) -> bool:
+    if not expected or not presented:
+        return False
+    return hmac.compare_digest(expected.encode(), presented.encode())
+
+
+async def serve_feed(ctx: GatewayContext) -> None:
+    """The ``/ws/feed`` handler."""
+    log = structlog.get_logger().bind(endpoint="ws/feed", remote=websocket.remote_addr)
+    subprotocol = negotiate(websocket.requested_subprotocols)
+    await websocket.accept(subprotocol=subprotocol)
+    header = websocket.headers.get("Authorization", "")
+    presented = websocket.args.get("token") or (
+        header[7:] if header.startswith("Bearer ") else None
+    )
+    if not _token_ok(ctx.settings.feed_token, presented):
+        ctx.counters.handshake("feed_unauthorized")
+        await websocket.close(CloseCode.POLICY_VIOLATION, "unauthorized")
+        return
+    codec = None
+    log.info("feed publisher connected")
+    while True:
+        frame = await websocket.receive()
+        if codec is None:
+            encoding = encoding_of(subprotocol) if subprotocol else sniff_encoding(frame)
+            codec = feed_codec(encoding, max_frame_bytes=ctx.settings.device_max_frame)
+        try:
+            batch = codec.decode(frame)
+        except ProtocolError as exc:
+            ctx.counters.bad_frame("feed_" + exc.code)
+            log.info("bad feed frame", code=exc.code)
+            await websocket.close(close_code_for(exc), close_reason(exc))
+            return
+        if isinstance(batch, QuoteBatch):
+            ctx.counters.feed_quotes += ctx.node.offer_quotes(batch.quotes)
