@@ -37,6 +37,8 @@ class Fired(NamedTuple):
     triggers: list[Trigger]
     quote_seq: int
     """The symbol actor's count of the quote that fired them (for latency tracing)."""
+    started: float
+    """``time.perf_counter()`` when the quote was processed (for the latency histogram)."""
 
 
 class Moved(NamedTuple):

@@ -139,6 +139,9 @@ class Node:
         self.tracer: Callable[[int, int], None] | None = None
         """A latency probe: called with (quote seq, commands) when a fired quote's commands are
         in their outboxes. None in production."""
+        self.fire_probe: Callable[[float, int], None] | None = None
+        """Called with (perf_counter when the quote was processed, commands) once a fired
+        quote's commands are in their outboxes (the production latency histogram)."""
         self.accepting = True
         self.symbols: dict[str, SymbolActor] = {}
         self.users: dict[str, UserActor] = {}

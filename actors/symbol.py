@@ -17,6 +17,7 @@ restarts the actor as for any other failure.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -135,9 +136,9 @@ class SymbolActor:
         by_user: dict[str, list[Trigger]] = defaultdict(list)
         for user_id, trigger in fired:
             by_user[user_id].append(trigger)
-        node, seq = self.node, self.seq
+        node, seq, started = self.node, self.seq, time.perf_counter()
         for user_id, triggers in by_user.items():
-            node.user(user_id).deliver(Fired(triggers, seq))
+            node.user(user_id).deliver(Fired(triggers, seq, started))
 
     def _dispatch_moved(self, moved: list[tuple[str, LevelMove]]) -> None:
         by_user: dict[str, list[LevelMove]] = defaultdict(list)

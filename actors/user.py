@@ -121,7 +121,11 @@ class UserActor:
         core = self.core
         kind = type(message)
         if kind is Fired:
-            self._carry_out(core.on_triggers(message.triggers, now), message.quote_seq)
+            effects = core.on_triggers(message.triggers, now)
+            self._carry_out(effects, message.quote_seq)
+            probe = self.node.fire_probe
+            if probe is not None and effects.commands:
+                probe(message.started, len(effects.commands))
         elif kind is Settled:
             r = message.result
             self._carry_out(core.on_result(r.command_id, r.category, r.ack, now), None)

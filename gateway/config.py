@@ -19,7 +19,7 @@ import msgspec
 
 from protocol.errors import ConfigError
 
-__all__ = ["SETTINGS_HELP", "Settings", "load_settings"]
+__all__ = ["SETTINGS_HELP", "Settings", "env_name", "load_settings", "parse_strategies"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     feed: str = "replay"
     replay_speed: float = 1.0
     feed_token: str | None = None
+    strategies: str | None = None
+    demo_strategy: bool = True
     paper_device: bool = True
     demo_user: str = "demo"
     demo_password: str = "demo-password"
@@ -74,6 +76,9 @@ SETTINGS_HELP: dict[str, str] = {
     "feed": "replay (the bundled real data), random, none, or a ws:// URL of an upstream feed",
     "replay_speed": "replay speed, 1.0 = real time",
     "feed_token": "token a /ws/feed publisher must present (unset: the feed socket is closed)",
+    "strategies": "strategy secrets for signed signals: 'id=secret[|secret2];id2=secret' "
+    "(several secrets during a rotation)",
+    "demo_strategy": "run a built-in demo strategy that posts signals to the demo user",
     "paper_device": "start the built-in paper device for the demo user",
     "demo_user": "username of the demo user created at first start",
     "demo_password": "password of the demo user",
@@ -154,6 +159,25 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     return settings
 
 
+def parse_strategies(spec: str | None) -> dict[str, list[bytes]]:
+    """``id=secret[|secret];id2=secret`` as {strategy id: [secrets]}.
+
+    Raises:
+        ConfigError: an entry is malformed or a secret is under 16 bytes.
+    """
+    strategies: dict[str, list[bytes]] = {}
+    for entry in filter(None, (part.strip() for part in (spec or "").split(";"))):
+        name, _, secrets = entry.partition("=")
+        keys = [k.encode() for k in secrets.split("|") if k]
+        if not name or not keys or any(len(k) < 16 for k in keys):
+            raise ConfigError(
+                "TRIPWIRE_STRATEGIES entries are id=secret with 16+ byte secrets",
+                variable="TRIPWIRE_STRATEGIES",
+            )
+        strategies[name.strip()] = keys
+    return strategies
+
+
 def _check(s: Settings) -> None:
     def fail(field: str, message: str) -> None:
         raise ConfigError(f"{env_name(field)}: {message}", variable=env_name(field))
@@ -182,3 +206,4 @@ def _check(s: Settings) -> None:
         fail("device_max_frame", "frame and body limits are too small to be useful")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
+    parse_strategies(s.strategies)

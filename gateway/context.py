@@ -69,6 +69,8 @@ class GatewayContext:
     """``persistence.db.Database`` (None in tests that need no SQL)."""
     cache: Any = None
     """``persistence.cache.ReadCache`` or None."""
+    strategies: dict[str, list[bytes]] = field(default_factory=dict)
+    """Strategy id -> secrets valid for its signal signatures (several during rotation)."""
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
     counters: Counters = field(default_factory=Counters)
     ready: bool = False

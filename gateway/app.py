@@ -1,0 +1,113 @@
+"""The Quart-Trio application: routes, schema, errors, static dashboard.
+
+:func:`create_app` builds the app around a :class:`~gateway.context.GatewayContext`. The REST
+API lives under ``/api/v1`` (``gateway.rest``), the WebSockets at ``/ws/device``, ``/ws/client``
+and ``/ws/feed``, the dashboard at ``/``, probes at ``/healthz`` and ``/readyz``, metrics at
+``/metrics`` and the OpenAPI document at ``/openapi.json`` (a docs page at ``/docs``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from quart import Response, g, request, send_from_directory
+from quart_schema import QuartSchema
+from quart_schema.extension import hide
+from quart_trio import QuartTrio
+
+from gateway.context import GatewayContext
+from gateway.errors import error_response, install_error_handlers
+from gateway.metrics import Metrics
+from gateway.ws_client import serve_client
+from gateway.ws_device import serve_device
+from gateway.ws_feed import serve_feed
+
+__all__ = ["STATIC_DIR", "create_app"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def create_app(ctx: GatewayContext) -> QuartTrio:
+    app = QuartTrio("tripwire", static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = ctx.settings.max_body_bytes
+    app.config["QUART_SCHEMA_CONVERT_CASING"] = False
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 5
+    app.extensions["tripwire"] = ctx
+    metrics = Metrics(ctx)
+    ctx.extras["metrics"] = metrics
+    QuartSchema(
+        app,
+        openapi_path="/openapi.json",
+        swagger_ui_path="/docs",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        info={
+            "title": "Tripwire",
+            "version": "1",
+            "description": "REST API of the Tripwire trading engine.",
+        },
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+    )
+    install_error_handlers(app)
+
+    @app.before_request
+    async def _started() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    async def _timed(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.http.labels(rule).observe(
+            time.perf_counter() - g.get("started", time.perf_counter())
+        )
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.websocket("/ws/device")
+    async def ws_device() -> None:
+        await serve_device(ctx)
+
+    @app.websocket("/ws/client")
+    async def ws_client() -> None:
+        await serve_client(ctx)
+
+    @app.websocket("/ws/feed")
+    async def ws_feed() -> None:
+        await serve_feed(ctx)
+
+    @app.get("/healthz")
+    @hide
+    async def healthz() -> Any:
+        """Alive: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    @hide
+    async def readyz() -> Any:
+        """Ready: the database answers and the actors run."""
+        db_ok = ctx.db is None or await ctx.db.is_alive()
+        actors_ok = ctx.ready and bool(ctx.node.symbols)
+        if db_ok and actors_ok:
+            return {"status": "ready", "database": True, "actors": True}
+        response = error_response(
+            "not_ready", "not ready", 503, {"database": db_ok, "actors": actors_ok}
+        )
+        return response
+
+    @app.get("/metrics")
+    @hide
+    async def prometheus() -> Any:
+        return Response(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.get("/")
+    @hide
+    async def dashboard() -> Any:
+        return await send_from_directory(str(STATIC_DIR), "index.html")
+
+    from gateway.rest import register
+
+    register(app)
+    return app

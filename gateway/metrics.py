@@ -1,0 +1,161 @@
+"""Prometheus metrics, read at scrape time.
+
+Nothing on the tick path touches a Prometheus object: actors keep plain counters and the
+collector below reads them when ``/metrics`` is scraped. Latency histograms are the exception
+that must be observed as events happen: tick-to-outbox (per fired quote, not per quote) and
+HTTP request duration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from gateway.context import GatewayContext
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+
+
+class _Collector:
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        ctx = self.ctx
+        stats: dict[str, Any] = ctx.node.stats()
+        c = ctx.counters
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        yield counter("tripwire_quotes", "Quotes the symbol actors processed", stats["quotes"])
+        yield counter(
+            "tripwire_quotes_rejected", "Quotes refused by validation", stats["quotes_rejected"]
+        )
+        yield counter(
+            "tripwire_quotes_coalesced", "Quotes coalesced under load", stats["quotes_coalesced"]
+        )
+        yield counter("tripwire_fires", "SL/TP triggers fired", stats["fires"])
+        yield gauge(
+            "tripwire_armed_positions", "Positions watched by trigger books", stats["armed"]
+        )
+        yield counter("tripwire_alerts", "Alerts raised", stats["alerts"])
+        yield gauge(
+            "tripwire_devices_connected", "Devices with a live session", stats["devices_connected"]
+        )
+        yield gauge("tripwire_clients_connected", "Client streams", c.clients_connected)
+        yield counter("tripwire_clients_dropped", "Slow clients dropped", c.clients_dropped)
+        depth = GaugeMetricFamily(
+            "tripwire_mailbox_depth", "Deepest mailbox by actor kind", labels=["kind"]
+        )
+        for kind, value in stats["mailbox_depth"].items():
+            depth.add_metric([kind], value)
+        yield depth
+        restarts = CounterMetricFamily(
+            "tripwire_actor_restarts", "Supervised restarts", labels=["actor"]
+        )
+        for actor, value in stats["restarts"].items():
+            restarts.add_metric([actor], value)
+        yield restarts
+        outcomes = CounterMetricFamily(
+            "tripwire_commands", "Commands by outcome", labels=["outcome"]
+        )
+        for outcome, value in ctx.extras.get("command_outcomes", {}).items():
+            outcomes.add_metric([outcome], value)
+        yield outcomes
+        handshakes = CounterMetricFamily(
+            "tripwire_handshakes", "Device handshakes by outcome", labels=["outcome"]
+        )
+        for outcome, value in c.handshakes.items():
+            handshakes.add_metric([outcome], value)
+        yield handshakes
+        bad = CounterMetricFamily(
+            "tripwire_bad_frames", "Malformed frames by code", labels=["code"]
+        )
+        for code, value in c.bad_frames.items():
+            bad.add_metric([code], value)
+        yield bad
+        legacy = CounterMetricFamily(
+            "legacy_calls", "Calls to the old Flask routes", labels=["route"]
+        )
+        for route, value in c.legacy_calls.items():
+            legacy.add_metric([route], value)
+        yield legacy
+        journal = ctx.extras.get("journal")
+        if journal is not None:
+            yield gauge("tripwire_journal_pending", "Records not yet committed", journal.pending)
+            yield gauge(
+                "tripwire_journal_lag_seconds",
+                "Age of the oldest uncommitted record",
+                journal.lag_ms / 1000,
+            )
+            yield counter("tripwire_journal_records", "Records committed", journal.records_written)
+            yield counter(
+                "tripwire_journal_write_errors", "Failed journal writes", journal.write_errors
+            )
+            yield gauge(
+                "tripwire_journal_healthy",
+                "1 unless the journal is in an outage",
+                1.0 if journal.healthy else 0.0,
+            )
+        cache = ctx.cache
+        if cache is not None:
+            yield counter(
+                "tripwire_read_cache_degraded",
+                "Reads that bypassed a down Redis",
+                getattr(cache, "degraded_total", 0),
+            )
+
+
+class Metrics:
+    """The registry behind ``/metrics`` plus the histograms observed as things happen."""
+
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(ctx))  # type: ignore[arg-type]
+        self.tick_to_outbox = Histogram(
+            "tripwire_tick_to_outbox_seconds",
+            "Quote processed to close commands in outboxes",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.http = Histogram(
+            "tripwire_http_request_seconds",
+            "REST request duration",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_fire(self, started: float, commands: int) -> None:
+        self.tick_to_outbox.observe(time.perf_counter() - started)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

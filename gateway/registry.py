@@ -1,0 +1,297 @@
+"""Users and devices: the durable directory (Postgres), cached in memory for the hot paths.
+
+The handshake needs a device's valid secrets, the node needs who owns a device and a user's
+settings; both are answered from memory. Changes (a new user, a device registered, a secret
+rotated, a device revoked) are written to Postgres first and then to the cache, so what was
+acknowledged survives a restart. Without a database (tests, benchmarks) the registry lives in
+memory only.
+
+Device secrets are generated here (32 random bytes, URL-safe), shown to the owner once at
+registration or rotation, and never returned or logged again. A rotation keeps the old secret
+valid for a grace period so a terminal can be updated without downtime.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import trio
+
+from engine.sizing import UserSettings
+from gateway.auth import Identity, Role, hash_password, verify_password
+from protocol.errors import Conflict, NotFound
+
+__all__ = ["DeviceRecord", "Registry", "UserRecord"]
+
+_DUMMY_HASH = hash_password("not-a-real-password-" + secrets.token_hex(8))
+
+
+@dataclass
+class UserRecord:
+    id: str
+    username: str
+    role: Role
+    password_hash: str
+    settings: UserSettings = field(default_factory=UserSettings)
+    disabled: bool = False
+
+
+@dataclass
+class DeviceRecord:
+    id: str
+    user_id: str
+    name: str
+    account_login: str = ""
+    broker: str = ""
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    revoked: bool = False
+    secrets: list[tuple[bytes, datetime | None]] = field(default_factory=list)
+    """(secret, expires_at) pairs; never leaves this object except to verify a handshake."""
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    def view(self) -> dict[str, Any]:
+        """What an owner may see (no secret)."""
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "name": self.name,
+            "account_login": self.account_login,
+            "broker": self.broker,
+            "created_at": self.created_at.isoformat(),
+            "revoked": self.revoked,
+        }
+
+
+def _new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Registry:
+    """Users and devices, from Postgres (``db``) or in memory (``db=None``)."""
+
+    def __init__(self, db: Any = None) -> None:
+        self.db = db
+        self.users: dict[str, UserRecord] = {}
+        self.by_name: dict[str, str] = {}
+        self.devices: dict[str, DeviceRecord] = {}
+
+    # -- loading -----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Fill the cache from Postgres."""
+        if self.db is None:
+            return
+        for row in await self.db.fetch(
+            "SELECT id, username, role, password_hash, settings, disabled_at FROM users"
+        ):
+            settings = msgspec.convert(row["settings"] or {}, UserSettings)
+            self._cache_user(
+                UserRecord(
+                    row["id"],
+                    row["username"],
+                    row["role"],
+                    row["password_hash"],
+                    settings,
+                    row["disabled_at"] is not None,
+                )
+            )
+        for row in await self.db.fetch(
+            "SELECT id, user_id, name, account_login, broker, created_at, revoked_at FROM devices"
+        ):
+            self.devices[row["id"]] = DeviceRecord(
+                row["id"],
+                row["user_id"],
+                row["name"],
+                row["account_login"],
+                row["broker"],
+                row["created_at"],
+                row["revoked_at"] is not None,
+            )
+        for row in await self.db.fetch(
+            "SELECT device_id, secret, expires_at FROM device_secrets ORDER BY created_at"
+        ):
+            device = self.devices.get(row["device_id"])
+            if device is not None:
+                device.secrets.append((bytes(row["secret"]), row["expires_at"]))
+
+    def _cache_user(self, user: UserRecord) -> None:
+        self.users[user.id] = user
+        self.by_name[user.username.lower()] = user.id
+
+    # -- the node's Directory ------------------------------------------------------------------
+
+    def user_settings(self, user_id: str) -> UserSettings:
+        user = self.users.get(user_id)
+        return user.settings if user else UserSettings()
+
+    def device_owner(self, device_id: str) -> str | None:
+        device = self.devices.get(device_id)
+        if device is None or device.revoked:
+            return None
+        owner = self.users.get(device.user_id)
+        return None if owner is None or owner.disabled else device.user_id
+
+    def device_overrides(self, device_id: str) -> Mapping[str, str]:
+        device = self.devices.get(device_id)
+        return device.overrides if device else {}
+
+    def owns(self, user_id: str) -> bool:
+        return True  # one node serves every partition today (actors.directory)
+
+    def device_secrets(self, device_id: str, now: datetime | None = None) -> list[bytes]:
+        """The secrets a handshake may verify against (empty: unknown or revoked)."""
+        device = self.devices.get(device_id)
+        if device is None or device.revoked or self.device_owner(device_id) is None:
+            return []
+        now = now or datetime.now(UTC)
+        return [s for s, expires in device.secrets if expires is None or expires > now]
+
+    # -- users ---------------------------------------------------------------------------------
+
+    async def create_user(
+        self,
+        username: str,
+        password: str,
+        role: Role = "user",
+        settings: UserSettings | None = None,
+    ) -> UserRecord:
+        """Raises :class:`Conflict` if the username is taken."""
+        if username.lower() in self.by_name:
+            raise Conflict("that username is taken", username=username)
+        password_hash = await trio.to_thread.run_sync(hash_password, password)
+        user = UserRecord(
+            "u-" + uuid.uuid4().hex[:12], username, role, password_hash, settings or UserSettings()
+        )
+        if self.db is not None:
+            await self.db.execute(
+                "INSERT INTO users (id, username, role, password_hash, settings) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                user.id,
+                username,
+                role,
+                password_hash,
+                msgspec.to_builtins(user.settings),
+            )
+        self._cache_user(user)
+        return user
+
+    async def authenticate(self, username: str, password: str) -> Identity | None:
+        """The identity of valid credentials, else None (timing does not tell which part was
+        wrong: an unknown name still costs one argon2 verification)."""
+        user = self.users.get(self.by_name.get(username.lower(), ""))
+        ok = await verify_password(user.password_hash if user else _DUMMY_HASH, password)
+        if user is None or not ok or user.disabled:
+            return None
+        return Identity(user_id=user.id, role=user.role)
+
+    def user(self, user_id: str) -> UserRecord:
+        try:
+            return self.users[user_id]
+        except KeyError:
+            raise NotFound("no such user", user_id=user_id) from None
+
+    async def update_settings(self, user_id: str, settings: UserSettings) -> None:
+        user = self.user(user_id)
+        if self.db is not None:
+            await self.db.execute(
+                "UPDATE users SET settings = $2 WHERE id = $1",
+                user_id,
+                msgspec.to_builtins(settings),
+            )
+        user.settings = settings
+
+    # -- devices -------------------------------------------------------------------------------
+
+    async def register_device(
+        self,
+        user_id: str,
+        name: str,
+        account_login: str = "",
+        broker: str = "",
+        device_id: str | None = None,
+    ) -> tuple[DeviceRecord, str]:
+        """A new device and its secret (the only time the secret is returned)."""
+        self.user(user_id)
+        device_id = device_id or "d-" + uuid.uuid4().hex[:12]
+        if device_id in self.devices:
+            raise Conflict("that device id is taken", device_id=device_id)
+        secret = _new_secret()
+        device = DeviceRecord(device_id, user_id, name, account_login, broker)
+        device.secrets.append((secret.encode(), None))
+        if self.db is not None:
+
+            async def insert(conn: Any) -> None:
+                await conn.execute(
+                    "INSERT INTO devices (id, user_id, name, account_login, broker, created_at) "
+                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                    device_id,
+                    user_id,
+                    name,
+                    account_login,
+                    broker,
+                    device.created_at,
+                )
+                await conn.execute(
+                    "INSERT INTO device_secrets (device_id, secret) VALUES ($1, $2)",
+                    device_id,
+                    secret.encode(),
+                )
+
+            await self.db.run_in_transaction(insert)
+        self.devices[device_id] = device
+        return device, secret
+
+    def device(self, device_id: str) -> DeviceRecord:
+        try:
+            return self.devices[device_id]
+        except KeyError:
+            raise NotFound("no such device", device_id=device_id) from None
+
+    def devices_of(self, user_id: str) -> list[DeviceRecord]:
+        return [d for d in self.devices.values() if d.user_id == user_id]
+
+    async def rotate_secret(self, device_id: str, grace_s: float = 3600.0) -> str:
+        """A new secret; the current ones stay valid for ``grace_s`` more seconds."""
+        device = self.device(device_id)
+        if device.revoked:
+            raise Conflict("the device is revoked", device_id=device_id)
+        secret = _new_secret()
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=grace_s)
+        if self.db is not None:
+
+            async def rotate(conn: Any) -> None:
+                await conn.execute(
+                    "UPDATE device_secrets SET expires_at = $2 WHERE device_id = $1 "
+                    "AND (expires_at IS NULL OR expires_at > $2)",
+                    device_id,
+                    until,
+                )
+                await conn.execute(
+                    "INSERT INTO device_secrets (device_id, secret, created_at) "
+                    "VALUES ($1, $2, $3)",
+                    device_id,
+                    secret.encode(),
+                    now,
+                )
+
+            await self.db.run_in_transaction(rotate)
+        device.secrets = [
+            (s, until if e is None or e > until else e) for s, e in device.secrets
+        ] + [(secret.encode(), None)]
+        return secret
+
+    async def revoke(self, device_id: str) -> None:
+        device = self.device(device_id)
+        if self.db is not None:
+            await self.db.execute(
+                "UPDATE devices SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+                device_id,
+            )
+        device.revoked = True

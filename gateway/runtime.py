@@ -1,0 +1,275 @@
+"""``tripwire run``: the whole engine in one trio run.
+
+Start-up, in order (each step's failure stops the start with a clear message):
+
+1. Postgres: ``DATABASE_URL``, or an embedded server under ``<state_dir>/pg``; migrations.
+2. Recovery: the newest snapshot plus the journal after it (the same fold a crash restart uses);
+   every in-flight command is then marked for reconciliation by the node.
+3. The registry (users, devices), with the demo user, its paper device and (if configured) an
+   admin created on first start.
+4. The node (actors), the journal writer, the gateway on Hypercorn, the feed, the paper
+   device, the demo strategy, and the periodic snapshotter (a separate process).
+
+SIGINT or SIGTERM: stop intake (the server stops accepting), let the actors drain, flush the
+journal, take a final snapshot, stop.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from actors.clock import WallClock
+from actors.feeds import random_walk, replay, websocket_feed
+from actors.node import Node
+from actors.paper import run_paper_device
+from engine.instruments import DEFAULT_INSTRUMENTS
+from engine.records import encode_batch
+from gateway.app import create_app
+from gateway.auth import TokenIssuer
+from gateway.config import Settings, parse_strategies
+from gateway.context import GatewayContext
+from gateway.demo import DEMO_DEVICE, DEMO_STRATEGY, ensure_demo, run_demo_strategy
+from gateway.registry import Registry
+from persistence.bridge import open_bridge
+from persistence.db import open_database
+from persistence.embedded import EmbeddedPostgres
+from persistence.journal import Journal
+from persistence.migrator import migrate
+from persistence.projections import make_projection
+from persistence.recovery import load_state
+from persistence.snapshotter import take_snapshot
+from protocol.nonces import MemoryNonceCache
+
+__all__ = ["MemoryNonces", "serve"]
+
+
+class MemoryNonces:
+    """The in-process nonce cache behind the async interface the handshake uses."""
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self.cache = MemoryNonceCache(max_entries)
+
+    async def check_and_add(self, key: str, now_ms: int, ttl_ms: int) -> bool:
+        return self.cache.check_and_add(key, now_ms, ttl_ms)
+
+
+def _secret_file(path: Path, nbytes: int = 48) -> bytes:
+    """A secret kept in the state dir (created once, readable by the owner only)."""
+    if path.exists():
+        return path.read_bytes().strip()
+    value = secrets.token_urlsafe(nbytes).encode()
+    path.write_bytes(value)
+    path.chmod(0o600)
+    return value
+
+
+async def _snapshots(dsn: str, interval_s: float, log: Any) -> None:
+    """Run the snapshotter process every ``interval_s`` (its own core, not the tick path's)."""
+    while True:
+        await trio.sleep(interval_s)
+        try:
+            await trio.run_process(
+                [sys.executable, "-m", "persistence.snapshotter", "--dsn", dsn],
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+        except (OSError, trio.CalledProcessError) as exc:
+            log.warning("snapshot failed; the journal keeps everything", error=str(exc))
+
+
+def _hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.websocket_max_message_size = max(settings.device_max_frame, settings.client_max_frame)
+    config.websocket_ping_interval = 20.0
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 5.0
+    if settings.tls_cert and settings.tls_key:
+        config.certfile, config.keyfile = settings.tls_cert, settings.tls_key
+    return config
+
+
+async def serve(
+    settings: Settings, *, task_status: trio.TaskStatus[GatewayContext] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the engine until SIGINT/SIGTERM (or until cancelled)."""
+    log = structlog.get_logger().bind(component="runtime")
+    state_dir = Path(settings.state_dir)
+    await trio.Path(state_dir).mkdir(parents=True, exist_ok=True)
+    if settings.data_dir:
+        os.environ["TRIPWIRE_DATA_DIR"] = settings.data_dir
+    server: EmbeddedPostgres | None = None
+    dsn = settings.database_url
+    if dsn is None:
+        server = EmbeddedPostgres(state_dir / "pg")
+        log.info("starting the embedded Postgres", directory=str(state_dir / "pg"))
+        dsn = await trio.to_thread.run_sync(server.start)
+    try:
+        async with open_bridge() as bridge, open_database(bridge, dsn) as db:
+            await migrate(db)
+            await _run(settings, log, state_dir, bridge, db, dsn, task_status)
+    finally:
+        if server is not None:
+            await trio.to_thread.run_sync(server.close)
+
+
+async def _run(
+    settings: Settings,
+    log: Any,
+    state_dir: Path,
+    bridge: Any,
+    db: Any,
+    dsn: str,
+    task_status: trio.TaskStatus[GatewayContext],
+) -> None:
+    clock = WallClock()
+    instruments = DEFAULT_INSTRUMENTS
+    node_ref: list[Node] = []
+
+    def on_journal_alert(alert: Any) -> None:
+        if node_ref:
+            node_ref[0].publish_alerts([alert])
+
+    journal: Journal[Any] = Journal(
+        db, encode_batch, make_projection(instruments), on_alert=on_journal_alert
+    )
+    recovered = await load_state(journal)
+    registry = Registry(db)
+    await registry.load()
+    strategies = parse_strategies(settings.strategies)
+    if settings.demo_strategy:
+        strategies.setdefault(DEMO_STRATEGY, [_secret_file(state_dir / "demo-strategy.key")])
+    demo = await ensure_demo(registry, settings)
+    nonces, cache, redis_link = await _redis(settings, bridge, log)
+    jwt_secret = (
+        settings.jwt_secret.encode() if settings.jwt_secret else _secret_file(state_dir / "jwt.key")
+    )
+    node = Node(
+        journal=journal,
+        directory=registry,
+        state=recovered.state,
+        clock=clock,
+        instruments=instruments,
+    )
+    node_ref.append(node)
+    ctx = GatewayContext(
+        settings=settings,
+        node=node,
+        registry=registry,
+        nonces=nonces,
+        tokens=TokenIssuer(jwt_secret, settings.jwt_ttl_s),
+        clock=clock,
+        journal=journal,
+        db=db,
+        cache=cache,
+        strategies=strategies,
+    )
+    ctx.extras["journal"] = journal
+    ctx.limiter.burst, ctx.limiter.refill_s = settings.login_burst, settings.login_refill_s
+    app = create_app(ctx)
+    metrics = ctx.extras["metrics"]
+    node.fire_probe = metrics.observe_fire
+    stop_serving = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        node_scope = trio.CancelScope()
+
+        async def run_node(*, task_status: trio.TaskStatus[None]) -> None:
+            with node_scope:
+                await node.run(task_status=task_status)
+
+        await nursery.start(run_node)
+        gc.collect()
+        gc.freeze()  # recovered state is long-lived: keep it out of the young GC generations
+        _start_feed(nursery, settings, node, clock)
+        if settings.paper_device and demo is not None:
+            nursery.start_soon(run_paper_device, node, DEMO_DEVICE)
+        if settings.demo_strategy and demo is not None:
+            nursery.start_soon(run_demo_strategy, ctx, demo)
+        nursery.start_soon(_snapshots, dsn, settings.snapshot_interval_s, log)
+        hypercorn = _hypercorn_config(settings)
+        await nursery.start(
+            functools.partial(hypercorn_serve, app, hypercorn, shutdown_trigger=stop_serving.wait)
+        )
+        ctx.ready = True
+        scheme = "https" if settings.tls_cert else "http"
+        url = f"{scheme}://{settings.host}:{settings.port}"
+        log.info(
+            "tripwire is running",
+            dashboard=url + "/",
+            api=url + "/docs",
+            metrics=url + "/metrics",
+            recovered_positions=len(recovered.state.positions),
+            replayed_records=recovered.records,
+        )
+        if demo is not None:
+            print(
+                f"\n  Tripwire is running: open {url}/ and log in as "
+                f"{settings.demo_user} / {settings.demo_password}\n"
+                f"  API docs: {url}/docs   metrics: {url}/metrics   stop: Ctrl-C\n",
+                flush=True,
+            )
+        task_status.started(ctx)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("shutting down", signal=signal.Signals(signum).name)
+                break
+        ctx.ready = False
+        stop_serving.set()  # stop intake first
+        await node.shutdown()
+        with trio.move_on_after(10):
+            await journal.flush()
+            await take_snapshot(journal)
+        if redis_link is not None:
+            await redis_link.aclose()
+        nursery.cancel_scope.cancel()
+    log.info("tripwire stopped")
+
+
+def _start_feed(nursery: trio.Nursery, settings: Settings, node: Node, clock: WallClock) -> None:
+    feed = settings.feed
+    if feed == "replay":
+        nursery.start_soon(
+            functools.partial(
+                replay, node.offer_quotes, clock, speed=settings.replay_speed, loop=True
+            )
+        )
+    elif feed == "random":
+        nursery.start_soon(
+            functools.partial(
+                random_walk, node.offer_quotes, clock, "XAUUSD", 1950.0, 0.3, digits=3
+            )
+        )
+        nursery.start_soon(
+            functools.partial(
+                random_walk, node.offer_quotes, clock, "EURUSD", 1.1, 0.00012, digits=5, seed=2
+            )
+        )
+    elif feed.startswith(("ws://", "wss://")):
+        nursery.start_soon(websocket_feed, node.offer_quotes, feed)
+
+
+async def _redis(settings: Settings, bridge: Any, log: Any) -> tuple[Any, Any, Any]:
+    """The nonce cache, the read cache and the Redis link (memory-only without Redis)."""
+    if not settings.redis_url:
+        return MemoryNonces(), None, None
+    from persistence.cache import ReadCache
+    from persistence.redis_link import RedisLink
+    from persistence.redis_nonces import RedisNonceCache
+
+    link = await RedisLink.open(bridge, settings.redis_url)
+    log.info("using Redis", url=settings.redis_url.split("@")[-1])
+    return RedisNonceCache(link, MemoryNonceCache(1_000_000)), ReadCache(link), link

@@ -1,0 +1,64 @@
+"""What several edges do the same way: take a signal in, write an audit entry.
+
+Both wait for the journal: an answer that says "recorded" (a 201, an audit trail) is only given
+once the record is committed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from engine.records import AuditEntry, AuditRecorded, SignalSaved, signal_key
+from protocol.signals import Signal
+
+if TYPE_CHECKING:
+    from gateway.context import GatewayContext
+
+__all__ = ["accept_signal", "audit"]
+
+
+async def accept_signal(ctx: GatewayContext, signal: Signal) -> tuple[Signal, bool]:
+    """Record a signal once: ``(the recorded signal, True if it is new)``.
+
+    A repeat of the same ``(strategy_id, signal_id, version)`` returns the signal recorded the
+    first time (the body of the repeat is ignored): a retried POST is harmless.
+    """
+    key = signal_key(signal.strategy_id, signal.signal_id, signal.version)
+    earlier = ctx.node.state.signals.get(key)
+    if earlier is not None:
+        return earlier.signal, False
+    await ctx.record_durably(SignalSaved(signal=signal, received_ms=ctx.clock.now_ms()))
+    return signal, True
+
+
+async def audit(
+    ctx: GatewayContext,
+    *,
+    actor_id: str | None,
+    action: str,
+    target_type: str,
+    target_id: str,
+    outcome: str,
+    ip: str = "",
+    user_agent: str = "",
+    **detail: Any,
+) -> None:
+    """Append an audit entry and wait until it is committed.
+
+    Because the journal commits in order, this also makes durable every record the request
+    produced before it (an approval, the position it opened).
+    """
+    entry = AuditEntry(
+        time_ms=ctx.clock.now_ms(),
+        actor_id=actor_id,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        outcome=outcome,
+        ip=ip,
+        user_agent=user_agent[:512],
+        detail={
+            k: v for k, v in detail.items() if isinstance(v, str | int | float | bool) or v is None
+        },
+    )
+    await ctx.record_durably(AuditRecorded(entry=entry))
