@@ -1,0 +1,140 @@
+"""A simulated Expert Advisor over a real WebSocket: the device side of the protocol.
+
+It does what docs/protocol.md asks of an EA: connects to ``/ws/device`` with a subprotocol,
+sends a signed ``hello``, waits for the ``welcome``, sends its positions snapshot and account,
+heartbeats, verifies every command's signature with the session key, executes each command id
+once (a repeat is answered with the earlier ack, by the :class:`~actors.paper.PaperTerminal`)
+and acks with the broker's result code. End-to-end tests and the ``bench.e2e`` harness run it;
+``on_command`` lets a harness time a command's arrival.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from actors.paper import PaperTerminal
+from protocol.codec import device_client_codec
+from protocol.device import (
+    CloseCommand,
+    DeviceError,
+    Heartbeat,
+    ModifyCommand,
+    OpenCommand,
+    PartialCloseCommand,
+    Ping,
+    Welcome,
+)
+from protocol.errors import BadSignature
+from protocol.session import derive_session_key, verify_command
+from protocol.signing import sign_hello
+
+__all__ = ["SimulatedEA"]
+
+_COMMANDS = (OpenCommand, CloseCommand, PartialCloseCommand, ModifyCommand)
+
+
+class SimulatedEA:
+    """One simulated terminal connected to a Tripwire node."""
+
+    def __init__(
+        self,
+        url: str,
+        device_id: str,
+        secret: str | bytes,
+        terminal: PaperTerminal,
+        *,
+        encoding: str = "msgpack",
+        now_ms: Callable[[], int] | None = None,
+        on_command: Callable[[Any, float], None] | None = None,
+        latency_ms: float = 0.0,
+    ) -> None:
+        self.url = url
+        self.device_id = device_id
+        self.secret = secret if isinstance(secret, bytes) else secret.encode()
+        self.terminal = terminal
+        self.encoding = encoding
+        self.now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        self.on_command = on_command
+        self.latency_ms = latency_ms
+        self.codec = device_client_codec(encoding)  # type: ignore[arg-type]
+        self.welcome: Welcome | None = None
+        self.errors: list[DeviceError] = []
+        self.commands: list[Any] = []
+        self.bad_signatures = 0
+        self.connected = trio.Event()
+        self.closed: tuple[int | None, str | None] | None = None
+        self.log = structlog.get_logger().bind(device_id=device_id, component="ea-sim")
+
+    async def run(self, *, task_status: trio.TaskStatus[SimulatedEA] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Connect once and serve until the connection closes."""
+        nonce = secrets.token_urlsafe(18)
+        ts = self.now_ms()
+        hello = sign_hello(self.device_id, self.secret, self.terminal.hello(ts), ts, nonce)
+        key = derive_session_key(self.secret, device_id=self.device_id, nonce=nonce, ts_ms=ts)
+        try:
+            async with open_websocket_url(
+                    self.url, subprotocols=[f"tripwire.v1.{self.encoding}"],
+                    message_queue_size=4096, max_message_size=4 * 1024 * 1024) as ws:
+                await ws.send_message(self.codec.encode(hello))
+                first = self.codec.decode(await ws.get_message())
+                if not isinstance(first, Welcome):
+                    if isinstance(first, DeviceError):
+                        self.errors.append(first)
+                    task_status.started(self)
+                    await ws.get_message()  # the server closes after its error
+                    return
+                self.welcome = first
+                now = self.now_ms()
+                await ws.send_message(self.codec.encode(self.terminal.snapshot(now)))
+                await ws.send_message(self.codec.encode(self.terminal.account(now)))
+                self.connected.set()
+                task_status.started(self)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._heartbeat, ws, float(first.heartbeat_s))
+                    while True:
+                        message = self.codec.decode(await ws.get_message())
+                        if isinstance(message, _COMMANDS):
+                            await self._command(ws, message, key)
+                        elif isinstance(message, Ping):
+                            await ws.send_message(self.codec.encode(
+                                Heartbeat(seq=message.seq, time_ms=self.now_ms())))
+                        elif isinstance(message, DeviceError):
+                            self.errors.append(message)
+        except ConnectionClosed as closed:
+            reason = closed.reason
+            self.closed = (reason.code, reason.reason) if reason else (None, None)
+
+    async def _command(self, ws: Any, command: Any, key: bytes) -> None:
+        arrived = time.perf_counter()
+        try:
+            verify_command(command, key)
+        except BadSignature:
+            self.bad_signatures += 1
+            self.log.warning("command with a bad signature refused",
+                             command_id=command.command_id)
+            return
+        self.commands.append(command)
+        if self.on_command is not None:
+            self.on_command(command, arrived)
+        if self.latency_ms:
+            await trio.sleep(self.latency_ms / 1000)
+        for reply in self.terminal.handle(command, self.now_ms()):
+            await ws.send_message(self.codec.encode(reply))
+
+    async def _heartbeat(self, ws: Any, every_s: float) -> None:
+        seq = 0
+        while True:
+            await trio.sleep(every_s)
+            seq += 1
+            now = self.now_ms()
+            await ws.send_message(self.codec.encode(Heartbeat(seq=seq, time_ms=now)))
+            for event in self.terminal.check_prices(now):
+                await ws.send_message(self.codec.encode(event))
