@@ -55,7 +55,7 @@ with warnings.catch_warnings():
 
 from protocol.errors import ConfigError, StorageError
 
-__all__ = ["DEFAULT_EMBEDDED_DIR", "EmbeddedPostgres"]
+__all__ = ["DEFAULT_EMBEDDED_DIR", "EmbeddedPostgres", "resolve_dsn"]
 
 DEFAULT_EMBEDDED_DIR = Path(".tripwire") / "pg"
 """Where ``tripwire run`` and ``tripwire migrate`` keep their server when DATABASE_URL is unset."""
@@ -252,3 +252,20 @@ class EmbeddedPostgres:
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise StorageError(f"pg_ctl {args[-1]} failed", directory=str(self.data_dir)) from exc
+
+
+def resolve_dsn(
+    environ: Mapping[str, str] | None = None, directory: str | Path = DEFAULT_EMBEDDED_DIR
+) -> tuple[str, EmbeddedPostgres | None]:
+    """The DSN to use: ``DATABASE_URL`` if set, else an embedded server in ``directory``.
+
+    Returns ``(dsn, server)``; ``server`` is None for ``DATABASE_URL``, else the embedded
+    server, started (or adopted): call its :meth:`~EmbeddedPostgres.close` on the way out.
+    Blocking (it may run initdb and pg_ctl): call it before ``trio.run`` or in a thread.
+    """
+    env = os.environ if environ is None else environ
+    url = env.get("DATABASE_URL", "").strip()
+    if url:
+        return url, None
+    server = EmbeddedPostgres(directory)
+    return server.start(), server
