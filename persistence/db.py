@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -35,7 +36,7 @@ import trio
 from persistence.bridge import Bridge
 from protocol.errors import StorageError
 
-__all__ = ["Database", "is_unavailable", "open_database", "redact_dsn"]
+__all__ = ["Database", "dsn_with_database", "is_unavailable", "open_database", "redact_dsn"]
 
 T = TypeVar("T")
 
@@ -68,6 +69,12 @@ def is_unavailable(exc: BaseException) -> bool:
 def redact_dsn(dsn: str) -> str:
     """``dsn`` with any password replaced, fit for logs and error details."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    """``dsn`` pointing at another database of the same server (unix-socket URIs included)."""
+    parts = urllib.parse.urlsplit(dsn)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + urllib.parse.quote(database)))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
