@@ -44,7 +44,10 @@ _log = structlog.get_logger().bind(component="db")
 
 # asyncpg's connection-level failures, and the SQLSTATE classes that mean "not now":
 # 08 connection exception, 57 operator intervention (shutdown, starting up, statement timeout),
-# 53 insufficient resources (too many connections, disk full).
+# 53 insufficient resources (too many connections, disk full). InternalClientError ("cannot
+# switch to state N; another operation is in progress") is what asyncpg raises when a
+# connection reset mid-``executemany`` leaves its protocol state behind: the connection is
+# dead, a fresh one will do.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
@@ -52,6 +55,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.InternalClientError,
 )
 _CLOSED_MESSAGES = ("connection is closed", "connection was closed", "pool is closing")
 
@@ -64,6 +68,20 @@ def is_unavailable(exc: BaseException) -> bool:
         text = str(exc)
         return any(marker in text for marker in _CLOSED_MESSAGES)
     return False
+
+
+def _raise_if_connection_lost(conn: asyncpg.Connection, exc: Exception) -> None:
+    """Whatever the error says, a connection that died under it means "unavailable".
+
+    A reset in the middle of a transaction surfaces as whatever step noticed it first (the
+    rollback of a savepoint, an "operation in progress"): the closed connection is the truth.
+    """
+    try:
+        lost = conn.is_closed()
+    except asyncpg.InterfaceError:
+        lost = True  # the pool has already taken the dead connection back from our proxy
+    if lost and not is_unavailable(exc):
+        raise StorageError("postgres connection lost", error=repr(exc)) from exc
 
 
 def redact_dsn(dsn: str) -> str:
@@ -216,8 +234,13 @@ class Database:
         """
 
         async def body() -> T:
-            async with self._pool.acquire() as conn, conn.transaction(isolation=isolation):
-                return await fn(conn)
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.transaction(isolation=isolation):
+                        return await fn(conn)
+                except Exception as exc:
+                    _raise_if_connection_lost(conn, exc)
+                    raise
 
         return await self._call(body)
 
@@ -230,7 +253,11 @@ class Database:
 
         async def body() -> T:
             async with self._pool.acquire() as conn:
-                return await fn(conn)
+                try:
+                    return await fn(conn)
+                except Exception as exc:
+                    _raise_if_connection_lost(conn, exc)
+                    raise
 
         return await self._call(body)
 

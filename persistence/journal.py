@@ -220,7 +220,11 @@ class Journal(Generic[T]):
         """
         if self._running:
             raise UsageError("the journal writer is already running")
-        last = await self._retrying(lambda: self.db.run_in_transaction(store.last_seq))
+        last, sync_commit = await self._retrying(lambda: self.db.run_in_transaction(store.last_seq))
+        if sync_commit == "off":
+            # COMMIT returns before the WAL is written: a Postgres crash can lose batches we
+            # have acknowledged. Tolerable for throw-away setups only; say so loudly.
+            _log.error("synchronous_commit is off: acknowledged records can be lost in a crash")
         self._committed_seq = last
         self._next_seq = last + 1
         self._running = True

@@ -111,12 +111,15 @@ async def write_batch(
     return WriteResult(WriteOutcome.WRITTEN)
 
 
-async def last_seq(conn: asyncpg.Connection) -> int:
-    """The highest seq recorded anywhere (journal or snapshot); 0 for an empty journal."""
-    value = await conn.fetchval(
-        "SELECT greatest((SELECT max(last_seq) FROM journal), (SELECT max(seq) FROM snapshots))"
+async def last_seq(conn: asyncpg.Connection) -> tuple[int, str]:
+    """The highest seq recorded anywhere (journal or snapshot; 0 for an empty journal) and the
+    server's ``synchronous_commit`` setting (acknowledging after COMMIT is only durable when
+    it is on, or remote_*)."""
+    row = await conn.fetchrow(
+        "SELECT greatest((SELECT max(last_seq) FROM journal), (SELECT max(seq) FROM snapshots)),"
+        " current_setting('synchronous_commit')"
     )
-    return int(value or 0)
+    return int(row[0] or 0), str(row[1])
 
 
 async def fetch_batches(

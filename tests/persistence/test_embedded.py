@@ -24,8 +24,8 @@ def _query(dsn: str, sql: str) -> object:
     return asyncio.run(run())
 
 
-def test_start_adopt_stop_restart_cleanup(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg", settings=TEST_SERVER_SETTINGS)
+def test_start_adopt_stop_restart_cleanup(pg_folder: Path) -> None:
+    server = EmbeddedPostgres(pg_folder / "pg", settings=TEST_SERVER_SETTINGS)
     try:
         dsn = server.start()
         assert dsn.startswith("postgresql://postgres@/postgres?host=")
@@ -34,7 +34,7 @@ def test_start_adopt_stop_restart_cleanup(tmp_path: Path) -> None:
         _query(dsn, "CREATE TABLE kept (x int)")
 
         # A second process (here: object) finds it running and uses it without owning it.
-        other = EmbeddedPostgres(tmp_path / "pg")
+        other = EmbeddedPostgres(pg_folder / "pg")
         assert other.start() == dsn
         assert not other.owned
         other.close()  # must not stop a server it did not start
@@ -54,7 +54,7 @@ def test_start_adopt_stop_restart_cleanup(tmp_path: Path) -> None:
         assert _query(dsn, "SELECT 1") == 1
     finally:
         server.cleanup()
-    assert not (tmp_path / "pg").exists()
+    assert not (pg_folder / "pg").exists()
 
 
 def test_a_folder_that_is_not_a_data_directory_is_refused(tmp_path: Path) -> None:
