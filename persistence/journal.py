@@ -220,7 +220,9 @@ class Journal(Generic[T]):
         """
         if self._running:
             raise UsageError("the journal writer is already running")
-        last, sync_commit = await self._retrying(lambda: self.db.run_in_transaction(store.last_seq))
+        last, sync_commit = await self._retrying(
+            lambda: self.db.run_with_connection(store.last_seq)
+        )
         if sync_commit == "off":
             # COMMIT returns before the WAL is written: a Postgres crash can lose batches we
             # have acknowledged. Tolerable for throw-away setups only; say so loudly.
@@ -274,7 +276,7 @@ class Journal(Generic[T]):
         write = functools.partial(store.write_batch, first_seq=first, last_seq=last)
         started = time.perf_counter()
         result = await self._retrying(
-            lambda: self.db.run_in_transaction(
+            lambda: self.db.run_with_connection(
                 functools.partial(write, payload=payload, statements=statements)
             )
         )
@@ -377,7 +379,7 @@ class Journal(Generic[T]):
         ``after_seq`` (record ``i`` of a payload has seq ``first_seq + i``).
         """
         while True:
-            rows = await self.db.run_in_transaction(
+            rows = await self.db.run_with_connection(
                 functools.partial(store.fetch_batches, after_seq=after_seq, limit=chunk)
             )
             for row in rows:
@@ -388,7 +390,7 @@ class Journal(Generic[T]):
 
     async def latest_snapshot(self) -> tuple[int, bytes] | None:
         """``(seq, payload)`` of the newest snapshot, or None."""
-        return await self.db.run_in_transaction(store.latest_snapshot)
+        return await self.db.run_with_connection(store.latest_snapshot)
 
     async def write_snapshot(self, seq: int, payload: bytes) -> None:
         """Store a snapshot of the state after record ``seq``.
@@ -400,7 +402,7 @@ class Journal(Generic[T]):
             if seq > self.last_seq:
                 raise UsageError("snapshot seq is past the last appended record", seq=seq)
             await self.flush()
-        await self.db.run_in_transaction(
+        await self.db.run_with_connection(
             functools.partial(store.write_snapshot, seq=seq, payload=payload)
         )
 

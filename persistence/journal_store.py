@@ -1,7 +1,10 @@
 """The journal's and the snapshots' SQL: asyncio-side functions of one asyncpg connection.
 
-Everything here runs on the bridge's asyncio loop, inside a transaction opened by
-:meth:`~persistence.db.Database.run_in_transaction`; :mod:`persistence.journal` is the trio
+Everything here runs on the bridge's asyncio loop, through
+:meth:`~persistence.db.Database.run_with_connection` (single statements, and
+:func:`write_batch`, which opens its transaction only when there is a projection to run with
+the journal row: a lone INSERT is its own transaction, one round trip instead of three) or
+:meth:`~persistence.db.Database.run_in_transaction`. :mod:`persistence.journal` is the trio
 side that decides when to call them. Keeping the SQL in one place also keeps the rules about
 the ``journal`` and ``snapshots`` tables in one place:
 
@@ -71,7 +74,7 @@ async def write_batch(
     payload: bytes,
     statements: Statements,
 ) -> WriteResult:
-    """Insert one journal row and run the projection statements, in the caller's transaction.
+    """Insert one journal row and run the projection statements, in one transaction.
 
     The projection runs in a savepoint: if one of its statements fails for a reason that is
     not "unavailable" (a constraint, a bad argument: a bug in the projection or data it did
@@ -83,6 +86,27 @@ async def write_batch(
             append to one journal (two engines on one database). Never retried.
         Exception: connection-level failures, for the caller to retry.
     """
+    if not statements:
+        return await _insert_batch(conn, first_seq, last_seq, payload)
+    async with conn.transaction():
+        result = await _insert_batch(conn, first_seq, last_seq, payload)
+        if result.outcome is WriteOutcome.ALREADY_WRITTEN:
+            return result  # its projection committed with it the first time
+        try:
+            async with conn.transaction():  # a savepoint inside the batch's transaction
+                for sql, rows in statements:
+                    if rows:
+                        await conn.executemany(sql, rows)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if is_unavailable(exc):
+                raise
+            return WriteResult(WriteOutcome.PROJECTION_FAILED, repr(exc))
+    return result
+
+
+async def _insert_batch(
+    conn: asyncpg.Connection, first_seq: int, last_seq: int, payload: bytes
+) -> WriteResult:
     inserted = await conn.fetchval(
         _INSERT_BATCH, first_seq, last_seq, last_seq - first_seq + 1, payload
     )
@@ -97,17 +121,6 @@ async def write_batch(
                 existing_last_seq=theirs,
             )
         return WriteResult(WriteOutcome.ALREADY_WRITTEN)
-    if not statements:
-        return WriteResult(WriteOutcome.WRITTEN)
-    try:
-        async with conn.transaction():  # a savepoint inside the batch's transaction
-            for sql, rows in statements:
-                if rows:
-                    await conn.executemany(sql, rows)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        if is_unavailable(exc):
-            raise
-        return WriteResult(WriteOutcome.PROJECTION_FAILED, repr(exc))
     return WriteResult(WriteOutcome.WRITTEN)
 
 

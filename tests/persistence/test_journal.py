@@ -137,8 +137,8 @@ class _CommitsThenFails:
         self.db = db
         self.failed = False
 
-    async def run_in_transaction(self, fn: Any) -> Any:
-        result = await self.db.run_in_transaction(fn)
+    async def run_with_connection(self, fn: Any) -> Any:
+        result = await self.db.run_with_connection(fn)
         if getattr(fn, "func", None) is store.write_batch and not self.failed:
             self.failed = True
             raise StorageError("postgres unavailable", error="connection lost after COMMIT")
@@ -169,12 +169,12 @@ async def test_two_writers_on_one_journal_are_detected(db: Database) -> None:
     from functools import partial
 
     write = partial(store.write_batch, first_seq=1, last_seq=3, payload=b"x", statements=[])
-    assert (await db.run_in_transaction(write)).outcome is store.WriteOutcome.WRITTEN
-    again = await db.run_in_transaction(write)
+    assert (await db.run_with_connection(write)).outcome is store.WriteOutcome.WRITTEN
+    again = await db.run_with_connection(write)
     assert again.outcome is store.WriteOutcome.ALREADY_WRITTEN
     other = partial(store.write_batch, first_seq=1, last_seq=5, payload=b"y", statements=[])
     with pytest.raises(ConfigError, match="collision"):
-        await db.run_in_transaction(other)
+        await db.run_with_connection(other)
 
 
 async def test_sequence_numbers_resume_after_journal_and_snapshots(db: Database) -> None:
