@@ -108,7 +108,7 @@ class Journal(Generic[T]):
         self._have_work = trio.Event()
         self._hurry = trio.Event()
         self._committed = trio.Event()
-        self._outage_since: float | None = None
+        self._outage_since: float | None = None  # trio clock
         self._projection_failing = False
         self.healthy = True
         self.batches_written = 0
@@ -325,7 +325,7 @@ class Journal(Generic[T]):
             except StorageError as exc:
                 self.write_errors += 1
                 if self._outage_since is None:
-                    self._outage_since = time.monotonic()
+                    self._outage_since = trio.current_time()
                     self.healthy = False
                     _log.error("journal writes failing; buffering", error=exc.details.get("error"))
                     self._alert(
@@ -338,7 +338,7 @@ class Journal(Generic[T]):
                 delay = min(delay * 2, self.max_backoff_s)
                 continue
             if self._outage_since is not None:
-                outage_s = time.monotonic() - self._outage_since
+                outage_s = trio.current_time() - self._outage_since
                 self._outage_since = None
                 self.healthy = True
                 _log.info("journal writes recovered", outage_s=round(outage_s, 3))
