@@ -193,6 +193,7 @@ class EmbeddedPostgres:
         if self._run_as is not None:
             # Running as root: postgres must run as an ordinary user who can reach the folder.
             entry = ensure_user_exists(self._run_as)
+            assert entry is not None  # it creates the user when missing
             ensure_prefix_permissions(self.data_dir)
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self._log.info("initialising postgres data directory")

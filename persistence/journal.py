@@ -62,10 +62,28 @@ def _now_ms() -> int:
 class Journal(Generic[T]):
     """The write-behind journal of records of type ``T`` (see the module docstring).
 
+    Args:
+        db: where the journal lives (migrated).
+        encode_batch: records -> one msgpack list (a ``msgspec.msgpack.Encoder`` of the
+            record union, built once); recovery decodes a whole batch in one call.
+        project: records -> ``[(sql, [args, ...]), ...]`` for the projection tables, run with
+            ``executemany`` in the batch's transaction. Called on the trio thread; keep it
+            pure: a batch whose write was interrupted (shutdown) is projected again.
+        window_ms: how long a batch stays open after its first record (group commit).
+        max_batch: records per batch at most (a backlog is written in chunks this big).
+        soft_limit: pending records past which :meth:`append` refuses.
+        hard_limit: pending records past which :meth:`append_nowait` refuses too.
+        on_alert: called (on the trio thread, must not block) with an
+            :class:`~protocol.common.Alert` when writes start failing, when they recover, and
+            when a projection starts failing.
+        max_backoff_s: the longest pause between two write attempts during an outage.
+        shutdown_grace_s: how long a cancelled writer may go on writing what is pending.
+
     Metrics (plain attributes, read them any time): ``pending`` records not yet committed,
     ``lag_ms`` age of the oldest of them, ``batches_written``, ``records_written``,
     ``write_errors`` (failed write attempts), ``projection_errors``, ``last_batch_ms``
-    (duration of the last successful write), ``healthy`` (False during an outage).
+    (duration of the last batch's write, retries included), ``healthy`` (False during an
+    outage).
     """
 
     def __init__(
