@@ -18,5 +18,6 @@ def test_persistence_imports_no_higher_layer() -> None:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
-            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ABOVE]
+            where = path.relative_to(ROOT)
+            offenders += [f"{where}: {n}" for n in names if n.split(".")[0] in ABOVE]
     assert not offenders, "persistence imports a higher layer:\n" + "\n".join(offenders)
