@@ -64,13 +64,17 @@ class RedisLink:
             raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://", key=url)
 
         async def build() -> aioredis.Redis:
-            return aioredis.Redis.from_url(
+            # A blocking pool: when every connection is busy a caller waits (up to the
+            # operation timeout) instead of failing at once, which would read as "Redis down".
+            pool = aioredis.BlockingConnectionPool.from_url(
                 url,
+                max_connections=max_connections,
+                timeout=op_timeout_s,
                 socket_connect_timeout=op_timeout_s,
                 socket_timeout=None,  # per-call timeouts below; XREAD BLOCK outlasts any default
                 retry=Retry(NoBackoff(), 0),
-                max_connections=max_connections,
             )
+            return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
 
         return cls(bridge, await bridge.run(build), url, op_timeout_s)
 

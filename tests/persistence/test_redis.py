@@ -69,6 +69,26 @@ async def test_nonces_are_shared_between_nodes(link: RedisLink) -> None:
         await node_a.check_and_add("n3", 1_000, 0)
 
 
+async def test_a_burst_larger_than_the_pool_waits_instead_of_degrading(
+    bridge: Bridge, redis_url: str
+) -> None:
+    link = await RedisLink.open(bridge, redis_url, max_connections=4)
+    cache = RedisNonceCache(link, DictNonces(), prefix=_prefix())
+    fresh: list[bool] = []
+
+    async def check(i: int) -> None:
+        fresh.append(await cache.check_and_add(f"burst-{i}", 0, 60_000))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(check, i)
+    finally:
+        await link.aclose()
+    assert fresh == [True] * 300
+    assert cache.degraded_total == 0
+
+
 async def test_nonces_expire_with_their_window(link: RedisLink) -> None:
     cache = RedisNonceCache(link, DictNonces(), prefix=_prefix())
     assert await cache.check_and_add("n", 0, 100)
