@@ -128,7 +128,10 @@ class Bridge:
                     loop.call_soon_threadsafe(cancel)
             return trio.lowlevel.Abort.FAILED
 
-        loop.call_soon_threadsafe(start)
+        try:
+            loop.call_soon_threadsafe(start)
+        except RuntimeError:  # the loop closed between the check above and here
+            raise UsageError("the asyncio bridge is closed") from None
         self.inflight += 1
         self.calls_total += 1
         try:
