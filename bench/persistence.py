@@ -11,10 +11,11 @@ measurement creates a scratch database (``tripwire_bench_*``) and drops it after
                            ``append_nowait`` as fast as it can (the writer's sustained rate)
 ``journal_projected_per_s`` the same with a projection writing one audit row per record
 ``ack_ms_p50``/``_p99``    latency of ``append`` (returns once the record's batch committed),
-                           from each request's SCHEDULED time (open loop: a late request is
-                           charged its wait, no coordinated omission), for ``--ackers``
-                           concurrent ackers at a fixed rate each, while a background task
-                           appends ``--background-rate`` records/s with ``append_nowait``
+                           from each request's SCHEDULED time, for ``--ackers`` clients each
+                           sending ``--ack-rate`` requests/s on a fixed schedule, every request
+                           a task of its own (open loop: a slow ack never delays the next
+                           send, no coordinated omission), while a background task appends
+                           ``--background-rate`` records/s with ``append_nowait``
 ``baseline_*``             the same records written one INSERT and one COMMIT each, in the
                            same run: what group commit saves
 
@@ -178,13 +179,19 @@ async def measure_ack(bench: Bench) -> dict[str, float]:
         journal = Journal(db, encode_batch, window_ms=args.window_ms)
         counter = itertools.count()
 
-        async def acker(k: int, t0: float, end: float) -> None:
+        async def request(scheduled: float, measured: bool) -> None:
+            await journal.append(record(next(counter)))
+            if measured:
+                latencies.append((trio.current_time() - scheduled) * 1000)
+
+        async def acker(k: int, t0: float, end: float, requests: trio.Nursery) -> None:
+            # A client sending on a fixed schedule. Each request is a task of its own (an
+            # HTTP request in flight), so a slow acknowledgement never delays the next send:
+            # open loop, latency counted from the scheduled time.
             scheduled = t0 + k * interval / args.ackers  # spread the ackers over an interval
             while scheduled < end:
                 await trio.sleep_until(scheduled)
-                await journal.append(record(next(counter)))
-                if scheduled >= t0 + warmup:
-                    latencies.append((trio.current_time() - scheduled) * 1000)
+                requests.start_soon(request, scheduled, scheduled >= t0 + warmup)
                 scheduled += interval
 
         async def background(t0: float, end: float) -> None:
@@ -204,7 +211,7 @@ async def measure_ack(bench: Bench) -> dict[str, float]:
             async with trio.open_nursery() as load:
                 load.start_soon(background, t0, end)
                 for k in range(args.ackers):
-                    load.start_soon(acker, k, t0, end)
+                    load.start_soon(acker, k, t0, end, load)
             await journal.flush()
             nursery.cancel_scope.cancel()
     p = percentiles(latencies, (50, 99, 99.9))

@@ -32,6 +32,8 @@ Everything here runs on the trio thread; nothing is thread-safe, and nothing nee
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
@@ -125,7 +127,10 @@ class Journal(Generic[T]):
         self._running = False
         self._have_work = trio.Event()
         self._hurry = trio.Event()
-        self._committed = trio.Event()
+        # Waiters of wait_committed, a heap of (seq, tiebreak, event): a commit wakes exactly
+        # the waiters it satisfies, not everyone (thousands of acks wait at once under load).
+        self._waiters: list[tuple[int, int, trio.Event]] = []
+        self._waiter_ids = itertools.count()
         self._outage_since: float | None = None  # trio clock
         self._projection_failing = False
         self.healthy = True
@@ -213,9 +218,12 @@ class Journal(Generic[T]):
 
     async def wait_committed(self, seq: int) -> None:
         """Return once every record up to ``seq`` has committed."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while self._committed_seq < seq:
-            await self._committed.wait()
+        if self._committed_seq >= seq:
+            await trio.lowlevel.checkpoint()
+            return
+        event = trio.Event()
+        heapq.heappush(self._waiters, (seq, next(self._waiter_ids), event))
+        await event.wait()
 
     async def flush(self) -> None:
         """Write everything appended so far without waiting out the window; return when
@@ -310,8 +318,9 @@ class Journal(Generic[T]):
         self._committed_seq = last
         self.batches_written += 1
         self.records_written += len(records)
-        self._committed.set()
-        self._committed = trio.Event()
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= last:
+            heapq.heappop(waiters)[2].set()
 
     def _projection(self, records: list[T], first: int, last: int) -> store.Statements:
         if self._project is None:
