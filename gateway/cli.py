@@ -1,6 +1,8 @@
 """The ``tripwire`` command.
 
-``tripwire version`` prints the version; ``tripwire run`` starts the engine.
+``tripwire version`` prints the version; ``tripwire run`` starts the engine; ``tripwire migrate``
+brings the database schema up to date (``DATABASE_URL``, or the embedded Postgres under
+``./.tripwire/pg`` when it is unset).
 """
 
 from __future__ import annotations
@@ -47,7 +49,49 @@ def _parser() -> argparse.ArgumentParser:
         default=1000,
         help="demo positions to arm around the market (default 1000)",
     )
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply pending schema migrations [env DATABASE_URL, else the embedded Postgres]",
+    )
+    migrate.add_argument(
+        "--status", action="store_true", help="list applied and pending versions, change nothing"
+    )
     return parser
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Apply (or, with ``--status``, list) schema migrations; 1 with a message on failure."""
+    import trio
+
+    from persistence.bridge import open_bridge
+    from persistence.db import open_database, redact_dsn
+    from persistence.embedded import resolve_dsn
+    from persistence.migrator import migrate, migration_status
+    from protocol.errors import TripwireError
+
+    log = get_logger()
+
+    async def main(dsn: str) -> None:
+        async with open_bridge() as bridge, open_database(bridge, dsn) as db:
+            if args.status:
+                status = await migration_status(db)
+                print(f"applied: {status.applied or 'none'}; pending: {status.pending or 'none'}")
+                return
+            applied = await migrate(db)
+            print(f"applied: {applied}" if applied else "schema is up to date")
+
+    server = None
+    try:
+        dsn, server = resolve_dsn()
+        log.info("migrating", dsn=redact_dsn(dsn), embedded=server is not None)
+        trio.run(main, dsn)
+    except TripwireError as exc:
+        print(f"tripwire migrate: {exc.code}: {exc.message} {exc.details}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.close()
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         return _run(args)
+    if args.command == "migrate":
+        return _migrate(args)
     parser.print_help()
     return 2
 

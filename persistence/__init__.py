@@ -1,1 +1,59 @@
-"""Durability: the Postgres journal, snapshots and recovery; Redis for what nodes share."""
+"""Durability: the Postgres journal, snapshots and migrations; Redis for what nodes share.
+
+Everything here waits on something outside the process and holds no business rule. The
+public surface:
+
+* :func:`open_bridge` / :class:`Bridge`: the one asyncio loop thread that asyncpg and
+  redis-py run on, driven from trio.
+* :class:`Database` / :func:`open_database`: an asyncpg pool on the bridge;
+  :class:`~protocol.errors.StorageError` whenever Postgres cannot serve.
+* :func:`migrate` / :func:`migration_status`: the ordered SQL files of ``migrations/``.
+* :class:`Journal`: the write-behind journal with group commit, generic over the record type;
+  its snapshots and compaction.
+* :class:`EmbeddedPostgres` / :func:`resolve_dsn`: a real Postgres from the ``pgserver``
+  wheel when ``DATABASE_URL`` is unset.
+* :class:`RedisLink`, :class:`RedisNonceCache`, :class:`TickBus`, :class:`ReadCache`: Redis,
+  optional for one node, degrading (never failing) when it is down.
+"""
+
+from __future__ import annotations
+
+from persistence.bridge import Bridge, open_bridge
+from persistence.cache import ReadCache
+from persistence.db import (
+    Database,
+    dsn_with_database,
+    is_unavailable,
+    open_database,
+    redact_dsn,
+)
+from persistence.embedded import DEFAULT_EMBEDDED_DIR, EmbeddedPostgres, resolve_dsn
+from persistence.journal import Journal
+from persistence.migrator import Migration, MigrationStatus, migrate, migration_status
+from persistence.redis_link import Degradation, RedisLink
+from persistence.redis_nonces import NonceCache, RedisNonceCache
+from persistence.tickbus import TickBus
+
+__all__ = [
+    "DEFAULT_EMBEDDED_DIR",
+    "Bridge",
+    "Database",
+    "Degradation",
+    "EmbeddedPostgres",
+    "Journal",
+    "Migration",
+    "MigrationStatus",
+    "NonceCache",
+    "ReadCache",
+    "RedisLink",
+    "RedisNonceCache",
+    "TickBus",
+    "dsn_with_database",
+    "is_unavailable",
+    "migrate",
+    "migration_status",
+    "open_bridge",
+    "open_database",
+    "redact_dsn",
+    "resolve_dsn",
+]

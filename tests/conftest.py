@@ -6,6 +6,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# Real Postgres and Redis fixtures, for persistence tests and for end-to-end tests alike.
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.redis"]
+
 # Shared, noisy 2-core machines: no per-example deadlines (speed is measured in bench/, never
 # asserted in tests). CI runs a few more examples than a developer's quick loop.
 settings.register_profile(

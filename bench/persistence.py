@@ -1,0 +1,322 @@
+"""Persistence harness: journal throughput and acknowledgement latency under group commit.
+
+    python -m bench.persistence --json out.json
+    python -m bench.persistence --dsn postgresql://postgres@127.0.0.1:5432/postgres
+
+Runs against a real Postgres: an embedded one (pgserver, durable default settings: fsync and
+synchronous_commit on) in a temporary folder, or the server of ``--dsn``, where each
+measurement creates a scratch database (``tripwire_bench_*``) and drops it afterwards.
+
+``journal_per_s``          records committed per second when a producer appends with
+                           ``append_nowait`` as fast as it can (the writer's sustained rate)
+``journal_projected_per_s`` the same with a projection writing one audit row per record
+``ack_ms_p50``/``_p99``    latency of ``append`` (returns once the record's batch committed),
+                           from each request's SCHEDULED time, for ``--ackers`` clients each
+                           sending ``--ack-rate`` requests/s on a fixed schedule, every request
+                           a task of its own (open loop: a slow ack never delays the next
+                           send, no coordinated omission), while a background task appends
+                           ``--background-rate`` records/s with ``append_nowait``
+``baseline_*``             the same records written one INSERT and one COMMIT each, in the
+                           same run: what group commit saves
+
+Targets (issue 5): journal_per_s >= 20,000 on 2 cores, ack_ms_p99 <= 10.
+
+Each measurement is a function of a :class:`Bench` in :data:`MEASUREMENTS`; more (the
+engine's recovery time, the tick path during a snapshot) are added the same way by the
+packages that own them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+import trio
+
+from bench.common import base_parser, machine, percentiles, print_table, write_json
+from persistence import (
+    Bridge,
+    Database,
+    EmbeddedPostgres,
+    Journal,
+    dsn_with_database,
+    migrate,
+    open_bridge,
+    open_database,
+)
+
+
+class PositionChanged(msgspec.Struct, frozen=True, kw_only=True, tag="position_changed"):
+    """A journal record shaped like the engine's (ids, a state, integer prices, a time)."""
+
+    position_id: str
+    user_id: str
+    device_id: str
+    state: str
+    price: int
+    sl: int | None
+    tp: int | None
+    time_ms: int
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_batch(records: list[PositionChanged]) -> bytes:
+    return _encoder.encode(records)
+
+
+def record(i: int) -> PositionChanged:
+    return PositionChanged(
+        position_id=f"P{i:010d}",
+        user_id=f"u{i % 1000}",
+        device_id=f"d{i % 1000}",
+        state="open" if i % 3 else "closing",
+        price=230_000 + i % 5000,
+        sl=229_000,
+        tp=232_500,
+        time_ms=1_700_000_000_000 + i,
+    )
+
+
+_AUDIT = (
+    "INSERT INTO audit_log (actor_id, action, target_type, target_id, outcome)"
+    " VALUES ($1, $2, 'position', $3, 'ok')"
+)
+
+
+def audit_projection(records: list[PositionChanged]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    return [(_AUDIT, [(r.user_id, r.state, r.position_id) for r in records])]
+
+
+@dataclass
+class Bench:
+    """What a measurement gets: the options, the bridge, and fresh migrated databases."""
+
+    args: argparse.Namespace
+    bridge: Bridge
+    admin_dsn: str
+    _names: Any = None
+
+    @asynccontextmanager
+    async def fresh_database(self) -> AsyncIterator[Database]:
+        """A new, migrated database for one measurement, dropped afterwards."""
+        if self._names is None:
+            self._names = itertools.count(1)
+        name = f"tripwire_bench_{os.getpid()}_{next(self._names)}"
+        await self._admin(f'CREATE DATABASE "{name}"')
+        try:
+            async with open_database(self.bridge, dsn_with_database(self.admin_dsn, name)) as db:
+                await migrate(db)
+                yield db
+        finally:
+            await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    async def _admin(self, sql: str) -> None:
+        async def run() -> None:
+            conn = await asyncpg.connect(self.admin_dsn, timeout=10)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        await self.bridge.run(run)
+
+
+async def _throughput(db: Database, n: int, project: Any) -> dict[str, float]:
+    journal = Journal(db, encode_batch, project, hard_limit=max(n, 250_000) + 1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        records = [record(i) for i in range(n)]
+        started = time.perf_counter()
+        for start in range(0, n, 1000):
+            for r in records[start : start + 1000]:
+                journal.append_nowait(r)
+            await trio.lowlevel.checkpoint()  # a producer that yields, as actors do
+        await journal.flush()
+        elapsed = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    size = await db.fetchval("SELECT sum(length(records)) FROM journal")
+    return {
+        "per_s": n / elapsed,
+        "batches": journal.batches_written,
+        "bytes_per_record": size / n,
+    }
+
+
+async def measure_journal(bench: Bench) -> dict[str, float]:
+    """``journal_per_s`` (and the same with a one-row-per-record projection)."""
+    n = bench.args.records
+    async with bench.fresh_database() as db:
+        plain = await _throughput(db, n, None)
+    async with bench.fresh_database() as db:
+        projected = await _throughput(db, n, audit_projection)
+    return {
+        "journal_per_s": round(plain["per_s"]),
+        "journal_batches": plain["batches"],
+        "journal_mean_batch": round(n / plain["batches"], 1),
+        "journal_bytes_per_record": round(plain["bytes_per_record"], 1),
+        "journal_projected_per_s": round(projected["per_s"]),
+    }
+
+
+async def measure_ack(bench: Bench) -> dict[str, float]:
+    """``ack_ms_*``: open-loop ackers plus background ``append_nowait`` load."""
+    args = bench.args
+    interval = 1 / args.ack_rate
+    warmup = 0.5
+    latencies: list[float] = []
+    async with bench.fresh_database() as db:
+        journal = Journal(db, encode_batch, window_ms=args.window_ms)
+        counter = itertools.count()
+
+        async def request(scheduled: float, measured: bool) -> None:
+            await journal.append(record(next(counter)))
+            if measured:
+                latencies.append((trio.current_time() - scheduled) * 1000)
+
+        async def acker(k: int, t0: float, end: float, requests: trio.Nursery) -> None:
+            # A client sending on a fixed schedule. Each request is a task of its own (an
+            # HTTP request in flight), so a slow acknowledgement never delays the next send:
+            # open loop, latency counted from the scheduled time.
+            scheduled = t0 + k * interval / args.ackers  # spread the ackers over an interval
+            while scheduled < end:
+                await trio.sleep_until(scheduled)
+                requests.start_soon(request, scheduled, scheduled >= t0 + warmup)
+                scheduled += interval
+
+        async def background(t0: float, end: float) -> None:
+            tick = 0.002
+            per_tick = max(1, round(args.background_rate * tick))
+            scheduled = t0
+            while scheduled < end:
+                await trio.sleep_until(scheduled)
+                for _ in range(per_tick):
+                    journal.append_nowait(record(next(counter)))
+                scheduled += tick
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            t0 = trio.current_time() + 0.05
+            end = t0 + warmup + args.seconds
+            async with trio.open_nursery() as load:
+                load.start_soon(background, t0, end)
+                for k in range(args.ackers):
+                    load.start_soon(acker, k, t0, end, load)
+            await journal.flush()
+            nursery.cancel_scope.cancel()
+    p = percentiles(latencies, (50, 99, 99.9))
+    return {
+        "ack_ms_p50": round(p["p50"], 3),
+        "ack_ms_p99": round(p["p99"], 3),
+        "ack_ms_p999": round(p["p999"], 3),
+        "ack_ms_max": round(p["max"], 3),
+        "acks": len(latencies),
+        "ack_batches": journal.batches_written,
+    }
+
+
+async def measure_baseline(bench: Bench) -> dict[str, float]:
+    """One INSERT and one COMMIT per record: the cost group commit avoids."""
+    n = bench.args.baseline_records
+    payloads = [encode_batch([record(i)]) for i in range(n)]
+    latencies: list[float] = []
+    async with bench.fresh_database() as db:
+        started = time.perf_counter()
+        for i, payload in enumerate(payloads, start=1):
+            t0 = time.perf_counter()
+            await db.execute(
+                "INSERT INTO journal (first_seq, last_seq, record_count, records)"
+                " VALUES ($1, $1, 1, $2)",
+                i,
+                payload,
+            )
+            latencies.append((time.perf_counter() - t0) * 1000)
+        elapsed = time.perf_counter() - started
+    p = percentiles(latencies, (50, 99))
+    return {
+        "baseline_per_s": round(n / elapsed),
+        "baseline_ms_p50": round(p["p50"], 3),
+        "baseline_ms_p99": round(p["p99"], 3),
+    }
+
+
+Measurement = Callable[[Bench], Awaitable[dict[str, float]]]
+MEASUREMENTS: dict[str, Measurement] = {
+    "journal": measure_journal,
+    "ack": measure_ack,
+    "baseline": measure_baseline,
+}
+TARGETS = {"journal_per_s": (">=", 20_000), "ack_ms_p99": ("<=", 10.0)}
+
+
+async def run(args: argparse.Namespace, admin_dsn: str) -> dict[str, float]:
+    results: dict[str, float] = {}
+    async with open_bridge() as bridge:
+        bench = Bench(args, bridge, admin_dsn)
+        for name in args.only.split(","):
+            results.update(await MEASUREMENTS[name](bench))
+    return results
+
+
+def _report(results: dict[str, float]) -> list[dict[str, Any]]:
+    rows = []
+    for metric, value in results.items():
+        row: dict[str, Any] = {"metric": metric, "value": value}
+        if metric in TARGETS:
+            op, target = TARGETS[metric]
+            row["target"] = f"{op} {target:g}"
+            row["ok"] = "yes" if (value >= target if op == ">=" else value <= target) else "NO"
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--dsn", help="a Postgres server to use (default: embedded, temporary)")
+    parser.add_argument("--records", type=int, default=200_000, help="throughput workload")
+    parser.add_argument("--seconds", type=float, default=5.0, help="ack measurement duration")
+    parser.add_argument("--ackers", type=int, default=32, help="concurrent ackers")
+    parser.add_argument("--ack-rate", type=float, default=100.0, help="appends/s per acker")
+    parser.add_argument("--background-rate", type=float, default=10_000, help="append_nowait/s")
+    parser.add_argument("--window-ms", type=float, default=2.0, help="group commit window")
+    parser.add_argument("--baseline-records", type=int, default=2000)
+    parser.add_argument("--only", default=",".join(MEASUREMENTS), help="measurements to run")
+    args = parser.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(MEASUREMENTS)
+    if unknown:
+        parser.error(f"unknown measurements: {sorted(unknown)}")
+
+    server = None
+    if args.dsn:
+        admin_dsn = args.dsn
+    else:
+        server = EmbeddedPostgres(tempfile.mkdtemp(prefix="tripwire-bench-pg-"))
+        admin_dsn = server.start()
+    try:
+        results = trio.run(run, args, admin_dsn)
+    finally:
+        if server is not None:
+            server.cleanup()
+    print_table(
+        "persistence: journal and group commit",
+        _report(results),
+        ["metric", "value", "target", "ok"],
+    )
+    config = {k: v for k, v in vars(args).items() if k not in {"json", "dsn"}}
+    config["postgres"] = "embedded" if server is not None else "dsn"
+    write_json(args.json, {"machine": machine(), "config": config, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

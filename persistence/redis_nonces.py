@@ -1,0 +1,98 @@
+"""The nonce cache device handshakes share across nodes: Redis ``SET NX PX``.
+
+A handshake nonce may be used once within its window. With several engine nodes behind one
+address, only a shared store can tell that a nonce was already used on another node: each
+check is ``SET <prefix><key> 1 NX PX <ttl>`` (set only if absent, expiring with the window),
+and "was absent" means fresh.
+
+When Redis is down the cache degrades to the in-process cache it was given (the protocol
+package's ``MemoryNonceCache(max_entries)``, or anything with the same synchronous
+``check_and_add(key, now_ms, ttl_ms) -> bool``): replays to this node are still refused,
+replays to another node during the outage are not, which is the best one node can do. It
+logs loudly once, counts every check served that way in ``degraded_total``, and retries
+Redis every ``retry_after_s``.
+
+The in-process cache is consulted on every check, not only during outages: that costs a
+dict operation and closes the gap at the edges of an outage (a nonce first seen while Redis
+was down, replayed to this node just after it came back, is still refused).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from persistence.redis_link import Degradation, RedisLink
+from protocol.errors import StorageError, UsageError
+
+__all__ = ["NonceCache", "RedisNonceCache"]
+
+
+class NonceCache(Protocol):
+    """The synchronous interface of an in-process nonce cache (``protocol.nonces``)."""
+
+    def check_and_add(self, key: str, now_ms: int, ttl_ms: int) -> bool:
+        """Record ``key`` for ``ttl_ms`` from ``now_ms``; False if it was already there."""
+        ...
+
+
+class RedisNonceCache:
+    """Nonces shared through Redis, backed by an in-process cache (see the module docstring).
+
+    Args:
+        link: the Redis client.
+        local: the in-process cache used alongside Redis and instead of it when it is down.
+        prefix: key prefix in Redis (one namespace per deployment).
+        retry_after_s: how long to stay on the local cache after a Redis failure.
+    """
+
+    def __init__(
+        self,
+        link: RedisLink,
+        local: NonceCache,
+        *,
+        prefix: str = "tripwire:nonce:",
+        retry_after_s: float = 2.0,
+    ) -> None:
+        self.link = link
+        self.local = local
+        self.prefix = prefix
+        self.state = Degradation("nonce_cache", retry_after_s)
+        self.checks_total = 0
+        self.replays_total = 0
+
+    @property
+    def degraded(self) -> bool:
+        return self.state.degraded
+
+    @property
+    def degraded_total(self) -> int:
+        """Checks answered by the local cache alone because Redis was unavailable."""
+        return self.state.degraded_total
+
+    async def check_and_add(self, key: str, now_ms: int, ttl_ms: int) -> bool:
+        """Record ``key`` for ``ttl_ms``; True if it is fresh, False if it is a replay.
+
+        Never raises for Redis trouble.
+
+        Raises:
+            UsageError: ``ttl_ms`` is not positive.
+        """
+        if ttl_ms <= 0:
+            raise UsageError("nonce ttl must be positive", ttl_ms=ttl_ms)
+        self.checks_total += 1
+        fresh = self.local.check_and_add(key, now_ms, ttl_ms)
+        if self.state.should_try():
+            name = self.prefix + key
+            try:
+                remote = await self.link.call(lambda r: r.set(name, b"1", nx=True, px=ttl_ms))
+            except StorageError as exc:
+                self.state.failed(exc)
+                self.state.served_degraded()
+            else:
+                self.state.succeeded()
+                fresh = fresh and bool(remote)
+        else:
+            self.state.served_degraded()
+        if not fresh:
+            self.replays_total += 1
+        return fresh

@@ -1,0 +1,26 @@
+"""The persistence harness runs end to end at a tiny size and writes what it promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import persistence
+from tests.fixtures.postgres import PgServer
+
+
+def test_harness_runs_and_writes_json(pg_server: PgServer, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    argv = ["--dsn", pg_server.admin_dsn, "--json", str(out), "--records", "3000"]
+    argv += ["--seconds", "0.3", "--ackers", "4", "--background-rate", "500"]
+    argv += ["--baseline-records", "30"]
+    assert persistence.main(argv) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    for key in ("journal_per_s", "journal_projected_per_s", "ack_ms_p50", "ack_ms_p99"):
+        assert results[key] > 0, key
+    assert results["acks"] > 0 and results["baseline_per_s"] > 0
+    # Only measured numbers: nothing for what this harness does not measure (yet).
+    assert "recovery_s" not in results and "snapshot_p99_ratio" not in results
+    assert report["machine"]["cores"] >= 1
+    assert report["config"]["postgres"] == "dsn"

@@ -1,0 +1,316 @@
+"""Redis: the shared nonce cache, the tick bus and the read cache; and how they degrade.
+
+Each test runs against a private ``redis-server`` (see ``tests/fixtures/redis.py``); the fault
+tests kill it with SIGKILL mid-run and start it again, empty, on the same port.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import trio
+
+from persistence import Bridge, ReadCache, RedisLink, RedisNonceCache, TickBus
+from protocol.errors import ConfigError, UsageError
+from protocol.feed import Quote, QuoteBatch
+from tests.fixtures.redis import RedisProcess
+
+
+class DictNonces:
+    """A minimal in-process cache with the ``protocol.nonces.MemoryNonceCache`` interface."""
+
+    def __init__(self) -> None:
+        self.expiry: dict[str, int] = {}
+
+    def check_and_add(self, key: str, now_ms: int, ttl_ms: int) -> bool:
+        if self.expiry.get(key, -1) > now_ms:
+            return False
+        self.expiry[key] = now_ms + ttl_ms
+        return True
+
+
+def _prefix() -> str:
+    return f"test:{uuid.uuid4().hex[:8]}:"
+
+
+def _batch(n: int) -> QuoteBatch:
+    return QuoteBatch(quotes=[Quote(symbol="XAUUSD", bid=2300.0 + n, ask=2300.5 + n, time_ms=n)])
+
+
+@pytest.fixture
+async def link(bridge: Bridge, redis_url: str) -> AsyncIterator[RedisLink]:
+    opened = await RedisLink.open(bridge, redis_url)
+    yield opened
+    await opened.aclose()
+
+
+async def _wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    with trio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 - watching state another task changes
+            await trio.sleep(0.02)
+
+
+# -- the nonce cache ------------------------------------------------------------------------
+
+
+async def test_nonces_are_shared_between_nodes(link: RedisLink) -> None:
+    prefix = _prefix()
+    node_a = RedisNonceCache(link, DictNonces(), prefix=prefix)
+    node_b = RedisNonceCache(link, DictNonces(), prefix=prefix)
+    assert await node_a.check_and_add("n1", 1_000, 5_000)
+    assert not await node_a.check_and_add("n1", 1_001, 5_000)  # replay on the same node
+    assert not await node_b.check_and_add("n1", 1_002, 5_000)  # replay on another node
+    assert await node_b.check_and_add("n2", 1_003, 5_000)
+    assert node_a.replays_total == 1 and node_b.replays_total == 1
+    assert node_a.degraded_total == 0 and not node_a.degraded
+    with pytest.raises(UsageError):
+        await node_a.check_and_add("n3", 1_000, 0)
+
+
+async def test_a_burst_larger_than_the_pool_waits_instead_of_degrading(
+    bridge: Bridge, redis_url: str
+) -> None:
+    link = await RedisLink.open(bridge, redis_url, max_connections=4)
+    cache = RedisNonceCache(link, DictNonces(), prefix=_prefix())
+    fresh: list[bool] = []
+
+    async def check(i: int) -> None:
+        fresh.append(await cache.check_and_add(f"burst-{i}", 0, 60_000))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(check, i)
+    finally:
+        await link.aclose()
+    assert fresh == [True] * 300
+    assert cache.degraded_total == 0
+
+
+async def test_nonces_expire_with_their_window(link: RedisLink) -> None:
+    cache = RedisNonceCache(link, DictNonces(), prefix=_prefix())
+    assert await cache.check_and_add("n", 0, 100)
+    await trio.sleep(0.25)  # Redis expires on its own clock (PX)
+    assert await cache.check_and_add("n", 10_000, 100)  # and so does the local cache
+
+
+async def test_nonce_cache_degrades_and_recovers(
+    bridge: Bridge, redis_server: RedisProcess
+) -> None:
+    link = await RedisLink.open(bridge, redis_server.url)
+    cache = RedisNonceCache(link, DictNonces(), retry_after_s=0.2)
+    try:
+        assert await cache.check_and_add("before", 0, 60_000)
+        redis_server.kill()
+        # Down: answered by the local cache, replays at this node still refused, no raise.
+        assert await cache.check_and_add("during", 1, 60_000)
+        assert not await cache.check_and_add("during", 2, 60_000)
+        assert not await cache.check_and_add("before", 3, 60_000)
+        assert cache.degraded and cache.degraded_total == 3
+        assert cache.state.outages_total == 1  # logged once, not per call
+
+        redis_server.start()  # back, and empty
+        await trio.sleep(0.25)
+        assert await cache.check_and_add("after", 4, 60_000)
+        assert not cache.degraded
+        # A nonce first seen during the outage is still refused here after recovery.
+        assert not await cache.check_and_add("during", 5, 60_000)
+    finally:
+        await link.aclose()
+
+
+# -- the tick bus ---------------------------------------------------------------------------
+
+
+async def test_every_subscriber_sees_every_batch_in_order(link: RedisLink) -> None:
+    stream = _prefix() + "ticks"
+    publisher = TickBus(link, stream=stream, maxlen=1000)
+    received: dict[str, list[QuoteBatch]] = {"a": [], "b": []}
+
+    async def node(
+        name: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        bus = TickBus(link, stream=stream)
+        task_status.started()
+        async for batch in bus.subscribe(block_ms=100):
+            received[name].append(batch)
+
+    await publisher.publish(_batch(0))  # before anyone listens: "$" skips it
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node, "a")
+        await nursery.start(node, "b")
+        await trio.sleep(0.2)  # both have resolved "$" and are blocked in XREAD
+        sent = [_batch(n) for n in range(1, 51)]
+        for batch in sent:
+            assert await publisher.publish(batch)
+        await _wait_until(lambda: len(received["a"]) == len(received["b"]) == 50)
+        nursery.cancel_scope.cancel()
+    assert received["a"] == received["b"] == sent
+    assert publisher.published_total == 51
+
+
+async def test_tick_bus_skips_garbage_and_can_replay_from_the_start(link: RedisLink) -> None:
+    stream = _prefix() + "ticks"
+    bus = TickBus(link, stream=stream)
+    await bus.publish(_batch(1))
+    await link.call(lambda r: r.xadd(stream, {b"q": b"\xc1not msgpack"}))
+    await link.call(lambda r: r.xadd(stream, {b"other": b"field"}))
+    await bus.publish(_batch(2))
+    got: list[QuoteBatch] = []
+    with trio.move_on_after(2):
+        async for batch in bus.subscribe(from_id="0-0", block_ms=50):
+            got.append(batch)
+            if len(got) == 2:
+                break
+    assert got == [_batch(1), _batch(2)]
+    assert bus.decode_errors == 2
+
+
+async def test_tick_bus_degrades_and_resumes(bridge: Bridge, redis_server: RedisProcess) -> None:
+    link = await RedisLink.open(bridge, redis_server.url)
+    publisher = TickBus(link, retry_after_s=0.1)
+    subscriber = TickBus(link, retry_after_s=0.1)
+    got: list[QuoteBatch] = []
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def listen() -> None:
+                async for batch in subscriber.subscribe(block_ms=100):
+                    got.append(batch)
+
+            nursery.start_soon(listen)
+            await trio.sleep(0.2)
+            assert await publisher.publish(_batch(1))
+            await _wait_until(lambda: len(got) == 1)
+
+            redis_server.kill()
+            assert not await publisher.publish(_batch(2))  # dropped, counted, not raised
+            assert not await publisher.publish(_batch(3))
+            assert publisher.degraded and publisher.dropped_total == 2
+            await _wait_until(lambda: subscriber.degraded)
+
+            redis_server.start()
+            await trio.sleep(0.3)  # past retry_after_s: both sides try again
+            await _wait_until(lambda: not subscriber.degraded)
+            for n in range(4, 8):
+                for _attempt in range(40):  # the first try after the outage may be paced
+                    if await publisher.publish(_batch(n)):
+                        break
+                    await trio.sleep(0.05)
+                else:
+                    pytest.fail("the tick bus did not recover")
+            await _wait_until(lambda: len(got) == 5)
+            nursery.cancel_scope.cancel()
+        assert got == [_batch(n) for n in (1, 4, 5, 6, 7)]
+        assert not publisher.degraded
+    finally:
+        await link.aclose()
+
+
+# -- the read cache -------------------------------------------------------------------------
+
+
+async def test_read_through_and_coalescing(link: RedisLink) -> None:
+    cache = ReadCache(link, prefix=_prefix())
+    loads = 0
+
+    async def loader() -> bytes:
+        nonlocal loads
+        loads += 1
+        await trio.sleep(0.1)
+        return b'{"heavy": true}'
+
+    results: list[bytes] = []
+
+    async def read() -> None:
+        results.append(await cache.get_or_load("analytics:u1", 60_000, loader))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(read)
+    assert results == [b'{"heavy": true}'] * 10
+    assert loads == 1 and cache.coalesced == 9  # a burst costs one query
+    assert await cache.get_or_load("analytics:u1", 60_000, loader) == b'{"heavy": true}'
+    assert loads == 1 and cache.hits == 1
+
+    await cache.invalidate("analytics:u1")
+    await cache.get_or_load("analytics:u1", 60_000, loader)
+    assert loads == 2
+    with pytest.raises(UsageError):
+        await cache.get_or_load("k", 0, loader)
+
+
+async def test_read_cache_ttl_and_loader_errors(link: RedisLink) -> None:
+    cache = ReadCache(link, prefix=_prefix())
+    values = iter([b"one", b"two"])
+
+    async def loader() -> bytes:
+        return next(values)
+
+    assert await cache.get_or_load("k", 100, loader) == b"one"
+    await trio.sleep(0.25)
+    assert await cache.get_or_load("k", 100, loader) == b"two"  # expired, loaded again
+
+    async def broken() -> bytes:
+        raise LookupError("the database said no")
+
+    with pytest.raises(LookupError):  # the loader's own errors propagate
+        await cache.get_or_load("other", 1000, broken)
+
+
+async def test_read_cache_degrades_and_recovers(bridge: Bridge, redis_server: RedisProcess) -> None:
+    link = await RedisLink.open(bridge, redis_server.url)
+    cache = ReadCache(link, retry_after_s=0.1)
+    loads = 0
+
+    async def loader() -> bytes:
+        nonlocal loads
+        loads += 1
+        return b"fresh"
+
+    try:
+        assert await cache.get_or_load("k", 60_000, loader) == b"fresh"
+        redis_server.kill()
+        for _ in range(3):
+            assert await cache.get_or_load("k", 60_000, loader) == b"fresh"  # never raises
+        assert cache.degraded and cache.degraded_total == 3 and loads == 4
+        await cache.invalidate("k")  # best effort, silent
+
+        redis_server.start()
+        await trio.sleep(0.15)
+        assert await cache.get_or_load("k", 60_000, loader) == b"fresh"
+        assert not cache.degraded
+        assert await cache.get_or_load("k", 60_000, loader) == b"fresh"
+        assert cache.hits == 1  # caching again
+    finally:
+        await link.aclose()
+
+
+# -- the link -------------------------------------------------------------------------------
+
+
+async def test_link_refuses_bad_urls_and_reports_a_dead_server(
+    bridge: Bridge, redis_server: RedisProcess
+) -> None:
+    with pytest.raises(ConfigError):
+        await RedisLink.open(bridge, "http://127.0.0.1:6379")
+    link = await RedisLink.open(bridge, redis_server.url)
+    try:
+        assert await link.ping()
+        redis_server.kill()
+        assert not await link.ping()
+    finally:
+        await link.aclose()
+
+
+def test_missing_redis_skips_loudly_but_fails_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fixtures import redis as fixture
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="NO REDIS"):
+        fixture._skip_or_fail("no binary")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        fixture._skip_or_fail("no binary")
