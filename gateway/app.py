@@ -48,7 +48,7 @@ def create_app(ctx: GatewayContext) -> QuartTrio:
             "version": "1",
             "description": "REST API of the Tripwire trading engine.",
         },
-        security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}},
     )
     install_error_handlers(app)
 

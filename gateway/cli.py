@@ -12,6 +12,9 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+import msgspec
+
+from gateway.config import SETTINGS_HELP, Settings, env_name, load_settings
 from gateway.logs import configure_logging, get_logger
 
 __all__ = ["main"]
@@ -42,13 +45,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("version", help="print the version and exit")
-    run = commands.add_parser("run", help="start the engine")
-    run.add_argument(
-        "--positions",
-        type=int,
-        default=1000,
-        help="demo positions to arm around the market (default 1000)",
+    run = commands.add_parser(
+        "run",
+        help="start the engine (API, WebSockets, dashboard)",
+        description="Start Tripwire. Every option also reads its environment variable; a "
+        "command-line flag wins over the environment, which wins over TRIPWIRE_CONFIG.",
     )
+    for field in msgspec.structs.fields(Settings):
+        flag = "--" + field.name.replace("_", "-")
+        default = "" if field.default in (None, msgspec.NODEFAULT) else f", default {field.default}"
+        help_text = f"{SETTINGS_HELP.get(field.name, '')} [env {env_name(field.name)}{default}]"
+        run.add_argument(
+            flag,
+            dest="setting_" + field.name,
+            default=None,
+            metavar="VALUE",
+            help=help_text.replace("%", "%%"),
+        )
     migrate = commands.add_parser(
         "migrate",
         help="apply pending schema migrations [env DATABASE_URL, else the embedded Postgres]",
@@ -95,40 +108,31 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Replay the bundled XAUUSD day through a trigger book armed with demo positions."""
-    import numpy as np
+    """Start the engine; 1 with a message naming the setting when the configuration is bad."""
+    import trio
 
-    from actors.marketdata import load_ticks
-    from engine import DEFAULT_INSTRUMENTS, TriggerBook
-    from protocol.common import Side
+    from gateway.runtime import serve
+    from protocol.errors import ConfigError, TripwireError
 
-    log = get_logger(symbol="XAUUSD")
-    instrument = DEFAULT_INSTRUMENTS["XAUUSD"]
-    ticks = load_ticks("XAUUSD")
-    bids, asks = ticks.points(instrument.digits)
-    book = TriggerBook("XAUUSD")
-    rng = np.random.default_rng(7)
-    entry = int(bids[0])
-    for i in range(args.positions):
-        side = Side.BUY if i % 2 == 0 else Side.SELL
-        sl_dist, tp_dist = (int(d) for d in rng.integers(500, 20_000, size=2))
-        sl = entry - side.sign * sl_dist
-        tp = entry + side.sign * tp_dist
-        book.register(f"demo-{i}", side, sl, tp)
-    log.info("replaying", ticks=len(ticks), positions=len(book))
-    fired = 0
-    for bid, ask, ts in zip(bids.tolist(), asks.tolist(), ticks.ts_ms.tolist(), strict=True):
-        for trigger in book.on_quote(bid, ask):
-            fired += 1
-            log.info(
-                "trigger",
-                position_id=trigger.position_id,
-                kind=trigger.kind.name,
-                level=instrument.to_price(trigger.level),
-                price=instrument.to_price(trigger.price),
-                ts_ms=int(ts),
-            )
-    log.info("replay done", fired=fired, still_armed=len(book))
+    raw = {
+        k[len("setting_") :]: v
+        for k, v in vars(args).items()
+        if k.startswith("setting_") and v is not None
+    }
+    try:
+        environ = dict(os.environ)
+        environ.update({env_name(k): v for k, v in raw.items()})
+        settings = load_settings(environ)
+        configure_logging(settings.log_format, settings.log_level)
+        trio.run(serve, settings)
+    except ConfigError as exc:
+        print(f"tripwire run: configuration error: {exc.message}", file=sys.stderr)
+        return 1
+    except TripwireError as exc:
+        print(f"tripwire run: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
