@@ -72,8 +72,9 @@ class SimulatedEA:
         self.closed: tuple[int | None, str | None] | None = None
         self.log = structlog.get_logger().bind(device_id=device_id, component="ea-sim")
 
-    async def run(self, *, task_status: trio.TaskStatus[SimulatedEA] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[SimulatedEA] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Connect once and serve until the connection closes."""
         nonce = secrets.token_urlsafe(18)
         ts = self.now_ms()
@@ -81,8 +82,11 @@ class SimulatedEA:
         key = derive_session_key(self.secret, device_id=self.device_id, nonce=nonce, ts_ms=ts)
         try:
             async with open_websocket_url(
-                    self.url, subprotocols=[f"tripwire.v1.{self.encoding}"],
-                    message_queue_size=4096, max_message_size=4 * 1024 * 1024) as ws:
+                self.url,
+                subprotocols=[f"tripwire.v1.{self.encoding}"],
+                message_queue_size=4096,
+                max_message_size=4 * 1024 * 1024,
+            ) as ws:
                 await ws.send_message(self.codec.encode(hello))
                 first = self.codec.decode(await ws.get_message())
                 if not isinstance(first, Welcome):
@@ -104,8 +108,9 @@ class SimulatedEA:
                         if isinstance(message, _COMMANDS):
                             await self._command(ws, message, key)
                         elif isinstance(message, Ping):
-                            await ws.send_message(self.codec.encode(
-                                Heartbeat(seq=message.seq, time_ms=self.now_ms())))
+                            await ws.send_message(
+                                self.codec.encode(Heartbeat(seq=message.seq, time_ms=self.now_ms()))
+                            )
                         elif isinstance(message, DeviceError):
                             self.errors.append(message)
         except ConnectionClosed as closed:
@@ -118,8 +123,7 @@ class SimulatedEA:
             verify_command(command, key)
         except BadSignature:
             self.bad_signatures += 1
-            self.log.warning("command with a bad signature refused",
-                             command_id=command.command_id)
+            self.log.warning("command with a bad signature refused", command_id=command.command_id)
             return
         self.commands.append(command)
         if self.on_command is not None:

@@ -122,12 +122,31 @@ def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Rec
 
     def position_row(p: Position) -> tuple[Any, ...]:
         strategy, signal, version = _split_signal(p.signal_id)
-        return (p.id, p.user_id, p.device_id, p.symbol, p.side.value, p.state.value,
-                p.origin.value, p.volume, price(p.symbol, p.open_price), price(p.symbol, p.sl),
-                price(p.symbol, p.tp), p.ticket, to_time(p.open_time_ms),
-                to_time(p.close_time_ms), price(p.symbol, p.close_price), p.close_reason,
-                p.realized_pl, strategy, signal, version, p.approval_id,
-                to_time(p.updated_ms) or datetime.now(UTC), msgspec.to_builtins(p))
+        return (
+            p.id,
+            p.user_id,
+            p.device_id,
+            p.symbol,
+            p.side.value,
+            p.state.value,
+            p.origin.value,
+            p.volume,
+            price(p.symbol, p.open_price),
+            price(p.symbol, p.sl),
+            price(p.symbol, p.tp),
+            p.ticket,
+            to_time(p.open_time_ms),
+            to_time(p.close_time_ms),
+            price(p.symbol, p.close_price),
+            p.close_reason,
+            p.realized_pl,
+            strategy,
+            signal,
+            version,
+            p.approval_id,
+            to_time(p.updated_ms) or datetime.now(UTC),
+            msgspec.to_builtins(p),
+        )
 
     def project(records: list[Record]) -> Statements:
         rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _ORDER}
@@ -136,39 +155,94 @@ def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Rec
                 rows[_POSITION].append(position_row(r.position))
             elif isinstance(r, CommandIssued):
                 c = r.command
-                rows[_COMMAND].append((c.command_id, r.position_id, r.device_id, c.type,
-                                       msgspec.to_builtins(c), to_time(r.issued_ms),
-                                       to_time(c.deadline_ms)))
+                rows[_COMMAND].append(
+                    (
+                        c.command_id,
+                        r.position_id,
+                        r.device_id,
+                        c.type,
+                        msgspec.to_builtins(c),
+                        to_time(r.issued_ms),
+                        to_time(c.deadline_ms),
+                    )
+                )
             elif isinstance(r, CommandResolved):
                 category = r.outcome if r.outcome in _RESULT_CATEGORIES else None
-                rows[_RESOLVED].append((r.command_id, to_time(r.time_ms), r.retcode, category,
-                                        r.outcome))
+                rows[_RESOLVED].append(
+                    (r.command_id, to_time(r.time_ms), r.retcode, category, r.outcome)
+                )
             elif isinstance(r, SignalSaved):
                 s = r.signal
-                rows[_SIGNAL].append((s.strategy_id, s.signal_id, s.version, s.symbol,
-                                      s.side.value, msgspec.to_builtins(s),
-                                      to_time(r.received_ms), to_time(s.expires_at_ms)))
+                rows[_SIGNAL].append(
+                    (
+                        s.strategy_id,
+                        s.signal_id,
+                        s.version,
+                        s.symbol,
+                        s.side.value,
+                        msgspec.to_builtins(s),
+                        to_time(r.received_ms),
+                        to_time(s.expires_at_ms),
+                    )
+                )
             elif isinstance(r, ApprovalSaved):
                 a = r.approval
                 strategy, signal, version = _split_signal(a.signal)
-                rows[_APPROVAL].append((a.id, a.user_id, strategy, signal, version, a.decision,
-                                        to_time(a.decided_ms), to_time(a.expires_at_ms),
-                                        _inet(a.ip), a.user_agent or None))
+                rows[_APPROVAL].append(
+                    (
+                        a.id,
+                        a.user_id,
+                        strategy,
+                        signal,
+                        version,
+                        a.decision,
+                        to_time(a.decided_ms),
+                        to_time(a.expires_at_ms),
+                        _inet(a.ip),
+                        a.user_agent or None,
+                    )
+                )
             elif isinstance(r, ReconciliationRecorded):
                 e = r.entry
-                rows[_RECONCILIATION].append((e.device_id, e.position_id, e.kind,
-                                              {"detail": e.detail, "ticket": e.ticket},
-                                              to_time(e.time_ms)))
+                rows[_RECONCILIATION].append(
+                    (
+                        e.device_id,
+                        e.position_id,
+                        e.kind,
+                        {"detail": e.detail, "ticket": e.ticket},
+                        to_time(e.time_ms),
+                    )
+                )
             elif isinstance(r, AlertRaised):
                 a2 = r.alert
-                rows[_ALERT].append((to_time(a2.time_ms), a2.kind, a2.level.value, a2.user_id,
-                                     a2.device_id, a2.symbol, a2.position_id, a2.message,
-                                     {"value": a2.value, "threshold": a2.threshold}))
+                rows[_ALERT].append(
+                    (
+                        to_time(a2.time_ms),
+                        a2.kind,
+                        a2.level.value,
+                        a2.user_id,
+                        a2.device_id,
+                        a2.symbol,
+                        a2.position_id,
+                        a2.message,
+                        {"value": a2.value, "threshold": a2.threshold},
+                    )
+                )
             elif isinstance(r, AuditRecorded):
                 e2 = r.entry
-                rows[_AUDIT].append((to_time(e2.time_ms), e2.actor_id, e2.action, e2.target_type,
-                                     e2.target_id, _inet(e2.ip), e2.user_agent or None,
-                                     e2.outcome, e2.detail))
+                rows[_AUDIT].append(
+                    (
+                        to_time(e2.time_ms),
+                        e2.actor_id,
+                        e2.action,
+                        e2.target_type,
+                        e2.target_id,
+                        _inet(e2.ip),
+                        e2.user_agent or None,
+                        e2.outcome,
+                        e2.detail,
+                    )
+                )
             elif isinstance(r, GuardSaved):
                 pass  # engine state only (in snapshots); nothing to query
         return [(sql, rows[sql]) for sql in _ORDER if rows[sql]]

@@ -39,7 +39,12 @@ async def load_state(journal: Any) -> Recovered:
         state.apply_all(records[skip:], last)
         replayed += len(records) - skip
     elapsed = time.perf_counter() - started
-    log.info("state recovered", snapshot_seq=snapshot_seq, replayed=replayed,
-             positions=len(state.positions), commands=len(state.commands),
-             seconds=round(elapsed, 3))
+    log.info(
+        "state recovered",
+        snapshot_seq=snapshot_seq,
+        replayed=replayed,
+        positions=len(state.positions),
+        commands=len(state.commands),
+        seconds=round(elapsed, 3),
+    )
     return Recovered(state, snapshot_seq, replayed, elapsed)

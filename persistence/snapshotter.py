@@ -44,8 +44,13 @@ async def take_snapshot(journal: Any, now_ms: int | None = None) -> tuple[int, i
     # Keep the previous snapshot replayable: compact only what it already covered.
     if previous is not None:
         await journal.compact(previous[0])
-    log.info("snapshot written", seq=state.seq, bytes=len(payload),
-             positions=len(state.positions), replayed=recovered.records)
+    log.info(
+        "snapshot written",
+        seq=state.seq,
+        bytes=len(payload),
+        positions=len(state.positions),
+        replayed=recovered.records,
+    )
     return state.seq, len(payload)
 
 
