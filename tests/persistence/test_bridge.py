@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 
@@ -181,3 +182,12 @@ async def test_functions_that_work_before_awaiting_run_on_the_loop(bridge: Bridg
 
     assert await bridge.run(call) == 7
     assert await bridge.run(needs_a_loop) == 7  # called on the loop thread, not here
+
+
+async def test_the_gil_switch_interval_is_lowered_while_open_and_restored() -> None:
+    before = sys.getswitchinterval()
+    async with open_bridge(gil_switch_interval_s=0.0005):
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    assert sys.getswitchinterval() == before
+    async with open_bridge(gil_switch_interval_s=None):
+        assert sys.getswitchinterval() == before
