@@ -160,7 +160,7 @@ def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Rec
                         c.command_id,
                         r.position_id,
                         r.device_id,
-                        c.type,
+                        c.__struct_config__.tag,
                         msgspec.to_builtins(c),
                         to_time(r.issued_ms),
                         to_time(c.deadline_ms),

@@ -52,7 +52,7 @@ async def test_many_concurrent_calls_without_a_thread_each(bridge: Bridge) -> No
             nursery.start_soon(one, i)
         with trio.fail_after(10):
             # The counter moves on the asyncio thread: polling it is the honest way to wait.
-            while waiting < 1000:  # noqa: ASYNC110
+            while waiting < 1000:
                 await trio.sleep(0.01)
         peak_threads = threading.active_count()
         assert bridge.inflight == 1000

@@ -76,7 +76,7 @@ async def test_append_returns_only_after_its_batch_committed(db: Database) -> No
         assert acked == []  # still inside the window: not committed, not acknowledged
         assert await db.fetchval("SELECT count(*) FROM journal") == 0
         with trio.fail_after(5):
-            while not acked:  # noqa: ASYNC110 - a test watching from outside
+            while not acked:
                 await trio.sleep(0.01)
         assert await db.fetchval("SELECT last_seq FROM journal") == acked[0] == 1
         assert journal.committed_seq == 1

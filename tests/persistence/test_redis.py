@@ -48,7 +48,7 @@ async def link(bridge: Bridge, redis_url: str) -> AsyncIterator[RedisLink]:
 
 async def _wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     with trio.fail_after(seconds):
-        while not condition():  # noqa: ASYNC110 - watching state another task changes
+        while not condition():
             await trio.sleep(0.02)
 
 
