@@ -36,7 +36,7 @@ from engine.guards import MarketLimits
 from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
 from engine.quotes import QuoteLimits
 from engine.records import AlertRaised, Record
-from engine.state import EngineState
+from engine.state import EngineState, UserState
 from engine.user import DeviceInfo, Timing
 from protocol.client import DeviceView
 from protocol.common import Alert
@@ -139,6 +139,8 @@ class Node:
         self.tracer: Callable[[int, int], None] | None = None
         """A latency probe: called with (quote seq, commands) when a fired quote's commands are
         in their outboxes. None in production."""
+        self.quote_probe: Callable[[int], None] | None = None
+        """Called with a symbol actor's quote seq once the quote is processed (harnesses)."""
         self.fire_probe: Callable[[float, int], None] | None = None
         """Called with (perf_counter when the quote was processed, commands) once a fired
         quote's commands are in their outboxes (the production latency histogram)."""
@@ -152,6 +154,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._on_alerts: list[Callable[[list[Alert]], None]] = []
         self._running = trio.Event()
+        self._start_views: dict[str, UserState] | None = None
 
     # -- running -----------------------------------------------------------------------------
 
@@ -161,8 +164,11 @@ class Node:
             self._nursery = nursery
             for instrument in self.instruments.values():
                 self._spawn_symbol(instrument)
+            # Index the recovered state by user once: every actor starting at once would
+            # otherwise scan all of it, which is quadratic in a 100,000-position recovery.
+            self._start_views = self.state.by_user()
             self._mark_in_flight_for_reconciliation()
-            for user_id in {p.user_id for p in self.state.positions.values()}:
+            for user_id in self._start_views:
                 self.user(user_id)
             nursery.start_soon(self.hub.push_prices)
             self._running.set()
@@ -239,6 +245,21 @@ class Node:
             self.devices[device_id] = actor
             self._start(f"device:{device_id}", actor.run, device_id=device_id, user_id=owner)
         return actor
+
+    def restore_view(self, user_id: str) -> tuple[UserState, bool]:
+        """A user actor's part of the state, and whether this is the node's start.
+
+        At the start it comes from the start-up index, and the symbol actors have armed the
+        user's positions from the fold already. A later (re)start scans the fold, and the user
+        actor re-arms: a trigger may have fired just before the crash it recovers from.
+        """
+        if self._start_views is not None:
+            view = self._start_views.pop(user_id, None)
+            if not self._start_views:
+                self._start_views = None
+            if view is not None:
+                return view, True
+        return self.state.user_view(user_id), False
 
     def device_infos(self, user_id: str) -> list[DeviceInfo]:
         return [d.info for d in self.devices.values() if d.user_id == user_id]

@@ -87,9 +87,14 @@ class SymbolActor:
     async def run(self) -> None:
         """Restore the book from the node's state, then serve the inbox until cancelled."""
         self.core = self._new_core()
-        for p in self.node.state.positions.values():
-            if p.symbol == self.symbol and p.state is PositionState.OPEN:
-                self._arm(Arm(p))
+        # The book is rebuilt from the node's state fold, in bulk, on every (re)start.
+        fired = self.core.arm_many(
+            p
+            for p in self.node.state.positions.values()
+            if p.symbol == self.symbol and p.state is PositionState.OPEN
+        )
+        if fired:
+            self._dispatch_fired(fired)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_silence)
             while True:
@@ -117,6 +122,8 @@ class SymbolActor:
             self.rejected += 1
             return
         self.node.prices.update(self.symbol, quote.bid, quote.ask, quote.time_ms)
+        if self.node.quote_probe is not None:
+            self.node.quote_probe(self.seq)
         if outcome.fired:
             self._dispatch_fired(outcome.fired)
         if outcome.moved:

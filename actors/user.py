@@ -84,13 +84,10 @@ class UserActor:
     async def run(self) -> None:
         """Restore from the node's state fold, then serve the mailbox until cancelled."""
         self.core = core = self._new_core()
-        state = self.node.state
-        effects = core.restore(
-            state.positions_of_user(self.user_id),
-            state.commands_of_user(self.user_id),
-            [a for (u, _), a in state.approvals.items() if u == self.user_id],
-            state.guards.get(self.user_id),
-        )
+        view, node_start = self.node.restore_view(self.user_id)
+        effects = core.restore(view.positions, view.commands, view.approvals, view.guard)
+        if node_start:
+            effects.arms.clear()  # the symbol actors armed the whole fold at their start
         for info in self.node.device_infos(self.user_id):
             effects.extend(core.on_device(info, self.node.clock.now_ms()))
         async with trio.open_nursery() as nursery:

@@ -23,7 +23,7 @@ from protocol.errors import UsageError
 __all__ = ["BreakEvenRule", "Position", "TrailingRule"]
 
 
-class TrailingRule(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class TrailingRule(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=True):
     """A trailing stop: keep the SL ``distance`` points behind the best price.
 
     It starts once the price is ``activation`` points in profit (0: at once) and moves only in
@@ -35,18 +35,20 @@ class TrailingRule(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     step: int = 1
 
 
-class BreakEvenRule(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class BreakEvenRule(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=True):
     """Move the SL to the entry (plus ``offset`` points) once ``trigger`` points in profit."""
 
     trigger: int
     offset: int = 0
 
 
-class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=True):
     """One position, from the open we asked for to its close.
 
     ``gc=False``: positions reference only immutable values, never each other, so the cyclic
-    collector need not track a million of them.
+    collector need not track a million of them. ``array_like``: journaled and snapshotted as a
+    positional array (a quarter of the bytes of a map, faster to decode): fields are only ever
+    added at the end, with defaults.
     """
 
     id: str

@@ -29,6 +29,7 @@ __all__ = [
     "CommandIssued",
     "CommandResolved",
     "GuardSaved",
+    "LevelsMoved",
     "PositionSaved",
     "ReconciliationEntry",
     "ReconciliationRecorded",
@@ -97,15 +98,32 @@ class ReconciliationEntry(msgspec.Struct, frozen=True, kw_only=True):
     detail: str = ""
 
 
-class _Record(msgspec.Struct, frozen=True, kw_only=True, tag_field="k"):
-    """Base of every journal record."""
+class _Record(msgspec.Struct, frozen=True, kw_only=True, tag_field="k", array_like=True, gc=False):
+    """Base of every journal record.
+
+    ``array_like``: a record is a positional array, not a map (a position record shrinks from
+    415 to 113 bytes and decodes 30 % faster; recovery replays a million of them, see
+    ``bench.recovery``). The price is the compatibility rule of the journal format: a field
+    is only ever added at the END of a struct, with a default. ``gc=False``: records hold
+    only immutable values, never cycles.
+    """
 
 
-class PositionSaved(_Record, tag="pos", frozen=True, kw_only=True):
+class PositionSaved(_Record, tag="pos", frozen=True, kw_only=True, array_like=True, gc=False):
     position: Position
 
 
-class CommandIssued(_Record, tag="cmd", frozen=True, kw_only=True):
+class LevelsMoved(_Record, tag="lvl", frozen=True, kw_only=True, array_like=True, gc=False):
+    """A trailing stop or break-even move of an OPEN position's SL (the journal's most frequent
+    record, so it is compact: the rest of the position did not change)."""
+
+    position_id: str
+    sl: int | None
+    tp: int | None
+    time_ms: int
+
+
+class CommandIssued(_Record, tag="cmd", frozen=True, kw_only=True, array_like=True, gc=False):
     """A command handed to a device (before it is sent: it goes out first, the record follows)."""
 
     command: Command
@@ -115,7 +133,7 @@ class CommandIssued(_Record, tag="cmd", frozen=True, kw_only=True):
     issued_ms: int
 
 
-class CommandResolved(_Record, tag="cmdres", frozen=True, kw_only=True):
+class CommandResolved(_Record, tag="cmdres", frozen=True, kw_only=True, array_like=True, gc=False):
     """The end of a command: its ack, or why there will be none."""
 
     command_id: str
@@ -129,28 +147,30 @@ class CommandResolved(_Record, tag="cmdres", frozen=True, kw_only=True):
     text: str = ""
 
 
-class SignalSaved(_Record, tag="sig", frozen=True, kw_only=True):
+class SignalSaved(_Record, tag="sig", frozen=True, kw_only=True, array_like=True, gc=False):
     signal: Signal
     received_ms: int
 
 
-class ApprovalSaved(_Record, tag="appr", frozen=True, kw_only=True):
+class ApprovalSaved(_Record, tag="appr", frozen=True, kw_only=True, array_like=True, gc=False):
     approval: Approval
 
 
-class AlertRaised(_Record, tag="alert", frozen=True, kw_only=True):
+class AlertRaised(_Record, tag="alert", frozen=True, kw_only=True, array_like=True, gc=False):
     alert: Alert
 
 
-class ReconciliationRecorded(_Record, tag="recon", frozen=True, kw_only=True):
+class ReconciliationRecorded(
+    _Record, tag="recon", frozen=True, kw_only=True, array_like=True, gc=False
+):
     entry: ReconciliationEntry
 
 
-class AuditRecorded(_Record, tag="audit", frozen=True, kw_only=True):
+class AuditRecorded(_Record, tag="audit", frozen=True, kw_only=True, array_like=True, gc=False):
     entry: AuditEntry
 
 
-class GuardSaved(_Record, tag="guard", frozen=True, kw_only=True):
+class GuardSaved(_Record, tag="guard", frozen=True, kw_only=True, array_like=True, gc=False):
     """A user's drawdown guard and account figures, so a restart keeps the peak."""
 
     user_id: str
@@ -164,6 +184,7 @@ class GuardSaved(_Record, tag="guard", frozen=True, kw_only=True):
 
 Record = (
     PositionSaved
+    | LevelsMoved
     | CommandIssued
     | CommandResolved
     | SignalSaved

@@ -12,6 +12,9 @@ positions and old signals leave the state (their history lives in Postgres proje
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import msgspec
 
 from engine.lifecycle import FINAL_STATES
@@ -24,6 +27,7 @@ from engine.records import (
     CommandIssued,
     CommandResolved,
     GuardSaved,
+    LevelsMoved,
     PositionSaved,
     ReconciliationRecorded,
     Record,
@@ -32,10 +36,52 @@ from engine.records import (
     signal_key,
 )
 
-__all__ = ["EngineState", "StateSnapshot"]
+__all__ = ["EngineState", "Replay", "StateSnapshot", "UserState"]
 
 RETENTION_MS = 7 * 24 * 3600 * 1000
 """Signals and approvals are kept in memory this long after they stop mattering."""
+
+
+class UserState(NamedTuple):
+    """What one user actor restores from."""
+
+    positions: list[Position]
+    commands: list[CommandIssued]
+    approvals: list[Approval]
+    guard: GuardSaved | None
+
+
+class Replay:
+    """Folds a long run of batches, coalescing level moves across all of them.
+
+    A position that trailed a thousand times during the replay is rebuilt once, with its last
+    levels: a move is held until the end unless a later full save of the same position
+    supersedes it (and a move after that save is held in its turn). The result equals applying
+    every record one by one; a hypothesis test holds that true.
+    """
+
+    __slots__ = ("moves", "state")
+
+    def __init__(self, state: EngineState) -> None:
+        self.state = state
+        self.moves: dict[str, LevelsMoved] = {}
+
+    def add(self, records: list[Record], last_seq: int) -> None:
+        state, moves, handlers = self.state, self.moves, _HANDLERS
+        for record in records:
+            kind = type(record)
+            if kind is LevelsMoved:
+                moves[record.position_id] = record  # type: ignore[union-attr,assignment]
+                continue
+            if kind is PositionSaved:
+                moves.pop(record.position.id, None)  # type: ignore[union-attr]
+            handlers[kind](state, record)
+        state.seq = last_seq
+
+    def finish(self) -> None:
+        for move in self.moves.values():
+            self.state._levels(move)
+        self.moves.clear()
 
 
 class StateSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,34 +117,50 @@ class EngineState:
         """Fold one record in (``seq``: its journal sequence number, if known)."""
         if seq is not None:
             self.seq = seq
-        if isinstance(record, PositionSaved):
-            position = record.position
-            if position.state in FINAL_STATES:
-                self.positions.pop(position.id, None)
-            else:
-                self.positions[position.id] = position
-        elif isinstance(record, CommandIssued):
-            self.commands[record.command.command_id] = record
-        elif isinstance(record, CommandResolved):
-            self.commands.pop(record.command_id, None)
-        elif isinstance(record, SignalSaved):
-            s = record.signal
-            self.signals[signal_key(s.strategy_id, s.signal_id, s.version)] = record
-        elif isinstance(record, ApprovalSaved):
-            a = record.approval
-            self.approvals[(a.user_id, decision_key(a.signal))] = a
-        elif isinstance(record, GuardSaved):
-            self.guards[record.user_id] = record
-        elif isinstance(record, AlertRaised | ReconciliationRecorded | AuditRecorded):
-            pass  # history only: the Postgres projections keep them
-        else:  # pragma: no cover - the union is closed; a new record kind must be handled here
+        handler = _HANDLERS.get(type(record))
+        if handler is None:  # pragma: no cover - a new record kind must be handled here
             raise TypeError(f"unhandled record {type(record).__name__}")
+        handler(self, record)
+
+    def _position(self, record: PositionSaved) -> None:
+        position = record.position
+        if position.state in FINAL_STATES:
+            self.positions.pop(position.id, None)
+        else:
+            self.positions[position.id] = position
+
+    def _levels(self, record: LevelsMoved) -> None:
+        moved = self.positions.get(record.position_id)
+        if moved is not None:
+            self.positions[moved.id] = moved.with_changes(
+                record.time_ms, sl=record.sl, tp=record.tp
+            )
+
+    def _command(self, record: CommandIssued) -> None:
+        self.commands[record.command.command_id] = record
+
+    def _resolved(self, record: CommandResolved) -> None:
+        self.commands.pop(record.command_id, None)
+
+    def _signal(self, record: SignalSaved) -> None:
+        s = record.signal
+        self.signals[signal_key(s.strategy_id, s.signal_id, s.version)] = record
+
+    def _approval(self, record: ApprovalSaved) -> None:
+        a = record.approval
+        self.approvals[(a.user_id, decision_key(a.signal))] = a
+
+    def _guard(self, record: GuardSaved) -> None:
+        self.guards[record.user_id] = record
+
+    def _history(self, record: Record) -> None:
+        """Alerts, reconciliation and audit entries: history only (the projections keep it)."""
 
     def apply_all(self, records: list[Record], last_seq: int) -> None:
         """Fold a batch whose last record has sequence number ``last_seq``."""
-        for record in records:
-            self.apply(record)
-        self.seq = last_seq
+        replay = Replay(self)
+        replay.add(records, last_seq)
+        replay.finish()
 
     def prune(self, now_ms: int) -> None:
         """Forget signals and approvals that can no longer matter."""
@@ -118,11 +180,34 @@ class EngineState:
 
     # -- views -------------------------------------------------------------------------------
 
-    def positions_of_user(self, user_id: str) -> list[Position]:
-        return [p for p in self.positions.values() if p.user_id == user_id]
+    def user_view(self, user_id: str) -> UserState:
+        """One user's part of the state (a scan: for restarting one actor)."""
+        return UserState(
+            positions=[p for p in self.positions.values() if p.user_id == user_id],
+            commands=[c for c in self.commands.values() if c.user_id == user_id],
+            approvals=[a for (u, _), a in self.approvals.items() if u == user_id],
+            guard=self.guards.get(user_id),
+        )
 
-    def commands_of_user(self, user_id: str) -> list[CommandIssued]:
-        return [c for c in self.commands.values() if c.user_id == user_id]
+    def by_user(self) -> dict[str, UserState]:
+        """Every user's part of the state, in one pass (for starting every actor at once)."""
+        views: dict[str, UserState] = {}
+
+        def view(user_id: str) -> UserState:
+            found = views.get(user_id)
+            if found is None:
+                found = views[user_id] = UserState([], [], [], self.guards.get(user_id))
+            return found
+
+        for p in self.positions.values():
+            view(p.user_id).positions.append(p)
+        for c in self.commands.values():
+            view(c.user_id).commands.append(c)
+        for (user_id, _), a in self.approvals.items():
+            view(user_id).approvals.append(a)
+        for user_id in self.guards:
+            view(user_id)
+        return views
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -156,3 +241,17 @@ class EngineState:
     @classmethod
     def decode_snapshot(cls, payload: bytes) -> EngineState:
         return cls.from_snapshot(_SNAPSHOT_DECODER.decode(payload))
+
+
+_HANDLERS: dict[type, Callable[[EngineState, Any], None]] = {
+    PositionSaved: EngineState._position,
+    LevelsMoved: EngineState._levels,
+    CommandIssued: EngineState._command,
+    CommandResolved: EngineState._resolved,
+    SignalSaved: EngineState._signal,
+    ApprovalSaved: EngineState._approval,
+    GuardSaved: EngineState._guard,
+    AlertRaised: EngineState._history,
+    ReconciliationRecorded: EngineState._history,
+    AuditRecorded: EngineState._history,
+}

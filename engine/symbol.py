@@ -14,11 +14,12 @@ Per quote the work does not grow with the number of positions (see the two books
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from engine.guards import MarketGuard, MarketLimits
 from engine.instruments import Instrument
-from engine.positions import BreakEvenRule, TrailingRule
+from engine.positions import BreakEvenRule, Position, TrailingRule
 from engine.quotes import QuoteLimits, QuoteValidator
 from engine.trailing import LevelMove, TrailingBook
 from engine.triggers import KEEP, Trigger, TriggerBook, _Keep
@@ -110,6 +111,32 @@ class SymbolCore:
         if trailing is not None or break_even is not None:
             self.trailing.add(position_id, side, open_price, sl, trailing, break_even)
         return []
+
+    def arm_many(self, positions: Iterable[Position]) -> list[tuple[str, Trigger]]:
+        """Watch many OPEN positions at once (recovery); see :meth:`TriggerBook.register_many`.
+
+        Positions already watched are re-armed one by one.
+        """
+        fresh: list[Position] = []
+        fired: list[tuple[str, Trigger]] = []
+        for p in positions:
+            if p.open_price is None:
+                continue
+            if p.id in self._owners:
+                fired += self.arm(
+                    p.id, p.user_id, p.side, p.open_price, p.sl, p.tp, p.trailing, p.break_even
+                )
+            else:
+                fresh.append(p)
+        for p in fresh:
+            self._owners[p.id] = p.user_id
+        for t in self.book.register_many((p.id, p.side, p.sl, p.tp) for p in fresh):
+            fired.append((self._owners.pop(t.position_id), t))
+        for p in fresh:
+            if (p.trailing is not None or p.break_even is not None) and p.id in self._owners:
+                assert p.open_price is not None
+                self.trailing.add(p.id, p.side, p.open_price, p.sl, p.trailing, p.break_even)
+        return fired
 
     def move(
         self, position_id: str, sl: int | _Keep | None = KEEP, tp: int | _Keep | None = KEEP

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from protocol.common import Side
@@ -114,6 +115,44 @@ class TriggerBook:
         entry: list[int | None] = [side is Side.SELL, None, None, 0, 0]
         self._entries[position_id] = entry
         return self._arm(position_id, entry, sl, tp)
+
+    def register_many(
+        self, positions: Iterable[tuple[str, Side, int | None, int | None]]
+    ) -> list[Trigger]:
+        """Arm many positions at once (recovery): one heapify per heap instead of a push each.
+
+        Positions whose levels the last quote already crossed fire at once, as with
+        :meth:`register`; the others are appended and the heaps rebuilt, O(n) in all.
+
+        Raises:
+            UsageError: a position is already in the book (nothing is armed then).
+        """
+        batch = list(positions)
+        if any(pid in self._entries for pid, *_ in batch) or len({b[0] for b in batch}) != len(
+            batch
+        ):
+            raise UsageError("register_many got a position already in the book")
+        fired: list[Trigger] = []
+        heaps = self._heaps
+        for pid, side, sl, tp in batch:
+            entry: list[int | None] = [side is Side.SELL, None, None, 0, 0]
+            if self.bid is not None:  # the slow path decides fire-on-register
+                self._entries[pid] = entry
+                fired += self._arm(pid, entry, sl, tp)
+                continue
+            self._entries[pid] = entry
+            is_sell = side is Side.SELL
+            if sl is not None:
+                self._seq += 1
+                entry[_SL], entry[_SL_SEQ] = sl, self._seq
+                heaps[1 if is_sell else 0].append((sl if is_sell else -sl, self._seq, pid))
+            if tp is not None:
+                self._seq += 1
+                entry[_TP], entry[_TP_SEQ] = tp, self._seq
+                heaps[3 if is_sell else 2].append((-tp if is_sell else tp, self._seq, pid))
+        for heap in heaps:
+            heapq.heapify(heap)
+        return fired
 
     def modify(
         self,

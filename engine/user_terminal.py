@@ -22,7 +22,12 @@ from engine.effects import Arm, Disarm, Effects
 from engine.lifecycle import PositionEvent, PositionState
 from engine.positions import Position
 from engine.reconcile import Finding, reconcile
-from engine.records import CommandResolved, ReconciliationEntry, ReconciliationRecorded
+from engine.records import (
+    CommandResolved,
+    LevelsMoved,
+    ReconciliationEntry,
+    ReconciliationRecorded,
+)
 from engine.sizing import ProtectiveStops
 from engine.trailing import LevelMove
 from protocol.common import Origin
@@ -324,7 +329,12 @@ def on_level_moves(core: UserCore, moves: Iterable[LevelMove], now_ms: int) -> E
         p = core.positions.get(move.position_id)
         if p is None or p.state is not PositionState.OPEN:
             continue
-        core._save(p.with_changes(now_ms, sl=move.sl), effects)
+        moved = p.with_changes(now_ms, sl=move.sl)
+        core.positions[p.id] = moved
+        effects.records.append(
+            LevelsMoved(position_id=p.id, sl=moved.sl, tp=moved.tp, time_ms=now_ms)
+        )
+        effects.changed.append(moved)
         if core.settings.protective_stops is ProtectiveStops.SAME:
             due = max(now_ms, core._last_modify.get(p.id, 0) + core.timing.modify_interval)
             core._modifies.setdefault(p.id, due)

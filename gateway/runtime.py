@@ -21,7 +21,6 @@ import gc
 import os
 import secrets
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ from persistence.journal import Journal
 from persistence.migrator import migrate
 from persistence.projections import make_projection
 from persistence.recovery import load_state
-from persistence.snapshotter import take_snapshot
+from persistence.snapshotter import run_snapshot_process, take_snapshot
 from protocol.nonces import MemoryNonceCache
 
 __all__ = ["MemoryNonces", "serve"]
@@ -80,11 +79,7 @@ async def _snapshots(dsn: str, interval_s: float, log: Any) -> None:
     while True:
         await trio.sleep(interval_s)
         try:
-            await trio.run_process(
-                [sys.executable, "-m", "persistence.snapshotter", "--dsn", dsn],
-                capture_stdout=True,
-                capture_stderr=True,
-            )
+            await run_snapshot_process(dsn)
         except (OSError, trio.CalledProcessError) as exc:
             log.warning("snapshot failed; the journal keeps everything", error=str(exc))
 

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from engine.instruments import Instrument
+from engine.lifecycle import FINAL_STATES
 from engine.positions import Position
 from engine.records import (
     AlertRaised,
@@ -29,6 +30,7 @@ from engine.records import (
     CommandIssued,
     CommandResolved,
     GuardSaved,
+    LevelsMoved,
     PositionSaved,
     ReconciliationRecorded,
     Record,
@@ -64,6 +66,11 @@ ON CONFLICT (id) DO UPDATE SET
     close_reason = EXCLUDED.close_reason, pl = EXCLUDED.pl, updated_at = EXCLUDED.updated_at,
     doc = EXCLUDED.doc"""
 
+_LEVELS = """
+UPDATE positions SET sl = $2, tp = $3, updated_at = $4,
+    doc = doc || jsonb_build_object('sl', $5::bigint, 'tp', $6::bigint, 'updated_ms', $7::bigint)
+WHERE id = $1"""
+
 _COMMAND = """
 INSERT INTO commands (id, position_id, device_id, kind, payload, issued_at, deadline_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -86,7 +93,17 @@ INSERT INTO audit_log (at, actor_id, action, target_type, target_id, ip, user_ag
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"""
 
 # Dependency order: a row is written after everything it references.
-_ORDER = (_SIGNAL, _APPROVAL, _POSITION, _COMMAND, _RESOLVED, _RECONCILIATION, _ALERT, _AUDIT)
+_ORDER = (
+    _SIGNAL,
+    _APPROVAL,
+    _POSITION,
+    _LEVELS,
+    _COMMAND,
+    _RESOLVED,
+    _RECONCILIATION,
+    _ALERT,
+    _AUDIT,
+)
 
 _RESULT_CATEGORIES = {"done", "retryable", "final", "already_closed", "unknown"}
 
@@ -145,14 +162,36 @@ def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Rec
             version,
             p.approval_id,
             to_time(p.updated_ms) or datetime.now(UTC),
-            msgspec.to_builtins(p),
+            msgspec.to_builtins(msgspec.structs.asdict(p)),
         )
+
+    # A level move carries no symbol: remember each position's (positions live long enough
+    # that every move follows the position's first save through this same projection).
+    symbols: dict[str, str] = {}
 
     def project(records: list[Record]) -> Statements:
         rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _ORDER}
         for r in records:
             if isinstance(r, PositionSaved):
-                rows[_POSITION].append(position_row(r.position))
+                p = r.position
+                if p.state in FINAL_STATES:
+                    symbols.pop(p.id, None)
+                else:
+                    symbols[p.id] = p.symbol
+                rows[_POSITION].append(position_row(p))
+            elif isinstance(r, LevelsMoved):
+                symbol = symbols.get(r.position_id, "")
+                rows[_LEVELS].append(
+                    (
+                        r.position_id,
+                        price(symbol, r.sl),
+                        price(symbol, r.tp),
+                        to_time(r.time_ms),
+                        r.sl,
+                        r.tp,
+                        r.time_ms,
+                    )
+                )
             elif isinstance(r, CommandIssued):
                 c = r.command
                 rows[_COMMAND].append(

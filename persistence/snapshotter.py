@@ -11,6 +11,8 @@ covers are compacted away (the previous snapshot is kept as a fallback).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from typing import Any
@@ -24,7 +26,7 @@ from persistence.db import open_database
 from persistence.journal import Journal
 from persistence.recovery import load_state
 
-__all__ = ["main", "take_snapshot"]
+__all__ = ["main", "run_snapshot_process", "take_snapshot", "yield_the_cpu"]
 
 
 async def take_snapshot(journal: Any, now_ms: int | None = None) -> tuple[int, int]:
@@ -55,15 +57,58 @@ async def take_snapshot(journal: Any, now_ms: int | None = None) -> tuple[int, i
 
 
 async def _run(dsn: str) -> tuple[int, int]:
-    async with open_bridge() as bridge, open_database(bridge, dsn) as db:
+    async with open_bridge() as bridge, open_database(bridge, dsn, max_size=1) as db:
+        # The Postgres backend doing this job's reads and writes yields too, where the OS
+        # lets us (the same user, or root): the snapshot is background work end to end.
+        backend = await db.fetchval("SELECT pg_backend_pid()")
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, int(backend), 19)
         journal: Journal[Any] = Journal(db, encode_batch)
         return await take_snapshot(journal)
+
+
+def _idle() -> None:
+    """In the child before it starts: never take CPU time from the engine (see below)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+async def run_snapshot_process(dsn: str) -> None:
+    """Run ``python -m persistence.snapshotter`` at idle priority from the first instruction
+    (its imports and interpreter start-up included), and wait for it.
+
+    Raises:
+        trio.CalledProcessError: the snapshot failed (the journal still holds everything).
+    """
+    await trio.run_process(
+        [sys.executable, "-m", "persistence.snapshotter", "--dsn", dsn],
+        capture_stdout=True,
+        capture_stderr=True,
+        preexec_fn=_idle,
+    )
+
+
+def yield_the_cpu() -> str:
+    """Run this process only when a core is otherwise idle.
+
+    The engine shares the machine (2 cores on the dev box): a snapshot must never take a time
+    slice from the tick path. ``SCHED_IDLE`` does exactly that on Linux; elsewhere the lowest
+    nice value is the next best thing.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
+        return "nice"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fold the journal into a new snapshot.")
     parser.add_argument("--dsn", required=True, help="the engine's Postgres DSN")
     args = parser.parse_args(argv)
+    yield_the_cpu()
     seq, size = trio.run(_run, args.dsn)
     print(f"snapshot seq={seq} bytes={size}")
     return 0

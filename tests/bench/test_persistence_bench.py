@@ -15,6 +15,8 @@ def test_harness_runs_and_writes_json(pg_server: PgServer, tmp_path: Path) -> No
     argv += ["--seconds", "0.3", "--ackers", "4", "--background-rate", "500"]
     argv += ["--heavy-ack-rate", "50"]
     argv += ["--baseline-records", "30"]
+    argv += ["--positions", "400", "--journal-records", "3000", "--snapshot-records", "400"]
+    argv += ["--users", "8", "--tick-rate", "200", "--tick-seconds", "0.5"]
     assert persistence.main(argv) == 0
     report = json.loads(out.read_text())
     results = report["results"]
@@ -22,7 +24,8 @@ def test_harness_runs_and_writes_json(pg_server: PgServer, tmp_path: Path) -> No
         assert results[key] > 0, key
     assert results["ack_per_s"] == 4 * 25 and results["heavy_ack_per_s"] == 4 * 50
     assert results["heavy_ack_ms_p99"] > 0 and results["baseline_per_s"] > 0
-    # Only measured numbers: nothing for what this harness does not measure (yet).
-    assert "recovery_s" not in results and "snapshot_p99_ratio" not in results
+    assert results["recovery_s"] > 0 and results["recovery_replayed"] == 3000
+    assert results["recovery_positions"] == 400
+    assert results["tick_p99_us"] > 0 and results["snapshot_p99_ratio"] > 0
     assert report["machine"]["cores"] >= 1
     assert report["config"]["postgres"] == "dsn"

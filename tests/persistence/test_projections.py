@@ -6,6 +6,7 @@ import trio
 
 from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.records import AuditEntry, AuditRecorded, SignalSaved, encode_batch
+from engine.trailing import LevelMove
 from engine.triggers import Trigger, TriggerKind
 from engine.user import DeviceInfo, UserCore
 from persistence.journal import Journal
@@ -59,6 +60,9 @@ async def test_a_position_life_lands_in_every_table(db) -> None:
         T0 + 2,
     ).records
     pid = approval.position_id
+    records += core.on_level_moves(
+        [LevelMove(pid, GOLD.to_points(1946.5), "trailing")], T0 + 2
+    ).records
     fx = core.on_triggers(
         [Trigger(pid, TriggerKind.SL, Side.BUY, GOLD.to_points(1945.0), GOLD.to_points(1944.8))],
         T0 + 3,
@@ -92,7 +96,8 @@ async def test_a_position_life_lands_in_every_table(db) -> None:
     position = await db.fetchrow("SELECT * FROM positions WHERE id = $1", pid)
     assert position["state"] == "closed" and position["close_reason"] == "sl"
     assert position["open_price"] == 1950.3 and position["close_price"] == 1944.7
-    assert position["sl"] == 1945.0 and position["ticket"] == 77
+    assert position["sl"] == 1946.5 and position["ticket"] == 77
+    assert position["doc"]["sl"] == GOLD.to_points(1946.5)
     assert position["strategy_id"] == "s1" and position["approval_id"] == "a1"
     assert position["doc"]["id"] == pid
     commands = await db.fetch("SELECT id, kind, outcome FROM commands ORDER BY issued_at")
