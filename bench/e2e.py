@@ -1,0 +1,541 @@
+"""End-to-end latency over real WebSockets, with a same-run baseline, HDR histograms and a plot.
+
+    python -m bench.e2e --devices 1000 --positions 100000 --clients 100 --rate 1000 \\
+        --duration 60 --json out.json --plot out.png
+    python -m bench.e2e ... --soak 600          # ten minutes: RSS and mailbox depth over time
+
+What runs (every role its own process, so both cores work and nothing shares an event loop):
+
+* the engine (``bench.e2e_engine``): the real runtime on an embedded Postgres, plus a raw
+  trio-websocket echo server in the same trio run;
+* simulated EAs (``bench.e2e_workers devices``, split over ``--device-workers`` processes):
+  the real protocol, signed handshakes, verified commands, acks like a terminal. Each holds its
+  share of the positions and reports them in its snapshot on connect: the engine adopts and
+  arms them, SL/TP spread around the market;
+* clients (``... clients``): ``/ws/client`` streams of ``--clients`` users;
+* the feeder (``... feeder``): the real XAUUSD and EURUSD days through ``/ws/feed`` at a
+  constant ``--rate``, each quote at its scheduled time.
+
+What is measured (``time.monotonic_ns``, one clock for every process of the machine):
+
+``tick_to_close_us``    from a quote's SCHEDULED send time to the close command it causes
+                        arriving at the device (the oracle below says which quote crosses each
+                        position first: no coordinated omission, a late send counts);
+``close_to_client_ms``  from the close command at the device to the CLOSED state arriving on
+                        the owner's client stream (command -> ack -> journal -> delta);
+``client_lag_ms``       a position delta's age when a client receives it;
+``echo_rtt_us``         the baseline: a raw echo round trip between a device process and the
+                        engine process, in the same run; ``ratios`` divide by its p50;
+``lost``/``duplicated`` positions the oracle says must close that got no close command / that
+                        got more than one distinct close command (must both be 0).
+
+Latencies are recorded in HDR histograms; each is ``{"p50","p90","p99","p999","max"}``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import numpy as np
+import trio
+from hdrh.histogram import HdrHistogram
+
+from actors.marketdata import load_ticks
+from bench.common import base_parser, machine, print_table, write_json
+from bench.e2e_workers import DeviceSpec, WorkerConfig
+from engine.instruments import DEFAULT_INSTRUMENTS
+from gateway.auth import TokenIssuer, hash_password
+from persistence.bridge import open_bridge
+from persistence.db import open_database
+from persistence.embedded import EmbeddedPostgres
+from persistence.migrator import migrate
+
+__all__ = ["main"]
+
+SYMBOLS = ("XAUUSD", "EURUSD")
+FEED_TOKEN = "bench-feed-token-" + "x" * 16
+JWT_SECRET = "bench-jwt-secret-" + "y" * 32
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the workload ------------------------------------------------------------------------------
+
+
+def quote_stream(n: int) -> list[tuple[str, float, float]]:
+    """``n`` real quotes, XAUUSD and EURUSD interleaved in their days' time order."""
+    rows: list[tuple[float, str, float, float]] = []
+    for symbol in SYMBOLS:
+        day = load_ticks(symbol)
+        m = min(n, len(day))
+        offset = day.ts_ms[:m] - day.ts_ms[0]
+        rows += zip(
+            offset.tolist(), [symbol] * m, day.bid[:m].tolist(), day.ask[:m].tolist(), strict=True
+        )
+    rows.sort(key=lambda r: r[0])
+    return [(s, b, a) for _, s, b, a in rows[:n]]
+
+
+def place_positions(
+    quotes: list[tuple[str, float, float]], devices: int, per_device: int, seed: int = 3
+) -> list[list[tuple[int, str, str, float, float, float, float]]]:
+    """Positions per device, SL/TP around the opening market (about half of them will close)."""
+    rng = np.random.default_rng(seed)
+    first: dict[str, tuple[float, float]] = {}
+    excursion: dict[str, float] = {}
+    for symbol in SYMBOLS:
+        bids = np.array([b for s, b, _ in quotes if s == symbol])
+        first[symbol] = next((b, a) for s, b, a in quotes if s == symbol)
+        excursion[symbol] = max(
+            float(bids.max() - bids[0]), float(bids[0] - bids.min()), float(bids[0]) * 1e-4
+        )
+    out = []
+    for d in range(devices):
+        rows = []
+        for k in range(per_device):
+            symbol = SYMBOLS[(d + k) % len(SYMBOLS)]
+            digits = DEFAULT_INSTRUMENTS[symbol].digits
+            bid, ask = first[symbol]
+            side = "buy" if rng.random() < 0.5 else "sell"
+            entry = ask if side == "buy" else bid
+            sign = 1 if side == "buy" else -1
+            sl_d, tp_d = (float(x) for x in rng.uniform(0.25, 2.0, 2) * excursion[symbol])
+            rows.append(
+                (
+                    10_000 + k,
+                    symbol,
+                    side,
+                    0.1,
+                    round(float(entry), digits),
+                    round(entry - sign * sl_d, digits),
+                    round(entry + sign * tp_d, digits),
+                )
+            )
+        out.append(rows)
+    return out
+
+
+def oracle(
+    quotes: list[tuple[str, float, float]],
+    placed: list[list[tuple[int, str, str, float, float, float, float]]],
+) -> dict[tuple[int, int], int]:
+    """(device index, ticket) -> index of the first quote that crosses its SL or TP.
+
+    Brute force made fast by monotonicity: the running minimum of the bid is non-increasing,
+    so "the first quote with bid <= SL" is a binary search in it; likewise for the others.
+    """
+    first: dict[tuple[int, int], int] = {}
+    for symbol in SYMBOLS:
+        idx = np.array([i for i, (s, _, _) in enumerate(quotes) if s == symbol])
+        if idx.size == 0:
+            continue
+        bid = np.array([quotes[i][1] for i in idx])
+        ask = np.array([quotes[i][2] for i in idx])
+        scale = 10 ** DEFAULT_INSTRUMENTS[symbol].digits
+        bid_p, ask_p = np.rint(bid * scale), np.rint(ask * scale)
+        run = {
+            "bid_min": np.minimum.accumulate(bid_p),
+            "bid_max": np.maximum.accumulate(bid_p),
+            "ask_min": np.minimum.accumulate(ask_p),
+            "ask_max": np.maximum.accumulate(ask_p),
+        }
+
+        def first_at_most(series: np.ndarray, level: float) -> int:
+            return int(np.searchsorted(-series, -level, side="left"))
+
+        def first_at_least(series: np.ndarray, level: float) -> int:
+            return int(np.searchsorted(series, level, side="left"))
+
+        for d, rows in enumerate(placed):
+            for ticket, sym, side, _v, _o, sl, tp in rows:
+                if sym != symbol:
+                    continue
+                sl_p, tp_p = round(sl * scale), round(tp * scale)
+                if side == "buy":
+                    hit = min(
+                        first_at_most(run["bid_min"], sl_p), first_at_least(run["bid_max"], tp_p)
+                    )
+                else:
+                    hit = min(
+                        first_at_least(run["ask_max"], sl_p), first_at_most(run["ask_min"], tp_p)
+                    )
+                if hit < idx.size:
+                    first[(d, ticket)] = int(idx[hit])
+    return first
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+async def _seed(dsn: str, devices: int, clients: int) -> tuple[list[str], list[str], list[str]]:
+    """Users and devices straight into Postgres (1,000 argon2 registrations would take a
+    minute through the API): returns device ids, their secrets, and the client users."""
+    password_hash = hash_password("bench-password")
+    users = [f"bu-{d:05d}" for d in range(devices)]
+    device_ids = [f"bd-{d:05d}" for d in range(devices)]
+    device_secrets = [secrets.token_urlsafe(32) for _ in range(devices)]
+    async with open_bridge() as bridge, open_database(bridge, dsn) as db:
+        await migrate(db)
+        await db.executemany(
+            "INSERT INTO users (id, username, password_hash, settings) VALUES ($1, $2, $3, $4)",
+            [(u, u, password_hash, {}) for u in users],
+        )
+        await db.executemany(
+            "INSERT INTO devices (id, user_id, name, account_login, broker) "
+            "VALUES ($1, $2, 'bench', $3, 'bench')",
+            [(d, u, str(i)) for i, (d, u) in enumerate(zip(device_ids, users, strict=True))],
+        )
+        await db.executemany(
+            "INSERT INTO device_secrets (device_id, secret) VALUES ($1, $2)",
+            [(d, s.encode()) for d, s in zip(device_ids, device_secrets, strict=True)],
+        )
+    return device_ids, device_secrets, users[:clients]
+
+
+class Worker:
+    def __init__(self, role: str, config: WorkerConfig, folder: Path, name: str) -> None:
+        self.role = role
+        self.config_file = folder / f"{name}.cfg"
+        self.out = folder / f"{name}.out"
+        self.config_file.write_bytes(msgspec.msgpack.encode(config))
+        self.process: trio.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await trio.lowlevel.open_process(
+            [
+                sys.executable,
+                "-m",
+                "bench.e2e_workers",
+                self.role,
+                "--config",
+                str(self.config_file),
+                "--out",
+                str(self.out),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        line = b""
+        with trio.fail_after(600):
+            while not line.endswith(b"ready\n"):
+                chunk = await self.process.stdout.receive_some(64)
+                if not chunk:
+                    raise RuntimeError(f"{self.role} worker exited before it was ready")
+                line += chunk
+
+    async def stop(self) -> dict[str, Any]:
+        assert self.process is not None and self.process.stdin is not None
+        await self.process.stdin.aclose()
+        with trio.fail_after(120):
+            await self.process.wait()
+        return msgspec.msgpack.decode(self.out.read_bytes())
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _metric(http: httpx.AsyncClient, name: str) -> float:
+    text = (await http.get("/metrics")).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total = max(total, float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def _hist(values_us: list[float]) -> dict[str, float]:
+    hist = HdrHistogram(1, 600_000_000, 3)
+    for v in values_us:
+        hist.record_value(max(1, int(v)))
+    if not values_us:
+        return {
+            "p50": float("nan"),
+            "p90": float("nan"),
+            "p99": float("nan"),
+            "p999": float("nan"),
+            "max": float("nan"),
+            "count": 0,
+        }
+    return {
+        "p50": hist.get_value_at_percentile(50),
+        "p90": hist.get_value_at_percentile(90),
+        "p99": hist.get_value_at_percentile(99),
+        "p999": hist.get_value_at_percentile(99.9),
+        "max": hist.get_max_value(),
+        "count": hist.get_total_count(),
+    }
+
+
+async def run(args: Any) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="tripwire-e2e-"))
+    per_device = max(1, args.positions // args.devices)
+    n_quotes = int(args.rate * (args.soak or args.duration))
+    quotes = quote_stream(n_quotes)
+    placed = place_positions(quotes, args.devices, per_device)
+    expected = oracle(quotes, placed)
+    server = EmbeddedPostgres(folder / "pg")
+    dsn = await trio.to_thread.run_sync(server.start)
+    engine: trio.Process | None = None
+    workers: list[Worker] = []
+    try:
+        device_ids, device_secrets, client_users = await _seed(dsn, args.devices, args.clients)
+        port, echo_port = _free_port(), _free_port()
+        env = dict(
+            os.environ,
+            DATABASE_URL=dsn,
+            TRIPWIRE_PORT=str(port),
+            TRIPWIRE_STATE_DIR=str(folder / "state"),
+            TRIPWIRE_FEED="none",
+            TRIPWIRE_PAPER_DEVICE="false",
+            TRIPWIRE_DEMO_STRATEGY="false",
+            TRIPWIRE_FEED_TOKEN=FEED_TOKEN,
+            TRIPWIRE_JWT_SECRET=JWT_SECRET,
+            TRIPWIRE_LOG_LEVEL="warning",
+            TRIPWIRE_SNAPSHOT_INTERVAL_S="3600",
+        )
+        engine = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "bench.e2e_engine", "--echo-port", str(echo_port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            with trio.fail_after(120):
+                while True:
+                    try:
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(0.2)
+            url = f"ws://127.0.0.1:{port}"
+            shards = np.array_split(np.arange(args.devices), args.device_workers)
+            for w, shard in enumerate(shards):
+                specs = [
+                    DeviceSpec(device_ids[d], device_secrets[d], placed[d]) for d in shard.tolist()
+                ]
+                config = WorkerConfig(
+                    url=f"{url}/ws/device",
+                    devices=specs,
+                    echo_url=f"ws://127.0.0.1:{echo_port}" if w == 0 else "",
+                )
+                workers.append(Worker("devices", config, folder, f"devices{w}"))
+            for worker in workers:
+                await worker.start()
+            with trio.fail_after(600):
+                while await _metric(
+                    http, "tripwire_armed_positions"
+                ) < per_device * args.devices - len([1 for q in expected.values() if q == 0]):
+                    await trio.sleep(0.5)
+            issuer = TokenIssuer(JWT_SECRET.encode(), 24 * 3600)
+            tokens = [issuer.issue(u, "user")[0] for u in client_users]
+            clients = Worker("clients", WorkerConfig(url=url, tokens=tokens), folder, "clients")
+            if tokens:
+                await clients.start()
+            feeder = Worker(
+                "feeder",
+                WorkerConfig(url=url, quotes=quotes, rate=args.rate, feed_token=FEED_TOKEN),
+                folder,
+                "feeder",
+            )
+            await feeder.start()
+            soak: list[dict[str, float]] = []
+            run_for = len(quotes) / args.rate
+            deadline = trio.current_time() + run_for + 1.0
+            while trio.current_time() < deadline:
+                soak.append(
+                    {
+                        "t_s": round(run_for - (deadline - trio.current_time()), 1),
+                        "rss_mb": round(_rss_mb(engine.pid), 1),
+                        "mailbox_depth": await _metric(http, "tripwire_mailbox_depth"),
+                    }
+                )
+                await trio.sleep(min(5.0, max(0.5, run_for / 20)))
+            fed = await feeder.stop()
+            start_ns = fed["start_ns"]
+            await trio.sleep(args.grace)
+            observed = [await w.stop() for w in workers]
+            seen = (
+                await clients.stop() if tokens else {"deltas": [], "price_lag_ms": [], "dropped": 0}
+            )
+    finally:
+        if engine is not None:
+            engine.send_signal(signal.SIGTERM)
+            with trio.move_on_after(30):
+                await engine.wait()
+            if engine.returncode is None:
+                engine.kill()
+        await trio.to_thread.run_sync(server.close)
+    out = _results(args, quotes, expected, observed, seen, soak, start_ns, device_ids)
+    out["results"]["feeder_late_us"] = _hist([ns / 1000 for ns in fed["late_ns"]])
+    return out
+
+
+def _results(
+    args: Any,
+    quotes: list[Any],
+    expected: dict[tuple[int, int], int],
+    observed: list[dict[str, Any]],
+    seen: dict[str, Any],
+    soak: list[dict[str, float]],
+    start_ns: int,
+    device_ids: list[str],
+) -> dict[str, Any]:
+    period_ns = 1e9 / args.rate
+    index = {d: i for i, d in enumerate(device_ids)}
+    closes: dict[tuple[int, int], set[str]] = {}
+    arrival: dict[tuple[int, int], int] = {}
+    repeats = 0
+    for part in observed:
+        for device, command_id, ticket, arrived in part["arrivals"]:
+            key = (index[device], ticket)
+            if command_id in closes.setdefault(key, set()):
+                repeats += 1
+            closes[key].add(command_id)
+            arrival.setdefault(key, arrived)
+    tick_to_close = [
+        (arrival[k] - (start_ns + q * period_ns)) / 1000
+        for k, q in expected.items()
+        if k in arrival
+    ]
+    lost = sum(1 for k in expected if k not in arrival)
+    unexpected = sum(1 for k in arrival if k not in expected)
+    duplicated = repeats + sum(1 for ids in closes.values() if len(ids) > 1)
+    to_client = []
+    for device, ticket, received, state, _lag in seen["deltas"]:
+        key = (index.get(device, -1), ticket)
+        if state == "closed" and key in arrival:
+            to_client.append((received - arrival[key]) / 1e6)
+    echo = [ns / 1000 for part in observed for ns in part["echo_ns"]]
+    results = {
+        "tick_to_close_us": _hist(tick_to_close),
+        "close_to_client_ms": _hist([v * 1000 for v in to_client]),
+        "client_lag_ms": _hist([max(0, row[4]) * 1000 for row in seen["deltas"]]),
+        "echo_rtt_us": _hist(echo),
+        "lost": lost,
+        "duplicated": duplicated,
+        "unexpected_closes": unexpected,
+        "expected_closes": len(expected),
+        "quotes": len(quotes),
+        "bad_signatures": sum(p["bad_signatures"] for p in observed),
+        "clients_dropped": seen["dropped"],
+    }
+    for key in ("close_to_client_ms", "client_lag_ms"):  # recorded in us for HDR precision
+        results[key] = {k: (v / 1000 if k != "count" else v) for k, v in results[key].items()}
+    echo_p50 = results["echo_rtt_us"]["p50"]
+    ratios = {
+        "tick_to_close_p50_over_echo_p50": round(results["tick_to_close_us"]["p50"] / echo_p50, 2)
+        if echo_p50
+        else None,
+        "tick_to_close_p99_over_echo_p50": round(results["tick_to_close_us"]["p99"] / echo_p50, 2)
+        if echo_p50
+        else None,
+    }
+    if soak:
+        rss = [s["rss_mb"] for s in soak if s["t_s"] > 0] or [soak[0]["rss_mb"]]
+        results["soak"] = {
+            "samples": soak,
+            "rss_growth_pct": round((rss[-1] - rss[0]) / rss[0] * 100, 2),
+        }
+    results["_raw"] = {"tick_to_close_us": tick_to_close, "echo_rtt_us": echo}
+    return {"results": results, "ratios": ratios}
+
+
+def _plot(path: str, raw: dict[str, list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, values in raw.items():
+        if values:
+            data = np.sort(np.array(values))
+            ax.plot(data, np.linspace(0, 100, data.size), label=f"{name} (n={data.size:,})")
+    ax.set_xscale("log")
+    ax.set_xlabel("microseconds")
+    ax.set_ylabel("percentile")
+    ax.set_title("Tripwire end to end: quote -> close command at the device, vs raw echo")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--positions", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=1000.0, help="quotes per second")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of quotes")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        help="run this many seconds and report RSS and mailbox depth over time",
+    )
+    parser.add_argument("--device-workers", type=int, default=2)
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=3.0,
+        help="seconds to wait for the last closes after the last quote",
+    )
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of the distributions")
+    args = parser.parse_args(argv)
+    out = trio.run(run, args)
+    raw = out["results"].pop("_raw")
+    r = out["results"]
+    rows = [
+        {"metric": k, **{p: v[p] for p in ("p50", "p90", "p99", "p999", "max")}}
+        for k, v in r.items()
+        if isinstance(v, dict) and "p50" in v
+    ]
+    print_table(
+        f"end to end: {args.devices:,} devices, {args.positions:,} positions, "
+        f"{args.clients} clients, {args.rate:g} quotes/s",
+        rows,
+        ["metric", "p50", "p90", "p99", "p999", "max"],
+    )
+    print(
+        f"\nlost {r['lost']}  duplicated {r['duplicated']}  expected closes "
+        f"{r['expected_closes']:,}  unexpected {r['unexpected_closes']}  "
+        f"bad signatures {r['bad_signatures']}"
+    )
+    print(f"ratios {out['ratios']} (targets: p50 <= 1.5, p99 <= 3)")
+    if "soak" in r:
+        print(f"soak: RSS growth {r['soak']['rss_growth_pct']} % (target <= 5 %)")
+    config = {k: v for k, v in vars(args).items() if k not in {"json", "plot"}}
+    write_json(
+        args.json, {"machine": machine(), "config": config, "results": r, "ratios": out["ratios"]}
+    )
+    if args.plot:
+        _plot(args.plot, raw)
+        print(f"wrote {args.plot}")
+    return 0 if r["lost"] == 0 and r["duplicated"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

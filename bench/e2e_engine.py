@@ -1,0 +1,52 @@
+"""The engine process of ``bench.e2e``: the real runtime plus a raw WebSocket echo server.
+
+The echo server (trio-websocket, no Quart, no protocol) runs in the same trio run as the
+engine, so the harness measures the bare cost of a WebSocket round trip between the same
+processes as the engine's own traffic: the baseline every latency is divided by.
+
+    python -m bench.e2e_engine --echo-port PORT     (settings from TRIPWIRE_* / DATABASE_URL)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+from gateway.config import load_settings
+from gateway.logs import configure_logging
+from gateway.runtime import serve
+
+__all__ = ["main"]
+
+
+async def _echo(request: WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except ConnectionClosed:
+        return  # the client is done: the server (and the engine beside it) carries on
+
+
+async def _run(echo_port: int) -> None:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_websocket, _echo, "127.0.0.1", echo_port, None)
+        await serve(settings)
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Tripwire plus a raw echo WebSocket server.")
+    parser.add_argument("--echo-port", type=int, required=True)
+    args = parser.parse_args(argv)
+    trio.run(_run, args.echo_port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

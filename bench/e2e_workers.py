@@ -1,0 +1,236 @@
+"""The processes ``bench.e2e`` runs beside the engine: simulated EAs, clients, the feeder.
+
+Each is ``python -m bench.e2e_workers ROLE --config FILE``; it prints ``ready`` on standard
+output once connected, runs until its standard input closes (or its duration ends), then writes
+what it observed to ``--out`` as msgpack. Times are ``time.monotonic_ns()``: the same clock in
+every process of the machine, so a quote's scheduled time (feeder) and a command's arrival
+(device) can be subtracted.
+
+``devices``  simulated EAs (``actors.ea_sim``), each holding ``positions_per_device``
+             positions it reports in its snapshot (the engine adopts and arms them); records
+             every command's arrival, and first measures the raw WebSocket echo round trip
+             against the engine process (the same-run baseline).
+``clients``  ``/ws/client`` subscribers (a JWT each); record when each position delta arrives.
+``feeder``   sends quotes through ``/ws/feed`` at a constant rate, each at its scheduled time
+             (a thread sleeps with the kernel's precision and hands each due quote to trio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from typing import Any
+
+import msgspec
+import trio
+from trio_websocket import open_websocket_url
+
+from actors.ea_sim import SimulatedEA
+from actors.paper import PaperConfig, PaperTerminal
+from engine.instruments import DEFAULT_INSTRUMENTS
+from protocol.client import PositionDelta, PriceUpdate, Snapshot, Subscribe
+from protocol.codec import client_client_codec, feed_codec
+from protocol.common import Side
+from protocol.device import CloseCommand, TerminalPosition
+from protocol.feed import Quote, QuoteBatch
+
+__all__ = ["WorkerConfig", "main"]
+
+
+class DeviceSpec(msgspec.Struct, frozen=True):
+    device_id: str
+    secret: str
+    positions: list[tuple[int, str, str, float, float, float, float]]
+    """(ticket, symbol, side, volume, open_price, sl, tp)."""
+
+
+class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    echo_url: str = ""
+    devices: list[DeviceSpec] = msgspec.field(default_factory=list)
+    tokens: list[str] = msgspec.field(default_factory=list)
+    quotes: list[tuple[str, float, float]] = msgspec.field(default_factory=list)
+    rate: float = 1000.0
+    start_ns: int = 0
+    feed_token: str = ""
+    echo_rounds: int = 2000
+
+
+async def _until_stdin_closes() -> None:
+    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+    while await stdin.receive_some(1024):
+        pass
+
+
+async def _echo_rtt(url: str, rounds: int) -> list[int]:
+    """Round trips of a small frame through the engine process's raw echo server (ns)."""
+    samples = []
+    async with open_websocket_url(url) as ws:
+        payload = b"x" * 64
+        for _ in range(rounds):
+            t0 = time.monotonic_ns()
+            await ws.send_message(payload)
+            await ws.get_message()
+            samples.append(time.monotonic_ns() - t0)
+    return samples
+
+
+async def run_devices(config: WorkerConfig) -> dict[str, Any]:
+    arrivals: list[tuple[str, str, int, int]] = []  # device, command id, ticket, arrival ns
+    echo = await _echo_rtt(config.echo_url, config.echo_rounds) if config.echo_url else []
+
+    def quote_of(terminal_prices: dict[str, tuple[float, float]]) -> Any:
+        return terminal_prices.get
+
+    eas = []
+    async with trio.open_nursery() as nursery:
+        for spec in config.devices:
+            prices: dict[str, tuple[float, float]] = {}
+            terminal = PaperTerminal(
+                DEFAULT_INSTRUMENTS,
+                quote_of(prices),
+                PaperConfig(broker_stops=False),
+                login=spec.device_id,
+            )
+            for ticket, symbol, side, volume, open_price, sl, tp in spec.positions:
+                terminal.positions[ticket] = TerminalPosition(
+                    ticket=ticket,
+                    symbol=symbol,
+                    side=Side(side),
+                    volume=volume,
+                    open_price=open_price,
+                    open_time_ms=0,
+                    sl=sl,
+                    tp=tp,
+                )
+                prices[symbol] = (open_price, open_price)  # fills at the open: P&L is not measured
+
+            def on_command(command: Any, arrived: float, device: str = spec.device_id) -> None:
+                if isinstance(command, CloseCommand):
+                    arrivals.append(
+                        (device, command.command_id, command.ticket, time.monotonic_ns())
+                    )
+
+            ea = SimulatedEA(
+                config.url, spec.device_id, spec.secret, terminal, on_command=on_command
+            )
+            eas.append(ea)
+            await nursery.start(ea.run)
+        print("ready", flush=True)
+        await _until_stdin_closes()
+        nursery.cancel_scope.cancel()
+    return {
+        "arrivals": arrivals,
+        "echo_ns": echo,
+        "bad_signatures": sum(ea.bad_signatures for ea in eas),
+    }
+
+
+async def run_clients(config: WorkerConfig) -> dict[str, Any]:
+    deltas: list[tuple[str, int, int, str, int]] = []  # device, ticket, arrival ns, state, lag ms
+    price_lag_ms: list[int] = []
+    codec = client_client_codec("json")
+    dropped = [0]
+
+    async def client(token: str, ready: trio.Event) -> None:
+        url = f"{config.url}/ws/client?token={token}"
+        try:
+            async with open_websocket_url(
+                url, subprotocols=["tripwire.v1.json"], message_queue_size=8192
+            ) as ws:
+                await ws.send_message(codec.encode(Subscribe(channels=["positions", "prices"])))
+                first = codec.decode(await ws.get_message())
+                assert isinstance(first, Snapshot)
+                ready.set()
+                while True:
+                    message = codec.decode(await ws.get_message())
+                    now_ms = time.time_ns() // 1_000_000
+                    if isinstance(message, PositionDelta):
+                        p = message.position
+                        deltas.append(
+                            (
+                                p.device_id or "",
+                                p.ticket or 0,
+                                time.monotonic_ns(),
+                                p.state,
+                                now_ms - p.updated_ms,
+                            )
+                        )
+                    elif isinstance(message, PriceUpdate):
+                        price_lag_ms.append(now_ms - message.time_ms)
+        except Exception:
+            dropped[0] += 1
+            ready.set()
+
+    async with trio.open_nursery() as nursery:
+        for token in config.tokens:
+            ready = trio.Event()
+            nursery.start_soon(client, token, ready)
+            await ready.wait()
+        print("ready", flush=True)
+        await _until_stdin_closes()
+        nursery.cancel_scope.cancel()
+    return {"deltas": deltas, "price_lag_ms": price_lag_ms, "dropped": dropped[0]}
+
+
+async def run_feeder(config: WorkerConfig) -> dict[str, Any]:
+    codec = feed_codec("msgpack")
+    send_due, receive_due = trio.open_memory_channel[tuple[int, int]](1 << 16)
+    token = trio.lowlevel.current_trio_token()
+    stop = threading.Event()
+
+    start_ns = time.monotonic_ns() + 500_000_000  # once connected: no start-up lateness
+    late_ns: list[int] = []
+
+    def pace() -> None:
+        """A thread: sleep to each quote's due time (kernel precision), hand it to trio."""
+        period_ns = int(1e9 / config.rate)
+        for i in range(len(config.quotes)):
+            due = start_ns + i * period_ns
+            pause = (due - time.monotonic_ns()) / 1e9
+            if pause > 0:
+                time.sleep(pause)
+            if stop.is_set():
+                break
+            trio.from_thread.run_sync(send_due.send_nowait, (i, due), trio_token=token)
+        trio.from_thread.run_sync(send_due.close, trio_token=token)
+
+    url = f"{config.url}/ws/feed?token={config.feed_token}"
+    async with open_websocket_url(url, subprotocols=["tripwire.v1.msgpack"]) as ws:
+        print("ready", flush=True)
+        thread = threading.Thread(target=pace, daemon=True)
+        thread.start()
+        try:
+            async for i, due in receive_due:
+                symbol, bid, ask = config.quotes[i]
+                batch = QuoteBatch(
+                    quotes=[
+                        Quote(symbol=symbol, bid=bid, ask=ask, time_ms=time.time_ns() // 1_000_000)
+                    ]
+                )
+                await ws.send_message(codec.encode(batch))
+                late_ns.append(time.monotonic_ns() - due)
+        finally:
+            stop.set()
+    return {"sent": len(config.quotes), "start_ns": start_ns, "late_ns": late_ns}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="A bench.e2e worker process.")
+    parser.add_argument("role", choices=["devices", "clients", "feeder"])
+    parser.add_argument("--config", required=True, help="msgpack WorkerConfig file")
+    parser.add_argument("--out", required=True, help="where to write what was observed")
+    args = parser.parse_args(argv)
+    with open(args.config, "rb") as fh:
+        config = msgspec.msgpack.decode(fh.read(), type=WorkerConfig)
+    run = {"devices": run_devices, "clients": run_clients, "feeder": run_feeder}[args.role]
+    result = trio.run(run, config)
+    with open(args.out, "wb") as fh:
+        fh.write(msgspec.msgpack.encode(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

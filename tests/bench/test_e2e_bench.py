@@ -1,0 +1,47 @@
+"""The end-to-end harness runs at a tiny size (engine, EA and client processes, real sockets)
+and writes the JSON it promises; it also proves no close is lost or doubled on the way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import e2e
+
+
+@pytest.mark.slow
+def test_e2e_harness_tiny(tmp_path: Path) -> None:
+    out, plot = tmp_path / "e2e.json", tmp_path / "e2e.png"
+    argv = [
+        "--devices",
+        "4",
+        "--positions",
+        "80",
+        "--clients",
+        "2",
+        "--rate",
+        "100",
+        "--duration",
+        "3",
+        "--device-workers",
+        "1",
+        "--grace",
+        "2",
+        "--json",
+        str(out),
+        "--plot",
+        str(plot),
+    ]
+    assert e2e.main(argv) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    for key in ("tick_to_close_us", "close_to_client_ms", "client_lag_ms", "echo_rtt_us"):
+        assert set(results[key]) >= {"p50", "p90", "p99", "p999", "max"}, key
+    assert results["expected_closes"] > 0 and results["tick_to_close_us"]["count"] > 0
+    assert results["lost"] == 0 and results["duplicated"] == 0
+    assert results["bad_signatures"] == 0
+    assert report["ratios"]["tick_to_close_p50_over_echo_p50"] > 0
+    assert set(report) >= {"machine", "config", "results", "ratios"}
+    assert plot.stat().st_size > 1000
