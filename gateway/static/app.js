@@ -25,7 +25,8 @@ let session = null;
 let stream = null;
 // Bumped at every log-out: an answer that arrives for an older session is dropped.
 let generation = 0;
-let timers = [];
+const timeouts = new Set();
+const intervals = new Set();
 let status = { state: "offline" };
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
@@ -35,6 +36,7 @@ const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
 const dirty = new Set();
 let frame = 0;
 let equityDrawnMs = 0;
+let equityQueued = false;
 
 function invalidate(...sections) {
   for (const section of sections) dirty.add(section);
@@ -61,7 +63,13 @@ function flush() {
     // for a pixel's move is waste: at most once a second.
     const wait = equityDrawnMs + EQUITY_MIN_INTERVAL_MS - Date.now();
     if (wait <= 0 || d.has("equity")) renderEquity();
-    else later(wait, () => invalidate("equity"));
+    else if (!equityQueued) {
+      equityQueued = true;
+      later(wait, () => {
+        equityQueued = false;
+        invalidate("equity");
+      });
+    }
   }
 }
 
@@ -96,20 +104,34 @@ function renderEquity() {
 // -- timers that die with the session ---------------------------------------------------------
 
 function later(ms, fn) {
-  const id = setTimeout(fn, ms);
-  timers.push(() => clearTimeout(id));
+  const id = setTimeout(() => {
+    timeouts.delete(id);
+    fn();
+  }, ms);
+  timeouts.add(id);
 }
 
 function every(ms, fn) {
-  const id = setInterval(fn, ms);
-  timers.push(() => clearInterval(id));
+  intervals.add(setInterval(fn, ms));
+}
+
+function cancelTimers() {
+  for (const id of timeouts) clearTimeout(id);
+  for (const id of intervals) clearInterval(id);
+  timeouts.clear();
+  intervals.clear();
 }
 
 /** Run `task` now and again after each run, at the interval it returns (ms). */
-function poll(task) {
+function poll(task, fallbackMs) {
   const gen = generation;
   const run = async () => {
-    const nextMs = await task();
+    let nextMs = fallbackMs;
+    try {
+      nextMs = await task();
+    } catch (error) {
+      console.error("dashboard: a refresh failed", error); // a bug, not a server answer
+    }
     if (gen === generation) later(nextMs, run);
   };
   run();
@@ -134,6 +156,10 @@ function showStatus() {
   } else if (state === "reconnecting") label = "Reconnecting…";
   else if (state === "failed") label = `Disconnected: ${reason}`;
   if (pill.textContent !== label) pill.textContent = label;
+  if (pill.dataset.state !== state) {
+    // Screen readers hear the state once, not every tick of the reconnect countdown.
+    $("connection-announce").textContent = `Connection: ${label}`;
+  }
   pill.dataset.state = state;
   pill.title = reason ? `Last problem: ${reason}` : "";
   const banner = $("stale-banner");
@@ -149,7 +175,14 @@ function showStatus() {
 
 function onMessage(message) {
   if (message.type === "snapshot") stream.confirmed();
-  const changed = store.apply(message);
+  let changed;
+  try {
+    changed = store.apply(message);
+  } catch (error) {
+    // A message the page cannot digest is skipped; the next snapshot or delta repairs it.
+    console.error("dashboard: message skipped", message.type, error);
+    return;
+  }
   if (message.type === "position" && changed.length) {
     // A close request is finished with once the position has left the states it applied to.
     const p = store.positions.get(text(message.position?.id, 64));
@@ -443,8 +476,8 @@ function enter(next, restored = false) {
     request("GET", "/api/v1/auth/me", { token: next.token }).catch(() => {});
   }
   startStream();
-  poll(refreshSignals);
-  poll(refreshAnalytics);
+  poll(refreshSignals, SIGNALS_EVERY_MS);
+  poll(refreshAnalytics, ANALYTICS_EVERY_MS);
   invalidate("positions", "prices", "devices", "alerts", "account", "signals", "equity");
 }
 
@@ -454,8 +487,8 @@ function leave(message = "", kind = "error") {
   stream?.stop();
   stream = null;
   session = null;
-  for (const cancel of timers) cancel();
-  timers = [];
+  cancelTimers();
+  equityQueued = false;
   clearSession();
   store.reset();
   ui.closing.clear();
