@@ -15,6 +15,7 @@ except under ``CI=true`` where a missing browser is a failure, not a reason to p
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -24,16 +25,20 @@ from typing import Any
 
 import pytest
 import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
 
 from engine.lifecycle import PositionState
 from gateway.demo import DEMO_DEVICE
 from gateway.runtime import serve
 from gateway.services import accept_signal
+from protocol.client import Pong
 from protocol.common import Side
 from protocol.errors import Refused
 from protocol.feed import Quote
 from protocol.signals import Signal
-from tests.e2e.conftest import Engine, engine_settings
+from tests.e2e.conftest import Engine, engine_settings, free_port
+from tests.gateway.conftest import in_memory_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -65,6 +70,19 @@ def chromium() -> Path:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture
+async def static_site(nursery: trio.Nursery) -> str:
+    """The app over an idle in-memory node, on a free port: enough to load the page's modules."""
+    config = HypercornConfig()
+    config.bind = [f"127.0.0.1:{free_port()}"]
+    config.accesslog = config.errorlog = None
+    app = in_memory_app()
+    await nursery.start(
+        functools.partial(hypercorn_serve, app, config, shutdown_trigger=trio.sleep_forever)
+    )
+    return f"http://{config.bind[0]}"
 
 
 @pytest.fixture
@@ -152,8 +170,28 @@ async def breach(engine: Engine, sl: float) -> None:
     assert engine.node.offer_quotes([quote]) == 1
 
 
+async def drop_clients(engine: Engine, user_id: str) -> None:
+    """Overrun the user's client streams, as a client that stopped reading does: the server
+    closes them with 1013 and the page must come back on its own."""
+    for sub in list(engine.node.hub._subs.get(user_id, ())):  # the hub has no public list
+        for i in range(sub.buffer.capacity + sub.buffer.max_overruns):
+            sub.buffer.offer(("overrun", i), Pong(seq=0, time_ms=0))
+        assert sub.dropped
+
+
+def launch(pw: Any, chromium: Path) -> Any:
+    """Debian's Chromium, headless, with nothing that would call out to the internet."""
+    return pw.chromium.launch(
+        executable_path=str(chromium), args=CHROMIUM_ARGS, timeout=STEP_MS * 2
+    )
+
+
 def drive_dashboard(
-    base_url: str, chromium: Path, position_id: str, do_breach: Callable[[], None], shots: Path
+    base_url: str,
+    chromium: Path,
+    position_id: str,
+    engine_side: dict[str, Callable[[], None]],
+    shots: Path,
 ) -> dict[str, Any]:
     """The browser side, in a worker thread. Returns what the page showed."""
     from playwright.sync_api import expect, sync_playwright
@@ -161,9 +199,7 @@ def drive_dashboard(
     expect.set_options(timeout=STEP_MS)
     seen: dict[str, Any] = {"page_errors": [], "csp": []}
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, timeout=STEP_MS * 2
-        )
+        browser = launch(pw, chromium)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.set_default_timeout(STEP_MS)
@@ -173,8 +209,9 @@ def drive_dashboard(
                 lambda m: "Content Security Policy" in m.text and seen["csp"].append(m.text),
             )
             try:
-                _watch_and_breach(page, expect, base_url, position_id, do_breach, seen)
+                _watch_and_breach(page, expect, base_url, position_id, engine_side, seen)
                 _signals_and_logout(page, expect, position_id, seen)
+                _refused_token(page, expect)
             except Exception:
                 page.screenshot(path=str(shots / "dashboard-failure.png"), full_page=True)
                 raise
@@ -188,7 +225,7 @@ def _watch_and_breach(
     expect: Any,
     base_url: str,
     position_id: str,
-    do_breach: Callable[[], None],
+    engine_side: dict[str, Callable[[], None]],
     seen: dict[str, Any],
 ) -> None:
     page.goto(base_url + "/")
@@ -220,7 +257,24 @@ def _watch_and_breach(
     # Whether or not the signals API is deployed yet, the panel must say something definite.
     expect(page.get_by_test_id("signals-status")).not_to_have_text("Loading…")
 
-    do_breach()
+    # Dropped as a slow client: the page says so, backs off, reconnects, and is live again
+    # (the log keeps every status shown, however briefly).
+    status = page.get_by_test_id("connection-status")
+    page.evaluate(
+        """() => {
+          window.statusLog = [];
+          const pill = document.querySelector('[data-testid="connection-status"]');
+          new MutationObserver(() => window.statusLog.push(pill.textContent))
+            .observe(pill, { childList: true, characterData: true, subtree: true });
+        }"""
+    )
+    engine_side["drop"]()
+    expect(status).to_have_text("Live")
+    seen["status_log"] = page.evaluate("() => window.statusLog")
+    expect(page.get_by_test_id("stale-banner")).to_be_hidden()
+    expect(row.get_by_test_id("pos-state")).to_have_text("OPEN")
+
+    engine_side["breach"]()
     closed = page.locator(f'[data-testid="closed-row"][data-position-id="{position_id}"]')
     expect(closed.get_by_test_id("pos-state")).to_have_text("CLOSED")
     expect(closed.get_by_test_id("pos-reason")).not_to_have_text("—")
@@ -283,6 +337,26 @@ def _signals_and_logout(page: Any, expect: Any, position_id: str, seen: dict[str
     seen["token_left"] = page.evaluate("() => sessionStorage.length")
 
 
+def _refused_token(page: Any, expect: Any) -> None:
+    """A token the server no longer accepts (here: tampered with) sends the page back to the
+    login form instead of reconnecting forever."""
+    page.get_by_label("Username").fill(DEMO_USER)
+    page.get_by_label("Password").fill(DEMO_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_test_id("connection-status")).to_have_text("Live")
+    page.evaluate(
+        """() => {
+          const session = JSON.parse(sessionStorage.getItem("tripwire.session"));
+          session.token = session.token.slice(0, -4) + "AAAA";
+          sessionStorage.setItem("tripwire.session", JSON.stringify(session));
+        }"""
+    )
+    page.reload()
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    expect(page.get_by_test_id("login-message")).to_contain_text("Log in again")
+    expect(page.get_by_test_id("connection-status")).to_have_text("Offline")
+
+
 def _signal(signal_id: str, entry: float, comment: str) -> dict[str, Any]:
     now = int(time.time() * 1000)
     return {
@@ -307,21 +381,47 @@ def _signal(signal_id: str, entry: float, comment: str) -> dict[str, Any]:
 
 
 async def test_dashboard_shows_a_breach_closing_the_position(
-    demo_engine: Engine, chromium: Path, tmp_path: Path
+    chromium: Path, demo_engine: Engine, tmp_path: Path
 ) -> None:
     engine = demo_engine
     user_id = engine.ctx.registry.by_name[DEMO_USER]
     position_id, sl = await open_position(engine, user_id)
 
-    def do_breach() -> None:
-        trio.from_thread.run(breach, engine, sl)
-
+    engine_side = {
+        "drop": lambda: trio.from_thread.run(drop_clients, engine, user_id),
+        "breach": lambda: trio.from_thread.run(breach, engine, sl),
+    }
     seen = await trio.to_thread.run_sync(
-        drive_dashboard, engine.base_url, chromium, position_id, do_breach, tmp_path
+        drive_dashboard, engine.base_url, chromium, position_id, engine_side, tmp_path
     )
 
     closed = engine.node.users[user_id].core.recent_closed[position_id]
     assert closed.state is PositionState.CLOSED
     assert seen["reason"] == closed.close_reason and closed.close_reason
+    assert any(text.startswith("Reconnecting") for text in seen["status_log"]), seen
     assert seen["page_errors"] == [] and seen["csp"] == []
     assert seen["token_left"] == 0
+
+
+def run_module_checks(base_url: str, chromium: Path) -> list[str]:
+    from playwright.sync_api import sync_playwright
+
+    script = (Path(__file__).parent / "dashboard_units.js").read_text(encoding="utf-8")
+    with sync_playwright() as pw:
+        browser = launch(pw, chromium)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(STEP_MS)
+            page.goto(base_url + "/")
+            failed: list[str] = page.evaluate(script)
+        finally:
+            browser.close()
+    return failed
+
+
+async def test_the_page_modules_hold_up_against_malformed_messages(
+    chromium: Path, static_site: str
+) -> None:
+    """The page's modules, unit by unit, in the browser (dashboard_units.js)."""
+    failed = await trio.to_thread.run_sync(run_module_checks, static_site, chromium)
+    assert failed == []

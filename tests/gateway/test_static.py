@@ -14,30 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.clock import WallClock
-from actors.node import MemoryJournal, Node
-from gateway.app import STATIC_DIR, create_app
-from gateway.auth import TokenIssuer
-from gateway.config import load_settings
-from gateway.context import GatewayContext
-from gateway.runtime import MemoryNonces
+from gateway.app import STATIC_DIR
+from tests.gateway.conftest import in_memory_app
 
 JS_IMPORT = re.compile(r"""^\s*import\b[^'"]*['"](\./[^'"]+)['"]""", re.MULTILINE)
 URL = re.compile(r"https?://", re.IGNORECASE)
-
-
-def make_app():
-    settings = load_settings({}, feed="none", paper_device=False, demo_strategy=False)
-    ctx = GatewayContext(
-        settings=settings,
-        node=Node(),
-        registry=None,
-        nonces=MemoryNonces(),
-        tokens=TokenIssuer(b"static-test-secret-0123456789abcdef", 3600),
-        clock=WallClock(),
-        journal=MemoryJournal(),
-    )
-    return create_app(ctx)
 
 
 def static_files() -> list[Path]:
@@ -66,7 +47,7 @@ class _Links(HTMLParser):
 
 
 async def test_the_page_and_its_modules_are_served() -> None:
-    client = make_app().test_client()
+    client = in_memory_app().test_client()
     index = await client.get("/")
     assert index.status_code == 200
     assert index.content_type.startswith("text/html")
