@@ -78,12 +78,14 @@ function renderEquity() {
   const canvas = $("equity-canvas");
   const currency = store.account?.currency ?? "";
   const fromServer = Boolean(analytics?.curve?.length);
+  const live = store.livePositions();
   const points = fromServer
     ? analytics.curve
     : curveFromPositions(
         store.closedPositions(),
-        store.livePositions().length ? store.floatingPl() : null,
+        live.length ? store.floatingPl() : null,
         store.nowMs(),
+        live.length ? Math.min(...live.map((p) => p.openTimeMs ?? p.updatedMs)) : null,
       );
   const summary = drawEquity(canvas, points, {
     currency,
@@ -389,10 +391,10 @@ async function refreshAnalytics() {
 // -- closing a position by hand ---------------------------------------------------------------
 
 function closeError(error) {
-  if (error.status === 0) return "not sent: the server cannot be reached";
-  if (error.missing) return `closing by hand is not available on this server (${error.status})`;
-  if (error.status === 409 || error.status === 422) return `refused: ${error.message}`;
-  return `failed (${error.status} ${error.code}): ${error.message}`;
+  if (error.status === 0) return "Close not sent: the server cannot be reached.";
+  if (error.missing) return `Closing by hand is not available on this server (${error.status}).`;
+  if (error.status === 409 || error.status === 422) return `Close refused: ${error.message}`;
+  return `Close failed (${error.status} ${error.code}): ${error.message}`;
 }
 
 // Two clicks: the first arms the button for a few seconds, the second sends. A confirm()
@@ -422,7 +424,7 @@ async function onClose(id, button) {
     ui.closing.set(id, { step: "sent", message: "Close requested" });
   } catch (error) {
     if (gen !== generation || error.status === 401) return;
-    ui.closing.set(id, { step: "error", message: `Close ${closeError(error)}` });
+    ui.closing.set(id, { step: "error", message: closeError(error) });
   }
   invalidate("positions");
   button.focus();

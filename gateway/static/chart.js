@@ -18,20 +18,21 @@ export function curveFromAnalytics(data) {
 
 /**
  * The curve the page can build on its own: the realised P&L of the closed positions it knows,
- * summed in the order they closed, ending now at realised + floating P&L.
+ * summed in the order they closed, ending now at realised + floating P&L. It starts at zero
+ * when the first of those positions (or of the open ones, `sinceMs`) was opened.
  *
  * It starts from zero rather than from the account balance on purpose: the balance in a
  * snapshot is the device's last account report, which can lag a close by a heartbeat, so
  * anchoring on it would misplace the whole curve by that close. P&L needs no anchor.
  */
-export function curveFromPositions(closed, floating, nowMs) {
+export function curveFromPositions(closed, floating, nowMs, sinceMs = null) {
   const closes = closed
     .filter((p) => p.pl !== null && p.closeTimeMs !== null)
     .sort((a, b) => a.closeTimeMs - b.closeTimeMs);
   if (!closes.length && floating === null) return [];
-  const points = [];
-  const start = closes.length ? (closes[0].openTimeMs ?? closes[0].closeTimeMs - 1) : nowMs;
-  points.push({ timeMs: start, equity: 0 });
+  const starts = closes.map((p) => p.openTimeMs ?? p.closeTimeMs);
+  if (sinceMs !== null) starts.push(sinceMs);
+  const points = [{ timeMs: Math.min(nowMs, ...starts), equity: 0 }];
   let total = 0;
   for (const p of closes) {
     total += p.pl;
