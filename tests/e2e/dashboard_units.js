@@ -105,6 +105,8 @@ async () => {
   const curve = curveFromPositions(closes, 1.5, 400).map((p) => p.equity);
   check("curve from positions", JSON.stringify(curve) === JSON.stringify([0, -2, 3, 4.5]));
   check("no data, no curve", curveFromPositions([], null, 1).length === 0);
+  const open = curveFromPositions([], -3, 500, 120);
+  check("open positions only", open.length === 2 && open[0].timeMs === 120 && open[1].equity === -3);
   const served = curveFromAnalytics({ equity_curve: [{ time_ms: 2, equity: 5 }, { x: 1 },
     { time_ms: 1, equity: 4 }] });
   check("analytics curve sorted and filtered", served.length === 2 && served[0].equity === 4);

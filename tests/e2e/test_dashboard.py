@@ -248,7 +248,17 @@ def _watch_and_breach(
     first = price.text_content()
     expect(price).not_to_have_text(first or "")  # it follows the replayed feed
     expect(row.get_by_test_id("pos-pl")).to_have_text(re.compile(r"\d\.\d\d"))
-    expect(row.get_by_test_id("pos-close")).to_be_visible()
+    # Closing by hand takes two clicks; the answer is the REST contract's 202 (stubbed in the
+    # browser, so the position stays open for the breach below).
+    page.route(
+        re.compile(r".*/api/v1/positions/[^/]+/close$"),
+        lambda route: route.fulfill(status=202, json={}),
+    )
+    close = row.get_by_test_id("pos-close")
+    close.click()
+    expect(close).to_have_text("Confirm close")
+    close.click()
+    expect(row.get_by_test_id("pos-action-note")).to_have_text("Close requested")
     ticker = page.locator(f'[data-testid="price"][data-symbol="{SYMBOL}"]')
     expect(ticker.get_by_test_id("price-bid")).to_have_text(re.compile(r"^\d+\.\d+$"))
     device = page.locator(f'[data-testid="device-row"][data-device-id="{DEMO_DEVICE}"]')
