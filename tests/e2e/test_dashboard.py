@@ -262,7 +262,7 @@ def _watch_and_breach(
     ticker = page.locator(f'[data-testid="price"][data-symbol="{SYMBOL}"]')
     expect(ticker.get_by_test_id("price-bid")).to_have_text(re.compile(r"^\d+\.\d+$"))
     device = page.locator(f'[data-testid="device-row"][data-device-id="{DEMO_DEVICE}"]')
-    expect(device).to_contain_text("connected")
+    expect(device).to_have_attribute("data-connected", "true")
     expect(page.get_by_test_id("account-balance")).to_have_text(re.compile(r"\d"))
     # Whether or not the signals API is deployed yet, the panel must say something definite.
     expect(page.get_by_test_id("signals-status")).not_to_have_text("Loading…")
