@@ -1,0 +1,543 @@
+// The Tripwire dashboard: log in, then follow /ws/client live and use the REST API for what
+// the stream does not carry (pending signals, decisions, closing by hand, history, analytics).
+//
+// REST endpoints that this server does not offer (yet) are not errors for the page: each panel
+// says plainly what is unavailable and the rest keeps working from the stream.
+
+import { clearSession, loadSession, login, request, saveSession } from "./api.js";
+import { curveFromAnalytics, curveFromPositions, drawEquity } from "./chart.js";
+import { finite, text, time } from "./format.js";
+import { alert as parseAlert, Store } from "./model.js";
+import * as view from "./render.js";
+import { ClientStream } from "./stream.js";
+
+const SIGNALS_EVERY_MS = 15_000;
+const ANALYTICS_EVERY_MS = 30_000;
+const MISSING_EVERY_MS = 120_000; // an endpoint that is not deployed is asked again rarely
+const CONFIRM_MS = 4_000;
+const EQUITY_MIN_INTERVAL_MS = 1_000;
+
+const store = new Store();
+const ui = { closing: new Map() };
+const signals = { list: [], busy: new Map() };
+let analytics = null;
+let session = null;
+let stream = null;
+// Bumped at every log-out: an answer that arrives for an older session is dropped.
+let generation = 0;
+const timeouts = new Set();
+const intervals = new Set();
+let status = { state: "offline" };
+
+const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
+
+// -- rendering: sections are marked dirty and drawn together once per frame ---------------------
+
+const dirty = new Set();
+let frame = 0;
+let equityDrawnMs = 0;
+let equityQueued = false;
+
+function invalidate(...sections) {
+  for (const section of sections) dirty.add(section);
+  if (!frame) frame = requestAnimationFrame(flush);
+}
+
+function flush() {
+  frame = 0;
+  const d = new Set(dirty);
+  dirty.clear();
+  if (d.has("positions")) {
+    view.renderLivePositions(store, ui, onClose);
+    view.renderClosedPositions(store);
+  } else if (d.has("prices")) {
+    view.renderLivePositions(store, ui, onClose); // live prices move P&L
+  }
+  if (d.has("prices")) view.renderPrices(store);
+  if (d.has("devices")) view.renderDevices(store);
+  if (d.has("alerts")) view.renderAlerts(store);
+  if (d.has("account") || d.has("positions") || d.has("prices")) view.renderAccount(store);
+  if (d.has("signals")) view.renderSignals(signals.list, signals.busy, store.nowMs(), onDecide);
+  if (d.has("equity") || d.has("positions") || d.has("account") || d.has("prices")) {
+    // The curve's last point follows live prices, but redrawing a canvas 4 times a second
+    // for a pixel's move is waste: at most once a second.
+    const wait = equityDrawnMs + EQUITY_MIN_INTERVAL_MS - Date.now();
+    if (wait <= 0 || d.has("equity")) renderEquity();
+    else if (!equityQueued) {
+      equityQueued = true;
+      later(wait, () => {
+        equityQueued = false;
+        invalidate("equity");
+      });
+    }
+  }
+}
+
+function renderEquity() {
+  equityDrawnMs = Date.now();
+  const canvas = $("equity-canvas");
+  const currency = store.account?.currency ?? "";
+  const fromServer = Boolean(analytics?.curve?.length);
+  const live = store.livePositions();
+  const points = fromServer
+    ? analytics.curve
+    : curveFromPositions(
+        store.closedPositions(),
+        live.length ? store.floatingPl() : null,
+        store.nowMs(),
+        live.length ? Math.min(...live.map((p) => p.openTimeMs ?? p.updatedMs)) : null,
+      );
+  const summary = drawEquity(canvas, points, {
+    currency,
+    signed: !fromServer,
+    emptyText: "No closed positions yet",
+  });
+  const what = fromServer ? "Equity" : "Realised P&L";
+  canvas.setAttribute("aria-label", `${what} curve: ${summary}`);
+  $("equity-source").textContent = !points.length
+    ? ""
+    : fromServer
+      ? "Equity from the server's analytics."
+      : "The server's analytics are not available: this is the realised P&L of the closed " +
+        "positions this page has received, ending now with the floating P&L.";
+  view.renderAnalytics(analytics?.stats ?? null, currency);
+}
+
+// -- timers that die with the session ---------------------------------------------------------
+
+function later(ms, fn) {
+  const id = setTimeout(() => {
+    timeouts.delete(id);
+    fn();
+  }, ms);
+  timeouts.add(id);
+}
+
+function every(ms, fn) {
+  intervals.add(setInterval(fn, ms));
+}
+
+function cancelTimers() {
+  for (const id of timeouts) clearTimeout(id);
+  for (const id of intervals) clearInterval(id);
+  timeouts.clear();
+  intervals.clear();
+}
+
+/** Run `task` now and again after each run, at the interval it returns (ms). */
+function poll(task, fallbackMs) {
+  const gen = generation;
+  const run = async () => {
+    let nextMs = fallbackMs;
+    try {
+      nextMs = await task();
+    } catch (error) {
+      console.error("dashboard: a refresh failed", error); // a bug, not a server answer
+    }
+    if (gen === generation) later(nextMs, run);
+  };
+  run();
+}
+
+// -- connection status ------------------------------------------------------------------------
+
+function onStatus(next) {
+  status = { ...next, sinceMs: Date.now() };
+  showStatus();
+}
+
+function showStatus() {
+  const pill = $("connection-status");
+  const { state, attempt = 0, delayMs = 0, reason = "", sinceMs = 0 } = status;
+  let label = "Offline";
+  if (state === "live") label = "Live";
+  else if (state === "connecting") label = "Connecting…";
+  else if (state === "reconnecting" && delayMs) {
+    const left = Math.max(0, Math.ceil((sinceMs + delayMs - Date.now()) / 1000));
+    label = left ? `Reconnecting in ${left} s (attempt ${attempt})` : "Reconnecting…";
+  } else if (state === "reconnecting") label = "Reconnecting…";
+  else if (state === "failed") label = `Disconnected: ${reason}`;
+  if (pill.textContent !== label) pill.textContent = label;
+  if (pill.dataset.state !== state) {
+    // Screen readers hear the state once, not every tick of the reconnect countdown.
+    $("connection-announce").textContent = `Connection: ${label}`;
+  }
+  pill.dataset.state = state;
+  pill.title = reason ? `Last problem: ${reason}` : "";
+  const banner = $("stale-banner");
+  const stale = Boolean(session) && state !== "live";
+  banner.hidden = !stale;
+  if (stale) {
+    const why = reason ? ` (${reason})` : "";
+    banner.textContent = `Live data paused${why}. Figures below may be out of date.`;
+  }
+}
+
+// -- the stream -------------------------------------------------------------------------------
+
+function onMessage(message) {
+  if (message.type === "snapshot") stream.confirmed();
+  let changed;
+  try {
+    changed = store.apply(message);
+  } catch (error) {
+    // A message the page cannot digest is skipped; the next snapshot or delta repairs it.
+    console.error("dashboard: message skipped", message.type, error);
+    return;
+  }
+  if (message.type === "position" && changed.length) {
+    // A close request is finished with once the position has left the states it applied to.
+    const p = store.positions.get(text(message.position?.id, 64));
+    if (p && p.state !== "open" && p.state !== "close_failed") ui.closing.delete(p.id);
+  }
+  if (changed.length) invalidate(...changed);
+  if (changed.includes("positions")) watchPrices();
+  if (message.type === "snapshot") {
+    loadHistory();
+  }
+}
+
+/** Ask for the prices of pending signals' symbols as well as those of open positions. */
+function watchPrices() {
+  stream?.wantPrices(new Set(signals.list.map((s) => s.symbol)), store.symbolsOfPositions());
+}
+
+function startStream() {
+  stream = new ClientStream({
+    token: session.token,
+    onMessage,
+    onStatus,
+    onAuthFailure: (reason) => leave(`The server ended the session: ${reason}. Log in again.`),
+  });
+  stream.start();
+}
+
+// -- REST panels ------------------------------------------------------------------------------
+
+/** Closed positions and alerts from before this page was opened (when the API offers them). */
+async function loadHistory() {
+  const gen = generation;
+  const token = session.token;
+  const [closed, alerts] = await Promise.allSettled([
+    request("GET", "/api/v1/positions?state=closed&limit=50", { token }),
+    request("GET", "/api/v1/alerts", { token }),
+  ]);
+  if (gen !== generation) return;
+  // The stream's snapshot already carries the latest closes and every new alert; these only
+  // reach further back, so a failure here needs no message.
+  if (closed.status === "fulfilled" && Array.isArray(closed.value.positions)) {
+    for (const raw of closed.value.positions) store.upsertPosition(raw);
+    invalidate("positions");
+  }
+  if (alerts.status === "fulfilled") {
+    const list = Array.isArray(alerts.value) ? alerts.value : alerts.value.alerts;
+    if (Array.isArray(list)) {
+      for (const raw of list) if (parseAlert(raw)) invalidate(...store.addAlert(raw));
+    }
+  }
+}
+
+function normaliseSignal(raw) {
+  if (!raw || typeof raw !== "object") return null;
+  const strategyId = text(raw.strategy_id, 64);
+  const signalId = text(raw.signal_id, 64);
+  const version = finite(raw.version);
+  const symbol = text(raw.symbol, 32);
+  if (!strategyId || !signalId || version === null || !symbol) return null;
+  if (raw.side !== "buy" && raw.side !== "sell") return null;
+  if (raw.decision) return null; // decided already: not pending whatever the list says
+  return {
+    key: text(raw.key, 200) || `${strategyId}:${signalId}:${version}`,
+    strategyId,
+    signalId,
+    version,
+    symbol,
+    side: raw.side,
+    orderType: text(raw.order_type, 16),
+    entry: finite(raw.entry),
+    sl: finite(raw.sl),
+    tp: finite(raw.tp),
+    volume: finite(raw.volume),
+    riskPercent: finite(raw.risk_percent),
+    createdAtMs: finite(raw.created_at_ms),
+    expiresAtMs: finite(raw.expires_at_ms),
+    comment: text(raw.comment, 256),
+  };
+}
+
+function setSignalsStatus(message) {
+  const node = $("signals-status");
+  node.textContent = message;
+  node.hidden = !message;
+}
+
+function setSignalsMessage(message, kind) {
+  const node = $("signals-message");
+  node.textContent = message;
+  node.dataset.kind = kind;
+  node.hidden = !message;
+}
+
+async function refreshSignals() {
+  const gen = generation;
+  try {
+    const data = await request("GET", "/api/v1/signals?status=pending", { token: session.token });
+    if (gen !== generation) return SIGNALS_EVERY_MS;
+    const list = Array.isArray(data.signals) ? data.signals : [];
+    signals.list = list.map(normaliseSignal).filter(Boolean);
+    signals.list.sort((a, b) => (b.createdAtMs ?? 0) - (a.createdAtMs ?? 0));
+    setSignalsStatus(signals.list.length ? "" : "No pending signals.");
+    invalidate("signals");
+    watchPrices();
+    return SIGNALS_EVERY_MS;
+  } catch (error) {
+    if (gen !== generation) return SIGNALS_EVERY_MS;
+    if (error.missing) {
+      signals.list = [];
+      invalidate("signals");
+      setSignalsStatus(
+        "Signals are not available: this server has no signals API yet " +
+          `(GET /api/v1/signals answered ${error.status}). Approving from the dashboard ` +
+          "needs it; positions, prices and alerts still stream live.",
+      );
+      return MISSING_EVERY_MS;
+    }
+    setSignalsStatus(`Could not load signals: ${error.message}. Retrying.`);
+    return SIGNALS_EVERY_MS;
+  }
+}
+
+const REFUSALS = {
+  guard_blocked: "the risk guard blocks new positions (drawdown is critical)",
+  late_signal: "the signal is too old to act on",
+  sizing_refused: "the position cannot be sized (volume or risk outside the limits)",
+};
+
+function decisionError(error) {
+  if (error.status === 0 && error.code === "timeout") {
+    return "No answer in time: the decision may or may not be recorded. The list will tell.";
+  }
+  if (error.status === 0) return "The server cannot be reached: the decision was not sent.";
+  if (error.status === 409) return `Already decided: ${error.message}`;
+  if (error.status === 403) return "This signal is not yours to decide.";
+  if (error.status === 422) {
+    const why = REFUSALS[error.code] ?? error.message;
+    return `Refused (${error.code}): ${why}.`;
+  }
+  if (error.missing) {
+    return (
+      `Not available (${error.status}): this server has no decision endpoint yet, or the ` +
+      `signal is gone. Server said: ${error.message}`
+    );
+  }
+  return `The server answered ${error.status} (${error.code}): ${error.message}`;
+}
+
+async function onDecide(signal, decision) {
+  if (!signal || signals.busy.has(signal.key)) return;
+  const gen = generation;
+  signals.busy.set(signal.key, decision);
+  setSignalsMessage("", "");
+  invalidate("signals");
+  const path =
+    `/api/v1/signals/${encodeURIComponent(signal.strategyId)}/` +
+    `${encodeURIComponent(signal.signalId)}/${encodeURIComponent(signal.version)}/decision`;
+  const what = `${signal.symbol} ${signal.side.toUpperCase()}`;
+  try {
+    const data = await request("POST", path, { token: session.token, body: { decision } });
+    if (gen !== generation) return;
+    const positionId = text(data.approval?.position_id, 64);
+    const done =
+      decision === "approve"
+        ? `Approved ${what}${positionId ? `: position ${positionId} is opening.` : "."}`
+        : `Rejected ${what}.`;
+    setSignalsMessage(done, "good");
+    signals.list = signals.list.filter((s) => s.key !== signal.key);
+  } catch (error) {
+    if (gen !== generation || error.status === 401) return;
+    setSignalsMessage(`${what}: ${decisionError(error)}`, "bad");
+  } finally {
+    signals.busy.delete(signal.key);
+    invalidate("signals");
+  }
+  if (gen === generation) refreshSignals();
+}
+
+async function refreshAnalytics() {
+  const gen = generation;
+  try {
+    const data = await request("GET", "/api/v1/analytics", { token: session.token });
+    if (gen !== generation) return ANALYTICS_EVERY_MS;
+    analytics = {
+      curve: curveFromAnalytics(data) ?? [],
+      stats: {
+        realized: finite(data.pl?.realized),
+        floating: finite(data.pl?.floating),
+        sharpe: finite(data.sharpe),
+        maxDrawdown: finite(data.max_drawdown),
+      },
+    };
+    invalidate("equity");
+    return ANALYTICS_EVERY_MS;
+  } catch (error) {
+    if (gen !== generation) return ANALYTICS_EVERY_MS;
+    // Without analytics the page draws the curve from the positions it receives.
+    analytics = null;
+    invalidate("equity");
+    return error.missing ? MISSING_EVERY_MS : ANALYTICS_EVERY_MS;
+  }
+}
+
+// -- closing a position by hand ---------------------------------------------------------------
+
+function closeError(error) {
+  if (error.status === 0) return "Close not sent: the server cannot be reached.";
+  if (error.missing) return `Closing by hand is not available on this server (${error.status}).`;
+  if (error.status === 409 || error.status === 422) return `Close refused: ${error.message}`;
+  return `Close failed (${error.status} ${error.code}): ${error.message}`;
+}
+
+// Two clicks: the first arms the button for a few seconds, the second sends. A confirm()
+// dialog would block the page (and the stream's rendering) while it is open.
+async function onClose(id, button) {
+  const request_ = ui.closing.get(id);
+  if (request_?.step === "sending") return;
+  if (request_?.step !== "confirm") {
+    ui.closing.set(id, { step: "confirm", message: "Click again to close" });
+    later(CONFIRM_MS, () => {
+      if (ui.closing.get(id)?.step === "confirm") {
+        ui.closing.delete(id);
+        invalidate("positions");
+      }
+    });
+    invalidate("positions");
+    return;
+  }
+  const gen = generation;
+  ui.closing.set(id, { step: "sending", message: "" });
+  invalidate("positions");
+  try {
+    await request("POST", `/api/v1/positions/${encodeURIComponent(id)}/close`, {
+      token: session.token,
+    });
+    if (gen !== generation) return;
+    ui.closing.set(id, { step: "sent", message: "Close requested" });
+  } catch (error) {
+    if (gen !== generation || error.status === 401) return;
+    ui.closing.set(id, { step: "error", message: closeError(error) });
+  }
+  invalidate("positions");
+  button.focus();
+}
+
+// -- logging in and out -----------------------------------------------------------------------
+
+function loginError(error) {
+  if (error.status === 401) return "Wrong username or password.";
+  if (error.status === 429) {
+    const wait = finite(error.details?.retry_after_s);
+    return `Too many attempts. Try again${wait ? ` in ${Math.ceil(wait)} s` : " later"}.`;
+  }
+  if (error.status === 0) return "The server cannot be reached. Check the address and retry.";
+  if (error.status === 400 || error.status === 422) return "Enter a username and a password.";
+  return `Login failed (${error.status}): ${error.message}`;
+}
+
+/** Show the login form, with a message: "error" (red) or "info" (a plain note). */
+function showLogin(message = "", kind = "error") {
+  $("who").hidden = true;
+  document.getElementById("dashboard-view").hidden = true;
+  document.getElementById("login-view").hidden = false;
+  const note = $("login-message");
+  note.textContent = message;
+  note.className = kind === "info" ? "muted" : "error";
+  note.hidden = !message;
+  $("login-username").focus();
+}
+
+/** Start the dashboard for a session (fresh from the form or restored from the tab). */
+function enter(next, restored = false) {
+  session = next;
+  saveSession(next);
+  $("username").textContent = next.username;
+  $("who").hidden = false;
+  $("who").title = `Session valid until ${time(next.expiresAtMs)}`;
+  document.getElementById("login-view").hidden = true;
+  document.getElementById("dashboard-view").hidden = false;
+  setSignalsStatus("Loading…");
+  // setTimeout cannot wait longer than ~24.8 days; tokens live far less.
+  later(Math.min(next.expiresAtMs - Date.now(), 2 ** 31 - 1), () =>
+    leave("Your session has expired. Log in again."),
+  );
+  every(1000, () => {
+    showStatus(); // the reconnect countdown
+    invalidate("prices", "signals"); // staleness of prices, expiry of signals
+  });
+  if (restored) {
+    // A token from an earlier visit may have been revoked by a server restart: check it.
+    request("GET", "/api/v1/auth/me", { token: next.token }).catch(() => {});
+  }
+  startStream();
+  poll(refreshSignals, SIGNALS_EVERY_MS);
+  poll(refreshAnalytics, ANALYTICS_EVERY_MS);
+  invalidate("positions", "prices", "devices", "alerts", "account", "signals", "equity");
+}
+
+/** Back to the login form, forgetting everything of the session. */
+function leave(message = "", kind = "error") {
+  generation += 1;
+  stream?.stop();
+  stream = null;
+  session = null;
+  cancelTimers();
+  equityQueued = false;
+  clearSession();
+  store.reset();
+  ui.closing.clear();
+  signals.list = [];
+  signals.busy.clear();
+  analytics = null;
+  setSignalsMessage("", "");
+  onStatus({ state: "offline" });
+  invalidate("positions", "prices", "devices", "alerts", "account", "signals", "equity");
+  showLogin(message, kind);
+}
+
+function wireLoginForm() {
+  const form = $("login-form");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const username = $("login-username").value.trim();
+    const password = $("login-password").value;
+    if (!username || !password) {
+      showLogin("Enter your username and password.");
+      return;
+    }
+    const submit = $("login-submit");
+    submit.disabled = true;
+    try {
+      const next = await login(username, password);
+      $("login-password").value = "";
+      $("login-message").hidden = true;
+      enter(next);
+    } catch (error) {
+      showLogin(loginError(error));
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  $("logout").addEventListener("click", () => leave("You have logged out.", "info"));
+}
+
+function boot() {
+  request.onUnauthorized = () => {
+    if (session) leave("Your session is no longer valid. Log in again.");
+  };
+  wireLoginForm();
+  new ResizeObserver(() => invalidate("equity")).observe($("equity-canvas"));
+  const restored = loadSession();
+  if (restored) enter(restored, true);
+  else showLogin();
+}
+
+boot();

@@ -1,0 +1,151 @@
+// The equity curve, drawn by hand on a <canvas> (no chart library: the page must work offline
+// and without a build step). Points are {timeMs, equity}.
+
+import { finite, money, signedMoney, time } from "./format.js";
+
+/** The curve from /api/v1/analytics' `equity_curve`, or null if the answer is unusable. */
+export function curveFromAnalytics(data) {
+  if (!Array.isArray(data?.equity_curve)) return null;
+  const points = [];
+  for (const raw of data.equity_curve) {
+    const timeMs = finite(raw?.time_ms);
+    const equity = finite(raw?.equity);
+    if (timeMs !== null && equity !== null) points.push({ timeMs, equity });
+  }
+  points.sort((a, b) => a.timeMs - b.timeMs);
+  return points;
+}
+
+/**
+ * The curve the page can build on its own: the realised P&L of the closed positions it knows,
+ * summed in the order they closed, ending now at realised + floating P&L. It starts at zero
+ * when the first of those positions (or of the open ones, `sinceMs`) was opened.
+ *
+ * It starts from zero rather than from the account balance on purpose: the balance in a
+ * snapshot is the device's last account report, which can lag a close by a heartbeat, so
+ * anchoring on it would misplace the whole curve by that close. P&L needs no anchor.
+ */
+export function curveFromPositions(closed, floating, nowMs, sinceMs = null) {
+  const closes = closed
+    .filter((p) => p.pl !== null && p.closeTimeMs !== null)
+    .sort((a, b) => a.closeTimeMs - b.closeTimeMs);
+  if (!closes.length && floating === null) return [];
+  const starts = closes.map((p) => p.openTimeMs ?? p.closeTimeMs);
+  if (sinceMs !== null) starts.push(sinceMs);
+  const points = [{ timeMs: Math.min(nowMs, ...starts), equity: 0 }];
+  let total = 0;
+  for (const p of closes) {
+    total += p.pl;
+    points.push({ timeMs: p.closeTimeMs, equity: Math.round(total * 100) / 100 });
+  }
+  points.push({ timeMs: nowMs, equity: Math.round((total + (floating ?? 0)) * 100) / 100 });
+  return points;
+}
+
+function colours(canvas) {
+  const style = getComputedStyle(canvas);
+  const read = (name, fallback) => style.getPropertyValue(name).trim() || fallback;
+  return {
+    line: read("--chart-line", "#1f5fbf"),
+    fill: read("--chart-fill", "rgba(31, 95, 191, 0.12)"),
+    grid: read("--chart-grid", "#d8dde6"),
+    label: read("--chart-label", "#3d4654"),
+  };
+}
+
+/** Fit the canvas' backing store to its CSS size and the screen's pixel ratio. */
+function fit(canvas) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = Math.max(1, Math.round(canvas.clientWidth));
+  const height = Math.max(1, Math.round(canvas.clientHeight));
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const context = canvas.getContext("2d");
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.clearRect(0, 0, width, height);
+  return { context, width, height };
+}
+
+/**
+ * Draw `points` on `canvas`; an empty list draws `emptyText`. Returns a one-line summary for
+ * screen readers (the canvas itself is only a picture).
+ */
+export function drawEquity(
+  canvas,
+  points,
+  { currency = "", emptyText = "No data yet", signed = false } = {},
+) {
+  const { context: g, width, height } = fit(canvas);
+  const c = colours(canvas);
+  g.font = "12px system-ui, sans-serif";
+  if (!points.length) {
+    g.fillStyle = c.label;
+    g.textAlign = "center";
+    g.textBaseline = "middle";
+    g.fillText(emptyText, width / 2, height / 2);
+    return emptyText;
+  }
+  const pad = { left: 84, right: 16, top: 14, bottom: 26 };
+  const plotW = Math.max(1, width - pad.left - pad.right);
+  const plotH = Math.max(1, height - pad.top - pad.bottom);
+  // One point (or several at one instant) is drawn as a level line across the plot.
+  const series = points.length === 1 ? [points[0], points[0]] : points;
+  const t0 = series[0].timeMs;
+  const t1 = series.at(-1).timeMs;
+  let lo = Math.min(...series.map((p) => p.equity));
+  let hi = Math.max(...series.map((p) => p.equity));
+  // A flat curve still needs a vertical range; otherwise add 10 % headroom on each side.
+  const span = hi - lo || Math.max(1, Math.abs(hi) * 0.01);
+  lo -= span * 0.1;
+  hi += span * 0.1;
+  const n = series.length;
+  const x = (p, i) =>
+    pad.left + (t1 === t0 ? (i / (n - 1)) * plotW : ((p.timeMs - t0) / (t1 - t0)) * plotW);
+  const y = (v) => pad.top + (1 - (v - lo) / (hi - lo)) * plotH;
+
+  // Grid and value labels.
+  g.strokeStyle = c.grid;
+  g.fillStyle = c.label;
+  g.lineWidth = 1;
+  g.textAlign = "right";
+  g.textBaseline = "middle";
+  for (let i = 0; i <= 3; i += 1) {
+    const v = lo + ((hi - lo) * i) / 3;
+    const yy = Math.round(y(v)) + 0.5;
+    g.beginPath();
+    g.moveTo(pad.left, yy);
+    g.lineTo(width - pad.right, yy);
+    g.stroke();
+    g.fillText(signed ? signedMoney(v) : money(v), pad.left - 8, yy);
+  }
+  g.textBaseline = "alphabetic";
+  g.textAlign = "left";
+  g.fillText(time(t0), pad.left, height - 8);
+  g.textAlign = "right";
+  g.fillText(time(t1), width - pad.right, height - 8);
+
+  // The curve, the area under it, then the last point.
+  g.beginPath();
+  series.forEach((p, i) => (i ? g.lineTo(x(p, i), y(p.equity)) : g.moveTo(x(p, i), y(p.equity))));
+  g.strokeStyle = c.line;
+  g.lineWidth = 2;
+  g.stroke();
+  g.lineTo(x(series.at(-1), n - 1), pad.top + plotH);
+  g.lineTo(x(series[0], 0), pad.top + plotH);
+  g.closePath();
+  g.fillStyle = c.fill;
+  g.fill();
+  const last = series.at(-1);
+  g.beginPath();
+  g.arc(x(last, n - 1), y(last.equity), 3.5, 0, Math.PI * 2);
+  g.fillStyle = c.line;
+  g.fill();
+
+  const show = signed ? signedMoney : money;
+  return (
+    `from ${show(points[0].equity, currency)} to ${show(last.equity, currency)}, ` +
+    `${points.length} points between ${time(t0)} and ${time(t1)}.`
+  );
+}
