@@ -167,7 +167,7 @@ async def equity_of(context: GatewayContext, user_id: str) -> Equity:
 def _last(values: np.ndarray) -> float | None:
     if values.size == 0 or not np.isfinite(values[-1]):
         return None
-    return round(float(values[-1]), 4)
+    return float(values[-1])
 
 
 def _numbers(points: list[EquityPoint], closes: list[float]) -> tuple[float, float, Any, Any]:
@@ -202,8 +202,8 @@ async def analytics(query_args: AnalyticsQuery) -> Any:
     return json_response(
         AnalyticsOut(
             pl=PL(realized=round(equity.realized, 2), floating=round(floating, 2)),
-            sharpe=round(sharpe, 6),
-            max_drawdown=round(drawdown, 6),
+            sharpe=sharpe,
+            max_drawdown=drawdown,
             equity_curve=equity.points,
             rsi=RSI(symbol=symbol, rolling=rolling, wilder=wilder),
             starting_balance=equity.starting_balance,
