@@ -14,7 +14,8 @@
 ``legacy``         the old Flask routes: 301 to their new home, or 410
 =================  ==========================================================================
 
-:func:`register` also gives ``/openapi.json`` its binary responses, starts the candle book's
+:func:`register` also makes a JSON body that is not UTF-8 a 400 (``JsonRequest``), gives
+``/openapi.json`` its binary responses, starts the candle book's
 sampler with the app (and stops it with it), and adds the API's counters to ``/metrics``.
 """
 
@@ -36,6 +37,7 @@ from gateway.rest import (
     signals,
     users,
 )
+from gateway.rest.common import JsonRequest
 from gateway.rest.docs import install_openapi
 from gateway.rest.market import candle_book
 from gateway.rest.metrics import RestCollector
@@ -58,6 +60,7 @@ BLUEPRINTS = (
 
 
 def register(app: QuartTrio) -> None:
+    app.request_class = JsonRequest
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     install_openapi(app)

@@ -27,13 +27,13 @@ from actors.node import PriceBoard
 from engine.effects import Effects
 from engine.records import Approval, decision_key, signal_key
 from engine.user import UserCore
-from gateway.rest.common import audited, caller, ctx, require_token, scope_user
+from gateway.rest.common import Before, audited, caller, ctx, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
 from gateway.rest.signals import find_signal
 from persistence.projections import to_time
 from protocol.errors import LateSignal
 from protocol.signals import Signal
-from protocol.types import Id, TimeMs
+from protocol.types import Id
 
 __all__ = ["blueprint"]
 
@@ -84,7 +84,7 @@ class ApprovalList(msgspec.Struct, frozen=True, kw_only=True):
 
 class ApprovalQuery(msgspec.Struct, frozen=True, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
-    before_ms: TimeMs | None = None
+    before_ms: Before | None = None
     """Only decisions taken before this time (paging back through the history)."""
     user_id: Id | None = None
     """Admins: one user's decisions (others may only name themselves)."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 from quart import Blueprint, g, request
+from quart_trio.wrappers import TrioRequest
 
 from gateway.auth import Identity
 from gateway.context import GatewayContext, current_context
@@ -19,6 +21,9 @@ from protocol.errors import DecodeError, Forbidden, StorageError, TripwireError
 
 __all__ = [
     "AuditNote",
+    "Before",
+    "JsonRequest",
+    "Label",
     "audited",
     "caller",
     "client_address",
@@ -29,6 +34,30 @@ __all__ = [
     "scope_user",
     "user_agent",
 ]
+
+
+Before = Annotated[int, Meta(ge=0, le=253_402_300_799_999)]
+"""A paging bound in ms since the epoch: up to the last millisecond of year 9999, the last a
+timestamp can hold (a wire ``TimeMs`` goes to 2**53, which no date can be)."""
+
+
+Label = Annotated[str, Meta(max_length=64, pattern="^[^\\x00-\\x1f\\x7f\\ud800-\\udfff]*$")]
+"""Free text a user names things with: no control characters and no lone surrogates (Postgres
+stores neither a NUL nor a surrogate)."""
+
+
+class JsonRequest(TrioRequest):
+    """The app's request: a JSON body that is not UTF-8 is malformed (400), like bad JSON.
+
+    Quart decodes the body as text before its JSON error handling, so invalid UTF-8 would
+    otherwise escape as an unexpected error (a 500).
+    """
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        try:
+            return await super().get_json(force, silent, cache)
+        except UnicodeDecodeError as error:
+            return None if silent else self.on_json_loading_failed(error)
 
 
 def ctx() -> GatewayContext:

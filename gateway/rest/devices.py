@@ -20,11 +20,11 @@ from quart_schema import document_response, validate_querystring, validate_reque
 
 from gateway.context import GatewayContext
 from gateway.registry import DeviceRecord
-from gateway.rest.common import audited, ctx, identity, require_token, scope_user
+from gateway.rest.common import Label, audited, ctx, identity, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
 from protocol.closecodes import CloseCode
 from protocol.errors import Forbidden, NotFound
-from protocol.types import Id, ShortText
+from protocol.types import Id
 
 __all__ = ["DeviceOut", "blueprint", "device_out"]
 
@@ -36,10 +36,10 @@ ROTATION_GRACE_S = 3600.0
 
 
 class NewDevice(msgspec.Struct, frozen=True, kw_only=True):
-    name: Annotated[str, Meta(min_length=1, max_length=64)]
-    account_login: ShortText = ""
+    name: Annotated[Label, Meta(min_length=1)]
+    account_login: Label = ""
     """The MetaTrader account number."""
-    broker: ShortText = ""
+    broker: Label = ""
 
 
 class DeviceOut(msgspec.Struct, frozen=True, kw_only=True):

@@ -21,11 +21,11 @@ from quart_schema import document_response, validate_querystring
 from engine.guards import DrawdownLimits, GuardLevel
 from gateway.auth import require_role
 from gateway.context import GatewayContext
-from gateway.rest.common import ctx, identity, require_token, scope_user
+from gateway.rest.common import Label, ctx, identity, require_token, scope_user
 from gateway.rest.devices import devices_in_scope
 from gateway.rest.docs import bearer, errors, json_response, raw_json
 from gateway.rest.reads import read_through
-from protocol.types import Id, ShortText
+from protocol.types import Id
 
 __all__ = ["blueprint"]
 
@@ -157,9 +157,9 @@ class AuditQuery(msgspec.Struct, frozen=True, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
     before_id: Annotated[int, Meta(ge=1, le=2**62)] | None = None
     """Entries older than this one (paging back)."""
-    actor_id: ShortText | None = None
-    action: ShortText | None = None
-    target_id: ShortText | None = None
+    actor_id: Label | None = None
+    action: Label | None = None
+    target_id: Label | None = None
 
 
 class GuardsQuery(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,13 +30,13 @@ from engine.positions import Position
 from engine.user import UserCore
 from engine.views import position_view
 from gateway.context import GatewayContext
-from gateway.rest.common import audited, ctx, identity, require_token, scope_user
+from gateway.rest.common import Before, audited, ctx, identity, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response, raw_json
 from gateway.rest.reads import read_through
 from persistence.projections import to_time
 from protocol.client import PositionView
 from protocol.errors import Conflict, Forbidden, NotFound
-from protocol.types import Id, Symbol, TimeMs
+from protocol.types import Id, Symbol
 
 __all__ = [
     "blueprint",
@@ -77,7 +77,7 @@ class PositionsQuery(msgspec.Struct, frozen=True, kw_only=True):
     symbol: Symbol | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
     """At most this many positions of the history."""
-    before_ms: TimeMs | None = None
+    before_ms: Before | None = None
     """History only: positions that ended before this time (paging back)."""
     user_id: Id | None = None
     """Admins: one user's positions (by default an admin sees everyone's)."""
@@ -161,6 +161,10 @@ async def history_views(
 
 async def find_position(context: GatewayContext, position_id: str) -> Position | None:
     """The position ``position_id``, live or historical (None if there is none)."""
+    try:
+        msgspec.convert(position_id, Id)
+    except msgspec.ValidationError:  # no position has that id: not worth a query (or a NUL)
+        return None
     p = context.node.state.positions.get(position_id)
     if p is not None:
         return p

@@ -32,7 +32,7 @@ from gateway.services import accept_signal, audit
 from protocol.codec import MAX_SIGNAL_BYTES, decode_signal
 from protocol.common import Side
 from protocol.device import OrderType
-from protocol.errors import AuthError, FrameTooLarge, NotFound, UnknownPrincipal
+from protocol.errors import AuthError, DecodeError, FrameTooLarge, NotFound, UnknownPrincipal
 from protocol.signals import Signal
 from protocol.signing import SIGNATURE_HEADER, STRATEGY_HEADER, verify_signal_header
 
@@ -161,7 +161,10 @@ async def post_signal() -> Any:
     )
     if not known:
         raise UnknownPrincipal("unknown strategy")
-    signal, new = await accept_signal(context, decode_signal(body, strategy_id=strategy_id))
+    incoming = decode_signal(body, strategy_id=strategy_id)
+    if "\x00" in incoming.comment:  # valid JSON, but no database stores a NUL in text
+        raise DecodeError("comment may not contain NUL characters")
+    signal, new = await accept_signal(context, incoming)
     key = signal_key(signal.strategy_id, signal.signal_id, signal.version)
     status = 201 if new else 200
     count_action(context, "signal.create", str(status))

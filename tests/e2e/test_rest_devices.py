@@ -3,6 +3,8 @@ secret works alongside the old one, a revoke closes the live session and refuses
 
 from __future__ import annotations
 
+import json
+
 import trio
 
 from actors.ea_sim import SimulatedEA
@@ -19,8 +21,19 @@ def simulated_ea(engine, device_id: str, secret: str) -> SimulatedEA:
 async def test_register_rotate_revoke(engine, nursery: trio.Nursery) -> None:
     alice, token = await engine.user("alice")
     async with engine.client(token) as http:
-        for bad in ({"name": ""}, {"name": "x" * 65}, {"broker": "no name"}, {"name": 5}):
-            response = await http.post("/api/v1/devices", json=bad)
+        for bad in (
+            {"name": ""},
+            {"name": "x" * 65},
+            {"broker": "no name"},
+            {"name": 5},
+            {"name": "nul\u0000inside"},
+            {"name": "ok", "broker": "line\nbreak"},
+            {"name": "lone \ud800 surrogate"},
+        ):
+            body = json.dumps(bad).encode()  # ASCII: a lone surrogate travels escaped
+            response = await http.post(
+                "/api/v1/devices", content=body, headers={"Content-Type": "application/json"}
+            )
             assert response.status_code == 400, bad
 
         created = await http.post(

@@ -57,8 +57,10 @@ async def test_open_close_and_history(engine, nursery: trio.Nursery) -> None:
         }
         twice = await http.post(f"/api/v1/positions/{position_id}/close")
         assert twice.status_code == 409 and twice.json()["code"] == "conflict"
-        unknown = await http.post("/api/v1/positions/P-none/close")
-        assert unknown.status_code == 404
+        for odd in ("P-none", "P%00nul", "%ED%A0%80", "x" * 300):
+            unknown = await http.post(f"/api/v1/positions/{odd}/close")
+            assert unknown.status_code == 404, odd
+            assert (await http.get(f"/api/v1/positions/{odd}")).status_code == 404
 
         history = await wait_for(lambda: listed({"state": "closed"}))
         (closed,) = history
@@ -72,6 +74,12 @@ async def test_open_close_and_history(engine, nursery: trio.Nursery) -> None:
             assert (await http.get("/api/v1/positions", params=bad)).status_code == 400
         one = await http.get(f"/api/v1/positions/{position_id}")
         assert one.status_code == 200 and one.json()["state"] == "closed"
+    # Every refused close was audited, the odd ids made storable.
+    rows = await engine.ctx.db.fetch(
+        "SELECT target_id, outcome FROM audit_log WHERE action = 'position.close' ORDER BY id"
+    )
+    assert [r["outcome"] for r in rows] == ["202", "409:conflict"] + ["404:not_found"] * 4
+    assert rows[3]["target_id"] == "P\ufffdnul"
 
 
 async def test_reconciliation_guards_alerts_and_prices(engine, nursery: trio.Nursery) -> None:

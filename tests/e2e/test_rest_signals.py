@@ -67,6 +67,11 @@ async def test_signatures_and_deduplication(engine) -> None:
         response = await http.post("/api/v1/signals", content=other, headers=signed_headers(other))
         assert response.status_code == 403 and response.json()["code"] == "forbidden"
 
+        # Valid JSON, but a NUL no database stores.
+        nul = encode_signal(make_signal(["u-1"], signal_id="nul", comment="a\x00b"))
+        response = await http.post("/api/v1/signals", content=nul, headers=signed_headers(nul))
+        assert response.status_code == 400 and response.json()["code"] == "malformed"
+
         # Signed, but not a signal.
         for bad in (b"{", b"[]", b'{"strategy_id": "strat-1"}', b"\xff\xfe"):
             response = await http.post("/api/v1/signals", content=bad, headers=signed_headers(bad))
