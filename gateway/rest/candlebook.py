@@ -92,7 +92,8 @@ class CandleBook:
         return taken
 
     def candles(self, symbol: str, interval_s: int, limit: int) -> list[Candle]:
-        """The last ``limit`` candles of ``interval_s`` seconds, oldest first."""
+        """Candles of the last ``limit`` intervals of ``interval_s`` seconds, oldest first
+        (an interval without samples has no candle, so there may be fewer)."""
         series = self.series.get(symbol)
         if series is None or series.count == 0 or limit <= 0:
             return []

@@ -31,21 +31,27 @@ _LOCAL = "rest.memory_cache"
 class MemoryStore:
     """``get`` / ``set(px=)`` / ``delete`` over a bounded in-process map (oldest out first)."""
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(
+        self, max_entries: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max_entries = max_entries
+        self.clock = clock
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def get(self, name: str) -> bytes | None:
         entry = self._entries.get(name)
         if entry is None:
             return None
-        if entry[0] <= time.monotonic():
+        if entry[0] <= self.clock():
             del self._entries[name]
             return None
         return entry[1]
 
     def set(self, name: str, value: bytes, px: int) -> None:
-        self._entries[name] = (time.monotonic() + px / 1000, value)
+        self._entries[name] = (self.clock() + px / 1000, value)
         self._entries.move_to_end(name)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
