@@ -166,6 +166,17 @@ class DeviceActor:
         """The connection ended (the reader saw it close)."""
         self.mailbox.put_nowait((session, None))
 
+    async def end_session(self, code: int, reason: str) -> bool:
+        """Close the live session, if any (a revoked device); True if there was one.
+
+        The connection's reader then reports the close as for any disconnect.
+        """
+        session = self.session
+        if session is None:
+            return False
+        await self._end(session, code, reason)
+        return True
+
     async def _end(self, session: Session, code: int, reason: str) -> None:
         session.cancel.cancel()
         session.closed.set()

@@ -113,8 +113,12 @@ class SimulatedEA:
                             )
                         elif isinstance(message, DeviceError):
                             self.errors.append(message)
-        except ConnectionClosed as closed:
-            reason = closed.reason
+        except* ConnectionClosed as group:
+            # The close surfaces from the reader or the heartbeat, inside a nursery's group.
+            closed: BaseException = group
+            while isinstance(closed, BaseExceptionGroup):
+                closed = closed.exceptions[0]
+            reason = closed.reason if isinstance(closed, ConnectionClosed) else None
             self.closed = (reason.code, reason.reason) if reason else (None, None)
 
     async def _command(self, ws: Any, command: Any, key: bytes) -> None:

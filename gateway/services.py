@@ -6,6 +6,7 @@ once the record is committed.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from engine.records import AuditEntry, AuditRecorded, SignalSaved, signal_key
@@ -31,6 +32,15 @@ async def accept_signal(ctx: GatewayContext, signal: Signal) -> tuple[Signal, bo
     return signal, True
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    """``text`` as Postgres can store it: a NUL or a lone surrogate (a request path or a name
+    may carry either) becomes U+FFFD, so the audit row, and its batch, always project."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 async def audit(
     ctx: GatewayContext,
     *,
@@ -53,12 +63,14 @@ async def audit(
         actor_id=actor_id,
         action=action,
         target_type=target_type,
-        target_id=target_id,
+        target_id=_storable(target_id),
         outcome=outcome,
         ip=ip,
-        user_agent=user_agent[:512],
+        user_agent=_storable(user_agent[:512]),
         detail={
-            k: v for k, v in detail.items() if isinstance(v, str | int | float | bool) or v is None
+            k: _storable(v) if isinstance(v, str) else v
+            for k, v in detail.items()
+            if isinstance(v, str | int | float | bool) or v is None
         },
     )
     await ctx.record_durably(AuditRecorded(entry=entry))

@@ -77,7 +77,9 @@ class PositionView(msgspec.Struct, frozen=True, kw_only=True):
     close_price: Price | None = None
     close_time_ms: TimeMs | None = None
     close_reason: ShortText | None = None
-    signal_id: Id | None = None
+    signal_id: Text | None = None
+    """The signal the position came from, as ``strategy/signal/version`` (ids may hold no
+    slash, so the key is unambiguous)."""
     flags: list[ShortText] = msgspec.field(default_factory=list)
     updated_ms: TimeMs = 0
 

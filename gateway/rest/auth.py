@@ -10,6 +10,7 @@ from quart import Blueprint
 from quart_schema import validate_request, validate_response
 
 from gateway.rest.common import caller, client_address, ctx, user_agent
+from gateway.rest.docs import bearer, errors
 from gateway.services import audit
 from protocol.errors import AuthError, RateLimited
 
@@ -40,6 +41,7 @@ class Token(msgspec.Struct, frozen=True, kw_only=True):
 @blueprint.post("/login")
 @validate_request(Login)
 @validate_response(Token, 200)
+@errors(400, 401, 413, 429)
 async def login(data: Login) -> Any:
     """Exchange a username and password for an access token (rate limited per user+address)."""
     context = ctx()
@@ -83,7 +85,9 @@ async def login(data: Login) -> Any:
 
 
 @blueprint.get("/me")
+@bearer
 @validate_response(UserOut, 200)
+@errors(401, 404)
 async def me() -> Any:
     """The caller."""
     who, _, _ = caller()

@@ -1,0 +1,196 @@
+"""Approvals: a user's decision on a signal, and the history of decisions.
+
+A decision runs inside the user's actor (``UserCore.decide``), with the price board's current
+bid and ask and the clock read there, so it is judged against the market at the moment it is
+taken. The core answers every case the API promises: not in the signal's audience (403), a
+second decision on any version of the signal (409), and the refusals of a trading rule (422
+with the rule's code: ``guard_blocked``, ``late_signal``, ``price_deviation``,
+``sizing_refused``, ``refused``). An expired signal is ``late_signal`` whatever the decision.
+
+Every attempt by an authenticated user is audited with its address and user agent, refusals
+included; the 201 is sent once the audit entry, and with it the approval and the position it
+opened, is committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+from quart import Blueprint
+from quart_schema import document_response, validate_querystring, validate_request
+
+from actors.clock import Clock
+from actors.node import PriceBoard
+from engine.effects import Effects
+from engine.records import Approval, decision_key, signal_key
+from engine.user import UserCore
+from gateway.rest.common import Before, audited, caller, ctx, require_token, scope_user
+from gateway.rest.docs import bearer, errors, json_response
+from gateway.rest.signals import find_signal
+from persistence.projections import to_time
+from protocol.errors import LateSignal
+from protocol.signals import Signal
+from protocol.types import Id
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("approvals", __name__, url_prefix="/api/v1")
+require_token(blueprint)
+
+
+class DecisionIn(msgspec.Struct, frozen=True, kw_only=True):
+    decision: Literal["approve", "reject"]
+
+
+class ApprovalOut(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    decision: Literal["approve", "reject"]
+    decided_ms: int
+    position_id: str | None
+    """The position an approval opened (null for a rejection)."""
+    signal: str = ""
+    """``strategy/signal/version`` decided on."""
+    expires_at_ms: int | None = None
+    """When the opened position is closed by the signal's expiry (if the user wants that)."""
+
+
+class DecisionOut(msgspec.Struct, frozen=True, kw_only=True):
+    approval: ApprovalOut
+
+
+class ApprovalRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded decision (from the durable history)."""
+
+    id: str
+    user_id: str
+    signal: str
+    strategy_id: str
+    signal_id: str
+    signal_version: int
+    decision: Literal["approve", "reject"]
+    decided_ms: int
+    expires_at_ms: int | None
+    position_id: str | None
+    ip: str | None
+    user_agent: str | None
+
+
+class ApprovalList(msgspec.Struct, frozen=True, kw_only=True):
+    approvals: list[ApprovalRow]
+
+
+class ApprovalQuery(msgspec.Struct, frozen=True, kw_only=True):
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    before_ms: Before | None = None
+    """Only decisions taken before this time (paging back through the history)."""
+    user_id: Id | None = None
+    """Admins: one user's decisions (others may only name themselves)."""
+
+
+_HISTORY = """
+SELECT a.id, a.user_id, a.strategy_id, a.signal_id, a.signal_version, a.decision,
+       (extract(epoch FROM a.decided_at) * 1000)::bigint AS decided_ms,
+       (extract(epoch FROM a.expires_at) * 1000)::bigint AS expires_at_ms,
+       host(a.ip) AS ip, a.user_agent, p.id AS position_id
+FROM approvals a
+LEFT JOIN positions p ON p.approval_id = a.id AND p.user_id = a.user_id
+WHERE ($1::text IS NULL OR a.user_id = $1)
+  AND ($2::timestamptz IS NULL OR a.decided_at < $2)
+ORDER BY a.decided_at DESC, a.id
+LIMIT $3"""
+
+
+def _decide(
+    core: UserCore,
+    signal: Signal,
+    decision: Literal["approve", "reject"],
+    approval_id: str,
+    prices: PriceBoard,
+    clock: Clock,
+    ip: str,
+    agent: str,
+) -> tuple[Approval, Effects]:
+    """Inside the user actor: judge the decision at this moment's price and time."""
+    now = clock.now_ms()
+    key = signal_key(signal.strategy_id, signal.signal_id, signal.version)
+    expired = signal.expires_at_ms is not None and now >= signal.expires_at_ms
+    # Audience and "already decided" come first (403, 409), as in the core; then expiry.
+    if expired and core.user_id in signal.audience and decision_key(key) not in core.approvals:
+        raise LateSignal("the signal has expired", expires_at_ms=signal.expires_at_ms, now_ms=now)
+    quote = prices.get(signal.symbol)
+    return core.decide(
+        approval_id=approval_id,
+        signal=signal,
+        decision=decision,
+        bid=quote[0] if quote else None,
+        ask=quote[1] if quote else None,
+        now_ms=now,
+        ip=ip,
+        user_agent=agent,
+    )
+
+
+@blueprint.post("/signals/<strategy_id>/<signal_id>/<int:version>/decision")
+@bearer
+@validate_request(DecisionIn)
+@document_response(DecisionOut, 201)
+@errors(400, 401, 403, 404, 409, 413, 422)
+async def decide(strategy_id: str, signal_id: str, version: int, data: DecisionIn) -> Any:
+    """Approve (open a position) or reject a signal, for the caller."""
+    who, address, agent = caller()
+    context = ctx()
+    key = signal_key(strategy_id, signal_id, version)
+    async with audited("approval." + data.decision, "signal", key, "201") as note:
+        saved = find_signal(context, key)
+        approval: Approval = await context.node.user(who.user_id).call(
+            _decide,
+            saved.signal,
+            data.decision,
+            str(uuid.uuid4()),
+            context.node.prices,
+            context.clock,
+            address,
+            agent,
+        )
+        note.detail.update(approval_id=approval.id, position_id=approval.position_id)
+    out = ApprovalOut(
+        id=approval.id,
+        decision=approval.decision,
+        decided_ms=approval.decided_ms,
+        position_id=approval.position_id,
+        signal=approval.signal,
+        expires_at_ms=approval.expires_at_ms,
+    )
+    return json_response(DecisionOut(approval=out), 201)
+
+
+@blueprint.get("/approvals")
+@bearer
+@validate_querystring(ApprovalQuery)
+@document_response(ApprovalList, 200)
+@errors(400, 401, 403)
+async def list_approvals(query_args: ApprovalQuery) -> Any:
+    """The caller's decisions, newest first (admins: everyone's, or one user's)."""
+    user_id = scope_user(query_args.user_id)
+    rows = await ctx().db.fetch(_HISTORY, user_id, to_time(query_args.before_ms), query_args.limit)
+    approvals = [
+        ApprovalRow(
+            id=r["id"],
+            user_id=r["user_id"],
+            signal=signal_key(r["strategy_id"], r["signal_id"], r["signal_version"]),
+            strategy_id=r["strategy_id"],
+            signal_id=r["signal_id"],
+            signal_version=r["signal_version"],
+            decision=r["decision"],
+            decided_ms=r["decided_ms"],
+            expires_at_ms=r["expires_at_ms"],
+            position_id=r["position_id"],
+            ip=r["ip"],
+            user_agent=r["user_agent"],
+        )
+        for r in rows
+    ]
+    return json_response(ApprovalList(approvals=approvals))

@@ -1,0 +1,113 @@
+"""Users: the caller's trading settings, and accounts created by an admin.
+
+Settings are the user's :class:`~engine.sizing.UserSettings` (sizing, late and deviation
+limits, protective stops, drawdown guard). A change is stored first (the registry writes
+Postgres) and then pushed into the live user actor, so the next decision and the next equity
+report already use it; the 200 means both happened.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+from quart import Blueprint
+from quart_schema import document_response, validate_request
+
+from engine.sizing import UserSettings
+from engine.user import UserCore
+from gateway.auth import require_role
+from gateway.rest.auth import UserOut
+from gateway.rest.common import audited, ctx, identity, require_token
+from gateway.rest.docs import bearer, errors, json_response
+from protocol.errors import DecodeError
+
+__all__ = ["blueprint", "check_settings"]
+
+blueprint = Blueprint("users", __name__, url_prefix="/api/v1")
+require_token(blueprint)
+
+# field -> (lowest, highest, lowest allowed itself): what a sane trading setting can be.
+_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "fixed_volume": (0.0, 1e6, False),
+    "multiple": (0.0, 1e3, False),
+    "risk_percent": (0.0, 100.0, False),
+    "max_delay_ms": (0, 86_400_000, True),
+    "max_deviation_pips": (0.0, 1e6, True),
+    "pending_expiry_ms": (1_000, 30 * 86_400_000, True),
+    "deviation_points": (0, 1_000_000, True),
+    "disaster_distance_pips": (0.0, 1e6, False),
+}
+
+
+class NewUser(msgspec.Struct, frozen=True, kw_only=True):
+    username: Annotated[
+        str, Meta(min_length=1, max_length=64, pattern="^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+    ]
+    password: Annotated[str, Meta(min_length=8, max_length=256)]
+    role: Literal["user", "admin"] = "user"
+
+
+def check_settings(settings: UserSettings) -> None:
+    """Refuse numbers no account should trade with (a negative volume, a NaN, a 0 % risk).
+
+    Raises:
+        DecodeError: naming the first field out of its bounds (a 400).
+    """
+    for field, (low, high, inclusive) in _BOUNDS.items():
+        value = getattr(settings, field)
+        above_low = value >= low if inclusive else value > low
+        if not (math.isfinite(value) and above_low and value <= high):
+            side = "at least" if inclusive else "more than"
+            raise DecodeError(
+                f"settings.{field} must be {side} {low:g} and at most {high:g}", field=field
+            )
+
+
+def _apply(core: UserCore, settings: UserSettings) -> tuple[None, None]:
+    """Inside the user actor: the next decision and equity report use the new settings."""
+    core.settings = settings
+    core.guard.limits = settings.drawdown
+    return None, None
+
+
+@blueprint.get("/me/settings")
+@bearer
+@document_response(UserSettings, 200)
+@errors(401)
+async def get_settings() -> Any:
+    """The caller's trading settings."""
+    return json_response(ctx().registry.user(identity().user_id).settings)
+
+
+@blueprint.put("/me/settings")
+@bearer
+@validate_request(UserSettings)
+@document_response(UserSettings, 200)
+@errors(400, 401, 413)
+async def put_settings(data: UserSettings) -> Any:
+    """Replace the caller's trading settings (stored, then applied to the live actor)."""
+    who = identity()
+    check_settings(data)
+    context = ctx()
+    async with audited("settings.update", "user", who.user_id, "200"):
+        await context.registry.update_settings(who.user_id, data)
+        await context.node.user(who.user_id).call(_apply, data)
+    return json_response(data)
+
+
+@blueprint.post("/users")
+@bearer
+@validate_request(NewUser)
+@document_response(UserOut, 201)
+@errors(400, 401, 403, 409, 413)
+async def create_user(data: NewUser) -> Any:
+    """Create a user (admins only)."""
+    require_role(identity(), "admin")
+    async with audited("user.create", "user", data.username, "201") as note:
+        user = await ctx().registry.create_user(data.username, data.password, role=data.role)
+        note.target_id = user.id
+        note.detail["role"] = data.role
+    return json_response(UserOut(id=user.id, username=user.username, role=user.role), 201)
