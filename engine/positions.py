@@ -20,7 +20,14 @@ from engine.lifecycle import LIVE_STATES, PositionEvent, PositionState, next_sta
 from protocol.common import Origin, Side
 from protocol.errors import UsageError
 
-__all__ = ["BreakEvenRule", "Position", "TrailingRule"]
+__all__ = [
+    "BreakEvenRule",
+    "Position",
+    "TrailingRule",
+    "decode_position_document",
+    "decode_position_documents",
+    "position_document",
+]
 
 
 class TrailingRule(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=True):
@@ -122,3 +129,45 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=T
     def watched(self) -> bool:
         """True while its SL/TP must be watched by the trigger book."""
         return self.state is PositionState.OPEN
+
+
+def _document_type() -> type[msgspec.Struct]:
+    """A map-shaped twin of :class:`Position`, derived from its fields (one source of truth).
+
+    Positions are ``array_like`` in the journal; the ``positions`` projection keeps a readable
+    JSON document of each (a map), which this twin decodes.
+    """
+    fields: list[Any] = []
+    for f in msgspec.structs.fields(Position):
+        if f.required:
+            fields.append((f.name, f.type))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, f.type, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, f.type, f.default))
+    return msgspec.defstruct("PositionDocument", fields, kw_only=True, frozen=True)
+
+
+_DOCUMENT = _document_type()
+_DOCUMENT_DECODER = msgspec.json.Decoder(_DOCUMENT)
+_DOCUMENTS_DECODER = msgspec.json.Decoder(list[_DOCUMENT])  # type: ignore[valid-type]
+_FIELDS = Position.__struct_fields__
+
+
+def position_document(position: Position) -> dict[str, Any]:
+    """A position as a JSON-ready map (the projection's readable document)."""
+    return msgspec.to_builtins(msgspec.structs.asdict(position))  # type: ignore[no-any-return]
+
+
+def decode_position_document(text: str | bytes) -> Position:
+    """The position of one document written by :func:`position_document`."""
+    doc = _DOCUMENT_DECODER.decode(text)
+    return Position(**{name: getattr(doc, name) for name in _FIELDS})
+
+
+def decode_position_documents(text: str | bytes) -> list[Position]:
+    """The positions of a JSON array of documents (one call for a page of history)."""
+    return [
+        Position(**{name: getattr(doc, name) for name in _FIELDS})
+        for doc in _DOCUMENTS_DECODER.decode(text)
+    ]

@@ -22,7 +22,7 @@ import msgspec
 
 from engine.instruments import Instrument
 from engine.lifecycle import FINAL_STATES
-from engine.positions import Position
+from engine.positions import Position, position_document
 from engine.records import (
     AlertRaised,
     ApprovalSaved,
@@ -162,7 +162,7 @@ def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Rec
             version,
             p.approval_id,
             to_time(p.updated_ms) or datetime.now(UTC),
-            msgspec.to_builtins(msgspec.structs.asdict(p)),
+            position_document(p),
         )
 
     # A level move carries no symbol: remember each position's (positions live long enough

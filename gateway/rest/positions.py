@@ -26,7 +26,7 @@ from actors.clock import Clock
 from engine.effects import Effects
 from engine.instruments import Instrument
 from engine.lifecycle import FINAL_STATES
-from engine.positions import Position
+from engine.positions import Position, decode_position_document, decode_position_documents
 from engine.user import UserCore
 from engine.views import position_view
 from gateway.context import GatewayContext
@@ -50,8 +50,6 @@ __all__ = [
 blueprint = Blueprint("positions", __name__, url_prefix="/api/v1")
 require_token(blueprint)
 
-_POSITIONS = msgspec.json.Decoder(list[Position])
-_POSITION = msgspec.json.Decoder(Position)
 _ENCODER = msgspec.json.Encoder()
 _THREAD_ABOVE_BYTES = 64 * 1024
 """Histories bigger than this are decoded and re-encoded in a worker thread."""
@@ -137,7 +135,7 @@ def encode_views(context: GatewayContext, positions: list[Position]) -> bytes:
 
 
 def _decode_encode(context: GatewayContext, text: str) -> bytes:
-    return encode_views(context, _POSITIONS.decode(text))
+    return encode_views(context, decode_position_documents(text))
 
 
 async def history_views(
@@ -173,7 +171,7 @@ async def find_position(context: GatewayContext, position_id: str) -> Position |
         if recent is not None:
             return recent
     text = await context.db.fetchval("SELECT doc::text FROM positions WHERE id = $1", position_id)
-    return None if text is None else _POSITION.decode(text)
+    return None if text is None else decode_position_document(text)
 
 
 def _close(core: UserCore, position_id: str, clock: Clock) -> tuple[str | None, Effects]:

@@ -295,6 +295,11 @@ async def test_kill_9_at_random_points_loses_and_doubles_nothing(pg_dsn, tmp_pat
             await _check_acknowledged(db, world)
         finally:
             await engine.stop()
+    print(
+        f"\nsignals={len(world.acked_signals)} approvals={len(world.acked_approvals)} "
+        f"commands={len(world.commands)} broker_positions_ever={len(world.opened_tickets)} "
+        f"executions={world.terminal.executions}"
+    )
     assert world.conflicts == [], "a command id was issued twice with different content"
     doubled = {cid: t for cid, t in world.opened_tickets.items() if len(t) > 1}
     assert doubled == {}, "the broker opened two positions for one engine position"

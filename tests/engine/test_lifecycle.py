@@ -104,3 +104,23 @@ def test_positions_are_immutable_values() -> None:
         p.sl = 5  # type: ignore[misc]
     with pytest.raises(UsageError):
         p.with_changes(8, state=S.CLOSED)
+
+
+def test_position_documents_round_trip() -> None:
+    import msgspec
+
+    from engine.positions import (
+        BreakEvenRule,
+        TrailingRule,
+        decode_position_document,
+        decode_position_documents,
+        position_document,
+    )
+
+    p = _position(S.OPEN).with_changes(3, sl=100, trailing=TrailingRule(distance=50),
+                                       break_even=BreakEvenRule(trigger=10), flags=("x",))
+    doc = position_document(p)
+    assert doc["id"] == "p1" and doc["sl"] == 100 and doc["state"] == "open"
+    text = msgspec.json.encode(doc)
+    assert decode_position_document(text) == p
+    assert decode_position_documents(b"[" + text + b"," + text + b"]") == [p, p]
