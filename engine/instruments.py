@@ -21,6 +21,10 @@ from protocol.errors import SizingRefused, UsageError
 
 __all__ = ["DEFAULT_INSTRUMENTS", "Instrument"]
 
+_SCALES: tuple[int, ...] = tuple(
+    10**d for d in range(9)
+)  # digits are 0..8 (checked in __post_init__)
+
 
 class Instrument(msgspec.Struct, frozen=True, kw_only=True):
     """What the engine knows about a tradable symbol (canonical name, e.g. ``XAUUSD``)."""
@@ -52,7 +56,7 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def scale(self) -> int:
         """Points per unit of price (``10 ** digits``)."""
-        return int(10**self.digits)
+        return _SCALES[self.digits]
 
     @property
     def point(self) -> float:
@@ -70,8 +74,14 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
         return round(price * self.scale)
 
     def to_price(self, points: int) -> float:
-        """The float price of ``points``, rounded to the instrument's digits."""
-        return round(points / self.scale, self.digits)
+        """The float price of ``points``, rounded to the instrument's digits.
+
+        A plain division is already that rounding: both operands are exact and IEEE division is
+        correctly rounded, so the result is the double nearest ``points * 10**-digits``, which
+        is what ``round(..., digits)`` would return, at a third of the cost (the REST views call
+        this five times per position; tests/engine check the equality by property).
+        """
+        return points / _SCALES[self.digits]
 
     def to_decimal(self, points: int) -> Decimal:
         """The exact decimal price of ``points`` (for money maths)."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 import pytest
 from hypothesis import given
@@ -25,6 +26,17 @@ def test_points_round_trip_without_float_dust() -> None:
 @given(st.integers(min_value=1, max_value=10**9))
 def test_points_survive_a_float_round_trip(points: int) -> None:
     assert EURUSD.to_points(EURUSD.to_price(points)) == points
+
+
+@given(st.integers(min_value=-(10**14), max_value=10**14), st.integers(min_value=0, max_value=8))
+def test_to_price_is_the_decimal_rounding(points: int, digits: int) -> None:
+    # to_price divides without round(): the two must agree bit for bit, and the float must
+    # print as the exact decimal at the instrument's digits.
+    instrument = Instrument(symbol="X", digits=digits, pip_size=1.0, contract_size=1.0)
+    price = instrument.to_price(points)
+    assert price == round(points / 10**digits, digits)
+    assert Decimal(repr(price)) == Decimal(points).scaleb(-digits)
+    assert instrument.scale == 10**digits
 
 
 def test_non_finite_price_is_refused() -> None:

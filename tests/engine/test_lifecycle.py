@@ -117,8 +117,13 @@ def test_position_documents_round_trip() -> None:
         position_document,
     )
 
-    p = _position(S.OPEN).with_changes(3, sl=100, trailing=TrailingRule(distance=50),
-                                       break_even=BreakEvenRule(trigger=10), flags=("x",))
+    p = _position(S.OPEN).with_changes(
+        3,
+        sl=100,
+        trailing=TrailingRule(distance=50),
+        break_even=BreakEvenRule(trigger=10),
+        flags=("x",),
+    )
     doc = position_document(p)
     assert doc["id"] == "p1" and doc["sl"] == 100 and doc["state"] == "open"
     text = msgspec.json.encode(doc)
