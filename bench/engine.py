@@ -29,6 +29,7 @@ import numpy as np
 import trio
 import trio.lowlevel
 
+from actors import heap
 from actors.directory import StaticDirectory
 from actors.marketdata import load_ticks
 from actors.node import MemoryJournal, Node, NodeConfig
@@ -150,8 +151,7 @@ async def _start(
     with trio.fail_after(300):
         while len(symbol.core) < n or node.pending():
             await trio.sleep(0.05)
-    gc.collect()
-    gc.freeze()  # the long-lived state leaves the young generations, as after a recovery
+    heap.settle()  # as the runtime does after a recovery
     return node, links
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from actors.heap import DEFAULT_GEN0
 from protocol.errors import ConfigError
 
 __all__ = ["SETTINGS_HELP", "Settings", "env_name", "load_settings", "parse_strategies"]
@@ -56,7 +57,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     read_cache_ttl_ms: int = 500
     login_burst: int = 5
     login_refill_s: float = 12.0
-    gc_gen0: int = 10_000
+    gc_gen0: int = DEFAULT_GEN0
 
 
 SETTINGS_HELP: dict[str, str] = {

@@ -17,7 +17,6 @@ journal, take a final snapshot, stop.
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import secrets
 import signal
@@ -29,6 +28,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from actors import heap
 from actors.clock import WallClock
 from actors.feeds import random_walk, replay, websocket_feed
 from actors.node import Node
@@ -187,12 +187,7 @@ async def _run(
                 await node.run(task_status=task_status)
 
         await nursery.start(run_node)
-        gc.collect()
-        gc.freeze()  # recovered state is long-lived: keep it out of the young GC generations
-        # A larger young generation: with CPython's 700, objects of requests and messages in
-        # flight were promoted, and full collections of them paused the loop for 50-70 ms
-        # every few seconds under REST load (bench.rest: p99 72 ms -> 10 ms, throughput +40 %).
-        gc.set_threshold(settings.gc_gen0, 10, 10)
+        heap.settle(settings.gc_gen0)  # the recovered state is long-lived: see actors/heap.py
         _start_feed(nursery, settings, node, clock)
         if settings.paper_device and demo is not None:
             nursery.start_soon(run_paper_device, node, DEMO_DEVICE)

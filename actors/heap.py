@@ -1,0 +1,25 @@
+"""The garbage collector's policy for a running node, in one place (the runtime and the
+harnesses that stand in for it use the same).
+
+After a (re)start the recovered state is long-lived: one collection, then ``gc.freeze()`` moves
+the survivors out of every generation the collector scans. The young generation is then widened:
+with CPython's 700 allocations, the objects of requests and messages still in flight were promoted
+and the older collections that followed paused the event loop for 50-70 ms every few seconds
+under REST load (bench.rest: reads p99 72 ms -> 8-11 ms, saturated throughput +40 %).
+"""
+
+from __future__ import annotations
+
+import gc
+
+__all__ = ["DEFAULT_GEN0", "settle"]
+
+DEFAULT_GEN0 = 10_000
+
+
+def settle(gen0: int = DEFAULT_GEN0) -> None:
+    """Collect, freeze what survived, and set the young generation to ``gen0`` allocations
+    (0: no automatic collection)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(gen0, 10, 10)
