@@ -15,7 +15,7 @@ Effects are carried out in a fixed order, and that order is the durability rule 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 import trio
@@ -45,6 +45,15 @@ if TYPE_CHECKING:
 __all__ = ["UserActor"]
 
 
+class _Failure(NamedTuple):
+    """A failure of the fast path, raised in the actor's own task."""
+
+    error: Exception
+
+
+_REARM = object()
+
+
 class UserActor:
     def __init__(self, node: Node, user_id: str) -> None:
         self.node = node
@@ -54,6 +63,8 @@ class UserActor:
         self.log = structlog.get_logger().bind(user_id=user_id)
         self._nursery: trio.Nursery | None = None
         self._ready = trio.Event()
+        self._idle = False
+        """True while the actor's task waits for its mailbox (the fast path is open)."""
 
     def _new_core(self) -> UserCore:
         node = self.node
@@ -67,7 +78,29 @@ class UserActor:
     # -- inputs ------------------------------------------------------------------------------
 
     def deliver(self, message: Any) -> None:
-        """Put a message in the mailbox (never blocks, never drops)."""
+        """Put a message in the mailbox (never blocks, never drops).
+
+        The idle fast path, as in the symbol actor: a fired trigger reaching an actor whose task
+        is waiting on an empty mailbox is handled at once in the caller's task (trio runs every
+        task on one thread, and the core is synchronous, so nothing interleaves). A quote that
+        crosses a band of levels fires positions of hundreds of users at once; without this
+        each of them cost a task hop before its close command reached the outbox, and the last
+        user of a burst waited for all the others' hops (bench.engine's tick-to-outbox).
+        A failure is handed to the actor's task, which raises it for the supervisor.
+        """
+        if type(message) is Fired and self._idle and not len(self.mailbox):
+            self._idle = False  # a nested delivery during this one queues as usual
+            core = self.core
+            due = core.next_due_ms()
+            try:
+                self._handle(message, self.node.clock.now_ms())
+            except Exception as exc:
+                self.mailbox.put_nowait(_Failure(exc))
+                return
+            if core.next_due_ms() != due:  # the waiting task must re-read its timer
+                self.mailbox.put_nowait(_REARM)
+            self._idle = True
+            return
         self.mailbox.put_nowait(message)
 
     async def call(self, fn: Any, *args: Any) -> Any:
@@ -101,12 +134,16 @@ class UserActor:
         while True:
             due = self.core.next_due_ms()
             batch: list[Any] = []
-            if due is None:
-                batch = await self.mailbox.get_batch()
-            else:
-                wait = max(0.0, (due - clock.now_ms()) / 1000)
-                with trio.move_on_after(wait):
+            self._idle = True
+            try:
+                if due is None:
                     batch = await self.mailbox.get_batch()
+                else:
+                    wait = max(0.0, (due - clock.now_ms()) / 1000)
+                    with trio.move_on_after(wait):
+                        batch = await self.mailbox.get_batch()
+            finally:
+                self._idle = False
             now = clock.now_ms()
             for message in batch:
                 self._handle(message, now)
@@ -141,6 +178,10 @@ class UserActor:
             self._carry_out(core.on_device(message.info, now), None)
         elif kind is Call:
             self._call(message)
+        elif kind is _Failure:
+            raise message.error
+        elif message is _REARM:
+            pass  # only woke the task to recompute its timer
         else:  # pragma: no cover - a programming error, surfaced by the supervisor
             raise TypeError(f"user actor got {kind.__name__}")
 

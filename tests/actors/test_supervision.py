@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+from actors.messages import DeviceChanged
 from engine.lifecycle import PositionState
 from engine.symbol import SymbolCore
 from engine.user import UserCore
@@ -80,3 +81,62 @@ async def test_second_connection_replaces_the_first(harness, device, autojump_cl
     # The open was lost with the first link; the new snapshot lacks it: REJECTED, not resent.
     await wait_for_state(node, "u1", approval.position_id, PositionState.REJECTED)
     assert not [f for f in second.frames if isinstance(f, OpenCommand)]
+
+
+async def test_a_breach_is_in_the_outbox_when_the_quote_returns(
+    harness, device, autojump_clock
+) -> None:
+    # The idle fast paths (symbol actor, then user actor) run the whole tick path inside the
+    # feed's call: no task hop between the quote and its close command in the device outbox.
+    await device.connect()
+    pid = await open_position(harness, device)
+    await trio.sleep(1)  # every actor idle again
+    outbox = device.actor.session.outbox
+    before = len(outbox)
+    harness.quote(1944.0, 1944.3)  # no await between the quote and the check
+    assert len(outbox) == before + 1
+    close = await device.link.next(CloseCommand)
+    assert close.command_id == f"{pid}.close.1"
+
+
+async def test_a_timer_set_on_the_fast_path_wakes_the_actor(
+    harness, device, autojump_clock, monkeypatch
+) -> None:
+    await device.connect()
+    await open_position(harness, device)
+    await trio.sleep(1)
+    user = harness.node.users["u1"]
+    assert user.core.next_due_ms() is None  # the task sleeps on its mailbox with no timer
+    real_on_triggers, real_tick = UserCore.on_triggers, UserCore.tick
+    due: list[int] = []
+    ticks: list[int] = []
+
+    def on_triggers(self, triggers, now_ms):  # as if handling the fire scheduled a retry
+        due.append(now_ms + 5_000)
+        return real_on_triggers(self, triggers, now_ms)
+
+    def tick(self, now_ms):
+        ticks.append(now_ms)
+        due.clear()
+        return real_tick(self, now_ms)
+
+    monkeypatch.setattr(UserCore, "on_triggers", on_triggers)
+    monkeypatch.setattr(UserCore, "next_due_ms", lambda self: due[0] if due else None)
+    monkeypatch.setattr(UserCore, "tick", tick)
+    harness.quote(1944.0, 1944.3)  # handled on the fast path, in this call
+    assert due and not ticks
+    await trio.sleep(6)
+    assert ticks and ticks[0] >= 0  # the task re-read its timer and woke for it
+
+
+async def test_a_busy_user_actor_queues_instead(harness, device, autojump_clock) -> None:
+    await device.connect()
+    await open_position(harness, device)
+    await trio.sleep(1)
+    user = harness.node.users["u1"]
+    user.deliver(DeviceChanged(harness.node.device("d1").info))  # queued: the task is awake now
+    outbox = device.actor.session.outbox
+    before = len(outbox)
+    harness.quote(1944.0, 1944.3)
+    assert len(outbox) == before  # behind the queued message, in order
+    await device.link.next(CloseCommand)
