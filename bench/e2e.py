@@ -207,6 +207,42 @@ async def _seed(dsn: str, devices: int, clients: int) -> tuple[list[str], list[s
     return device_ids, device_secrets, users[:clients]
 
 
+async def start_engine(
+    dsn: str, folder: Path, port: int, echo_port: int, **env: str
+) -> trio.Process:
+    """The engine process (``bench.e2e_engine``) on ``dsn``: no built-in feed, paper device or
+    demo strategy, quiet logs, no snapshot during a run; ``env`` adds settings."""
+    settings = {
+        "DATABASE_URL": dsn,
+        "TRIPWIRE_PORT": str(port),
+        "TRIPWIRE_STATE_DIR": str(folder / "state"),
+        "TRIPWIRE_FEED": "none",
+        "TRIPWIRE_PAPER_DEVICE": "false",
+        "TRIPWIRE_DEMO_STRATEGY": "false",
+        "TRIPWIRE_JWT_SECRET": JWT_SECRET,
+        "TRIPWIRE_LOG_LEVEL": "warning",
+        "TRIPWIRE_SNAPSHOT_INTERVAL_S": "3600",
+        **env,
+    }
+    return await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bench.e2e_engine", "--echo-port", str(echo_port)],
+        env={**os.environ, **settings},
+        stdout=subprocess.DEVNULL,
+    )
+
+
+async def wait_ready(http: httpx.AsyncClient, timeout_s: float = 120) -> None:
+    """Until the engine's ``/readyz`` says 200."""
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await trio.sleep(0.2)
+
+
 class Worker:
     def __init__(self, role: str, config: WorkerConfig, folder: Path, name: str) -> None:
         self.role = role
@@ -300,34 +336,10 @@ async def run(args: Any) -> dict[str, Any]:
     try:
         device_ids, device_secrets, client_users = await _seed(dsn, args.devices, args.clients)
         port, echo_port = _free_port(), _free_port()
-        env = dict(
-            os.environ,
-            DATABASE_URL=dsn,
-            TRIPWIRE_PORT=str(port),
-            TRIPWIRE_STATE_DIR=str(folder / "state"),
-            TRIPWIRE_FEED="none",
-            TRIPWIRE_PAPER_DEVICE="false",
-            TRIPWIRE_DEMO_STRATEGY="false",
-            TRIPWIRE_FEED_TOKEN=FEED_TOKEN,
-            TRIPWIRE_JWT_SECRET=JWT_SECRET,
-            TRIPWIRE_LOG_LEVEL="warning",
-            TRIPWIRE_SNAPSHOT_INTERVAL_S="3600",
-        )
-        engine = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "bench.e2e_engine", "--echo-port", str(echo_port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
+        engine = await start_engine(dsn, folder, port, echo_port, TRIPWIRE_FEED_TOKEN=FEED_TOKEN)
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-            with trio.fail_after(120):
-                while True:
-                    try:
-                        if (await http.get("/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.2)
+            await wait_ready(http)
             url = f"ws://127.0.0.1:{port}"
             shards = np.array_split(np.arange(args.devices), args.device_workers)
             for w, shard in enumerate(shards):

@@ -34,9 +34,7 @@ p50 < 25 ms, p95 < 50 ms, p99 < 100 ms).
 from __future__ import annotations
 
 import gc
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +48,17 @@ import numpy as np
 import trio
 
 from bench.common import base_parser, machine, print_table, write_json
-from bench.e2e import JWT_SECRET, Worker, _free_port, _metric, _seed, place_positions, quote_stream
+from bench.e2e import (
+    JWT_SECRET,
+    Worker,
+    _free_port,
+    _metric,
+    _seed,
+    place_positions,
+    quote_stream,
+    start_engine,
+    wait_ready,
+)
 from bench.e2e_workers import DeviceSpec, WorkerConfig
 from gateway.auth import TokenIssuer
 from persistence.embedded import EmbeddedPostgres
@@ -91,9 +99,9 @@ class _Connection:
         self.conn = h11.Connection(our_role=h11.CLIENT)
 
     async def get(self, path: str, token: str) -> tuple[int, bytes]:
-        headers = [("Host", self.host), ("Accept", b"application/json")]
+        headers = [(b"Host", self.host), (b"Accept", b"application/json")]
         if token:
-            headers.append(("Authorization", b"Bearer " + token.encode()))
+            headers.append((b"Authorization", b"Bearer " + token.encode()))
         data = self.conn.send(h11.Request(method="GET", target=path, headers=headers))
         data += self.conn.send(h11.EndOfMessage())
         await self.stream.send_all(data)
@@ -263,32 +271,9 @@ async def run(args: Any) -> dict[str, Any]:
     try:
         device_ids, device_secrets, user_ids = await _seed(dsn, users, users)
         port, echo_port = _free_port(), _free_port()
-        env = dict(
-            os.environ,
-            DATABASE_URL=dsn,
-            TRIPWIRE_PORT=str(port),
-            TRIPWIRE_STATE_DIR=str(folder / "state"),
-            TRIPWIRE_FEED="none",
-            TRIPWIRE_PAPER_DEVICE="false",
-            TRIPWIRE_DEMO_STRATEGY="false",
-            TRIPWIRE_JWT_SECRET=JWT_SECRET,
-            TRIPWIRE_LOG_LEVEL="warning",
-            TRIPWIRE_SNAPSHOT_INTERVAL_S="3600",
-        )
-        engine = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "bench.e2e_engine", "--echo-port", str(echo_port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
+        engine = await start_engine(dsn, folder, port, echo_port)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            with trio.fail_after(120):
-                while True:
-                    try:
-                        if (await http.get("/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.2)
+            await wait_ready(http)
             specs = [DeviceSpec(device_ids[d], device_secrets[d], placed[d]) for d in range(users)]
             devices = Worker(
                 "devices",
