@@ -46,6 +46,7 @@ import structlog
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import pgserver
+    from pgserver._commands import POSTGRES_BIN_PATH
     from pgserver.utils import (
         PostmasterInfo,
         ensure_prefix_permissions,
@@ -195,6 +196,9 @@ class EmbeddedPostgres:
             entry = ensure_user_exists(self._run_as)
             assert entry is not None  # it creates the user when missing
             ensure_prefix_permissions(self.data_dir)
+            # ...and the binaries: a checkout in a private folder (``mktemp -d`` is 0700)
+            # holds the virtualenv the postgres executables live in.
+            ensure_prefix_permissions(POSTGRES_BIN_PATH / "initdb")
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self._log.info("initialising postgres data directory")
         try:
