@@ -247,7 +247,7 @@ function normaliseSignal(raw) {
   if (raw.side !== "buy" && raw.side !== "sell") return null;
   if (raw.decision) return null; // decided already: not pending whatever the list says
   return {
-    key: text(raw.key, 200) || `${strategyId}:${signalId}:${version}`,
+    key: text(raw.key, 200) || `${strategyId}/${signalId}/${version}`,
     strategyId,
     signalId,
     version,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from engine.lifecycle import PositionState
+from engine.records import decision_key, signal_key
 from gateway.demo import DEMO_DEVICE
 from gateway.runtime import serve
 from gateway.services import accept_signal
@@ -210,7 +210,7 @@ def drive_dashboard(
             )
             try:
                 _watch_and_breach(page, expect, base_url, position_id, engine_side, seen)
-                _signals_and_logout(page, expect, position_id, seen)
+                _signals_and_logout(page, expect, position_id, engine_side, seen)
                 _refused_token(page, expect)
             except Exception:
                 page.screenshot(path=str(shots / "dashboard-failure.png"), full_page=True)
@@ -264,7 +264,7 @@ def _watch_and_breach(
     device = page.locator(f'[data-testid="device-row"][data-device-id="{DEMO_DEVICE}"]')
     expect(device).to_have_attribute("data-connected", "true")
     expect(page.get_by_test_id("account-balance")).to_have_text(re.compile(r"\d"))
-    # Whether or not the signals API is deployed yet, the panel must say something definite.
+    # Whatever the signals API answers, the panel must say something definite.
     expect(page.get_by_test_id("signals-status")).not_to_have_text("Loading…")
 
     # Dropped as a slow client: the page says so, backs off, reconnects, and is live again
@@ -298,31 +298,17 @@ def _watch_and_breach(
     )
 
 
-def _signals_and_logout(page: Any, expect: Any, position_id: str, seen: dict[str, Any]) -> None:
-    """Pending signals and decisions, with the REST answers the contract promises stubbed in the
-    browser (the signals API is another branch's work), then a reload and a log-out."""
-    pending = [
-        _signal("sig-ok", entry=1284.5, comment="approve me"),
-        _signal("sig-refused", entry=1284.6, comment="<b>not bold</b>"),
-    ]
-
-    def list_signals(route: Any) -> None:
-        route.fulfill(status=200, json={"signals": pending})
-
-    def decide(route: Any) -> None:
-        signal_id = route.request.url.split("/")[-3]
-        if signal_id == "sig-refused":
-            route.fulfill(
-                status=422,
-                json={"code": "guard_blocked", "message": "drawdown is critical"},
-            )
-            return
-        pending[:] = [s for s in pending if s["signal_id"] != signal_id]
-        approval = {"id": "a-1", "decision": "approve", "decided_ms": 1, "position_id": "P-new"}
-        route.fulfill(status=201, json={"approval": approval})
-
-    page.route(re.compile(r".*/api/v1/signals\?status=pending$"), list_signals)
-    page.route(re.compile(r".*/api/v1/signals/.+/decision$"), decide)
+def _signals_and_logout(
+    page: Any,
+    expect: Any,
+    position_id: str,
+    engine_side: dict[str, Callable[[], None]],
+    seen: dict[str, Any],
+) -> None:
+    """Two real signals, pending for the demo user: one approved from the page (a real position
+    opens), one refused by the engine (its entry is too far from the market); then a reload
+    and a log-out."""
+    engine_side["signals"]()
     page.reload()  # the session survives a reload (sessionStorage), the stream reconnects
     expect(page.get_by_test_id("connection-status")).to_have_text("Live")
     expect(
@@ -330,15 +316,16 @@ def _signals_and_logout(page: Any, expect: Any, position_id: str, seen: dict[str
     ).to_be_visible()
     rows = page.get_by_test_id("signal-row")
     expect(rows).to_have_count(2)
-    refused = page.locator('[data-testid="signal-row"][data-signal-key="demo:sig-refused:1"]')
+    refused = page.locator('[data-testid="signal-row"][data-signal-key="e2e/sig-refused/1"]')
     expect(refused.get_by_test_id("sig-comment")).to_have_text("<b>not bold</b>")  # as text
     refused.get_by_test_id("signal-approve").click()
     message = page.get_by_test_id("signals-message")
-    expect(message).to_contain_text("guard_blocked")
+    expect(message).to_contain_text("price_deviation")
     expect(message).to_have_attribute("data-kind", "bad")
-    ok = page.locator('[data-testid="signal-row"][data-signal-key="demo:sig-ok:1"]')
+    ok = page.locator('[data-testid="signal-row"][data-signal-key="e2e/sig-ok/1"]')
     ok.get_by_test_id("signal-approve").click()
-    expect(message).to_contain_text("position P-new is opening")
+    expect(message).to_contain_text(re.compile(r"position \S+ is opening"))
+    seen["approved_message"] = message.text_content()
     expect(rows).to_have_count(1)
 
     page.get_by_test_id("logout").click()
@@ -367,27 +354,35 @@ def _refused_token(page: Any, expect: Any) -> None:
     expect(page.get_by_test_id("connection-status")).to_have_text("Offline")
 
 
-def _signal(signal_id: str, entry: float, comment: str) -> dict[str, Any]:
-    now = int(time.time() * 1000)
-    return {
-        "key": f"demo:{signal_id}:1",
-        "strategy_id": "demo",
-        "signal_id": signal_id,
-        "version": 1,
-        "symbol": SYMBOL,
-        "side": "buy",
-        "order_type": "market",
-        "entry": entry,
-        "sl": entry - 1.5,
-        "tp": entry + 2.25,
-        "volume": 0.1,
-        "risk_percent": None,
-        "created_at_ms": now,
-        "expires_at_ms": now + 15 * 60_000,
-        "comment": comment,
-        "decision": None,
-        "position_id": None,
-    }
+async def post_signals(engine: Engine, user_id: str, sl: float) -> None:
+    """The two signals the page decides on, recorded as the signals endpoint records them, at
+    the market of this moment: one the engine accepts, one 10 dollars away (the demo user may
+    deviate 30 pips, 3 dollars of gold: refused with ``price_deviation``)."""
+    with trio.fail_after(30):  # the replayed market, not the breach quote of a moment ago
+        _, ask, _ = await wait_until(
+            lambda: (q := engine.node.prices.get(SYMBOL)) and q[0] > sl and q
+        )
+    now = engine.node.clock.now_ms()
+    for signal_id, entry, comment in (
+        ("sig-ok", ask, "approve me"),
+        ("sig-refused", round(ask + 10.0, 2), "<b>not bold</b>"),
+    ):
+        signal = Signal(
+            strategy_id="e2e",
+            signal_id=signal_id,
+            version=1,
+            audience=[user_id],
+            symbol=SYMBOL,
+            side=Side.BUY,
+            entry=entry,
+            sl=round(entry - SL_DISTANCE, 2),
+            tp=round(entry + 2 * SL_DISTANCE, 2),
+            volume=0.1,
+            created_at_ms=now,
+            expires_at_ms=now + 15 * 60_000,
+            comment=comment,
+        )
+        await accept_signal(engine.ctx, signal)
 
 
 async def test_dashboard_shows_a_breach_closing_the_position(
@@ -400,6 +395,7 @@ async def test_dashboard_shows_a_breach_closing_the_position(
     engine_side = {
         "drop": lambda: trio.from_thread.run(drop_clients, engine, user_id),
         "breach": lambda: trio.from_thread.run(breach, engine, sl),
+        "signals": lambda: trio.from_thread.run(post_signals, engine, user_id, sl),
     }
     seen = await trio.to_thread.run_sync(
         drive_dashboard, engine.base_url, chromium, position_id, engine_side, tmp_path
@@ -411,6 +407,11 @@ async def test_dashboard_shows_a_breach_closing_the_position(
     assert any(text.startswith("Reconnecting") for text in seen["status_log"]), seen
     assert seen["page_errors"] == [] and seen["csp"] == []
     assert seen["token_left"] == 0
+    # The approval the page made is the engine's: recorded, and its position is on its way.
+    core = engine.node.users[user_id].core
+    approved = core.approvals[decision_key(signal_key("e2e", "sig-ok", 1))]
+    assert approved.position_id and approved.position_id in seen["approved_message"]
+    assert decision_key(signal_key("e2e", "sig-refused", 1)) not in core.approvals
 
 
 def run_module_checks(base_url: str, chromium: Path) -> list[str]:

@@ -20,6 +20,8 @@ def test_every_setting_is_in_the_readme_table_with_its_default() -> None:
     expected = {}
     for field in msgspec.structs.fields(Settings):
         value = getattr(defaults, field.name)
-        shown = "unset" if value is None else str(value).lower() if isinstance(value, bool) else value
+        shown = (
+            "unset" if value is None else str(value).lower() if isinstance(value, bool) else value
+        )
         expected[env_name(field.name)] = str(shown)
     assert rows == expected
