@@ -27,7 +27,11 @@ What is measured (``time.monotonic_ns``, one clock for every process of the mach
 ``echo_rtt_us``         the baseline: a raw echo round trip between a device process and the
                         engine process, in the same run; ``ratios`` divide by its p50;
 ``lost``/``duplicated`` positions the oracle says must close that got no close command / that
-                        got more than one distinct close command (must both be 0).
+                        got more than one distinct close command (must both be 0);
+``resent``              a close command id arriving again: the protocol's resend after a
+                        reconnect (the simulated EAs reconnect as terminals do; ``disconnects``
+                        and ``disconnect_reasons`` say how often and why the server closed);
+``engine_metrics``      the engine's own counters at the end (sessions, commands, alerts).
 
 Latencies are recorded in HDR histograms; each is ``{"p50","p90","p99","p999","max"}``.
 """
@@ -386,6 +390,7 @@ async def run(args: Any) -> dict[str, Any]:
             fed = await feeder.stop()
             start_ns = fed["start_ns"]
             await trio.sleep(args.grace)
+            engine_metrics = await _engine_metrics(http)  # while every peer is still there
             observed = [await w.stop() for w in workers]
             seen = (
                 await clients.stop() if tokens else {"deltas": [], "price_lag_ms": [], "dropped": 0}
@@ -400,6 +405,33 @@ async def run(args: Any) -> dict[str, Any]:
         await trio.to_thread.run_sync(server.close)
     out = _results(args, quotes, expected, observed, seen, soak, start_ns, device_ids)
     out["results"]["feeder_late_us"] = _hist([ns / 1000 for ns in fed["late_ns"]])
+    out["results"]["engine_metrics"] = engine_metrics
+    return out
+
+
+_ENGINE_METRICS = (
+    "tripwire_devices_connected",
+    "tripwire_commands_total",
+    "tripwire_alerts_total",
+    "tripwire_quotes_total",
+    "tripwire_quotes_rejected_total",
+    "tripwire_quotes_coalesced_total",
+    "tripwire_fires_total",
+    "tripwire_handshakes_total",
+    "tripwire_actor_restarts_total",
+    "tripwire_clients_dropped_total",
+    "tripwire_journal_pending",
+)
+
+
+async def _engine_metrics(http: httpx.AsyncClient) -> dict[str, float]:
+    """What the engine says about itself at the end of the run (``/metrics``), for the
+    cases where the figures need explaining: sessions, command outcomes, alerts."""
+    out: dict[str, float] = {}
+    for line in (await http.get("/metrics")).text.splitlines():
+        if line.startswith(_ENGINE_METRICS):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
     return out
 
 
@@ -422,9 +454,14 @@ def _results(
         for device, command_id, ticket, arrived in part["arrivals"]:
             key = (index[device], ticket)
             if command_id in closes.setdefault(key, set()):
-                repeats += 1
+                repeats += 1  # the same close again: a resend after a reconnect, by protocol
             closes[key].add(command_id)
             arrival.setdefault(key, arrived)
+    disconnects = [row for part in observed for row in part.get("disconnects", [])]
+    by_reason: dict[str, int] = {}
+    for _device, code, reason in disconnects:
+        label = f"{code} {reason or ''}".strip()
+        by_reason[label] = by_reason.get(label, 0) + 1
     tick_to_close = [
         (arrival[k] - (start_ns + q * period_ns)) / 1000
         for k, q in expected.items()
@@ -432,7 +469,11 @@ def _results(
     ]
     lost = sum(1 for k in expected if k not in arrival)
     unexpected = sum(1 for k in arrival if k not in expected)
-    duplicated = repeats + sum(1 for ids in closes.values() if len(ids) > 1)
+    # Two different close commands for one position is a duplicate; one command id arriving
+    # again is the protocol's resend after a reconnect (the terminal answers it from its window
+    # of executed ids), counted apart. Without a reconnect a resend would still be suspect:
+    # ``resent`` is reported beside ``disconnects`` so that the two can be compared.
+    duplicated = sum(1 for ids in closes.values() if len(ids) > 1)
     to_client = []
     for device, ticket, received, state, _lag in seen["deltas"]:
         key = (index.get(device, -1), ticket)
@@ -446,6 +487,9 @@ def _results(
         "echo_rtt_us": _hist(echo),
         "lost": lost,
         "duplicated": duplicated,
+        "resent": repeats,
+        "disconnects": len(disconnects),
+        "disconnect_reasons": by_reason,
         "unexpected_closes": unexpected,
         "expected_closes": len(expected),
         "quotes": len(quotes),
@@ -536,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['expected_closes']:,}  unexpected {r['unexpected_closes']}  "
         f"bad signatures {r['bad_signatures']}"
     )
+    print(f"resent {r['resent']}  disconnects {r['disconnects']} {r['disconnect_reasons'] or ''}")
     print(f"ratios {out['ratios']} (targets: p50 <= 1.5, p99 <= 3)")
     if "soak" in r:
         print(f"soak: RSS growth {r['soak']['rss_growth_pct']} % (target <= 5 %)")

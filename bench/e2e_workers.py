@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import HandshakeError, open_websocket_url
 
 from actors.ea_sim import SimulatedEA
 from actors.paper import PaperConfig, PaperTerminal
@@ -84,7 +84,8 @@ async def run_devices(config: WorkerConfig) -> dict[str, Any]:
     def quote_of(terminal_prices: dict[str, tuple[float, float]]) -> Any:
         return terminal_prices.get
 
-    eas = []
+    eas: list[SimulatedEA] = []
+    gone: list[tuple[str, int | None, str | None]] = []  # device, close code, reason
     async with trio.open_nursery() as nursery:
         for spec in config.devices:
             prices: dict[str, tuple[float, float]] = {}
@@ -113,11 +114,7 @@ async def run_devices(config: WorkerConfig) -> dict[str, Any]:
                         (device, command.command_id, command.ticket, time.monotonic_ns())
                     )
 
-            ea = SimulatedEA(
-                config.url, spec.device_id, spec.secret, terminal, on_command=on_command
-            )
-            eas.append(ea)
-            await nursery.start(ea.run)
+            await nursery.start(_keep_connected, config.url, spec, terminal, on_command, eas, gone)
         print("ready", flush=True)
         await _until_stdin_closes()
         nursery.cancel_scope.cancel()
@@ -125,7 +122,41 @@ async def run_devices(config: WorkerConfig) -> dict[str, Any]:
         "arrivals": arrivals,
         "echo_ns": echo,
         "bad_signatures": sum(ea.bad_signatures for ea in eas),
+        "disconnects": gone,
     }
+
+
+async def _keep_connected(
+    url: str,
+    spec: DeviceSpec,
+    terminal: PaperTerminal,
+    on_command: Any,
+    eas: list[SimulatedEA],
+    gone: list[tuple[str, int | None, str | None]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """One terminal, connected as an EA stays connected: when the server closes the session,
+    note why and connect again after a second (same terminal: same positions, same window of
+    executed command ids, so a close resent under its old id is answered, not executed)."""
+    first = True
+    while True:
+        ea = SimulatedEA(url, spec.device_id, spec.secret, terminal, on_command=on_command)
+        eas.append(ea)
+        refused = False
+        try:
+            async with trio.open_nursery() as inner:
+                await inner.start(ea.run)
+                if first:
+                    task_status.started()
+                    first = False
+        except* (OSError, HandshakeError):
+            if first:
+                raise  # the engine is not there at all: the harness cannot start
+            refused = True
+        code, reason = (None, "reconnect refused") if refused else (ea.closed or (None, None))
+        gone.append((spec.device_id, code, reason))
+        await trio.sleep(1.0)
 
 
 async def run_clients(config: WorkerConfig) -> dict[str, Any]:

@@ -41,6 +41,9 @@ def test_e2e_harness_tiny(tmp_path: Path) -> None:
         assert set(results[key]) >= {"p50", "p90", "p99", "p999", "max"}, key
     assert results["expected_closes"] > 0 and results["tick_to_close_us"]["count"] > 0
     assert results["lost"] == 0 and results["duplicated"] == 0
+    # Nothing closed a session here, so nothing may arrive twice, not even under its old id.
+    assert results["disconnects"] == 0 and results["resent"] == 0
+    assert results["engine_metrics"]["tripwire_devices_connected"] == 4
     assert results["bad_signatures"] == 0
     assert report["ratios"]["tick_to_close_p50_over_echo_p50"] > 0
     assert set(report) >= {"machine", "config", "results", "ratios"}
