@@ -29,7 +29,7 @@ import trio
 
 from protocol.feed import Quote
 
-__all__ = ["Mailbox", "QuoteInbox", "StreamBuffer", "Sweep"]
+__all__ = ["Mailbox", "QueuedQuote", "QuoteInbox", "StreamBuffer", "Sweep"]
 
 T = TypeVar("T")
 
@@ -117,6 +117,18 @@ class Sweep(NamedTuple):
     count: int
 
 
+class QueuedQuote(NamedTuple):
+    """A quote waiting in a symbol actor's inbox, with the time it reached the node.
+
+    Staleness is judged on arrival (``arrived_ms``): a quote that waited in the engine's own
+    queue is as fresh as it was when it came in. Rejecting it for our lag would miss the
+    breach it carries.
+    """
+
+    quote: Quote
+    arrived_ms: int
+
+
 class QuoteInbox:
     """A symbol actor's inbox: quotes (``coalesce`` policy) and control items (never dropped)."""
 
@@ -132,10 +144,10 @@ class QuoteInbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put_quote(self, quote: Quote) -> None:
+    def put_quote(self, quote: Quote, arrived_ms: int) -> None:
         if self._quotes >= self.capacity:
             self._coalesce()
-        self._items.append(quote)
+        self._items.append(QueuedQuote(quote, arrived_ms))
         self._quotes += 1
         self._bell.ring()
 
@@ -148,11 +160,12 @@ class QuoteInbox:
         sweep = self._sweep or [math.inf, -math.inf, math.inf, -math.inf, 0.0]
         kept: deque[object] = deque()
         for item in self._items:
-            if isinstance(item, Quote):
-                sweep[0] = min(sweep[0], item.bid)
-                sweep[1] = max(sweep[1], item.bid)
-                sweep[2] = min(sweep[2], item.ask)
-                sweep[3] = max(sweep[3], item.ask)
+            if type(item) is QueuedQuote:
+                quote = item.quote
+                sweep[0] = min(sweep[0], quote.bid)
+                sweep[1] = max(sweep[1], quote.bid)
+                sweep[2] = min(sweep[2], quote.ask)
+                sweep[3] = max(sweep[3], quote.ask)
                 sweep[4] += 1
                 self.coalesced += 1
             else:

@@ -150,6 +150,8 @@ class Node:
         self.devices: dict[str, DeviceActor] = {}
         self.supervised: dict[str, Supervised] = {}
         self.alerts_raised = 0
+        self.feed_lag_ms = 0
+        """How long the last quote batch waited between its publisher and the node."""
         self.log = structlog.get_logger().bind(node=True)
         self._nursery: trio.Nursery | None = None
         self._on_alerts: list[Callable[[list[Alert]], None]] = []
@@ -269,16 +271,30 @@ class Node:
 
     # -- quotes ------------------------------------------------------------------------------
 
-    def offer_quotes(self, quotes: Iterable[Quote]) -> int:
-        """Route quotes to their symbol actors; returns how many had one (never blocks)."""
+    def offer_quotes(self, quotes: Iterable[Quote], sent_ms: int | None = None) -> int:
+        """Route quotes to their symbol actors; returns how many had one (never blocks).
+
+        The quotes are stamped with their arrival, and a symbol actor judges staleness by it,
+        not by when its queue reaches them. Arrival is now, or ``sent_ms`` when the publisher
+        stamped its batch earlier than that: time spent in the node's own socket buffers is
+        the node's lag, not the quote's age (under load a WebSocket frame can wait there for
+        seconds, and rejecting its quotes as stale would miss the breaches they carry). Both
+        stamps then come from the publisher's clock, so clock skew does not count either.
+        """
         if not self.accepting:
             return 0
         routed = 0
         symbols = self.symbols
+        arrived_ms = self.clock.now_ms()
+        if sent_ms is not None and sent_ms < arrived_ms:
+            self.feed_lag_ms = arrived_ms - sent_ms
+            arrived_ms = sent_ms
+        else:
+            self.feed_lag_ms = 0
         for quote in quotes:
             actor = symbols.get(quote.symbol)
             if actor is not None:
-                actor.offer(quote)
+                actor.offer(quote, arrived_ms)
                 routed += 1
         return routed
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import structlog
 import trio
 
-from actors.mailbox import QuoteInbox, Sweep
+from actors.mailbox import QueuedQuote, QuoteInbox, Sweep
 from actors.messages import Fired, Moved
 from engine.effects import Arm, Disarm, MoveLevels
 from engine.instruments import Instrument
@@ -67,16 +67,17 @@ class SymbolActor:
 
     # -- inputs (never block) ----------------------------------------------------------------
 
-    def offer(self, quote: Quote) -> None:
-        """A quote from a feed: processed now if the actor is idle, queued otherwise."""
+    def offer(self, quote: Quote, arrived_ms: int) -> None:
+        """A quote from a feed that reached the node at ``arrived_ms``: processed now if the
+        actor is idle, queued otherwise."""
         if self._idle and not len(self.inbox):
             try:
-                self._quote(quote, self.node.clock.now_ms())
+                self._quote(quote, arrived_ms)
             except Exception as exc:  # the actor's failure, raised in the actor's own task
                 self._idle = False
                 self.inbox.put_control(_Failure(exc))
             return
-        self.inbox.put_quote(quote)
+        self.inbox.put_quote(quote, arrived_ms)
 
     def control(self, op: Arm | MoveLevels | Disarm) -> None:
         """An arm/move/disarm from a user actor."""
@@ -107,17 +108,17 @@ class SymbolActor:
                 if sweep is not None:
                     self._sweep(sweep, now)
                 for item in batch:
-                    if type(item) is Quote:
-                        self._quote(item, now)
+                    if type(item) is QueuedQuote:
+                        self._quote(item.quote, item.arrived_ms)
                     elif type(item) is _Failure:
                         raise item.error
                     else:
                         self._control(item)  # type: ignore[arg-type]
 
-    def _quote(self, quote: Quote, now_ms: int) -> None:
+    def _quote(self, quote: Quote, arrived_ms: int) -> None:
         self.seq += 1
         self.quotes += 1
-        outcome = self.core.on_quote(quote.bid, quote.ask, quote.time_ms, now_ms)
+        outcome = self.core.on_quote(quote.bid, quote.ask, quote.time_ms, arrived_ms)
         if outcome.rejected is not None:
             self.rejected += 1
             return

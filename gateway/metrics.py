@@ -64,6 +64,11 @@ class _Collector:
         )
         yield counter("tripwire_fires", "SL/TP triggers fired", stats["fires"])
         yield gauge(
+            "tripwire_feed_lag_ms",
+            "Last quote batch: from its publisher's sent_ms to the node (the node's backlog)",
+            ctx.node.feed_lag_ms,
+        )
+        yield gauge(
             "tripwire_armed_positions", "Positions watched by trigger books", stats["armed"]
         )
         yield counter("tripwire_alerts", "Alerts raised", stats["alerts"])

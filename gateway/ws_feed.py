@@ -5,7 +5,9 @@ Only a publisher holding the feed token (``TRIPWIRE_FEED_TOKEN``, compared in co
 closed. Frames are :class:`~protocol.feed.QuoteBatch` (JSON or msgpack, by subprotocol). A
 malformed frame is answered with an error frame and the connection is closed with the matching
 code: a feed that sends garbage is not trusted to send prices. Quotes for symbols the node does
-not trade are counted and ignored; the symbol actors validate the rest.
+not trade are counted and ignored; the symbol actors validate the rest. A batch's ``sent_ms``
+(the publisher's clock) is taken as the quotes' arrival when it is earlier than the node's
+own time: see :meth:`~actors.node.Node.offer_quotes`.
 """
 
 from __future__ import annotations
@@ -61,4 +63,4 @@ async def serve_feed(ctx: GatewayContext) -> None:
             await websocket.close(close_code_for(exc), close_reason(exc))
             return
         if isinstance(batch, QuoteBatch):
-            ctx.counters.feed_quotes += ctx.node.offer_quotes(batch.quotes)
+            ctx.counters.feed_quotes += ctx.node.offer_quotes(batch.quotes, batch.sent_ms)
