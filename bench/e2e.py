@@ -342,7 +342,8 @@ async def run(args: Any) -> dict[str, Any]:
         port, echo_port = _free_port(), _free_port()
         engine = await start_engine(dsn, folder, port, echo_port, TRIPWIRE_FEED_TOKEN=FEED_TOKEN)
         base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+        # Generous: an overloaded engine answers late, and a late answer is a measurement.
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
             await wait_ready(http)
             url = f"ws://127.0.0.1:{port}"
             shards = np.array_split(np.arange(args.devices), args.device_workers)
@@ -370,7 +371,13 @@ async def run(args: Any) -> dict[str, Any]:
                 await clients.start()
             feeder = Worker(
                 "feeder",
-                WorkerConfig(url=url, quotes=quotes, rate=args.rate, feed_token=FEED_TOKEN),
+                WorkerConfig(
+                    url=url,
+                    quotes=quotes,
+                    rate=args.rate,
+                    feed_token=FEED_TOKEN,
+                    frame_ms=args.frame_ms,
+                ),
                 folder,
                 "feeder",
             )
@@ -384,6 +391,7 @@ async def run(args: Any) -> dict[str, Any]:
                         "t_s": round(run_for - (deadline - trio.current_time()), 1),
                         "rss_mb": round(_rss_mb(engine.pid), 1),
                         "mailbox_depth": await _metric(http, "tripwire_mailbox_depth"),
+                        "feed_lag_ms": await _metric(http, "tripwire_feed_lag_ms"),
                     }
                 )
                 await trio.sleep(min(5.0, max(0.5, run_for / 20)))
@@ -553,6 +561,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run this many seconds and report RSS and mailbox depth over time",
     )
     parser.add_argument("--device-workers", type=int, default=2)
+    parser.add_argument(
+        "--frame-ms",
+        type=float,
+        default=5.0,
+        help="the feeder sends one frame per this many ms at most (quotes due are batched)",
+    )
     parser.add_argument(
         "--grace",
         type=float,
