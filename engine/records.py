@@ -207,3 +207,75 @@ def encode_batch(records: list[Record]) -> bytes:
 def decode_batch(payload: bytes) -> list[Record]:
     """The records of one journal batch, decoded in one call."""
     return _BATCH_DECODER.decode(payload)
+
+
+# -- the replay's view of a batch --------------------------------------------------------------
+# Recovery folds a million records, most of them superseded (a position saved ten times counts
+# once) or history the state does not keep (alerts, audit, reconciliation: Postgres projections
+# hold those). The replay decoder therefore reads the same bytes into lighter types: a saved
+# position stays undecoded (``msgspec.Raw``, a view of the payload) until the fold knows it is
+# the last one, and history records are recognised by their tag and skipped. Every other record
+# is decoded as itself.
+
+
+class _Lazy(msgspec.Struct, frozen=True, tag_field="k", array_like=True, gc=False):
+    """Base of the replay-only views (same tag field and layout as :class:`_Record`)."""
+
+
+class PositionSavedRaw(_Lazy, tag="pos", frozen=True, array_like=True, gc=False):
+    """A :class:`PositionSaved` whose position is not decoded yet."""
+
+    position: msgspec.Raw
+
+
+class HistorySkipped(_Lazy, frozen=True, array_like=True, gc=False):
+    """A history record, read no further than its tag."""
+
+
+class _AlertSkipped(HistorySkipped, tag="alert", frozen=True, array_like=True, gc=False):
+    pass
+
+
+class _ReconciliationSkipped(HistorySkipped, tag="recon", frozen=True, array_like=True, gc=False):
+    pass
+
+
+class _AuditSkipped(HistorySkipped, tag="audit", frozen=True, array_like=True, gc=False):
+    pass
+
+
+class _PositionId(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """The first field of a :class:`Position` (the rest of the array is not read)."""
+
+    id: str
+
+
+ReplayRecord = (
+    PositionSavedRaw
+    | LevelsMoved
+    | CommandIssued
+    | CommandResolved
+    | SignalSaved
+    | ApprovalSaved
+    | _AlertSkipped
+    | _ReconciliationSkipped
+    | _AuditSkipped
+    | GuardSaved
+)
+
+_REPLAY_DECODER = msgspec.msgpack.Decoder(list[ReplayRecord])
+_POSITION_ID_DECODER = msgspec.msgpack.Decoder(_PositionId)
+_POSITION_DECODER = msgspec.msgpack.Decoder(Position)
+
+
+def decode_batch_for_replay(payload: bytes) -> list[ReplayRecord]:
+    """The records of one journal batch as the replay reads them (see above)."""
+    return _REPLAY_DECODER.decode(payload)
+
+
+def position_id_of(raw: msgspec.Raw) -> str:
+    return _POSITION_ID_DECODER.decode(raw).id
+
+
+def decode_position(raw: msgspec.Raw) -> Position:
+    return _POSITION_DECODER.decode(raw)

@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from engine.records import decode_batch
 from engine.state import EngineState, Replay
 
 __all__ = ["Recovered", "load_state"]
@@ -47,10 +46,8 @@ async def load_state(journal: Any) -> Recovered:
         payloads = [batch async for batch in journal.read_batches(state.seq)]
         loaded = time.perf_counter()
         for first, last, payload in payloads:
-            records = decode_batch(payload)
             skip = max(0, state.seq - first + 1)  # a batch may straddle the snapshot
-            replay.add(records[skip:], last)
-            replayed += len(records) - skip
+            replayed += replay.add_payload(payload, skip, last)
         replay.finish()
         del payloads
     finally:
