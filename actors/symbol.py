@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import structlog
 import trio
 
+from actors import heap
 from actors.mailbox import QueuedQuote, QuoteInbox, Sweep
 from actors.messages import Fired, Moved
 from engine.effects import Arm, Disarm, MoveLevels
@@ -89,11 +90,12 @@ class SymbolActor:
         """Restore the book from the node's state, then serve the inbox until cancelled."""
         self.core = self._new_core()
         # The book is rebuilt from the node's state fold, in bulk, on every (re)start.
-        fired = self.core.arm_many(
-            p
-            for p in self.node.state.positions.values()
-            if p.symbol == self.symbol and p.state is PositionState.OPEN
-        )
+        with heap.bulk_build():
+            fired = self.core.arm_many(
+                p
+                for p in self.node.state.positions.values()
+                if p.symbol == self.symbol and p.state is PositionState.OPEN
+            )
         if fired:
             self._dispatch_fired(fired)
         async with trio.open_nursery() as nursery:

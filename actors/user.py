@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import structlog
 import trio
 
+from actors import heap
 from actors.mailbox import Mailbox
 from actors.messages import (
     AccountReport,
@@ -118,7 +119,8 @@ class UserActor:
         """Restore from the node's state fold, then serve the mailbox until cancelled."""
         self.core = core = self._new_core()
         view, node_start = self.node.restore_view(self.user_id)
-        effects = core.restore(view.positions, view.commands, view.approvals, view.guard)
+        with heap.bulk_build():
+            effects = core.restore(view.positions, view.commands, view.approvals, view.guard)
         if node_start:
             effects.arms.clear()  # the symbol actors armed the whole fold at their start
         for info in self.node.device_infos(self.user_id):
