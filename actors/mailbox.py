@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Generic, NamedTuple, TypeVar
 
 import trio
@@ -132,9 +133,17 @@ class QueuedQuote(NamedTuple):
 class QuoteInbox:
     """A symbol actor's inbox: quotes (``coalesce`` policy) and control items (never dropped)."""
 
-    def __init__(self, name: str, quote_capacity: int = 4096) -> None:
+    def __init__(
+        self,
+        name: str,
+        quote_capacity: int = 4096,
+        admit: Callable[[Quote, int], bool] | None = None,
+    ) -> None:
         self.name = name
         self.capacity = quote_capacity
+        self.admit = admit
+        """Whether a quote (and its arrival time) may count in a sweep: a quote validation
+        would refuse is never acted on, coalesced or not."""
         self._items: deque[object] = deque()
         self._quotes = 0
         self._sweep: list[float] | None = None  # bid_low, bid_high, ask_low, ask_high, count
@@ -159,18 +168,23 @@ class QuoteInbox:
         """Fold every queued quote into the sweep; control items keep their places."""
         sweep = self._sweep or [math.inf, -math.inf, math.inf, -math.inf, 0.0]
         kept: deque[object] = deque()
+        admit = self.admit
         for item in self._items:
             if type(item) is QueuedQuote:
                 quote = item.quote
+                self.coalesced += 1
+                if admit is not None and not admit(quote, item.arrived_ms):
+                    continue
                 sweep[0] = min(sweep[0], quote.bid)
                 sweep[1] = max(sweep[1], quote.bid)
                 sweep[2] = min(sweep[2], quote.ask)
                 sweep[3] = max(sweep[3], quote.ask)
                 sweep[4] += 1
-                self.coalesced += 1
             else:
                 kept.append(item)
-        self._items, self._quotes, self._sweep = kept, 0, sweep
+        self._items, self._quotes = kept, 0
+        if sweep[4]:  # nothing admitted: no sweep
+            self._sweep = sweep
 
     async def get_batch(self) -> tuple[Sweep | None, list[object]]:
         """The sweep of coalesced quotes (if any), then every waiting item in order."""

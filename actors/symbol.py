@@ -52,7 +52,7 @@ class SymbolActor:
         self.node = node
         self.instrument = instrument
         self.symbol = instrument.symbol
-        self.inbox = QuoteInbox(f"symbol:{self.symbol}", node.config.quote_inbox)
+        self.inbox = QuoteInbox(f"symbol:{self.symbol}", node.config.quote_inbox, self._admit)
         self.core = self._new_core()
         self.quotes = 0
         self.rejected = 0
@@ -79,6 +79,16 @@ class SymbolActor:
                 self.inbox.put_control(_Failure(exc))
             return
         self.inbox.put_quote(quote, arrived_ms)
+
+    def _admit(self, quote: Quote, arrived_ms: int) -> bool:
+        """May a quote coalesced under load count in the sweep? (Refused ones are counted.)"""
+        reason = self.core.validator.check_coalesced(
+            quote.bid, quote.ask, quote.time_ms, arrived_ms
+        )
+        if reason is None:
+            return True
+        self.rejected += 1
+        return False
 
     def control(self, op: Arm | MoveLevels | Disarm) -> None:
         """An arm/move/disarm from a user actor."""

@@ -53,17 +53,33 @@ class QuoteValidator:
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
         return reason
 
-    def _reason(self, bid: float, ask: float, ts_ms: int, now_ms: int) -> str | None:
+    def check_coalesced(self, bid: float, ask: float, ts_ms: int, now_ms: int) -> str | None:
+        """The rules that need no history, for a quote coalesced into a sweep under load
+        (``None``: its prices may count; otherwise the reason, counted). Order and jumps are
+        not judged one quote at a time there: the sweep leaves out extremes past the jump
+        limit itself (:meth:`engine.symbol.SymbolCore.on_sweep`)."""
+        reason = self._static_reason(bid, ask, ts_ms, now_ms)
+        if reason is not None:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        return reason
+
+    def _static_reason(self, bid: float, ask: float, ts_ms: int, now_ms: int) -> str | None:
         if not (math.isfinite(bid) and math.isfinite(ask)):
             return "not_finite"
         if bid <= 0 or ask <= 0:
             return "non_positive"
         if bid > ask:
             return "crossed"
+        if now_ms - ts_ms > self.limits.max_age_ms:
+            return "stale"
+        return None
+
+    def _reason(self, bid: float, ask: float, ts_ms: int, now_ms: int) -> str | None:
+        static = self._static_reason(bid, ask, ts_ms, now_ms)
+        if static is not None:
+            return static
         limits = self.limits
-        if now_ms - ts_ms > limits.max_age_ms or (
-            self.last_ts is not None and ts_ms < self.last_ts
-        ):
+        if self.last_ts is not None and ts_ms < self.last_ts:
             return "stale"
         mid = (bid + ask) * 0.5
         last = self.last_mid

@@ -1,11 +1,13 @@
-"""Quotes are judged fresh or stale on arrival at the node, not when a busy actor reaches them."""
+"""Quote validation under load: staleness is judged on arrival, not when a busy actor reaches a
+quote, and quotes coalesced into a sweep are validated too."""
 
 from __future__ import annotations
 
 import trio
 import trio.testing
 
-from actors.node import MemoryJournal, Node
+from actors.mailbox import QuoteInbox, Sweep
+from actors.node import MemoryJournal, Node, NodeConfig
 from engine.effects import Disarm
 from protocol.feed import Quote
 
@@ -83,3 +85,32 @@ async def test_a_quote_already_old_when_its_publisher_sent_it_is_rejected(nurser
     await trio.testing.wait_all_tasks_blocked()
     assert node.symbols["XAUUSD"].rejected == 1
     assert node.feed_lag_ms == 0
+
+
+async def test_a_quote_coalesced_under_load_is_still_validated() -> None:
+    inbox = QuoteInbox("t", 2, admit=lambda quote, arrived_ms: quote.bid <= quote.ask)
+    crossed = Quote(symbol="XAUUSD", bid=1900.0, ask=1800.0, time_ms=0)
+    good = [Quote(symbol="XAUUSD", bid=b, ask=b + 0.3, time_ms=0) for b in (2000.0, 2001.0)]
+    inbox.put_quote(crossed, 0)
+    inbox.put_quote(good[0], 0)
+    inbox.put_quote(good[1], 0)  # over capacity: the two queued quotes are coalesced
+    sweep, batch = await inbox.get_batch()
+    assert sweep == Sweep(2000.0, 2000.0, 2000.3, 2000.3, 1)  # the crossed quote left out
+    assert [item.quote for item in batch] == [good[1]]  # type: ignore[attr-defined]
+    assert inbox.coalesced == 2
+
+
+async def test_the_symbol_actor_counts_coalesced_quotes_it_refuses(nursery) -> None:
+    clock = ManualClock()
+    node = Node(journal=MemoryJournal(), clock=clock, config=NodeConfig(quote_inbox=2))
+    await nursery.start(node.run)
+    symbol = node.symbols["XAUUSD"]
+    node.offer_quotes([_quote(clock, 2000.0)])
+    await trio.testing.wait_all_tasks_blocked()
+    symbol.control(Disarm(symbol="XAUUSD", position_id="nobody"))  # busy: quotes queue
+    crossed = Quote(symbol="XAUUSD", bid=2010.0, ask=2000.0, time_ms=clock.now)
+    node.offer_quotes([crossed, _quote(clock, 2001.0), _quote(clock, 2002.0)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert symbol.inbox.coalesced == 2
+    assert symbol.rejected == 1
+    assert node.prices.get("XAUUSD")[0] == 2002.0  # type: ignore[index]
