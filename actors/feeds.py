@@ -25,10 +25,13 @@ from protocol.codec import feed_codec
 from protocol.errors import ProtocolError
 from protocol.feed import Quote, QuoteBatch
 
-__all__ = ["QuoteSink", "random_walk", "replay", "websocket_feed"]
+__all__ = ["QuoteSink", "StampedQuoteSink", "random_walk", "replay", "websocket_feed"]
 
 QuoteSink = Callable[[Sequence[Quote]], object]
 """Takes a batch of quotes and must not block (``Node.offer_quotes``)."""
+
+StampedQuoteSink = Callable[[Sequence[Quote], int | None], object]
+"""The same, with the batch's ``sent_ms`` (``Node.offer_quotes`` judges arrival by it)."""
 
 
 async def replay(
@@ -110,7 +113,7 @@ async def random_walk(
 
 
 async def websocket_feed(
-    sink: QuoteSink,
+    sink: StampedQuoteSink,
     url: str,
     encoding: str = "msgpack",
     max_backoff: float = 10.0,
@@ -139,7 +142,7 @@ async def websocket_feed(
                         log.warning("bad feed frame skipped", code=exc.code, error=exc.message)
                         continue
                     if isinstance(batch, QuoteBatch):
-                        sink(batch.quotes)
+                        sink(batch.quotes, batch.sent_ms)
         except (ConnectionClosed, HandshakeError, OSError) as exc:
             log.warning("feed disconnected; reconnecting", error=str(exc), backoff_s=backoff)
         await trio.sleep(backoff)
