@@ -151,7 +151,8 @@ class Node:
         self.supervised: dict[str, Supervised] = {}
         self.alerts_raised = 0
         self.feed_lag_ms = 0
-        """How long the last quote batch waited between its publisher and the node."""
+        """How long the last quote batch stamped with ``sent_ms`` waited between its publisher
+        and the node."""
         self.log = structlog.get_logger().bind(node=True)
         self._nursery: trio.Nursery | None = None
         self._on_alerts: list[Callable[[list[Alert]], None]] = []
@@ -286,11 +287,9 @@ class Node:
         routed = 0
         symbols = self.symbols
         arrived_ms = self.clock.now_ms()
-        if sent_ms is not None and sent_ms < arrived_ms:
-            self.feed_lag_ms = arrived_ms - sent_ms
-            arrived_ms = sent_ms
-        else:
-            self.feed_lag_ms = 0
+        if sent_ms is not None:
+            self.feed_lag_ms = max(0, arrived_ms - sent_ms)
+            arrived_ms = min(arrived_ms, sent_ms)
         for quote in quotes:
             actor = symbols.get(quote.symbol)
             if actor is not None:
