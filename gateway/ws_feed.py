@@ -3,11 +3,11 @@
 Only a publisher holding the feed token (``TRIPWIRE_FEED_TOKEN``, compared in constant time,
 ``?token=`` or ``Authorization: Bearer``) may connect; with no token configured the endpoint is
 closed. Frames are :class:`~protocol.feed.QuoteBatch` (JSON or msgpack, by subprotocol). A
-malformed frame is answered with an error frame and the connection is closed with the matching
-code: a feed that sends garbage is not trusted to send prices. Quotes for symbols the node does
-not trade are counted and ignored; the symbol actors validate the rest. A batch's ``sent_ms``
-(the publisher's clock) is taken as the quotes' arrival when it is earlier than the node's
-own time: see :meth:`~actors.node.Node.offer_quotes`.
+malformed frame closes the connection with the matching code and a reason (a publisher reads no
+frames, so there is no error frame): a feed that sends garbage is not trusted to send prices.
+Quotes for symbols the node does not trade are counted and ignored; the symbol actors validate
+the rest. A batch's ``sent_ms`` (the publisher's clock) is taken as the quotes' arrival when it
+is earlier than the node's own time: see :meth:`~actors.node.Node.offer_quotes`.
 """
 
 from __future__ import annotations

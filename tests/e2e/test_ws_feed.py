@@ -1,0 +1,102 @@
+"""``/ws/feed`` over real sockets: the feed token, hostile frames, and quotes judged on arrival."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from protocol.closecodes import CloseCode
+from protocol.codec import feed_codec
+from protocol.feed import Quote, QuoteBatch
+from tests.e2e.conftest import FEED_TOKEN
+
+MSGPACK = feed_codec("msgpack")
+
+
+def _url(engine, token: str | None = FEED_TOKEN) -> str:
+    return f"{engine.ws_url}/ws/feed" + (f"?token={token}" if token is not None else "")
+
+
+def _batch(engine, bid: float, *, age_ms: int = 0, sent_lag_ms: int | None = None) -> bytes:
+    """A batch of one XAUUSD quote ``age_ms`` old when sent, sent ``sent_lag_ms`` ago."""
+    now = engine.ctx.clock.now_ms()
+    sent = None if sent_lag_ms is None else now - sent_lag_ms
+    time_ms = (sent if sent is not None else now) - age_ms
+    quote = Quote(symbol="XAUUSD", bid=bid, ask=round(bid + 0.3, 3), time_ms=time_ms)
+    return MSGPACK.encode(QuoteBatch(quotes=[quote], sent_ms=sent))
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():  # polling the engine's state from outside
+            await trio.sleep(0.01)
+
+
+async def _closed_code(url: str, frame: bytes | None) -> int | None:
+    async with open_websocket_url(url, subprotocols=["tripwire.v1.msgpack"]) as ws:
+        try:
+            if frame is not None:
+                await ws.send_message(frame)
+            with trio.fail_after(5):
+                await ws.get_message()
+        except ConnectionClosed as closed:
+            return closed.reason.code
+    return None
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token-0123456789"])
+async def test_a_publisher_without_the_feed_token_is_closed_and_counted(engine, token) -> None:
+    assert await _closed_code(_url(engine, token), None) == CloseCode.POLICY_VIOLATION
+    assert engine.ctx.counters.handshakes["feed_unauthorized"] == 1
+
+
+async def test_quotes_reach_the_symbol_actor(engine) -> None:
+    async with open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as ws:
+        await ws.send_message(_batch(engine, 2000.0))
+        await _until(lambda: engine.node.prices.get("XAUUSD") is not None)
+    assert engine.node.prices.get("XAUUSD")[0] == 2000.0
+    assert engine.ctx.counters.feed_quotes == 1
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"\xc1\x00 not msgpack", CloseCode.PROTOCOL_ERROR),
+        (MSGPACK.encode(QuoteBatch(quotes=[])) + b"", None),  # a valid empty batch: kept open
+        (b"\x81\xa4type\xa6quotes", CloseCode.PROTOCOL_ERROR),  # no quotes field
+        (b"x" * (1_048_576 + 1), CloseCode.MESSAGE_TOO_BIG),
+    ],
+    ids=["garbage", "empty", "missing_field", "oversized"],
+)
+async def test_hostile_frames_close_the_publisher_and_nobody_else(engine, frame, code) -> None:
+    async with open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as other:
+        closed = None
+        async with open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as ws:
+            await ws.send_message(frame)
+            try:
+                with trio.move_on_after(0.5):
+                    await ws.get_message()
+            except ConnectionClosed as exc:
+                closed = exc.reason.code
+        assert closed == code
+        # The other publisher is still served.
+        await other.send_message(_batch(engine, 2001.0))
+        await _until(lambda: (engine.node.prices.get("XAUUSD") or (0,))[0] == 2001.0)
+    if code == CloseCode.PROTOCOL_ERROR:
+        assert sum(engine.ctx.counters.bad_frames.values()) == 1
+
+
+async def test_time_in_the_nodes_buffers_does_not_make_a_quote_stale(engine) -> None:
+    """A batch the node reads long after its publisher sent it (a backlog in our own socket
+    buffers) is judged by ``sent_ms``; a quote that was already old when sent is refused."""
+    max_age = engine.node.config.quote_limits.max_age_ms
+    symbol = engine.node.symbols["XAUUSD"]
+    async with open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as ws:
+        await ws.send_message(_batch(engine, 2000.0, sent_lag_ms=max_age * 2))
+        await _until(lambda: engine.node.prices.get("XAUUSD") is not None)
+        assert symbol.rejected == 0
+        assert engine.node.feed_lag_ms >= max_age * 2
+        await ws.send_message(_batch(engine, 2000.5, age_ms=max_age + 1_000, sent_lag_ms=0))
+        await _until(lambda: symbol.rejected == 1)
+    assert engine.node.prices.get("XAUUSD")[0] == 2000.0
