@@ -281,6 +281,9 @@ class Node:
         the node's lag, not the quote's age (under load a WebSocket frame can wait there for
         seconds, and rejecting its quotes as stale would miss the breaches they carry). Both
         stamps then come from the publisher's clock, so clock skew does not count either.
+        Trusting ``sent_ms`` trusts the publisher no more than ``time_ms`` already does (it is
+        authenticated, and could restamp either): staleness guards against an honest feed
+        that fell behind, and a quote that was old when it was sent is still refused.
         """
         if not self.accepting:
             return 0
