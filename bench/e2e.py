@@ -14,7 +14,8 @@ What runs (every role its own process, so both cores work and nothing shares an 
   arms them, SL/TP spread around the market;
 * clients (``... clients``): ``/ws/client`` streams of ``--clients`` users;
 * the feeder (``... feeder``): the real XAUUSD and EURUSD days through ``/ws/feed`` at a
-  constant ``--rate``, each quote at its scheduled time.
+  constant ``--rate``, each quote due at its scheduled time and sent as a publisher does: at
+  most one frame per ``--frame-ms``, carrying every quote due, stamped with ``sent_ms``.
 
 What is measured (``time.monotonic_ns``, one clock for every process of the machine):
 
@@ -558,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         "--soak",
         type=float,
         default=0.0,
-        help="run this many seconds and report RSS and mailbox depth over time",
+        help="run this many seconds and report RSS, mailbox depth and feed lag over time",
     )
     parser.add_argument("--device-workers", type=int, default=2)
     parser.add_argument(
