@@ -236,6 +236,16 @@ async def start_engine(
     )
 
 
+async def stop_engine(engine: trio.Process, grace_s: float = 30) -> None:
+    """SIGTERM (the engine shuts down gracefully: drain, final snapshot), then SIGKILL after
+    ``grace_s``."""
+    engine.send_signal(signal.SIGTERM)
+    with trio.move_on_after(grace_s):
+        await engine.wait()
+    if engine.returncode is None:
+        engine.kill()
+
+
 async def wait_ready(http: httpx.AsyncClient, timeout_s: float = 120) -> None:
     """Until the engine's ``/readyz`` says 200."""
     with trio.fail_after(timeout_s):
@@ -406,11 +416,7 @@ async def run(args: Any) -> dict[str, Any]:
             )
     finally:
         if engine is not None:
-            engine.send_signal(signal.SIGTERM)
-            with trio.move_on_after(30):
-                await engine.wait()
-            if engine.returncode is None:
-                engine.kill()
+            await stop_engine(engine)
         await trio.to_thread.run_sync(server.close)
     out = _results(args, quotes, expected, observed, seen, soak, start_ns, device_ids)
     out["results"]["feeder_late_us"] = _hist([ns / 1000 for ns in fed["late_ns"]])

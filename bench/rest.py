@@ -34,7 +34,6 @@ p50 < 25 ms, p95 < 50 ms, p99 < 100 ms).
 from __future__ import annotations
 
 import gc
-import signal
 import sys
 import tempfile
 import time
@@ -57,6 +56,7 @@ from bench.e2e import (
     place_positions,
     quote_stream,
     start_engine,
+    stop_engine,
     wait_ready,
 )
 from bench.e2e_workers import DeviceSpec, WorkerConfig
@@ -324,11 +324,7 @@ async def run(args: Any) -> dict[str, Any]:
             with trio.move_on_after(30):
                 await devices.stop()
         if engine is not None:
-            engine.send_signal(signal.SIGTERM)
-            with trio.move_on_after(30):
-                await engine.wait()
-            if engine.returncode is None:
-                engine.kill()
+            await stop_engine(engine)
         await trio.to_thread.run_sync(server.close)
 
 
