@@ -15,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["base_parser", "machine", "percentiles", "print_table", "write_json"]
+from engine.lifecycle import PositionState
+from engine.positions import Position
+from protocol.common import Side
+
+__all__ = ["base_parser", "machine", "open_positions", "percentiles", "print_table", "write_json"]
 
 
 def machine() -> dict[str, Any]:
@@ -102,3 +106,37 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     return parser
+
+
+def open_positions(
+    n: int, owners: int, entry: int, *, seed: int, all_buy: bool = False
+) -> list[Position]:
+    """``n`` OPEN XAUUSD positions opened at ``entry`` (points), position ``i`` owned by user
+    ``u{i % owners}`` on device ``d{i % owners}``: buys and sells in turn (or all buys, for a
+    storm), SL and TP at log-normal distances around 8,000 and 12,000 points."""
+    rng = np.random.default_rng(seed)
+    sl = np.clip(rng.lognormal(np.log(8_000), 0.7, n), 300, 60_000).astype(int).tolist()
+    tp = np.clip(rng.lognormal(np.log(12_000), 0.7, n), 300, 90_000).astype(int).tolist()
+    out = []
+    for i in range(n):
+        side = Side.BUY if all_buy or i % 2 == 0 else Side.SELL
+        k = i % owners
+        out.append(
+            Position(
+                id=f"P{i:08d}",
+                user_id=f"u{k}",
+                device_id=f"d{k}",
+                account=str(k),
+                symbol="XAUUSD",
+                side=side,
+                volume=0.1,
+                state=PositionState.OPEN,
+                open_price=entry,
+                open_time_ms=0,
+                sl=entry - side.sign * sl[i],
+                tp=entry + side.sign * tp[i],
+                ticket=1_000_000 + i,
+                client_id=f"tw:P{i:08d}",
+            )
+        )
+    return out

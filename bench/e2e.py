@@ -246,8 +246,8 @@ async def stop_engine(engine: trio.Process, grace_s: float = 30) -> None:
         engine.kill()
 
 
-async def wait_ready(http: httpx.AsyncClient, timeout_s: float = 120) -> None:
-    """Until the engine's ``/readyz`` says 200."""
+async def wait_ready(http: httpx.AsyncClient, timeout_s: float = 120, poll_s: float = 0.2) -> None:
+    """Until the engine's ``/readyz`` says 200 (asking every ``poll_s``)."""
     with trio.fail_after(timeout_s):
         while True:
             try:
@@ -255,7 +255,7 @@ async def wait_ready(http: httpx.AsyncClient, timeout_s: float = 120) -> None:
                     return
             except httpx.TransportError:
                 pass
-            await trio.sleep(0.2)
+            await trio.sleep(poll_s)
 
 
 class Worker:

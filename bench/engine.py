@@ -33,14 +33,11 @@ from actors import heap
 from actors.directory import StaticDirectory
 from actors.marketdata import load_ticks
 from actors.node import MemoryJournal, Node, NodeConfig
-from bench.common import base_parser, machine, percentiles, print_table, write_json
+from bench.common import base_parser, machine, open_positions, percentiles, print_table, write_json
 from engine.instruments import DEFAULT_INSTRUMENTS
-from engine.lifecycle import PositionState
-from engine.positions import Position
 from engine.quotes import QuoteLimits
 from engine.records import PositionSaved
 from engine.state import EngineState
-from protocol.common import Side
 from protocol.device import HelloBody, PositionsSnapshot, SymbolSpec, TerminalPosition
 from protocol.feed import Quote
 from protocol.results import classify
@@ -61,37 +58,10 @@ class _Link:
         pass
 
 
-def _positions(n: int, devices: int, entry: int, storm: bool, seed: int = 5) -> EngineState:
-    rng = np.random.default_rng(seed)
+def _positions(n: int, devices: int, entry: int, storm: bool) -> EngineState:
     state = EngineState()
-    sl_dist = np.clip(rng.lognormal(np.log(8_000), 0.7, n), 300, 60_000).astype(int).tolist()
-    tp_dist = np.clip(rng.lognormal(np.log(12_000), 0.7, n), 300, 90_000).astype(int).tolist()
-    for i in range(n):
-        side = Side.BUY if storm or i % 2 == 0 else Side.SELL
-        d = i % devices
-        pid = f"P{i:08d}"
-        sl = entry - side.sign * sl_dist[i]
-        tp = entry + side.sign * tp_dist[i]
-        state.apply(
-            PositionSaved(
-                position=Position(
-                    id=pid,
-                    user_id=f"u{d}",
-                    device_id=f"d{d}",
-                    account=str(d),
-                    symbol="XAUUSD",
-                    side=side,
-                    volume=0.1,
-                    state=PositionState.OPEN,
-                    open_price=entry,
-                    open_time_ms=0,
-                    sl=sl,
-                    tp=tp,
-                    ticket=1_000_000 + i,
-                    client_id=f"tw:{pid}",
-                )
-            )
-        )
+    for p in open_positions(n, devices, entry, seed=5, all_buy=storm):
+        state.apply(PositionSaved(position=p))
     return state
 
 

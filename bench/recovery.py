@@ -30,10 +30,8 @@ import trio.lowlevel
 
 from actors.marketdata import load_ticks
 from actors.node import MemoryJournal, Node, NodeConfig
-from bench.common import percentiles
+from bench.common import open_positions, percentiles
 from engine.instruments import DEFAULT_INSTRUMENTS
-from engine.lifecycle import PositionState
-from engine.positions import Position
 from engine.quotes import QuoteLimits
 from engine.records import (
     AlertRaised,
@@ -47,7 +45,7 @@ from engine.state import EngineState
 from persistence.journal import Journal
 from persistence.recovery import load_state
 from persistence.snapshotter import run_snapshot_process
-from protocol.common import Alert, AlertLevel, Side
+from protocol.common import Alert, AlertLevel
 from protocol.feed import Quote
 
 __all__ = ["measure_recovery", "measure_snapshot"]
@@ -55,41 +53,11 @@ __all__ = ["measure_recovery", "measure_snapshot"]
 GOLD = DEFAULT_INSTRUMENTS["XAUUSD"]
 
 
-def _positions(n: int, users: int, entry: int) -> list[Position]:
-    rng = np.random.default_rng(11)
-    sl = np.clip(rng.lognormal(np.log(8_000), 0.7, n), 300, 60_000).astype(int).tolist()
-    tp = np.clip(rng.lognormal(np.log(12_000), 0.7, n), 300, 90_000).astype(int).tolist()
-    out = []
-    for i in range(n):
-        side = Side.BUY if i % 2 == 0 else Side.SELL
-        u = i % users
-        out.append(
-            Position(
-                id=f"P{i:08d}",
-                user_id=f"u{u}",
-                device_id=f"d{u}",
-                account=str(u),
-                symbol="XAUUSD",
-                side=side,
-                volume=0.1,
-                state=PositionState.OPEN,
-                open_price=entry,
-                open_time_ms=0,
-                sl=entry - side.sign * sl[i],
-                tp=entry + side.sign * tp[i],
-                ticket=10_000_000 + i,
-                client_id=f"tw:P{i:08d}",
-                updated_ms=0,
-            )
-        )
-    return out
-
-
 async def _seed(db: Any, positions: int, records: int, users: int) -> None:
     """A snapshot of ``positions`` open positions, then ``records`` journal records."""
     entry = GOLD.to_points(float(load_ticks("XAUUSD").bid[0]))
     state = EngineState()
-    seeded = _positions(positions, users, entry)
+    seeded = open_positions(positions, users, entry, seed=11)
     for p in seeded:
         state.apply(PositionSaved(position=p))
     state.seq = 1

@@ -36,6 +36,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from actors.ea_sim import SimulatedEA
 from actors.paper import PaperConfig, PaperTerminal
+from bench.e2e import wait_ready
 from engine.instruments import DEFAULT_INSTRUMENTS
 from gateway.auth import TokenIssuer
 from gateway.registry import Registry
@@ -118,14 +119,7 @@ class Engine:
             stderr=subprocess.DEVNULL,
         )
         async with httpx.AsyncClient(base_url=self.http, timeout=2) as http:
-            with trio.fail_after(60):
-                while True:
-                    try:
-                        if (await http.get("/readyz")).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)
+            await wait_ready(http, timeout_s=60, poll_s=0.1)
 
     @property
     def http(self) -> str:
