@@ -125,6 +125,10 @@ class DeviceActor:
         out = self.core.submit(command, self.node.clock.now_ms())
         self._apply(out)
 
+    def submit_many_nowait(self, commands: list[Command]) -> None:
+        """:meth:`submit_nowait` for several commands, in order (one wake-up of the writer)."""
+        self._apply(self.core.submit_many(commands, self.node.clock.now_ms()))
+
     # -- sessions (from the gateway or the paper device) -------------------------------------
 
     async def open_session(self, body: HelloBody, link: DeviceLink) -> Session:
@@ -267,8 +271,7 @@ class DeviceActor:
         if out.frames:
             session = self.session
             if session is not None:
-                for frame in out.frames:
-                    session.outbox.put_nowait(frame)
+                session.outbox.put_many_nowait(out.frames)
         if out.results or out.lost:
             user = node.user(self.user_id)
             for result in out.results:

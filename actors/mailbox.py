@@ -90,6 +90,16 @@ class Mailbox(Generic[T]):
         self.high_water = max(self.high_water, depth)
         self._bell.ring()
 
+    def put_many_nowait(self, items: list[T]) -> None:
+        """:meth:`put_nowait` for several items, in order, with one ring."""
+        queue = self._items
+        queue.extend(items)
+        depth = len(queue)
+        if depth > self.capacity:
+            self.spilled += min(len(items), depth - self.capacity)
+        self.high_water = max(self.high_water, depth)
+        self._bell.ring()
+
     async def put(self, item: T) -> None:
         """Enqueue, waiting for room first under the ``block`` policy."""
         while self.policy == "block" and len(self._items) >= self.capacity:

@@ -205,11 +205,17 @@ class UserActor:
     def _carry_out(self, effects: Effects, quote_seq: int | None) -> None:
         node = self.node
         opens = []
-        for device_id, command in effects.commands:
-            if isinstance(command, OpenCommand):
-                opens.append((device_id, command))
-            else:
-                node.device(device_id).submit_nowait(command)
+        if effects.commands:
+            # Grouped by device: a burst of closes is one hand-over (and one wake-up of the
+            # device's writer) per device instead of one per command; order is kept per device.
+            by_device: dict[str, list[Any]] = {}
+            for device_id, command in effects.commands:
+                if type(command) is OpenCommand:
+                    opens.append((device_id, command))
+                else:
+                    by_device.setdefault(device_id, []).append(command)
+            for device_id, commands in by_device.items():
+                node.device(device_id).submit_many_nowait(commands)
         if quote_seq is not None and node.tracer is not None and effects.commands:
             node.tracer(quote_seq, len(effects.commands))
         if opens:

@@ -31,9 +31,23 @@ from engine.instruments import Instrument
 from engine.records import AlertRaised, ReconciliationEntry, ReconciliationRecorded, Record
 from engine.symbols import SymbolMap
 from protocol.common import Alert, AlertLevel
-from protocol.device import Ack, Command, HelloBody, PositionEvent, TerminalPosition
+from protocol.device import (
+    Ack,
+    Command,
+    HelloBody,
+    ModifyCommand,
+    OpenCommand,
+    PositionEvent,
+    TerminalPosition,
+)
 
 __all__ = ["Classifier", "DeviceCore", "DeviceOutput", "Result"]
+
+# The price fields of each command type, rounded to the broker's digits on the way out.
+_PRICE_FIELDS: dict[type, tuple[str, ...]] = {
+    OpenCommand: ("price", "sl", "tp"),
+    ModifyCommand: ("sl", "tp"),
+}
 
 Classifier = Callable[[str, int, "bool | None"], str]
 """``(platform, retcode, executed) -> category``: ``protocol.results.classify``."""
@@ -167,24 +181,31 @@ class DeviceCore:
 
     def submit(self, command: Command, now_ms: int) -> DeviceOutput:
         """Take a command (canonical symbol). It is sent now if the session is ready."""
+        return self.submit_many((command,), now_ms)
+
+    def submit_many(self, commands: Iterable[Command], now_ms: int) -> DeviceOutput:
+        """:meth:`submit` for several commands at once, in order (a burst of closes: one
+        output, so the actor queues all the frames with one wake-up of the writer)."""
         out = DeviceOutput()
-        if self.symbols.to_broker(command.symbol) is None:
-            out.results.append(
-                Result(
-                    command.command_id,
-                    "final",
-                    Ack(
-                        command_id=command.command_id,
-                        retcode=-1,
-                        result_text=f"the broker offers no symbol for {command.symbol}",
-                    ),
-                )
-            )
-            return out
         sendable = self.connected and self.ready
-        self._out[command.command_id] = _Out(command, sendable, False)
-        if sendable:
-            out.frames.append(self._to_wire(command))
+        for command in commands:
+            broker = self.symbols.to_broker(command.symbol)
+            if broker is None:
+                out.results.append(
+                    Result(
+                        command.command_id,
+                        "final",
+                        Ack(
+                            command_id=command.command_id,
+                            retcode=-1,
+                            result_text=f"the broker offers no symbol for {command.symbol}",
+                        ),
+                    )
+                )
+                continue
+            self._out[command.command_id] = _Out(command, sendable, False)
+            if sendable:
+                out.frames.append(self._to_wire(command, broker))
         if len(self._out) > self.outbox_limit and self.healthy:
             self.healthy = False
             out.status_changed = True
@@ -281,16 +302,21 @@ class DeviceCore:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _to_wire(self, command: Command) -> Command:
-        """The command in the broker's symbol name and price digits."""
+    def _to_wire(self, command: Command, broker: str | None = None) -> Command:
+        """The command in the broker's symbol name (``broker``, if already looked up) and price
+        digits; the command itself when both already fit (no copy on the hot path)."""
+        if broker is None:
+            broker = self.symbols.to_broker(command.symbol)
+        changes: dict[str, object] = {}
+        if broker != command.symbol:
+            changes["symbol"] = broker
         digits = self._broker_digits.get(command.symbol)
-        changes: dict[str, object] = {"symbol": self.symbols.to_broker(command.symbol)}
         if digits is not None:
-            for field in ("price", "sl", "tp"):
-                value = getattr(command, field, None)
-                if value is not None:
+            for field in _PRICE_FIELDS.get(type(command), ()):
+                value = getattr(command, field)
+                if value is not None and round(value, digits) != value:
                     changes[field] = round(value, digits)
-        return msgspec.structs.replace(command, **changes)
+        return msgspec.structs.replace(command, **changes) if changes else command
 
     def _set_stale(self, stale: bool, now_ms: int, out: DeviceOutput) -> None:
         if stale == self.stale:

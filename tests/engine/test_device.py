@@ -161,3 +161,38 @@ def test_unmapped_symbol_fails_the_command_at_once() -> None:
     )
     [result] = d.submit(bad, T0).results
     assert result.category == "final" and "GBPUSD" in result.ack.result_text
+
+
+def test_a_burst_submitted_at_once_is_the_same_as_one_by_one() -> None:
+    bad = CloseCommand(
+        command_id="P9.close.1", ticket=5, symbol="GBPUSD", volume=0.1, deadline_ms=T0
+    )
+    burst = [close("P1.close.1"), bad, close("P2.close.1"), close("P3.close.1")]
+    one, many = ready_core(outbox_limit=2), ready_core(outbox_limit=2)
+    singles = [one.submit(c, T0) for c in burst]
+    batch = many.submit_many(burst, T0)
+    assert batch.frames == [f for out in singles for f in out.frames]
+    assert [f.command_id for f in batch.frames] == ["P1.close.1", "P2.close.1", "P3.close.1"]
+    assert batch.results == [r for out in singles for r in out.results]
+    assert (
+        [a.kind for a in batch.alerts]
+        == ["outbox_full"]
+        == [a.kind for out in singles for a in out.alerts]
+    )
+    assert many.outstanding() == one.outstanding() and not many.healthy
+
+
+def test_a_command_that_already_fits_the_broker_is_sent_as_it_is() -> None:
+    d = DeviceCore("d1", "u1", DEFAULT_INSTRUMENTS, classify)
+    d.connect("s1", hello(SymbolSpec(name="XAUUSD", digits=2, contract_size=100)), T0)
+    d.on_snapshot([], T0)
+    command = close()
+    [frame] = d.submit(command, T0).frames
+    assert frame is command  # same name, no price to round: no copy
+    from protocol.device import ModifyCommand
+
+    modify = ModifyCommand(
+        command_id="P1.modify.1", ticket=5, symbol="XAUUSD", sl=1944.5, tp=1950.257, deadline_ms=T0
+    )
+    [wire] = d.submit(modify, T0).frames
+    assert (wire.symbol, wire.sl, wire.tp) == ("XAUUSD", 1944.5, 1950.26)
