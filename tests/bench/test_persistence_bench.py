@@ -26,6 +26,7 @@ def test_harness_runs_and_writes_json(pg_server: PgServer, tmp_path: Path) -> No
     assert results["heavy_ack_ms_p99"] > 0 and results["baseline_per_s"] > 0
     assert results["recovery_s"] > 0 and results["recovery_replayed"] == 3000
     assert results["recovery_positions"] == 400
+    assert results["recovery_process_s"] >= results["recovery_s"]  # launch, imports, connect
     assert results["tick_p99_us"] > 0 and results["snapshot_p99_ratio"] > 0
     assert report["machine"]["cores"] >= 1
     assert report["config"]["postgres"] == "dsn"
