@@ -119,3 +119,18 @@ def test_compaction_keeps_the_book_exact() -> None:
     assert sum(len(h) for h in b._heaps) < 3 * 2 * 2_000 + 4096 * 2
     fired = b.on_quote(4_000, 4_002)
     assert len(fired) == 2_000
+
+
+def test_compaction_keeps_the_nearest_levels_current() -> None:
+    book = TriggerBook("XAUUSD")
+    for i in range(6000):  # longs and shorts, SL and TP, all away from 150,000 (nearest: p0, p1)
+        if i % 2:
+            book.register(f"p{i}", Side.BUY, 100_000 - i, 200_000 + i)
+        else:
+            book.register(f"p{i}", Side.SELL, 200_000 + i, 100_000 - i)
+    assert book.on_quote(150_000, 150_010) == []
+    for i in range(3000):  # the nearest levels go first, so every heap top goes stale
+        assert book.cancel(f"p{i}")
+    assert book._stale == 0  # the 3,000th cancel compacted the heaps
+    book.check()
+    assert book.on_quote(150_000, 150_010) == []

@@ -53,6 +53,7 @@ def test_book_matches_oracle(ops: list[tuple]) -> None:
             _, bid, spread = op
             assert book.on_quote(bid, bid + spread) == oracle.on_quote(bid, bid + spread)
         assert set(book.position_ids()) == set(oracle.armed)
+        book.check()
         for pid, armed in oracle.armed.items():
             assert book.levels(pid) == (armed.sl, armed.tp)
 
@@ -68,6 +69,7 @@ def test_many_positions_and_compaction(positions: list, quotes: list) -> None:
         assert book.register(f"p{i}", side, sl, tp) == oracle.register(f"p{i}", side, sl, tp)
     for bid, spread in quotes:
         assert book.on_quote(bid, bid + spread) == oracle.on_quote(bid, bid + spread)
+        book.check()
     assert len(book) == len(oracle.armed)
 
 
