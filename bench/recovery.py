@@ -267,11 +267,22 @@ async def measure_snapshot(bench: Any) -> dict[str, float]:
             quiet = await _tick_p99(node, bids, asks, args.tick_rate, args.tick_seconds)
             snapshots = 0
             snapshotting = trio.CancelScope()
+            # Each snapshot must have something new to fold, as in a running engine (one with
+            # nothing new reads no payload and returns at once): a trailing-stop move of
+            # 100 positions is journaled before each.
+            writer: Journal[Any] = Journal(db, encode_batch)
+            await nursery.start(writer.run)
+            moving = list(recovered.state.positions.values())[:100]
 
             async def snapshot_loop() -> None:
                 nonlocal snapshots
                 with snapshotting:
                     while True:
+                        for p in moving:
+                            writer.append_nowait(
+                                LevelsMoved(position_id=p.id, sl=p.sl, tp=p.tp, time_ms=snapshots)
+                            )
+                        await writer.flush()
                         await run_snapshot_process(dsn)
                         snapshots += 1
 

@@ -419,6 +419,11 @@ class Journal(Generic[T]):
         """``(seq, payload)`` of the newest snapshot, or None."""
         return await self.db.run_with_connection(store.latest_snapshot)
 
+    async def snapshot_and_journal_seqs(self) -> tuple[int | None, int]:
+        """The newest snapshot's seq (None: none) and the highest committed journal seq
+        (0: empty), read without any payload."""
+        return await self.db.run_with_connection(store.snapshot_and_journal_seqs)
+
     async def write_snapshot(self, seq: int, payload: bytes) -> None:
         """Store a snapshot of the state after record ``seq``.
 

@@ -36,6 +36,7 @@ __all__ = [
     "fetch_batches",
     "last_seq",
     "latest_snapshot",
+    "snapshot_and_journal_seqs",
     "write_batch",
     "write_snapshot",
 ]
@@ -146,6 +147,15 @@ async def fetch_batches(
         limit,
     )
     return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def snapshot_and_journal_seqs(conn: asyncpg.Connection) -> tuple[int | None, int]:
+    """The newest snapshot's seq (None: no snapshot) and the journal's highest seq (0: empty),
+    without reading any payload."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT max(seq) FROM snapshots), (SELECT coalesce(max(last_seq), 0) FROM journal)"
+    )
+    return (None if row[0] is None else int(row[0])), int(row[1])
 
 
 async def latest_snapshot(conn: asyncpg.Connection) -> tuple[int, bytes] | None:
