@@ -37,7 +37,7 @@ from actors.messages import (
 from engine.device import Result
 from engine.effects import Disarm, Effects
 from engine.user import UserCore
-from protocol.device import Ack, OpenCommand
+from protocol.device import OpenCommand
 from protocol.errors import TripwireError
 
 if TYPE_CHECKING:
@@ -243,19 +243,8 @@ class UserActor:
             # Not durable: never open. The open is settled as refused (the position -> REJECTED).
             self.log.error("open held back: journal unavailable", error=str(exc))
             for _, command in opens:
-                self.deliver(
-                    Settled(
-                        Result(
-                            command.command_id,
-                            "final",
-                            Ack(
-                                command_id=command.command_id,
-                                retcode=-1,
-                                result_text="not opened: the journal is unavailable",
-                            ),
-                        )
-                    )
-                )
+                text = "not opened: the journal is unavailable"
+                self.deliver(Settled(Result.refused(command.command_id, text)))
             return
         for device_id, command in opens:
             self.node.device(device_id).submit_nowait(command)

@@ -60,6 +60,11 @@ class Result(NamedTuple):
     category: str
     ack: Ack | None
 
+    @classmethod
+    def refused(cls, command_id: str, text: str) -> Result:
+        """A final refusal made on our side (the command never reached a terminal)."""
+        return cls(command_id, "final", Ack(command_id=command_id, retcode=-1, result_text=text))
+
 
 class DeviceOutput:
     """What the device actor must do after a call."""
@@ -191,17 +196,8 @@ class DeviceCore:
         for command in commands:
             broker = self.symbols.to_broker(command.symbol)
             if broker is None:
-                out.results.append(
-                    Result(
-                        command.command_id,
-                        "final",
-                        Ack(
-                            command_id=command.command_id,
-                            retcode=-1,
-                            result_text=f"the broker offers no symbol for {command.symbol}",
-                        ),
-                    )
-                )
+                text = f"the broker offers no symbol for {command.symbol}"
+                out.results.append(Result.refused(command.command_id, text))
                 continue
             self._out[command.command_id] = _Out(command, sendable, False)
             if sendable:
@@ -314,8 +310,8 @@ class DeviceCore:
         if digits is not None:
             for field in _PRICE_FIELDS.get(type(command), ()):
                 value = getattr(command, field)
-                if value is not None and round(value, digits) != value:
-                    changes[field] = round(value, digits)
+                if value is not None and (rounded := round(value, digits)) != value:
+                    changes[field] = rounded
         return msgspec.structs.replace(command, **changes) if changes else command
 
     def _set_stale(self, stale: bool, now_ms: int, out: DeviceOutput) -> None:

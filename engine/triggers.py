@@ -347,18 +347,29 @@ class TriggerBook:
         last firing quote had left the top items: at a million positions those were cache
         misses, and a quiet quote cost 1.8-2x what it cost at a thousand (bench.triggers).
         """
+        (
+            self._top_long_sl,
+            self._top_short_sl,
+            self._top_long_tp,
+            self._top_short_tp,
+        ) = self._heap_tops()
+
+    def _heap_tops(self) -> tuple[float, float, float, float]:
+        """The nearest level of each heap (long SL, short SL, long TP, short TP); an empty heap
+        gives the infinity no price can cross."""
         long_sl, short_sl, long_tp, short_tp = self._heaps
-        self._top_long_sl = -long_sl[0][0] if long_sl else -math.inf
-        self._top_short_sl = short_sl[0][0] if short_sl else math.inf
-        self._top_long_tp = long_tp[0][0] if long_tp else math.inf
-        self._top_short_tp = -short_tp[0][0] if short_tp else -math.inf
+        return (
+            -long_sl[0][0] if long_sl else -math.inf,
+            short_sl[0][0] if short_sl else math.inf,
+            long_tp[0][0] if long_tp else math.inf,
+            -short_tp[0][0] if short_tp else -math.inf,
+        )
 
     def check(self) -> None:
         """Raise ``AssertionError`` if the copied nearest levels differ from the heaps' tops
         (for tests: a stale copy is never wrong, only slow, so results alone cannot show it)."""
         copied = (self._top_long_sl, self._top_short_sl, self._top_long_tp, self._top_short_tp)
-        self._refresh_tops()
-        actual = (self._top_long_sl, self._top_short_sl, self._top_long_tp, self._top_short_tp)
+        actual = self._heap_tops()
         if copied != actual:
             raise AssertionError(f"nearest levels {copied} != heap tops {actual}")
 
