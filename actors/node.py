@@ -60,6 +60,9 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True):
     client_max_overruns: int = 3
     price_push_ms: int = 250
     drain_timeout_s: float = 5.0
+    dispatch_budget_ms: float = 5.0
+    """How long a symbol actor hands fired triggers to user actors before it lets the other
+    tasks run (a breach storm is then handed out in slices; see ``actors.symbol``)."""
     timing: Timing = msgspec.field(default_factory=Timing)
     quote_limits: QuoteLimits = msgspec.field(default_factory=QuoteLimits)
     market_limits: MarketLimits = msgspec.field(default_factory=MarketLimits)

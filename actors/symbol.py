@@ -13,12 +13,21 @@ quote arriving at a quiet actor; a busy actor's quotes queue as usual, and FIFO 
 arm requests is kept because the fast path is taken only when nothing is queued. A failure on
 the fast path is handed to the actor's own task, which raises it so that the supervisor
 restarts the actor as for any other failure.
+
+A breach storm is handed out in slices. Fired triggers go to their users (whose own fast path
+handles them in the same task) for at most ``NodeConfig.dispatch_budget_ms``; what is left
+waits in the actor's backlog, and its task hands it out one slice per scheduler round. Without
+this, a gap through 100,000 levels held the event loop for the whole storm (~2 s): no close
+reached a socket, no other symbol's quote was judged, no heartbeat was read until the last
+close was made. Order is kept (while a backlog waits, later fires join its end and quotes
+queue), and a backlog the task cannot finish (cancelled, failed) is put in the users'
+mailboxes, never dropped.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
@@ -47,6 +56,10 @@ class _Failure(NamedTuple):
     error: Exception
 
 
+_RESUME = object()
+"""Put in the inbox when the fast path leaves a backlog: wakes the task to hand it out."""
+
+
 class SymbolActor:
     def __init__(self, node: Node, instrument: Instrument) -> None:
         self.node = node
@@ -60,6 +73,8 @@ class SymbolActor:
         self.seq = 0
         self._idle = False
         """True while the actor's task is waiting for its inbox (the fast path is open)."""
+        self._backlog: deque[tuple[str, Fired]] = deque()
+        """Fires not handed to their users yet (a storm's remainder, see the module doc)."""
         self.log = structlog.get_logger().bind(symbol=self.symbol)
 
     def _new_core(self) -> SymbolCore:
@@ -108,9 +123,20 @@ class SymbolActor:
             )
         if fired:
             self._dispatch_fired(fired)
+        try:
+            await self._serve()
+        finally:
+            # Cancelled or failed with fires not handed out: they wait in the users' mailboxes
+            # (their positions are still OPEN in the state, so nothing is decided twice).
+            while self._backlog:
+                user_id, message = self._backlog.popleft()
+                self.node.user(user_id).deliver(message, inline=False)
+
+    async def _serve(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_silence)
             while True:
+                await self._hand_out_backlog()
                 self._idle = True
                 try:
                     sweep, batch = await self.inbox.get_batch()
@@ -124,7 +150,7 @@ class SymbolActor:
                         self._quote(item.quote, item.arrived_ms)
                     elif type(item) is _Failure:
                         raise item.error
-                    else:
+                    elif item is not _RESUME:
                         self._control(item)  # type: ignore[arg-type]
 
     def _quote(self, quote: Quote, arrived_ms: int) -> None:
@@ -156,9 +182,38 @@ class SymbolActor:
         by_user: dict[str, list[Trigger]] = defaultdict(list)
         for user_id, trigger in fired:
             by_user[user_id].append(trigger)
-        node, seq, started = self.node, self.seq, time.perf_counter()
-        for user_id, triggers in by_user.items():
-            node.user(user_id).deliver(Fired(triggers, seq, started))
+        seq, started = self.seq, time.perf_counter()
+        messages = [
+            (user_id, Fired(triggers, seq, started)) for user_id, triggers in by_user.items()
+        ]
+        backlog = self._backlog
+        if backlog:  # earlier fires are still being handed out: these go after them
+            backlog.extend(messages)
+            return
+        node = self.node
+        clock = time.perf_counter
+        deadline = started + node.config.dispatch_budget_ms / 1000
+        for i, (user_id, message) in enumerate(messages):
+            node.user(user_id).deliver(message)
+            if clock() > deadline and i + 1 < len(messages):
+                backlog.extend(messages[i + 1 :])
+                # Close the fast path (later quotes queue behind the backlog) and wake the task.
+                self._idle = False
+                self.inbox.put_control(_RESUME)
+                return
+
+    async def _hand_out_backlog(self) -> None:
+        """Hand the backlog to the users, one budget's worth per scheduler round."""
+        backlog, node, clock = self._backlog, self.node, time.perf_counter
+        while backlog:
+            deadline = clock() + node.config.dispatch_budget_ms / 1000
+            while backlog:
+                user_id, message = backlog.popleft()
+                node.user(user_id).deliver(message)
+                if clock() > deadline:
+                    break
+            if backlog:
+                await trio.lowlevel.checkpoint()
 
     def _dispatch_moved(self, moved: list[tuple[str, LevelMove]]) -> None:
         by_user: dict[str, list[LevelMove]] = defaultdict(list)

@@ -78,7 +78,7 @@ class UserActor:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def deliver(self, message: Any) -> None:
+    def deliver(self, message: Any, inline: bool = True) -> None:
         """Put a message in the mailbox (never blocks, never drops).
 
         The idle fast path, as in the symbol actor: a fired trigger reaching an actor whose task
@@ -89,7 +89,7 @@ class UserActor:
         user of a burst waited for all the others' hops (bench.engine's tick-to-outbox).
         A failure is handed to the actor's task, which raises it for the supervisor.
         """
-        if type(message) is Fired and self._idle and not len(self.mailbox):
+        if inline and type(message) is Fired and self._idle and not len(self.mailbox):
             self._idle = False  # a nested delivery during this one queues as usual
             core = self.core
             due = core.next_due_ms()

@@ -1,0 +1,116 @@
+"""A breach storm is handed out in slices: the loop runs other tasks between them, every
+position still gets exactly one close, later quotes wait their turn, and a backlog the symbol
+actor cannot finish ends in the users' mailboxes (actors.symbol, NodeConfig.dispatch_budget_ms).
+
+The node is bench.engine's: positions recovered as after a restart, devices connected through
+in-process links. A budget of 0 hands out one user per scheduler round.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import trio
+import trio.testing
+
+from actors.messages import Fired
+from bench.engine import GOLD, _start
+from engine.records import CommandIssued
+from protocol.feed import Quote
+
+ENTRY = GOLD.to_points(2000.0)
+POSITIONS, USERS = 400, 40
+
+
+def gap(node, points_below: int) -> None:
+    price = GOLD.to_price(ENTRY - points_below)
+    node.offer_quotes(
+        [Quote(symbol="XAUUSD", bid=price, ask=price + 0.3, time_ms=node.clock.now_ms())]
+    )
+
+
+def closes(node) -> Counter[str]:
+    return Counter(r.position_id for r in node.journal.records if isinstance(r, CommandIssued))
+
+
+async def test_the_loop_runs_between_slices_and_every_position_closes_once() -> None:
+    async with trio.open_nursery() as nursery:
+        node, links = await _start(nursery, POSITIONS, USERS, ENTRY, storm=True, budget_ms=0)
+        symbol = node.symbols["XAUUSD"]
+        seen: list[int] = []
+
+        async def probe() -> None:
+            while True:
+                seen.append(sum(closes(node).values()))
+                await trio.lowlevel.checkpoint()
+
+        nursery.start_soon(probe)
+        await trio.lowlevel.checkpoint()
+        frames = sum(link.frames for link in links)
+        gap(node, 100_000)  # under every SL
+        assert symbol._backlog  # the storm did not fit its budget
+        with trio.fail_after(30):
+            while symbol._backlog or len(closes(node)) < POSITIONS:
+                await trio.lowlevel.checkpoint()
+        assert any(0 < count < POSITIONS for count in seen)  # other tasks ran mid-storm
+        assert set(closes(node).values()) == {1} and len(closes(node)) == POSITIONS
+        with trio.fail_after(5):  # and every close leaves through its device's link
+            while sum(link.frames for link in links) - frames < POSITIONS:
+                await trio.lowlevel.checkpoint()
+        assert sum(link.frames for link in links) - frames == POSITIONS
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_quote_arriving_mid_storm_waits_for_the_storm() -> None:
+    async with trio.open_nursery() as nursery:
+        node, _ = await _start(nursery, POSITIONS, USERS, ENTRY, storm=True, budget_ms=0)
+        symbol = node.symbols["XAUUSD"]
+        order: list[int] = []
+        node.tracer = lambda seq, commands: order.append(seq)
+        gap(node, 8_000)  # the nearer half of the SLs
+        first = symbol.seq
+        assert symbol._backlog
+        gap(node, 100_000)  # the rest: queued behind the backlog, not handled inline
+        assert symbol.seq == first and len(symbol.inbox) > 0
+        with trio.fail_after(30):
+            while len(closes(node)) < POSITIONS:
+                await trio.lowlevel.checkpoint()
+        assert order == sorted(order) and order[0] == first and order[-1] == first + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_backlog_cut_short_ends_in_the_users_mailboxes() -> None:
+    async with trio.open_nursery() as outer:
+        inner = trio.CancelScope()
+        state: dict[str, object] = {}
+
+        async def node_until_cancelled() -> None:
+            with inner:
+                async with trio.open_nursery() as nursery:
+                    node, _ = await _start(
+                        nursery, POSITIONS, USERS, ENTRY, storm=True, budget_ms=0
+                    )
+                    state["node"] = node
+                    await trio.sleep_forever()
+
+        outer.start_soon(node_until_cancelled)
+        with trio.fail_after(30):
+            while "node" not in state:
+                await trio.sleep(0.01)
+        node = state["node"]
+        symbol = node.symbols["XAUUSD"]
+        gap(node, 100_000)
+        for _ in range(3):
+            await trio.lowlevel.checkpoint()
+        assert symbol._backlog  # cut short mid-storm
+        inner.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+
+    waiting = sum(
+        len(m.triggers)
+        for user in node.users.values()
+        for m in user.mailbox._items
+        if type(m) is Fired
+    )
+    assert not symbol._backlog
+    assert sum(closes(node).values()) + waiting == POSITIONS
