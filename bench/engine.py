@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dispatch-budget-ms",
         type=float,
         default=None,
-        help="NodeConfig.dispatch_budget_ms (default: the node's, 5)",
+        help="NodeConfig.dispatch_budget_ms (default: the node's, 50)",
     )
     args = parser.parse_args(argv)
     results = trio.run(
