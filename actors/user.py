@@ -88,6 +88,7 @@ class UserActor:
         each of them cost a task hop before its close command reached the outbox, and the last
         user of a burst waited for all the others' hops (bench.engine's tick-to-outbox).
         A failure is handed to the actor's task, which raises it for the supervisor.
+        ``inline=False`` always queues (a stopping symbol actor handing over its backlog).
         """
         if inline and type(message) is Fired and self._idle and not len(self.mailbox):
             self._idle = False  # a nested delivery during this one queues as usual
