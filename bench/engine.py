@@ -306,14 +306,15 @@ async def run(
         gc.unfreeze()
         nursery.cancel_scope.cancel()
     storm_run = await _storm(storm, devices, entry, budget_ms) if storm else None
+    figures = {"storm_100k_s": ("storm_s", 3), "storm_first_frame_ms": ("first_frame_ms", 1)}
+    figures["storm_loop_stall_ms"] = ("loop_stall_ms", 1)
     return {
         "tick_to_outbox_us": latency,
         "max_quotes_per_s": round(max_qps),
-        "storm_100k_s": None if storm_run is None else round(storm_run["storm_s"], 3),
-        "storm_first_frame_ms": None
-        if storm_run is None
-        else round(storm_run["first_frame_ms"], 1),
-        "storm_loop_stall_ms": None if storm_run is None else round(storm_run["loop_stall_ms"], 1),
+        **{
+            name: None if storm_run is None else round(storm_run[key], digits)
+            for name, (key, digits) in figures.items()
+        },
         "storm_positions": storm,
         "hop_us": round(hop, 1),
         "setup_s": round(setup_s, 1),
