@@ -21,6 +21,7 @@ Rules of operation
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
@@ -81,7 +82,11 @@ class DeviceOutput:
         self.status_changed = False
 
 
-class _Out(NamedTuple):
+class _Out(msgspec.Struct, frozen=True, gc=False):
+    """A command in the outbox. Untracked by the cyclic collector (it holds no container that
+    could close a cycle): a storm puts 100,000 of them in outboxes at once, and each tracked
+    one was scanned by every young collection until it left."""
+
     command: Command  # canonical
     sent: bool
     overdue: bool
@@ -121,6 +126,9 @@ class DeviceCore:
         self.last_seen_ms: int | None = None
         self.hello: HelloBody | None = None
         self._out: OrderedDict[str, _Out] = OrderedDict()
+        self._next_due = math.inf
+        """No outbox item that is not overdue yet has an earlier deadline (a lower bound:
+        :meth:`tick` scans the outbox only from then, not on every call)."""
         self._resolved: OrderedDict[str, str] = OrderedDict()
         self.duplicate_acks = 0
         self.unknown_acks = 0
@@ -193,15 +201,25 @@ class DeviceCore:
         output, so the actor queues all the frames with one wake-up of the writer)."""
         out = DeviceOutput()
         sendable = self.connected and self.ready
+        outbox, frames, to_wire = self._out, out.frames, self._to_wire
+        brokers: dict[str, str | None] = {}  # a burst is mostly one symbol: look it up once
+        next_due = self._next_due
         for command in commands:
-            broker = self.symbols.to_broker(command.symbol)
+            symbol = command.symbol
+            broker = (
+                brokers[symbol]
+                if symbol in brokers
+                else brokers.setdefault(symbol, self.symbols.to_broker(symbol))
+            )
             if broker is None:
-                text = f"the broker offers no symbol for {command.symbol}"
+                text = f"the broker offers no symbol for {symbol}"
                 out.results.append(Result.refused(command.command_id, text))
                 continue
-            self._out[command.command_id] = _Out(command, sendable, False)
+            outbox[command.command_id] = _Out(command, sendable, False)
+            next_due = min(next_due, command.deadline_ms)
             if sendable:
-                out.frames.append(self._to_wire(command, broker))
+                frames.append(to_wire(command, broker))
+        self._next_due = next_due
         if len(self._out) > self.outbox_limit and self.healthy:
             self.healthy = False
             out.status_changed = True
@@ -264,7 +282,7 @@ class DeviceCore:
             return out
         for cid, item in self._out.items():
             if not item.sent:
-                self._out[cid] = item._replace(sent=True)
+                self._out[cid] = _Out(item.command, True, item.overdue)
                 out.frames.append(self._to_wire(item.command))
         return out
 
@@ -281,9 +299,23 @@ class DeviceCore:
 
     def tick(self, now_ms: int) -> DeviceOutput:
         out = DeviceOutput()
+        if now_ms >= self._next_due:
+            self._mark_overdue(now_ms, out)
+        if self.last_seen_ms is not None and now_ms - self.last_seen_ms > self.stale_after_ms:
+            self._set_stale(True, now_ms, out)
+        return out
+
+    def _mark_overdue(self, now_ms: int, out: DeviceOutput) -> None:
+        """Alert once for each command past its deadline; find the next deadline."""
+        next_due = math.inf
         for cid, item in list(self._out.items()):
-            if not item.overdue and item.command.deadline_ms <= now_ms:
-                self._out[cid] = item._replace(overdue=True)
+            if item.overdue:
+                continue
+            deadline = item.command.deadline_ms
+            if deadline > now_ms:
+                next_due = min(next_due, deadline)
+            else:
+                self._out[cid] = _Out(item.command, item.sent, True)
                 where = "sent" if item.sent else "still queued (device away)"
                 self._alert(
                     out,
@@ -292,9 +324,7 @@ class DeviceCore:
                     now_ms,
                     f"no ack for {cid} by its deadline ({where})",
                 )
-        if self.last_seen_ms is not None and now_ms - self.last_seen_ms > self.stale_after_ms:
-            self._set_stale(True, now_ms, out)
-        return out
+        self._next_due = next_due
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -303,6 +333,8 @@ class DeviceCore:
         digits; the command itself when both already fit (no copy on the hot path)."""
         if broker is None:
             broker = self.symbols.to_broker(command.symbol)
+        if broker == command.symbol and type(command) not in _PRICE_FIELDS:
+            return command  # a close or partial close in the canonical name: nothing to change
         changes: dict[str, object] = {}
         if broker != command.symbol:
             changes["symbol"] = broker

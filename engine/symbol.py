@@ -185,12 +185,12 @@ class SymbolCore:
             if not moved and not alerts:
                 return _NOTHING
             return QuoteOutcome(None, [], moved, alerts)
-        owners = self._owners
-        fired = []
-        for t in triggers:
-            fired.append((owners.pop(t.position_id), t))
-            if len(self.trailing):
-                self.trailing.remove(t.position_id)
+        pop = self._owners.pop
+        fired = [(pop(t.position_id), t) for t in triggers]
+        if len(self.trailing):
+            remove = self.trailing.remove
+            for t in triggers:
+                remove(t.position_id)
         return QuoteOutcome(None, fired, moved, alerts)
 
     def on_sweep(

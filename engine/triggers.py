@@ -34,12 +34,15 @@ import enum
 import heapq
 import math
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import NamedTuple
 
 from protocol.common import Side
 from protocol.errors import UsageError
 
 __all__ = ["KEEP", "Trigger", "TriggerBook", "TriggerKind"]
+
+_KEY, _SEQ = itemgetter(0), itemgetter(1)
 
 
 class TriggerKind(enum.IntEnum):
@@ -308,7 +311,11 @@ class TriggerBook:
         while heap and heap[0][0] <= limit:
             if len(items) == bulk_after:
                 crossed = [item for item in heap if item[0] <= limit]
-                crossed.sort()
+                # (key, seq) order as two stable sorts on one int each: ints of one machine
+                # word compare on CPython's fast path, tuples element by element (~3x slower
+                # for a 100,000-level storm). Seqs are unique, so this is the tuples' order.
+                crossed.sort(key=_SEQ)
+                crossed.sort(key=_KEY)
                 items.extend(crossed)
                 heap[:] = [item for item in heap if item[0] > limit]
                 heapq.heapify(heap)

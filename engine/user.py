@@ -23,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Literal, NamedTuple
 
+import msgspec
+
 from engine import user_commands, user_terminal
 from engine.effects import Arm, Effects
 from engine.guards import DrawdownGuard, GuardDecision
@@ -84,8 +86,9 @@ class DeviceInfo(NamedTuple):
     stale: bool = False
 
 
-class InFlight(NamedTuple):
-    """A command sent and not yet resolved."""
+class InFlight(msgspec.Struct, frozen=True, gc=False):
+    """A command sent and not yet resolved (untracked by the cyclic collector: it holds no
+    container, and a storm makes 100,000 at once)."""
 
     command: Command
     device_id: str

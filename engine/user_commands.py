@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from engine.effects import Arm, Disarm, Effects
 from engine.lifecycle import PositionEvent, PositionState
 from engine.positions import Position
@@ -345,7 +347,7 @@ def on_link_lost(core: UserCore, command_ids: Iterable[str], now_ms: int) -> Eff
             )
             continue
         p = core.positions.get(flight.position_id)
-        core.inflight[cid] = flight._replace(lost=True)
+        core.inflight[cid] = msgspec.structs.replace(flight, lost=True)
         if (
             p is not None
             and p.command_id == cid

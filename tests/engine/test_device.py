@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from engine.device import DeviceCore
 from engine.instruments import DEFAULT_INSTRUMENTS
 from protocol.common import AlertLevel, Side
@@ -133,6 +136,58 @@ def test_overdue_alert_once_and_ack_still_accepted() -> None:
     assert alert.kind == "command_overdue"
     assert d.tick(T0 + 200).alerts == []
     assert d.on_ack(Ack(command_id="P1.close.1", retcode=10009), T0 + 300).results
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["submit", "tick", "ack", "reconnect"]),
+            st.integers(0, 400),  # a time step
+            st.integers(1, 500),  # a deadline after now
+            st.integers(0, 5),  # which command
+        ),
+        max_size=40,
+    )
+)
+def test_overdue_alerts_match_a_full_scan(steps: list[tuple[str, int, int, int]]) -> None:
+    """tick() scans the outbox only from its earliest known deadline on; each command still
+    alerts once, at the first tick at or past its deadline, whatever came in between
+    (later commands with earlier deadlines, acks, a new session)."""
+    d = ready_core()
+    now = T0
+    deadlines: dict[str, int] = {}  # the model: outstanding command -> deadline, until alerted
+    for action, step, after, k in steps:
+        now += step
+        cid = f"P{k}.close.1"
+        if action == "submit":
+            d.submit(close(cid, now + after), now)
+            deadlines[cid] = now + after
+        elif action == "ack":
+            d.on_ack(Ack(command_id=cid, retcode=10009), now)
+            deadlines.pop(cid, None)
+        elif action == "reconnect":
+            for lost in d.connect("s2", hello(), now).lost:
+                deadlines.pop(lost, None)
+            d.on_snapshot([], now)
+        else:
+            due = sorted(c for c, at in deadlines.items() if at <= now)
+            alerts = [a for a in d.tick(now).alerts if a.kind == "command_overdue"]
+            assert sorted(a.message.split()[3] for a in alerts) == due
+            for c in due:
+                del deadlines[c]
+
+
+def test_overdue_each_at_its_own_deadline() -> None:
+    d = ready_core()
+    for k, deadline in ((1, 300), (2, 200), (3, 100)):
+        d.submit(close(f"P{k}.close.1", T0 + deadline), T0)
+    assert [a.message.split()[3] for a in d.tick(T0 + 150).alerts] == ["P3.close.1"]
+    assert [a.message.split()[3] for a in d.tick(T0 + 250).alerts] == ["P2.close.1"]
+    d.submit(close("P4.close.1", T0 + 260), T0 + 255)  # earlier than the next one known
+    assert [a.message.split()[3] for a in d.tick(T0 + 270).alerts] == ["P4.close.1"]
+    assert [a.message.split()[3] for a in d.tick(T0 + 300).alerts] == ["P1.close.1"]
+    assert d.tick(T0 + 10_000).alerts == []
 
 
 def test_stale_after_silence_and_back_on_heartbeat() -> None:
