@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 
 __all__ = ["close", "close_position", "on_link_lost", "on_result", "on_triggers", "partial_close"]
 
+# The hot path's enum members, read once: on CPython 3.11 ``Enum.MEMBER`` goes through the
+# slow attribute hook that ``EnumType.__getattr__`` installs (~150-250 ns a lookup).
+_OPEN = PositionState.OPEN
+_SL = TriggerKind.SL
+
 
 def on_triggers(core: UserCore, triggers: Iterable[Trigger], now_ms: int) -> Effects:
     """SL/TP fired: close each position that is still OPEN (the hot path)."""
@@ -46,9 +51,9 @@ def on_triggers(core: UserCore, triggers: Iterable[Trigger], now_ms: int) -> Eff
     positions = core.positions
     for t in triggers:
         p = positions.get(t.position_id)
-        if p is None or p.state is not PositionState.OPEN:
+        if p is None or p.state is not _OPEN:
             continue  # closing or closed by other means meanwhile
-        reason = "sl" if t.kind is TriggerKind.SL else "tp"
+        reason = "sl" if t.kind is _SL else "tp"
         close(core, p, reason, now_ms, effects, trigger_price=t.price, armed=False)
     return effects
 
@@ -93,14 +98,7 @@ def close(
         reason=reason,
         deadline_ms=now_ms + core.timing.close_deadline,
     )
-    closing = p.transition(
-        PositionEvent.CLOSE_SENT,
-        now_ms,
-        attempt=attempt,
-        command_id=cid,
-        close_reason=reason,
-        trigger_price=trigger_price,
-    )
+    closing = p.closing(now_ms, attempt, cid, reason, trigger_price)
     # The command goes out first; its record follows (DESIGN.md: ids make a resend harmless).
     core._issue(command, p.device_id, p.id, now_ms, effects)
     core._save(closing, effects)

@@ -129,3 +129,19 @@ def test_position_documents_round_trip() -> None:
     text = msgspec.json.encode(doc)
     assert decode_position_document(text) == p
     assert decode_position_documents(b"[" + text + b"," + text + b"]") == [p, p]
+
+
+@pytest.mark.parametrize("state", list(PositionState))
+def test_closing_is_the_close_sent_transition(state: PositionState) -> None:
+    """The hot path's spelled-out close equals the generic transition, refusals included."""
+    p = _position(state)
+    if state is S.CLOSING:  # reach UNKNOWN-from-CLOSING too, whose close clears unknown_from
+        p = p.transition(E.LINK_LOST, 1)
+    fields = {"attempt": 2, "command_id": "p1.close.2", "close_reason": "sl", "trigger_price": 7}
+    try:
+        expected = p.transition(E.CLOSE_SENT, 9, **fields)
+    except IllegalTransition:
+        with pytest.raises(IllegalTransition):
+            p.closing(9, 2, "p1.close.2", "sl", 7)
+        return
+    assert p.closing(9, 2, "p1.close.2", "sl", 7) == expected
