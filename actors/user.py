@@ -15,6 +15,7 @@ Effects are carried out in a fixed order, and that order is the durability rule 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
@@ -52,9 +53,6 @@ class _Failure(NamedTuple):
     error: Exception
 
 
-_REARM = object()
-
-
 class UserActor:
     def __init__(self, node: Node, user_id: str) -> None:
         self.node = node
@@ -64,8 +62,9 @@ class UserActor:
         self.log = structlog.get_logger().bind(user_id=user_id)
         self._nursery: trio.Nursery | None = None
         self._ready = trio.Event()
-        self._idle = False
-        """True while the actor's task waits for its mailbox (the fast path is open)."""
+        self._timer: trio.CancelScope | None = None
+        """While the actor's task waits for its mailbox (the fast path is open): the scope
+        whose deadline is the core's next due time."""
 
     def _new_core(self) -> UserCore:
         node = self.node
@@ -90,8 +89,9 @@ class UserActor:
         A failure is handed to the actor's task, which raises it for the supervisor.
         ``inline=False`` always queues (a stopping symbol actor handing over its backlog).
         """
-        if inline and type(message) is Fired and self._idle and not len(self.mailbox):
-            self._idle = False  # a nested delivery during this one queues as usual
+        timer = self._timer
+        if inline and type(message) is Fired and timer is not None and not len(self.mailbox):
+            self._timer = None  # a nested delivery during this one queues as usual
             core = self.core
             due = core.next_due_ms()
             try:
@@ -99,9 +99,12 @@ class UserActor:
             except Exception as exc:
                 self.mailbox.put_nowait(_Failure(exc))
                 return
-            if core.next_due_ms() != due:  # the waiting task must re-read its timer
-                self.mailbox.put_nowait(_REARM)
-            self._idle = True
+            new_due = core.next_due_ms()
+            if new_due != due:
+                # Move the waiting task's timer where it sleeps: waking it with a message
+                # just to re-read its timer cost a task switch per user of every burst.
+                timer.deadline = self._deadline(new_due)
+            self._timer = timer
             return
         self.mailbox.put_nowait(message)
 
@@ -132,21 +135,22 @@ class UserActor:
             self._ready.set()
             await self._serve()
 
+    def _deadline(self, due_ms: int | None) -> float:
+        """The trio deadline of the core's next due time (``due_ms``, node clock)."""
+        if due_ms is None:
+            return math.inf
+        return trio.current_time() + max(0.0, (due_ms - self.node.clock.now_ms()) / 1000)
+
     async def _serve(self) -> None:
         clock = self.node.clock
         while True:
-            due = self.core.next_due_ms()
             batch: list[Any] = []
-            self._idle = True
             try:
-                if due is None:
+                with trio.CancelScope(deadline=self._deadline(self.core.next_due_ms())) as timer:
+                    self._timer = timer
                     batch = await self.mailbox.get_batch()
-                else:
-                    wait = max(0.0, (due - clock.now_ms()) / 1000)
-                    with trio.move_on_after(wait):
-                        batch = await self.mailbox.get_batch()
             finally:
-                self._idle = False
+                self._timer = None
             now = clock.now_ms()
             for message in batch:
                 self._handle(message, now)
@@ -183,8 +187,6 @@ class UserActor:
             self._call(message)
         elif kind is _Failure:
             raise message.error
-        elif message is _REARM:
-            pass  # only woke the task to recompute its timer
         else:  # pragma: no cover - a programming error, surfaced by the supervisor
             raise TypeError(f"user actor got {kind.__name__}")
 
