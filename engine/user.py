@@ -467,6 +467,8 @@ class UserCore:
 
     def next_due_ms(self) -> int | None:
         """When :meth:`tick` next has something to do (None: nothing is scheduled)."""
+        if not (self._retries or self._modifies or self._expiries):
+            return None  # the usual case, asked twice for every fire
         due = [d for d, _ in self._retries.values()]
         due += self._modifies.values()
         expiry = self._next_expiry()

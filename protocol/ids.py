@@ -35,6 +35,14 @@ _COMMAND_ID = re.compile(
 )
 
 
+def _is_position_id(value: str) -> bool:
+    # Most ids are plain letters and digits ("P" + hex): str methods tell those ~5x faster
+    # than the regex, which is left for ids with "_" or "-" (every close makes one id).
+    if 0 < len(value) <= 28 and value.isascii() and value.isalnum():
+        return True
+    return _POSITION_ID.fullmatch(value) is not None
+
+
 def command_id(position_id: str, action: str, attempt: int) -> str:
     """The id of the ``attempt``-th ``action`` command for ``position_id``.
 
@@ -45,7 +53,7 @@ def command_id(position_id: str, action: str, attempt: int) -> str:
         raise UsageError(f"unknown command action {action!r}")
     if not 1 <= attempt < 10**9:
         raise UsageError("attempt must be in 1..999999999")
-    if not _POSITION_ID.fullmatch(position_id):
+    if not _is_position_id(position_id):
         raise UsageError(
             "position id must be 1-28 characters of [A-Za-z0-9_-]", position_id=position_id
         )
@@ -62,7 +70,7 @@ def parse_command_id(value: str) -> tuple[str, str, int] | None:
 
 def client_id(position_id: str) -> str:
     """The order-comment tag of a position (31 characters at most)."""
-    if not _POSITION_ID.fullmatch(position_id):
+    if not _is_position_id(position_id):
         raise UsageError(
             "position id must be 1-28 characters of [A-Za-z0-9_-]", position_id=position_id
         )

@@ -56,3 +56,14 @@ def test_comments_that_are_not_ours() -> None:
         assert ids.position_id_from_comment(comment) is None
     with pytest.raises(UsageError):
         ids.client_id("P1\n")
+
+
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.text(alphabet="Pp09az_-AZ.\n é١", max_size=32),
+    )
+)
+def test_position_id_check_is_the_documented_pattern(value: str) -> None:
+    """The quick check for plain alphanumeric ids decides exactly as the regex does."""
+    assert ids._is_position_id(value) == (ids._POSITION_ID.fullmatch(value) is not None)
