@@ -42,6 +42,7 @@ import structlog
 import trio
 
 from persistence import journal_store as store
+from persistence import snapshot_codec
 from persistence.db import Database
 from protocol.common import Alert, AlertLevel
 from protocol.errors import StorageError, UsageError
@@ -416,8 +417,13 @@ class Journal(Generic[T]):
             after_seq = rows[-1][1]
 
     async def latest_snapshot(self) -> tuple[int, bytes] | None:
-        """``(seq, payload)`` of the newest snapshot, or None."""
-        return await self.db.run_with_connection(store.latest_snapshot)
+        """``(seq, payload)`` of the newest snapshot, or None.
+
+        Raises:
+            StorageError: the database is unavailable, or the stored payload is corrupt.
+        """
+        row = await self.db.run_with_connection(store.latest_snapshot)
+        return None if row is None else (row[0], snapshot_codec.unpack(row[1]))
 
     async def snapshot_and_journal_seqs(self) -> tuple[int | None, int]:
         """The newest snapshot's seq (None: none) and the highest committed journal seq
@@ -434,8 +440,9 @@ class Journal(Generic[T]):
             if seq > self.last_seq:
                 raise UsageError("snapshot seq is past the last appended record", seq=seq)
             await self.flush()
+        stored = snapshot_codec.pack(payload)
         await self.db.run_with_connection(
-            functools.partial(store.write_snapshot, seq=seq, payload=payload)
+            functools.partial(store.write_snapshot, seq=seq, payload=stored, size=len(payload))
         )
 
     async def compact(self, upto_seq: int, *, keep_snapshots: int = 2) -> tuple[int, int]:

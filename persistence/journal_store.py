@@ -163,15 +163,16 @@ async def latest_snapshot(conn: asyncpg.Connection) -> tuple[int, bytes] | None:
     return None if row is None else (row[0], row[1])
 
 
-async def write_snapshot(conn: asyncpg.Connection, seq: int, payload: bytes) -> None:
-    """Insert (or replace: same seq, same state, newer encoding wins) the snapshot at ``seq``."""
+async def write_snapshot(conn: asyncpg.Connection, seq: int, payload: bytes, size: int) -> None:
+    """Insert (or replace: same seq, same state, newer encoding wins) the snapshot at ``seq``
+    (``payload`` as stored, ``size`` the state's own length before compression)."""
     await conn.execute(
         "INSERT INTO snapshots (seq, payload, size) VALUES ($1, $2, $3)"
         " ON CONFLICT (seq) DO UPDATE SET payload = excluded.payload, size = excluded.size,"
         " created_at = now()",
         seq,
         payload,
-        len(payload),
+        size,
     )
 
 
