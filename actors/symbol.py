@@ -21,11 +21,15 @@ this, a gap through 100,000 levels held the event loop for the whole storm (~2 s
 reached a socket, no other symbol's quote was judged, no heartbeat was read until the last
 close was made. Order is kept (while a backlog waits, later fires join its end and quotes
 queue), and a backlog the task cannot finish (cancelled, failed) is put in the users'
-mailboxes, never dropped.
+mailboxes, never dropped. The firing itself is stepped the same way: the book fires at most
+``NodeConfig.fire_step`` crossed levels per quote and keeps the rest pending, and the task
+fires the next step whenever the backlog runs dry (the drain of 100,000 levels was one ~0.6 s
+step before).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING, NamedTuple
@@ -73,6 +77,8 @@ class SymbolActor:
         self.seq = 0
         self._idle = False
         """True while the actor's task is waiting for its inbox (the fast path is open)."""
+        self._storm: tuple[int, float] = (0, 0.0)
+        """The seq and start of the quote whose fires are still pending in the book."""
         self._backlog: deque[tuple[str, Fired]] = deque()
         """Fires not handed to their users yet (a storm's remainder, see the module doc)."""
         self.log = structlog.get_logger().bind(symbol=self.symbol)
@@ -128,6 +134,12 @@ class SymbolActor:
         finally:
             # Cancelled or failed with fires not handed out: they wait in the users' mailboxes
             # (their positions are still OPEN in the state, so nothing is decided twice).
+            # (A storm's fires still pending in the book go the same way; if the book itself
+            # failed, the restarted actor re-arms those positions and fires them again.)
+            with contextlib.suppress(Exception):
+                if self.core.pending:
+                    seq, started = self._storm
+                    self._backlog.extend(self._messages(self.core.fire_pending(), seq, started))
             while self._backlog:
                 user_id, message = self._backlog.popleft()
                 self.node.user(user_id).deliver(message, inline=False)
@@ -156,7 +168,9 @@ class SymbolActor:
     def _quote(self, quote: Quote, arrived_ms: int) -> None:
         self.seq += 1
         self.quotes += 1
-        outcome = self.core.on_quote(quote.bid, quote.ask, quote.time_ms, arrived_ms)
+        outcome = self.core.on_quote(
+            quote.bid, quote.ask, quote.time_ms, arrived_ms, self.node.config.fire_step
+        )
         if outcome.rejected is not None:
             self.rejected += 1
             return
@@ -178,14 +192,10 @@ class SymbolActor:
             self._dispatch_fired(fired)
 
     def _dispatch_fired(self, fired: list[tuple[str, Trigger]]) -> None:
-        self.fired += len(fired)
-        by_user: dict[str, list[Trigger]] = defaultdict(list)
-        for user_id, trigger in fired:
-            by_user[user_id].append(trigger)
         seq, started = self.seq, time.perf_counter()
-        messages = [
-            (user_id, Fired(triggers, seq, started)) for user_id, triggers in by_user.items()
-        ]
+        if self.core.pending:  # the rest of this storm is fired later, as this quote's
+            self._storm = (seq, started)
+        messages = self._messages(fired, seq, started)
         backlog = self._backlog
         if backlog:  # earlier fires are still being handed out: these go after them
             backlog.extend(messages)
@@ -197,22 +207,42 @@ class SymbolActor:
             node.user(user_id).deliver(message)
             if clock() > deadline and i + 1 < len(messages):
                 backlog.extend(messages[i + 1 :])
-                # Close the fast path (later quotes queue behind the backlog) and wake the task.
-                self._idle = False
-                self.inbox.put_control(_RESUME)
-                return
+                break
+        if backlog or self.core.pending:
+            # Close the fast path (later quotes queue behind the storm) and wake the task.
+            self._idle = False
+            self.inbox.put_control(_RESUME)
+
+    def _messages(
+        self, fired: list[tuple[str, Trigger]], seq: int, started: float
+    ) -> list[tuple[str, Fired]]:
+        """Fired triggers as one message per user, users in order of their first trigger."""
+        self.fired += len(fired)
+        by_user: dict[str, list[Trigger]] = defaultdict(list)
+        for user_id, trigger in fired:
+            by_user[user_id].append(trigger)
+        return [(user_id, Fired(triggers, seq, started)) for user_id, triggers in by_user.items()]
 
     async def _hand_out_backlog(self) -> None:
-        """Hand the backlog to the users, one budget's worth per scheduler round."""
-        backlog, node, clock = self._backlog, self.node, time.perf_counter
-        while backlog:
+        """Hand the backlog to the users, and fire what a storm left pending in the book,
+        one budget's worth per scheduler round."""
+        backlog, node, core, clock = self._backlog, self.node, self.core, time.perf_counter
+        while backlog or core.pending:
             deadline = clock() + node.config.dispatch_budget_ms / 1000
-            while backlog:
+            while True:  # at least one user per round, whatever the budget
+                if not backlog:
+                    if not core.pending:
+                        break
+                    seq, started = self._storm
+                    backlog.extend(
+                        self._messages(core.fire_pending(node.config.fire_step), seq, started)
+                    )
+                    continue
                 user_id, message = backlog.popleft()
                 node.user(user_id).deliver(message)
                 if clock() > deadline:
                     break
-            if backlog:
+            if backlog or core.pending:
                 await trio.lowlevel.checkpoint()
 
     def _dispatch_moved(self, moved: list[tuple[str, LevelMove]]) -> None:

@@ -17,7 +17,8 @@ after a restart. Three measurements:
                        ``storm_loop_stall_ms``, the longest the event loop went without running
                        a task that sleeps 1 ms in a loop (what every other symbol, heartbeat and
                        request waited). ``--dispatch-budget-ms`` sets the slice in which a symbol
-                       actor hands out fired triggers before it lets other tasks run.
+                       actor hands out fired triggers before it lets other tasks run, and
+                       ``--fire-step`` how many crossed levels it fires per step.
 
 Same-run baseline: ``hop_us``, a bare trio memory-channel round trip between two tasks
 divided by two, i.e. one task hop, the unit the hot path is built from (two hops: feed -> symbol
@@ -86,6 +87,7 @@ async def _start(
     entry: int,
     storm: bool = False,
     budget_ms: float | None = None,
+    fire_step: int | None = None,
 ) -> tuple[Node, list[_Link]]:
     """A running node with ``n`` positions armed and every device connected and reconciled."""
     state = _positions(n, devices, entry, storm)
@@ -96,6 +98,8 @@ async def _start(
     )
     if budget_ms is not None:
         config = msgspec.structs.replace(config, dispatch_budget_ms=budget_ms)
+    if fire_step is not None:
+        config = msgspec.structs.replace(config, fire_step=fire_step)
     node = Node(
         journal=MemoryJournal(),
         directory=directory,
@@ -233,11 +237,15 @@ async def _throughput(node: Node, bids: list[float], asks: list[float]) -> float
     return n / (time.perf_counter() - t0)
 
 
-async def _storm(n: int, devices: int, entry: int, budget_ms: float | None) -> dict[str, float]:
+async def _storm(
+    n: int, devices: int, entry: int, budget_ms: float | None, fire_step: int | None
+) -> dict[str, float]:
     """One gap quote through ``n`` long SLs: seconds until every close is in an outbox, and
     what the loop did meanwhile (first frame on a link, longest stall of a 1 ms ticker)."""
     async with trio.open_nursery() as nursery:
-        node, links = await _start(nursery, n, devices, entry, storm=True, budget_ms=budget_ms)
+        node, links = await _start(
+            nursery, n, devices, entry, storm=True, budget_ms=budget_ms, fire_step=fire_step
+        )
         done = trio.Event()
         issued = [0]
 
@@ -287,6 +295,7 @@ async def run(
     duration: float,
     storm: int,
     budget_ms: float | None = None,
+    fire_step: int | None = None,
 ) -> dict[str, object]:
     ticks = load_ticks("XAUUSD")
     bids, asks = ticks.bid.tolist(), ticks.ask.tolist()
@@ -294,7 +303,9 @@ async def run(
     hop = await _hop_us()
     async with trio.open_nursery() as nursery:
         t0 = time.perf_counter()
-        node, _ = await _start(nursery, positions, devices, entry, budget_ms=budget_ms)
+        node, _ = await _start(
+            nursery, positions, devices, entry, budget_ms=budget_ms, fire_step=fire_step
+        )
         setup_s = time.perf_counter() - t0
         latency = await _paced(node, bids, asks, rate, duration)
         # Throughput on quotes that stay inside the book's quiet middle (nothing left to fire
@@ -305,7 +316,7 @@ async def run(
         max_qps = await _throughput(node, qb, qa)
         gc.unfreeze()
         nursery.cancel_scope.cancel()
-    storm_run = await _storm(storm, devices, entry, budget_ms) if storm else None
+    storm_run = await _storm(storm, devices, entry, budget_ms, fire_step) if storm else None
     figures = {"storm_100k_s": ("storm_s", 3), "storm_first_frame_ms": ("first_frame_ms", 1)}
     figures["storm_loop_stall_ms"] = ("loop_stall_ms", 1)
     return {
@@ -336,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="NodeConfig.dispatch_budget_ms (default: the node's, 50)",
     )
+    parser.add_argument(
+        "--fire-step",
+        type=int,
+        default=None,
+        help="NodeConfig.fire_step, levels fired per step of a storm (default: the node's, 25,000)",
+    )
     args = parser.parse_args(argv)
     results = trio.run(
         run,
@@ -345,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         args.duration,
         args.storm,
         args.dispatch_budget_ms,
+        args.fire_step,
     )
     lat = results["tick_to_outbox_us"]
     assert isinstance(lat, dict)

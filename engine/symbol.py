@@ -166,10 +166,18 @@ class SymbolCore:
 
     # -- quotes ------------------------------------------------------------------------------
 
-    def on_quote(self, bid: float, ask: float, ts_ms: int, now_ms: int) -> QuoteOutcome:
+    def on_quote(
+        self, bid: float, ask: float, ts_ms: int, now_ms: int, max_fired: int | None = None
+    ) -> QuoteOutcome:
+        """Judge a quote, move trailing stops, fire what it crossed.
+
+        ``max_fired``: fire at most that many levels now and leave the rest of a storm pending
+        in the book (:meth:`fire_pending`); fires an earlier quote left pending come first.
+        """
         rejected = self.validator.check(bid, ask, ts_ms, now_ms)
         if rejected is not None:
             return QuoteOutcome(rejected, [], [], [])
+        earlier = self.fire_pending() if self.book.pending else []
         self.bid, self.ask, self.last_quote_ms = bid, ask, now_ms
         scale = self._scale
         bid_points, ask_points = round(bid * scale), round(ask * scale)
@@ -180,18 +188,31 @@ class SymbolCore:
             for move in self.trailing.on_quote(bid_points, ask_points):
                 self.book.modify(move.position_id, sl=move.sl)
                 moved.append((owners[move.position_id], move))
-        triggers = self.book.on_quote(bid_points, ask_points)
-        if not triggers:
+        triggers = self.book.on_quote(bid_points, ask_points, max_fired)
+        if not triggers and not earlier:
             if not moved and not alerts:
                 return _NOTHING
             return QuoteOutcome(None, [], moved, alerts)
+        return QuoteOutcome(None, earlier + self._owned(triggers), moved, alerts)
+
+    @property
+    def pending(self) -> int:
+        """Levels a quote crossed that are not fired yet (see :meth:`on_quote`)."""
+        return self.book.pending
+
+    def fire_pending(self, max_fired: int | None = None) -> list[tuple[str, Trigger]]:
+        """Fire up to ``max_fired`` (None: all) of the levels left pending, in order."""
+        return self._owned(self.book.fire_pending(max_fired))
+
+    def _owned(self, triggers: list[Trigger]) -> list[tuple[str, Trigger]]:
+        """Fired triggers with their owners; the positions are no longer watched here."""
         pop = self._owners.pop
         fired = [(pop(t.position_id), t) for t in triggers]
         if len(self.trailing):
             remove = self.trailing.remove
             for t in triggers:
                 remove(t.position_id)
-        return QuoteOutcome(None, fired, moved, alerts)
+        return fired
 
     def on_sweep(
         self, bid_low: float, bid_high: float, ask_low: float, ask_high: float

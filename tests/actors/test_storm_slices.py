@@ -1,6 +1,8 @@
 """A breach storm is handed out in slices: the loop runs other tasks between them, every
 position still gets exactly one close, later quotes wait their turn, and a backlog the symbol
 actor cannot finish ends in the users' mailboxes (actors.symbol, NodeConfig.dispatch_budget_ms).
+Each test runs twice: with the whole storm fired at once, and fired 37 levels a step
+(NodeConfig.fire_step), the rest pending in the book between steps.
 
 The node is bench.engine's: positions recovered as after a restart, devices connected through
 in-process links. A budget of 0 hands out one user per scheduler round.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import trio
 import trio.testing
 
@@ -20,6 +23,8 @@ from protocol.feed import Quote
 
 ENTRY = GOLD.to_points(2000.0)
 POSITIONS, USERS = 400, 40
+
+steps = pytest.mark.parametrize("step", [None, 37], ids=["at-once", "stepped"])
 
 
 def gap(node, points_below: int) -> None:
@@ -33,9 +38,12 @@ def closes(node) -> Counter[str]:
     return Counter(r.position_id for r in node.journal.records if isinstance(r, CommandIssued))
 
 
-async def test_the_loop_runs_between_slices_and_every_position_closes_once() -> None:
+@steps
+async def test_the_loop_runs_between_slices_and_every_position_closes_once(step) -> None:
     async with trio.open_nursery() as nursery:
-        node, links = await _start(nursery, POSITIONS, USERS, ENTRY, storm=True, budget_ms=0)
+        node, links = await _start(
+            nursery, POSITIONS, USERS, ENTRY, storm=True, budget_ms=0, fire_step=step
+        )
         symbol = node.symbols["XAUUSD"]
         seen: list[int] = []
 
@@ -49,9 +57,11 @@ async def test_the_loop_runs_between_slices_and_every_position_closes_once() -> 
         frames = sum(link.frames for link in links)
         gap(node, 100_000)  # under every SL
         assert symbol._backlog  # the storm did not fit its budget
+        assert symbol.core.pending == (0 if step is None else POSITIONS - step)
         with trio.fail_after(30):
             while symbol._backlog or len(closes(node)) < POSITIONS:
                 await trio.lowlevel.checkpoint()
+        assert symbol.core.pending == 0
         assert any(0 < count < POSITIONS for count in seen)  # other tasks ran mid-storm
         assert set(closes(node).values()) == {1} and len(closes(node)) == POSITIONS
         with trio.fail_after(5):  # and every close leaves through its device's link
@@ -61,9 +71,12 @@ async def test_the_loop_runs_between_slices_and_every_position_closes_once() -> 
         nursery.cancel_scope.cancel()
 
 
-async def test_a_quote_arriving_mid_storm_waits_for_the_storm() -> None:
+@steps
+async def test_a_quote_arriving_mid_storm_waits_for_the_storm(step) -> None:
     async with trio.open_nursery() as nursery:
-        node, _ = await _start(nursery, POSITIONS, USERS, ENTRY, storm=True, budget_ms=0)
+        node, _ = await _start(
+            nursery, POSITIONS, USERS, ENTRY, storm=True, budget_ms=0, fire_step=step
+        )
         symbol = node.symbols["XAUUSD"]
         order: list[int] = []
         node.tracer = lambda seq, commands: order.append(seq)
@@ -79,7 +92,8 @@ async def test_a_quote_arriving_mid_storm_waits_for_the_storm() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_backlog_cut_short_ends_in_the_users_mailboxes() -> None:
+@steps
+async def test_a_backlog_cut_short_ends_in_the_users_mailboxes(step) -> None:
     async with trio.open_nursery() as outer:
         inner = trio.CancelScope()
         state: dict[str, object] = {}
@@ -88,7 +102,7 @@ async def test_a_backlog_cut_short_ends_in_the_users_mailboxes() -> None:
             with inner:
                 async with trio.open_nursery() as nursery:
                     node, _ = await _start(
-                        nursery, POSITIONS, USERS, ENTRY, storm=True, budget_ms=0
+                        nursery, POSITIONS, USERS, ENTRY, storm=True, budget_ms=0, fire_step=step
                     )
                     state["node"] = node
                     await trio.sleep_forever()
@@ -103,6 +117,7 @@ async def test_a_backlog_cut_short_ends_in_the_users_mailboxes() -> None:
         for _ in range(3):
             await trio.lowlevel.checkpoint()
         assert symbol._backlog  # cut short mid-storm
+        assert symbol.core.pending or step is None  # (some of it still in the book)
         inner.cancel()
         await trio.testing.wait_all_tasks_blocked()
 

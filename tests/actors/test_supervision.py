@@ -48,11 +48,11 @@ async def test_symbol_actor_crash_does_not_touch_other_actors(
     real = SymbolCore.on_quote
     crashed = []
 
-    def crash_once(self, bid, ask, ts_ms, now_ms):
+    def crash_once(self, bid, ask, ts_ms, now_ms, *rest):
         if self.symbol == "XAUUSD" and not crashed:
             crashed.append(1)
             raise RuntimeError("injected fault")
-        return real(self, bid, ask, ts_ms, now_ms)
+        return real(self, bid, ask, ts_ms, now_ms, *rest)
 
     monkeypatch.setattr(SymbolCore, "on_quote", crash_once)
     harness.quote(1950.1, 1950.4)

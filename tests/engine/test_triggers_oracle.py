@@ -156,3 +156,106 @@ def test_replay_real_xauusd_day_against_brute_force() -> None:
     # The real gap (bid -5.568 in one tick) must have fired several positions at once.
     gap_tick = int(np.argmax(-np.diff(bids))) + 1
     assert len(expected.get(gap_tick, [])) >= 1
+
+
+@given(operations, st.integers(1, 3))
+def test_stepped_firing_matches_oracle(ops: list[tuple], step: int) -> None:
+    """A quote allowed to fire only ``step`` levels at a time, the rest through fire_pending()
+    until none is left (as the symbol actor does before its next input): together the same
+    triggers in the same order as firing all at once."""
+    book, oracle = TriggerBook("T"), OracleBook()
+    for op in ops:
+        kind = op[0]
+        if kind == "register":
+            _, i, side, sl, tp = op
+            if f"p{i}" not in oracle.armed:
+                assert book.register(f"p{i}", side, sl, tp) == oracle.register(
+                    f"p{i}", side, sl, tp
+                )
+        elif kind == "modify":
+            _, i, sl, tp = op
+            if f"p{i}" in oracle.armed:
+                assert book.modify(f"p{i}", sl=sl, tp=tp) == oracle.modify(f"p{i}", sl, tp, KEEP)
+        elif kind == "cancel":
+            assert book.cancel(f"p{op[1]}") == oracle.cancel(f"p{op[1]}")
+        else:
+            _, bid, spread = op
+            fired = book.on_quote(bid, bid + spread, max_fired=step)
+            assert len(fired) <= step
+            while book.pending:
+                more = book.fire_pending(step)
+                assert 0 < len(more) <= step or not book.pending
+                fired += more
+            assert fired == oracle.on_quote(bid, bid + spread)
+        assert set(book.position_ids()) == set(oracle.armed)
+        book.check()
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(Side), level, level), min_size=1, max_size=60),
+    st.tuples(price, st.integers(0, 3)),
+    st.lists(st.tuples(st.sampled_from(["cancel", "modify", "register"]), pid_index, level)),
+    st.tuples(price, st.integers(0, 3)),
+)
+def test_changes_between_steps(
+    positions: list, gap: tuple[int, int], changes: list, after: tuple[int, int]
+) -> None:
+    """While a storm's fires are pending, the book still holds those positions: a cancel
+    removes one for good, a modify re-arms it (firing at once if the gap crossed the new
+    level too), a register is judged against the gap quote; the next quote fires whatever
+    is still pending first. Whatever the interleaving: nothing fires twice, nothing stays
+    pending, what fired has left the book and the heaps stay consistent."""
+    book = TriggerBook("T")
+    for i, (side, sl, tp) in enumerate(positions):
+        book.register(f"p{i}", side, sl, tp)
+    bid, spread = gap
+    first = book.on_quote(bid, bid + spread, max_fired=1)
+    later: list[Trigger] = list(first)
+    gone: set[str] = {t.position_id for t in first}
+    for action, i, lvl in changes:
+        pid = f"p{i}"
+        if action == "cancel":
+            if book.cancel(pid):
+                gone.add(pid)
+        elif action == "modify":
+            if pid in book:
+                fired = book.modify(pid, sl=lvl)
+                later += fired
+                gone |= {t.position_id for t in fired}
+        elif pid not in book and pid not in gone:
+            fired = book.register(pid, Side.BUY, lvl, None)
+            later += fired
+            gone |= {t.position_id for t in fired}
+        book.check()
+    later += book.on_quote(after[0], after[0] + after[1])
+    assert book.pending == 0
+    ids = [t.position_id for t in later]
+    assert len(ids) == len(set(ids))  # nothing fires twice
+    assert not set(ids) & set(book.position_ids())  # what fired has left the book
+    book.check()
+
+
+def test_a_pending_fire_cancelled_never_fires() -> None:
+    book = TriggerBook("T")
+    for i in range(5):
+        book.register(f"p{i}", Side.BUY, 100 - i, None)
+    assert [t.position_id for t in book.on_quote(90, 91, max_fired=2)] == ["p0", "p1"]
+    assert book.pending == 3 and "p3" in book and book.levels("p3") == (97, None)
+    assert book.cancel("p3")
+    assert [t.position_id for t in book.on_quote(110, 111)] == ["p2", "p4"]  # pending first
+    assert book.pending == 0 and len(book) == 0
+
+
+def test_steps_keep_the_order_across_heaps() -> None:
+    """A wide quote crossing long SLs, short SLs and TPs at once, fired one level a step."""
+    book, oracle = TriggerBook("T"), OracleBook()
+    arms = [("a", Side.BUY, 100, 120), ("b", Side.BUY, 99, None), ("c", Side.SELL, 101, 80)]
+    arms += [("d", Side.SELL, 102, None), ("e", Side.BUY, None, 90), ("f", Side.SELL, None, 110)]
+    for pid, side, sl, tp in arms:
+        book.register(pid, side, sl, tp)
+        oracle.register(pid, side, sl, tp)
+    fired = book.on_quote(95, 105, max_fired=1)
+    while book.pending:
+        fired += book.fire_pending(1)
+    assert fired == oracle.on_quote(95, 105)
+    assert len({t.kind for t in fired}) == 2 and len({t.side for t in fired}) == 2
