@@ -27,17 +27,12 @@ from engine.records import (
     CommandIssued,
     CommandResolved,
     GuardSaved,
-    HistorySkipped,
     LevelsMoved,
     PositionSaved,
-    PositionSavedRaw,
     ReconciliationRecorded,
     Record,
     SignalSaved,
     decision_key,
-    decode_batch_for_replay,
-    decode_position,
-    position_id_of,
     signal_key,
 )
 
@@ -57,64 +52,35 @@ class UserState(NamedTuple):
 
 
 class Replay:
-    """Folds a long run of batches, coalescing position changes across all of them.
+    """Folds a run of records, coalescing the level moves of each position.
 
-    A position that trailed a thousand times during the replay is rebuilt once, with its last
-    levels: a move is held until the end unless a later full save of the same position
-    supersedes it (and a move after that save is held in its turn). Batches given as bytes
-    (:meth:`add_payload`, recovery's path) go further: a saved position is kept undecoded until
-    the end, when only the last save of each position is decoded, and history records are
-    skipped unread (the state keeps no history). The result equals applying every record one
-    by one; hypothesis tests hold that true for both paths.
+    A position that trailed a thousand times is rebuilt once, with its last levels: a move is
+    held until the end unless a later full save of the same position supersedes it (and a
+    move after that save is held in its turn). The result equals applying every record one by
+    one; a hypothesis test holds that true. (Recovery folds encoded batches with
+    :class:`engine.replay.SnapshotReplay`, newest first.)
     """
 
-    __slots__ = ("moves", "saves", "state")
+    __slots__ = ("moves", "state")
 
     def __init__(self, state: EngineState) -> None:
         self.state = state
         self.moves: dict[str, LevelsMoved] = {}
-        self.saves: dict[str, msgspec.Raw] = {}
-        """Position id -> its last save of the replay, not decoded yet."""
 
     def add(self, records: list[Record], last_seq: int) -> None:
-        state, moves, saves, handlers = self.state, self.moves, self.saves, _HANDLERS
+        state, moves, handlers = self.state, self.moves, _HANDLERS
         for record in records:
             kind = type(record)
             if kind is LevelsMoved:
                 moves[record.position_id] = record  # type: ignore[union-attr,assignment]
                 continue
             if kind is PositionSaved:
-                pid = record.position.id  # type: ignore[union-attr]
-                moves.pop(pid, None)
-                saves.pop(pid, None)
+                moves.pop(record.position.id, None)  # type: ignore[union-attr]
             handlers[kind](state, record)
         state.seq = last_seq
 
-    def add_payload(self, payload: bytes, skip: int, last_seq: int) -> int:
-        """Fold one encoded batch, its first ``skip`` records excepted; returns how many
-        records were folded."""
-        records = decode_batch_for_replay(payload)
-        skip = min(skip, len(records))
-        state, moves, saves, handlers = self.state, self.moves, self.saves, _HANDLERS
-        for record in records[skip:] if skip else records:
-            kind = type(record)
-            if kind is LevelsMoved:
-                moves[record.position_id] = record  # type: ignore[union-attr,assignment]
-            elif kind is PositionSavedRaw:
-                raw = record.position  # type: ignore[union-attr]
-                pid = position_id_of(raw)
-                moves.pop(pid, None)
-                saves[pid] = raw
-            elif not isinstance(record, HistorySkipped):
-                handlers[kind](state, record)
-        state.seq = last_seq
-        return len(records) - skip
-
     def finish(self) -> None:
         state = self.state
-        for raw in self.saves.values():
-            state._position(PositionSaved(position=decode_position(raw)))
-        self.saves.clear()
         for move in self.moves.values():
             state._levels(move)
         self.moves.clear()
@@ -226,22 +192,30 @@ class EngineState:
         )
 
     def by_user(self) -> dict[str, UserState]:
-        """Every user's part of the state, in one pass (for starting every actor at once)."""
+        """Every user's part of the state, in one pass (for starting every actor at once).
+
+        Users appear in the order their first position, command, approval or guard does.
+        """
         views: dict[str, UserState] = {}
+        guards = self.guards
+        # The positions are most of it (100,000 at a restart): one lookup each, inlined.
+        for p in self.positions.values():
+            found = views.get(p.user_id)
+            if found is None:
+                found = views[p.user_id] = UserState([], [], [], guards.get(p.user_id))
+            found.positions.append(p)
 
         def view(user_id: str) -> UserState:
             found = views.get(user_id)
             if found is None:
-                found = views[user_id] = UserState([], [], [], self.guards.get(user_id))
+                found = views[user_id] = UserState([], [], [], guards.get(user_id))
             return found
 
-        for p in self.positions.values():
-            view(p.user_id).positions.append(p)
         for c in self.commands.values():
             view(c.user_id).commands.append(c)
         for (user_id, _), a in self.approvals.items():
             view(user_id).approvals.append(a)
-        for user_id in self.guards:
+        for user_id in guards:
             view(user_id)
         return views
 

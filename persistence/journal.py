@@ -56,6 +56,7 @@ Project = Callable[[list[T]], store.Statements]
 OnAlert = Callable[[Alert], None]
 
 _log = structlog.get_logger().bind(component="journal")
+_BEYOND_EVERY_SEQ = (1 << 63) - 1  # the largest bigint
 
 
 def _now_ms() -> int:
@@ -415,6 +416,27 @@ class Journal(Generic[T]):
             if len(rows) < chunk:
                 return
             after_seq = rows[-1][1]
+
+    async def read_batches_newest_first(
+        self, after_seq: int = 0, *, chunk: int = 32
+    ) -> AsyncIterator[list[tuple[int, int, bytes]]]:
+        """The batches of :meth:`read_batches`, newest first, ``chunk`` rows per list (what
+        recovery folds, see ``engine.replay``; the oldest may straddle ``after_seq``)."""
+        before = _BEYOND_EVERY_SEQ
+        while True:
+            rows = await self.db.run_with_connection(
+                functools.partial(
+                    store.fetch_batches_newest_first,
+                    after_seq=after_seq,
+                    before_seq=before,
+                    limit=chunk,
+                )
+            )
+            if rows:
+                yield rows
+            if len(rows) < chunk:
+                return
+            before = rows[-1][1]
 
     async def latest_snapshot(self) -> tuple[int, bytes] | None:
         """``(seq, payload)`` of the newest snapshot, or None.

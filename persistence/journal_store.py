@@ -34,6 +34,7 @@ __all__ = [
     "WriteResult",
     "compact",
     "fetch_batches",
+    "fetch_batches_newest_first",
     "last_seq",
     "latest_snapshot",
     "snapshot_and_journal_seqs",
@@ -144,6 +145,21 @@ async def fetch_batches(
         "SELECT first_seq, last_seq, records FROM journal WHERE last_seq > $1"
         " ORDER BY last_seq LIMIT $2",
         after_seq,
+        limit,
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def fetch_batches_newest_first(
+    conn: asyncpg.Connection, after_seq: int, before_seq: int, limit: int
+) -> list[tuple[int, int, bytes]]:
+    """Up to ``limit`` batches holding records after ``after_seq`` and ending before
+    ``before_seq``, newest first (the last_seq index, scanned backwards)."""
+    rows = await conn.fetch(
+        "SELECT first_seq, last_seq, records FROM journal WHERE last_seq > $1 AND last_seq < $2"
+        " ORDER BY last_seq DESC LIMIT $3",
+        after_seq,
+        before_seq,
         limit,
     )
     return [(row[0], row[1], row[2]) for row in rows]

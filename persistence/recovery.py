@@ -2,7 +2,8 @@
 
 Start-up and crash recovery are the same call, :func:`load_state`; the snapshotter uses it too
 (an old snapshot plus the newer journal is the new snapshot). The fold itself is pure
-(:meth:`engine.state.EngineState.apply`); this module only reads.
+(:class:`engine.replay.SnapshotReplay`, which reaches the state
+:meth:`engine.state.EngineState.apply` reaches record by record); this module only reads.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import time
 from typing import Any, NamedTuple
 
 import structlog
+import trio
+import trio.lowlevel
 
-from engine.state import EngineState, Replay
+from engine.replay import SnapshotReplay
+from engine.state import EngineState
+from protocol.errors import UsageError
 
 __all__ = ["Recovered", "load_state"]
 
@@ -29,34 +34,54 @@ async def load_state(journal: Any) -> Recovered:
     """The state after the last committed record (``journal``: a ``persistence.Journal``)."""
     log = structlog.get_logger().bind(component="recovery")
     started = time.perf_counter()
-    snapshot = await journal.latest_snapshot()
-    state = EngineState() if snapshot is None else EngineState.decode_snapshot(snapshot[1])
-    snapshot_seq = state.seq
+    newest_snapshot, _ = await journal.snapshot_and_journal_seqs()
+    after = newest_snapshot or 0
     replayed = 0
-    loaded = started
-    replay = Replay(state)
+    waited = 0.0
     # A bulk load: every object made here lives on, so the cyclic collector has nothing to
     # find and would only rescan the growing heap again and again.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        # Read everything first, then decode and fold: interleaved, the decoding (trio thread)
-        # and asyncpg's reading (the bridge thread) take turns at the GIL every half
-        # millisecond and both run at a fraction of their speed.
-        payloads = [batch async for batch in journal.read_batches(state.seq)]
-        loaded = time.perf_counter()
-        for first, last, payload in payloads:
-            skip = max(0, state.seq - first + 1)  # a batch may straddle the snapshot
-            replayed += replay.add_payload(payload, skip, last)
-        replay.finish()
-        del payloads
+        # The journal is folded newest first (engine.replay), so it is read backwards, a chunk
+        # ahead of the fold, from the start: while the snapshot is fetched and decoded, and
+        # while a chunk is folded, Postgres reads the next one on the other core. (Only the
+        # bridge thread's share of a read, parsing the rows, competes with the fold for the
+        # GIL.)
+        send, receive = trio.open_memory_channel[list[tuple[int, int, bytes]]](1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_newest_first, journal, after, send)
+            snapshot = await journal.latest_snapshot()
+            replay = SnapshotReplay(None if snapshot is None else snapshot[1])
+            snapshot_seq = replay.seq
+            # A snapshot written since (by a snapshotter) is newer: the fold skips what it
+            # holds. An older one would leave records out; the newest one never gets older.
+            if snapshot_seq < after:
+                raise UsageError(
+                    "the newest snapshot is older than the seqs said",
+                    snapshot_seq=snapshot_seq,
+                    expected=after,
+                )
+            async with receive:
+                while True:
+                    wait_started = time.perf_counter()
+                    try:
+                        chunk = await receive.receive()
+                    except trio.EndOfChannel:
+                        break
+                    # Let the reader ask for the next chunk before this one is folded.
+                    await trio.lowlevel.checkpoint()
+                    waited += time.perf_counter() - wait_started
+                    replayed += replay.fold_newest_first(chunk)
+                    del chunk
+        state = replay.finish()
     finally:
         if collecting:
             gc.enable()
     elapsed = time.perf_counter() - started
     log.info(
         "state recovered",
-        read_s=round(loaded - started, 3),
+        read_wait_s=round(waited, 3),
         snapshot_seq=snapshot_seq,
         replayed=replayed,
         positions=len(state.positions),
@@ -64,3 +89,11 @@ async def load_state(journal: Any) -> Recovered:
         seconds=round(elapsed, 3),
     )
     return Recovered(state, snapshot_seq, replayed, elapsed)
+
+
+async def _read_newest_first(
+    journal: Any, after_seq: int, send: trio.MemorySendChannel[list[tuple[int, int, bytes]]]
+) -> None:
+    async with send:
+        async for chunk in journal.read_batches_newest_first(after_seq):
+            await send.send(chunk)

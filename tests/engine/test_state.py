@@ -1,4 +1,7 @@
-"""The state fold: coalescing a batch equals applying it record by record; snapshots round-trip."""
+"""The state fold: coalescing a batch equals applying it record by record; snapshots round-trip.
+
+Recovery's fold of encoded batches is tested against the same oracle in ``test_replay.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,9 @@ from hypothesis import strategies as st
 
 from engine.lifecycle import PositionState
 from engine.positions import Position
-from engine.records import AlertRaised, LevelsMoved, PositionSaved, encode_batch
-from engine.state import EngineState, Replay
-from protocol.common import Alert, AlertLevel, Side
+from engine.records import LevelsMoved, PositionSaved
+from engine.state import EngineState
+from protocol.common import Side
 
 STATES = [PositionState.OPEN, PositionState.CLOSING, PositionState.CLOSED]
 
@@ -47,14 +50,6 @@ record = st.one_of(
 )
 
 
-alert = st.builds(
-    lambda t: AlertRaised(
-        alert=Alert(kind="spread", level=AlertLevel.WARNING, message="wide", time_ms=t)
-    ),
-    st.integers(0, 10**6),
-)
-
-
 @given(st.lists(record, max_size=60))
 def test_coalesced_batch_equals_one_by_one(records) -> None:
     one, batch = EngineState(), EngineState()
@@ -63,33 +58,6 @@ def test_coalesced_batch_equals_one_by_one(records) -> None:
     batch.apply_all(records, last_seq=len(records))
     assert batch.positions == one.positions
     assert batch.seq == len(records)
-
-
-@given(
-    st.lists(st.one_of(record, alert), max_size=60),
-    st.lists(st.integers(1, 8), min_size=1, max_size=20),
-    st.integers(0, 3),
-)
-def test_replay_of_encoded_batches_equals_one_by_one(records, sizes, skip) -> None:
-    """Recovery's path: batches as bytes, saves decoded last, history skipped unread, the first
-    batch straddling the snapshot (its first ``skip`` records already in it)."""
-    base = [PositionSaved(position=position(i, PositionState.OPEN, 500 + i)) for i in range(5)]
-    one, lazy = EngineState(), EngineState()
-    for r in base:
-        one.apply(r)
-        lazy.apply(r)
-    skip = min(skip, len(records))
-    for r in records[skip:]:
-        one.apply(r)
-    replay, start, k, folded = Replay(lazy), 0, 0, 0
-    while start < len(records):
-        size = sizes[k % len(sizes)]
-        batch = records[start : start + size]
-        folded += replay.add_payload(encode_batch(batch), max(0, skip - start), start + size)
-        start, k = start + size, k + 1
-    replay.finish()
-    assert lazy.positions == one.positions
-    assert folded == len(records) - skip
 
 
 def test_snapshot_round_trip() -> None:

@@ -44,6 +44,24 @@ async def test_round_trip_in_order_across_many_batches(db: Database) -> None:
     assert await read_all(journal, after_seq=1234) == list(enumerate(sent, start=1))[1234:]
 
 
+async def test_batches_newest_first_are_the_same_batches_backwards(db: Database) -> None:
+    """Recovery reads the journal backwards, in chunks (see persistence.recovery)."""
+    journal = _journal(db, max_batch=7, window_ms=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        for i in range(1, 101):
+            journal.append_nowait(Rec(kind="k", n=i))
+            if i % 5 == 0:
+                await journal.flush()
+        await journal.flush()
+        nursery.cancel_scope.cancel()
+    for after in (0, 33, 99, 100):
+        forwards = [b async for b in journal.read_batches(after, chunk=4)]
+        chunks = [c async for c in journal.read_batches_newest_first(after, chunk=4)]
+        assert all(0 < len(c) <= 4 for c in chunks)
+        assert [b for c in chunks for b in c] == forwards[::-1]
+
+
 async def test_group_commit_shares_one_commit_between_concurrent_acks(db: Database) -> None:
     journal = _journal(db, window_ms=5)
     seqs: list[int] = []
