@@ -117,23 +117,30 @@ class SymbolCore:
 
         Positions already watched are re-armed one by one.
         """
-        fresh: list[Position] = []
+        owners = self._owners
         fired: list[tuple[str, Trigger]] = []
+        levels: list[tuple[str, Side, int | None, int | None]] = []
+        users: list[str] = []
+        ruled: list[Position] = []
+        # One pass over the positions (a restart gives every position of the symbol).
         for p in positions:
             if p.open_price is None:
                 continue
-            if p.id in self._owners:
+            pid = p.id
+            if pid in owners:
                 fired += self.arm(
-                    p.id, p.user_id, p.side, p.open_price, p.sl, p.tp, p.trailing, p.break_even
+                    pid, p.user_id, p.side, p.open_price, p.sl, p.tp, p.trailing, p.break_even
                 )
-            else:
-                fresh.append(p)
-        for p in fresh:
-            self._owners[p.id] = p.user_id
-        for t in self.book.register_many((p.id, p.side, p.sl, p.tp) for p in fresh):
-            fired.append((self._owners.pop(t.position_id), t))
-        for p in fresh:
-            if (p.trailing is not None or p.break_even is not None) and p.id in self._owners:
+                continue
+            levels.append((pid, p.side, p.sl, p.tp))
+            users.append(p.user_id)
+            if p.trailing is not None or p.break_even is not None:
+                ruled.append(p)
+        owners.update(zip([level[0] for level in levels], users, strict=True))
+        for t in self.book.register_many(levels):
+            fired.append((owners.pop(t.position_id), t))
+        for p in ruled:
+            if p.id in owners:
                 assert p.open_price is not None
                 self.trailing.add(p.id, p.side, p.open_price, p.sl, p.trailing, p.break_even)
         return fired

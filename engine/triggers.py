@@ -146,41 +146,64 @@ class TriggerBook:
     def register_many(
         self, positions: Iterable[tuple[str, Side, int | None, int | None]]
     ) -> list[Trigger]:
-        """Arm many positions at once (recovery): one heapify per heap instead of a push each.
+        """Arm many positions at once (recovery): the heaps are built in bulk, not pushed to.
 
         Positions whose levels the last quote already crossed fire at once, as with
-        :meth:`register`; the others are appended and the heaps rebuilt, O(n) in all.
+        :meth:`register`. Before any quote (a restart) nothing can fire: the levels are
+        appended to the heaps in the order given, numbered as one :meth:`register` after
+        another would number them, and each heap is rebuilt by one heapify, O(n) in all.
 
         Raises:
-            UsageError: a position is already in the book (nothing is armed then).
+            UsageError: a position is already in the book, or given twice (nothing is armed then).
         """
         batch = list(positions)
-        if any(pid in self._entries for pid, *_ in batch) or len({b[0] for b in batch}) != len(
-            batch
-        ):
-            raise UsageError("register_many got a position already in the book")
-        fired: list[Trigger] = []
-        heaps = self._heaps
-        for pid, side, sl, tp in batch:
-            entry: list[int | None] = [side is Side.SELL, None, None, 0, 0]
-            if self.bid is not None:  # the slow path decides fire-on-register
-                self._entries[pid] = entry
+        entries = self._entries
+        sell = Side.SELL
+        if self.bid is not None or self.ask is not None:  # the slow path decides fire-on-register
+            ids = [b[0] for b in batch]
+            if len(set(ids)) != len(ids) or not entries.keys().isdisjoint(ids):
+                raise UsageError("register_many got a position already in the book")
+            fired: list[Trigger] = []
+            for pid, side, sl, tp in batch:
+                entry: list[int | None] = [side is sell, None, None, 0, 0]
+                entries[pid] = entry
                 fired += self._arm(pid, entry, sl, tp)
-                continue
-            self._entries[pid] = entry
-            is_sell = side is Side.SELL
+            return fired
+        # One pass, everything in locals (a restart arms every position of the symbol here),
+        # into new containers: the book is only changed once the batch is known to be valid.
+        fresh: dict[str, list[int | None]] = {}
+        long_sl: list[tuple[int, int, str]] = []
+        short_sl: list[tuple[int, int, str]] = []
+        long_tp: list[tuple[int, int, str]] = []
+        short_tp: list[tuple[int, int, str]] = []
+        seq = self._seq
+        for pid, side, sl, tp in batch:
+            is_sell = side is sell
+            sl_seq = tp_seq = 0
             if sl is not None:
-                self._seq += 1
-                entry[_SL], entry[_SL_SEQ] = sl, self._seq
-                heaps[1 if is_sell else 0].append((sl if is_sell else -sl, self._seq, pid))
+                seq += 1
+                sl_seq = seq
+                if is_sell:
+                    short_sl.append((sl, seq, pid))
+                else:
+                    long_sl.append((-sl, seq, pid))
             if tp is not None:
-                self._seq += 1
-                entry[_TP], entry[_TP_SEQ] = tp, self._seq
-                heaps[3 if is_sell else 2].append((-tp if is_sell else tp, self._seq, pid))
-        for heap in heaps:
+                seq += 1
+                tp_seq = seq
+                if is_sell:
+                    short_tp.append((-tp, seq, pid))
+                else:
+                    long_tp.append((tp, seq, pid))
+            fresh[pid] = [is_sell, sl, tp, sl_seq, tp_seq]
+        if len(fresh) != len(batch) or (entries and not entries.keys().isdisjoint(fresh)):
+            raise UsageError("register_many got a position already in the book")
+        entries.update(fresh)  # into an empty book (a restart): a copy of the table
+        self._seq = seq
+        for heap, items in zip(self._heaps, (long_sl, short_sl, long_tp, short_tp), strict=True):
+            heap.extend(items)
             heapq.heapify(heap)
         self._refresh_tops()
-        return fired
+        return []
 
     def modify(
         self,

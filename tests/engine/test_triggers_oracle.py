@@ -11,6 +11,7 @@ from actors.marketdata import load_ticks
 from engine import DEFAULT_INSTRUMENTS
 from engine.triggers import KEEP, Trigger, TriggerBook, TriggerKind
 from protocol.common import Side
+from protocol.errors import UsageError
 from tests.engine.oracle import OracleBook
 
 # Prices in a narrow band, so that quotes land exactly on levels, repeat, and gap past many.
@@ -71,6 +72,50 @@ def test_many_positions_and_compaction(positions: list, quotes: list) -> None:
         assert book.on_quote(bid, bid + spread) == oracle.on_quote(bid, bid + spread)
         book.check()
     assert len(book) == len(oracle.armed)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(Side), level, level), min_size=1, max_size=200),
+    st.lists(st.integers(1, 60), min_size=1, max_size=4),
+    st.one_of(st.none(), st.tuples(price, st.integers(0, 3))),
+    st.lists(st.tuples(price, st.integers(0, 3)), min_size=1, max_size=40),
+)
+def test_register_many_matches_registering_one_by_one(
+    positions: list, chunks: list, first_quote: tuple | None, quotes: list
+) -> None:
+    """Bulk arming (recovery's): before any quote (the bulk path) or after one (what the last
+    quote crossed fires at once), in chunks; then every quote compared with the oracle."""
+    book, oracle = TriggerBook("T"), OracleBook()
+    if first_quote is not None:
+        bid, spread = first_quote
+        assert book.on_quote(bid, bid + spread) == oracle.on_quote(bid, bid + spread)
+    start = k = 0
+    while start < len(positions):
+        chunk = positions[start : start + chunks[k % len(chunks)]]
+        levels = [(f"p{start + j}", side, sl, tp) for j, (side, sl, tp) in enumerate(chunk)]
+        expected = [t for args in levels for t in oracle.register(*args)]
+        assert book.register_many(levels) == expected
+        book.check()
+        start, k = start + len(chunk), k + 1
+    for pid, armed in oracle.armed.items():
+        assert book.levels(pid) == (armed.sl, armed.tp)
+    for bid, spread in quotes:
+        assert book.on_quote(bid, bid + spread) == oracle.on_quote(bid, bid + spread)
+        book.check()
+    assert set(book.position_ids()) == set(oracle.armed)
+
+
+def test_register_many_refuses_a_position_twice_and_arms_nothing() -> None:
+    book = TriggerBook("T")
+    book.register("a", Side.BUY, 90, 110)
+    for levels in (
+        [("b", Side.BUY, 90, 110), ("a", Side.SELL, 110, 90)],
+        [("b", Side.BUY, 90, 110), ("b", Side.SELL, 110, 90)],
+    ):
+        with pytest.raises(UsageError):
+            book.register_many(levels)
+        assert book.position_ids() == ["a"]
+    assert book.register_many([]) == []
 
 
 def _first_fire(
