@@ -189,18 +189,29 @@ class SymbolCore:
         scale = self._scale
         bid_points, ask_points = round(bid * scale), round(ask * scale)
         alerts = self.guard.on_quote(bid, ask, now_ms)
+        # The levels in force first, then the trailing moves this quote causes: a move is
+        # judged against this quote's price (the book's, once on_quote has set it), and a
+        # position this quote fires is not moved. (Moved first, a move was judged against the
+        # previous quote's price: one it crossed fired inside modify, unreported, and the
+        # position's next move raised KeyError.)
+        fired = earlier
+        triggers = self.book.on_quote(bid_points, ask_points, max_fired)
+        if triggers:
+            fired = earlier + self._owned(triggers)
         moved: list[tuple[str, LevelMove]] = []
         if len(self.trailing):
-            owners = self._owners
+            owners, modify = self._owners, self.book.modify
             for move in self.trailing.on_quote(bid_points, ask_points):
-                self.book.modify(move.position_id, sl=move.sl)
-                moved.append((owners[move.position_id], move))
-        triggers = self.book.on_quote(bid_points, ask_points, max_fired)
-        if not triggers and not earlier:
+                crossed = modify(move.position_id, sl=move.sl)
+                if crossed:  # a move onto the price's far side (a break-even past it)
+                    fired = fired + self._owned(crossed)
+                else:
+                    moved.append((owners[move.position_id], move))
+        if not fired:
             if not moved and not alerts:
                 return _NOTHING
             return QuoteOutcome(None, [], moved, alerts)
-        return QuoteOutcome(None, earlier + self._owned(triggers), moved, alerts)
+        return QuoteOutcome(None, fired, moved, alerts)
 
     @property
     def pending(self) -> int:
