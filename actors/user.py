@@ -124,9 +124,10 @@ class UserActor:
         self.core = core = self._new_core()
         view, node_start = self.node.restore_view(self.user_id)
         with heap.bulk_build():
-            effects = core.restore(view.positions, view.commands, view.approvals, view.guard)
-        if node_start:
-            effects.arms.clear()  # the symbol actors armed the whole fold at their start
+            # At the node's start the symbol actors arm the whole fold at once: no arms here.
+            effects = core.restore(
+                view.positions, view.commands, view.approvals, view.guard, arm=not node_start
+            )
         for info in self.node.device_infos(self.user_id):
             effects.extend(core.on_device(info, self.node.clock.now_ms()))
         async with trio.open_nursery() as nursery:

@@ -141,13 +141,17 @@ class UserCore:
         commands: Iterable[CommandIssued],
         approvals: Iterable[Approval],
         guard: GuardSaved | None,
+        arm: bool = True,
     ) -> Effects:
-        """Rebuild from recovered state; returns the arms for every watched position."""
+        """Rebuild from recovered state; returns the arms for every watched position (none
+        with ``arm=False``: at a node's start the symbol actors arm the whole state at once)."""
         effects = Effects()
+        arms, own, is_open = effects.arms, self.positions, PositionState.OPEN
         for p in positions:
-            self.positions[p.id] = p
-            if p.state is PositionState.OPEN:
-                effects.arms.append(Arm(p))
+            own[p.id] = p
+            if p.state is is_open:
+                if arm:
+                    arms.append(Arm(p))
                 if p.expires_at_ms is not None:
                     heapq.heappush(self._expiries, (p.expires_at_ms, p.id))
         for c in commands:

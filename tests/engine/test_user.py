@@ -401,3 +401,19 @@ def test_unknown_terminal_positions_are_adopted_as_external() -> None:
 def test_manual_close_of_unknown_position() -> None:
     with pytest.raises(NotFound):
         core().close_position("nope", "manual", T0)
+
+
+def test_restore_without_arms_rebuilds_the_same_core() -> None:
+    """At a node's start the symbol actors arm everything at once: restore(arm=False) leaves
+    the arms out and nothing else (positions, their expiry schedule)."""
+    live = core()
+    opened(live)
+    positions = list(live.positions.values())
+    assert [p.state for p in positions] == [PositionState.OPEN]
+    with_arms, without = core(), core()
+    armed = with_arms.restore(positions, [], [], None)
+    plain = without.restore(positions, [], [], None, arm=False)
+    assert [a.position.state for a in armed.arms] == [PositionState.OPEN]
+    assert isinstance(armed.arms[0], Arm) and not plain.arms
+    assert without.positions == with_arms.positions
+    assert without.next_due_ms() == with_arms.next_due_ms()
