@@ -283,6 +283,8 @@ class TriggerBook:
     @property
     def pending(self) -> int:
         """Crossed levels not fired yet (see :meth:`on_quote`'s ``max_fired``)."""
+        if not self._pending:  # every quiet quote asks
+            return 0
         return sum(len(segment[0]) - segment[1] for segment in self._pending)
 
     def fire_pending(self, max_fired: int | None = None) -> list[Trigger]:
