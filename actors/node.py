@@ -200,11 +200,12 @@ class Node:
             self.user(user_id).deliver(LinkLost(device_id, ids))
 
     def pending(self) -> int:
-        """Messages waiting in every mailbox of the node."""
+        """Messages waiting in every mailbox of the node, and fires a symbol actor has yet to
+        hand out (a storm in flight: shutdown drains it too)."""
         return (
             sum(len(u.mailbox) for u in self.users.values())
             + sum(len(d.mailbox) for d in self.devices.values())
-            + sum(len(s.inbox) for s in self.symbols.values())
+            + sum(len(s.inbox) + s.unhanded for s in self.symbols.values())
         )
 
     async def shutdown(self) -> None:

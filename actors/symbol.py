@@ -111,6 +111,12 @@ class SymbolActor:
         self.rejected += 1
         return False
 
+    @property
+    def unhanded(self) -> int:
+        """Fires not handed to their users yet: messages in the backlog, levels still pending
+        in the book."""
+        return len(self._backlog) + self.core.pending
+
     def control(self, op: Arm | MoveLevels | Disarm) -> None:
         """An arm/move/disarm from a user actor."""
         self.inbox.put_control(op)

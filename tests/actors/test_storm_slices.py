@@ -58,6 +58,7 @@ async def test_the_loop_runs_between_slices_and_every_position_closes_once(step)
         gap(node, 100_000)  # under every SL
         assert symbol._backlog  # the storm did not fit its budget
         assert symbol.core.pending == (0 if step is None else POSITIONS - step)
+        assert node.pending() >= symbol.unhanded > 0  # what shutdown waits for
         with trio.fail_after(30):
             while symbol._backlog or len(closes(node)) < POSITIONS:
                 await trio.lowlevel.checkpoint()
@@ -129,3 +130,20 @@ async def test_a_backlog_cut_short_ends_in_the_users_mailboxes(step) -> None:
     )
     assert not symbol._backlog
     assert sum(closes(node).values()) + waiting == POSITIONS
+
+
+@steps
+async def test_shutdown_drains_a_storm_in_flight(step) -> None:
+    """A node asked to stop mid-storm hands the rest of it out first (within its drain time):
+    every position gets its close, none is left for the next start to fire."""
+    async with trio.open_nursery() as nursery:
+        node, _ = await _start(
+            nursery, POSITIONS, USERS, ENTRY, storm=True, budget_ms=0, fire_step=step
+        )
+        symbol = node.symbols["XAUUSD"]
+        gap(node, 100_000)
+        assert symbol.unhanded
+        with trio.fail_after(30):
+            await node.shutdown()
+        assert set(closes(node).values()) == {1} and len(closes(node)) == POSITIONS
+        nursery.cancel_scope.cancel()
