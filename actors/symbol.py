@@ -29,7 +29,6 @@ step before).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING, NamedTuple
@@ -140,12 +139,13 @@ class SymbolActor:
         finally:
             # Cancelled or failed with fires not handed out: they wait in the users' mailboxes
             # (their positions are still OPEN in the state, so nothing is decided twice).
-            # (A storm's fires still pending in the book go the same way; if the book itself
-            # failed, the restarted actor re-arms those positions and fires them again.)
-            with contextlib.suppress(Exception):
+            # A storm's fires still pending in the book go the same way.
+            try:
                 if self.core.pending:
                     seq, started = self._storm
                     self._backlog.extend(self._messages(self.core.fire_pending(), seq, started))
+            except Exception:  # the book itself failed: the restarted actor re-arms them
+                self.log.exception("pending fires left to the restarted book")
             while self._backlog:
                 user_id, message = self._backlog.popleft()
                 self.node.user(user_id).deliver(message, inline=False)
@@ -177,6 +177,8 @@ class SymbolActor:
         outcome = self.core.on_quote(
             quote.bid, quote.ask, quote.time_ms, arrived_ms, self.node.config.fire_step
         )
+        if self.core.pending:  # (on_quote fired earlier pending levels first: these are ours)
+            self._storm = (self.seq, time.perf_counter())
         if outcome.rejected is not None:
             self.rejected += 1
             return
@@ -199,8 +201,6 @@ class SymbolActor:
 
     def _dispatch_fired(self, fired: list[tuple[str, Trigger]]) -> None:
         seq, started = self.seq, time.perf_counter()
-        if self.core.pending:  # the rest of this storm is fired later, as this quote's
-            self._storm = (seq, started)
         messages = self._messages(fired, seq, started)
         backlog = self._backlog
         if backlog:  # earlier fires are still being handed out: these go after them
