@@ -30,20 +30,17 @@ from engine.replay import SnapshotReplay
 from engine.state import EngineState, StateSnapshot
 from protocol.common import Alert, AlertLevel, Side
 from protocol.device import CloseCommand
+from tests.engine.positions import make_position
 
 STATES = [PositionState.OPEN, PositionState.CLOSING, PositionState.CLOSED, PositionState.REJECTED]
 IDS = st.integers(0, 7)  # few ids: every position is saved and moved many times
 
 
 def position(i: int, state: PositionState, sl: int, modify_count: int = 0) -> Position:
-    return Position(
-        id=f"p{i}",
-        user_id=f"u{i % 3}",
-        device_id="d",
-        account="1",
-        symbol="XAUUSD",
-        side=Side.BUY if i % 2 else Side.SELL,
-        volume=0.1,
+    side = Side.BUY if i % 2 else Side.SELL
+    return make_position(
+        i,
+        side=side,
         state=state,
         open_price=1000,
         sl=sl,

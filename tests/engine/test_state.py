@@ -12,26 +12,13 @@ from engine.lifecycle import PositionState
 from engine.positions import Position
 from engine.records import LevelsMoved, PositionSaved
 from engine.state import EngineState
-from protocol.common import Side
+from tests.engine.positions import make_position
 
 STATES = [PositionState.OPEN, PositionState.CLOSING, PositionState.CLOSED]
 
 
 def position(i: int, state: PositionState, sl: int) -> Position:
-    return Position(
-        id=f"p{i}",
-        user_id="u",
-        device_id="d",
-        account="1",
-        symbol="XAUUSD",
-        side=Side.BUY,
-        volume=0.1,
-        state=state,
-        open_price=1000,
-        sl=sl,
-        tp=2000,
-        ticket=i,
-    )
+    return make_position(i, user_id="u", state=state, open_price=1000, sl=sl, tp=2000, ticket=i)
 
 
 record = st.one_of(

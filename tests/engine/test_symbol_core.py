@@ -6,11 +6,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.instruments import DEFAULT_INSTRUMENTS
-from engine.lifecycle import PositionState
-from engine.positions import Position, TrailingRule
+from engine.positions import TrailingRule
 from engine.quotes import QuoteLimits
 from engine.symbol import SymbolCore
 from protocol.common import Side
+from tests.engine.positions import make_position
 
 GOLD = DEFAULT_INSTRUMENTS["XAUUSD"]
 LIMITS = QuoteLimits(max_age_ms=10**9, max_jump=0.5)
@@ -19,15 +19,9 @@ level = st.one_of(st.none(), price)
 
 
 def position(i: int, side: Side, sl: int | None, tp: int | None, opened: bool, trail: bool):
-    return Position(
-        id=f"p{i}",
-        user_id=f"u{i % 3}",
-        device_id="d",
-        account="1",
-        symbol="XAUUSD",
+    return make_position(
+        i,
         side=side,
-        volume=0.1,
-        state=PositionState.OPEN,
         open_price=200_000 if opened else None,
         sl=sl,
         tp=tp,
