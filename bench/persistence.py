@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "--snapshot-records",
         type=int,
         default=100_000,
-        help="journal records the snapshotter folds during the tick measure",
+        help="journal records after the seeded snapshot (the snapshotter's first fold)",
     )
     parser.add_argument("--users", type=int, default=1000, help="users owning the positions")
     parser.add_argument("--tick-rate", type=float, default=1000.0, help="quotes/s (snapshot)")
@@ -350,7 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         "--tick-seconds",
         type=float,
         default=10.0,
-        help="seconds of quotes per tick-path measurement",
+        help="seconds of quotes per tick-path condition (quiet, snapshots, control)",
+    )
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=5,
+        help="rounds the tick-path conditions are measured in, in turns",
     )
     parser.add_argument("--only", default=",".join(MEASUREMENTS), help="measurements to run")
     args = parser.parse_args(argv)

@@ -48,7 +48,8 @@ from persistence.journal import Journal
 from persistence.migrator import migrate
 from persistence.projections import make_projection
 from persistence.recovery import load_state
-from persistence.snapshotter import run_snapshot_process, take_snapshot
+from persistence.snapshotter import SnapshotProcess, take_snapshot
+from protocol.errors import StorageError
 from protocol.nonces import MemoryNonceCache
 
 __all__ = ["MemoryNonces", "serve"]
@@ -74,14 +75,28 @@ def _secret_file(path: Path, nbytes: int = 48) -> bytes:
     return value
 
 
-async def _snapshots(dsn: str, interval_s: float, log: Any) -> None:
-    """Run the snapshotter process every ``interval_s`` (its own core, not the tick path's)."""
-    while True:
-        await trio.sleep(interval_s)
-        try:
-            await run_snapshot_process(dsn)
-        except (OSError, trio.CalledProcessError) as exc:
-            log.warning("snapshot failed; the journal keeps everything", error=str(exc))
+async def _snapshots(
+    snapshots: SnapshotProcess, interval_s: float, scope: trio.CancelScope, log: Any
+) -> None:
+    """Ask the snapshotter process for a snapshot every ``interval_s`` (its own core, at idle
+    priority, not the tick path's), until ``scope`` is cancelled."""
+    with scope:
+        while True:
+            await trio.sleep(interval_s)
+            try:
+                await snapshots.take()
+            except (OSError, StorageError) as exc:
+                log.warning("snapshot failed; the journal keeps everything", error=str(exc))
+
+
+async def _final_snapshot(snapshots: SnapshotProcess, journal: Journal[Any], log: Any) -> None:
+    """The shutdown snapshot: by the snapshotter process, which holds the state already; in
+    this process, from the database, if it cannot."""
+    try:
+        await snapshots.take()
+    except (OSError, StorageError) as exc:
+        log.warning("the snapshotter failed at shutdown; snapshotting here", error=str(exc))
+        await take_snapshot(journal)
 
 
 def _hypercorn_config(settings: Settings) -> HypercornConfig:
@@ -178,7 +193,8 @@ async def _run(
     metrics = ctx.extras["metrics"]
     node.fire_probe = metrics.observe_fire
     stop_serving = trio.Event()
-    async with trio.open_nursery() as nursery:
+    # The snapshotter process ends with this block, however it ends.
+    async with SnapshotProcess(dsn) as snapshots, trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         node_scope = trio.CancelScope()
 
@@ -193,7 +209,8 @@ async def _run(
             nursery.start_soon(run_paper_device, node, DEMO_DEVICE)
         if settings.demo_strategy and demo is not None:
             nursery.start_soon(run_demo_strategy, ctx, demo)
-        nursery.start_soon(_snapshots, dsn, settings.snapshot_interval_s, log)
+        periodic = trio.CancelScope()
+        nursery.start_soon(_snapshots, snapshots, settings.snapshot_interval_s, periodic, log)
         hypercorn = _hypercorn_config(settings)
         await nursery.start(
             functools.partial(hypercorn_serve, app, hypercorn, shutdown_trigger=stop_serving.wait)
@@ -226,7 +243,8 @@ async def _run(
         await node.shutdown()
         with trio.move_on_after(10):
             await journal.flush()
-            await take_snapshot(journal)
+            periodic.cancel()
+            await _final_snapshot(snapshots, journal, log)
         if redis_link is not None:
             await redis_link.aclose()
         nursery.cancel_scope.cancel()

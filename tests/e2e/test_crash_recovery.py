@@ -300,3 +300,58 @@ async def test_kill_9_at_random_points_loses_and_doubles_nothing(pg_dsn, tmp_pat
     assert not world.terminal.positions, "a position's SL/TP did not fire after recovery"
     assert len(world.acked_approvals) >= TRIALS, "the workload should have approved plenty"
     assert world.commands, "the EA should have received commands"
+
+
+def _snapshotter_children(pid: int) -> list[int]:
+    """The snapshotter processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z" and b"persistence.snapshotter" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Is ``pid`` running (not gone, and not a zombie nobody reaped)?"""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_a_graceful_stop_snapshots_everything_and_leaves_no_process(pg_dsn, tmp_path) -> None:
+    rng = random.Random(5)
+    async with open_bridge() as bridge, open_database(bridge, pg_dsn) as db:
+        registry = Registry(db)
+        user = await registry.create_user("stop-user", "password-0123")
+        device, secret = await registry.register_device(user.id, "stop terminal")
+        world = World(device.id, secret, user.id)
+        engine = Engine(pg_dsn, tmp_path / "state")
+        try:
+            await engine.start()
+            assert engine.process is not None
+            async with trio.open_nursery() as nursery:
+                await _connect_ea(world, engine, nursery)
+                await _workload(world, engine, rng, seconds=2.5)  # past a periodic snapshot
+                nursery.cancel_scope.cancel()
+            children = _snapshotter_children(engine.process.pid)
+            assert len(children) == 1, "the engine keeps one snapshotter process"
+            await engine.stop()  # SIGTERM
+            assert engine.process.returncode == 0
+        finally:
+            await engine.stop()
+        # The final snapshot covers the whole journal: a restart replays nothing.
+        newest = await db.fetchval("SELECT max(seq) FROM snapshots WHERE complete")
+        assert newest == await db.fetchval("SELECT max(last_seq) FROM journal") > 0
+        assert world.acked_approvals
+    with trio.fail_after(10):
+        while any(map(_alive, children)):
+            await trio.sleep(0.05)

@@ -3,16 +3,35 @@ nothing is new (a snapshot's payload is the expensive part to read, see take_sna
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
 from typing import Any
 
+import pytest
 import trio
 
 from bench.common import open_positions
-from engine.records import LevelsMoved, PositionSaved, encode_batch
+from engine.lifecycle import PositionState
+from engine.records import (
+    AlertRaised,
+    CommandIssued,
+    CommandResolved,
+    LevelsMoved,
+    PositionSaved,
+    Record,
+    encode_batch,
+)
 from engine.state import EngineState
 from persistence import Database, Journal
 from persistence.recovery import load_state
-from persistence.snapshotter import take_snapshot
+from persistence.snapshotter import SnapshotProcess, Snapshotter, take_snapshot
+from protocol.common import Alert, AlertLevel
+from protocol.device import CloseCommand
+from protocol.errors import StorageError
+from tests.engine.positions import make_position
 
 
 async def _append(journal: Journal[Any], records: list[Any]) -> None:
@@ -55,3 +74,218 @@ async def test_snapshot_folds_compacts_and_skips_when_nothing_is_new(db: Databas
     recovered = await load_state(Journal(db, encode_batch))
     assert recovered.state.positions == state.positions and recovered.records == 0
     assert await db.fetchval("SELECT count(*) FROM journal WHERE last_seq <= 50") == 0
+
+
+# -- the long-lived snapshotter: only what is new is folded, and it equals the full fold ------
+
+STATES = [PositionState.OPEN, PositionState.CLOSING, PositionState.CLOSED, PositionState.REJECTED]
+
+
+def _random_records(rng: random.Random, count: int, start_ms: int) -> list[Record]:
+    """Saves (live and final), moves, commands and their resolutions, alerts, on few ids: each
+    position is saved, moved, closed and saved again many times."""
+    out: list[Record] = []
+    for k in range(count):
+        i, roll, t = rng.randrange(12), rng.random(), start_ms + k
+        if roll < 0.3:
+            state = rng.choice(STATES)
+            out.append(PositionSaved(position=make_position(i, state=state, sl=rng.randint(1, 99))))
+        elif roll < 0.7:
+            sl, tp = rng.randint(1, 99), rng.choice([None, rng.randint(100, 200)])
+            out.append(LevelsMoved(position_id=f"p{i}", sl=sl, tp=tp, time_ms=t))
+        elif roll < 0.8:
+            command = CloseCommand(
+                command_id=f"c{i}", ticket=i + 1, symbol="XAUUSD", volume=0.1, deadline_ms=t
+            )
+            out.append(
+                CommandIssued(
+                    command=command, position_id=f"p{i}", user_id="u", device_id="d", issued_ms=t
+                )
+            )
+        elif roll < 0.9:
+            out.append(
+                CommandResolved(
+                    command_id=f"c{i}", position_id=f"p{i}", device_id="d", outcome="x", time_ms=t
+                )
+            )
+        else:
+            alert = Alert(kind="spread", level=AlertLevel.WARNING, message="wide", time_ms=t)
+            out.append(AlertRaised(alert=alert))
+    return out
+
+
+def _assert_stored_equals(snapshot: tuple[int, bytes] | None, reference: EngineState) -> None:
+    assert snapshot is not None and snapshot[0] == reference.seq
+    stored = EngineState.decode_snapshot(snapshot[1])
+    assert stored.seq == reference.seq
+    assert stored.positions == reference.positions
+    assert stored.commands == reference.commands
+    assert stored.signals == reference.signals and stored.approvals == reference.approvals
+    assert stored.guards == reference.guards
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_a_kept_state_folds_only_what_is_new_and_equals_the_full_fold(
+    db: Database, seed: int
+) -> None:
+    rng = random.Random(seed)
+    journal: Journal[Any] = Journal(db, encode_batch, max_batch=7, window_ms=0)
+    snapshotter, reference, loaded = Snapshotter(), EngineState(), False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        for round_ in range(8):
+            records = _random_records(rng, rng.choice([0, 1, 5, 30, 60]), round_ * 1000)
+            await _append(journal, records)
+            for record in records:
+                reference.apply(record, reference.seq + 1)
+            taken = await snapshotter.take(journal, now_ms=1)
+            if not records:  # nothing new: nothing read, nothing written
+                assert taken.bytes == 0 and taken.replayed == 0
+                continue
+            assert taken.seq == reference.seq and taken.bytes > 0
+            # Recovered from the database once; after that, only the new records are read.
+            assert taken.reloaded == (not loaded)
+            assert not loaded or taken.replayed == len(records)
+            loaded = True
+            _assert_stored_equals(await journal.latest_snapshot(), reference)
+        nursery.cancel_scope.cancel()
+    recovered = await load_state(Journal(db, encode_batch))
+    assert recovered.state.positions == reference.positions
+
+
+async def test_a_newer_snapshot_by_another_writer_or_a_failure_means_recovering_again(
+    db: Database,
+) -> None:
+    rng = random.Random(7)
+    journal: Journal[Any] = Journal(db, encode_batch, max_batch=7, window_ms=0)
+    snapshotter, reference = Snapshotter(), EngineState()
+
+    async def append(count: int) -> None:
+        records = _random_records(rng, count, reference.seq)
+        await _append(journal, records)
+        for record in records:
+            reference.apply(record, reference.seq + 1)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        await append(40)
+        assert (await snapshotter.take(journal, now_ms=1)).reloaded
+        # Another writer (the engine's own shutdown snapshot) snapshots and compacts: what the
+        # kept state has not seen may be gone from the journal, so it is recovered again.
+        await append(40)
+        await take_snapshot(journal, now_ms=1)
+        await append(40)
+        await take_snapshot(journal, now_ms=1)
+        await append(10)
+        taken = await snapshotter.take(journal, now_ms=1)
+        assert taken.reloaded and taken.replayed == 10
+        _assert_stored_equals(await journal.latest_snapshot(), reference)
+
+        # A failure half-way through a fold: the kept state is dropped, not trusted.
+        await append(30)
+        reading = journal.read_batches
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            raise StorageError("the database went away")
+
+        journal.read_batches = failing  # type: ignore[method-assign]
+        with pytest.raises(StorageError):
+            await snapshotter.take(journal, now_ms=1)
+        journal.read_batches = reading  # type: ignore[method-assign]
+        taken = await snapshotter.take(journal, now_ms=1)
+        assert taken.reloaded and taken.replayed == 30
+        _assert_stored_equals(await journal.latest_snapshot(), reference)
+        nursery.cancel_scope.cancel()
+
+
+def _gone(pid: int) -> bool:
+    """Has ``pid`` exited (reaped, or a zombie nobody reaps)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_the_snapshotter_process_keeps_its_state_and_is_replaced_when_it_dies(
+    db: Database, pg_dsn: str
+) -> None:
+    journal: Journal[Any] = Journal(db, encode_batch, max_batch=20, window_ms=0)
+    positions = open_positions(50, 5, 200_000, seed=3)
+    async with (
+        SnapshotProcess(pg_dsn, stderr=subprocess.DEVNULL) as snapshots,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(journal.run)
+        await _append(journal, [PositionSaved(position=p) for p in positions])
+        first = await snapshots.take()
+        assert first.seq == 50 and first.positions == 50 and first.reloaded
+        await _append(journal, [LevelsMoved(position_id=positions[0].id, sl=1, tp=2, time_ms=9)])
+        second = await snapshots.take()
+        assert second.seq == 51 and second.replayed == 1 and not second.reloaded
+        assert (await snapshots.take()).bytes == 0  # nothing new
+
+        # Killed between two snapshots: the next one starts another process, which recovers.
+        pid = snapshots.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with trio.fail_after(10):
+            while not _gone(pid):
+                await trio.sleep(0.01)
+        await _append(journal, [LevelsMoved(position_id=positions[1].id, sl=3, tp=4, time_ms=9)])
+        third = await snapshots.take()
+        assert third.seq == 52 and third.reloaded and snapshots.started == 2
+
+        # A request the child cannot read is answered with a failure; it keeps serving.
+        process = snapshots._process
+        assert process is not None and process.stdin is not None
+        await process.stdin.send_all(b'{"type": "snapshot", "now_ms": "soon"}\n')
+        with pytest.raises(StorageError, match="snapshot failed"):
+            await snapshots._finish_request()
+        await _append(journal, [LevelsMoved(position_id=positions[2].id, sl=5, tp=6, time_ms=9)])
+        assert (await snapshots.take()).seq == 53 and snapshots.pid == process.pid
+        nursery.cancel_scope.cancel()
+    assert process.returncode == 0  # its stdin closed: it exited by itself
+
+    state = EngineState.decode_snapshot((await journal.latest_snapshot() or (0, b""))[1])
+    assert state.positions[positions[2].id].sl == 5
+
+
+_ENGINE = """
+import sys, trio
+from persistence.snapshotter import SnapshotProcess
+
+async def main():
+    snapshots = SnapshotProcess(sys.argv[1])
+    await snapshots.take()
+    print(snapshots.pid, flush=True)
+    await trio.sleep(3600)
+
+trio.run(main)
+"""
+
+
+async def test_the_snapshotter_process_does_not_outlive_an_engine_killed_with_sigkill(
+    pg_dsn: str,
+) -> None:
+    engine = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _ENGINE, pg_dsn],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert engine.stdout is not None
+        with trio.fail_after(60):
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await engine.stdout.receive_some(100)
+                assert chunk, "the engine exited before its first snapshot"
+                line += chunk
+        child = int(line)
+        assert not _gone(child)
+    finally:
+        engine.kill()
+        await engine.wait()
+    with trio.fail_after(10):
+        while not _gone(child):
+            await trio.sleep(0.01)
