@@ -82,6 +82,8 @@ class Journal(Generic[T]):
             when a projection starts failing.
         max_backoff_s: the longest pause between two write attempts during an outage.
         shutdown_grace_s: how long a cancelled writer may go on writing what is pending.
+        snapshot_part_bytes: a stored snapshot larger than this is written in parts this
+            large, each its own transaction (see ``migrations/0002_snapshot_parts.sql``).
 
     Metrics (plain attributes, read them any time): ``pending`` records not yet committed,
     ``lag_ms`` age of the oldest of them, ``batches_written``, ``records_written``,
@@ -103,11 +105,15 @@ class Journal(Generic[T]):
         on_alert: OnAlert | None = None,
         max_backoff_s: float = 2.0,
         shutdown_grace_s: float = 5.0,
+        snapshot_part_bytes: int = 16 * 1024,
     ) -> None:
         if not 0 < max_batch <= soft_limit <= hard_limit:
             raise UsageError("journal limits must satisfy 0 < max_batch <= soft <= hard")
         if window_ms < 0:
             raise UsageError("window_ms must be >= 0")
+        if snapshot_part_bytes < 1:
+            raise UsageError("snapshot_part_bytes must be >= 1")
+        self.snapshot_part_bytes = snapshot_part_bytes
         self.db = db
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
@@ -463,8 +469,18 @@ class Journal(Generic[T]):
                 raise UsageError("snapshot seq is past the last appended record", seq=seq)
             await self.flush()
         stored = snapshot_codec.pack(payload)
+        step = self.snapshot_part_bytes
+        if len(stored) <= step:
+            await self.db.run_in_transaction(
+                functools.partial(store.write_snapshot, seq=seq, payload=stored, size=len(payload))
+            )
+            return
+        view = memoryview(stored)
+        parts = [view[k : k + step] for k in range(0, len(stored), step)]
         await self.db.run_with_connection(
-            functools.partial(store.write_snapshot, seq=seq, payload=stored, size=len(payload))
+            functools.partial(
+                store.write_snapshot_in_parts, seq=seq, parts=parts, size=len(payload)
+            )
         )
 
     async def compact(self, upto_seq: int, *, keep_snapshots: int = 2) -> tuple[int, int]:
