@@ -19,17 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis.asyncio as aioredis
-import redis.exceptions
 import structlog
 import trio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from persistence.bridge import Bridge
 from protocol.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+# redis-py is imported when a link is opened, not with this module: its import takes a quarter
+# of a second, and every engine start (a restart after a crash too) imports this module, with
+# or without a REDIS_URL.
 
 __all__ = ["Degradation", "RedisLink"]
 
@@ -46,6 +49,9 @@ class RedisLink:
     """
 
     def __init__(self, bridge: Bridge, client: aioredis.Redis, url: str, op_timeout_s: float):
+        from redis.exceptions import RedisError
+
+        self._failures = (RedisError, OSError, TimeoutError)
         self.bridge = bridge
         self.url = url
         self.op_timeout_s = op_timeout_s
@@ -62,6 +68,10 @@ class RedisLink:
         """
         if not url.startswith(_SCHEMES):
             raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://", key=url)
+
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         async def build() -> aioredis.Redis:
             # A blocking pool: when every connection is busy a caller waits (up to the
@@ -96,7 +106,7 @@ class RedisLink:
 
         try:
             return await self.bridge.run(run)
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        except self._failures as exc:
             raise StorageError("redis unavailable", error=repr(exc)) from exc
 
     async def ping(self) -> bool:
@@ -114,7 +124,7 @@ class RedisLink:
             await client.aclose()
 
         # Closing connections to a dead server: nothing is left to release.
-        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+        with contextlib.suppress(*self._failures):
             await self.bridge.run(close)
 
 
