@@ -238,6 +238,9 @@ class SnapshotProcess:
         except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError) as exc:
             await self._stop(kill=True)
             raise _Died(repr(exc)) from exc
+        except msgspec.DecodeError as exc:  # not the process this side speaks to: replace it
+            await self._stop(kill=True)
+            raise StorageError("the snapshotter's reply is unreadable", error=str(exc)) from exc
         except BaseException:
             # Cancelled (or anything else) mid-request: its reply would be read as the answer
             # to the next request, so this process is done.

@@ -25,7 +25,7 @@ from engine.records import (
     encode_batch,
 )
 from engine.state import EngineState
-from persistence import Database, Journal
+from persistence import Database, Journal, snapshotter
 from persistence.recovery import load_state
 from persistence.snapshotter import SnapshotProcess, Snapshotter, take_snapshot
 from protocol.common import Alert, AlertLevel
@@ -289,3 +289,23 @@ async def test_the_snapshotter_process_does_not_outlive_an_engine_killed_with_si
     with trio.fail_after(10):
         while not _gone(child):
             await trio.sleep(0.01)
+
+
+async def test_an_unreadable_reply_fails_the_snapshot_and_replaces_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A child that answers garbage on its replies pipe (a real process, speaking the pipes).
+    script = (
+        "import os, sys; sys.stdin.readline(); os.write(int(sys.argv[1]), b'garbage\\n');"
+        " sys.stdin.read()"
+    )
+    monkeypatch.setattr(
+        snapshotter, "_command", lambda dsn, fd: [sys.executable, "-c", script, str(fd)]
+    )
+    async with SnapshotProcess("postgresql://unused", stderr=subprocess.DEVNULL) as snapshots:
+        with pytest.raises(StorageError, match="unreadable"):
+            await snapshots.take()
+        assert snapshots.pid is None and snapshots.started == 1  # the next take starts another
+        with pytest.raises(StorageError, match="unreadable"):
+            await snapshots.take()
+        assert snapshots.started == 2
