@@ -46,6 +46,7 @@ from protocol.codec import feed_codec
 from protocol.feed import Quote, QuoteBatch
 from protocol.signing import sign_signal_header
 from tests.e2e.conftest import FEED_TOKEN, STRATEGY_ID, STRATEGY_SECRET, free_port
+from tests.processes import children, running
 
 pytestmark = pytest.mark.slow
 
@@ -248,13 +249,18 @@ async def _check_acknowledged(db: Any, world: World) -> None:
     assert world.acked_approvals <= approvals, world.acked_approvals - approvals
 
 
+async def _new_world(db: Any, name: str) -> World:
+    """A user with a registered device, and the world around the engine."""
+    registry = Registry(db)
+    user = await registry.create_user(f"{name}-user", "password-0123")
+    device, secret = await registry.register_device(user.id, f"{name} terminal")
+    return World(device.id, secret, user.id)
+
+
 async def test_kill_9_at_random_points_loses_and_doubles_nothing(pg_dsn, tmp_path) -> None:
     rng = random.Random(int(hashlib.sha256(pg_dsn.encode()).hexdigest(), 16) % 2**32)
     async with open_bridge() as bridge, open_database(bridge, pg_dsn) as db:
-        registry = Registry(db)
-        user = await registry.create_user("crash-user", "password-0123")
-        device, secret = await registry.register_device(user.id, "crash terminal")
-        world = World(device.id, secret, user.id)
+        world = await _new_world(db, "crash")
         engine = Engine(pg_dsn, tmp_path / "state")
         try:
             for _trial in range(TRIALS):
@@ -302,38 +308,10 @@ async def test_kill_9_at_random_points_loses_and_doubles_nothing(pg_dsn, tmp_pat
     assert world.commands, "the EA should have received commands"
 
 
-def _snapshotter_children(pid: int) -> list[int]:
-    """The snapshotter processes whose parent is ``pid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z" and b"persistence.snapshotter" in cmdline:
-            found.append(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Is ``pid`` running (not gone, and not a zombie nobody reaped)?"""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 async def test_a_graceful_stop_snapshots_everything_and_leaves_no_process(pg_dsn, tmp_path) -> None:
     rng = random.Random(5)
     async with open_bridge() as bridge, open_database(bridge, pg_dsn) as db:
-        registry = Registry(db)
-        user = await registry.create_user("stop-user", "password-0123")
-        device, secret = await registry.register_device(user.id, "stop terminal")
-        world = World(device.id, secret, user.id)
+        world = await _new_world(db, "stop")
         engine = Engine(pg_dsn, tmp_path / "state")
         try:
             await engine.start()
@@ -342,8 +320,8 @@ async def test_a_graceful_stop_snapshots_everything_and_leaves_no_process(pg_dsn
                 await _connect_ea(world, engine, nursery)
                 await _workload(world, engine, rng, seconds=2.5)  # past a periodic snapshot
                 nursery.cancel_scope.cancel()
-            children = _snapshotter_children(engine.process.pid)
-            assert len(children) == 1, "the engine keeps one snapshotter process"
+            snapshotters = children(engine.process.pid, b"persistence.snapshotter")
+            assert len(snapshotters) == 1, "the engine keeps one snapshotter process"
             await engine.stop()  # SIGTERM
             assert engine.process.returncode == 0
         finally:
@@ -353,5 +331,5 @@ async def test_a_graceful_stop_snapshots_everything_and_leaves_no_process(pg_dsn
         assert newest == await db.fetchval("SELECT max(last_seq) FROM journal") > 0
         assert world.acked_approvals
     with trio.fail_after(10):
-        while any(map(_alive, children)):
+        while any(map(running, snapshotters)):
             await trio.sleep(0.05)

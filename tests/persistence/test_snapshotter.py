@@ -32,6 +32,7 @@ from protocol.common import Alert, AlertLevel
 from protocol.device import CloseCommand
 from protocol.errors import StorageError
 from tests.engine.positions import make_position
+from tests.processes import running
 
 
 async def _append(journal: Journal[Any], records: list[Any]) -> None:
@@ -198,15 +199,6 @@ async def test_a_newer_snapshot_by_another_writer_or_a_failure_means_recovering_
         nursery.cancel_scope.cancel()
 
 
-def _gone(pid: int) -> bool:
-    """Has ``pid`` exited (reaped, or a zombie nobody reaps)?"""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 async def test_the_snapshotter_process_keeps_its_state_and_is_replaced_when_it_dies(
     db: Database, pg_dsn: str
 ) -> None:
@@ -230,7 +222,7 @@ async def test_the_snapshotter_process_keeps_its_state_and_is_replaced_when_it_d
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         with trio.fail_after(10):
-            while not _gone(pid):
+            while running(pid):
                 await trio.sleep(0.01)
         await _append(journal, [LevelsMoved(position_id=positions[1].id, sl=3, tp=4, time_ms=9)])
         third = await snapshots.take()
@@ -282,12 +274,12 @@ async def test_the_snapshotter_process_does_not_outlive_an_engine_killed_with_si
                 assert chunk, "the engine exited before its first snapshot"
                 line += chunk
         child = int(line)
-        assert not _gone(child)
+        assert running(child)
     finally:
         engine.kill()
         await engine.wait()
     with trio.fail_after(10):
-        while not _gone(child):
+        while running(child):
             await trio.sleep(0.01)
 
 
