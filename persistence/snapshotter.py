@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -401,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     yield_the_cpu()
+    if args.serve is not None:
+        # A Ctrl-C in the engine's terminal reaches its whole process group: the engine shuts
+        # down and asks for its final snapshot, which this process must still be there for.
+        # It ends when the engine closes its stdin.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.serve is None:
         taken = trio.run(_once, args.dsn)
         print(f"snapshot seq={taken.seq} bytes={taken.bytes}")

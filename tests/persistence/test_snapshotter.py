@@ -217,9 +217,14 @@ async def test_the_snapshotter_process_keeps_its_state_and_is_replaced_when_it_d
         assert second.seq == 51 and second.replayed == 1 and not second.reloaded
         assert (await snapshots.take()).bytes == 0  # nothing new
 
-        # Killed between two snapshots: the next one starts another process, which recovers.
+        # A Ctrl-C for the engine's process group is not for it: it stays for the final one.
         pid = snapshots.pid
         assert pid is not None
+        os.kill(pid, signal.SIGINT)
+        await trio.sleep(0.2)
+        assert (await snapshots.take()).bytes == 0 and snapshots.pid == pid
+
+        # Killed between two snapshots: the next one starts another process, which recovers.
         os.kill(pid, signal.SIGKILL)
         with trio.fail_after(10):
             while running(pid):
