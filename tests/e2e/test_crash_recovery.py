@@ -120,7 +120,8 @@ class Engine:
             stderr=subprocess.DEVNULL,
         )
         async with httpx.AsyncClient(base_url=self.http, timeout=2) as http:
-            await wait_ready(http, timeout_s=60, poll_s=0.1)
+            # Generous: on a cold machine (a fresh clone's first run) one start took over 60 s.
+            await wait_ready(http, timeout_s=180, poll_s=0.1)
 
     @property
     def http(self) -> str:
