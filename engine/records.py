@@ -266,7 +266,6 @@ ReplayRecord = (
 
 _REPLAY_DECODER = msgspec.msgpack.Decoder(list[ReplayRecord])
 _POSITION_ID_DECODER = msgspec.msgpack.Decoder(_PositionId)
-_POSITION_DECODER = msgspec.msgpack.Decoder(Position)
 _POSITIONS_DECODER = msgspec.msgpack.Decoder(list[Position])
 _ID = operator.attrgetter("id")
 
@@ -276,22 +275,14 @@ def decode_batch_for_replay(payload: bytes) -> list[ReplayRecord]:
     return _REPLAY_DECODER.decode(payload)
 
 
-def position_id_of(raw: msgspec.Raw) -> str:
-    return _POSITION_ID_DECODER.decode(raw).id
-
-
 position_head_of = _POSITION_ID_DECODER.decode
-"""``position_head_of(raw).id`` is :func:`position_id_of` without a Python call in between (the
-replay calls it for every save of a million records)."""
+"""``position_head_of(raw).id`` is the id of a raw position, with no Python call in between
+(the replay calls it for every save of a million records)."""
 
 
 def position_ids_of(raws: list[msgspec.Raw]) -> list[str]:
-    """:func:`position_id_of` of each (a loop in C)."""
+    """The id of each raw position (a loop in C)."""
     return list(map(_ID, map(_POSITION_ID_DECODER.decode, raws)))
-
-
-def decode_position(raw: msgspec.Raw) -> Position:
-    return _POSITION_DECODER.decode(raw)
 
 
 def decode_positions(raws: list[msgspec.Raw]) -> list[Position]:

@@ -36,7 +36,7 @@ from engine.records import (
     signal_key,
 )
 
-__all__ = ["EngineState", "Replay", "StateSnapshot", "UserState"]
+__all__ = ["EngineState", "StateSnapshot", "UserState"]
 
 RETENTION_MS = 7 * 24 * 3600 * 1000
 """Signals and approvals are kept in memory this long after they stop mattering."""
@@ -49,41 +49,6 @@ class UserState(NamedTuple):
     commands: list[CommandIssued]
     approvals: list[Approval]
     guard: GuardSaved | None
-
-
-class Replay:
-    """Folds a run of records, coalescing the level moves of each position.
-
-    A position that trailed a thousand times is rebuilt once, with its last levels: a move is
-    held until the end unless a later full save of the same position supersedes it (and a
-    move after that save is held in its turn). The result equals applying every record one by
-    one; a hypothesis test holds that true. (Recovery folds encoded batches with
-    :class:`engine.replay.SnapshotReplay`, newest first.)
-    """
-
-    __slots__ = ("moves", "state")
-
-    def __init__(self, state: EngineState) -> None:
-        self.state = state
-        self.moves: dict[str, LevelsMoved] = {}
-
-    def add(self, records: list[Record], last_seq: int) -> None:
-        state, moves, handlers = self.state, self.moves, _HANDLERS
-        for record in records:
-            kind = type(record)
-            if kind is LevelsMoved:
-                moves[record.position_id] = record  # type: ignore[union-attr,assignment]
-                continue
-            if kind is PositionSaved:
-                moves.pop(record.position.id, None)  # type: ignore[union-attr]
-            handlers[kind](state, record)
-        state.seq = last_seq
-
-    def finish(self) -> None:
-        state = self.state
-        for move in self.moves.values():
-            state._levels(move)
-        self.moves.clear()
 
 
 class StateSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,12 +122,6 @@ class EngineState:
 
     def _history(self, record: Record) -> None:
         """Alerts, reconciliation and audit entries: history only (the projections keep it)."""
-
-    def apply_all(self, records: list[Record], last_seq: int) -> None:
-        """Fold a batch whose last record has sequence number ``last_seq``."""
-        replay = Replay(self)
-        replay.add(records, last_seq)
-        replay.finish()
 
     def prune(self, now_ms: int) -> None:
         """Forget signals and approvals that can no longer matter."""
