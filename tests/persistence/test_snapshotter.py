@@ -306,3 +306,26 @@ async def test_an_unreadable_reply_fails_the_snapshot_and_replaces_the_process(
         with pytest.raises(StorageError, match="unreadable"):
             await snapshots.take()
         assert snapshots.started == 2
+
+
+async def test_an_oversized_request_ends_the_process_and_the_next_one_serves(
+    db: Database, pg_dsn: str
+) -> None:
+    journal: Journal[Any] = Journal(db, encode_batch, max_batch=20, window_ms=0)
+    async with (
+        SnapshotProcess(pg_dsn, stderr=subprocess.DEVNULL) as snapshots,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(journal.run)
+        await _append(journal, [PositionSaved(position=make_position(1, sl=5))])
+        assert (await snapshots.take()).seq == 1
+        process = snapshots._process
+        assert process is not None and process.stdin is not None
+        await process.stdin.send_all(b"x" * (snapshotter._LINE_LIMIT + 10))  # and no newline
+        with trio.fail_after(10):
+            await process.wait()
+        assert process.returncode != 0
+        await _append(journal, [LevelsMoved(position_id="p1", sl=6, tp=None, time_ms=2)])
+        taken = await snapshots.take()
+        assert taken.seq == 2 and taken.reloaded and snapshots.started == 2
+        nursery.cancel_scope.cancel()
