@@ -42,6 +42,7 @@ from actors.marketdata import load_ticks
 from actors.node import MemoryJournal, Node, NodeConfig
 from bench.common import open_positions, percentiles
 from engine.instruments import DEFAULT_INSTRUMENTS
+from engine.journal_index import encode_indexed_batch
 from engine.quotes import QuoteLimits
 from engine.records import (
     AlertRaised,
@@ -49,7 +50,6 @@ from engine.records import (
     AuditRecorded,
     LevelsMoved,
     PositionSaved,
-    encode_batch,
 )
 from engine.state import EngineState
 from persistence.bridge import open_bridge
@@ -75,7 +75,7 @@ async def _seed(db: Any, positions: int, records: int, users: int) -> None:
     state.seq = 1
     limit = max(records + 10_000, 25_000)
     journal: Journal[Any] = Journal(
-        db, encode_batch, soft_limit=limit, hard_limit=limit, max_batch=5000
+        db, encode_indexed_batch, soft_limit=limit, hard_limit=limit, max_batch=5000
     )
     await journal.write_snapshot(1, state.encode_snapshot())
     rng = np.random.default_rng(5)
@@ -166,7 +166,7 @@ async def measure_recovery(bench: Any) -> dict[str, float]:
 async def _recover(dsn: str) -> dict[str, float]:
     """The child's side of :func:`measure_recovery`: load the state, arm it, time both."""
     async with open_bridge() as bridge, open_database(bridge, dsn) as db:
-        journal: Journal[Any] = Journal(db, encode_batch)
+        journal: Journal[Any] = Journal(db, encode_indexed_batch)
         start = time.perf_counter()
         recovered = await load_state(journal)
         loaded = time.perf_counter()
@@ -267,7 +267,7 @@ async def measure_snapshot(bench: Any) -> dict[str, float]:
     args = bench.args
     async with bench.fresh_database() as db:
         await _seed(db, args.positions, args.snapshot_records, args.users)
-        journal: Journal[Any] = Journal(db, encode_batch)
+        journal: Journal[Any] = Journal(db, encode_indexed_batch)
         recovered = await load_state(journal)
         # Quotes that move inside the book's quiet middle, so the measured path is the
         # per-quote one and every quote is a sample.
@@ -287,7 +287,7 @@ async def measure_snapshot(bench: Any) -> dict[str, float]:
             node = await _armed_node(recovered.state, nursery)
             # The engine's snapshotter is long-lived: started, and its state recovered, once.
             first = await snapshotter.take()
-            writer: Journal[Any] = Journal(db, encode_batch)
+            writer: Journal[Any] = Journal(db, encode_indexed_batch)
             await nursery.start(writer.run)
             moving = list(recovered.state.positions.values())[:100]
 

@@ -39,6 +39,7 @@ __all__ = [
     "decision_key",
     "decode_batch",
     "encode_batch",
+    "encode_record",
     "signal_key",
 ]
 
@@ -203,6 +204,10 @@ _BATCH_DECODER = msgspec.msgpack.Decoder(list[Record])
 def encode_batch(records: list[Record]) -> bytes:
     """One msgpack array of records (one journal row per group-commit batch)."""
     return _ENCODER.encode(records)
+
+
+encode_record = _ENCODER.encode
+"""One record alone (``engine.journal_index`` encodes a batch record by record to index it)."""
 
 
 def decode_batch(payload: bytes) -> list[Record]:

@@ -34,7 +34,7 @@ from actors.feeds import random_walk, replay, websocket_feed
 from actors.node import Node
 from actors.paper import run_paper_device
 from engine.instruments import DEFAULT_INSTRUMENTS
-from engine.records import encode_batch
+from engine.journal_index import encode_indexed_batch
 from gateway.app import create_app
 from gateway.auth import TokenIssuer
 from gateway.config import Settings, parse_strategies
@@ -154,7 +154,7 @@ async def _run(
             node_ref[0].publish_alerts([alert])
 
     journal: Journal[Any] = Journal(
-        db, encode_batch, make_projection(instruments), on_alert=on_journal_alert
+        db, encode_indexed_batch, make_projection(instruments), on_alert=on_journal_alert
     )
     recovered = await load_state(journal)
     registry = Registry(db)

@@ -9,8 +9,9 @@ Rules of operation:
   :meth:`wait_committed` after a few ``append_nowait``.
 * **One writer.** :meth:`run` (start it with ``nursery.start``) takes up to ``max_batch``
   records, waiting at most ``window_ms`` after the first one so that concurrent appends share
-  one commit; encodes them with ``encode_batch`` into one msgpack list; and in ONE transaction
-  inserts the journal row and runs the projection statements ``project(batch)`` returns
+  one commit; encodes them with ``encode_batch`` into one msgpack list (with its replay index,
+  ``engine.journal_index``, when the encoder makes one); and in ONE transaction inserts the
+  journal row and runs the projection statements ``project(batch)`` returns
   (``executemany`` per statement). Then it wakes every waiter of the batch.
 * **Sequence numbers** are contiguous from 1 and resume after the highest seq in the journal
   or the snapshots when :meth:`run` starts.
@@ -51,7 +52,8 @@ __all__ = ["Journal"]
 
 T = TypeVar("T")
 
-EncodeBatch = Callable[[list[T]], bytes]
+EncodeBatch = Callable[[list[T]], "bytes | tuple[bytes, bytes]"]
+"""records -> their msgpack list, or ``(that list, its replay index)`` (engine.journal_index)."""
 Project = Callable[[list[T]], store.Statements]
 OnAlert = Callable[[Alert], None]
 
@@ -69,7 +71,9 @@ class Journal(Generic[T]):
     Args:
         db: where the journal lives (migrated).
         encode_batch: records -> one msgpack list (a ``msgspec.msgpack.Encoder`` of the
-            record union, built once); recovery decodes a whole batch in one call.
+            record union, built once), or that list and its replay index
+            (``engine.journal_index.encode_indexed_batch``, what the engine writes: recovery
+            then decodes only the records it keeps).
         project: records -> ``[(sql, [args, ...]), ...]`` for the projection tables, run with
             ``executemany`` in the batch's transaction. Called on the trio thread; keep it
             pure: a batch whose write was interrupted (shutdown) is projected again.
@@ -305,9 +309,12 @@ class Journal(Generic[T]):
         records = self._inflight
         first = self._committed_seq + 1
         last = first + len(records) - 1
-        payload = self._encode(records)
+        encoded = self._encode(records)
+        payload, index = (encoded, None) if isinstance(encoded, bytes) else encoded
         statements = self._projection(records, first, last)
-        write = functools.partial(store.write_batch, first_seq=first, last_seq=last)
+        write = functools.partial(
+            store.write_batch, first_seq=first, last_seq=last, record_index=index
+        )
         started = time.perf_counter()
         result = await self._retrying(
             lambda: self.db.run_with_connection(
@@ -425,9 +432,10 @@ class Journal(Generic[T]):
 
     async def read_batches_newest_first(
         self, after_seq: int = 0, *, chunk: int = 32
-    ) -> AsyncIterator[list[tuple[int, int, bytes]]]:
-        """The batches of :meth:`read_batches`, newest first, ``chunk`` rows per list (what
-        recovery folds, see ``engine.replay``; the oldest may straddle ``after_seq``)."""
+    ) -> AsyncIterator[list[tuple[int, int, bytes, bytes | None]]]:
+        """The batches of :meth:`read_batches`, newest first, ``chunk`` rows per list, each
+        with its replay index or None (what recovery folds, see ``engine.replay``; the oldest
+        may straddle ``after_seq``)."""
         before = _BEYOND_EVERY_SEQ
         while True:
             rows = await self.db.run_with_connection(

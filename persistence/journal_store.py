@@ -66,8 +66,8 @@ class WriteResult:
 
 
 _INSERT_BATCH = """
-INSERT INTO journal (first_seq, last_seq, record_count, records)
-VALUES ($1, $2, $3, $4)
+INSERT INTO journal (first_seq, last_seq, record_count, records, record_index)
+VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (first_seq) DO NOTHING
 RETURNING batch_seq
 """
@@ -79,8 +79,10 @@ async def write_batch(
     last_seq: int,
     payload: bytes,
     statements: Statements,
+    record_index: bytes | None = None,
 ) -> WriteResult:
-    """Insert one journal row and run the projection statements, in one transaction.
+    """Insert one journal row (its records and, if given, their replay index) and run the
+    projection statements, in one transaction.
 
     The projection runs in a savepoint: if one of its statements fails for a reason that is
     not "unavailable" (a constraint, a bad argument: a bug in the projection or data it did
@@ -93,9 +95,9 @@ async def write_batch(
         Exception: connection-level failures, for the caller to retry.
     """
     if not statements:
-        return await _insert_batch(conn, first_seq, last_seq, payload)
+        return await _insert_batch(conn, first_seq, last_seq, payload, record_index)
     async with conn.transaction():
-        result = await _insert_batch(conn, first_seq, last_seq, payload)
+        result = await _insert_batch(conn, first_seq, last_seq, payload, record_index)
         if result.outcome is WriteOutcome.ALREADY_WRITTEN:
             return result  # its projection committed with it the first time
         try:
@@ -111,10 +113,14 @@ async def write_batch(
 
 
 async def _insert_batch(
-    conn: asyncpg.Connection, first_seq: int, last_seq: int, payload: bytes
+    conn: asyncpg.Connection,
+    first_seq: int,
+    last_seq: int,
+    payload: bytes,
+    record_index: bytes | None,
 ) -> WriteResult:
     inserted = await conn.fetchval(
-        _INSERT_BATCH, first_seq, last_seq, last_seq - first_seq + 1, payload
+        _INSERT_BATCH, first_seq, last_seq, last_seq - first_seq + 1, payload, record_index
     )
     if inserted is None:
         theirs = await conn.fetchval("SELECT last_seq FROM journal WHERE first_seq = $1", first_seq)
@@ -156,17 +162,18 @@ async def fetch_batches(
 
 async def fetch_batches_newest_first(
     conn: asyncpg.Connection, after_seq: int, before_seq: int, limit: int
-) -> list[tuple[int, int, bytes]]:
+) -> list[tuple[int, int, bytes, bytes | None]]:
     """Up to ``limit`` batches holding records after ``after_seq`` and ending before
-    ``before_seq``, newest first (the last_seq index, scanned backwards)."""
+    ``before_seq``, newest first (the last_seq index, scanned backwards), each with its
+    replay index (None: written without one)."""
     rows = await conn.fetch(
-        "SELECT first_seq, last_seq, records FROM journal WHERE last_seq > $1 AND last_seq < $2"
-        " ORDER BY last_seq DESC LIMIT $3",
+        "SELECT first_seq, last_seq, records, record_index FROM journal"
+        " WHERE last_seq > $1 AND last_seq < $2 ORDER BY last_seq DESC LIMIT $3",
         after_seq,
         before_seq,
         limit,
     )
-    return [(row[0], row[1], row[2]) for row in rows]
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
 
 
 async def snapshot_and_journal_seqs(conn: asyncpg.Connection) -> tuple[int | None, int]:

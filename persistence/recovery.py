@@ -36,19 +36,17 @@ async def load_state(journal: Any) -> Recovered:
     started = time.perf_counter()
     newest_snapshot, _ = await journal.snapshot_and_journal_seqs()
     after = newest_snapshot or 0
-    replayed = 0
-    waited = 0.0
     # A bulk load: every object made here lives on, so the cyclic collector has nothing to
     # find and would only rescan the growing heap again and again.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        # The journal is folded newest first (engine.replay), so it is read backwards, a chunk
-        # ahead of the fold, from the start: while the snapshot is fetched and decoded, and
-        # while a chunk is folded, Postgres reads the next one on the other core. (Only the
-        # bridge thread's share of a read, parsing the rows, competes with the fold for the
-        # GIL.)
-        send, receive = trio.open_memory_channel[list[tuple[int, int, bytes]]](1)
+        # The journal is read backwards, a chunk at a time, from the start: while the snapshot
+        # is fetched and decoded, Postgres reads the journal on the other core. The fold then
+        # takes it all at once (engine.replay: indexed batches are grouped by position in
+        # numpy, older ones without an index folded record by record, newest first).
+        send, receive = trio.open_memory_channel[list[tuple[int, int, bytes, bytes | None]]](1)
+        batches: list[tuple[int, int, bytes, bytes | None]] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_newest_first, journal, after, send)
             snapshot = await journal.latest_snapshot()
@@ -62,18 +60,13 @@ async def load_state(journal: Any) -> Recovered:
                     snapshot_seq=snapshot_seq,
                     expected=after,
                 )
+            wait_started = time.perf_counter()
             async with receive:
-                while True:
-                    wait_started = time.perf_counter()
-                    try:
-                        chunk = await receive.receive()
-                    except trio.EndOfChannel:
-                        break
-                    # Let the reader ask for the next chunk before this one is folded.
-                    await trio.lowlevel.checkpoint()
-                    waited += time.perf_counter() - wait_started
-                    replayed += replay.fold_newest_first(chunk)
-                    del chunk
+                async for chunk in receive:
+                    batches.extend(chunk)
+            waited = time.perf_counter() - wait_started
+        replayed = replay.fold_stored_newest_first(batches)
+        del batches
         state = replay.finish()
     finally:
         if collecting:
@@ -92,7 +85,9 @@ async def load_state(journal: Any) -> Recovered:
 
 
 async def _read_newest_first(
-    journal: Any, after_seq: int, send: trio.MemorySendChannel[list[tuple[int, int, bytes]]]
+    journal: Any,
+    after_seq: int,
+    send: trio.MemorySendChannel[list[tuple[int, int, bytes, bytes | None]]],
 ) -> None:
     async with send:
         async for chunk in journal.read_batches_newest_first(after_seq):

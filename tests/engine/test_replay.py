@@ -8,10 +8,15 @@ same values, the same seq, and the positions in the same order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
+import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.journal_index import MAGIC, encode_indexed_batch
 from engine.lifecycle import FINAL_STATES, PositionState
 from engine.positions import Position
 from engine.records import (
@@ -24,6 +29,7 @@ from engine.records import (
     LevelsMoved,
     PositionSaved,
     Record,
+    decode_batch,
     encode_batch,
 )
 from engine.replay import SnapshotReplay
@@ -131,11 +137,19 @@ def _reopened(records: list[Record]) -> bool:
 
 
 def _check(
-    base: list[Record], journal: list[Record], sizes: list[int], straddle: int, chunk: int = 0
+    base: list[Record],
+    journal: list[Record],
+    sizes: list[int],
+    straddle: int,
+    chunk: int = 0,
+    indexed: list[bool] | None = None,
+    spoil: Callable[[bytes], bytes] | None = None,
 ) -> None:
     """Snapshot the fold of ``base`` (none if empty), journal ``journal`` after it in batches
     of ``sizes`` (cycled), the first batch beginning ``straddle`` records before the snapshot;
-    fold them all at once (``chunk`` 0) or newest first, ``chunk`` batches at a time."""
+    fold them all at once (``chunk`` 0) or newest first, ``chunk`` batches at a time; or, with
+    ``indexed`` (cycled: does batch k keep its replay index?), as the journal stores them,
+    each index first passed through ``spoil`` if given."""
     one = EngineState()
     for seq, r in enumerate(base, start=1):
         one.apply(r, seq)
@@ -153,7 +167,15 @@ def _check(
 
     replay = SnapshotReplay(snapshot)
     assert replay.seq == len(base)
-    if chunk:
+    if indexed is not None:
+        stored = []
+        for k, (first, last, _) in enumerate(batches):
+            payload, index = encode_indexed_batch(records[first - 1 : last])
+            assert decode_batch(payload) == records[first - 1 : last]
+            kept = index if spoil is None else spoil(index)
+            stored.append((first, last, payload, kept if indexed[k % len(indexed)] else None))
+        folded = replay.fold_stored_newest_first(reversed(stored))
+    elif chunk:
         newest_first = batches[::-1]
         folded = sum(
             replay.fold_newest_first(newest_first[i : i + chunk])
@@ -188,6 +210,86 @@ def test_replay_without_a_snapshot(journal, sizes) -> None:
     _check([], journal, sizes, 0)
 
 
+@given(
+    st.lists(record, max_size=40),
+    st.lists(record, max_size=80),
+    st.lists(st.integers(1, 9), min_size=1, max_size=10),
+    st.integers(0, 4),
+    st.lists(st.booleans(), min_size=1, max_size=5),
+)
+def test_the_indexed_fold_equals_the_record_by_record_fold(
+    base, journal, sizes, straddle, indexed
+) -> None:
+    """Batches with their replay index, grouped in numpy, mixed with batches without one
+    (written before the index existed) in any pattern."""
+    _check(base, journal, sizes, straddle, indexed=indexed)
+
+
+def _keys(index: bytes) -> np.ndarray:
+    n = (len(index) - len(MAGIC) - 4) // 21
+    return np.frombuffer(index, "<u8", 2 * n, len(MAGIC)).reshape(n, 2).copy()
+
+
+def _with_keys(index: bytes, keys: np.ndarray) -> bytes:
+    return MAGIC + keys.astype("<u8").tobytes() + index[len(MAGIC) + keys.size * 8 :]
+
+
+def _shared_first_half(index: bytes) -> bytes:
+    """Every key's first half the same: ids that cannot be told apart by it."""
+    keys = _keys(index)
+    keys[:, 0] = 7
+    return _with_keys(index, keys)
+
+
+def _rotated_keys(index: bytes) -> bytes:
+    """Keys moved to the next record: an index that is not its payload's."""
+    return _with_keys(index, np.roll(_keys(index), 1, axis=0))
+
+
+def _shifted_offsets(index: bytes) -> bytes:
+    """Offsets one byte off (the first and last still right): records cut mid-way."""
+    n = (len(index) - len(MAGIC) - 4) // 21
+    at = len(MAGIC) + 16 * n
+    offsets = np.frombuffer(index, "<u4", n + 1, at).copy()
+    offsets[1:-1] += 1
+    return index[:at] + offsets.tobytes() + index[at + 4 * (n + 1) :]
+
+
+def _misnamed_kinds(index: bytes) -> bytes:
+    """Every record of a position called a move."""
+    n = (len(index) - len(MAGIC) - 4) // 21
+    kinds = bytes(2 if k in (1, 2) else k for k in index[-n:])
+    return index[:-n] + kinds
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        _shared_first_half,
+        _rotated_keys,
+        _shifted_offsets,
+        _misnamed_kinds,
+        lambda index: index[:-1],
+        lambda index: b"XXXX" + index[4:],
+    ],
+)
+def test_an_index_that_does_not_check_out_is_not_trusted(spoil) -> None:
+    """The fold reads such batches record by record, and reaches the same state."""
+    base: list[Record] = [
+        PositionSaved(position=position(i, PositionState.OPEN, 100 + i)) for i in range(6)
+    ]
+    journal: list[Record] = []
+    for k in range(120):
+        i = k % 9
+        if k % 3:
+            journal.append(LevelsMoved(position_id=f"p{i}", sl=k + 1, tp=2000, time_ms=k))
+        else:
+            state = PositionState.CLOSED if k % 27 == 0 else PositionState.OPEN
+            journal.append(PositionSaved(position=position(i, state, 1 + k, k % 5)))
+    _check(base, journal, [7, 11], 2, indexed=[True], spoil=spoil)
+    _check(base, journal, [7, 11], 2, indexed=[True, False], spoil=spoil)
+
+
 def test_a_large_replay_in_several_chunks() -> None:
     """More positions than one decoding chunk, new and old ones, moved and closed."""
     base: list[Record] = [
@@ -203,6 +305,8 @@ def test_a_large_replay_in_several_chunks() -> None:
             journal.append(PositionSaved(position=position(i, state, 1 + k % 800, k % 5)))
     _check(base, journal, [500, 777], 3)
     _check(base, journal, [500, 777], 3, chunk=2)
+    _check(base, journal, [500, 777], 3, indexed=[True])
+    _check(base, journal, [500, 777], 3, indexed=[True, True, False])
 
 
 def test_nothing_after_the_snapshot() -> None:
