@@ -65,16 +65,22 @@ async def load_state(journal: Any) -> Recovered:
                 async for chunk in receive:
                     batches.extend(chunk)
             waited = time.perf_counter() - wait_started
+        fold_started = time.perf_counter()
         replayed = replay.fold_stored_newest_first(batches)
         del batches
+        finish_started = time.perf_counter()
         state = replay.finish()
+        finished = time.perf_counter()
     finally:
         if collecting:
             gc.enable()
     elapsed = time.perf_counter() - started
     log.info(
         "state recovered",
+        snapshot_s=round(wait_started - started, 3),
         read_wait_s=round(waited, 3),
+        fold_s=round(finish_started - fold_started, 3),
+        finish_s=round(finished - finish_started, 3),
         snapshot_seq=snapshot_seq,
         replayed=replayed,
         positions=len(state.positions),
