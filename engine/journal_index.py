@@ -24,15 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.records import (
-    AlertRaised,
-    AuditRecorded,
-    LevelsMoved,
-    PositionSaved,
-    ReconciliationRecorded,
-    Record,
-    encode_record,
-)
+from engine.records import LevelsMoved, PositionSaved, Record, encode_record
+from engine.state import _HANDLERS, EngineState
 
 __all__ = [
     "HISTORY",
@@ -54,7 +47,10 @@ MAGIC = b"TWRI\x01\x00\x00\x00"
 
 _KEY_BYTES = 16
 _NO_KEY = bytes(_KEY_BYTES)
-_HISTORY_TYPES = (AlertRaised, AuditRecorded, ReconciliationRecorded)
+_HISTORY_TYPES = frozenset(
+    kind for kind, apply in _HANDLERS.items() if apply is EngineState._history
+)
+"""The records the state keeps nothing of (the fold's own rule, so the two cannot drift apart)."""
 _ARRAY32 = b"\xdd"
 
 
