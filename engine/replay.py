@@ -109,7 +109,7 @@ def _newest_by_position(
         return empty, empty, empty
     # Grouped by the key's first half, a sort of integers in C. The second half must then be
     # the same throughout each group: two ids sharing a first half (about once in 2**32 folds
-    # of a million positions) are not told apart here.
+    # of 100,000 positions) are not told apart here.
     order = ours[np.argsort(hi[ours])]
     grouped = hi[order]
     same = grouped[1:] == grouped[:-1]
