@@ -91,6 +91,8 @@ _SAVES_DECODER: msgspec.msgpack.Decoder[list[PositionSavedRaw]] = msgspec.msgpac
 )
 _ARRAY32 = b"\xdd"
 _KEYS_CHECKED = 1024
+_INDEX_BITS_MAX = 40
+"""Records per fold above which the packed sort would keep too few bits of the keys (2**40)."""
 _CHUNK = 1024
 """Positions decoded per call at the end: few calls, and each chunk still in the caches when
 its moves are applied."""
@@ -101,24 +103,41 @@ def _newest_by_position(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """For each position (key ``hi``, ``lo``) among the records of ``kind`` SAVE or MOVE:
     the index of its newest record, of its newest save (-1: none) and of its oldest save
-    (``len(kind)``: none). None if two ids share ``hi`` (then the fold reads record by record).
-    """
+    (``len(kind)``: none), positions in the order of their keys. None if two ids share ``hi``
+    (then the fold reads record by record)."""
     ours = np.flatnonzero((kind == SAVE) | (kind == MOVE))
     if not len(ours):
         empty = np.empty(0, np.intp)
         return empty, empty, empty
-    # Grouped by the key's first half, a sort of integers in C. The second half must then be
-    # the same throughout each group: two ids sharing a first half (about once in 2**32 folds
-    # of 100,000 positions) are not told apart here.
-    order = ours[np.argsort(hi[ours])]
-    grouped = hi[order]
-    same = grouped[1:] == grouped[:-1]
+    # Records sorted by key and, within a key, oldest first: the key's high bits and the
+    # record's index packed in one integer, so that a plain sort of integers does it (a third
+    # of the time of an argsort of the keys). Two keys that only differ in the bits given up
+    # are then interleaved in one group: seen below, and sorted again by whole keys.
+    bits = len(kind).bit_length()
+    order = None
+    if bits <= _INDEX_BITS_MAX:
+        low = np.uint64((1 << bits) - 1)
+        packed = (hi[ours] & ~low) | ours.astype(np.uint64)
+        packed.sort()
+        order = (packed & low).astype(np.intp)
+        truncated = packed >> np.uint64(bits)
+        same = truncated[1:] == truncated[:-1]
+        grouped = hi[order]
+        if bool(np.any(grouped[1:][same] != grouped[:-1][same])):
+            order = None
+    if order is None:
+        order = ours[np.argsort(hi[ours], kind="stable")]
+        grouped = hi[order]
+        same = grouped[1:] == grouped[:-1]
+    # The second half of the key must be the same throughout each group: two ids sharing a
+    # first half (about once in 2**32 folds of 100,000 positions) are not told apart here.
     if bool(np.any(lo[order][1:][same] != lo[order][:-1][same])):
         return None
     starts = np.concatenate(([0], np.flatnonzero(~same) + 1))
+    ends = np.concatenate((starts[1:] - 1, [len(order) - 1]))
     is_save = kind[order] == SAVE
     return (
-        np.maximum.reduceat(order, starts),
+        order[ends],  # each group is oldest first
         np.maximum.reduceat(np.where(is_save, order, -1), starts),
         np.minimum.reduceat(np.where(is_save, order, len(kind)), starts),
     )
