@@ -30,15 +30,16 @@ Rules of operation
   fold does (unless a position were saved again after a final state, which ids never are).
 
 * **Indexed batches in bulk.** A batch written with its replay index (``engine.journal_index``:
-  each record's kind, its position's 128-bit key, its offset) is not decoded record by record.
-  A run of such batches is grouped by position in numpy (an argsort of the keys, ``reduceat``
-  for each position's newest record, newest save and oldest save), and only each position's
-  newest save and newest move are cut out of the payloads and decoded, in one call each. The
-  result is the one the newest-first walk above reaches; batches without an index (written
-  before it) are walked. An index that does not check out is ignored for its run: offsets that
-  do not fit the payload, records that do not decode as their kind, two ids sharing a key's
-  first half, a move and a save of one group with different ids, or a sample of ~1,000 keys
-  that are not their ids' (recomputing every key would cost more than the rest of the fold).
+  each record's kind, its position's 128-bit key, its offset) is not decoded record by record. A
+  run of such batches is grouped by position in numpy (one sort of integers that pack each key's
+  high bits with the record's index, then ``reduceat`` for each position's newest save and
+  oldest save), and only each position's newest save and newest move are cut out of the payloads
+  and decoded, in one call each. The result is the one the newest-first walk above reaches;
+  batches without an index (written before it) are walked. An index that does not check out is
+  ignored for its run: offsets that do not fit the payload, records that do not decode as their
+  kind, two ids sharing a key's first half, a move and a save of one group with different ids,
+  or a sample of ~1,000 keys that are not their ids' (recomputing every key would cost more than
+  the rest of the fold).
 
 ``tests/engine/test_replay.py`` holds both results equal to the record-by-record fold on random
 sequences (hypothesis), dictionary order included, and spoiled indexes ignored.
