@@ -9,6 +9,7 @@ same values, the same seq, and the positions in the same order.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.journal_index import MAGIC, encode_indexed_batch
+from engine.journal_index import MAGIC, MOVE, SAVE, encode_indexed_batch
 from engine.lifecycle import FINAL_STATES, PositionState
 from engine.positions import Position
 from engine.records import (
@@ -225,8 +226,13 @@ def test_the_indexed_fold_equals_the_record_by_record_fold(
     _check(base, journal, sizes, straddle, indexed=indexed)
 
 
+def _count(index: bytes) -> int:
+    """Records in a batch, from its index's length (MAGIC, 16-byte keys, n + 1 offsets, kinds)."""
+    return (len(index) - len(MAGIC) - 4) // 21
+
+
 def _keys(index: bytes) -> np.ndarray:
-    n = (len(index) - len(MAGIC) - 4) // 21
+    n = _count(index)
     return np.frombuffer(index, "<u8", 2 * n, len(MAGIC)).reshape(n, 2).copy()
 
 
@@ -248,7 +254,7 @@ def _rotated_keys(index: bytes) -> bytes:
 
 def _shifted_offsets(index: bytes) -> bytes:
     """Offsets one byte off (the first and last still right): records cut mid-way."""
-    n = (len(index) - len(MAGIC) - 4) // 21
+    n = _count(index)
     at = len(MAGIC) + 16 * n
     offsets = np.frombuffer(index, "<u4", n + 1, at).copy()
     offsets[1:-1] += 1
@@ -257,9 +263,27 @@ def _shifted_offsets(index: bytes) -> bytes:
 
 def _misnamed_kinds(index: bytes) -> bytes:
     """Every record of a position called a move."""
-    n = (len(index) - len(MAGIC) - 4) // 21
-    kinds = bytes(2 if k in (1, 2) else k for k in index[-n:])
+    n = _count(index)
+    kinds = bytes(MOVE if k in (SAVE, MOVE) else k for k in index[-n:])
     return index[:-n] + kinds
+
+
+def _merged_saves(index: bytes) -> bytes:
+    """Every save under one key that is no id's: saves of different positions in one group
+    and no move beside them, which only recomputing the keys from the ids tells."""
+    keys, kinds = _keys(index), np.frombuffer(index[-_count(index) :], np.uint8)
+    keys[kinds == SAVE] = (7, 7)
+    return _with_keys(index, keys)
+
+
+def _one_byte_short(index: bytes) -> bytes:
+    """A truncated index (its last kind byte lost)."""
+    return index[:-1]
+
+
+def _another_format(index: bytes) -> bytes:
+    """An index whose magic is not this format's (a later version, or not an index at all)."""
+    return b"XXXX" + index[len(b"XXXX") :]
 
 
 @pytest.mark.parametrize(
@@ -269,12 +293,23 @@ def _misnamed_kinds(index: bytes) -> bytes:
         _rotated_keys,
         _shifted_offsets,
         _misnamed_kinds,
-        lambda index: index[:-1],
-        lambda index: b"XXXX" + index[4:],
+        _merged_saves,
+        _one_byte_short,
+        _another_format,
     ],
 )
-def test_an_index_that_does_not_check_out_is_not_trusted(spoil) -> None:
+def test_an_index_that_does_not_check_out_is_not_trusted(
+    spoil: Callable[[bytes], bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The fold reads such batches record by record, and reaches the same state."""
+    walked: list[int] = []
+    walk = SnapshotReplay.fold_newest_first
+
+    def counted(self: SnapshotReplay, batches: Any) -> int:
+        walked.append(1)
+        return walk(self, batches)
+
+    monkeypatch.setattr(SnapshotReplay, "fold_newest_first", counted)
     base: list[Record] = [
         PositionSaved(position=position(i, PositionState.OPEN, 100 + i)) for i in range(6)
     ]
@@ -286,7 +321,10 @@ def test_an_index_that_does_not_check_out_is_not_trusted(spoil) -> None:
         else:
             state = PositionState.CLOSED if k % 27 == 0 else PositionState.OPEN
             journal.append(PositionSaved(position=position(i, state, 1 + k, k % 5)))
+    _check(base, journal, [7, 11], 2, indexed=[True])
+    assert not walked  # (sound indexes: nothing walked)
     _check(base, journal, [7, 11], 2, indexed=[True], spoil=spoil)
+    assert walked  # the spoiled index was not used
     _check(base, journal, [7, 11], 2, indexed=[True, False], spoil=spoil)
 
 
