@@ -59,6 +59,10 @@ class _Failure(NamedTuple):
     error: Exception
 
 
+_HOLD_MAX_S = 5.0
+"""The longest a storm holds the collector (see ``heap.hold``): a backlog that does not drain
+(fires arriving faster than they are handed out) must not keep it off for good."""
+
 _RESUME = object()
 """Put in the inbox when the fast path leaves a backlog: wakes the task to hand it out."""
 
@@ -80,6 +84,8 @@ class SymbolActor:
         """The seq and start of the quote whose fires are still pending in the book."""
         self._backlog: deque[tuple[str, Fired]] = deque()
         """Fires not handed to their users yet (a storm's remainder, see the module doc)."""
+        self._held_at: float | None = None
+        """When this actor's storm began to hold the collector (None: it does not)."""
         self.log = structlog.get_logger().bind(symbol=self.symbol)
 
     def _new_core(self) -> SymbolCore:
@@ -149,6 +155,7 @@ class SymbolActor:
             while self._backlog:
                 user_id, message = self._backlog.popleft()
                 self.node.user(user_id).deliver(message, inline=False)
+            self._release()
 
     async def _serve(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -179,6 +186,7 @@ class SymbolActor:
         )
         if self.core.pending:  # (on_quote fired earlier pending levels first: these are ours)
             self._storm = (self.seq, time.perf_counter())
+            self._hold()
         if outcome.rejected is not None:
             self.rejected += 1
             return
@@ -218,6 +226,7 @@ class SymbolActor:
             # Close the fast path (later quotes queue behind the storm) and wake the task.
             self._idle = False
             self.inbox.put_control(_RESUME)
+            self._hold()
 
     def _messages(
         self, fired: list[tuple[str, Trigger]], seq: int, started: float
@@ -249,7 +258,27 @@ class SymbolActor:
                 if clock() > deadline:
                     break
             if backlog or core.pending:
+                held = self._held_at
+                if held is not None and clock() - held > _HOLD_MAX_S:
+                    self._release()  # a storm that long: collect as usual meanwhile
                 await trio.lowlevel.checkpoint()
+            else:
+                # The storm is handed out: let the writers send the last closes, then tidy
+                # the book (the compaction fire_pending leaves for now) and collect again.
+                await trio.lowlevel.checkpoint()
+                core.tidy()
+                self._release()
+
+    def _hold(self) -> None:
+        """Hold the collector while this actor's storm is handed out (see ``heap.hold``)."""
+        if self._held_at is None:
+            heap.hold()
+            self._held_at = time.perf_counter()
+
+    def _release(self) -> None:
+        if self._held_at is not None:
+            self._held_at = None
+            heap.release()
 
     def _dispatch_moved(self, moved: list[tuple[str, LevelMove]]) -> None:
         by_user: dict[str, list[LevelMove]] = defaultdict(list)

@@ -222,6 +222,10 @@ class SymbolCore:
         """Fire up to ``max_fired`` (None: all) of the levels left pending, in order."""
         return self._owned(self.book.fire_pending(max_fired))
 
+    def tidy(self) -> bool:
+        """The book's deferred housekeeping after a storm (``TriggerBook.tidy``)."""
+        return self.book.tidy()
+
     def _owned(self, triggers: list[Trigger]) -> list[tuple[str, Trigger]]:
         """Fired triggers with their owners; the positions are no longer watched here."""
         pop = self._owners.pop

@@ -10,6 +10,7 @@ in-process links. A budget of 0 hands out one user per scheduler round.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 
 import pytest
@@ -119,8 +120,10 @@ async def test_a_backlog_cut_short_ends_in_the_users_mailboxes(step) -> None:
             await trio.lowlevel.checkpoint()
         assert symbol._backlog  # cut short mid-storm
         assert symbol.core.pending or step is None  # (some of it still in the book)
+        assert not gc.isenabled()  # the storm holds the collector...
         inner.cancel()
         await trio.testing.wait_all_tasks_blocked()
+        assert gc.isenabled()  # ...and a storm cut short gives it back
 
     waiting = sum(
         len(m.triggers)
@@ -146,4 +149,24 @@ async def test_shutdown_drains_a_storm_in_flight(step) -> None:
         with trio.fail_after(30):
             await node.shutdown()
         assert set(closes(node).values()) == {1} and len(closes(node)) == POSITIONS
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_book_is_tidied_once_a_stepped_storm_is_handed_out() -> None:
+    # Enough levels for a compaction (4,096 stale at least): fire_pending leaves it to the
+    # actor, which runs it after the last step's closes are out.
+    async with trio.open_nursery() as nursery:
+        node, _ = await _start(nursery, 5_000, 50, ENTRY, storm=True, fire_step=1_000)
+        symbol = node.symbols["XAUUSD"]
+        gap(node, 100_000)
+        assert symbol.core.pending
+        assert not gc.isenabled()  # held from the quote that began the storm
+        with trio.fail_after(30):
+            while symbol.unhanded or len(closes(node)) < 5_000:
+                await trio.lowlevel.checkpoint()
+            while symbol.core.book._stale:
+                await trio.lowlevel.checkpoint()
+        assert len(symbol.core.book) == 0 and not any(symbol.core.book._heaps)
+        assert gc.isenabled()  # and given back once the storm is out
+        symbol.core.book.check()
         nursery.cancel_scope.cancel()

@@ -134,3 +134,21 @@ def test_compaction_keeps_the_nearest_levels_current() -> None:
     assert book._stale == 0  # the 3,000th cancel compacted the heaps
     book.check()
     assert book.on_quote(150_000, 150_010) == []
+
+
+def test_a_storm_fired_in_steps_leaves_its_compaction_to_tidy() -> None:
+    b = book_at(10_000, 10_002)
+    for i in range(10_000):
+        b.register(f"p{i}", BUY, sl=9_000 - i % 500, tp=20_000 + i)
+    fired = b.on_quote(5_000, 5_002, max_fired=4_000)
+    while b.pending:
+        fired += b.fire_pending(4_000)
+    assert sorted(t.position_id for t in fired) == sorted(f"p{i}" for i in range(10_000))
+    assert len(b) == 0
+    assert b._stale == 10_000  # the TP items, skipped if they ever surfaced
+    b.check()
+    assert b.tidy() is True
+    assert b._stale == 0 and not any(b._heaps)
+    assert b.tidy() is False  # nothing left to do
+    b.register("late", BUY, sl=4_000, tp=20_001)
+    assert b.on_quote(20_001, 20_003) == [Trigger("late", TP, BUY, 20_001, 20_001)]
