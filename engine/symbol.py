@@ -15,7 +15,7 @@ Per quote the work does not grow with the number of positions (see the two books
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from engine.guards import MarketGuard, MarketLimits
 from engine.instruments import Instrument
@@ -45,7 +45,6 @@ class SymbolCore:
     """Everything one symbol decides about quotes and levels. Pure: time comes in."""
 
     __slots__ = (
-        "_owners",
         "_scale",
         "ask",
         "bid",
@@ -68,7 +67,6 @@ class SymbolCore:
         self.guard = MarketGuard(instrument.symbol, market_limits)
         self.book = TriggerBook(instrument.symbol)
         self.trailing = TrailingBook(instrument.symbol)
-        self._owners: dict[str, str] = {}
         self._scale = instrument.scale
         self.bid: float | None = None
         self.ask: float | None = None
@@ -79,10 +77,10 @@ class SymbolCore:
         return self.instrument.symbol
 
     def __len__(self) -> int:
-        return len(self._owners)
+        return len(self.book)
 
     def owner(self, position_id: str) -> str | None:
-        return self._owners.get(position_id)
+        return self.book.owner(position_id)
 
     # -- levels ------------------------------------------------------------------------------
 
@@ -101,12 +99,10 @@ class SymbolCore:
 
         Arming a position that is already armed re-arms it with the new levels.
         """
-        if position_id in self._owners:
+        if position_id in self.book:
             self.disarm(position_id)
-        self._owners[position_id] = user_id
-        fired = self.book.register(position_id, side, sl, tp)
+        fired = self.book.register(position_id, side, sl, tp, owner=user_id)
         if fired:
-            del self._owners[position_id]
             return [(user_id, t) for t in fired]
         if trailing is not None or break_even is not None:
             self.trailing.add(position_id, side, open_price, sl, trailing, break_even)
@@ -117,7 +113,7 @@ class SymbolCore:
 
         Positions already watched are re-armed one by one.
         """
-        owners = self._owners
+        book = self.book
         fired: list[tuple[str, Trigger]] = []
         levels: list[tuple[str, Side, int | None, int | None]] = []
         users: list[str] = []
@@ -127,7 +123,7 @@ class SymbolCore:
             if p.open_price is None:
                 continue
             pid = p.id
-            if pid in owners:
+            if pid in book:
                 fired += self.arm(
                     pid, p.user_id, p.side, p.open_price, p.sl, p.tp, p.trailing, p.break_even
                 )
@@ -136,11 +132,9 @@ class SymbolCore:
             users.append(p.user_id)
             if p.trailing is not None or p.break_even is not None:
                 ruled.append(p)
-        owners.update(zip([level[0] for level in levels], users, strict=True))
-        for t in self.book.register_many(levels):
-            fired.append((owners.pop(t.position_id), t))
+        fired += self._owned(book.register_many(levels, users))
         for p in ruled:
-            if p.id in owners:
+            if p.id in book:
                 assert p.open_price is not None
                 self.trailing.add(p.id, p.side, p.open_price, p.sl, p.trailing, p.break_even)
         return fired
@@ -149,7 +143,7 @@ class SymbolCore:
         self, position_id: str, sl: int | _Keep | None = KEEP, tp: int | _Keep | None = KEEP
     ) -> list[tuple[str, Trigger]]:
         """Change a watched position's levels (a user's modify). Unknown positions are ignored."""
-        user_id = self._owners.get(position_id)
+        user_id = self.book.owner(position_id)
         if user_id is None:
             return []
         if not isinstance(sl, _Keep) and position_id in self.trailing:
@@ -161,14 +155,12 @@ class SymbolCore:
 
     def disarm(self, position_id: str) -> bool:
         """Stop watching a position (closed, or closing by other means)."""
-        if self._owners.pop(position_id, None) is None:
+        if not self.book.cancel(position_id):
             return False
-        self.book.cancel(position_id)
         self.trailing.remove(position_id)
         return True
 
     def _forget(self, position_id: str) -> None:
-        self._owners.pop(position_id, None)
         self.trailing.remove(position_id)
 
     # -- quotes ------------------------------------------------------------------------------
@@ -200,13 +192,13 @@ class SymbolCore:
             fired = earlier + self._owned(triggers)
         moved: list[tuple[str, LevelMove]] = []
         if len(self.trailing):
-            owners, modify = self._owners, self.book.modify
+            owner, modify = self.book.owner, self.book.modify
             for move in self.trailing.on_quote(bid_points, ask_points):
                 crossed = modify(move.position_id, sl=move.sl)
                 if crossed:  # a move onto the price's far side (a break-even past it)
                     fired = fired + self._owned(crossed)
                 else:
-                    moved.append((owners[move.position_id], move))
+                    moved.append((cast(str, owner(move.position_id)), move))
         if not fired:
             if not moved and not alerts:
                 return _NOTHING
@@ -228,8 +220,8 @@ class SymbolCore:
 
     def _owned(self, triggers: list[Trigger]) -> list[tuple[str, Trigger]]:
         """Fired triggers with their owners; the positions are no longer watched here."""
-        pop = self._owners.pop
-        fired = [(pop(t.position_id), t) for t in triggers]
+        # Every position here was registered with its user: a trigger's owner (t[5]) is set.
+        fired = cast("list[tuple[str, Trigger]]", [(t[5], t) for t in triggers])
         if len(self.trailing):
             remove = self.trailing.remove
             for t in triggers:
@@ -263,9 +255,7 @@ class SymbolCore:
             b, a = usable(bid, last_bid), usable(ask, last_ask)
             if b is None or a is None:
                 continue
-            for t in self.book.on_quote(b, a):
-                fired.append((self._owners.pop(t.position_id), t))
-                self.trailing.remove(t.position_id)
+            fired += self._owned(self.book.on_quote(b, a))
         return fired
 
     def check_silence(self, now_ms: int) -> list[Alert]:

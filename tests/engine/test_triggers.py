@@ -152,3 +152,22 @@ def test_a_storm_fired_in_steps_leaves_its_compaction_to_tidy() -> None:
     assert b.tidy() is False  # nothing left to do
     b.register("late", BUY, sl=4_000, tp=20_001)
     assert b.on_quote(20_001, 20_003) == [Trigger("late", TP, BUY, 20_001, 20_001)]
+
+
+def test_triggers_name_the_owner_their_position_was_registered_with() -> None:
+    b = book_at(1000, 1004)
+    b.register("a", BUY, sl=990, tp=None, owner="u1")
+    assert b.register("now", BUY, sl=1001, tp=None, owner="u2") == [  # crossed: fires at once
+        Trigger("now", SL, BUY, 1001, 1000, "u2")
+    ]
+    fresh = TriggerBook("X")  # before any quote: the bulk path
+    fresh.register_many([("b", SELL, 1014, None), ("c", SELL, 1015, None)], ["u3", "u4"])
+    assert b.owner("a") == "u1" and fresh.owner("c") == "u4" and b.owner("nope") is None
+    assert b.on_quote(990, 994) == [Trigger("a", SL, BUY, 990, 990, "u1")]
+    assert b.owner("a") is None  # fired: out of the book
+    assert fresh.on_quote(1010, 1015) == [
+        Trigger("b", SL, SELL, 1014, 1015, "u3"),
+        Trigger("c", SL, SELL, 1015, 1015, "u4"),
+    ]
+    with pytest.raises(UsageError):
+        TriggerBook("Y").register_many([("d", BUY, 1, None)], ["u5", "u6"])
