@@ -1,9 +1,9 @@
 """Mailboxes: bounded queues between actors, each with a named overflow policy.
 
 Every mailbox is a deque of items plus a doorbell (a ring wakes the receiver if it waits, and
-costs nothing when it does not). The receiver drains everything that is
-waiting in one wake-up, which is what keeps a burst cheap: a task hop costs ~20 us on the
-dev machine, an item in a drained batch well under one.
+costs nothing when it does not). The receiver drains everything that is waiting in one
+wake-up, which is what keeps a burst cheap: a task hop costs ~20 us on the dev machine, an item
+in a drained batch well under one.
 
 Policies (what happens past ``capacity``):
 

@@ -73,8 +73,8 @@ class _Keep:
 KEEP = _Keep()
 
 # Entry layout, a small list per position (cheaper in memory than an object with slots). The
-# owner rides along so that a fired trigger names it without a second table's lookup (a cache
-# miss per level in a storm: ~8 % of one).
+# owner rides along so that a fired trigger names it: the symbol core keeps no second table
+# of owners in step with this one.
 _IS_SELL, _SL, _TP, _SL_SEQ, _TP_SEQ, _OWNER = range(6)
 _COMPACT_MIN = 4096
 _BULK_AFTER = 32  # least pops before a crossed heap is drained in bulk (TriggerBook._drain)
