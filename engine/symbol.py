@@ -220,8 +220,8 @@ class SymbolCore:
 
     def _owned(self, triggers: list[Trigger]) -> list[tuple[str, Trigger]]:
         """Fired triggers with their owners; the positions are no longer watched here."""
-        # Every position here was registered with its user: a trigger's owner (t[5]) is set.
-        fired = cast("list[tuple[str, Trigger]]", [(t[5], t) for t in triggers])
+        # Every position here was registered with its user: each trigger's owner is set.
+        fired = cast("list[tuple[str, Trigger]]", [(t.owner, t) for t in triggers])
         if len(self.trailing):
             remove = self.trailing.remove
             for t in triggers:
