@@ -20,30 +20,28 @@ re-arms). ``tests/engine/test_triggers_oracle.py`` checks this against brute for
 
 Cost
 ----
-Four heaps per symbol (long SL, short SL, long TP, short TP) hold ``(key, seq, position_id)``
-with lazy deletion: a modification or cancellation only forgets the entry's sequence number, and
-a heap item whose sequence number is no longer current is skipped when it surfaces. A quote that
-crosses nothing costs four comparisons with the heaps' nearest levels (copied out of the top items
-whenever a heap changes), whatever the number of positions; each fired trigger costs one
-``heappop``. Stale items are compacted away when they outnumber the live ones.
+Four ladders per symbol (long SL, short SL, long TP, short TP; :mod:`engine.ladder`) hold
+``(key, seq, position_id)`` in crossing order, with lazy deletion: a modification or cancellation
+only forgets the entry's sequence number, and an item whose sequence number is no longer current
+is skipped when it is crossed. A quote that crosses nothing costs four comparisons with the
+ladders' nearest levels (copied out whenever a ladder changes), whatever the number of
+positions; a quote that crosses levels costs a binary search and a slice per ladder, then the
+firing of each live item. Stale items are compacted away when they outnumber the live ones.
 """
 
 from __future__ import annotations
 
 import enum
-import heapq
 import math
 from collections import deque
 from collections.abc import Iterable
-from operator import itemgetter
 from typing import Any, NamedTuple
 
+from engine.ladder import Crossed, Ladder
 from protocol.common import Side
 from protocol.errors import UsageError
 
 __all__ = ["KEEP", "Trigger", "TriggerBook", "TriggerKind"]
-
-_KEY, _SEQ = itemgetter(0), itemgetter(1)
 
 
 class TriggerKind(enum.IntEnum):
@@ -77,7 +75,6 @@ KEEP = _Keep()
 # of owners in step with this one.
 _IS_SELL, _SL, _TP, _SL_SEQ, _TP_SEQ, _OWNER = range(6)
 _COMPACT_MIN = 4096
-_BULK_AFTER = 32  # least pops before a crossed heap is drained in bulk (TriggerBook._drain)
 
 
 class TriggerBook:
@@ -85,7 +82,7 @@ class TriggerBook:
 
     __slots__ = (
         "_entries",
-        "_heaps",
+        "_ladders",
         "_pending",
         "_seq",
         "_stale",
@@ -103,15 +100,15 @@ class TriggerBook:
         self.bid: int | None = None
         self.ask: int | None = None
         self._entries: dict[str, list[Any]] = {}
-        # 0: long SL (max-heap, key -level), 1: short SL (min), 2: long TP (min),
-        # 3: short TP (max, key -level). Keys are negated where the crossing order is descending.
-        self._heaps: tuple[list[tuple[int, int, str]], ...] = ([], [], [], [])
+        # 0: long SL (key -level), 1: short SL (key level), 2: long TP (level), 3: short TP
+        # (-level). Keys are negated where the crossing order is descending.
+        self._ladders = (Ladder(), Ladder(), Ladder(), Ladder())
         self._seq = 0
         self._stale = 0
-        # Crossed levels taken out of their heaps but not fired yet (a storm fired in steps,
-        # see on_quote): [items, next index, seq slot, kind, side, negated, price] per heap.
+        # Crossed levels taken out of their ladders but not fired yet (a storm fired in steps,
+        # see on_quote): [crossed, next index, seq slot, kind, side, negated, price] per ladder.
         self._pending: deque[list[Any]] = deque()
-        # The nearest level of each heap, copied out of its top item (see _refresh_tops).
+        # The nearest level of each ladder, copied out of it (see _refresh_tops).
         self._top_long_sl: float = -math.inf
         self._top_short_sl: float = math.inf
         self._top_long_tp: float = math.inf
@@ -163,12 +160,12 @@ class TriggerBook:
         positions: Iterable[tuple[str, Side, int | None, int | None]],
         owners: Iterable[str | None] | None = None,
     ) -> list[Trigger]:
-        """Arm many positions at once (recovery): the heaps are built in bulk, not pushed to.
+        """Arm many positions at once (recovery): the ladders are built in bulk, not pushed to.
 
         Positions whose levels the last quote already crossed fire at once, as with
         :meth:`register`. Before any quote (a restart) nothing can fire: the levels are
-        appended to the heaps in the order given, numbered as one :meth:`register` after
-        another would number them, and each heap is rebuilt by one heapify, O(n) in all.
+        numbered as one :meth:`register` after another would number them and each ladder
+        takes them in one sorted insertion, O(n log n) in numpy.
 
         Raises:
             UsageError: a position is already in the book, or given twice (nothing is armed then).
@@ -192,10 +189,11 @@ class TriggerBook:
         # One pass, everything in locals (a restart arms every position of the symbol here),
         # into new containers: the book is only changed once the batch is known to be valid.
         fresh: dict[str, list[Any]] = {}
-        long_sl: list[tuple[int, int, str]] = []
-        short_sl: list[tuple[int, int, str]] = []
-        long_tp: list[tuple[int, int, str]] = []
-        short_tp: list[tuple[int, int, str]] = []
+        # Per ladder: keys, seqs, ids (long SL, short SL, long TP, short TP).
+        columns: tuple[tuple[list[int], list[int], list[str]], ...] = tuple(
+            ([], [], []) for _ in range(4)
+        )
+        long_sl, short_sl, long_tp, short_tp = columns
         seq = self._seq
         for (pid, side, sl, tp), owner in zip(batch, owned, strict=True):
             is_sell = side is sell
@@ -203,25 +201,24 @@ class TriggerBook:
             if sl is not None:
                 seq += 1
                 sl_seq = seq
-                if is_sell:
-                    short_sl.append((sl, seq, pid))
-                else:
-                    long_sl.append((-sl, seq, pid))
+                keys, seqs, ids = short_sl if is_sell else long_sl
+                keys.append(sl if is_sell else -sl)
+                seqs.append(seq)
+                ids.append(pid)
             if tp is not None:
                 seq += 1
                 tp_seq = seq
-                if is_sell:
-                    short_tp.append((-tp, seq, pid))
-                else:
-                    long_tp.append((tp, seq, pid))
+                keys, seqs, ids = short_tp if is_sell else long_tp
+                keys.append(-tp if is_sell else tp)
+                seqs.append(seq)
+                ids.append(pid)
             fresh[pid] = [is_sell, sl, tp, sl_seq, tp_seq, owner]
         if len(fresh) != len(batch) or (entries and not entries.keys().isdisjoint(fresh)):
             raise UsageError("register_many got a position already in the book")
         entries.update(fresh)  # into an empty book (a restart): a copy of the table
         self._seq = seq
-        for heap, items in zip(self._heaps, (long_sl, short_sl, long_tp, short_tp), strict=True):
-            heap.extend(items)
-            heapq.heapify(heap)
+        for ladder, (keys, seqs, ids) in zip(self._ladders, columns, strict=True):
+            ladder.extend(keys, seqs, ids)
         self._refresh_tops()
         return []
 
@@ -265,8 +262,8 @@ class TriggerBook:
 
         The fired positions leave the book. With ``max_fired``, a quote that crosses more
         levels (a gap through a crowded book) fires only that many now: the rest are taken out
-        of the heaps, in order, and fired by :meth:`fire_pending`, so that the caller can let
-        other work run between steps (a 100,000-level storm is ~0.5 s of firing). Until then
+        of the ladders, in order, and fired by :meth:`fire_pending`, so that the caller can let
+        other work run between steps (a 100,000-level storm is ~0.2 s of firing). Until then
         they are still in the book (cancel and modify apply to them as to any armed level).
         Fires still pending when another quote comes are fired first, whatever ``max_fired``.
         """
@@ -282,17 +279,18 @@ class TriggerBook:
         ):
             return fired
         budget = math.inf if max_fired is None else len(fired) + max_fired
-        long_sl, short_sl, long_tp, short_tp = self._heaps
-        # Each heap is keyed so that "crossed" reads "key <= limit" (see _drain).
-        if long_sl and -long_sl[0][0] >= bid:
+        long_sl, short_sl, long_tp, short_tp = self._ladders
+        # Each ladder is keyed so that "crossed" reads "key <= limit" (see engine.ladder); the
+        # copied tops are current here (every change of a ladder refreshes them).
+        if self._top_long_sl >= bid:
             self._drain(long_sl, _SL_SEQ, TriggerKind.SL, Side.BUY, True, bid, -bid, fired, budget)
-        if short_sl and short_sl[0][0] <= ask:
+        if self._top_short_sl <= ask:
             self._drain(
                 short_sl, _SL_SEQ, TriggerKind.SL, Side.SELL, False, ask, ask, fired, budget
             )
-        if long_tp and long_tp[0][0] <= bid:
+        if self._top_long_tp <= bid:
             self._drain(long_tp, _TP_SEQ, TriggerKind.TP, Side.BUY, False, bid, bid, fired, budget)
-        if short_tp and -short_tp[0][0] >= ask:
+        if self._top_short_tp >= ask:
             self._drain(
                 short_tp, _TP_SEQ, TriggerKind.TP, Side.SELL, True, ask, -ask, fired, budget
             )
@@ -305,7 +303,7 @@ class TriggerBook:
         """Crossed levels not fired yet (see :meth:`on_quote`'s ``max_fired``)."""
         if not self._pending:  # every quiet quote asks
             return 0
-        return sum(len(segment[0]) - segment[1] for segment in self._pending)
+        return sum(len(segment[0][0]) - segment[1] for segment in self._pending)
 
     def fire_pending(self, max_fired: int | None = None) -> list[Trigger]:
         """Fire up to ``max_fired`` (None: all) of the levels the last quotes crossed and
@@ -315,19 +313,19 @@ class TriggerBook:
         pending = self._pending
         while pending and len(fired) < budget:
             segment = pending[0]
-            items, start, seq_slot, kind, side, negated, price = segment
+            crossed, start, seq_slot, kind, side, negated, price = segment
             segment[1] = self._fire_items(
-                items, start, seq_slot, kind, side, negated, price, fired, budget
+                crossed, start, seq_slot, kind, side, negated, price, fired, budget
             )
-            if segment[1] == len(items):
+            if segment[1] == len(crossed[0]):
                 pending.popleft()
-        # No compaction here: after a storm it rebuilds heaps the size of the book (~50 ms at
-        # 100,000 levels) before the last step's closes could leave. The caller runs
+        # No compaction here: after a storm it rebuilds ladders the size of the book (tens of
+        # ms at 100,000 levels) before the last step's closes could leave. The caller runs
         # :meth:`tidy` once they have; until then the stale items are only skipped.
         return fired
 
     def tidy(self) -> bool:
-        """Rebuild the heaps without stale items if these outnumber the live ones, as every
+        """Rebuild the ladders without stale items if these outnumber the live ones, as every
         change of the book but :meth:`fire_pending` does by itself (True if it did)."""
         return self._maybe_compact()
 
@@ -355,23 +353,23 @@ class TriggerBook:
             self._seq += 1
             entry[_SL], entry[_SL_SEQ] = sl, self._seq
             if is_sell:
-                heapq.heappush(self._heaps[1], (sl, self._seq, pid))
+                self._ladders[1].push(sl, self._seq, pid)
             else:
-                heapq.heappush(self._heaps[0], (-sl, self._seq, pid))
+                self._ladders[0].push(-sl, self._seq, pid)
         if tp is not None:
             self._seq += 1
             entry[_TP], entry[_TP_SEQ] = tp, self._seq
             if is_sell:
-                heapq.heappush(self._heaps[3], (-tp, self._seq, pid))
+                self._ladders[3].push(-tp, self._seq, pid)
             else:
-                heapq.heappush(self._heaps[2], (tp, self._seq, pid))
+                self._ladders[2].push(tp, self._seq, pid)
         if sl is not None or tp is not None:
             self._refresh_tops()
         return []
 
     def _drain(
         self,
-        heap: list[tuple[int, int, str]],
+        ladder: Ladder,
         seq_slot: int,
         kind: TriggerKind,
         side: Side,
@@ -381,42 +379,22 @@ class TriggerBook:
         fired: list[Trigger],
         budget: float,
     ) -> None:
-        """Fire every live item of ``heap`` whose key is ``<= limit``, in heap order, until
-        ``fired`` holds ``budget`` triggers; the crossed items left over go to the pending
-        queue (all of them, if earlier heaps already left some there: order is kept).
-
-        Items are popped one by one (the usual case: a quote crosses a handful of levels).
-        If the heap is still crossed after ``max(32, n/32)`` pops, this is a storm (a gap
-        through many levels): the crossed items are taken out in one linear pass and sorted,
-        and the rest is heapified again, O(n + k log k) instead of k pops of O(log n) with a
-        cache miss per level. A linear pass costs about as much as n/32 pops, so switching
-        there is never worse than twice the better of the two strategies.
+        """Fire every live item of ``ladder`` whose key is ``<= limit``, in crossing order,
+        until ``fired`` holds ``budget`` triggers; the crossed items left over go to the
+        pending queue (all of them, if earlier ladders already left some there: order is kept).
         """
-        pop = heapq.heappop
-        items: list[tuple[int, int, str]] = []
-        bulk_after = max(_BULK_AFTER, len(heap) >> 5)
-        while heap and heap[0][0] <= limit:
-            if len(items) == bulk_after:
-                crossed = [item for item in heap if item[0] <= limit]
-                # (key, seq) order as two stable sorts on one int each: ints of one machine
-                # word compare on CPython's fast path, tuples element by element (~3x slower
-                # for a 100,000-level storm). Seqs are unique, so this is the tuples' order.
-                crossed.sort(key=_SEQ)
-                crossed.sort(key=_KEY)
-                items.extend(crossed)
-                heap[:] = [item for item in heap if item[0] > limit]
-                heapq.heapify(heap)
-                break
-            items.append(pop(heap))
+        crossed = ladder.take(limit)
         start = 0
         if not self._pending:
-            start = self._fire_items(items, 0, seq_slot, kind, side, negated, price, fired, budget)
-        if start < len(items):
-            self._pending.append([items, start, seq_slot, kind, side, negated, price])
+            start = self._fire_items(
+                crossed, 0, seq_slot, kind, side, negated, price, fired, budget
+            )
+        if start < len(crossed[0]):
+            self._pending.append([crossed, start, seq_slot, kind, side, negated, price])
 
     def _fire_items(
         self,
-        items: list[tuple[int, int, str]],
+        crossed: Crossed,
         start: int,
         seq_slot: int,
         kind: TriggerKind,
@@ -426,91 +404,88 @@ class TriggerBook:
         fired: list[Trigger],
         budget: float,
     ) -> int:
-        """Fire the live ones of crossed ``items[start:]`` until ``fired`` holds ``budget``
-        triggers; returns the index of the first item not looked at."""
+        """Fire the live ones of ``crossed`` from index ``start`` until ``fired`` holds
+        ``budget`` triggers; returns the index of the first item not looked at."""
+        keys, seqs, ids = crossed
         entries = self._entries
         other_slot = _TP_SEQ if seq_slot == _SL_SEQ else _SL_SEQ
         make = tuple.__new__
         stale = 0
-        end = len(items)
+        end = len(keys)
         if budget - len(fired) < end - start:
             end = start + int(budget - len(fired))
         for i in range(start, end):
-            key, seq, pid = items[i]
+            pid = ids[i]
             entry = entries.get(pid)
-            if entry is None or entry[seq_slot] != seq:
+            if entry is None or entry[seq_slot] != seqs[i]:
                 stale += 1  # cancelled or moved since it was armed (or while it was pending)
                 continue
             del entries[pid]
-            if entry[other_slot]:  # the position's other level is now stale in its heap
+            if entry[other_slot]:  # the position's other level is now stale in its ladder
                 entry[other_slot] = 0
                 stale -= 1
-            level = -key if negated else key
+            level = -keys[i] if negated else keys[i]
             fired.append(make(Trigger, (pid, kind, side, level, price, entry[_OWNER])))
         self._stale -= stale
         return end
 
     def _fire(self, pid: str, entry: list[Any]) -> None:
-        """Take a position out of the book; its other level's heap item goes stale."""
+        """Take a position out of the book; its levels' items go stale."""
         del self._entries[pid]
         self._forget(entry, _SL_SEQ)
         self._forget(entry, _TP_SEQ)
 
     def _forget(self, entry: list[Any], seq_slot: int) -> None:
-        """Make the heap item of one level stale (it will be skipped when it surfaces)."""
+        """Make the item of one level stale (it will be skipped when it is crossed)."""
         if entry[seq_slot]:
             entry[seq_slot] = 0
             self._stale += 1
 
     def _refresh_tops(self) -> None:
-        """Copy each heap's nearest level out of its top item, after any change of the heaps.
+        """Copy each ladder's nearest level, after any change of the ladders.
 
-        The quote that fires nothing then compares four numbers held by the book itself. Peeking
-        at the heaps instead followed three pointers per heap to wherever the sift-downs of the
-        last firing quote had left the top items: at a million positions those were cache
-        misses, and a quiet quote cost 1.8-2x what it cost at a thousand (bench.triggers).
+        The quote that fires nothing then compares four numbers held by the book itself,
+        without following pointers into the ladders (at a million positions, peeking into the
+        old heaps' top items made a quiet quote cost 1.8-2x what it cost at a thousand).
         """
         (
             self._top_long_sl,
             self._top_short_sl,
             self._top_long_tp,
             self._top_short_tp,
-        ) = self._heap_tops()
+        ) = self._ladder_tops()
 
-    def _heap_tops(self) -> tuple[float, float, float, float]:
-        """The nearest level of each heap (long SL, short SL, long TP, short TP); an empty heap
-        gives the infinity no price can cross."""
-        long_sl, short_sl, long_tp, short_tp = self._heaps
-        return (
-            -long_sl[0][0] if long_sl else -math.inf,
-            short_sl[0][0] if short_sl else math.inf,
-            long_tp[0][0] if long_tp else math.inf,
-            -short_tp[0][0] if short_tp else -math.inf,
-        )
+    def _ladder_tops(self) -> tuple[float, float, float, float]:
+        """The nearest level of each ladder (long SL, short SL, long TP, short TP); an empty
+        ladder gives the infinity no price can cross."""
+        long_sl, short_sl, long_tp, short_tp = self._ladders
+        return (-long_sl.top(), short_sl.top(), long_tp.top(), -short_tp.top())
 
     def check(self) -> None:
-        """Raise ``AssertionError`` if the copied nearest levels differ from the heaps' tops
-        (for tests: a stale copy is never wrong, only slow, so results alone cannot show it)."""
+        """Raise ``AssertionError`` if the copied nearest levels differ from the ladders' or a
+        ladder is out of order (for tests: a stale copy is never wrong, only slow, so results
+        alone cannot show it)."""
         copied = (self._top_long_sl, self._top_short_sl, self._top_long_tp, self._top_short_tp)
-        actual = self._heap_tops()
+        actual = self._ladder_tops()
         if copied != actual:
-            raise AssertionError(f"nearest levels {copied} != heap tops {actual}")
+            raise AssertionError(f"nearest levels {copied} != ladder tops {actual}")
+        for ladder in self._ladders:
+            ladder.check()
 
     def _maybe_compact(self) -> bool:
-        """Rebuild the heaps without stale items once these outnumber the live ones (True if
+        """Rebuild the ladders without stale items once these outnumber the live ones (True if
         it did)."""
         if self._stale < _COMPACT_MIN or self._stale < 2 * len(self._entries) or self._pending:
             return False  # (pending items are counted in _stale until they are fired)
         entries = self._entries
-        for index, heap in enumerate(self._heaps):
+        for index, ladder in enumerate(self._ladders):
             seq_slot = _SL_SEQ if index < 2 else _TP_SEQ
-            live = [
-                item
-                for item in heap
-                if (e := entries.get(item[2])) is not None and e[seq_slot] == item[1]
-            ]
-            heapq.heapify(live)
-            heap[:] = live
+
+            def live(seq: int, pid: str, slot: int = seq_slot) -> bool:
+                entry = entries.get(pid)
+                return entry is not None and entry[slot] == seq
+
+            ladder.rebuild(live)
         self._stale = 0
         self._refresh_tops()
         return True

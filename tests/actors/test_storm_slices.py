@@ -166,7 +166,7 @@ async def test_the_book_is_tidied_once_a_stepped_storm_is_handed_out() -> None:
                 await trio.lowlevel.checkpoint()
             while symbol.core.book._stale:
                 await trio.lowlevel.checkpoint()
-        assert len(symbol.core.book) == 0 and not any(symbol.core.book._heaps)
+        assert len(symbol.core.book) == 0 and not any(symbol.core.book._ladders)
         assert gc.isenabled()  # and given back once the storm is out
         symbol.core.book.check()
         nursery.cancel_scope.cancel()

@@ -116,7 +116,7 @@ def test_compaction_keeps_the_book_exact() -> None:
         if i % 10:
             b.cancel(f"p{i}")
     assert len(b) == 2_000
-    assert sum(len(h) for h in b._heaps) < 3 * 2 * 2_000 + 4096 * 2
+    assert sum(len(h) for h in b._ladders) < 3 * 2 * 2_000 + 4096 * 2
     fired = b.on_quote(4_000, 4_002)
     assert len(fired) == 2_000
 
@@ -129,9 +129,9 @@ def test_compaction_keeps_the_nearest_levels_current() -> None:
         else:
             book.register(f"p{i}", Side.SELL, 200_000 + i, 100_000 - i)
     assert book.on_quote(150_000, 150_010) == []
-    for i in range(3000):  # the nearest levels go first, so every heap top goes stale
+    for i in range(3000):  # the nearest levels go first, so every ladder top goes stale
         assert book.cancel(f"p{i}")
-    assert book._stale == 0  # the 3,000th cancel compacted the heaps
+    assert book._stale == 0  # the 3,000th cancel compacted the ladders
     book.check()
     assert book.on_quote(150_000, 150_010) == []
 
@@ -148,7 +148,7 @@ def test_a_storm_fired_in_steps_leaves_its_compaction_to_tidy() -> None:
     assert b._stale == 10_000  # the TP items, skipped if they ever surfaced
     b.check()
     assert b.tidy() is True
-    assert b._stale == 0 and not any(b._heaps)
+    assert b._stale == 0 and not any(b._ladders)
     assert b.tidy() is False  # nothing left to do
     b.register("late", BUY, sl=4_000, tp=20_001)
     assert b.on_quote(20_001, 20_003) == [Trigger("late", TP, BUY, 20_001, 20_001)]

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.marketdata import load_ticks
-from engine import DEFAULT_INSTRUMENTS
+from engine import DEFAULT_INSTRUMENTS, ladder
 from engine.triggers import KEEP, Trigger, TriggerBook, TriggerKind
 from protocol.common import Side
 from protocol.errors import UsageError
@@ -26,6 +26,17 @@ modify = st.tuples(
 cancel = st.tuples(st.just("cancel"), pid_index)
 quote = st.tuples(st.just("quote"), price, st.integers(0, 4))  # bid, spread
 operations = st.lists(st.one_of(register, modify, cancel, quote, quote, quote), max_size=80)
+
+
+@pytest.fixture(scope="module", params=[256, 2], ids=["merge-256", "merge-2"], autouse=True)
+def _merge_min(request: pytest.FixtureRequest) -> object:
+    """Every test twice: with the ladders' real merge threshold (small books stay in the
+    overflow heap) and with one of 2, so that the sorted run, merges into it and quotes that
+    cross both parts are exercised by small books too."""
+    saved = ladder._MERGE_MIN
+    ladder._MERGE_MIN = request.param
+    yield request.param
+    ladder._MERGE_MIN = saved
 
 
 @given(operations)
@@ -249,7 +260,7 @@ def test_changes_between_steps(
     removes one for good, a modify re-arms it (firing at once if the gap crossed the new
     level too), a register is judged against the gap quote; the next quote fires whatever
     is still pending first. Whatever the interleaving: nothing fires twice, nothing stays
-    pending, what fired has left the book and the heaps stay consistent."""
+    pending, what fired has left the book and the ladders stay consistent."""
     book = TriggerBook("T")
     for i, (side, sl, tp) in enumerate(positions):
         book.register(f"p{i}", side, sl, tp)
@@ -291,7 +302,7 @@ def test_a_pending_fire_cancelled_never_fires() -> None:
     assert book.pending == 0 and len(book) == 0
 
 
-def test_steps_keep_the_order_across_heaps() -> None:
+def test_steps_keep_the_order_across_ladders() -> None:
     """A wide quote crossing long SLs, short SLs and TPs at once, fired one level a step."""
     book, oracle = TriggerBook("T"), OracleBook()
     arms = [("a", Side.BUY, 100, 120), ("b", Side.BUY, 99, None), ("c", Side.SELL, 101, 80)]

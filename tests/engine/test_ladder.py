@@ -1,0 +1,64 @@
+"""Ladder against a sorted list: pushes, bulk extends, takes and rebuilds in any mix."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine import ladder
+from engine.ladder import Ladder
+
+key = st.integers(-20, 20)
+push = st.tuples(st.just("push"), key)
+extend = st.tuples(st.just("extend"), st.lists(key, max_size=40))
+take = st.tuples(st.just("take"), key)
+rebuild = st.tuples(st.just("rebuild"), st.integers(2, 5))  # keep seqs divisible by it
+operations = st.lists(st.one_of(push, push, extend, take, take, rebuild), max_size=120)
+
+
+@pytest.mark.parametrize(("merge_min", "trim_min"), [(1, 1), (4, 3), (256, 4096)])
+@given(ops=operations)
+def test_ladder_matches_a_sorted_list(merge_min: int, trim_min: int, ops: list[tuple]) -> None:
+    """(The thresholds are set small as well, so that merges and trims happen in small cases.)"""
+    saved = ladder._MERGE_MIN, ladder._TRIM_MIN
+    ladder._MERGE_MIN, ladder._TRIM_MIN = merge_min, trim_min
+    try:
+        lad, model = Ladder(), []
+        seq = 0
+        for op in ops:
+            if op[0] == "push":
+                seq += 1
+                lad.push(op[1], seq, f"p{seq}")
+                model.append((op[1], seq, f"p{seq}"))
+            elif op[0] == "extend":
+                keys = op[1]
+                seqs = list(range(seq + 1, seq + 1 + len(keys)))
+                seq += len(keys)
+                lad.extend(keys, seqs, [f"p{s}" for s in seqs])
+                model += [(k, s, f"p{s}") for k, s in zip(keys, seqs, strict=True)]
+            elif op[0] == "take":
+                model.sort()
+                crossed = [item for item in model if item[0] <= op[1]]
+                model = [item for item in model if item[0] > op[1]]
+                keys, seqs, ids = lad.take(op[1])
+                assert list(zip(keys, seqs, ids, strict=True)) == crossed
+            else:
+                n = op[1]
+                lad.rebuild(lambda s, _pid, n=n: s % n == 0)
+                model = [item for item in model if item[1] % n == 0]
+            assert len(lad) == len(model)
+            assert lad.top() == (min(model)[0] if model else float("inf"))
+            lad.check()
+    finally:
+        ladder._MERGE_MIN, ladder._TRIM_MIN = saved
+
+
+def test_a_large_take_is_one_slice_of_the_run() -> None:
+    lad = Ladder()
+    lad.extend(
+        list(range(100_000, 0, -1)), list(range(1, 100_001)), [str(i) for i in range(100_000)]
+    )
+    keys, _, ids = lad.take(50_000)
+    assert keys == list(range(1, 50_001)) and ids[0] == "99999"
+    assert len(lad) == 50_000 and lad.top() == 50_001
