@@ -30,6 +30,8 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable
 
+import numpy as np
+
 __all__ = ["Crossed", "Ladder"]
 
 _MERGE_MIN = 256
@@ -103,7 +105,7 @@ class Ladder:
             return
         self._merge()  # the overflow's items are older: they must be in the run first
         # Seqs ascend in the given order, so a stable sort by key is the (key, seq) order.
-        order = sorted(range(len(keys)), key=keys.__getitem__)
+        order = np.argsort(np.array(keys, np.int64), kind="stable").tolist()
         self._insert([keys[i] for i in order], [seqs[i] for i in order], [ids[i] for i in order])
 
     def rebuild(self, live: Callable[[int, str], bool]) -> None:
