@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.marketdata import load_ticks
-from engine import DEFAULT_INSTRUMENTS, ladder
+from engine import DEFAULT_INSTRUMENTS, triggers
 from engine.triggers import KEEP, Trigger, TriggerBook, TriggerKind
 from protocol.common import Side
 from protocol.errors import UsageError
@@ -28,15 +28,15 @@ quote = st.tuples(st.just("quote"), price, st.integers(0, 4))  # bid, spread
 operations = st.lists(st.one_of(register, modify, cancel, quote, quote, quote), max_size=80)
 
 
-@pytest.fixture(scope="module", params=[256, 2], ids=["merge-256", "merge-2"], autouse=True)
-def _merge_min(request: pytest.FixtureRequest) -> object:
-    """Every test twice: with the ladders' real merge threshold (small books stay in the
-    overflow heap) and with one of 2, so that the sorted run, merges into it and quotes that
-    cross both parts are exercised by small books too."""
-    saved = ladder._MERGE_MIN
-    ladder._MERGE_MIN = request.param
+@pytest.fixture(scope="module", params=[4096, 1], ids=["compact-4096", "compact-1"], autouse=True)
+def _compact_min(request: pytest.FixtureRequest) -> object:
+    """Every test twice: with the book's real compaction threshold (a small book's levels stay
+    in its ladders' overflow) and with one of 1, so that small books compact often: their
+    levels move to the ladders' sorted runs, and quotes cross runs and overflows together."""
+    saved = triggers._COMPACT_MIN
+    triggers._COMPACT_MIN = request.param
     yield request.param
-    ladder._MERGE_MIN = saved
+    triggers._COMPACT_MIN = saved
 
 
 @given(operations)
