@@ -163,8 +163,11 @@ class Ladder:
         self._keys, self._seqs, self._ids, self._lo = keys, seqs, ids, 0
 
     def check(self) -> None:
-        """Raise ``AssertionError`` unless the run is sorted by ``(key, seq)`` (for tests)."""
+        """Raise ``AssertionError`` unless the run is sorted by ``(key, seq)`` and every
+        overflow item is younger than every run item (what merges rely on). For tests."""
         lo = self._lo
         run = list(zip(self._keys[lo:], self._seqs[lo:], strict=True))
         if run != sorted(run):
             raise AssertionError("ladder run out of order")
+        if run and self._overflow and min(s for _, s, _ in self._overflow) <= max(self._seqs[lo:]):
+            raise AssertionError("an overflow item is older than the run")
