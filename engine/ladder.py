@@ -38,6 +38,8 @@ __all__ = ["Crossed", "Ladder"]
 
 _TRIM_MIN = 4096
 """A run's crossed head is cut off once it is this long and half of the lists."""
+_POP_MAX = 4
+"""Crossed overflow items popped one by one before the rest are taken as one slice."""
 
 Crossed = tuple[list[int], list[int], list[str]]
 """Crossed items as three parallel lists: keys, seqs, position ids (crossing order)."""
@@ -87,10 +89,18 @@ class Ladder:
             out_keys, out_seqs, out_ids = [], [], []
         overflow = self._overflow
         if overflow and overflow[0][0] <= limit:
-            # (limit + 1,) sorts after every item whose key is <= limit, before the others.
-            end = overflow.bisect_left((limit + 1,))
-            popped = overflow[:end]
-            del overflow[:end]
+            # A quote crosses a level or two: popped one by one (one call each). Past a few,
+            # one bisect, one slice and one deletion: (limit + 1,) sorts after every item
+            # whose key is <= limit, before the others.
+            pop = overflow.pop
+            popped = [pop(0)]
+            while overflow and overflow[0][0] <= limit:
+                if len(popped) == _POP_MAX:
+                    end = overflow.bisect_left((limit + 1,))
+                    popped += overflow[:end]
+                    del overflow[:end]
+                    break
+                popped.append(pop(0))
             if out_keys:  # both parts crossed: interleave them in crossing order
                 popped.extend(zip(out_keys, out_seqs, out_ids, strict=True))
                 popped.sort()

@@ -14,7 +14,8 @@ push = st.tuples(st.just("push"), key)
 extend = st.tuples(st.just("extend"), st.lists(key, max_size=40))
 take = st.tuples(st.just("take"), key)
 rebuild = st.tuples(st.just("rebuild"), st.integers(1, 5))  # keep seqs divisible by it
-operations = st.lists(st.one_of(push, push, extend, take, take, rebuild), max_size=120)
+pushes = st.tuples(st.just("pushes"), st.lists(key, max_size=20))  # a busy market's arms
+operations = st.lists(st.one_of(push, pushes, extend, take, take, rebuild), max_size=120)
 
 
 @pytest.mark.parametrize("trim_min", [1, 3, 4096])
@@ -28,10 +29,11 @@ def test_ladder_matches_a_sorted_list(trim_min: int, ops: list[tuple]) -> None:
         lad, model = Ladder(), []
         seq = 0
         for op in ops:
-            if op[0] == "push":
-                seq += 1
-                lad.push(op[1], seq, f"p{seq}")
-                model.append((op[1], seq, f"p{seq}"))
+            if op[0] in ("push", "pushes"):
+                for k in [op[1]] if op[0] == "push" else op[1]:
+                    seq += 1
+                    lad.push(k, seq, f"p{seq}")
+                    model.append((k, seq, f"p{seq}"))
             elif op[0] == "extend":
                 keys = op[1]
                 seqs = list(range(seq + 1, seq + 1 + len(keys)))
@@ -63,3 +65,15 @@ def test_a_large_take_is_one_slice_of_the_run() -> None:
     keys, _, ids = lad.take(50_000)
     assert keys == list(range(1, 50_001)) and ids[0] == "99999"
     assert len(lad) == 50_000 and lad.top() == 50_001
+
+
+def test_a_take_past_the_pops_is_one_slice_in_order() -> None:
+    """More crossed overflow items than are popped one by one: the rest come as a slice."""
+    lad = Ladder()
+    keys = [5, 3, 3, 9, 1, 7, 3, 2, 8, 6]
+    for seq, key in enumerate(keys, 1):
+        lad.push(key, seq, f"p{seq}")
+    crossed = lad.take(7)
+    expected = sorted((k, s, f"p{s}") for s, k in enumerate(keys, 1) if k <= 7)
+    assert list(zip(*crossed, strict=True)) == expected
+    assert len(lad) == 2 and lad.top() == 8
