@@ -143,15 +143,11 @@ class SymbolCore:
         self, position_id: str, sl: int | _Keep | None = KEEP, tp: int | _Keep | None = KEEP
     ) -> list[tuple[str, Trigger]]:
         """Change a watched position's levels (a user's modify). Unknown positions are ignored."""
-        user_id = self.book.owner(position_id)
-        if user_id is None:
+        if position_id not in self.book:
             return []
         if not isinstance(sl, _Keep) and position_id in self.trailing:
             self.trailing.set_sl(position_id, sl)
-        fired = self.book.modify(position_id, sl=sl, tp=tp)
-        if fired:
-            self._forget(position_id)
-        return [(user_id, t) for t in fired]
+        return self._owned(self.book.modify(position_id, sl=sl, tp=tp))
 
     def disarm(self, position_id: str) -> bool:
         """Stop watching a position (closed, or closing by other means)."""
@@ -159,9 +155,6 @@ class SymbolCore:
             return False
         self.trailing.remove(position_id)
         return True
-
-    def _forget(self, position_id: str) -> None:
-        self.trailing.remove(position_id)
 
     # -- quotes ------------------------------------------------------------------------------
 
