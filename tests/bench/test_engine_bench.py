@@ -24,6 +24,8 @@ def test_engine_bench_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[s
     if lat["samples"]:
         # Each sample's late part is a part of it: so is every percentile of it.
         assert 0 <= lat["offered_late_p50"] <= lat["p50"]
+        assert 0 < lat["first_close_p50"] <= lat["first_close_p99"]
+        assert 0 < lat["firing_quotes"] <= lat["samples"]
         assert lat["offered_late_p99"] <= lat["p99"]
         assert lat["p50"] <= lat["p99"] <= lat["p999"]
     assert results["max_quotes_per_s"] > 0
