@@ -32,10 +32,13 @@ firing of each live item. Stale items are compacted away when they outnumber the
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from engine.ladder import Crossed, Ladder
 from protocol.common import Side
@@ -477,14 +480,15 @@ class TriggerBook:
         it did)."""
         if self._stale < _COMPACT_MIN or self._stale < 2 * len(self._entries) or self._pending:
             return False  # (pending items are counted in _stale until they are fired)
-        entries = self._entries
-        for index, ladder in enumerate(self._ladders):
-            seq_slot = _SL_SEQ if index < 2 else _TP_SEQ
-
-            def live(seq: int, pid: str, slot: int = seq_slot) -> bool:
-                entry = entries.get(pid)
-                return entry is not None and entry[slot] == seq
-
+        # The seqs of every armed level (a missing level's slot holds 0, which no item has).
+        live = np.fromiter(
+            itertools.chain.from_iterable(
+                (entry[_SL_SEQ], entry[_TP_SEQ]) for entry in self._entries.values()
+            ),
+            np.int64,
+            2 * len(self._entries),
+        )
+        for ladder in self._ladders:
             ladder.rebuild(live)
         self._stale = 0
         self._refresh_tops()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ key = st.integers(-20, 20)
 push = st.tuples(st.just("push"), key)
 extend = st.tuples(st.just("extend"), st.lists(key, max_size=40))
 take = st.tuples(st.just("take"), key)
-rebuild = st.tuples(st.just("rebuild"), st.integers(1, 5))  # keep seqs divisible by it
+rebuild = st.tuples(st.just("rebuild"), st.integers(1, 5))  # keep the seqs divisible by it
 pushes = st.tuples(st.just("pushes"), st.lists(key, max_size=20))  # a busy market's arms
 operations = st.lists(st.one_of(push, pushes, extend, take, take, rebuild), max_size=120)
 
@@ -48,7 +49,7 @@ def test_ladder_matches_a_sorted_list(trim_min: int, ops: list[tuple]) -> None:
                 assert list(zip(keys, seqs, ids, strict=True)) == crossed
             else:
                 n = op[1]
-                lad.rebuild(lambda s, _pid, n=n: s % n == 0)
+                lad.rebuild(np.arange(n, seq + 1, n))
                 model = [item for item in model if item[1] % n == 0]
             assert len(lad) == len(model)
             assert lad.top() == (min(model)[0] if model else float("inf"))
