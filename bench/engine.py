@@ -219,8 +219,8 @@ async def _paced(
     # still busy with earlier bursts), and how much after (its own burst).
     late_us = percentiles(np.array(late) * 1e6, (50, 99))
     after_us = percentiles((np.array(latencies) - np.array(late)) * 1e6, (50, 99))
-    # Per firing quote, its first close: what a quote that fires one user alone would see,
-    # and the floor under every other sample of its burst.
+    # Per firing quote, its first close: the floor under every other sample of its burst (it
+    # waits for the burst's firing and grouping, not for the other users' closes).
     first_us = percentiles(np.array(list(first.values())) * 1e6, (50, 99))
     return {
         "p50": round(us["p50"], 1),
