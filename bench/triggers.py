@@ -79,7 +79,7 @@ def measure(n: int, bids: list[int], asks: list[int]) -> dict[str, float | int]:
     del book, positions
     gc.collect()
 
-    book, _positions = build(n, entry)
+    book, positions = build(n, entry)
     gc.collect()
     gc.freeze()  # as the engine does after recovery: the long-lived set leaves the young GC
     clock = time.perf_counter_ns
@@ -102,7 +102,7 @@ def measure(n: int, bids: list[int], asks: list[int]) -> dict[str, float | int]:
     # Then cancel three fifths of the book in random order: the longest cancel is the
     # compaction (the stale items outnumber the live ones twice over from one half on), a pause
     # every change of this symbol's book waits for.
-    ids = [p.id for p in _positions]
+    ids = [p.id for p in positions]
     pause_ns = 0
     for i in np.random.default_rng(3).permutation(n)[: n * 3 // 5].tolist():
         t0 = clock()
