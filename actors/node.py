@@ -34,7 +34,7 @@ from actors.user import UserActor
 from engine.device import Classifier
 from engine.guards import MarketLimits
 from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
-from engine.quotes import QuoteLimits
+from engine.quotes import REJECT_REASONS, QuoteLimits
 from engine.records import AlertRaised, Record
 from engine.state import EngineState, UserState
 from engine.user import DeviceInfo, Timing
@@ -358,6 +358,10 @@ class Node:
         return {
             "quotes": sum(s.quotes for s in self.symbols.values()),
             "quotes_rejected": sum(s.rejected for s in self.symbols.values()),
+            "quotes_rejected_by_reason": {
+                reason: sum(s.rejections.get(reason, 0) for s in self.symbols.values())
+                for reason in REJECT_REASONS
+            },
             "quotes_coalesced": sum(s.inbox.coalesced for s in self.symbols.values()),
             "fires": sum(s.fired for s in self.symbols.values()),
             "armed": sum(len(s.core) for s in self.symbols.values()),

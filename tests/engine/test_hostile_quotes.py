@@ -25,7 +25,7 @@ LIMITS = QuoteLimits()  # the defaults: 5 s of age, 5 s ahead, 2 % jumps
 T0 = 1_767_225_600_000
 MAX_TIME = 2**53  # the wire's largest time (protocol.types.TimeMs)
 
-points = st.integers(199_000, 201_000)  # 1990.00 .. 2010.00: never a 2 % jump
+points = st.integers(199_000, 201_000)  # 199.000 .. 201.000 (points of 0.001): never a 2 % jump
 level = st.one_of(st.none(), points)
 positions = st.lists(
     st.tuples(st.sampled_from(Side), level, level, st.booleans()), min_size=1, max_size=30
@@ -61,6 +61,39 @@ def _arm(core: SymbolCore, specs: list[tuple[Side, int | None, int | None, bool]
         assert not core.arm(p.id, p.user_id, p.side, p.open_price, p.sl, p.tp, p.trailing)
 
 
+Attack = tuple[int, float, str, int, float, float]
+
+
+def _hostile(
+    attack: Attack, quotes: list[tuple[float, float, int]]
+) -> tuple[int, tuple[int, float, float, int]]:
+    """``(genuine quotes before it, (clock at arrival, bid, ask, stamp))`` of one attack."""
+    wanted, where, kind, amount, bid, ask = attack
+    after = min(wanted, len(quotes))
+    if after == 0:
+        clock = T0
+    else:
+        last = quotes[after - 1][2]
+        following = quotes[after][2] if after < len(quotes) else last + 1_000
+        clock = last + int(where * (following - last))
+    if kind == "replay" and after > 0:
+        return after, (clock, *quotes[amount % after])
+    if kind == "micro":
+        return after, (clock, bid, ask, clock * 1000)
+    if kind == "past":
+        return after, (clock, bid, ask, max(0, clock - LIMITS.max_age_ms - amount))
+    # From the future (also a replay with nothing genuine to replay yet).
+    ahead = min(amount, MAX_TIME - clock)
+    if ahead <= LIMITS.max_ahead_ms:
+        if after == 0:
+            ahead = LIMITS.max_ahead_ms + 1
+        else:
+            # Within the tolerated skew a quote is acted on like any other: a hostile one
+            # there is a restamped copy of the latest genuine price.
+            bid, ask = quotes[after - 1][:2]
+    return after, (clock, bid, ask, clock + ahead)
+
+
 def _acted(outcome: QuoteOutcome) -> tuple[object, object]:
     return outcome.fired, outcome.moved
 
@@ -79,33 +112,9 @@ def test_hostile_quotes_never_hold_back_or_replace_genuine_ones(specs, steps, at
 
     # The hostile quotes in arrival order, each with the node's clock when it arrives.
     arrivals: dict[int, list[tuple[int, float, float, int]]] = {}
-    for after, where, kind, amount, bid, ask in sorted(attacks, key=lambda a: (a[0], a[1])):
-        after = min(after, len(quotes))
-        if after == 0:
-            clock = T0
-        else:
-            last = quotes[after - 1][2]
-            following = quotes[after][2] if after < len(quotes) else last + 1_000
-            clock = last + int(where * (following - last))
-        if kind == "replay" and after == 0:
-            kind = "future"  # nothing genuine to replay yet
-        if kind == "future":
-            ahead = min(amount, MAX_TIME - clock)
-            if ahead <= LIMITS.max_ahead_ms:
-                if after == 0:
-                    ahead = LIMITS.max_ahead_ms + 1
-                else:
-                    # Within the tolerated skew a quote is acted on like any other: a hostile
-                    # one there is a restamped copy of the latest genuine price.
-                    bid, ask = quotes[after - 1][:2]
-            stamp = clock + ahead
-        elif kind == "micro":
-            stamp = clock * 1000
-        elif kind == "past":
-            stamp = max(0, clock - LIMITS.max_age_ms - amount)
-        else:
-            bid, ask, stamp = quotes[amount % after]
-        arrivals.setdefault(after, []).append((clock, bid, ask, stamp))
+    for attack in sorted(attacks, key=lambda a: (a[0], a[1])):
+        after, arrival = _hostile(attack, quotes)
+        arrivals.setdefault(after, []).append(arrival)
 
     core = SymbolCore(GOLD, LIMITS)
     _arm(core, specs)
