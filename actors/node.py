@@ -297,7 +297,10 @@ class Node:
         stamps then come from the publisher's clock, so clock skew does not count either.
         Trusting ``sent_ms`` trusts the publisher no more than ``time_ms`` already does (it is
         authenticated, and could restamp either): staleness guards against an honest feed
-        that fell behind, and a quote that was old when it was sent is still refused.
+        that fell behind, and a quote that was old when it was sent is still refused. Nor
+        does a wrong ``sent_ms`` open a door: one ahead of the node's clock is not taken, and
+        one far behind its quotes (``0``) gets them refused as from the future, as a quote
+        stamped ahead of the node's clock is (``engine.quotes``, ``max_ahead_ms``).
         """
         if not self.accepting:
             return 0
