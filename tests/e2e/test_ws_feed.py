@@ -8,10 +8,13 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from engine.lifecycle import PositionState
+from gateway.config import load_settings
+from gateway.runtime import serve
 from protocol.closecodes import CloseCode
 from protocol.codec import feed_codec
+from protocol.errors import ConfigError
 from protocol.feed import Quote, QuoteBatch
-from tests.e2e.conftest import FEED_TOKEN
+from tests.e2e.conftest import FEED_TOKEN, Engine, engine_settings
 from tests.e2e.helpers import (
     GOLD_ASK,
     decision_url,
@@ -173,3 +176,22 @@ async def test_a_quote_from_the_future_is_refused_and_the_next_genuine_one_fires
     async with engine.client() as http:
         metrics = (await http.get("/metrics")).text
     assert 'tripwire_quotes_rejected_total{reason="future"} 2.0' in metrics.splitlines()
+
+
+async def test_the_operator_sets_how_far_ahead_a_quote_may_be(nursery, pg_dsn, tmp_path) -> None:
+    """``TRIPWIRE_QUOTE_MAX_AHEAD_MS`` reaches the symbol actors: at 60 s, a quote 30 s ahead
+    (a publisher's clock that far off) is acted on, one 61 s ahead is refused."""
+    settings = engine_settings(tmp_path, pg_dsn, quote_max_ahead_ms=60_000)
+    ctx = await nursery.start(serve, settings)
+    engine = Engine(ctx, "", f"ws://127.0.0.1:{settings.port}")
+    symbol = engine.node.symbols["XAUUSD"]
+    async with open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as ws:
+        await ws.send_message(_stamped(2000.0, ctx.clock.now_ms() + 30_000))
+        await _until(lambda: engine.node.prices.get("XAUUSD") is not None)
+        await ws.send_message(_stamped(2000.5, ctx.clock.now_ms() + 61_000))
+        await _until(lambda: symbol.rejected == 1)
+    assert symbol.rejections == {"future": 1}
+    assert engine.node.prices.get("XAUUSD")[0] == 2000.0
+    for bad in ("0", "60001", "soon"):
+        with pytest.raises(ConfigError, match="TRIPWIRE_QUOTE_MAX_AHEAD_MS"):
+            load_settings({"TRIPWIRE_QUOTE_MAX_AHEAD_MS": bad})
