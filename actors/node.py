@@ -34,7 +34,7 @@ from actors.user import UserActor
 from engine.device import Classifier
 from engine.guards import MarketLimits
 from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
-from engine.quotes import QuoteLimits
+from engine.quotes import REJECT_REASONS, QuoteLimits
 from engine.records import AlertRaised, Record
 from engine.state import EngineState, UserState
 from engine.user import DeviceInfo, Timing
@@ -297,7 +297,10 @@ class Node:
         stamps then come from the publisher's clock, so clock skew does not count either.
         Trusting ``sent_ms`` trusts the publisher no more than ``time_ms`` already does (it is
         authenticated, and could restamp either): staleness guards against an honest feed
-        that fell behind, and a quote that was old when it was sent is still refused.
+        that fell behind, and a quote that was old when it was sent is still refused. Nor
+        does a wrong ``sent_ms`` open a door: one ahead of the node's clock is not taken, and
+        one far behind its quotes (``0``) gets them refused as from the future, as a quote
+        stamped ahead of the node's clock is (``engine.quotes``, ``max_ahead_ms``).
         """
         if not self.accepting:
             return 0
@@ -358,6 +361,10 @@ class Node:
         return {
             "quotes": sum(s.quotes for s in self.symbols.values()),
             "quotes_rejected": sum(s.rejected for s in self.symbols.values()),
+            "quotes_rejected_by_reason": {
+                reason: sum(s.rejections.get(reason, 0) for s in self.symbols.values())
+                for reason in REJECT_REASONS
+            },
             "quotes_coalesced": sum(s.inbox.coalesced for s in self.symbols.values()),
             "fires": sum(s.fired for s in self.symbols.values()),
             "armed": sum(len(s.core) for s in self.symbols.values()),

@@ -75,7 +75,10 @@ class SymbolActor:
         self.inbox = QuoteInbox(f"symbol:{self.symbol}", node.config.quote_inbox, self._admit)
         self.core = self._new_core()
         self.quotes = 0
-        self.rejected = 0
+        self.rejections: dict[str, int] = {}
+        """Quotes refused by validation, by reason (``engine.quotes.REJECT_REASONS``). Kept here,
+        not read from the core's validator: a restart replaces the core, and a metric must not
+        go back."""
         self.fired = 0
         self.seq = 0
         self._idle = False
@@ -113,8 +116,16 @@ class SymbolActor:
         )
         if reason is None:
             return True
-        self.rejected += 1
+        self._refused(reason)
         return False
+
+    def _refused(self, reason: str) -> None:
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+
+    @property
+    def rejected(self) -> int:
+        """Quotes refused by validation, whatever the reason."""
+        return sum(self.rejections.values())
 
     @property
     def unhanded(self) -> int:
@@ -188,7 +199,7 @@ class SymbolActor:
             self._storm = (self.seq, time.perf_counter())
             self._hold()
         if outcome.rejected is not None:
-            self.rejected += 1
+            self._refused(outcome.rejected)
             return
         self.node.prices.update(self.symbol, quote.bid, quote.ask, quote.time_ms)
         if self.node.quote_probe is not None:

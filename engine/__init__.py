@@ -28,7 +28,7 @@ from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
 from engine.lifecycle import FINAL_STATES, LIVE_STATES, PositionEvent, PositionState, next_state
 from engine.money import legacy_pl, pip_value, pips, position_pl
 from engine.positions import BreakEvenRule, Position, TrailingRule
-from engine.quotes import QuoteLimits, QuoteValidator
+from engine.quotes import REJECT_REASONS, QuoteLimits, QuoteValidator
 from engine.trailing import LevelMove, TrailingBook
 from engine.triggers import KEEP, Trigger, TriggerBook, TriggerKind
 
@@ -37,6 +37,7 @@ __all__ = [
     "FINAL_STATES",
     "KEEP",
     "LIVE_STATES",
+    "REJECT_REASONS",
     "BreakEvenRule",
     "DrawdownGuard",
     "DrawdownLimits",

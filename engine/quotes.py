@@ -8,12 +8,25 @@ Rules, in order:
 ``not_finite``    bid or ask is NaN or infinite
 ``non_positive``  bid or ask is zero or negative
 ``crossed``       bid > ask (a locked market, bid == ask, is allowed)
+``future``        the quote's time is more than ``max_ahead_ms`` after its arrival: a
+                  publisher's clock far ahead, or microseconds sent as milliseconds
 ``stale``         the quote is older than ``max_age_ms`` when it arrives, or older than the
                   last accepted one (out of order)
 ``jump``          the mid moved more than ``max_jump`` (relative) from the last accepted mid.
                   Real markets do gap (the XAUUSD day in ``data/`` drops 5.57 in one tick, 0.4 %),
                   so a jump is accepted once ``confirm_jumps`` consecutive quotes agree on the new
                   level: a single bad print is dropped, a real move is followed.
+
+"Arrival" is the ``now_ms`` the caller passes: when the quote reached the node (or its batch's
+``sent_ms``, if earlier; see ``actors.node.Node.offer_quotes``).
+
+No quote can hold a symbol back. A refused quote changes nothing here, and the order rule
+remembers an accepted quote as no later than its arrival: a quote stamped ahead of the node's
+clock (within ``max_ahead_ms``) counts as a quote of its arrival, not of its stamp. Remembered
+at its stamp, one quote a year ahead made every genuine quote after it "out of order" for a
+year: the price froze and no SL or TP on the symbol fired until a restart. The cost is that
+quotes of a publisher whose clock runs ahead of the node's are kept in order only to the
+node's clock (a quote delayed in transit by less than that lead is not refused as old).
 """
 
 from __future__ import annotations
@@ -22,11 +35,18 @@ import math
 
 import msgspec
 
-__all__ = ["QuoteLimits", "QuoteValidator"]
+__all__ = ["REJECT_REASONS", "QuoteLimits", "QuoteValidator"]
+
+REJECT_REASONS = ("not_finite", "non_positive", "crossed", "future", "stale", "jump")
+"""Every reason a quote is refused for, in the order the rules are applied."""
 
 
 class QuoteLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_age_ms: int = 5_000
+    """Oldest a quote may be when it arrives."""
+    max_ahead_ms: int = 5_000
+    """Furthest a quote's time may be ahead of its arrival: the clock skew tolerated between a
+    publisher and the node (as the signature window tolerates it for devices)."""
     max_jump: float = 0.02
     """Largest relative move of the mid from one accepted quote to the next (2 %)."""
     confirm_jumps: int = 3
@@ -70,6 +90,8 @@ class QuoteValidator:
             return "non_positive"
         if bid > ask:
             return "crossed"
+        if ts_ms - now_ms > self.limits.max_ahead_ms:
+            return "future"
         if now_ms - ts_ms > self.limits.max_age_ms:
             return "stale"
         return None
@@ -94,5 +116,7 @@ class QuoteValidator:
                 return "jump"
         self._candidate, self._confirmations = None, 0
         self.last_mid = mid
-        self.last_ts = ts_ms
+        # No later than its arrival: a stamp ahead of the clock must not make the quotes
+        # after it look old (see the module doc).
+        self.last_ts = min(ts_ms, now_ms)
         return None

@@ -48,6 +48,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_user: str = "admin"
     admin_password: str | None = None
     handshake_window_ms: int = 5000
+    quote_max_ahead_ms: int = 5000
     handshake_timeout_s: float = 10.0
     device_max_frame: int = 1_048_576
     client_max_frame: int = 65_536
@@ -88,6 +89,8 @@ SETTINGS_HELP: dict[str, str] = {
     "admin_password": "password of the admin (unset: no admin account is created)",
     "handshake_window_ms": "device handshake clock window, ms (at most 60000)",
     "handshake_timeout_s": "seconds a device has to send its hello",
+    "quote_max_ahead_ms": "furthest a quote's time_ms may be ahead of the node's clock, ms "
+    "(further: refused as 'future'; at most 60000)",
     "device_max_frame": "largest device frame, bytes (larger: closed with 1009)",
     "client_max_frame": "largest client frame, bytes",
     "max_body_bytes": "largest REST request body, bytes (larger: 413)",
@@ -197,6 +200,8 @@ def _check(s: Settings) -> None:
         fail("gc_gen0", "must be 0 (off) or more")
     if not 0 < s.handshake_window_ms <= 60_000:
         fail("handshake_window_ms", "must be 1..60000")
+    if not 0 < s.quote_max_ahead_ms <= 60_000:
+        fail("quote_max_ahead_ms", "must be 1..60000")
     if (s.tls_cert is None) != (s.tls_key is None):
         fail("tls_cert", "TLS needs both TRIPWIRE_TLS_CERT and TRIPWIRE_TLS_KEY")
     for field in ("tls_cert", "tls_key"):

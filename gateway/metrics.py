@@ -56,9 +56,12 @@ class _Collector:
             return GaugeMetricFamily(name, doc, value=value)
 
         yield counter("tripwire_quotes", "Quotes the symbol actors processed", stats["quotes"])
-        yield counter(
-            "tripwire_quotes_rejected", "Quotes refused by validation", stats["quotes_rejected"]
+        rejected = CounterMetricFamily(
+            "tripwire_quotes_rejected", "Quotes refused by validation, by reason", labels=["reason"]
         )
+        for reason, value in stats["quotes_rejected_by_reason"].items():
+            rejected.add_metric([reason], value)
+        yield rejected
         yield counter(
             "tripwire_quotes_coalesced", "Quotes coalesced under load", stats["quotes_coalesced"]
         )

@@ -31,10 +31,11 @@ from hypercorn.trio import serve as hypercorn_serve
 from actors import heap
 from actors.clock import WallClock
 from actors.feeds import random_walk, replay, websocket_feed
-from actors.node import Node
+from actors.node import Node, NodeConfig
 from actors.paper import run_paper_device
 from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.journal_index import encode_indexed_batch
+from engine.quotes import QuoteLimits
 from gateway.app import create_app
 from gateway.auth import TokenIssuer
 from gateway.config import Settings, parse_strategies
@@ -173,6 +174,7 @@ async def _run(
         state=recovered.state,
         clock=clock,
         instruments=instruments,
+        config=NodeConfig(quote_limits=QuoteLimits(max_ahead_ms=settings.quote_max_ahead_ms)),
     )
     node_ref.append(node)
     ctx = GatewayContext(

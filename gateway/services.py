@@ -10,7 +10,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from engine.records import AuditEntry, AuditRecorded, SignalSaved, signal_key
-from protocol.signals import Signal
+from protocol.signals import Signal, check_signal_time
 
 if TYPE_CHECKING:
     from gateway.context import GatewayContext
@@ -23,7 +23,12 @@ async def accept_signal(ctx: GatewayContext, signal: Signal) -> tuple[Signal, bo
 
     A repeat of the same ``(strategy_id, signal_id, version)`` returns the signal recorded the
     first time (the body of the repeat is ignored): a retried POST is harmless.
+
+    Raises:
+        FutureTimestamp: the signal is stamped further ahead of the clock than the signature
+            window (``check_signal_time``); nothing is recorded.
     """
+    check_signal_time(signal, ctx.clock.now_ms(), ctx.settings.handshake_window_ms)
     key = signal_key(signal.strategy_id, signal.signal_id, signal.version)
     earlier = ctx.node.state.signals.get(key)
     if earlier is not None:

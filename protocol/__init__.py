@@ -67,7 +67,7 @@ from protocol.nonces import (
 from protocol.redaction import client_error, device_error, for_log, peer_error
 from protocol.results import ResultCategory, classify
 from protocol.session import derive_session_key, sign_command, verify_command
-from protocol.signals import Signal
+from protocol.signals import Signal, check_signal_time
 from protocol.signing import (
     VerifiedHello,
     sign_hello,
@@ -105,6 +105,7 @@ __all__ = [
     "VerifiedHello",
     "WireCodec",
     "check_nonce",
+    "check_signal_time",
     "classify",
     "client_client_codec",
     "client_error",

@@ -25,7 +25,8 @@ The tree keeps "you misused the API" apart from "the peer misbehaved" (as h11 do
     │   │   └── UnknownPrincipal       unknown_principal
     │   ├── Forbidden                  forbidden
     │   ├── RateLimited                rate_limited
-    │   └── InvalidQuote               invalid_quote
+    │   ├── InvalidQuote               invalid_quote
+    │   └── FutureTimestamp            future_timestamp
     ├── Refused                        refused          a business rule says no
     │   ├── SizingRefused              sizing_refused
     │   ├── LateSignal                 late_signal
@@ -50,6 +51,7 @@ __all__ = [
     "DecodeError",
     "Forbidden",
     "FrameTooLarge",
+    "FutureTimestamp",
     "GuardBlocked",
     "IllegalTransition",
     "InvalidQuote",
@@ -210,6 +212,17 @@ class InvalidQuote(PeerError):
     """
 
     code = "invalid_quote"
+
+
+class FutureTimestamp(PeerError):
+    """Raised when a message is stamped further ahead of the server's clock than the clock
+    window allows (a signal's ``created_at_ms``): taken as given, it would escape every check
+    that measures age from it.
+
+    ``details`` has ``ts_ms`` (the stamp), ``server_time_ms`` and ``window_ms``.
+    """
+
+    code = "future_timestamp"
 
 
 # -- a business rule says no -----------------------------------------------------------------

@@ -4,6 +4,10 @@ The body is signed (``X-Signature: t=<ms>,v1=<hex>``, see ``protocol.signing``) 
 by ``(strategy_id, signal_id, version)``: posting the same triple again is answered with the
 signal already recorded, never a second one. A new ``version`` of a signal supersedes the older
 one for users who have not decided yet.
+
+``created_at_ms`` may be ahead of the server's clock by at most the clock window (the
+signature's, ±5 s by default): the late-signal check measures an approval's delay from it, and
+a signal stamped far ahead (2^53) would never be late (:func:`check_signal_time`).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from msgspec import Meta
 
 from protocol.common import Side
 from protocol.device import OrderType
+from protocol.errors import FutureTimestamp
 from protocol.types import Count, Id, Price, ShortText, Symbol, TimeMs, Volume
 
-__all__ = ["Signal"]
+__all__ = ["Signal", "check_signal_time"]
 
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,3 +48,19 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True):
     """No approval after this time; positions opened from it are closed at this time."""
     comment: ShortText = ""
     max_slippage_points: Count | None = None
+
+
+def check_signal_time(signal: Signal, now_ms: int, window_ms: int) -> None:
+    """Refuse a signal stamped more than ``window_ms`` ahead of ``now_ms`` (the server's clock).
+
+    Raises:
+        FutureTimestamp: ``created_at_ms`` is more than ``window_ms`` after ``now_ms``.
+    """
+    ahead = signal.created_at_ms - now_ms
+    if ahead > window_ms:
+        raise FutureTimestamp(
+            f"created_at_ms is {ahead} ms ahead of the server's clock (window {window_ms} ms)",
+            ts_ms=signal.created_at_ms,
+            server_time_ms=now_ms,
+            window_ms=window_ms,
+        )

@@ -5,7 +5,8 @@
 ``X-Signature`` must verify over the raw body within the handshake window, and the body must
 speak for that same strategy. An unknown strategy gets exactly the answer of a bad signature.
 Signals are deduplicated by ``(strategy_id, signal_id, version)``: 201 the first time, 200 with
-the signal recorded then for every repeat.
+the signal recorded then for every repeat. A ``created_at_ms`` further ahead of the clock than
+the signature window is refused (400 ``future_timestamp``, ``gateway.services.accept_signal``).
 
 Reads come from the engine's live state (signals stay there for a week after they stop
 mattering) and show a user only the signals whose ``audience`` names them; anything else is a

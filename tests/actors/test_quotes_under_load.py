@@ -114,3 +114,38 @@ async def test_the_symbol_actor_counts_coalesced_quotes_it_refuses(nursery) -> N
     assert symbol.inbox.coalesced == 2
     assert symbol.rejected == 1
     assert node.prices.get("XAUUSD")[0] == 2002.0  # type: ignore[index]
+
+
+YEAR_MS = 365 * 86_400_000
+
+
+async def test_a_batch_sent_from_the_future_is_judged_by_the_nodes_clock(nursery) -> None:
+    """A ``sent_ms`` a year ahead does not move arrival (the earlier of the two is taken), so
+    its quotes are judged by the node's clock: a genuine one is accepted, one stamped a year
+    ahead too is refused, and the next genuine quote is not held back by it."""
+    clock = ManualClock()
+    node = await _node(nursery, clock)
+    symbol = node.symbols["XAUUSD"]
+    node.offer_quotes([_quote(clock, 2000.0)], sent_ms=clock.now + YEAR_MS)
+    ahead = Quote(symbol="XAUUSD", bid=2001.0, ask=2001.3, time_ms=clock.now + YEAR_MS)
+    node.offer_quotes([ahead], sent_ms=clock.now + YEAR_MS)
+    clock.now += 1
+    node.offer_quotes([_quote(clock, 2002.0)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert symbol.rejections == {"future": 1}
+    assert node.prices.get("XAUUSD")[0] == 2002.0  # type: ignore[index]
+    assert node.feed_lag_ms == 0
+    assert node.stats()["quotes_rejected_by_reason"]["future"] == 1
+
+
+async def test_a_quote_stamped_after_its_batch_was_sent_is_refused(nursery) -> None:
+    """``sent_ms`` far in the past (a publisher sending 0) would have made every quote young
+    enough; a quote stamped more than the bound after its batch left is refused instead."""
+    clock = ManualClock()
+    node = await _node(nursery, clock)
+    bound = node.config.quote_limits.max_ahead_ms
+    node.offer_quotes([_quote(clock, 2000.0)], sent_ms=0)
+    node.offer_quotes([_quote(clock, 2000.5)], sent_ms=clock.now - bound)  # the bound: kept
+    await trio.testing.wait_all_tasks_blocked()
+    assert node.symbols["XAUUSD"].rejections == {"future": 1}
+    assert node.prices.get("XAUUSD")[0] == 2000.5  # type: ignore[index]

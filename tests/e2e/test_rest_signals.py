@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from protocol.codec import encode_signal
 from tests.e2e.conftest import ADMIN_PASSWORD, STRATEGY_ID
-from tests.e2e.helpers import make_signal, now_ms, post_signal, signed_headers
+from tests.e2e.helpers import (
+    decision_url,
+    make_signal,
+    now_ms,
+    paper_device,
+    post_signal,
+    quote,
+    signed_headers,
+)
 
 FUZZ = settings(
     max_examples=60,
@@ -89,6 +97,46 @@ async def test_signatures_and_deduplication(engine) -> None:
         "SELECT outcome FROM audit_log WHERE action = 'signal.create' ORDER BY id"
     )
     assert [r["outcome"] for r in actions] == ["201", "200", "200", "201"]
+
+
+async def test_a_signal_stamped_in_the_future_is_refused(engine, nursery) -> None:
+    """The regression: a signal stamped 2^53 was recorded and could be approved at any time,
+    the late-signal check measuring a negative delay. Refused now (400 ``future_timestamp``),
+    as is anything stamped further ahead than the signature window; just inside it is fine."""
+    window = engine.ctx.settings.handshake_window_ms
+    alice, token = await engine.user("alice")
+    await paper_device(engine, nursery, alice)
+    quote(engine)
+    async with engine.client() as strategy:
+        refused = {
+            "2^53": make_signal([alice], "absurd", created_at_ms=2**53, expires_at_ms=None),
+            "a minute past the window": make_signal(
+                [alice], "ahead", created_at_ms=now_ms() + window + 60_000
+            ),
+        }
+        for name, signal in refused.items():
+            response = await post_signal(strategy, signal)
+            assert response.status_code == 400, (name, response.text)
+            answer = response.json()
+            assert answer["code"] == "future_timestamp", name
+            assert "ahead of the server's clock" in answer["message"]
+            details = answer["details"]
+            assert details["ts_ms"] == signal.created_at_ms and details["window_ms"] == window
+        # Just inside the window (the server reads its clock after ours: at most window - 1).
+        inside = make_signal([alice], "inside", created_at_ms=now_ms() + window - 1)
+        accepted = await post_signal(strategy, inside)
+        assert accepted.status_code == 201, accepted.text
+        assert accepted.json()["created_at_ms"] == inside.created_at_ms
+
+    async with engine.client(token) as http:
+        for signal in refused.values():  # never recorded: nothing to approve
+            response = await http.post(decision_url(signal), json={"decision": "approve"})
+            assert response.status_code == 404, response.text
+        approved = await http.post(decision_url(inside), json={"decision": "approve"})
+        assert approved.status_code == 201, approved.text
+    assert await engine.ctx.db.fetchval(
+        "SELECT array_agg(signal_id ORDER BY signal_id) FROM signals"
+    ) == ["inside"]
 
 
 async def test_hostile_bodies_and_headers_never_break_it(engine) -> None:

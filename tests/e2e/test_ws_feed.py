@@ -1,4 +1,5 @@
-"""``/ws/feed`` over real sockets: the feed token, hostile frames, and quotes judged on arrival."""
+"""``/ws/feed`` over real sockets: the feed token, hostile frames, quotes judged on arrival,
+and quotes stamped in the future refused without holding back the ones after them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,22 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from engine.lifecycle import PositionState
+from gateway.config import load_settings
+from gateway.runtime import serve
 from protocol.closecodes import CloseCode
 from protocol.codec import feed_codec
+from protocol.errors import ConfigError
 from protocol.feed import Quote, QuoteBatch
-from tests.e2e.conftest import FEED_TOKEN
+from tests.e2e.conftest import FEED_TOKEN, Engine, engine_settings
+from tests.e2e.helpers import (
+    GOLD_ASK,
+    decision_url,
+    make_signal,
+    paper_device,
+    post_signal,
+    wait_for,
+)
 
 MSGPACK = feed_codec("msgpack")
 
@@ -100,3 +113,85 @@ async def test_time_in_the_nodes_buffers_does_not_make_a_quote_stale(engine) -> 
         await ws.send_message(_batch(engine, 2000.5, age_ms=max_age + 1_000, sent_lag_ms=0))
         await _until(lambda: symbol.rejected == 1)
     assert engine.node.prices.get("XAUUSD")[0] == 2000.0
+
+
+def _stamped(bid: float, time_ms: int) -> bytes:
+    """A batch of one XAUUSD quote stamped ``time_ms``, with no ``sent_ms``."""
+    quote = Quote(symbol="XAUUSD", bid=bid, ask=round(bid + 0.3, 3), time_ms=time_ms)
+    return MSGPACK.encode(QuoteBatch(quotes=[quote]))
+
+
+async def test_a_quote_from_the_future_is_refused_and_the_next_genuine_one_fires(
+    engine, nursery
+) -> None:
+    """The regression: a quote a year ahead was accepted, every genuine quote after it was
+    then "out of order", and the price froze with the SLs under it. Refused now (as is a
+    microsecond stamp), it fires nothing, and the genuine quotes after it move the price and
+    fire the SL."""
+    year_ms = 365 * 86_400_000
+    alice, token = await engine.user("alice")
+    await paper_device(engine, nursery, alice)
+    symbol = engine.node.symbols["XAUUSD"]
+    clock = engine.ctx.clock
+
+    def price() -> float:
+        return engine.node.prices.get("XAUUSD")[0]
+
+    async with (
+        open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as ws,
+        engine.client(token) as http,
+    ):
+        await ws.send_message(_batch(engine, 2000.0))
+        await _until(lambda: engine.node.prices.get("XAUUSD") is not None)
+        signal = make_signal([alice])  # a buy, SL 5 under the entry
+        assert (await post_signal(http, signal)).status_code == 201
+        decided = await http.post(decision_url(signal), json={"decision": "approve"})
+        assert decided.status_code == 201, decided.text
+        position_id = decided.json()["approval"]["position_id"]
+
+        def state() -> PositionState | None:
+            position = engine.node.state.positions.get(position_id)
+            return None if position is None else position.state
+
+        await _until(lambda: state() is PositionState.OPEN)
+
+        through_sl = GOLD_ASK - 8
+        await ws.send_message(_stamped(through_sl, clock.now_ms() + year_ms))
+        await ws.send_message(_stamped(through_sl, clock.now_ms() * 1000))  # microseconds
+        await _until(lambda: symbol.rejections.get("future", 0) == 2)
+        assert price() == 2000.0 and state() is PositionState.OPEN
+
+        await ws.send_message(_batch(engine, 2000.2))
+        await _until(lambda: price() == 2000.2)
+        await ws.send_message(_batch(engine, through_sl))
+
+        async def closed() -> list[dict]:
+            listed = (await http.get("/api/v1/positions", params={"state": "closed"})).json()
+            return [p for p in listed["positions"] if p["id"] == position_id]
+
+        (history,) = await wait_for(closed)
+        assert history["close_reason"] == "sl"
+    assert symbol.rejected == 2
+
+    async with engine.client() as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'tripwire_quotes_rejected_total{reason="future"} 2.0' in metrics.splitlines()
+
+
+async def test_the_operator_sets_how_far_ahead_a_quote_may_be(nursery, pg_dsn, tmp_path) -> None:
+    """``TRIPWIRE_QUOTE_MAX_AHEAD_MS`` reaches the symbol actors: at 60 s, a quote 30 s ahead
+    (a publisher's clock that far off) is acted on, one 61 s ahead is refused."""
+    settings = engine_settings(tmp_path, pg_dsn, quote_max_ahead_ms=60_000)
+    ctx = await nursery.start(serve, settings)
+    engine = Engine(ctx, "", f"ws://127.0.0.1:{settings.port}")
+    symbol = engine.node.symbols["XAUUSD"]
+    async with open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as ws:
+        await ws.send_message(_stamped(2000.0, ctx.clock.now_ms() + 30_000))
+        await _until(lambda: engine.node.prices.get("XAUUSD") is not None)
+        await ws.send_message(_stamped(2000.5, ctx.clock.now_ms() + 61_000))
+        await _until(lambda: symbol.rejected == 1)
+    assert symbol.rejections == {"future": 1}
+    assert engine.node.prices.get("XAUUSD")[0] == 2000.0
+    for bad in ("0", "60001", "soon"):
+        with pytest.raises(ConfigError, match="TRIPWIRE_QUOTE_MAX_AHEAD_MS"):
+            load_settings({"TRIPWIRE_QUOTE_MAX_AHEAD_MS": bad})

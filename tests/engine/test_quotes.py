@@ -50,3 +50,44 @@ def test_real_gold_gap_is_not_a_wild_jump() -> None:
     v = QuoteValidator()
     assert v.check(1290.00, 1290.40, 0, 0) is None
     assert v.check(1284.43, 1284.83, 1, 1) is None  # the 5.57 drop in data/: 0.43 %
+
+
+T0 = 1_767_225_600_000  # 2026-01-01, ms
+YEAR_MS = 365 * 86_400_000
+
+
+def test_a_quote_stamped_past_the_bound_ahead_of_arrival_is_future() -> None:
+    v = QuoteValidator(QuoteLimits(max_ahead_ms=5_000))
+    assert v.check(1.0, 1.1, T0 + 5_001, T0) == "future"
+    assert v.check(1.0, 1.1, T0 * 1000, T0) == "future"  # microseconds sent as milliseconds
+    assert v.rejected == {"future": 2}
+    assert v.last_mid is None and v.last_ts is None
+    assert v.check(1.0, 1.1, T0 + 5_000, T0) is None  # the bound itself is tolerated skew
+
+
+def test_a_year_ahead_quote_does_not_hold_back_the_quotes_after_it() -> None:
+    """The regression: accepted, it became the "last" quote, and every genuine quote after it
+    was out of order for a year."""
+    v = QuoteValidator()
+    assert v.check(1.0, 1.1, T0, T0) is None
+    assert v.check(1.05, 1.15, T0 + YEAR_MS, T0 + 10) == "future"
+    for i in range(1, 4):
+        assert v.check(1.0 + i / 1000, 1.1, T0 + 10 * i, T0 + 10 * i) is None
+    assert v.last_mid == pytest.approx((1.003 + 1.1) / 2)
+
+
+def test_a_quote_ahead_within_the_bound_counts_as_of_its_arrival() -> None:
+    """Accepted (clock skew), but remembered no later than its arrival: the genuine quote of
+    the next millisecond is not out of order behind it."""
+    v = QuoteValidator(QuoteLimits(max_ahead_ms=5_000))
+    assert v.check(1.0, 1.1, T0 + 4_999, T0) is None
+    assert v.last_ts == T0
+    assert v.check(1.0, 1.1, T0 + 1, T0 + 1) is None
+    assert v.check(1.0, 1.1, T0, T0 + 2) == "stale"  # still in order up to the node's clock
+
+
+def test_a_coalesced_quote_from_the_future_is_refused_too() -> None:
+    v = QuoteValidator()
+    assert v.check_coalesced(1.0, 1.1, T0 + YEAR_MS, T0) == "future"
+    assert v.check_coalesced(1.0, 1.1, T0, T0) is None
+    assert v.rejected == {"future": 1}
