@@ -49,6 +49,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_password: str | None = None
     handshake_window_ms: int = 5000
     handshake_timeout_s: float = 10.0
+    device_heartbeat_s: int = 5
+    device_stale_after_s: int = 30
     device_max_frame: int = 1_048_576
     client_max_frame: int = 65_536
     max_body_bytes: int = 262_144
@@ -88,6 +90,10 @@ SETTINGS_HELP: dict[str, str] = {
     "admin_password": "password of the admin (unset: no admin account is created)",
     "handshake_window_ms": "device handshake clock window, ms (at most 60000)",
     "handshake_timeout_s": "seconds a device has to send its hello",
+    "device_heartbeat_s": "seconds between an EA's heartbeats (told in the welcome); a device "
+    "silent this long is sent a ping",
+    "device_stale_after_s": "seconds without any frame after which a device is closed with 4004 "
+    "and its positions flagged stale (told in the welcome; more than device_heartbeat_s)",
     "device_max_frame": "largest device frame, bytes (larger: closed with 1009)",
     "client_max_frame": "largest client frame, bytes",
     "max_body_bytes": "largest REST request body, bytes (larger: 413)",
@@ -197,6 +203,10 @@ def _check(s: Settings) -> None:
         fail("gc_gen0", "must be 0 (off) or more")
     if not 0 < s.handshake_window_ms <= 60_000:
         fail("handshake_window_ms", "must be 1..60000")
+    if s.device_heartbeat_s < 1:
+        fail("device_heartbeat_s", "must be at least 1 second")
+    if s.device_stale_after_s <= s.device_heartbeat_s:
+        fail("device_stale_after_s", "must be more than device_heartbeat_s (a ping comes first)")
     if (s.tls_cert is None) != (s.tls_key is None):
         fail("tls_cert", "TLS needs both TRIPWIRE_TLS_CERT and TRIPWIRE_TLS_KEY")
     for field in ("tls_cert", "tls_key"):

@@ -21,6 +21,18 @@ Rules of operation:
 * Bounded memory fails closed: a full memory cache refuses new nonces with
   :class:`~protocol.errors.StorageError` (the gateway answers "try again later") rather than
   forget an unexpired one and let a replay in.
+* **A memory vouches only for what it can have seen.** An in-process cache starts empty (a
+  restart without Redis), and one that takes over from Redis (an outage) never saw the nonces
+  Redis holds. A hello presented before that moment may be in use elsewhere and is unknown to
+  it, so the cache is *authoritative* only from ``trusted_since_ms`` on, and a hello is checked
+  against it only if it was provably presented after that: the window check bounds the moment a
+  hello was first presented by ``ts_ms - window_ms``, so ``ts_ms >= trusted_since_ms +
+  window_ms`` (:func:`hello_not_before_ms`) proves it. An older hello is refused with
+  :class:`~protocol.errors.StaleHello` (retryable: the EA signs a new hello and is let in once
+  its ``ts_ms`` reaches ``not_before_ms``, at most one window after the restart or failover).
+  ``ts_ms >= trusted_since_ms`` alone would not do: an EA whose clock runs ahead (by up to the
+  window) signs hellos "from the future", and one presented just before a restart could be
+  replayed just after it.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ from __future__ import annotations
 import heapq
 from typing import Final, Protocol
 
-from protocol.errors import ReplayDetected, StorageError, UsageError
+from protocol.errors import ReplayDetected, StaleHello, StorageError, UsageError
 
 __all__ = [
     "NONCE_KEY_PREFIX",
@@ -36,8 +48,11 @@ __all__ = [
     "MemoryNonceCache",
     "NonceCache",
     "check_nonce",
+    "check_vouched",
+    "hello_not_before_ms",
     "nonce_key",
     "replay_ttl_ms",
+    "window_of_ttl_ms",
 ]
 
 NONCE_KEY_PREFIX: Final = "tw:nonce:"
@@ -57,6 +72,38 @@ def replay_ttl_ms(window_ms: int) -> int:
     return 2 * window_ms
 
 
+def window_of_ttl_ms(ttl_ms: int) -> int:
+    """The signature window a nonce TTL was made for (the inverse of :func:`replay_ttl_ms`)."""
+    return ttl_ms // 2
+
+
+def hello_not_before_ms(trusted_since_ms: int, window_ms: int) -> int:
+    """The oldest ``ts_ms`` a memory authoritative since ``trusted_since_ms`` can vouch for.
+
+    A hello that passed the window check was first presented no earlier than ``ts_ms -
+    window_ms``; from ``trusted_since_ms + window_ms`` on, that is inside the memory's watch.
+    """
+    return trusted_since_ms + window_ms
+
+
+def check_vouched(signed_ms: int, trusted_since_ms: int, window_ms: int, now_ms: int) -> None:
+    """Refuse a hello signed too early for a memory authoritative since ``trusted_since_ms``.
+
+    Raises:
+        StaleHello: ``signed_ms`` is before :func:`hello_not_before_ms`; ``details`` has
+            ``ts_ms``, ``not_before_ms`` and ``server_time_ms``.
+    """
+    not_before = hello_not_before_ms(trusted_since_ms, window_ms)
+    if signed_ms < not_before:
+        raise StaleHello(
+            "the hello was signed before this server could check its nonce: sign a new one "
+            "with ts_ms >= not_before_ms",
+            ts_ms=signed_ms,
+            not_before_ms=not_before,
+            server_time_ms=now_ms,
+        )
+
+
 class NonceCache(Protocol):
     """A synchronous nonce cache (:class:`MemoryNonceCache`)."""
 
@@ -74,8 +121,17 @@ class AsyncNonceCache(Protocol):
     """The same contract, awaited: the Redis cache in ``persistence/`` implements it with
     ``SET key 1 NX PX ttl_ms`` (``now_ms`` unused: Redis keeps the time)."""
 
-    async def check_and_add(self, key: str, now_ms: int, ttl_ms: int) -> bool:
-        """As :meth:`NonceCache.check_and_add`; raises StorageError when Redis is unreachable."""
+    async def check_and_add(
+        self, key: str, now_ms: int, ttl_ms: int, *, signed_ms: int | None = None
+    ) -> bool:
+        """As :meth:`NonceCache.check_and_add`. With ``signed_ms`` (the hello's ``ts_ms``), a
+        check answered by an in-process memory alone applies :func:`check_vouched` first, with
+        the window ``window_of_ttl_ms(ttl_ms)``.
+
+        Raises:
+            StaleHello: the memory that answered cannot vouch for a hello signed then.
+            StorageError: the cache cannot take the key right now (fail closed).
+        """
         ...
 
 
@@ -86,14 +142,19 @@ class MemoryNonceCache:
     ordered by expiry, so that costs O(log n) per expired entry). At ``max_entries`` unexpired
     entries a new key is refused with StorageError. Size it for the peak handshake rate times
     the TTL: 10 s of 1,000 handshakes a second is 10,000 entries, about 2 MB.
+
+    ``trusted_since_ms`` is when this memory became authoritative (its creation, at the
+    node's start; see the module rules): :func:`check_vouched` refuses hellos it cannot vouch
+    for. It is data, not a clock reading here: the caller passes its ``now``.
     """
 
-    __slots__ = ("_expiry", "_heap", "max_entries")
+    __slots__ = ("_expiry", "_heap", "max_entries", "trusted_since_ms")
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, *, trusted_since_ms: int = 0) -> None:
         if max_entries < 1:
             raise UsageError("max_entries must be positive")
         self.max_entries = max_entries
+        self.trusted_since_ms = trusted_since_ms
         self._expiry: dict[str, int] = {}
         self._heap: list[tuple[int, str]] = []
 
