@@ -50,7 +50,7 @@ from persistence.projections import make_projection
 from persistence.recovery import load_state
 from persistence.snapshotter import SnapshotProcess, take_snapshot
 from protocol.errors import StorageError
-from protocol.nonces import MemoryNonceCache, check_vouched, window_of_ttl_ms
+from protocol.nonces import MemoryNonceCache, check_vouched
 
 __all__ = ["MemoryNonces", "serve"]
 
@@ -59,11 +59,11 @@ class MemoryNonces:
     """The in-process nonce cache behind the async interface the handshake uses.
 
     Without Redis this memory is all the node has, and it starts empty: a hello used before a
-    restart is unknown to it. So it vouches only for hellos signed at least a window after it
-    was created (``trusted_since_ms``, the node's start; ``protocol.nonces.check_vouched``):
-    an older one is refused with ``stale_hello`` and the EA signs a new one. That costs an
-    honest EA at most one window (5 s by default) after a restart, and no database write per
-    handshake, where a nonce table in Postgres would cost a write on every connect.
+    restart is unknown to it. So it vouches only for hellos signed after it was created
+    (``trusted_since_ms``, the node's start; ``protocol.nonces.check_vouched``): an older one,
+    a captured hello replayed across the restart, is refused with ``stale_hello``, and an
+    honest EA, which signs every hello when it connects, gets in at once. That costs no
+    database write per handshake, where a nonce table in Postgres would cost one per connect.
     """
 
     def __init__(self, max_entries: int = 1_000_000, *, trusted_since_ms: int = 0) -> None:
@@ -75,7 +75,7 @@ class MemoryNonces:
         self, key: str, now_ms: int, ttl_ms: int, *, signed_ms: int | None = None
     ) -> bool:
         if signed_ms is not None:
-            check_vouched(signed_ms, self.cache.trusted_since_ms, window_of_ttl_ms(ttl_ms), now_ms)
+            check_vouched(signed_ms, self.cache.trusted_since_ms, now_ms)
         return self.cache.check_and_add(key, now_ms, ttl_ms)
 
 

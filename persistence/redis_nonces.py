@@ -20,9 +20,9 @@ What the in-process cache cannot know is what Redis held when it failed: the non
 presented before the outage (to this node before it started, or to other nodes). So a check
 answered without Redis, given the hello's ``signed_ms``, applies
 :func:`protocol.nonces.check_vouched` with the outage's start as the moment the local cache
-became authoritative: a hello that may have been presented before the outage is refused with
-``StaleHello`` (retryable; an honest EA signs a new hello), one signed at least a window after
-it is checked locally. Such checks are counted in ``degraded_total`` like every other.
+became authoritative: a hello signed before the outage was noticed is refused with
+``StaleHello`` (retryable; an honest EA signs a new hello), one signed since is checked
+locally. Such checks are counted in ``degraded_total`` like every other.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Protocol
 
 from persistence.redis_link import Degradation, RedisLink
 from protocol.errors import StorageError, UsageError
-from protocol.nonces import check_vouched, window_of_ttl_ms
+from protocol.nonces import check_vouched
 
 __all__ = ["NonceCache", "RedisNonceCache"]
 
@@ -113,7 +113,7 @@ class RedisNonceCache:
         if local_only:
             self.state.served_degraded()
             if signed_ms is not None:
-                check_vouched(signed_ms, self.degraded_since_ms, window_of_ttl_ms(ttl_ms), now_ms)
+                check_vouched(signed_ms, self.degraded_since_ms, now_ms)
         if not fresh:
             self.replays_total += 1
         return fresh

@@ -23,16 +23,17 @@ Rules of operation:
   forget an unexpired one and let a replay in.
 * **A memory vouches only for what it can have seen.** An in-process cache starts empty (a
   restart without Redis), and one that takes over from Redis (an outage) never saw the nonces
-  Redis holds. A hello presented before that moment may be in use elsewhere and is unknown to
-  it, so the cache is *authoritative* only from ``trusted_since_ms`` on, and a hello is checked
-  against it only if it was provably presented after that: the window check bounds the moment a
-  hello was first presented by ``ts_ms - window_ms``, so ``ts_ms >= trusted_since_ms +
-  window_ms`` (:func:`hello_not_before_ms`) proves it. An older hello is refused with
-  :class:`~protocol.errors.StaleHello` (retryable: the EA signs a new hello and is let in once
-  its ``ts_ms`` reaches ``not_before_ms``, at most one window after the restart or failover).
-  ``ts_ms >= trusted_since_ms`` alone would not do: an EA whose clock runs ahead (by up to the
-  window) signs hellos "from the future", and one presented just before a restart could be
-  replayed just after it.
+  Redis holds, so it is *authoritative* only from ``trusted_since_ms`` on: a hello signed
+  before then (``ts_ms < trusted_since_ms``) may have been used before and is refused with
+  :class:`~protocol.errors.StaleHello` (:func:`check_vouched`), whatever its nonce. Retryable:
+  the EA signs a new hello, whose ``ts_ms`` is its clock *now*, and is let in at once (an EA
+  whose clock lags by ``d`` waits ``d``, corrected by the error's ``server_time_ms``). A
+  captured hello cannot be re-signed, so a replay across a restart or failover is refused.
+  The one case this does not cover is a hello whose ``ts_ms`` was already ahead of the
+  server's clock when it was used (an EA whose clock runs fast, by up to the window) and that
+  is replayed after a restart that took less than that lead. Covering it too would mean
+  ``ts_ms >= trusted_since_ms + window_ms`` and locking every EA out for a whole window after
+  each restart; we keep EAs honest about their clocks instead (the welcome gives the offset).
 """
 
 from __future__ import annotations
@@ -49,10 +50,8 @@ __all__ = [
     "NonceCache",
     "check_nonce",
     "check_vouched",
-    "hello_not_before_ms",
     "nonce_key",
     "replay_ttl_ms",
-    "window_of_ttl_ms",
 ]
 
 NONCE_KEY_PREFIX: Final = "tw:nonce:"
@@ -72,34 +71,19 @@ def replay_ttl_ms(window_ms: int) -> int:
     return 2 * window_ms
 
 
-def window_of_ttl_ms(ttl_ms: int) -> int:
-    """The signature window a nonce TTL was made for (the inverse of :func:`replay_ttl_ms`)."""
-    return ttl_ms // 2
-
-
-def hello_not_before_ms(trusted_since_ms: int, window_ms: int) -> int:
-    """The oldest ``ts_ms`` a memory authoritative since ``trusted_since_ms`` can vouch for.
-
-    A hello that passed the window check was first presented no earlier than ``ts_ms -
-    window_ms``; from ``trusted_since_ms + window_ms`` on, that is inside the memory's watch.
-    """
-    return trusted_since_ms + window_ms
-
-
-def check_vouched(signed_ms: int, trusted_since_ms: int, window_ms: int, now_ms: int) -> None:
-    """Refuse a hello signed too early for a memory authoritative since ``trusted_since_ms``.
+def check_vouched(signed_ms: int, trusted_since_ms: int, now_ms: int) -> None:
+    """Refuse a hello signed before the memory checking it became authoritative.
 
     Raises:
-        StaleHello: ``signed_ms`` is before :func:`hello_not_before_ms`; ``details`` has
-            ``ts_ms``, ``not_before_ms`` and ``server_time_ms``.
+        StaleHello: ``signed_ms < trusted_since_ms``; ``details`` has ``ts_ms``,
+            ``not_before_ms`` (= ``trusted_since_ms``) and ``server_time_ms``.
     """
-    not_before = hello_not_before_ms(trusted_since_ms, window_ms)
-    if signed_ms < not_before:
+    if signed_ms < trusted_since_ms:
         raise StaleHello(
             "the hello was signed before this server could check its nonce: sign a new one "
             "with ts_ms >= not_before_ms",
             ts_ms=signed_ms,
-            not_before_ms=not_before,
+            not_before_ms=trusted_since_ms,
             server_time_ms=now_ms,
         )
 
@@ -125,8 +109,7 @@ class AsyncNonceCache(Protocol):
         self, key: str, now_ms: int, ttl_ms: int, *, signed_ms: int | None = None
     ) -> bool:
         """As :meth:`NonceCache.check_and_add`. With ``signed_ms`` (the hello's ``ts_ms``), a
-        check answered by an in-process memory alone applies :func:`check_vouched` first, with
-        the window ``window_of_ttl_ms(ttl_ms)``.
+        check answered by an in-process memory alone applies :func:`check_vouched` too.
 
         Raises:
             StaleHello: the memory that answered cannot vouch for a hello signed then.
