@@ -39,6 +39,7 @@ from protocol.device import (
     Command,
     Heartbeat,
     HelloBody,
+    Ping,
     PositionEvent,
     PositionsSnapshot,
     ServerMessage,
@@ -166,6 +167,13 @@ class DeviceActor:
     def inbound(self, session: Session, message: Any) -> None:
         """A decoded frame from the device (never blocks)."""
         self.mailbox.put_nowait((session, message))
+
+    def ping(self, session: Session, seq: int) -> None:
+        """Queue a ``ping`` on ``session`` if it is still the live one (the gateway's dead-peer
+        check: the EA answers with a heartbeat). It leaves through the session's writer, the
+        one task that sends commands, so it never races them on the wire."""
+        if session is self.session:
+            session.outbox.put_nowait(Ping(seq=seq, time_ms=self.node.clock.now_ms()))
 
     def close_session(self, session: Session) -> None:
         """The connection ended (the reader saw it close)."""

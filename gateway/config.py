@@ -50,6 +50,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     handshake_window_ms: int = 5000
     quote_max_ahead_ms: int = 5000
     handshake_timeout_s: float = 10.0
+    device_heartbeat_s: int = 5
+    device_stale_after_s: int = 30
     device_max_frame: int = 1_048_576
     client_max_frame: int = 65_536
     max_body_bytes: int = 262_144
@@ -91,6 +93,10 @@ SETTINGS_HELP: dict[str, str] = {
     "handshake_timeout_s": "seconds a device has to send its hello",
     "quote_max_ahead_ms": "furthest a quote's time_ms may be ahead of the node's clock, ms "
     "(further: refused as 'future'; at most 60000)",
+    "device_heartbeat_s": "seconds between an EA's heartbeats (told in the welcome); a device "
+    "silent this long is sent a ping",
+    "device_stale_after_s": "seconds without any frame after which a device is closed with 4004 "
+    "and its positions flagged stale (told in the welcome; more than device_heartbeat_s)",
     "device_max_frame": "largest device frame, bytes (larger: closed with 1009)",
     "client_max_frame": "largest client frame, bytes",
     "max_body_bytes": "largest REST request body, bytes (larger: 413)",
@@ -202,6 +208,10 @@ def _check(s: Settings) -> None:
         fail("handshake_window_ms", "must be 1..60000")
     if not 0 < s.quote_max_ahead_ms <= 60_000:
         fail("quote_max_ahead_ms", "must be 1..60000")
+    if s.device_heartbeat_s < 1:
+        fail("device_heartbeat_s", "must be at least 1 second")
+    if s.device_stale_after_s <= s.device_heartbeat_s:
+        fail("device_stale_after_s", "must be more than device_heartbeat_s (a ping comes first)")
     if (s.tls_cert is None) != (s.tls_key is None):
         fail("tls_cert", "TLS needs both TRIPWIRE_TLS_CERT and TRIPWIRE_TLS_KEY")
     for field in ("tls_cert", "tls_key"):

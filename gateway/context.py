@@ -25,7 +25,11 @@ __all__ = ["Counters", "GatewayContext", "NonceStore", "current_context"]
 
 
 class NonceStore(Protocol):
-    async def check_and_add(self, key: str, now_ms: int, ttl_ms: int) -> bool: ...
+    """``protocol.nonces.AsyncNonceCache``: the runtime's MemoryNonces or RedisNonceCache."""
+
+    async def check_and_add(
+        self, key: str, now_ms: int, ttl_ms: int, *, signed_ms: int | None = None
+    ) -> bool: ...
 
 
 class Journal(Protocol):
@@ -46,6 +50,8 @@ class Counters:
     clients_connected: int = 0
     clients_dropped: int = 0
     device_frames: int = 0
+    device_timeouts: int = 0
+    """Device sessions closed with 4004: nothing heard within ``stale_after_s``."""
     feed_quotes: int = 0
 
     def handshake(self, outcome: str) -> None:

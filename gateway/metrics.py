@@ -133,6 +133,17 @@ class _Collector:
                 "1 unless the journal is in an outage",
                 1.0 if journal.healthy else 0.0,
             )
+        yield counter(
+            "tripwire_nonce_checks_degraded",
+            "Hello nonce checks answered by the in-process cache alone because Redis was "
+            "unavailable (0 without Redis: that memory is then the only store, not a fallback)",
+            getattr(ctx.nonces, "degraded_total", 0),
+        )
+        yield counter(
+            "tripwire_device_timeouts",
+            "Device sessions closed with 4004: no frame within stale_after_s",
+            c.device_timeouts,
+        )
         cache = ctx.cache
         if cache is not None:
             yield counter(

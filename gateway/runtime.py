@@ -51,18 +51,32 @@ from persistence.projections import make_projection
 from persistence.recovery import load_state
 from persistence.snapshotter import SnapshotProcess, take_snapshot
 from protocol.errors import StorageError
-from protocol.nonces import MemoryNonceCache
+from protocol.nonces import MemoryNonceCache, check_vouched
 
 __all__ = ["MemoryNonces", "serve"]
 
 
 class MemoryNonces:
-    """The in-process nonce cache behind the async interface the handshake uses."""
+    """The in-process nonce cache behind the async interface the handshake uses.
 
-    def __init__(self, max_entries: int = 1_000_000) -> None:
-        self.cache = MemoryNonceCache(max_entries)
+    Without Redis this memory is all the node has, and it starts empty: a hello used before a
+    restart is unknown to it. So it vouches only for hellos signed after it was created
+    (``trusted_since_ms``, the node's start; ``protocol.nonces.check_vouched``): an older one,
+    a captured hello replayed across the restart, is refused with ``stale_hello``, and an
+    honest EA, which signs every hello when it connects, gets in at once. That costs no
+    database write per handshake, where a nonce table in Postgres would cost one per connect.
+    """
 
-    async def check_and_add(self, key: str, now_ms: int, ttl_ms: int) -> bool:
+    def __init__(self, max_entries: int = 1_000_000, *, trusted_since_ms: int = 0) -> None:
+        self.cache = MemoryNonceCache(max_entries, trusted_since_ms=trusted_since_ms)
+        self.degraded_total = 0
+        """Checks that fell back to this memory from a shared store: none, there is none."""
+
+    async def check_and_add(
+        self, key: str, now_ms: int, ttl_ms: int, *, signed_ms: int | None = None
+    ) -> bool:
+        if signed_ms is not None:
+            check_vouched(signed_ms, self.cache.trusted_since_ms, now_ms)
         return self.cache.check_and_add(key, now_ms, ttl_ms)
 
 
@@ -164,7 +178,7 @@ async def _run(
     if settings.demo_strategy:
         strategies.setdefault(DEMO_STRATEGY, [_secret_file(state_dir / "demo-strategy.key")])
     demo = await ensure_demo(registry, settings)
-    nonces, cache, redis_link = await _redis(settings, bridge, log)
+    nonces, cache, redis_link = await _redis(settings, bridge, log, clock.now_ms())
     jwt_secret = (
         settings.jwt_secret.encode() if settings.jwt_secret else _secret_file(state_dir / "jwt.key")
     )
@@ -174,7 +188,13 @@ async def _run(
         state=recovered.state,
         clock=clock,
         instruments=instruments,
-        config=NodeConfig(quote_limits=QuoteLimits(max_ahead_ms=settings.quote_max_ahead_ms)),
+        # The welcome tells the EA heartbeat_s and device_stale_ms; the gateway pings and
+        # closes (4004) by them.
+        config=NodeConfig(
+            quote_limits=QuoteLimits(max_ahead_ms=settings.quote_max_ahead_ms),
+            heartbeat_s=settings.device_heartbeat_s,
+            device_stale_ms=settings.device_stale_after_s * 1000,
+        ),
     )
     node_ref.append(node)
     ctx = GatewayContext(
@@ -276,14 +296,21 @@ def _start_feed(nursery: trio.Nursery, settings: Settings, node: Node, clock: Wa
         nursery.start_soon(websocket_feed, node.offer_quotes, feed)
 
 
-async def _redis(settings: Settings, bridge: Any, log: Any) -> tuple[Any, Any, Any]:
-    """The nonce cache, the read cache and the Redis link (memory-only without Redis)."""
+async def _redis(
+    settings: Settings, bridge: Any, log: Any, started_ms: int
+) -> tuple[Any, Any, Any]:
+    """The nonce cache, the read cache and the Redis link (memory-only without Redis).
+
+    ``started_ms`` is when the in-process nonce memory starts to watch (see MemoryNonces).
+    """
     if not settings.redis_url:
-        return MemoryNonces(), None, None
+        return MemoryNonces(trusted_since_ms=started_ms), None, None
     from persistence.cache import ReadCache
     from persistence.redis_link import RedisLink
     from persistence.redis_nonces import RedisNonceCache
 
     link = await RedisLink.open(bridge, settings.redis_url)
     log.info("using Redis", url=settings.redis_url.split("@")[-1])
+    # The local memory's own start needs no rule here: it is consulted alone only in an
+    # outage, and RedisNonceCache then vouches from the outage's start, which is later.
     return RedisNonceCache(link, MemoryNonceCache(1_000_000)), ReadCache(link), link

@@ -10,13 +10,18 @@ A session (docs/protocol.md has the whole story for EA authors):
    nodes run). Any failure is answered with an ``error`` frame and the matching close code, and
    counted by reason; the device learns no more than that (an unknown device and a wrong secret
    get the same answer).
+   A hello signed before the nonce memory could have seen it (a restart without Redis, a
+   Redis outage) is refused as ``stale_hello``: see ``protocol.nonces``.
 3. The device actor opens the session (replacing any other of the same device) and sends the
    ``welcome``; from then on frames are decoded and handed to the actor, commands leave signed
    with the session key, and, if the EA asked for it, every frame after the welcome is
    AES-GCM sealed.
 
-A malformed frame gets an ``error`` frame and the connection is closed with the matching code;
-an oversized one is refused by the server with 1009 before it is buffered.
+A malformed frame (an empty one included) gets an ``error`` frame and the connection is closed
+with the matching code; an oversized one is refused by the server with 1009 before it is
+buffered. On an encrypted session a frame that does not open (forged, replayed, not binary)
+gets an error frame and close 1008. A device silent for ``heartbeat_s`` is pinged, one silent
+for ``stale_after_s`` is closed with 4004 (both as the welcome announced).
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ import structlog
 import trio
 from quart import websocket
 
+from gateway.closing import CLOSE_TIMEOUT_S, PEER_GONE, close_quietly, send_quietly
 from protocol.closecodes import CloseCode, close_code_for, close_reason
 from protocol.codec import (
+    Frame,
     WireCodec,
     device_server_codec,
     encoding_of,
@@ -39,7 +46,8 @@ from protocol.codec import (
 from protocol.crypto import FrameCipher
 from protocol.device import Command, Hello, ServerMessage, Welcome
 from protocol.errors import (
-    ProtocolError,
+    DecodeError,
+    PeerError,
     ReplayDetected,
     TripwireError,
     UnexpectedMessage,
@@ -59,42 +67,69 @@ _COMMANDS = Command.__args__  # type: ignore[attr-defined]
 
 
 class WebSocketDeviceLink:
-    """Sends server messages to one EA: encoded, commands signed, frames sealed if asked."""
+    """Sends server messages to one EA: encoded, commands signed, frames sealed if asked.
+
+    Two tasks send on a session: the device actor's writer (commands, pings) and the reader
+    (an error frame before a close). A lock makes each send, sealing included, one step: with
+    encryption the frames reach the wire in counter order (the EA refuses a lower counter),
+    and a close never interleaves with a frame. After :meth:`close` nothing more is sent.
+    """
 
     def __init__(
-        self, ws: Any, codec: WireCodec[Any, Any], session_key: bytes, cipher: FrameCipher | None
+        self,
+        ws: Any,
+        codec: WireCodec[Any, Any],
+        session_key: bytes,
+        cipher: FrameCipher | None,
+        log: Any = None,
     ) -> None:
         self.ws = ws
         self.codec = codec
         self.session_key = session_key
         self.cipher = cipher
         self.sent = 0
+        self.closed = False
+        self.log = log if log is not None else structlog.get_logger()
+        self._lock = trio.Lock()
 
     async def send(self, message: ServerMessage) -> None:
+        """Send one message; raises ``trio.ClosedResourceError`` once the link is closed (and
+        whatever the transport raises when the peer is gone)."""
         if isinstance(message, _COMMANDS):
             message = sign_command(message, self.session_key)
-        data = self.codec.encode(message)
-        if self.cipher is not None and not isinstance(message, Welcome):
-            data = self.cipher.seal(data)
-        await self.ws.send(data)
-        self.sent += 1
+        async with self._lock:
+            if self.closed:
+                raise trio.ClosedResourceError("the device link is closed")
+            data = self.codec.encode(message)
+            if self.cipher is not None and not isinstance(message, Welcome):
+                data = self.cipher.seal(data)
+            await self.ws.send(data)
+            self.sent += 1
 
     async def close(self, code: int, reason: str) -> None:
-        await self.ws.close(code, reason)
+        """Close once (later calls do nothing); a peer already leaving is not an error."""
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            async with self._lock:
+                if self.closed:
+                    return
+                self.closed = True
+                await close_quietly(self.ws, code, reason, self.log)
 
 
 async def _refuse(
     ctx: GatewayContext, codec: WireCodec[Any, Any] | None, exc: TripwireError, log: Any
 ) -> None:
-    """Tell the EA why (an error frame), close with the matching code, count it."""
+    """Tell the EA why (an error frame), close with the matching code, count it.
+
+    When the first frame did not even tell the encoding (empty, or neither JSON nor msgpack,
+    on a connection that offered no subprotocol) the error frame is JSON: a text frame anyone
+    can read.
+    """
     ctx.counters.handshake(exc.code)
     log.info("device refused", code=exc.code, reason=exc.message)
-    if codec is not None:
-        try:
-            await websocket.send(codec.encode(device_error(exc, fatal=True)))
-        except Exception as send_failed:  # the peer may already be gone
-            log.debug("could not send the error frame", error=str(send_failed))
-    await websocket.close(close_code_for(exc), close_reason(exc))
+    codec = codec or device_server_codec("json")
+    await send_quietly(websocket, codec.encode(device_error(exc, fatal=True)), log)
+    await close_quietly(websocket, close_code_for(exc), close_reason(exc), log)
 
 
 async def serve_device(ctx: GatewayContext) -> None:
@@ -110,7 +145,7 @@ async def serve_device(ctx: GatewayContext) -> None:
             first = await websocket.receive()
     except trio.TooSlowError:
         ctx.counters.handshake("handshake_timeout")
-        await websocket.close(CloseCode.HANDSHAKE_TIMEOUT, "no hello in time")
+        await close_quietly(websocket, CloseCode.HANDSHAKE_TIMEOUT, "no hello in time", log)
         return
     try:
         encoding = encoding_of(subprotocol) if subprotocol else sniff_encoding(first)
@@ -122,10 +157,13 @@ async def serve_device(ctx: GatewayContext) -> None:
         secrets = ctx.registry.device_secrets(hello.device_id)
         now = ctx.clock.now_ms()
         verified = verify_hello(hello, secrets, now, settings.handshake_window_ms)
+        # signed_ms: a memory that cannot have seen this hello's first use refuses it
+        # (stale_hello) rather than take it for new: see protocol.nonces.
         fresh = await ctx.nonces.check_and_add(
             nonce_key(hello.device_id, hello.nonce),
             now,
             replay_ttl_ms(settings.handshake_window_ms),
+            signed_ms=hello.ts_ms,
         )
         if not fresh:
             raise ReplayDetected("this hello was already used")
@@ -140,12 +178,33 @@ async def serve_device(ctx: GatewayContext) -> None:
     await _run_session(ctx, codec, verified, log)
 
 
+def _sealed(frame: Frame) -> bytes | bytearray | memoryview:
+    """The bytes of a frame on an encrypted session, which must be a non-empty binary frame."""
+    if not frame or isinstance(frame, str):
+        raise DecodeError("an encrypted session takes sealed binary frames", reason="frame_type")
+    return frame
+
+
+async def _end_on_bad_frame(
+    ctx: GatewayContext, link: WebSocketDeviceLink, exc: PeerError, code: int, log: Any
+) -> None:
+    """Count and log a bad frame, tell the EA (an error frame), close with ``code``."""
+    ctx.counters.bad_frame(exc.code)
+    log.warning("bad device frame", code=exc.code, reason=exc.message, close_code=int(code))
+    with trio.move_on_after(CLOSE_TIMEOUT_S):
+        try:
+            await link.send(device_error(exc, fatal=True))
+        except PEER_GONE as gone:
+            log.debug("could not send the error frame", error=repr(gone))
+    await link.close(code, close_reason(exc))
+
+
 async def _run_session(
     ctx: GatewayContext, codec: WireCodec[Any, Any], verified: Any, log: Any
 ) -> None:
     actor = ctx.node.device(verified.device_id)
     ws = websocket._get_current_object()  # type: ignore[attr-defined]
-    link = WebSocketDeviceLink(ws, codec, verified.session_key, None)
+    link = WebSocketDeviceLink(ws, codec, verified.session_key, None, log)
     session = await actor.open_session(verified.body, link)
     cipher = None
     if verified.body.encryption:
@@ -155,20 +214,49 @@ async def _run_session(
         link.cipher = cipher
     ctx.counters.devices_connected += 1
     log.info("device connected", session_id=session.session_id, encoding=codec.encoding)
+    # Dead-peer detection, with the periods the welcome announced: after heartbeat_s without
+    # a frame the server pings (the EA answers with a heartbeat), after stale_after_s without
+    # one it closes with 4004. TCP alone can take many minutes to notice a peer that vanished
+    # (a terminal frozen, a NAT entry dropped), and until then the device looks connected.
+    config = ctx.node.config
+    ping_every_s = float(config.heartbeat_s)
+    dead_after_s = config.device_stale_ms / 1000
+    heard = trio.current_time()
+    next_ping = heard + ping_every_s
+    pings = 0
     try:
         while not session.closed.is_set():
-            frame = await websocket.receive()
+            frame: Frame = None
+            received = False
+            with trio.move_on_at(min(next_ping, heard + dead_after_s)):
+                frame = await websocket.receive()
+                received = True
+            if not received:
+                now = trio.current_time()
+                if now >= heard + dead_after_s:
+                    ctx.counters.device_timeouts += 1
+                    log.info("device silent: closing", silent_s=round(now - heard, 1))
+                    await link.close(CloseCode.HEARTBEAT_TIMEOUT, "no frame within stale_after_s")
+                    return
+                pings += 1
+                actor.ping(session, pings)
+                next_ping = now + ping_every_s
+                continue
+            heard = trio.current_time()
+            next_ping = heard + ping_every_s
+            # A frame that does not open ends an encrypted session with 1008, whatever the
+            # reason (forged, replayed, reordered, truncated, not binary): docs/protocol.md.
+            close_code: int | None = CloseCode.POLICY_VIOLATION if cipher is not None else None
             try:
                 if cipher is not None:
-                    frame = cipher.open(frame if isinstance(frame, bytes) else frame.encode())
+                    frame = cipher.open(_sealed(frame))
+                    close_code = None
                 message = codec.decode(frame)
                 if isinstance(message, Hello):
                     raise UnexpectedMessage("hello is only valid as the first frame")
-            except ProtocolError as exc:
-                ctx.counters.bad_frame(exc.code)
-                log.warning("bad device frame", code=exc.code, reason=exc.message)
-                await link.send(device_error(exc, fatal=True))
-                await websocket.close(close_code_for(exc), close_reason(exc))
+            except PeerError as exc:
+                code = close_code if close_code is not None else close_code_for(exc)
+                await _end_on_bad_frame(ctx, link, exc, code, log)
                 return
             ctx.counters.device_frames += 1
             if ctx.settings.log_frames:

@@ -3,8 +3,9 @@
 Only a publisher holding the feed token (``TRIPWIRE_FEED_TOKEN``, compared in constant time,
 ``?token=`` or ``Authorization: Bearer``) may connect; with no token configured the endpoint is
 closed. Frames are :class:`~protocol.feed.QuoteBatch` (JSON or msgpack, by subprotocol). A
-malformed frame closes the connection with the matching code and a reason (a publisher reads no
-frames, so there is no error frame): a feed that sends garbage is not trusted to send prices.
+malformed frame (an empty one included) closes the connection with the matching code and a
+reason (a publisher reads no frames, so there is no error frame): a feed that sends garbage is
+not trusted to send prices.
 Quotes for symbols the node does not trade are counted and ignored; the symbol actors validate
 the rest. A batch's ``sent_ms`` (the publisher's clock) is taken as the quotes' arrival when it
 is earlier than the node's own time: see :meth:`~actors.node.Node.offer_quotes`.
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 from quart import websocket
 
+from gateway.closing import close_quietly
 from protocol.closecodes import CloseCode, close_code_for, close_reason
 from protocol.codec import encoding_of, feed_codec, negotiate, sniff_encoding
 from protocol.errors import ProtocolError
@@ -46,21 +48,23 @@ async def serve_feed(ctx: GatewayContext) -> None:
     )
     if not _token_ok(ctx.settings.feed_token, presented):
         ctx.counters.handshake("feed_unauthorized")
-        await websocket.close(CloseCode.POLICY_VIOLATION, "unauthorized")
+        await close_quietly(websocket, CloseCode.POLICY_VIOLATION, "unauthorized", log)
         return
     codec = None
     log.info("feed publisher connected")
     while True:
         frame = await websocket.receive()
-        if codec is None:
-            encoding = encoding_of(subprotocol) if subprotocol else sniff_encoding(frame)
-            codec = feed_codec(encoding, max_frame_bytes=ctx.settings.device_max_frame)
         try:
+            # The first frame may not tell its encoding (empty, or neither): that is a bad
+            # frame like any other, so the sniffing is inside the try.
+            if codec is None:
+                encoding = encoding_of(subprotocol) if subprotocol else sniff_encoding(frame)
+                codec = feed_codec(encoding, max_frame_bytes=ctx.settings.device_max_frame)
             batch = codec.decode(frame)
         except ProtocolError as exc:
             ctx.counters.bad_frame("feed_" + exc.code)
             log.info("bad feed frame", code=exc.code)
-            await websocket.close(close_code_for(exc), close_reason(exc))
+            await close_quietly(websocket, close_code_for(exc), close_reason(exc), log)
             return
         if isinstance(batch, QuoteBatch):
             ctx.counters.feed_quotes += ctx.node.offer_quotes(batch.quotes, batch.sent_ms)

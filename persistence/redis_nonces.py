@@ -15,6 +15,14 @@ Redis every ``retry_after_s``.
 The in-process cache is consulted on every check, not only during outages: that costs a
 dict operation and closes the gap at the edges of an outage (a nonce first seen while Redis
 was down, replayed to this node just after it came back, is still refused).
+
+What the in-process cache cannot know is what Redis held when it failed: the nonces of hellos
+presented before the outage (to this node before it started, or to other nodes). So a check
+answered without Redis, given the hello's ``signed_ms``, applies
+:func:`protocol.nonces.check_vouched` with the outage's start as the moment the local cache
+became authoritative: a hello signed before the outage was noticed is refused with
+``StaleHello`` (retryable; an honest EA signs a new hello), one signed since is checked
+locally. Such checks are counted in ``degraded_total`` like every other.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Protocol
 
 from persistence.redis_link import Degradation, RedisLink
 from protocol.errors import StorageError, UsageError
+from protocol.nonces import check_vouched
 
 __all__ = ["NonceCache", "RedisNonceCache"]
 
@@ -59,6 +68,9 @@ class RedisNonceCache:
         self.state = Degradation("nonce_cache", retry_after_s)
         self.checks_total = 0
         self.replays_total = 0
+        self.degraded_since_ms = 0
+        """Wall-clock ms (the callers' ``now_ms``) at which the current outage was noticed: the
+        local cache is authoritative from then on (meaningless while healthy)."""
 
     @property
     def degraded(self) -> bool:
@@ -69,30 +81,39 @@ class RedisNonceCache:
         """Checks answered by the local cache alone because Redis was unavailable."""
         return self.state.degraded_total
 
-    async def check_and_add(self, key: str, now_ms: int, ttl_ms: int) -> bool:
+    async def check_and_add(
+        self, key: str, now_ms: int, ttl_ms: int, *, signed_ms: int | None = None
+    ) -> bool:
         """Record ``key`` for ``ttl_ms``; True if it is fresh, False if it is a replay.
 
-        Never raises for Redis trouble.
+        Never raises for Redis trouble itself.
 
         Raises:
             UsageError: ``ttl_ms`` is not positive.
+            StaleHello: Redis did not answer and ``signed_ms`` is too early for the local
+                cache to vouch for (see the module docstring).
         """
         if ttl_ms <= 0:
             raise UsageError("nonce ttl must be positive", ttl_ms=ttl_ms)
         self.checks_total += 1
         fresh = self.local.check_and_add(key, now_ms, ttl_ms)
+        local_only = True
         if self.state.should_try():
             name = self.prefix + key
             try:
                 remote = await self.link.call(lambda r: r.set(name, b"1", nx=True, px=ttl_ms))
             except StorageError as exc:
+                if not self.state.degraded:
+                    self.degraded_since_ms = now_ms
                 self.state.failed(exc)
-                self.state.served_degraded()
             else:
                 self.state.succeeded()
                 fresh = fresh and bool(remote)
-        else:
+                local_only = False
+        if local_only:
             self.state.served_degraded()
+            if signed_ms is not None:
+                check_vouched(signed_ms, self.degraded_since_ms, now_ms)
         if not fresh:
             self.replays_total += 1
         return fresh

@@ -82,8 +82,10 @@ ADVICE: Final[dict[CloseCode, tuple[str, str]]] = {
         "reconnect with backoff",
     ),
     CloseCode.CLOCK_SKEW: (
-        "the hello's `ts_ms` was outside the window (`expired`)",
-        "correct the clock offset from the error's `server_time_ms`; reconnect",
+        "the hello's `ts_ms` was outside the window (`expired`), or older than the server's "
+        "nonce memory (`stale_hello`: after a restart without Redis, or a Redis outage)",
+        "correct the clock offset from the error's `server_time_ms`; sign a new hello "
+        "(`stale_hello`: with `ts_ms` ≥ `details.not_before_ms`) and reconnect at once",
     ),
     CloseCode.UNSUPPORTED_VERSION: (
         "the EA's protocol version is no longer served",
@@ -94,8 +96,8 @@ ADVICE: Final[dict[CloseCode, tuple[str, str]]] = {
         "do not reconnect at once: two copies of the EA are running",
     ),
     CloseCode.HEARTBEAT_TIMEOUT: (
-        "no frame within `stale_after_s`",
-        "reconnect; heartbeat every `heartbeat_s`",
+        "no frame within `stale_after_s` (a `ping` after `heartbeat_s` of silence went unanswered)",
+        "reconnect; heartbeat every `heartbeat_s` and answer every `ping`",
     ),
     CloseCode.HANDSHAKE_TIMEOUT: ("no valid hello in time after connecting", "reconnect"),
 }

@@ -11,8 +11,12 @@ Rules of operation:
   :class:`WireCodec` only adds the connection's encoding and frame limit.
 * **Decoding raises only our errors**: :class:`~protocol.errors.FrameTooLarge` (checked before a
   byte is parsed) or :class:`~protocol.errors.DecodeError` (everything else: syntax, types,
-  bounds, unknown tag, nesting too deep, invalid UTF-8), whose message carries msgspec's path to
-  the bad field (``$.quotes[3].bid``) so a peer can fix its encoder.
+  bounds, unknown tag, nesting too deep, invalid UTF-8, an empty frame), whose message carries
+  msgspec's path to the bad field (``$.quotes[3].bid``) so a peer can fix its encoder.
+* **An empty frame is malformed**, whatever its type. Quart hands a WebSocket handler an empty
+  binary frame as ``None`` (its ASGI adapter reads ``bytes or text``), so ``None`` is accepted
+  as "an empty frame" by :meth:`WireCodec.decode` and :func:`sniff_encoding`: every socket that
+  decodes with them refuses it like any other malformed frame instead of failing on it.
 * **Compatibility**: unknown fields are ignored and every field added after version 1 has a
   default, so an older peer keeps working with a newer one. A peer states the newest protocol
   revision it speaks (``v``); the session runs at ``min(peer's, ours)`` if we still support it
@@ -45,6 +49,7 @@ __all__ = [
     "SUBPROTOCOL_MSGPACK",
     "SUPPORTED_VERSIONS",
     "Encoding",
+    "Frame",
     "WireCodec",
     "client_client_codec",
     "client_server_codec",
@@ -62,6 +67,8 @@ __all__ = [
 ]
 
 Encoding = Literal["json", "msgpack"]
+Frame = bytes | bytearray | memoryview | str | None
+"""What a WebSocket handler receives: ``None`` is an empty binary frame (see the rules)."""
 
 SUBPROTOCOL_JSON: Final = "tripwire.v1.json"
 SUBPROTOCOL_MSGPACK: Final = "tripwire.v1.msgpack"
@@ -119,7 +126,7 @@ def encoding_of(subprotocol: str) -> Encoding:
         raise UsageError(f"not a Tripwire subprotocol: {subprotocol!r}") from None
 
 
-def sniff_encoding(first_frame: bytes | bytearray | memoryview | str) -> Encoding:
+def sniff_encoding(first_frame: Frame) -> Encoding:
     """The encoding of a connection that offered no subprotocol, from its first frame.
 
     A text frame is JSON. A binary frame is JSON if it starts (after JSON whitespace) with
@@ -127,9 +134,11 @@ def sniff_encoding(first_frame: bytes | bytearray | memoryview | str) -> Encodin
     first frame is an object, so the two can never be confused.
 
     Raises:
-        DecodeError: an empty frame, or one that is neither (``details["reason"] ==
-            "frame_type"``, answered with close code 1003).
+        DecodeError: an empty frame (``None`` included; malformed, close code 1002), or one
+            that is neither (``details["reason"] == "frame_type"``, close code 1003).
     """
+    if not first_frame:
+        raise DecodeError("empty frame")
     if isinstance(first_frame, str):
         return "json"
     data = bytes(first_frame[:64])
@@ -262,15 +271,18 @@ class WireCodec(Generic[In, Out]):
         self._out_types: tuple[type, ...] = get_args(outbound) or (outbound,)
         self._encode = _JSON_ENCODER.encode if encoding == "json" else _MSGPACK_ENCODER.encode
 
-    def decode(self, frame: bytes | bytearray | memoryview | str) -> In:
+    def decode(self, frame: Frame) -> In:
         """The message in one frame.
 
         Raises:
             FrameTooLarge: the frame is over ``max_frame_bytes`` (``details``: size, limit);
                 nothing was parsed.
-            DecodeError: anything else wrong with it, including a text frame on a msgpack
-                connection (``details["reason"] == "frame_type"``).
+            DecodeError: anything else wrong with it, including an empty frame (``None``
+                too) and a text frame on a msgpack connection (``details["reason"] ==
+                "frame_type"``).
         """
+        if not frame:  # one test for b"", "" and None (an empty binary frame, via Quart)
+            raise DecodeError("empty frame")
         if len(frame) > self._surely_fits:
             size = _frame_size(frame, self.max_frame_bytes)
             if size > self.max_frame_bytes:

@@ -21,6 +21,7 @@ The tree keeps "you misused the API" apart from "the peer misbehaved" (as h11 do
     │   ├── AuthError                  unauthorized
     │   │   ├── BadSignature           bad_signature
     │   │   ├── SignatureExpired       expired
+    │   │   │   └── StaleHello         stale_hello
     │   │   ├── ReplayDetected         replayed
     │   │   └── UnknownPrincipal       unknown_principal
     │   ├── Forbidden                  forbidden
@@ -65,6 +66,7 @@ __all__ = [
     "ReplayDetected",
     "SignatureExpired",
     "SizingRefused",
+    "StaleHello",
     "StorageError",
     "TripwireError",
     "UnexpectedMessage",
@@ -178,6 +180,21 @@ class SignatureExpired(AuthError):
     """Raised when a signed timestamp or token lies outside its validity window."""
 
     code = "expired"
+
+
+class StaleHello(SignatureExpired):
+    """Raised when a hello was signed before the nonce memory that checks it could vouch for it.
+
+    The memory that remembers used nonces is in-process when there is no shared store (or the
+    shared store is down): it knows nothing of the nonces seen before it started, so a hello
+    signed before then could be a copy of one used before a restart. It is refused, and the EA
+    signs a new hello (new ``ts_ms``, new nonce) at once. ``details`` has ``ts_ms``,
+    ``not_before_ms`` (the oldest ``ts_ms`` accepted) and ``server_time_ms``. A subclass of
+    :class:`SignatureExpired`: the same close code (4001) and the same remedy (correct the clock
+    offset, sign again), so an EA that knows only ``expired`` recovers too.
+    """
+
+    code = "stale_hello"
 
 
 class ReplayDetected(AuthError):

@@ -21,6 +21,19 @@ Rules of operation:
 * Bounded memory fails closed: a full memory cache refuses new nonces with
   :class:`~protocol.errors.StorageError` (the gateway answers "try again later") rather than
   forget an unexpired one and let a replay in.
+* **A memory vouches only for what it can have seen.** An in-process cache starts empty (a
+  restart without Redis), and one that takes over from Redis (an outage) never saw the nonces
+  Redis holds, so it is *authoritative* only from ``trusted_since_ms`` on: a hello signed
+  before then (``ts_ms < trusted_since_ms``) may have been used before and is refused with
+  :class:`~protocol.errors.StaleHello` (:func:`check_vouched`), whatever its nonce. Retryable:
+  the EA signs a new hello, whose ``ts_ms`` is its clock *now*, and is let in at once (an EA
+  whose clock lags by ``d`` waits ``d``, corrected by the error's ``server_time_ms``). A
+  captured hello cannot be re-signed, so a replay across a restart or failover is refused.
+  The one case this does not cover is a hello whose ``ts_ms`` was already ahead of the
+  server's clock when it was used (an EA whose clock runs fast, by up to the window) and that
+  is replayed after a restart that took less than that lead. Covering it too would mean
+  ``ts_ms >= trusted_since_ms + window_ms`` and locking every EA out for a whole window after
+  each restart; we keep EAs honest about their clocks instead (the welcome gives the offset).
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ from __future__ import annotations
 import heapq
 from typing import Final, Protocol
 
-from protocol.errors import ReplayDetected, StorageError, UsageError
+from protocol.errors import ReplayDetected, StaleHello, StorageError, UsageError
 
 __all__ = [
     "NONCE_KEY_PREFIX",
@@ -36,6 +49,7 @@ __all__ = [
     "MemoryNonceCache",
     "NonceCache",
     "check_nonce",
+    "check_vouched",
     "nonce_key",
     "replay_ttl_ms",
 ]
@@ -57,6 +71,23 @@ def replay_ttl_ms(window_ms: int) -> int:
     return 2 * window_ms
 
 
+def check_vouched(signed_ms: int, trusted_since_ms: int, now_ms: int) -> None:
+    """Refuse a hello signed before the memory checking it became authoritative.
+
+    Raises:
+        StaleHello: ``signed_ms < trusted_since_ms``; ``details`` has ``ts_ms``,
+            ``not_before_ms`` (= ``trusted_since_ms``) and ``server_time_ms``.
+    """
+    if signed_ms < trusted_since_ms:
+        raise StaleHello(
+            "the hello was signed before this server could check its nonce: sign a new one "
+            "with ts_ms >= not_before_ms",
+            ts_ms=signed_ms,
+            not_before_ms=trusted_since_ms,
+            server_time_ms=now_ms,
+        )
+
+
 class NonceCache(Protocol):
     """A synchronous nonce cache (:class:`MemoryNonceCache`)."""
 
@@ -74,8 +105,16 @@ class AsyncNonceCache(Protocol):
     """The same contract, awaited: the Redis cache in ``persistence/`` implements it with
     ``SET key 1 NX PX ttl_ms`` (``now_ms`` unused: Redis keeps the time)."""
 
-    async def check_and_add(self, key: str, now_ms: int, ttl_ms: int) -> bool:
-        """As :meth:`NonceCache.check_and_add`; raises StorageError when Redis is unreachable."""
+    async def check_and_add(
+        self, key: str, now_ms: int, ttl_ms: int, *, signed_ms: int | None = None
+    ) -> bool:
+        """As :meth:`NonceCache.check_and_add`. With ``signed_ms`` (the hello's ``ts_ms``), a
+        check answered by an in-process memory alone applies :func:`check_vouched` too.
+
+        Raises:
+            StaleHello: the memory that answered cannot vouch for a hello signed then.
+            StorageError: the cache cannot take the key right now (fail closed).
+        """
         ...
 
 
@@ -86,14 +125,19 @@ class MemoryNonceCache:
     ordered by expiry, so that costs O(log n) per expired entry). At ``max_entries`` unexpired
     entries a new key is refused with StorageError. Size it for the peak handshake rate times
     the TTL: 10 s of 1,000 handshakes a second is 10,000 entries, about 2 MB.
+
+    ``trusted_since_ms`` is when this memory became authoritative (its creation, at the
+    node's start; see the module rules): :func:`check_vouched` refuses hellos it cannot vouch
+    for. It is data, not a clock reading here: the caller passes its ``now``.
     """
 
-    __slots__ = ("_expiry", "_heap", "max_entries")
+    __slots__ = ("_expiry", "_heap", "max_entries", "trusted_since_ms")
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, *, trusted_since_ms: int = 0) -> None:
         if max_entries < 1:
             raise UsageError("max_entries must be positive")
         self.max_entries = max_entries
+        self.trusted_since_ms = trusted_since_ms
         self._expiry: dict[str, int] = {}
         self._heap: list[tuple[int, str]] = []
 

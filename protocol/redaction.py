@@ -55,7 +55,7 @@ NEVER_TO_DEVICES: Final = frozenset(
 PEER_DETAIL_KEYS: Final = frozenset(
     {
         "size", "limit", "path", "reason", "ts_ms", "server_time_ms", "window_ms", "offered",
-        "min_supported", "max_supported", "command_id", "counter", "last",
+        "not_before_ms", "min_supported", "max_supported", "command_id", "counter", "last",
     }
 )  # fmt: skip
 """Detail fields a peer may see: each helps it fix what it sent, none reveals our state."""

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from persistence import Bridge, ReadCache, RedisLink, RedisNonceCache, TickBus
-from protocol.errors import ConfigError, UsageError
+from protocol.errors import ConfigError, StaleHello, UsageError
 from protocol.feed import Quote, QuoteBatch
 from tests.fixtures.redis import RedisProcess
 
@@ -117,6 +117,38 @@ async def test_nonce_cache_degrades_and_recovers(
         assert not cache.degraded
         # A nonce first seen during the outage is still refused here after recovery.
         assert not await cache.check_and_add("during", 5, 60_000)
+    finally:
+        await link.aclose()
+
+
+async def test_without_redis_only_hellos_signed_since_the_outage_are_vouched_for(
+    bridge: Bridge, redis_server: RedisProcess
+) -> None:
+    link = await RedisLink.open(bridge, redis_server.url)
+    cache = RedisNonceCache(link, DictNonces(), retry_after_s=0.2)
+    try:
+        # Healthy: Redis decides, however old the hello (the window check bounds that).
+        assert await cache.check_and_add("a", 1_000, 60_000, signed_ms=10)
+        redis_server.kill()
+        # The outage is noticed at 2_000: a hello signed before may be one Redis knew.
+        with pytest.raises(StaleHello) as info:
+            await cache.check_and_add("b", 2_000, 60_000, signed_ms=1_999)
+        assert info.value.details == {
+            "ts_ms": 1_999,
+            "not_before_ms": 2_000,
+            "server_time_ms": 2_000,
+        }
+        # Still degraded (later retries fail too): the outage keeps its start.
+        await trio.sleep(0.25)
+        with pytest.raises(StaleHello):
+            await cache.check_and_add("c", 3_000, 60_000, signed_ms=1_999)
+        assert await cache.check_and_add("d", 3_001, 60_000, signed_ms=2_000)
+        assert not await cache.check_and_add("d", 3_002, 60_000, signed_ms=2_000)
+        assert cache.degraded_total == 4
+        redis_server.start()
+        await trio.sleep(0.25)
+        assert await cache.check_and_add("e", 4_000, 60_000, signed_ms=10)
+        assert not cache.degraded
     finally:
         await link.aclose()
 

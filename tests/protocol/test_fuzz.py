@@ -52,9 +52,50 @@ def feed(wire: codec.WireCodec[Any, Any], back: codec.WireCodec[Any, Any], frame
     return True
 
 
-def feed_all(frame: bytes | str) -> None:
+def feed_all(frame: codec.Frame) -> None:
     for _, wire, back in ALL_DECODERS:
         feed(wire, back, frame)
+
+
+# Whatever a WebSocket handler can be handed: text, binary in the three buffer types, and None
+# (Quart's form of an empty binary frame). Empty frames are drawn often, not left to chance.
+FRAMES = st.one_of(
+    st.just(b""),
+    st.just(""),
+    st.none(),
+    st.binary(max_size=512),
+    st.binary(max_size=64).map(bytearray),
+    st.binary(max_size=64).map(memoryview),
+    st.text(max_size=256),
+)
+
+
+@given(FRAMES)
+def test_any_frame_a_handler_can_receive(frame: codec.Frame) -> None:
+    feed_all(frame)
+
+
+@given(FRAMES)
+def test_sniffing_any_frame_raises_only_decode_error(frame: codec.Frame) -> None:
+    try:
+        encoding = codec.sniff_encoding(frame)
+    except DecodeError as exc:
+        assert exc.code == "malformed"
+        # An empty frame is malformed (1002); only a non-empty one can be of the wrong type.
+        assert bool(frame) == (exc.details.get("reason") == "frame_type")
+    else:
+        assert frame and encoding in ("json", "msgpack")
+
+
+@pytest.mark.parametrize("frame", [b"", "", None, bytearray(), memoryview(b"")])
+def test_empty_frames_are_malformed_everywhere(frame: codec.Frame) -> None:
+    for _, wire, _ in ALL_DECODERS:
+        with pytest.raises(DecodeError) as info:
+            wire.decode(frame)
+        assert info.value.message == "empty frame" and "reason" not in info.value.details
+    with pytest.raises(DecodeError) as info:
+        codec.sniff_encoding(frame)
+    assert "reason" not in info.value.details
 
 
 @given(st.binary(max_size=512))

@@ -6,12 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.errors import ReplayDetected, StorageError, UsageError
+from protocol.errors import ReplayDetected, SignatureExpired, StaleHello, StorageError, UsageError
 from protocol.nonces import (
     AsyncNonceCache,
     MemoryNonceCache,
     NonceCache,
     check_nonce,
+    check_vouched,
     nonce_key,
     replay_ttl_ms,
 )
@@ -87,3 +88,23 @@ def test_keys_and_protocols() -> None:
 
     remote: AsyncNonceCache = Fake()
     assert remote is not None
+
+
+@given(st.integers(0, 10**13), st.integers(0, 10**13), st.integers(0, 10**13))
+def test_a_memory_vouches_only_for_hellos_signed_since_it_took_over(
+    signed: int, since: int, now: int
+) -> None:
+    try:
+        check_vouched(signed, since, now)
+    except StaleHello as exc:
+        assert signed < since
+        assert exc.details == {"ts_ms": signed, "not_before_ms": since, "server_time_ms": now}
+        # An EA that only knows "expired" recovers the same way: it is one.
+        assert isinstance(exc, SignatureExpired) and exc.code == "stale_hello"
+    else:
+        assert signed >= since
+
+
+def test_a_memory_cache_knows_when_it_took_over() -> None:
+    assert MemoryNonceCache().trusted_since_ms == 0
+    assert MemoryNonceCache(10, trusted_since_ms=1_234).trusted_since_ms == 1_234
