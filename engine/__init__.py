@@ -8,8 +8,11 @@ function calls, which is how its tests drive it; ``actors/`` drives it live.
 from __future__ import annotations
 
 from engine.analytics import (
+    SHARPE_MIN_RETURNS,
+    Figure,
     drawdown_series,
     equity_curve,
+    equity_to_balance,
     max_drawdown,
     returns_from_equity,
     rsi_rolling,
@@ -37,9 +40,11 @@ __all__ = [
     "FINAL_STATES",
     "KEEP",
     "LIVE_STATES",
+    "SHARPE_MIN_RETURNS",
     "BreakEvenRule",
     "DrawdownGuard",
     "DrawdownLimits",
+    "Figure",
     "GuardDecision",
     "GuardLevel",
     "Instrument",
@@ -58,6 +63,7 @@ __all__ = [
     "TriggerKind",
     "drawdown_series",
     "equity_curve",
+    "equity_to_balance",
     "legacy_pl",
     "max_drawdown",
     "next_state",
