@@ -42,6 +42,7 @@ from gateway.auth import TokenIssuer
 from gateway.registry import Registry
 from persistence.bridge import open_bridge
 from persistence.db import open_database
+from persistence.embedded import EmbeddedPostgres
 from protocol.codec import feed_codec
 from protocol.feed import Quote, QuoteBatch
 from protocol.signing import sign_signal_header
@@ -91,7 +92,9 @@ class World:
 
 
 class Engine:
-    def __init__(self, dsn: str, state_dir: Path) -> None:
+    def __init__(self, dsn: str | None, state_dir: Path) -> None:
+        """``dsn`` None: no DATABASE_URL, the engine's own embedded Postgres under
+        ``state_dir/pg``."""
         self.dsn, self.state_dir = dsn, state_dir
         self.process: trio.Process | None = None
         self.port = 0
@@ -113,6 +116,8 @@ class Engine:
             TRIPWIRE_SNAPSHOT_INTERVAL_S="1",
             TRIPWIRE_LOGIN_BURST="1000",
         )
+        if self.dsn is None:
+            del env["DATABASE_URL"]
         self.process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "gateway.cli", "run"],
             env=env,
@@ -334,3 +339,38 @@ async def test_a_graceful_stop_snapshots_everything_and_leaves_no_process(pg_dsn
     with trio.fail_after(10):
         while any(map(running, snapshotters)):
             await trio.sleep(0.05)
+
+
+def _postmaster(pg: Path) -> int | None:
+    """The pid in the embedded server's ``postmaster.pid``, if it names a running process."""
+    try:
+        pid = int((pg / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if running(pid) else None
+
+
+async def test_the_embedded_postgres_stops_with_the_engine_after_a_kill_9(pg_folder) -> None:
+    """kill -9 leaves the engine's embedded Postgres running; the next engine adopts it and
+    must stop it at its SIGTERM like one it started (it used to stay, 4 times out of 4)."""
+    pg = pg_folder / "pg"
+    engine = Engine(None, pg_folder)
+    try:
+        await engine.start()
+        first = _postmaster(pg)
+        assert first is not None, "the engine starts its embedded Postgres"
+        await engine.kill()
+        assert _postmaster(pg) == first, "kill -9 leaves the postmaster running"
+
+        await engine.start()
+        assert _postmaster(pg) == first, "the restarted engine adopts it"
+        await engine.stop()  # SIGTERM
+        assert engine.process is not None and engine.process.returncode == 0
+        with trio.move_on_after(30):
+            while running(first):
+                await trio.sleep(0.05)
+        assert not running(first), "the adopted postmaster outlived the engine"
+        assert _postmaster(pg) is None
+    finally:
+        await engine.stop()
+        EmbeddedPostgres(pg).stop("immediate")  # whatever a failure left behind
