@@ -72,7 +72,8 @@ from protocol.errors import ConfigError, StorageError
 __all__ = ["DEFAULT_EMBEDDED_DIR", "EmbeddedPostgres", "resolve_dsn"]
 
 DEFAULT_EMBEDDED_DIR = Path(".tripwire") / "pg"
-"""Where ``tripwire run`` and ``tripwire migrate`` keep their server when DATABASE_URL is unset."""
+"""The default folder of :func:`resolve_dsn`: ``pg`` in the default state dir (``tripwire run``
+and ``tripwire migrate`` use ``TRIPWIRE_STATE_DIR/pg``)."""
 
 _OWNER_FILE = "owner"
 _SERVER_USER = "pgserver"  # postgres refuses to run as root; pgserver's own choice of user
