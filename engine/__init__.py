@@ -8,8 +8,11 @@ function calls, which is how its tests drive it; ``actors/`` drives it live.
 from __future__ import annotations
 
 from engine.analytics import (
+    SHARPE_MIN_RETURNS,
+    Figure,
     drawdown_series,
     equity_curve,
+    equity_to_balance,
     max_drawdown,
     returns_from_equity,
     rsi_rolling,
@@ -38,9 +41,11 @@ __all__ = [
     "KEEP",
     "LIVE_STATES",
     "REJECT_REASONS",
+    "SHARPE_MIN_RETURNS",
     "BreakEvenRule",
     "DrawdownGuard",
     "DrawdownLimits",
+    "Figure",
     "GuardDecision",
     "GuardLevel",
     "Instrument",
@@ -59,6 +64,7 @@ __all__ = [
     "TriggerKind",
     "drawdown_series",
     "equity_curve",
+    "equity_to_balance",
     "legacy_pl",
     "max_drawdown",
     "next_state",

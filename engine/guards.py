@@ -77,8 +77,21 @@ class DrawdownGuard:
         self.level = GuardLevel.NORMAL
         self.opens_blocked = False
 
+    def restore(self, peak: float | None, level: int, opens_blocked: bool) -> None:
+        """Take back a saved guard (a restart). The next :meth:`update` re-derives the block
+        from the live level, so a block saved at critical cannot outlive a recovery."""
+        self.peak = peak
+        self.level = GuardLevel(level)
+        self.opens_blocked = opens_blocked
+
     def update(self, equity: float, now_ms: int) -> tuple[list[Alert], list[GuardDecision]]:
-        """Record an equity observation; return the alerts and decisions it causes."""
+        """Record an equity observation; return the alerts and decisions it causes.
+
+        The block follows the live level, not only its changes: critical blocks (unless the
+        action is ``alert``), normal allows, warning keeps what was (the hysteresis). Deciding
+        on level changes alone let a block restored after a restart stick forever, because the
+        restored level and the live one agreed while the block disagreed with both.
+        """
         if self.peak is None or equity > self.peak:
             self.peak = equity
         self.drawdown = (self.peak - equity) / self.peak if self.peak > 0 else 0.0
@@ -108,16 +121,16 @@ class DrawdownGuard:
                     threshold=threshold,
                 )
             )
-            if level is GuardLevel.CRITICAL and limits.on_critical != "alert":
-                if not self.opens_blocked:
-                    decisions.append(GuardDecision.BLOCK_OPENS)
-                    self.opens_blocked = True
-                if limits.on_critical == "close_all":
-                    decisions.append(GuardDecision.CLOSE_ALL)
-            elif level is GuardLevel.NORMAL and self.opens_blocked:
-                decisions.append(GuardDecision.ALLOW_OPENS)
-                self.opens_blocked = False
+            if level is GuardLevel.CRITICAL and limits.on_critical == "close_all":
+                decisions.append(GuardDecision.CLOSE_ALL)  # once per fall into critical
             self.level = level
+        if level is GuardLevel.CRITICAL and limits.on_critical != "alert":
+            if not self.opens_blocked:
+                decisions.insert(0, GuardDecision.BLOCK_OPENS)
+                self.opens_blocked = True
+        elif level is GuardLevel.NORMAL and self.opens_blocked:
+            decisions.append(GuardDecision.ALLOW_OPENS)
+            self.opens_blocked = False
         return alerts, decisions
 
 

@@ -163,8 +163,7 @@ class UserCore:
         for a in approvals:
             self.approvals[decision_key(a.signal)] = a
         if guard is not None:
-            self.guard.peak = guard.peak
-            self.guard.opens_blocked = guard.opens_blocked
+            self.guard.restore(guard.peak, guard.level, guard.opens_blocked)
             self.balance, self.equity = guard.balance, guard.equity
         return effects
 
@@ -512,7 +511,7 @@ class UserCore:
             for p in list(self.positions.values()):
                 if p.state in (PositionState.OPEN, PositionState.CLOSE_FAILED):
                     self._close(p, "guard", now_ms, effects, armed=p.state is PositionState.OPEN)
-        if alerts or now_ms - self._guard_saved_ms >= self.timing.guard_save_interval:
+        if alerts or decisions or now_ms - self._guard_saved_ms >= self.timing.guard_save_interval:
             self._guard_saved_ms = now_ms
             effects.records.append(
                 GuardSaved(

@@ -2,7 +2,8 @@
 
 ``tripwire version`` prints the version; ``tripwire run`` starts the engine; ``tripwire migrate``
 brings the database schema up to date (``DATABASE_URL``, or the embedded Postgres under
-``./.tripwire/pg`` when it is unset).
+``TRIPWIRE_STATE_DIR/pg`` when it is unset: the database ``tripwire run`` uses). Both read
+their settings the same way (``TRIPWIRE_CONFIG``, then the environment).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import msgspec
 
@@ -80,7 +82,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from persistence.db import open_database, redact_dsn
     from persistence.embedded import resolve_dsn
     from persistence.migrator import migrate, migration_status
-    from protocol.errors import TripwireError
+    from protocol.errors import ConfigError, TripwireError
 
     log = get_logger()
 
@@ -95,9 +97,17 @@ def _migrate(args: argparse.Namespace) -> int:
 
     server = None
     try:
-        dsn, server = resolve_dsn()
+        # The settings `tripwire run` reads, so that both find the same database (this used to
+        # read DATABASE_URL alone and report on ./.tripwire whatever the state dir).
+        settings = load_settings()
+        dsn, server = resolve_dsn(
+            {"DATABASE_URL": settings.database_url or ""}, Path(settings.state_dir) / "pg"
+        )
         log.info("migrating", dsn=redact_dsn(dsn), embedded=server is not None)
         trio.run(main, dsn)
+    except ConfigError as exc:
+        print(f"tripwire migrate: configuration error: {exc.message}", file=sys.stderr)
+        return 1
     except TripwireError as exc:
         print(f"tripwire migrate: {exc.code}: {exc.message} {exc.details}", file=sys.stderr)
         return 1

@@ -67,7 +67,7 @@ SETTINGS_HELP: dict[str, str] = {
     "host": "address to listen on (loopback by default)",
     "port": "port to listen on",
     "database_url": "Postgres URL; unset: an embedded Postgres under the state dir",
-    "redis_url": "Redis URL (optional for one node: nonce cache, tick bus, read cache)",
+    "redis_url": "Redis URL (optional: the handshake nonce cache and the REST read cache)",
     "state_dir": "where the embedded Postgres, the JWT secret and the demo set-up live",
     "data_dir": "tick data for the replay feed (default: the repository's data/)",
     "tls_cert": "PEM certificate: serve https and wss (with tls_key)",

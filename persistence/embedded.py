@@ -17,9 +17,21 @@ Layout of the folder::
     <dir>/data/server.log
     <dir>/start.lock     serialises starts and stops across processes
 
-"Already running in that folder" is handled by adopting the server: a second ``tripwire``
-process (or a restart after ``kill -9``) finds the live postmaster through ``postmaster.pid``
-and uses it; only the process that started a server stops it on :meth:`close`.
+    <dir>/owner          the process that owns the running server: "pid start-time"
+
+"Already running in that folder" is handled by adopting the server: the live postmaster is found
+through ``postmaster.pid`` and used. Only a postmaster whose working directory is this data
+directory counts (a pid in a stale ``postmaster.pid`` may since belong to another Postgres, the
+machine's own, say). Who stops it depends on its owner, the process that started it:
+
+* the owner is alive (a second ``tripwire`` process, ``tripwire migrate`` beside a running
+  engine): the server is shared, and only its owner stops it on :meth:`close`;
+* the owner is gone (the engine was killed with ``kill -9`` and started again) or unknown: the
+  server is an orphan, this object becomes its owner and stops it on :meth:`close`, as if it had
+  started it. (Adopted without an owner, it outlived every later engine: a SIGTERM stopped the
+  engine and left its Postgres running.)
+
+An owner is a pid and its process's start time, so a reused pid does not pass for the owner.
 
 Every method here blocks (it runs ``pg_ctl``): from trio, call them through
 ``trio.to_thread.run_sync``.
@@ -39,6 +51,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
+import psutil
 import structlog
 
 # pgserver computes a per-user runtime folder at import and warns when XDG_RUNTIME_DIR is unset
@@ -59,8 +72,10 @@ from protocol.errors import ConfigError, StorageError
 __all__ = ["DEFAULT_EMBEDDED_DIR", "EmbeddedPostgres", "resolve_dsn"]
 
 DEFAULT_EMBEDDED_DIR = Path(".tripwire") / "pg"
-"""Where ``tripwire run`` and ``tripwire migrate`` keep their server when DATABASE_URL is unset."""
+"""The default folder of :func:`resolve_dsn`: ``pg`` in the default state dir (``tripwire run``
+and ``tripwire migrate`` use ``TRIPWIRE_STATE_DIR/pg``)."""
 
+_OWNER_FILE = "owner"
 _SERVER_USER = "pgserver"  # postgres refuses to run as root; pgserver's own choice of user
 _START_TIMEOUT_S = 60
 
@@ -79,7 +94,8 @@ class EmbeddedPostgres:
         self.data_dir = self.directory / "data"
         self.settings = dict(settings or {})
         self.owned = False
-        """True when this object started the server (and so :meth:`close` stops it)."""
+        """True when this object started the server, or adopted one whose owner is gone (and
+        so :meth:`close` stops it)."""
         self._socket_dir: Path | None = None
         self._run_as = _SERVER_USER if os.geteuid() == 0 else None
         self._log = structlog.get_logger().bind(
@@ -100,10 +116,15 @@ class EmbeddedPostgres:
             info = self._postmaster()
             if info is not None:
                 self._socket_dir = info.socket_dir
-                self._log.info("adopted running postgres", pid=info.pid)
+                owner = self._live_owner()
+                if owner is not None:
+                    self._log.info("sharing running postgres", pid=info.pid, owner=owner)
+                else:
+                    self._own()
+                    self._log.info("adopted postgres its owner left running", pid=info.pid)
                 return self.dsn()
             self._start_locked()
-            self.owned = True
+            self._own()
             return self.dsn()
 
     def stop(self, mode: str = "fast") -> None:
@@ -126,14 +147,17 @@ class EmbeddedPostgres:
         with self._locked():
             if self._postmaster() is None:
                 self._start_locked()
-                self.owned = True
+                self._own()
         return self.dsn()
 
     def close(self) -> None:
-        """Stop the server if this object started it; leave an adopted one running."""
+        """Stop the server if this object owns it (started it, or adopted an orphan); leave
+        one that a live process owns running."""
         if self.owned:
             self.stop("fast")
             self.owned = False
+            with contextlib.suppress(OSError):
+                (self.directory / _OWNER_FILE).unlink()
 
     def cleanup(self) -> None:
         """Stop the server (whoever started it) and delete the whole folder (tests)."""
@@ -183,6 +207,24 @@ class EmbeddedPostgres:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _own(self) -> None:
+        """Record this process as the server's owner (under the lock)."""
+        me = psutil.Process()
+        (self.directory / _OWNER_FILE).write_text(f"{me.pid} {me.create_time()!r}\n")
+        self.owned = True
+
+    def _live_owner(self) -> int | None:
+        """The pid of the server's owner if that process still runs, else None."""
+        try:
+            pid_text, created_text = (self.directory / _OWNER_FILE).read_text().split()
+            pid, created = int(pid_text), float(created_text)
+            owner = psutil.Process(pid)
+            if owner.create_time() != created or owner.status() == psutil.STATUS_ZOMBIE:
+                return None  # the pid now names another process, or a corpse
+        except (OSError, ValueError, psutil.Error):
+            return None  # no owner recorded, or it is gone
+        return pid
+
     def _ensure_initialised(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
             return
@@ -222,6 +264,11 @@ class EmbeddedPostgres:
         with contextlib.suppress(Exception):
             if info.process.name() not in {"postgres", "postmaster"}:
                 return None  # the pid was reused by some other program
+        with contextlib.suppress(psutil.AccessDenied):
+            # A postmaster runs in its data directory: another one (the pid reused by another
+            # server after a reboot) is not ours to adopt, nor to stop.
+            if Path(info.process.cwd()).resolve() != self.data_dir.resolve():
+                return None
         return info
 
     def _start_locked(self) -> None:

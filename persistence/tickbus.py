@@ -1,5 +1,9 @@
 """The tick bus: quote batches on a Redis Stream, so every engine node sees the same quotes.
 
+Not started by the engine today: it is the building block of scale-out (``docs/architecture.md``,
+designed, not built). A running node neither publishes to nor reads from the stream; quotes
+reach its symbol actors from its own feed only.
+
 One node (whichever owns the feed) publishes each :class:`~protocol.feed.QuoteBatch` with
 ``XADD <stream> MAXLEN ~ N * q <msgpack>``; every node reads the stream with
 ``XREAD BLOCK`` from where it stands and hands the batches to its symbol actors. The stream is

@@ -1,10 +1,13 @@
 """Analytics: P&L, Sharpe ratio, maximum drawdown, the equity curve and the RSI.
 
-The formulas are ``engine.analytics`` (the old platform's, so its reports keep their numbers).
-The equity curve starts at the account's balance as last reported by its terminal, or at
-10,000 when no terminal has reported one, and adds the realised P&L of each closed trade in
-the order they closed; the Sharpe ratio and the drawdown are those of that curve. The RSI(14)
-is computed on one-minute closes of the candle book, in both of its forms.
+The formulas are ``engine.analytics``. The equity curve is the fold of the closed trades'
+realised P&L, in the order they closed, from the opening balance: the balance now (as the
+account's terminal last reported it; without a report, :data:`DEFAULT_BALANCE` plus the
+realised P&L) less the P&L of every closed trade. It ends at that balance. The Sharpe ratio and
+the drawdown are those of that curve; each is null with a reason beside it when the sample
+cannot carry it (the Sharpe ratio below ``engine.analytics.SHARPE_MIN_RETURNS`` trades). A
+drawdown is a fraction >= 0, as the drawdown guard's. The RSI(14) is computed on one-minute
+closes of the candle book, in both of its forms.
 
 The trades come from Postgres in one aggregated row (cached briefly); the numbers are computed
 in a worker thread, so a long history never stalls the event loop.
@@ -22,7 +25,8 @@ from quart import Blueprint
 from quart_schema import document_response, validate_querystring
 
 from engine.analytics import (
-    equity_curve,
+    SHARPE_MIN_RETURNS,
+    equity_to_balance,
     max_drawdown,
     returns_from_equity,
     rsi_rolling,
@@ -37,13 +41,21 @@ from gateway.rest.positions import live_positions, view_of
 from gateway.rest.reads import read_through
 from protocol.types import Id, Symbol
 
-__all__ = ["DEFAULT_BALANCE", "Equity", "blueprint", "equity_of"]
+__all__ = [
+    "DEFAULT_BALANCE",
+    "Equity",
+    "Stats",
+    "blueprint",
+    "curve_stats",
+    "equity_from",
+    "equity_of",
+]
 
 blueprint = Blueprint("analytics", __name__, url_prefix="/api/v1")
 require_token(blueprint)
 
 DEFAULT_BALANCE = 10_000.0
-"""The starting balance when no terminal has reported one."""
+"""The opening balance when no terminal has reported a balance (the paper account's)."""
 MAX_TRADES = 10_000
 """The curve shows at most this many of the latest trades (older ones still count in P&L)."""
 RSI_PERIOD = 14
@@ -101,12 +113,28 @@ class RSI(msgspec.Struct, frozen=True, kw_only=True):
 
 class AnalyticsOut(msgspec.Struct, frozen=True, kw_only=True):
     pl: PL
-    sharpe: float
-    max_drawdown: float
-    """The deepest fall from a peak of the equity curve, as a fraction (-0.2 is 20 %)."""
+    sharpe: float | None
+    """Annualised Sharpe ratio of the curve's returns; null below ``sharpe_min_returns`` closed
+    trades or when the returns do not vary (``sharpe_reason`` says which)."""
+    sharpe_reason: str | None
+    """Why ``sharpe`` is null; null when it is not."""
+    sharpe_min_returns: int = SHARPE_MIN_RETURNS
+    """The fewest returns (closed trades) a Sharpe ratio is given for."""
+    max_drawdown: float | None
+    """The deepest fall from a peak of the equity curve, a fraction >= 0 (0.2 is 20 %), as the
+    drawdown guard reports it; null with no closed trade (``max_drawdown_reason``)."""
+    max_drawdown_reason: str | None
+    """Why ``max_drawdown`` is null; null when it is not."""
     equity_curve: list[EquityPoint]
+    """The balance when the first trade shown opened, then after each closed trade; the last
+    point is ``balance``. Empty without closed trades."""
     rsi: RSI
     starting_balance: float
+    """The opening balance: ``balance`` less the realised P&L of every closed trade."""
+    balance: float
+    """Where the curve ends: the balance the terminal last reported, or, when
+    ``balance_reported`` is false, :data:`DEFAULT_BALANCE` plus the realised P&L."""
+    balance_reported: bool
     trades: int
 
 
@@ -121,34 +149,39 @@ class Equity(NamedTuple):
     """A user's equity curve and what it was built from."""
 
     starting_balance: float
+    """The opening balance (``balance`` less ``realized``)."""
+    balance: float
+    """The balance the curve ends at."""
+    balance_reported: bool
     realized: float
     trades: int
     points: list[EquityPoint]
 
 
-def starting_balance(context: GatewayContext, user_id: str) -> float:
-    """The balance the user's terminal last reported, else :data:`DEFAULT_BALANCE`."""
+def reported_balance(context: GatewayContext, user_id: str) -> float | None:
+    """The balance the user's terminal last reported (live, else as last saved), if any."""
     actor = context.node.users.get(user_id)
     balance = actor.core.balance if actor is not None else None
     if balance is None:
         saved = context.node.state.guards.get(user_id)
         balance = saved.balance if saved is not None else None
-    return DEFAULT_BALANCE if balance is None else balance
+    return balance
 
 
-def _curve(start: float, realized: float, trades: Trades) -> list[EquityPoint]:
-    pls = [pl for _, pl, _ in trades.trades]
-    # Trades older than the ones shown still moved the balance the curve starts from.
-    base = start + (realized - math.fsum(pls))
-    values = equity_curve(base, pls)
+def equity_from(balance: float | None, trades: Trades) -> Equity:
+    """The curve of ``trades`` ending at ``balance`` (blocking: numpy; run it in a thread)."""
+    reported = balance is not None
+    end = balance if balance is not None else DEFAULT_BALANCE + trades.realized
     if not trades.trades:
-        return []
+        return Equity(end - trades.realized, end, reported, trades.realized, 0, [])
+    values = equity_to_balance(end, [pl for _, pl, _ in trades.trades])
     first_closed, _, first_opened = trades.trades[0]
     times = [first_opened or first_closed] + [closed for closed, _, _ in trades.trades]
-    return [
+    points = [
         EquityPoint(time_ms=t, equity=round(float(v), 2))
         for t, v in zip(times, values, strict=True)
     ]
+    return Equity(end - trades.realized, end, reported, trades.realized, len(trades.trades), points)
 
 
 async def equity_of(context: GatewayContext, user_id: str) -> Equity:
@@ -159,9 +192,26 @@ async def equity_of(context: GatewayContext, user_id: str) -> Equity:
         return text.encode()
 
     trades = _TRADES_CODEC.decode(await read_through(context, f"trades:{user_id}", load))
-    start = starting_balance(context, user_id)
-    points = await trio.to_thread.run_sync(_curve, start, trades.realized, trades)
-    return Equity(start, trades.realized, len(trades.trades), points)
+    balance = reported_balance(context, user_id)
+    return await trio.to_thread.run_sync(equity_from, balance, trades)
+
+
+class Stats(NamedTuple):
+    """The curve's statistics, each None with a reason when the sample cannot carry it."""
+
+    sharpe: float | None
+    sharpe_reason: str | None
+    max_drawdown: float | None
+    max_drawdown_reason: str | None
+
+
+def curve_stats(points: list[EquityPoint]) -> Stats:
+    """The Sharpe ratio and the maximum drawdown of a curve (the REST answer's and the
+    equity chart's: one computation, so they cannot disagree)."""
+    equity = np.array([p.equity for p in points], dtype=np.float64)
+    sharpe = sharpe_ratio(returns_from_equity(equity))
+    drawdown = max_drawdown(equity)
+    return Stats(sharpe.value, sharpe.reason, drawdown.value, drawdown.reason)
 
 
 def _last(values: np.ndarray) -> float | None:
@@ -170,12 +220,10 @@ def _last(values: np.ndarray) -> float | None:
     return float(values[-1])
 
 
-def _numbers(points: list[EquityPoint], closes: list[float]) -> tuple[float, float, Any, Any]:
-    equity = np.array([p.equity for p in points], dtype=np.float64)
+def _numbers(points: list[EquityPoint], closes: list[float]) -> tuple[Stats, Any, Any]:
     prices = np.array(closes, dtype=np.float64)
     return (
-        sharpe_ratio(returns_from_equity(equity)),
-        max_drawdown(equity),
+        curve_stats(points),
         _last(rsi_rolling(prices, RSI_PERIOD)),
         _last(rsi_wilder(prices, RSI_PERIOD)),
     )
@@ -196,17 +244,19 @@ async def analytics(query_args: AnalyticsQuery) -> Any:
     views = [view_of(context, p) for p in live_positions(context, user_id)]
     floating = math.fsum(v.pl for v in views if v is not None and v.pl is not None)
     closes = candle_book(context).closes(symbol, RSI_INTERVAL_S, RSI_CANDLES)
-    sharpe, drawdown, rolling, wilder = await trio.to_thread.run_sync(
-        _numbers, equity.points, closes
-    )
+    stats, rolling, wilder = await trio.to_thread.run_sync(_numbers, equity.points, closes)
     return json_response(
         AnalyticsOut(
             pl=PL(realized=round(equity.realized, 2), floating=round(floating, 2)),
-            sharpe=sharpe,
-            max_drawdown=drawdown,
+            sharpe=stats.sharpe,
+            sharpe_reason=stats.sharpe_reason,
+            max_drawdown=stats.max_drawdown,
+            max_drawdown_reason=stats.max_drawdown_reason,
             equity_curve=equity.points,
             rsi=RSI(symbol=symbol, rolling=rolling, wilder=wilder),
-            starting_balance=equity.starting_balance,
+            starting_balance=round(equity.starting_balance, 2),
+            balance=round(equity.balance, 2),
+            balance_reported=equity.balance_reported,
             trades=equity.trades,
         )
     )

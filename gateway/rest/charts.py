@@ -17,14 +17,14 @@ import trio
 from quart import Blueprint, Response
 from quart_schema import validate_querystring
 
-from gateway.rest.analytics import equity_of
+from gateway.rest.analytics import Equity, curve_stats, equity_of
 from gateway.rest.candlebook import Candle
 from gateway.rest.common import ctx, identity, require_token
 from gateway.rest.docs import bearer, binary, errors
 from gateway.rest.market import CandleQuery, candle_book, known_symbol
 from gateway.rest.reads import read_through
 
-__all__ = ["CHART_TTL_MS", "blueprint", "render_candles", "render_equity"]
+__all__ = ["CHART_TTL_MS", "blueprint", "equity_chart_data", "render_candles", "render_equity"]
 
 blueprint = Blueprint("charts", __name__, url_prefix="/api/v1/charts")
 require_token(blueprint)
@@ -88,6 +88,19 @@ def render_candles(candles: list[Candle], title: str, interval_s: int) -> bytes:
     return _png(figure)
 
 
+def equity_chart_data(equity: Equity) -> tuple[list[tuple[int, float]], str]:
+    """What the equity PNG shows: the points of ``/analytics``' curve and a title with its
+    maximum drawdown, computed as ``/analytics`` computes it (blocking: run in a thread)."""
+    points = [(p.time_ms, p.equity) for p in equity.points]
+    if not points:
+        return points, "Equity"
+    drawdown = curve_stats(equity.points).max_drawdown
+    shown = "none" if drawdown is None else f"{drawdown * 100:.2f} %"
+    return points, (
+        f"Equity from {points[0][1]:,.2f} to {points[-1][1]:,.2f}, max drawdown {shown}"
+    )
+
+
 def _image(png: bytes) -> Response:
     response = Response(png, content_type="image/png")
     response.headers["Cache-Control"] = f"private, max-age={CHART_TTL_MS // 1000}"
@@ -105,9 +118,9 @@ async def equity_chart() -> Any:
 
     async def render() -> bytes:
         equity = await equity_of(context, user_id)
-        points = [(p.time_ms, p.equity) for p in equity.points]
+        points, title = await trio.to_thread.run_sync(equity_chart_data, equity)
         async with _RENDERER:
-            return await trio.to_thread.run_sync(render_equity, points, "Equity")
+            return await trio.to_thread.run_sync(render_equity, points, title)
 
     return _image(await read_through(context, f"chart:equity:{user_id}", render, CHART_TTL_MS))
 

@@ -5,9 +5,9 @@
 // says plainly what is unavailable and the rest keeps working from the stream.
 
 import { clearSession, loadSession, login, request, saveSession } from "./api.js";
-import { curveFromAnalytics, curveFromPositions, drawEquity } from "./chart.js";
+import { curveFromAnalytics, curveFromPositions, drawEquity, statsFromAnalytics } from "./chart.js";
 import { finite, text, time } from "./format.js";
-import { alert as parseAlert, Store } from "./model.js";
+import { FINAL_STATES, alert as parseAlert, Store } from "./model.js";
 import * as view from "./render.js";
 import { ClientStream } from "./stream.js";
 
@@ -16,6 +16,10 @@ const ANALYTICS_EVERY_MS = 30_000;
 const MISSING_EVERY_MS = 120_000; // an endpoint that is not deployed is asked again rarely
 const CONFIRM_MS = 4_000;
 const EQUITY_MIN_INTERVAL_MS = 1_000;
+// A close seen on the stream reaches the server's trade history a moment later: the analytics
+// are asked again this long after it, a few times, until they count one more trade.
+const AFTER_CLOSE_MS = 1_000;
+const AFTER_CLOSE_TRIES = 5;
 
 const store = new Store();
 const ui = { closing: new Map() };
@@ -37,6 +41,7 @@ const dirty = new Set();
 let frame = 0;
 let equityDrawnMs = 0;
 let equityQueued = false;
+let afterCloseQueued = false;
 
 function invalidate(...sections) {
   for (const section of sections) dirty.add(section);
@@ -77,7 +82,9 @@ function renderEquity() {
   equityDrawnMs = Date.now();
   const canvas = $("equity-canvas");
   const currency = store.account?.currency ?? "";
-  const fromServer = Boolean(analytics?.curve?.length);
+  // The server's answer, even with no closed trade yet (an empty curve), is what the page
+  // shows; only without one does it build a P&L curve from the positions it has received.
+  const fromServer = analytics !== null;
   const live = store.livePositions();
   const points = fromServer
     ? analytics.curve
@@ -90,14 +97,16 @@ function renderEquity() {
   const summary = drawEquity(canvas, points, {
     currency,
     signed: !fromServer,
-    emptyText: "No closed positions yet",
+    emptyText: fromServer ? "No closed trades yet" : "No closed positions yet",
   });
   const what = fromServer ? "Equity" : "Realised P&L";
   canvas.setAttribute("aria-label", `${what} curve: ${summary}`);
-  $("equity-source").textContent = !points.length
-    ? ""
-    : fromServer
-      ? "Equity from the server's analytics."
+  $("equity-source").textContent = fromServer
+    ? points.length
+      ? "Equity from the server's analytics: the balance after each closed trade."
+      : "Equity from the server's analytics: no closed trades yet."
+    : !points.length
+      ? ""
       : "The server's analytics are not available: this is the realised P&L of the closed " +
         "positions this page has received, ending now with the floating P&L.";
   view.renderAnalytics(analytics?.stats ?? null, currency);
@@ -189,6 +198,7 @@ function onMessage(message) {
     // A close request is finished with once the position has left the states it applied to.
     const p = store.positions.get(text(message.position?.id, 64));
     if (p && p.state !== "open" && p.state !== "close_failed") ui.closing.delete(p.id);
+    if (p && FINAL_STATES.has(p.state)) refreshAfterClose();
   }
   if (changed.length) invalidate(...changed);
   if (changed.includes("positions")) watchPrices();
@@ -363,6 +373,18 @@ async function onDecide(signal, decision) {
   if (gen === generation) refreshSignals();
 }
 
+/** The server's curve and figures, again, soon after a close (see AFTER_CLOSE_MS). */
+function refreshAfterClose(tries = AFTER_CLOSE_TRIES) {
+  if (afterCloseQueued || !session) return;
+  afterCloseQueued = true;
+  const before = analytics?.trades ?? -1;
+  later(AFTER_CLOSE_MS, async () => {
+    afterCloseQueued = false;
+    await refreshAnalytics();
+    if ((analytics?.trades ?? -1) <= before && tries > 1) refreshAfterClose(tries - 1);
+  });
+}
+
 async function refreshAnalytics() {
   const gen = generation;
   try {
@@ -370,12 +392,8 @@ async function refreshAnalytics() {
     if (gen !== generation) return ANALYTICS_EVERY_MS;
     analytics = {
       curve: curveFromAnalytics(data) ?? [],
-      stats: {
-        realized: finite(data.pl?.realized),
-        floating: finite(data.pl?.floating),
-        sharpe: finite(data.sharpe),
-        maxDrawdown: finite(data.max_drawdown),
-      },
+      stats: statsFromAnalytics(data),
+      trades: finite(data.trades),
     };
     invalidate("equity");
     return ANALYTICS_EVERY_MS;
@@ -491,6 +509,7 @@ function leave(message = "", kind = "error") {
   session = null;
   cancelTimers();
   equityQueued = false;
+  afterCloseQueued = false;
   clearSession();
   store.reset();
   ui.closing.clear();

@@ -17,6 +17,28 @@ export function curveFromAnalytics(data) {
 }
 
 /**
+ * The figures of an /api/v1/analytics answer, as the page shows them. A drawdown is a fraction
+ * >= 0 (0.005 reads "0.50 %"), the drawdown guard's sign, so the account's drawdown and the
+ * curve's maximum read alike. A figure the server could not give (null, with a reason: too few
+ * trades for a Sharpe ratio, no closed trade for a drawdown) stays null, with its reason.
+ */
+export function statsFromAnalytics(data) {
+  const reason = (value) => (typeof value === "string" && value ? value : null);
+  const curve = curveFromAnalytics(data) ?? [];
+  return {
+    realized: finite(data?.pl?.realized),
+    floating: finite(data?.pl?.floating),
+    sharpe: finite(data?.sharpe),
+    sharpeReason: reason(data?.sharpe_reason),
+    maxDrawdown: finite(data?.max_drawdown),
+    maxDrawdownReason: reason(data?.max_drawdown_reason),
+    startingBalance: finite(data?.starting_balance),
+    balance: finite(data?.balance),
+    last: curve.length ? curve[curve.length - 1].equity : null,
+  };
+}
+
+/**
  * The curve the page can build on its own: the realised P&L of the closed positions it knows,
  * summed in the order they closed, ending now at realised + floating P&L. It starts at zero
  * when the first of those positions (or of the open ones, `sinceMs`) was opened.

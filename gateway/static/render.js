@@ -375,7 +375,17 @@ export function renderAnalytics(stats, currency) {
   if (!stats) return;
   set(field("analytics-realized"), signedMoney(stats.realized, currency), tone(stats.realized));
   set(field("analytics-floating"), signedMoney(stats.floating, currency), tone(stats.floating));
-  set(field("analytics-sharpe"), stats.sharpe === null ? DASH : stats.sharpe.toFixed(2));
-  set(field("analytics-drawdown"), percent(stats.maxDrawdown));
+  // A figure the server could not give reads as a dash, its reason on hover and for screen
+  // readers: never a number it did not compute.
+  const figure = (node, shown, reason) => {
+    set(node, shown);
+    const why = shown === DASH && reason ? reason : "";
+    if (node.title !== why) node.title = why;
+    if (why) node.setAttribute("aria-description", why);
+    else node.removeAttribute("aria-description");
+  };
+  const sharpe = stats.sharpe === null ? DASH : stats.sharpe.toFixed(2);
+  figure(field("analytics-sharpe"), sharpe, stats.sharpeReason);
+  figure(field("analytics-drawdown"), percent(stats.maxDrawdown), stats.maxDrawdownReason);
 }
 

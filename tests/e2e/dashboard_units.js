@@ -3,7 +3,9 @@
 // Evaluated as one async function: it returns the names of the checks that failed.
 async () => {
   const { Store } = await import("/static/model.js");
-  const { curveFromAnalytics, curveFromPositions } = await import("/static/chart.js");
+  const { curveFromAnalytics, curveFromPositions, statsFromAnalytics } = await import(
+    "/static/chart.js"
+  );
   const format = await import("/static/format.js");
   const failed = [];
   const check = (name, ok) => {
@@ -111,6 +113,33 @@ async () => {
     { time_ms: 1, equity: 4 }] });
   check("analytics curve sorted and filtered", served.length === 2 && served[0].equity === 4);
   check("analytics without a curve", curveFromAnalytics({}) === null);
+
+  // Analytics figures: the drawdown keeps the guard's sign (>= 0, "0.07 %", never "-0.07 %"),
+  // and a figure the server could not give stays null with its reason, never a number.
+  const answer = {
+    pl: { realized: -6.87, floating: 0 },
+    sharpe: null,
+    sharpe_reason: "needs at least 30 returns, has 2",
+    max_drawdown: 0.000687,
+    max_drawdown_reason: null,
+    starting_balance: 10000,
+    balance: 9993.13,
+    equity_curve: [
+      { time_ms: 1, equity: 10000 },
+      { time_ms: 2, equity: 9997 },
+      { time_ms: 3, equity: 9993.13 },
+    ],
+  };
+  const stats = statsFromAnalytics(answer);
+  check("sharpe without a sample is null", stats.sharpe === null);
+  check("sharpe's reason kept", stats.sharpeReason === "needs at least 30 returns, has 2");
+  check("drawdown kept as served", stats.maxDrawdown === 0.000687);
+  check("drawdown shown with the guard's sign", format.percent(stats.maxDrawdown) === "0.07 %");
+  check("the curve ends at the balance", stats.last === stats.balance && stats.balance === 9993.13);
+  const none = statsFromAnalytics({ sharpe: "185", max_drawdown: null, max_drawdown_reason: 7 });
+  check("a garbled sharpe is no number", none.sharpe === null && none.maxDrawdown === null);
+  check("a garbled reason is dropped", none.maxDrawdownReason === null && none.last === null);
+  check("no answer, no figures", statsFromAnalytics(null).realized === null);
 
   // Formatting never throws and keeps a symbol's digits.
   format.notePrice("EURUSD", 1.38105);

@@ -42,6 +42,7 @@ from gateway.auth import TokenIssuer
 from gateway.registry import Registry
 from persistence.bridge import open_bridge
 from persistence.db import open_database
+from persistence.embedded import EmbeddedPostgres
 from protocol.codec import feed_codec
 from protocol.feed import Quote, QuoteBatch
 from protocol.signing import sign_signal_header
@@ -91,7 +92,9 @@ class World:
 
 
 class Engine:
-    def __init__(self, dsn: str, state_dir: Path) -> None:
+    def __init__(self, dsn: str | None, state_dir: Path) -> None:
+        """``dsn`` None: no DATABASE_URL, the engine's own embedded Postgres under
+        ``state_dir/pg``."""
         self.dsn, self.state_dir = dsn, state_dir
         self.process: trio.Process | None = None
         self.port = 0
@@ -113,6 +116,8 @@ class Engine:
             TRIPWIRE_SNAPSHOT_INTERVAL_S="1",
             TRIPWIRE_LOGIN_BURST="1000",
         )
+        if self.dsn is None:
+            del env["DATABASE_URL"]
         self.process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "gateway.cli", "run"],
             env=env,
@@ -334,3 +339,132 @@ async def test_a_graceful_stop_snapshots_everything_and_leaves_no_process(pg_dsn
     with trio.fail_after(10):
         while any(map(running, snapshotters)):
             await trio.sleep(0.05)
+
+
+def _postmaster(pg: Path) -> int | None:
+    """The pid in the embedded server's ``postmaster.pid``, if it names a running process."""
+    try:
+        pid = int((pg / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if running(pid) else None
+
+
+async def test_the_embedded_postgres_stops_with_the_engine_after_a_kill_9(pg_folder) -> None:
+    """kill -9 leaves the engine's embedded Postgres running; the next engine adopts it and
+    must stop it at its SIGTERM like one it started (it used to stay, 4 times out of 4)."""
+    pg = pg_folder / "pg"
+    engine = Engine(None, pg_folder)
+    try:
+        await engine.start()
+        first = _postmaster(pg)
+        assert first is not None, "the engine starts its embedded Postgres"
+        await engine.kill()
+        assert _postmaster(pg) == first, "kill -9 leaves the postmaster running"
+
+        await engine.start()
+        assert _postmaster(pg) == first, "the restarted engine adopts it"
+        await engine.stop()  # SIGTERM
+        assert engine.process is not None and engine.process.returncode == 0
+        with trio.move_on_after(30):
+            while running(first):
+                await trio.sleep(0.05)
+        assert not running(first), "the adopted postmaster outlived the engine"
+        assert _postmaster(pg) is None
+    finally:
+        await engine.stop()
+        EmbeddedPostgres(pg).stop("immediate")  # whatever a failure left behind
+
+
+async def _guard_after_report(http: httpx.AsyncClient, equity: float) -> dict[str, Any]:
+    """``/guards``' drawdown once the engine has the account report of ``equity``."""
+    with trio.fail_after(15):
+        while True:
+            guard: dict[str, Any] = (await http.get("/api/v1/guards")).json()["drawdown"]
+            if guard["equity"] == equity:
+                return guard
+            await trio.sleep(0.05)
+
+
+async def _report(world: World, engine: Engine, http: httpx.AsyncClient, balance: float) -> Any:
+    """An EA session whose terminal reports ``balance`` (as equity too) at connect."""
+    world.terminal.balance = balance
+    async with trio.open_nursery() as nursery:
+        await _connect_ea(world, engine, nursery)
+        guard = await _guard_after_report(http, balance)
+        nursery.cancel_scope.cancel()
+    return guard
+
+
+async def test_a_drawdown_block_lifts_after_a_restart_once_the_account_recovered(
+    pg_dsn, tmp_path
+) -> None:
+    """16 % drawdown blocks opens; the engine restarts (SIGTERM); the EA reconnects at 1 %:
+    opens are allowed and an approval is accepted (it used to read "level normal, opens_blocked
+    true" and answer 422 "drawdown is critical" until a new dip past 10 %)."""
+    async with open_bridge() as bridge, open_database(bridge, pg_dsn) as db:
+        world = await _new_world(db, "guard")
+    engine = Engine(pg_dsn, tmp_path / "state")
+    headers = {"Authorization": f"Bearer {world.token}"}
+    try:
+        await engine.start()
+        async with httpx.AsyncClient(base_url=engine.http, timeout=5, headers=headers) as http:
+            assert (await _report(world, engine, http, 10_000.0))["level"] == "normal"
+            blocked = await _report(world, engine, http, 8_400.0)
+            assert blocked["level"] == "critical" and blocked["opens_blocked"]
+        await engine.stop()  # SIGTERM: the journal is flushed, a final snapshot taken
+        assert engine.process is not None and engine.process.returncode == 0
+
+        await engine.start()
+        async with (
+            httpx.AsyncClient(base_url=engine.http, timeout=5, headers=headers) as http,
+            open_websocket_url(
+                f"{engine.ws}/ws/feed?token={FEED_TOKEN}", subprotocols=["tripwire.v1.msgpack"]
+            ) as feed,
+        ):
+            before = (await http.get("/api/v1/guards")).json()["drawdown"]
+            assert before["level"] == "critical" and before["opens_blocked"]  # kept
+            world.terminal.balance = 9_900.0
+            async with trio.open_nursery() as nursery:
+                await _connect_ea(world, engine, nursery)
+                guard = await _guard_after_report(http, 9_900.0)  # 1 % below the peak
+                assert guard["level"] == "normal" and not guard["opens_blocked"], guard
+                await _quote(feed, world, world.mid)
+                approved = await _approve(http, world)
+                assert approved.status_code == 201, approved.text
+                nursery.cancel_scope.cancel()
+        await engine.stop()
+    finally:
+        await engine.stop()
+
+
+async def _approve(http: httpx.AsyncClient, world: World) -> httpx.Response:
+    bid, ask = world.prices["XAUUSD"]
+    body = json.dumps(
+        {
+            "strategy_id": STRATEGY_ID,
+            "signal_id": "after-restart",
+            "version": 1,
+            "audience": [world.user_id],
+            "symbol": "XAUUSD",
+            "side": "buy",
+            "entry": ask,
+            "sl": round(ask - 2.0, 3),
+            "tp": round(ask + 2.0, 3),
+            "created_at_ms": time.time_ns() // 1_000_000,
+        }
+    ).encode()
+    header = sign_signal_header(body, STRATEGY_ID, STRATEGY_SECRET, time.time_ns() // 1_000_000)
+    posted = await http.post(
+        "/api/v1/signals",
+        content=body,
+        headers={
+            "X-Strategy-Id": STRATEGY_ID,
+            "X-Signature": header,
+            "Content-Type": "application/json",
+        },
+    )
+    assert posted.status_code == 201, posted.text
+    return await http.post(
+        f"/api/v1/signals/{STRATEGY_ID}/after-restart/1/decision", json={"decision": "approve"}
+    )

@@ -292,10 +292,15 @@ def _watch_and_breach(
     seen["reason"] = closed.get_by_test_id("pos-reason").text_content()
     seen["closed_pl"] = closed.get_by_test_id("pos-pl").text_content()
     expect(page.get_by_test_id("positions-empty")).to_be_visible()
-    # The close is the first point of the curve the page builds (no analytics API needed).
+    # The close reaches the server's equity curve, which the page asks for again after a close
+    # and draws; its drawdown reads with the guard's sign.
     expect(page.get_by_test_id("equity-canvas")).to_have_attribute(
         "aria-label", re.compile(r"curve: from .* \d+ points")
     )
+    expect(page.get_by_test_id("equity-source")).to_have_text(
+        "Equity from the server's analytics: the balance after each closed trade."
+    )
+    expect(page.get_by_test_id("analytics-drawdown")).to_have_text(re.compile(r"^\d+\.\d\d %$"))
 
 
 def _signals_and_logout(

@@ -1,4 +1,5 @@
-"""Known-answer tests for the analytics (values worked by hand or with the textbook example)."""
+"""Known-answer tests for the analytics (values worked by hand or with the textbook example),
+and properties of the equity curve and the drawdown (hypothesis)."""
 
 from __future__ import annotations
 
@@ -7,36 +8,92 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.analytics import (
+    SHARPE_MIN_RETURNS,
     drawdown_series,
     equity_curve,
+    equity_to_balance,
     max_drawdown,
     returns_from_equity,
     rsi_rolling,
     rsi_wilder,
     sharpe_ratio,
 )
+from engine.guards import DrawdownGuard
 
 
 def test_sharpe_known_answer() -> None:
     returns = [0.01, -0.005, 0.02, 0.0, 0.015]
     mean, std = 0.008, math.sqrt(np.var(returns))
-    assert sharpe_ratio(returns) == pytest.approx(mean / std * math.sqrt(252))
-    assert sharpe_ratio(returns) == pytest.approx(13.694, rel=1e-4)  # worked by hand
+    sharpe = sharpe_ratio(returns, min_returns=5)
+    assert sharpe.value == pytest.approx(mean / std * math.sqrt(252)) and sharpe.reason is None
+    assert sharpe.value == pytest.approx(13.694, rel=1e-4)  # worked by hand
 
 
-def test_sharpe_degenerate_cases() -> None:
-    assert sharpe_ratio([]) == 0.0
-    assert sharpe_ratio([0.01]) == 0.0
-    assert sharpe_ratio([0.01, 0.01, 0.01]) == 0.0
+def test_sharpe_needs_a_sample_and_says_so() -> None:
+    """Two trades gave -185 and -1,754: too few returns give no number, and a reason."""
+    two = sharpe_ratio([-0.0003, -0.0004])
+    assert two.value is None and two.reason == "needs at least 30 returns, has 2"
+    assert sharpe_ratio([]).value is None and sharpe_ratio([0.01], min_returns=1).value is None
+    enough = [0.01 * (-1) ** i + 0.001 for i in range(SHARPE_MIN_RETURNS)]
+    assert sharpe_ratio(enough[:-1]).value is None
+    assert sharpe_ratio(enough).value == pytest.approx(0.1 * math.sqrt(252))
+    flat = sharpe_ratio([0.01] * SHARPE_MIN_RETURNS)  # numpy's std of equal floats: ~1e-19
+    assert flat == (None, "the returns do not vary")
 
 
 def test_drawdown_known_answer() -> None:
     equity = [100, 120, 90, 130, 65, 70]
-    assert drawdown_series(equity).tolist() == pytest.approx([0, 0, -0.25, 0, -0.5, -60 / 130])
-    assert max_drawdown(equity) == pytest.approx(-0.5)
-    assert max_drawdown([]) == 0.0
+    assert drawdown_series(equity).tolist() == pytest.approx([0, 0, 0.25, 0, 0.5, 60 / 130])
+    assert max_drawdown(equity) == (pytest.approx(0.5), None)
+    assert max_drawdown([]) == (None, "needs at least one closed trade")
+    assert max_drawdown([100.0]).value is None
+    assert max_drawdown([100.0, 100.0]).value == 0.0
+
+
+money = st.floats(-5_000, 5_000, allow_nan=False).map(lambda x: round(x, 2))
+
+
+@given(st.floats(1.0, 1e7, allow_nan=False), st.lists(money, max_size=60))
+def test_the_curve_is_a_fold_of_the_trades_that_ends_at_the_balance(balance, pls) -> None:
+    """The issue's figures: balance 9,993.13, trades -3.00 and -3.87; the curve ended at
+    9,986.26 (it started from the balance and took the trades off again)."""
+    curve = equity_to_balance(balance, pls)
+    assert curve.size == len(pls) + 1
+    assert curve[-1] == balance  # exactly: the fold is anchored at its end
+    opening = balance - math.fsum(pls)
+    assert curve[0] == pytest.approx(opening, abs=1e-6)
+    # A fold from the opening balance: each step is that trade's P&L.
+    assert np.diff(curve).tolist() == pytest.approx(pls, abs=1e-6)
+    assert curve.tolist() == pytest.approx(equity_curve(opening, pls).tolist(), abs=1e-6)
+
+
+def test_the_issue_s_curve() -> None:
+    assert equity_to_balance(9_993.13, [-3.00, -3.87]).round(2).tolist() == [
+        10_000.0,
+        9_997.0,
+        9_993.13,
+    ]
+
+
+@given(st.lists(st.floats(1.0, 1e6, allow_nan=False), min_size=1, max_size=60))
+def test_drawdown_has_the_guard_s_sign(equity) -> None:
+    """One convention: a fraction >= 0, the drawdown guard's ``(peak - equity) / peak``, at
+    every point; the maximum is the brute-force largest fall from an earlier peak."""
+    series = drawdown_series(equity)
+    guard = DrawdownGuard()
+    for e, dd in zip(equity, series, strict=True):
+        guard.update(e, 0)
+        assert dd >= 0 and dd == pytest.approx(guard.drawdown, abs=1e-12)
+    brute = max((max(equity[: i + 1]) - e) / max(equity[: i + 1]) for i, e in enumerate(equity))
+    deepest = max_drawdown(equity)
+    if len(equity) < 2:
+        assert deepest.value is None and deepest.reason
+    else:
+        assert deepest.value == pytest.approx(brute, abs=1e-12) and deepest.value >= 0
 
 
 def test_returns_from_equity() -> None:
