@@ -57,6 +57,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     read_cache_ttl_ms: int = 500
     login_burst: int = 5
     login_refill_s: float = 12.0
+    login_address_burst: int = 20
+    login_address_refill_s: float = 3.0
+    login_max_hashing: int = 2
+    max_http_per_address: int = 64
+    max_ws_per_address: int = 64
     gc_gen0: int = DEFAULT_GEN0
 
 
@@ -96,6 +101,14 @@ SETTINGS_HELP: dict[str, str] = {
     "read_cache_ttl_ms": "TTL of the Redis read-through cache for heavy REST reads",
     "login_burst": "login attempts allowed at once per user and address",
     "login_refill_s": "seconds to earn one more login attempt",
+    "login_address_burst": "login attempts allowed at once per client address, any usernames",
+    "login_address_refill_s": "seconds for an address to earn one more login attempt",
+    "login_max_hashing": "password checks (argon2, 64 MiB each) running at once; more "
+    "logins meanwhile get 429 (about one per core)",
+    "max_http_per_address": "HTTP requests in flight at once per client address (more: 429); "
+    "0 = no limit",
+    "max_ws_per_address": "open WebSockets per client address (more upgrades: HTTP 429); "
+    "0 = no limit",
     "gc_gen0": "allocations between young garbage collections (CPython's 700 promotes "
     "in-flight request state, and the older collections then pause the loop for tens of ms); "
     "0 turns automatic collection off",
@@ -211,6 +224,15 @@ def _check(s: Settings) -> None:
         fail("replay_speed", "must be positive")
     if s.device_max_frame < 4096 or s.client_max_frame < 1024 or s.max_body_bytes < 1024:
         fail("device_max_frame", "frame and body limits are too small to be useful")
+    for field in ("login_burst", "login_address_burst", "login_max_hashing"):
+        if getattr(s, field) < 1:
+            fail(field, "must be at least 1")
+    for field in ("login_refill_s", "login_address_refill_s"):
+        if getattr(s, field) <= 0:
+            fail(field, "must be positive")
+    for field in ("max_http_per_address", "max_ws_per_address"):
+        if getattr(s, field) < 0:
+            fail(field, "must be 0 (no limit) or more")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     parse_strategies(s.strategies)

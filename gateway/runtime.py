@@ -36,7 +36,7 @@ from actors.paper import run_paper_device
 from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.journal_index import encode_indexed_batch
 from gateway.app import create_app
-from gateway.auth import TokenIssuer
+from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings, parse_strategies
 from gateway.context import GatewayContext
 from gateway.demo import DEMO_DEVICE, DEMO_STRATEGY, ensure_demo, run_demo_strategy
@@ -188,7 +188,13 @@ async def _run(
         strategies=strategies,
     )
     ctx.extras["journal"] = journal
-    ctx.limiter.burst, ctx.limiter.refill_s = settings.login_burst, settings.login_refill_s
+    ctx.limiter = LoginLimiter(
+        settings.login_burst,
+        settings.login_refill_s,
+        settings.login_address_burst,
+        settings.login_address_refill_s,
+    )
+    ctx.hashing = HashingGate(settings.login_max_hashing)
     app = create_app(ctx)
     metrics = ctx.extras["metrics"]
     node.fire_probe = metrics.observe_fire
