@@ -9,6 +9,7 @@ variable (a :class:`~protocol.errors.ConfigError`), never a stack trace.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -20,7 +21,18 @@ import msgspec
 from actors.heap import DEFAULT_GEN0
 from protocol.errors import ConfigError
 
-__all__ = ["SETTINGS_HELP", "Settings", "env_name", "load_settings", "parse_strategies"]
+__all__ = [
+    "DEFAULT_DEMO_PASSWORD",
+    "SETTINGS_HELP",
+    "Settings",
+    "env_name",
+    "is_loopback",
+    "load_settings",
+    "parse_strategies",
+]
+
+DEFAULT_DEMO_PASSWORD = "demo-password"
+"""Printed in the start banner: fine on loopback, refused on any other address."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,7 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     demo_strategy: bool = True
     paper_device: bool = True
     demo_user: str = "demo"
-    demo_password: str = "demo-password"
+    demo_password: str = DEFAULT_DEMO_PASSWORD
     admin_user: str = "admin"
     admin_password: str | None = None
     handshake_window_ms: int = 5000
@@ -88,7 +100,8 @@ SETTINGS_HELP: dict[str, str] = {
     "demo_strategy": "run a built-in demo strategy that posts signals to the demo user",
     "paper_device": "start the built-in paper device for the demo user",
     "demo_user": "username of the demo user created at first start",
-    "demo_password": "password of the demo user",
+    "demo_password": "password of the demo user (the default is refused unless the host is "
+    "loopback)",
     "admin_user": "username of the admin created at first start",
     "admin_password": "password of the admin (unset: no admin account is created)",
     "handshake_window_ms": "device handshake clock window, ms (at most 60000)",
@@ -196,6 +209,16 @@ def parse_strategies(spec: str | None) -> dict[str, list[bytes]]:
     return strategies
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; a name or any other address is public."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _check(s: Settings) -> None:
     def fail(field: str, message: str) -> None:
         raise ConfigError(f"{env_name(field)}: {message}", variable=env_name(field))
@@ -235,4 +258,12 @@ def _check(s: Settings) -> None:
             fail(field, "must be 0 (no limit) or more")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
+    demo = s.paper_device or s.demo_strategy
+    if demo and s.demo_password == DEFAULT_DEMO_PASSWORD and not is_loopback(s.host):
+        fail(
+            "demo_password",
+            f"is still the default and the start banner shows it, so TRIPWIRE_HOST {s.host} "
+            "must be loopback; set a password of your own (or turn the demo off with "
+            "TRIPWIRE_PAPER_DEVICE=false and TRIPWIRE_DEMO_STRATEGY=false)",
+        )
     parse_strategies(s.strategies)

@@ -37,7 +37,7 @@ from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.journal_index import encode_indexed_batch
 from gateway.app import create_app
 from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
-from gateway.config import Settings, parse_strategies
+from gateway.config import Settings, is_loopback, parse_strategies
 from gateway.context import GatewayContext
 from gateway.demo import DEMO_DEVICE, DEMO_STRATEGY, ensure_demo, run_demo_strategy
 from gateway.registry import Registry
@@ -233,9 +233,13 @@ async def _run(
             replayed_records=recovered.records,
         )
         if demo is not None:
+            # The password only where nobody else can reach the engine (and its output).
+            password = (
+                settings.demo_password if is_loopback(settings.host) else "(TRIPWIRE_DEMO_PASSWORD)"
+            )
             print(
                 f"\n  Tripwire is running: open {url}/ and log in as "
-                f"{settings.demo_user} / {settings.demo_password}\n"
+                f"{settings.demo_user} / {password}\n"
                 f"  API docs: {url}/docs   metrics: {url}/metrics   stop: Ctrl-C\n",
                 flush=True,
             )
