@@ -126,4 +126,5 @@ def create_app(ctx: GatewayContext) -> QuartTrio:
     )
     app.asgi_app = edge  # type: ignore[method-assign]
     ctx.extras["edge"] = edge
+    ctx.extras["app"] = app
     return app
