@@ -18,7 +18,13 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE
-from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    connect_websocket_url,
+    open_websocket_url,
+    wrap_client_stream,
+)
 
 from gateway.auth import ARGON2
 from gateway.runtime import serve
@@ -39,6 +45,14 @@ async def start_engine(nursery: trio.Nursery, dsn: str, tmp_path: Path, **overri
 
 def _port(engine: Engine) -> int:
     return int(engine.base_url.rsplit(":", 1)[1])
+
+
+async def _stream_from(source: str, port: int) -> trio.SocketStream:
+    """A connection to the engine from the loopback address ``source``."""
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
 
 
 def _login(username: str, password: str = "wrong-password-0") -> dict[str, str]:
@@ -270,20 +284,34 @@ async def test_websockets_per_address_are_limited(
     nursery: trio.Nursery, pg_dsn: str, tmp_path: Path
 ) -> None:
     engine = await start_engine(nursery, pg_dsn, tmp_path, max_ws_per_address=2)
+    edge = engine.ctx.extras["edge"]
     url = f"{engine.ws_url}/ws/feed?token={FEED_TOKEN}"
-    async with open_websocket_url(url) as first, open_websocket_url(url):
+    # Connections in a nursery of the test's own (nested ``async with open_websocket_url``
+    # blocks can swallow what an inner one raises).
+    async with trio.open_nursery() as clients:
+        first = await connect_websocket_url(clients, url)
+        second = await connect_websocket_url(clients, url)
         with pytest.raises(ConnectionRejected) as rejected:
-            async with open_websocket_url(url):
-                pass
+            async with open_websocket_url(url):  # its own nursery: the rejection ends here
+                pytest.fail("a third WebSocket from one address")
         assert rejected.value.status_code == 429
         assert json.loads(rejected.value.body)["code"] == "rate_limited"
-        assert engine.ctx.extras["edge"].refused["websocket"] == 1
+        assert edge.refused["websocket"] == 1
+        elsewhere = await wrap_client_stream(  # another address has its own places
+            clients,
+            await _stream_from(OTHER_LOOPBACK, _port(engine)),
+            "127.0.0.1",
+            f"/ws/feed?token={FEED_TOKEN}",
+        )
         await first.aclose()
         with trio.fail_after(10):  # the server notices the close and frees the place
-            while engine.ctx.extras["edge"].ws_open["127.0.0.1"] > 1:
+            while edge.ws_open["127.0.0.1"] > 1:
                 await trio.sleep(0.01)
-        async with open_websocket_url(url) as again:  # accepted, not rejected
-            assert again.closed is None
+        again = await connect_websocket_url(clients, url)  # accepted, not rejected
+        assert again.closed is None and edge.ws_open["127.0.0.1"] == 2
+        for ws in (second, elsewhere, again):
+            await ws.aclose()
+    assert edge.refused["websocket"] == 1
 
 
 async def test_http_requests_in_flight_per_address_are_limited(
