@@ -128,6 +128,11 @@ def test_tripwire_run_stops_with_one_line_on_a_public_bind(
 ) -> None:
     for name in ("TRIPWIRE_HOST", "TRIPWIRE_DEMO_PASSWORD", "TRIPWIRE_CONFIG"):
         monkeypatch.delenv(name, raising=False)
+
+    def never(*args: object, **kwargs: object) -> None:  # were the check missing
+        pytest.fail("the engine would have started on a public address")
+
+    monkeypatch.setattr(trio, "run", never)
     assert main(["run", "--host", "0.0.0.0"]) == 1  # refused before anything is started
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
