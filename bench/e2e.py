@@ -227,6 +227,9 @@ async def start_engine(
         "TRIPWIRE_JWT_SECRET": JWT_SECRET,
         "TRIPWIRE_LOG_LEVEL": "warning",
         "TRIPWIRE_SNAPSHOT_INTERVAL_S": "3600",
+        # Every simulated device and client connects from loopback: no per-address limits.
+        "TRIPWIRE_MAX_WS_PER_ADDRESS": "0",
+        "TRIPWIRE_MAX_HTTP_PER_ADDRESS": "0",
         **env,
     }
     return await trio.lowlevel.open_process(

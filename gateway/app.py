@@ -3,7 +3,8 @@
 :func:`create_app` builds the app around a :class:`~gateway.context.GatewayContext`. The REST
 API lives under ``/api/v1`` (``gateway.rest``), the WebSockets at ``/ws/device``, ``/ws/client``
 and ``/ws/feed``, the dashboard at ``/``, probes at ``/healthz`` and ``/readyz``, metrics at
-``/metrics`` and the OpenAPI document at ``/openapi.json`` (a docs page at ``/docs``).
+``/metrics`` and the OpenAPI document at ``/openapi.json`` (a docs page at ``/docs``). In front
+of it all, :class:`~gateway.edge.EdgeGuard` limits connections per client address.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from quart_schema.extension import hide
 from quart_trio import QuartTrio
 
 from gateway.context import GatewayContext
+from gateway.edge import EdgeGuard
 from gateway.errors import error_response, install_error_handlers
 from gateway.metrics import Metrics
 from gateway.routing import MemoMap
@@ -117,4 +119,12 @@ def create_app(ctx: GatewayContext) -> QuartTrio:
     from gateway.rest import register
 
     register(app)
+    edge = EdgeGuard(
+        app.asgi_app,  # type: ignore[arg-type]
+        max_http=ctx.settings.max_http_per_address,
+        max_ws=ctx.settings.max_ws_per_address,
+    )
+    app.asgi_app = edge  # type: ignore[method-assign]
+    ctx.extras["edge"] = edge
+    ctx.extras["app"] = app
     return app

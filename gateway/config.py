@@ -9,6 +9,7 @@ variable (a :class:`~protocol.errors.ConfigError`), never a stack trace.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -20,7 +21,18 @@ import msgspec
 from actors.heap import DEFAULT_GEN0
 from protocol.errors import ConfigError
 
-__all__ = ["SETTINGS_HELP", "Settings", "env_name", "load_settings", "parse_strategies"]
+__all__ = [
+    "DEFAULT_DEMO_PASSWORD",
+    "SETTINGS_HELP",
+    "Settings",
+    "env_name",
+    "is_loopback",
+    "load_settings",
+    "parse_strategies",
+]
+
+DEFAULT_DEMO_PASSWORD = "demo-password"
+"""Printed in the start banner: fine on loopback, refused on any other address."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,7 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     demo_strategy: bool = True
     paper_device: bool = True
     demo_user: str = "demo"
-    demo_password: str = "demo-password"
+    demo_password: str = DEFAULT_DEMO_PASSWORD
     admin_user: str = "admin"
     admin_password: str | None = None
     handshake_window_ms: int = 5000
@@ -60,6 +72,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     read_cache_ttl_ms: int = 500
     login_burst: int = 5
     login_refill_s: float = 12.0
+    login_address_burst: int = 20
+    login_address_refill_s: float = 3.0
+    login_max_hashing: int = 2
+    max_http_per_address: int = 64
+    max_ws_per_address: int = 64
     gc_gen0: int = DEFAULT_GEN0
 
 
@@ -86,7 +103,8 @@ SETTINGS_HELP: dict[str, str] = {
     "demo_strategy": "run a built-in demo strategy that posts signals to the demo user",
     "paper_device": "start the built-in paper device for the demo user",
     "demo_user": "username of the demo user created at first start",
-    "demo_password": "password of the demo user",
+    "demo_password": "password of the demo user (the default is refused unless the host is "
+    "loopback)",
     "admin_user": "username of the admin created at first start",
     "admin_password": "password of the admin (unset: no admin account is created)",
     "handshake_window_ms": "device handshake clock window, ms (at most 60000)",
@@ -105,6 +123,14 @@ SETTINGS_HELP: dict[str, str] = {
     "read_cache_ttl_ms": "TTL of the Redis read-through cache for heavy REST reads",
     "login_burst": "login attempts allowed at once per user and address",
     "login_refill_s": "seconds to earn one more login attempt",
+    "login_address_burst": "login attempts allowed at once per client address, any usernames",
+    "login_address_refill_s": "seconds for an address to earn one more login attempt",
+    "login_max_hashing": "password checks (argon2, 64 MiB each) running at once; more "
+    "logins meanwhile get 429 (about one per core)",
+    "max_http_per_address": "HTTP requests in flight at once per client address (more: 429); "
+    "0 = no limit",
+    "max_ws_per_address": "open WebSockets per client address (more upgrades: HTTP 429); "
+    "0 = no limit",
     "gc_gen0": "allocations between young garbage collections (CPython's 700 promotes "
     "in-flight request state, and the older collections then pause the loop for tens of ms); "
     "0 turns automatic collection off",
@@ -192,6 +218,16 @@ def parse_strategies(spec: str | None) -> dict[str, list[bytes]]:
     return strategies
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; a name or any other address is public."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _check(s: Settings) -> None:
     def fail(field: str, message: str) -> None:
         raise ConfigError(f"{env_name(field)}: {message}", variable=env_name(field))
@@ -226,6 +262,23 @@ def _check(s: Settings) -> None:
         fail("replay_speed", "must be positive")
     if s.device_max_frame < 4096 or s.client_max_frame < 1024 or s.max_body_bytes < 1024:
         fail("device_max_frame", "frame and body limits are too small to be useful")
+    for field in ("login_burst", "login_address_burst", "login_max_hashing"):
+        if getattr(s, field) < 1:
+            fail(field, "must be at least 1")
+    for field in ("login_refill_s", "login_address_refill_s"):
+        if getattr(s, field) <= 0:
+            fail(field, "must be positive")
+    for field in ("max_http_per_address", "max_ws_per_address"):
+        if getattr(s, field) < 0:
+            fail(field, "must be 0 (no limit) or more")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
+    demo = s.paper_device or s.demo_strategy
+    if demo and s.demo_password == DEFAULT_DEMO_PASSWORD and not is_loopback(s.host):
+        fail(
+            "demo_password",
+            f"is still the default and the start banner shows it, so TRIPWIRE_HOST {s.host} "
+            "must be loopback; set a password of your own (or turn the demo off with "
+            "TRIPWIRE_PAPER_DEVICE=false and TRIPWIRE_DEMO_STRATEGY=false)",
+        )
     parse_strategies(s.strategies)

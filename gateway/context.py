@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from quart import current_app
 
-from gateway.auth import LoginLimiter, TokenIssuer
+from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings
 
 if TYPE_CHECKING:
@@ -78,6 +78,8 @@ class GatewayContext:
     strategies: dict[str, list[bytes]] = field(default_factory=dict)
     """Strategy id -> secrets valid for its signal signatures (several during rotation)."""
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    hashing: HashingGate = field(default_factory=HashingGate)
+    """Bounds the password checks running at once (logins)."""
     counters: Counters = field(default_factory=Counters)
     ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)

@@ -105,9 +105,14 @@ def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Any:
         status = exc.code or 500
-        return error_response(
+        response = error_response(
             _HTTP_CODES.get(status, "http_error"), exc.description or exc.name, status
         )
+        # The exception's own headers: a 405 must say which methods are allowed (RFC 9110).
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     async def on_unexpected(exc: Exception) -> Any:

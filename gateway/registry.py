@@ -29,7 +29,7 @@ from protocol.errors import Conflict, NotFound
 
 __all__ = ["DeviceRecord", "Registry", "UserRecord"]
 
-_DUMMY_HASH = hash_password("not-a-real-password-" + secrets.token_hex(8))
+_DUMMY_HASH = None  # verify_password checks an unknown user against its dummy hash
 
 
 @dataclass

@@ -37,8 +37,8 @@ from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.journal_index import encode_indexed_batch
 from engine.quotes import QuoteLimits
 from gateway.app import create_app
-from gateway.auth import TokenIssuer
-from gateway.config import Settings, parse_strategies
+from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
+from gateway.config import Settings, is_loopback, parse_strategies
 from gateway.context import GatewayContext
 from gateway.demo import DEMO_DEVICE, DEMO_STRATEGY, ensure_demo, run_demo_strategy
 from gateway.registry import Registry
@@ -210,7 +210,13 @@ async def _run(
         strategies=strategies,
     )
     ctx.extras["journal"] = journal
-    ctx.limiter.burst, ctx.limiter.refill_s = settings.login_burst, settings.login_refill_s
+    ctx.limiter = LoginLimiter(
+        settings.login_burst,
+        settings.login_refill_s,
+        settings.login_address_burst,
+        settings.login_address_refill_s,
+    )
+    ctx.hashing = HashingGate(settings.login_max_hashing)
     app = create_app(ctx)
     metrics = ctx.extras["metrics"]
     node.fire_probe = metrics.observe_fire
@@ -249,9 +255,13 @@ async def _run(
             replayed_records=recovered.records,
         )
         if demo is not None:
+            # The password only where nobody else can reach the engine (and its output).
+            password = (
+                settings.demo_password if is_loopback(settings.host) else "(TRIPWIRE_DEMO_PASSWORD)"
+            )
             print(
                 f"\n  Tripwire is running: open {url}/ and log in as "
-                f"{settings.demo_user} / {settings.demo_password}\n"
+                f"{settings.demo_user} / {password}\n"
                 f"  API docs: {url}/docs   metrics: {url}/metrics   stop: Ctrl-C\n",
                 flush=True,
             )

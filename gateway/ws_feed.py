@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 from quart import websocket
 
+from gateway.auth import bearer_token
 from gateway.closing import close_quietly
 from protocol.closecodes import CloseCode, close_code_for, close_reason
 from protocol.codec import encoding_of, feed_codec, negotiate, sniff_encoding
@@ -43,9 +44,7 @@ async def serve_feed(ctx: GatewayContext) -> None:
     subprotocol = negotiate(websocket.requested_subprotocols)
     await websocket.accept(subprotocol=subprotocol)
     header = websocket.headers.get("Authorization", "")
-    presented = websocket.args.get("token") or (
-        header[7:] if header.startswith("Bearer ") else None
-    )
+    presented = websocket.args.get("token") or bearer_token(header)
     if not _token_ok(ctx.settings.feed_token, presented):
         ctx.counters.handshake("feed_unauthorized")
         await close_quietly(websocket, CloseCode.POLICY_VIOLATION, "unauthorized", log)

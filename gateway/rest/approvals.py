@@ -2,10 +2,12 @@
 
 A decision runs inside the user's actor (``UserCore.decide``), with the price board's current
 bid and ask and the clock read there, so it is judged against the market at the moment it is
-taken. The core answers every case the API promises: not in the signal's audience (403), a
-second decision on any version of the signal (409), and the refusals of a trading rule (422
-with the rule's code: ``guard_blocked``, ``late_signal``, ``price_deviation``,
-``sizing_refused``, ``refused``). An expired signal is ``late_signal`` whatever the decision.
+taken. A signal the caller may not see (not in its audience) is a 404, as for one that does
+not exist (a 403 would tell that it does; an admin, who sees every signal, gets the core's 403).
+The core answers every other case the API promises: a second decision on any version of the
+signal (409), and the refusals of a trading rule (422 with the rule's code: ``guard_blocked``,
+``late_signal``, ``price_deviation``, ``sizing_refused``, ``refused``). An expired signal is
+``late_signal`` whatever the decision.
 
 Every attempt by an authenticated user is audited with its address and user agent, refusals
 included; the 201 is sent once the audit entry, and with it the approval and the position it
@@ -31,7 +33,7 @@ from gateway.rest.common import Before, audited, caller, ctx, require_token, sco
 from gateway.rest.docs import bearer, errors, json_response
 from gateway.rest.signals import find_signal
 from persistence.projections import to_time
-from protocol.errors import LateSignal
+from protocol.errors import LateSignal, NotFound
 from protocol.signals import Signal
 from protocol.types import Id
 
@@ -145,6 +147,8 @@ async def decide(strategy_id: str, signal_id: str, version: int, data: DecisionI
     key = signal_key(strategy_id, signal_id, version)
     async with audited("approval." + data.decision, "signal", key, "201") as note:
         saved = find_signal(context, key)
+        if not who.is_admin and who.user_id not in saved.signal.audience:
+            raise NotFound("no such signal", signal=key[:200])  # as find_signal's
         approval: Approval = await context.node.user(who.user_id).call(
             _decide,
             saved.signal,

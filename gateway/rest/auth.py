@@ -43,14 +43,20 @@ class Token(msgspec.Struct, frozen=True, kw_only=True):
 @validate_response(Token, 200)
 @errors(400, 401, 413, 429)
 async def login(data: Login) -> Any:
-    """Exchange a username and password for an access token (rate limited per user+address)."""
+    """Exchange a username and password for an access token (rate limited per user and
+    address, and per address; a few password checks at once, the rest are answered 429)."""
     context = ctx()
     address = client_address()
     wait = context.limiter.check(data.username, address)
     if wait > 0:
         context.counters.logins["rate_limited"] += 1
         raise RateLimited("too many login attempts", retry_after_s=round(wait, 1))
-    found = await context.registry.authenticate(data.username, data.password)
+    try:
+        async with context.hashing.slot():
+            found = await context.registry.authenticate(data.username, data.password)
+    except RateLimited:
+        context.counters.logins["busy"] += 1
+        raise
     if found is None:
         context.counters.logins["failed"] += 1
         await audit(

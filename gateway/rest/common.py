@@ -47,10 +47,12 @@ stores neither a NUL nor a surrogate)."""
 
 
 class JsonRequest(TrioRequest):
-    """The app's request: a JSON body that is not UTF-8 is malformed (400), like bad JSON.
+    """The app's request: a JSON body that is not UTF-8, or nested too deeply to parse, is
+    malformed (400), like bad JSON.
 
     Quart decodes the body as text before its JSON error handling, so invalid UTF-8 would
-    otherwise escape as an unexpected error (a 500).
+    otherwise escape as an unexpected error (a 500); the standard parser gives up on deep
+    nesting (``[[[[...``) with a ``RecursionError``, which is no ``ValueError`` either.
     """
 
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
@@ -58,6 +60,10 @@ class JsonRequest(TrioRequest):
             return await super().get_json(force, silent, cache)
         except UnicodeDecodeError as error:
             return None if silent else self.on_json_loading_failed(error)
+        except RecursionError:
+            if silent:
+                return None
+            raise DecodeError("the JSON body is nested too deeply") from None
 
 
 def ctx() -> GatewayContext:

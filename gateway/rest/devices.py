@@ -6,7 +6,8 @@ can be updated without downtime). It is never listed, logged or audited.
 
 Revoking is immediate: the registry refuses the device's next handshake and its live session,
 if any, is closed with 1008 (policy violation). Owners act on their own devices, admins on
-anyone's; acting on another user's device is a 403, reading it a 404.
+anyone's; reading or acting on another user's device is a 404, as for one that does not exist
+(a 403 would tell that it does).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from gateway.registry import DeviceRecord
 from gateway.rest.common import Label, audited, ctx, identity, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
 from protocol.closecodes import CloseCode
-from protocol.errors import Forbidden, NotFound
+from protocol.errors import NotFound
 from protocol.types import Id
 
 __all__ = ["DeviceOut", "blueprint", "device_out"]
@@ -109,10 +110,10 @@ def devices_in_scope(context: GatewayContext, user_id: str | None) -> list[Devic
 
 
 def _owned(context: GatewayContext, device_id: str) -> DeviceRecord:
-    """A device the caller may act on (403 if it is somebody else's, 404 if none)."""
-    record = context.registry.device(device_id)
-    if not identity().may_act_for(record.user_id):
-        raise Forbidden("this device is not yours")
+    """A device the caller may act on (404 if none, or somebody else's: the same answer)."""
+    record = context.registry.devices.get(device_id)
+    if record is None or not identity().may_act_for(record.user_id):
+        raise NotFound("no such device")
     return record
 
 
@@ -161,7 +162,7 @@ async def get_device(device_id: str) -> Any:
 @blueprint.post("/devices/<device_id>/rotate")
 @bearer
 @document_response(Rotated, 200)
-@errors(401, 403, 404, 409)
+@errors(401, 404, 409)
 async def rotate_secret(device_id: str) -> Any:
     """A new secret for the device; the current ones keep working for a grace period."""
     context = ctx()
@@ -177,7 +178,7 @@ async def rotate_secret(device_id: str) -> Any:
 @blueprint.post("/devices/<device_id>/revoke")
 @bearer
 @document_response(DeviceOut, 200)
-@errors(401, 403, 404)
+@errors(401, 404)
 async def revoke_device(device_id: str) -> Any:
     """Revoke the device: no handshake succeeds any more and its live session is closed."""
     context = ctx()

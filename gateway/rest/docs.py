@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 from quart import Quart, Response
 from quart_schema import document_response, security_scheme
-from quart_schema.openapi import OpenAPIProvider
+from quart_schema.openapi import DataSource, OpenAPIProvider
 from werkzeug.routing import Rule
 
 __all__ = [
@@ -84,7 +84,15 @@ def raw_json(body: bytes, status: int = 200) -> Response:
 
 
 class TripwireOpenAPI(OpenAPIProvider):
-    """quart-schema's provider, plus the binary responses declared with :func:`binary`."""
+    """quart-schema's provider, plus the binary responses declared with :func:`binary`, and
+    request bodies marked ``required`` (every documented body is: a route that reads one
+    answers 400 without it, and OpenAPI's default is optional)."""
+
+    def build_request_body(
+        self, model: type[Any], source: DataSource
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        body, definitions = super().build_request_body(model, source)
+        return {**body, "required": True}, definitions
 
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
         paths, components = super().build_paths(rule)

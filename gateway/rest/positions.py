@@ -35,7 +35,7 @@ from gateway.rest.docs import bearer, errors, json_response, raw_json
 from gateway.rest.reads import read_through
 from persistence.projections import to_time
 from protocol.client import PositionView
-from protocol.errors import Conflict, Forbidden, NotFound
+from protocol.errors import Conflict, NotFound
 from protocol.types import Id, Symbol
 
 __all__ = [
@@ -239,17 +239,15 @@ async def get_position(position_id: str) -> Any:
 @blueprint.post("/positions/<position_id>/close")
 @bearer
 @document_response(CloseOut, 202)
-@errors(401, 403, 404, 409)
+@errors(401, 404, 409)
 async def close_position(position_id: str) -> Any:
     """Close an open (or close-failed) position by hand: 202 once the close command is out."""
     who = identity()
     context = ctx()
     async with audited("position.close", "position", position_id, "202") as note:
         p = await find_position(context, position_id)
-        if p is None:
+        if p is None or not who.may_act_for(p.user_id):  # another's: as if there were none
             raise NotFound("no such position")
-        if not who.may_act_for(p.user_id):
-            raise Forbidden("this position is not yours")
         if p.state in FINAL_STATES:
             raise Conflict(f"position is {p.state.value}", state=p.state.value)
         command_id = await context.node.user(p.user_id).call(_close, position_id, context.clock)

@@ -77,6 +77,7 @@ def engine_settings(tmp_path: Path, dsn: str, **overrides: Any) -> Any:
         feed_token=FEED_TOKEN,
         snapshot_interval_s=3600.0,
         login_burst=1000,
+        login_address_burst=1000,
     )
     values.update(overrides)
     return load_settings({}, **values)

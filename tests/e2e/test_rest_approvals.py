@@ -1,5 +1,5 @@
-"""Decisions on signals: 201, 409, 403, 404 and every 422 a trading rule can answer, each
-audited with the caller's address and user agent."""
+"""Decisions on signals: 201, 409, 404 (none, or not for the caller) and every 422 a trading
+rule can answer, each audited with the caller's address and user agent."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ async def test_decisions_and_their_refusals(engine, nursery: trio.Nursery) -> No
         rejected = await decide("rejected", "reject")
         assert rejected.status_code == 201 and rejected.json()["approval"]["position_id"] is None
 
-        assert (await decide("bobs")).status_code == 403
+        bobs = await decide("bobs")  # not in its audience: as if it did not exist
+        assert bobs.status_code == 404 and bobs.json()["code"] == "not_found"
         missing = await http.post(
             "/api/v1/signals/strat-1/nope/1/decision", json={"decision": "approve"}
         )
@@ -138,7 +139,7 @@ async def test_decisions_and_their_refusals(engine, nursery: trio.Nursery) -> No
         ("main", "409:conflict"),
         ("main", "409:conflict"),
     ]
-    assert ("bobs", "403:forbidden") in outcomes and ("nope", "404:not_found") in outcomes
+    assert ("bobs", "404:not_found") in outcomes and ("nope", "404:not_found") in outcomes
     assert ("guarded", "422:guard_blocked") in outcomes
     with_agent = [r for r in rows if r["user_agent"] == AGENT["User-Agent"]]
     assert len(with_agent) == len(rows) - 1  # all but the 404 sent without the header
