@@ -6,6 +6,12 @@ A client subscribes to channels (``positions``, ``prices``, ``alerts``, ``device
 replaces one not yet sent), and a client that overruns its buffer too often is dropped; a slow
 client never slows the engine or another client. Prices are not pushed per tick (that would put
 O(clients) work on the tick path): a pusher samples the price board a few times a second.
+
+A subscription's symbols are a subset of the node's instruments (:meth:`ClientHub.update`
+refuses the others), so what a pusher walks per client is bounded by the instrument list, and
+a subscribe changes the sets in place, never copying them. A subscription is ended from
+outside (:meth:`ClientHub.end_user`: its user was disabled) through its ``ended`` event;
+:meth:`ClientHub.unsubscribe` forgets it entirely, so the hub keeps nothing of a closed client.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from protocol.client import (
     Snapshot,
 )
 from protocol.common import Alert
+from protocol.errors import TripwireError
 
 if TYPE_CHECKING:
     from actors.node import Node
@@ -44,34 +51,46 @@ _alert_keys = itertools.count()
 
 
 class Subscription:
+    """One client stream: what it wants (``channels``, ``symbols``) and what it has yet to get."""
+
     def __init__(
-        self,
-        user_id: str,
-        channels: Iterable[str],
-        symbols: Iterable[str],
-        capacity: int,
-        max_overruns: int,
+        self, user_id: str, channels: Iterable[str], capacity: int, max_overruns: int
     ) -> None:
         self.user_id = user_id
-        self.channels = frozenset(channels)
-        self.symbols = frozenset(symbols)
+        self.channels: set[str] = set(channels)
+        self.symbols: set[str] = set()
+        """Symbols for ``prices`` (empty: those of the user's positions); instruments only."""
         self.buffer: StreamBuffer[ServerClientMessage] = StreamBuffer(capacity, max_overruns)
+        self.ended = trio.Event()
+        self.ended_by: TripwireError | None = None
+        """Why the stream was ended from outside (set with ``ended``)."""
 
     @property
     def dropped(self) -> bool:
+        """The client read too slowly (its buffer overran) and is being disconnected."""
         return self.buffer.closed
+
+    def end(self, reason: TripwireError) -> None:
+        """Ask the connection to close with ``reason`` (its error frame and close code)."""
+        if self.ended_by is None:
+            self.ended_by = reason
+            self.ended.set()
 
 
 class ClientHub:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._subs: dict[str, set[Subscription]] = defaultdict(set)
+        self._subs: dict[str, set[Subscription]] = {}  # no empty sets: a closed user leaves
         self._watched: dict[str, set[str]] = defaultdict(set)  # user -> symbols of its positions
         self.dropped = 0
 
     @property
     def clients(self) -> int:
         return sum(len(s) for s in self._subs.values())
+
+    def subscriptions(self, user_id: str) -> tuple[Subscription, ...]:
+        """The user's live subscriptions."""
+        return tuple(self._subs.get(user_id, ()))
 
     def views(self, positions: Iterable[Position]) -> list[PositionView]:
         prices = self.node.prices
@@ -85,14 +104,16 @@ class ClientHub:
         return out
 
     async def subscribe(
-        self, user_id: str, channels: Iterable[str], symbols: Iterable[str] = ()
+        self, user_id: str, channels: Iterable[str]
     ) -> tuple[Subscription, Snapshot]:
-        """Register a client and build its snapshot (inside the user actor, so it is consistent)."""
+        """Register a client and build its snapshot (inside the user actor, so it is consistent).
+
+        Symbols for ``prices`` are added with :meth:`update`, which says which it refused.
+        """
         config = self.node.config
-        sub = Subscription(
-            user_id, channels, symbols, config.client_capacity, config.client_max_overruns
-        )
-        self._subs[user_id].add(sub)  # before the snapshot: no delta can fall in between
+        sub = Subscription(user_id, channels, config.client_capacity, config.client_max_overruns)
+        # Before the snapshot: no delta can fall in between.
+        self._subs.setdefault(user_id, set()).add(sub)
 
         def snapshot(core: UserCore) -> tuple[Snapshot, None]:
             live = list(core.positions.values()) + list(core.recent_closed.values())[-50:]
@@ -112,13 +133,44 @@ class ClientHub:
                 devices=self.node.device_views(user_id),
             ), None
 
-        snap = await self.node.user(user_id).call(snapshot)
+        try:
+            snap = await self.node.user(user_id).call(snapshot)
+        except BaseException:  # cancelled (the client left) or failed: keep nothing of it
+            self.unsubscribe(sub)
+            raise
         return sub, snap
 
+    def update(
+        self, sub: Subscription, channels: Iterable[str] = (), symbols: Iterable[str] = ()
+    ) -> list[str]:
+        """Add ``channels`` and ``symbols`` to ``sub`` in place; returns the symbols refused
+        because no instrument has them (the rest are added)."""
+        instruments = self.node.instruments
+        sub.channels.update(channels)
+        refused = []
+        for symbol in symbols:
+            if symbol in instruments:
+                sub.symbols.add(symbol)
+            else:
+                refused.append(symbol)
+        return refused
+
     def unsubscribe(self, sub: Subscription) -> None:
-        self._subs[sub.user_id].discard(sub)
+        """Forget ``sub`` (its connection closed): the hub keeps no reference to it."""
+        subs = self._subs.get(sub.user_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.user_id]
         if sub.dropped:
             self.dropped += 1
+
+    def end_user(self, user_id: str, reason: TripwireError) -> int:
+        """End every live stream of ``user_id`` (disabled) with ``reason``; returns how many."""
+        subs = self.subscriptions(user_id)
+        for sub in subs:
+            sub.end(reason)
+        return len(subs)
 
     # -- fan-out -----------------------------------------------------------------------------
 

@@ -56,6 +56,9 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str
     role: Role
     token_id: str = ""
+    expires_at: int = 0
+    """When the token expires (Unix seconds; 0: not from a token). A stream that outlives a
+    request (``/ws/client``) ends then."""
 
     @property
     def is_admin(self) -> bool:
@@ -234,8 +237,14 @@ class TokenIssuer:
         role = claims.get("role")
         if role not in ("user", "admin") or not isinstance(claims.get("sub"), str):
             raise BadSignature("the access token is not valid")
-        identity = Identity(user_id=claims["sub"], role=role, token_id=str(claims.get("jti", "")))
-        self._verified[token] = (identity, int(claims["exp"]))
+        expires = int(claims["exp"])
+        identity = Identity(
+            user_id=claims["sub"],
+            role=role,
+            token_id=str(claims.get("jti", "")),
+            expires_at=expires,
+        )
+        self._verified[token] = (identity, expires)
         if len(self._verified) > self.VERIFIED_CACHE:
             self._verified.popitem(last=False)
         return identity

@@ -66,6 +66,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     device_stale_after_s: int = 30
     device_max_frame: int = 1_048_576
     client_max_frame: int = 65_536
+    client_frame_rate: float = 20.0
+    client_frame_burst: int = 200
     max_body_bytes: int = 262_144
     legacy_redirects: bool = True
     snapshot_interval_s: float = 60.0
@@ -117,6 +119,10 @@ SETTINGS_HELP: dict[str, str] = {
     "and its positions flagged stale (told in the welcome; more than device_heartbeat_s)",
     "device_max_frame": "largest device frame, bytes (larger: closed with 1009)",
     "client_max_frame": "largest client frame, bytes",
+    "client_frame_rate": "frames a /ws/client connection may send per second, sustained "
+    "(past it and the burst: error rate_limited, closed with 1013)",
+    "client_frame_burst": "frames a /ws/client connection may send at once before "
+    "client_frame_rate applies",
     "max_body_bytes": "largest REST request body, bytes (larger: 413)",
     "legacy_redirects": "old Flask routes answer 301 (true) or 410 (false)",
     "snapshot_interval_s": "seconds between state snapshots",
@@ -271,6 +277,10 @@ def _check(s: Settings) -> None:
     for field in ("max_http_per_address", "max_ws_per_address"):
         if getattr(s, field) < 0:
             fail(field, "must be 0 (no limit) or more")
+    if not 0 < s.client_frame_rate <= 10_000:
+        fail("client_frame_rate", "must be more than 0 and at most 10000 frames a second")
+    if not 1 <= s.client_frame_burst <= 1_000_000:
+        fail("client_frame_burst", "must be 1..1000000 frames")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     demo = s.paper_device or s.demo_strategy

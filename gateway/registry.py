@@ -196,6 +196,27 @@ class Registry:
         except KeyError:
             raise NotFound("no such user", user_id=user_id) from None
 
+    def is_active(self, user_id: str) -> bool:
+        """True if the user exists and is not disabled: a dictionary lookup, cheap enough for
+        every request (the cache is what :meth:`set_disabled` changes, after Postgres)."""
+        user = self.users.get(user_id)
+        return user is not None and not user.disabled
+
+    async def set_disabled(self, user_id: str, disabled: bool) -> UserRecord:
+        """Disable (or enable again) a user: stored first, then cached, so every later request
+        sees it at once. A disabled user cannot log in, its tokens are refused and its devices
+        cannot connect; ending what is already live is the caller's part (``gateway.rest``)."""
+        user = self.user(user_id)
+        if self.db is not None:
+            await self.db.execute(
+                "UPDATE users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) "
+                "END WHERE id = $1",
+                user_id,
+                disabled,
+            )
+        user.disabled = disabled
+        return user
+
     async def update_settings(self, user_id: str, settings: UserSettings) -> None:
         user = self.user(user_id)
         if self.db is not None:

@@ -5,18 +5,39 @@ The client authenticates with a JWT (``?token=`` or ``Authorization: Bearer``), 
 prices a few times a second and guard alerts. Each client has its own bounded buffer: a client
 that cannot keep up (its buffer overruns repeatedly, or a send stalls past ``SEND_TIMEOUT_S``)
 is closed with 1013 "try again later"; nobody else notices.
+
+What a connection may cost is bounded (docs/operations.md, "Limits"):
+
+* **Symbols**: only known instruments. A subscribe naming others gets a ``not_found`` error
+  frame naming them; the rest of the frame applies and the stream stays open (a client built
+  against another instrument list must not reconnect in a loop). A subscribe updates the
+  stream's sets in place: its cost is the frame's, not the stream's.
+* **Frames**: a token bucket per connection (``client_frame_rate`` a second, bursts of
+  ``client_frame_burst``); past it the client gets ``rate_limited`` and a 1013 close.
+* **Time**: a stream lasts as long as its token. At ``exp`` it gets ``expired`` and a 4001
+  close (as a connection presenting an expired token does), unless the client sent an ``auth``
+  frame with a later-expiring token of the same user first. Disabling the user ends its streams
+  at once (``unauthorized``, 1008).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
 from quart import websocket
 
-from protocol.client import ClientPing, Pong, Subscribe, Unsubscribe
+from protocol.client import (
+    Authenticated,
+    ClientAuth,
+    ClientPing,
+    Pong,
+    Subscribe,
+    Unsubscribe,
+)
 from protocol.closecodes import CloseCode, close_code_for, close_reason
 from protocol.codec import (
     WireCodec,
@@ -25,24 +46,69 @@ from protocol.codec import (
     negotiate,
     sniff_encoding,
 )
-from protocol.errors import AuthError, ProtocolError, TripwireError, UnexpectedMessage
+from protocol.errors import (
+    AuthError,
+    Forbidden,
+    NotFound,
+    ProtocolError,
+    RateLimited,
+    SignatureExpired,
+    TripwireError,
+    UnexpectedMessage,
+)
 from protocol.redaction import client_error
 
 if TYPE_CHECKING:
     from actors.hub import Subscription
+    from gateway.auth import Identity
     from gateway.context import GatewayContext
 
 __all__ = ["SEND_TIMEOUT_S", "serve_client"]
 
 SEND_TIMEOUT_S = 5.0
 SUBSCRIBE_TIMEOUT_S = 10.0
+_NAMED_IN_ERROR = 8
+"""Unknown symbols an error message names (a frame may hold 64 of up to 32 characters)."""
 
 
-async def _close_with(codec: WireCodec[Any, Any] | None, exc: TripwireError) -> None:
+class _Stream:
+    """What one connection knows besides its subscription: whose it is, until when, and how
+    many frames it may still send."""
+
+    def __init__(self, identity: Identity, rate: float, burst: int) -> None:
+        self.user_id = identity.user_id
+        self.expires_at = identity.expires_at
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = trio.current_time()
+
+    def take_frame(self) -> bool:
+        """Spend one frame of the budget; False once it is spent (the client floods)."""
+        now = trio.current_time()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+async def _close_with(
+    codec: WireCodec[Any, Any] | None, exc: TripwireError, code: int | None = None
+) -> None:
     if codec is not None:
         with contextlib.suppress(Exception):
             await websocket.send(codec.encode(client_error(exc)))
-    await websocket.close(close_code_for(exc), close_reason(exc))
+    await websocket.close(close_code_for(exc) if code is None else code, close_reason(exc))
+
+
+def _authenticate(ctx: GatewayContext, token: str | None, header: str | None) -> Identity:
+    """The identity of the connection's token, of a user who is still active."""
+    identity = ctx.tokens.verify(token) if token else ctx.tokens.verify_header(header)
+    if not ctx.registry.is_active(identity.user_id):
+        raise AuthError("the account is disabled")
+    return identity
 
 
 async def serve_client(ctx: GatewayContext) -> None:
@@ -54,7 +120,7 @@ async def serve_client(ctx: GatewayContext) -> None:
     header = websocket.headers.get("Authorization")
     codec: WireCodec[Any, Any] | None = None
     try:
-        identity = ctx.tokens.verify(token) if token else ctx.tokens.verify_header(header)
+        identity = _authenticate(ctx, token, header)
         with trio.fail_after(SUBSCRIBE_TIMEOUT_S):
             first = await websocket.receive()
         encoding = encoding_of(subprotocol) if subprotocol else sniff_encoding(first)
@@ -71,22 +137,63 @@ async def serve_client(ctx: GatewayContext) -> None:
         await _close_with(codec, exc)
         return
     log = log.bind(user_id=identity.user_id)
-    sub, snapshot = await ctx.node.hub.subscribe(
-        identity.user_id, request.channels, request.symbols
-    )
+    stream = _Stream(identity, ctx.settings.client_frame_rate, ctx.settings.client_frame_burst)
+    hub = ctx.node.hub
+    sub, snapshot = await hub.subscribe(identity.user_id, request.channels)
     ctx.counters.clients_connected += 1
     log.info("client subscribed", channels=sorted(sub.channels))
     try:
+        if not ctx.registry.is_active(identity.user_id):
+            # Disabled while the subscribe was on its way: the disable found no stream to end.
+            await _close_with(codec, AuthError("the account is disabled"))
+            return
+        _refuse_unknown(sub, hub.update(sub, symbols=request.symbols))
         await websocket.send(codec.encode(snapshot))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_write, ctx, codec, sub, nursery.cancel_scope, log)
-            await _read(ctx, codec, sub, log)
+            nursery.start_soon(_guard, codec, sub, stream, nursery.cancel_scope, log)
+            await _read(ctx, codec, sub, stream, log)
             nursery.cancel_scope.cancel()
     finally:
         ctx.counters.clients_connected -= 1
         if sub.dropped:
             ctx.counters.clients_dropped += 1
-        ctx.node.hub.unsubscribe(sub)
+        hub.unsubscribe(sub)
+
+
+def _refuse_unknown(sub: Subscription, refused: list[str]) -> None:
+    """Tell the client which symbols were not added (one error frame: repeats coalesce)."""
+    if not refused:
+        return
+    named = ", ".join(refused[:_NAMED_IN_ERROR])
+    more = f" and {len(refused) - _NAMED_IN_ERROR} more" if len(refused) > _NAMED_IN_ERROR else ""
+    error = NotFound(f"not a known instrument, not subscribed: {named}{more}", reason="symbol")
+    sub.buffer.offer(("error", error.code), client_error(error))
+
+
+async def _guard(
+    codec: WireCodec[Any, Any],
+    sub: Subscription,
+    stream: _Stream,
+    scope: trio.CancelScope,
+    log: Any,
+) -> None:
+    """End the stream when its token expires or when it is ended from outside (a disabled
+    user). A renewal only moves the expiry later, so sleeping until the one seen is enough."""
+    reason: TripwireError
+    while True:
+        if sub.ended_by is not None:
+            reason = sub.ended_by
+            break
+        left = stream.expires_at - time.time()  # exp is wall-clock time, as the token's check
+        if left <= 0:
+            reason = SignatureExpired("the access token has expired: log in again")
+            break
+        with trio.move_on_after(left):
+            await sub.ended.wait()
+    log.info("client stream ended", code=reason.code)
+    await _close_with(codec, reason)
+    scope.cancel()
 
 
 async def _write(
@@ -115,12 +222,40 @@ async def _write(
                 return
 
 
+def _renew(ctx: GatewayContext, stream: _Stream, token: str) -> Authenticated:
+    """Run the stream on ``token`` from now on.
+
+    Raises:
+        AuthError: the token does not verify, has expired, or its user is disabled.
+        Forbidden: the token is another user's, or expires no later than the current one.
+    """
+    fresh = ctx.tokens.verify(token)
+    if fresh.user_id != stream.user_id:
+        raise Forbidden("the token is for another user")
+    if not ctx.registry.is_active(fresh.user_id):
+        raise AuthError("the account is disabled")
+    if fresh.expires_at <= stream.expires_at:
+        raise Forbidden("the token does not expire later than the stream's")
+    stream.expires_at = fresh.expires_at
+    return Authenticated(expires_at_ms=fresh.expires_at * 1000)
+
+
 async def _read(
-    ctx: GatewayContext, codec: WireCodec[Any, Any], sub: Subscription, log: Any
+    ctx: GatewayContext, codec: WireCodec[Any, Any], sub: Subscription, stream: _Stream, log: Any
 ) -> None:
-    """Serve pings and (un)subscriptions until the client goes away."""
+    """Serve pings, (un)subscriptions and renewals until the client goes away."""
+    hub = ctx.node.hub
     while True:
         frame = await websocket.receive()
+        if not stream.take_frame():
+            ctx.counters.bad_frame("client_" + RateLimited.code)
+            log.info("flooding client closed")
+            limit = RateLimited(
+                "too many frames: reconnect and send fewer",
+                limit=ctx.settings.client_frame_burst,
+            )
+            await _close_with(codec, limit, CloseCode.TRY_AGAIN_LATER)
+            return
         try:
             message = codec.decode(frame)
         except ProtocolError as exc:
@@ -129,14 +264,15 @@ async def _read(
             await _close_with(codec, exc)
             return
         if isinstance(message, ClientPing):
-            sub.buffer.offer(
-                ("pong", message.seq), Pong(seq=message.seq, time_ms=ctx.clock.now_ms())
-            )
-        elif isinstance(message, Subscribe | Unsubscribe):
-            channels = set(sub.channels)
-            if isinstance(message, Subscribe):
-                channels |= set(message.channels)
-                sub.symbols = sub.symbols | frozenset(message.symbols)
-            else:
-                channels -= set(message.channels)
-            sub.channels = frozenset(channels)
+            pong = Pong(seq=message.seq, time_ms=ctx.clock.now_ms())
+            sub.buffer.offer(("pong", message.seq), pong)
+        elif isinstance(message, Subscribe):
+            _refuse_unknown(sub, hub.update(sub, message.channels, message.symbols))
+        elif isinstance(message, Unsubscribe):
+            sub.channels.difference_update(message.channels)
+        elif isinstance(message, ClientAuth):
+            try:
+                sub.buffer.offer(("auth",), _renew(ctx, stream, message.token))
+            except (AuthError, Forbidden) as exc:  # the stream keeps its current token
+                log.info("client token renewal refused", code=exc.code)
+                sub.buffer.offer(("error", exc.code), client_error(exc))

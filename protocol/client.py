@@ -2,6 +2,8 @@
 
 The client authenticates with a JWT (query ``token`` or the ``Authorization`` header), sends a
 :class:`Subscribe`, and receives a :class:`Snapshot` of what it subscribed to, then deltas.
+The stream lasts as long as its token: before that expires the client may send a fresher one
+(:class:`ClientAuth`, answered by :class:`Authenticated`), else the stream is closed.
 Deltas are coalesced: a client sees the latest state of each position, never every
 intermediate one, and a client that cannot keep up is disconnected (close code 1013 "try again
 later"), never allowed to slow anyone else.
@@ -32,7 +34,9 @@ from protocol.types import (
 __all__ = [
     "AccountView",
     "AlertMessage",
+    "Authenticated",
     "Channel",
+    "ClientAuth",
     "ClientError",
     "ClientMessage",
     "ClientPing",
@@ -124,7 +128,14 @@ class ClientPing(_Msg, tag="ping", frozen=True, kw_only=True):
     seq: Count = 0
 
 
-ClientMessage = Subscribe | Unsubscribe | ClientPing
+class ClientAuth(_Msg, tag="auth", frozen=True, kw_only=True):
+    """A fresher access token for the stream (it ends when its token expires)."""
+
+    token: Annotated[str, Meta(min_length=1, max_length=4096)]
+    """A JWT of the same user that expires later than the stream's current one."""
+
+
+ClientMessage = Subscribe | Unsubscribe | ClientPing | ClientAuth
 """Everything a client may send."""
 
 
@@ -171,7 +182,21 @@ class Pong(_Msg, tag="pong", frozen=True, kw_only=True):
     time_ms: TimeMs
 
 
+class Authenticated(_Msg, tag="authenticated", frozen=True, kw_only=True):
+    """The stream now runs on the token of a :class:`ClientAuth`."""
+
+    expires_at_ms: TimeMs
+    """When the stream's token now expires (the stream is closed then, unless renewed)."""
+
+
 ServerClientMessage = (
-    Snapshot | PositionDelta | PriceUpdate | AlertMessage | DeviceStatus | ClientError | Pong
+    Snapshot
+    | PositionDelta
+    | PriceUpdate
+    | AlertMessage
+    | DeviceStatus
+    | ClientError
+    | Pong
+    | Authenticated
 )
 """Everything the server may send to a client."""

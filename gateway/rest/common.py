@@ -17,7 +17,7 @@ from gateway.context import GatewayContext, current_context
 from gateway.errors import status_of
 from gateway.rest.metrics import count_action
 from gateway.services import audit
-from protocol.errors import DecodeError, Forbidden, StorageError, TripwireError
+from protocol.errors import AuthError, DecodeError, Forbidden, StorageError, TripwireError
 
 __all__ = [
     "AuditNote",
@@ -71,13 +71,20 @@ def ctx() -> GatewayContext:
 
 
 def identity() -> Identity:
-    """The verified identity of the request's bearer token (raises AuthError -> 401).
+    """The verified identity of the request's bearer token, of a user who is still active
+    (raises AuthError -> 401).
 
+    A token outlives what it stands for: a user disabled after login still holds a valid
+    signature until ``exp``. So every request also asks the registry, whose in-memory users are
+    the cache (no SQL per request) and which the disable route updates before it answers.
     Verified once per request and kept in ``g``.
     """
     verified: Identity | None = g.get("identity")
     if verified is None:
-        verified = ctx().tokens.verify_header(request.headers.get("Authorization"))
+        context = ctx()
+        verified = context.tokens.verify_header(request.headers.get("Authorization"))
+        if not context.registry.is_active(verified.user_id):
+            raise AuthError("the account is disabled")
         g.identity = verified
     return verified
 

@@ -1,9 +1,13 @@
-"""Users: the caller's trading settings, and accounts created by an admin.
+"""Users: the caller's trading settings, and accounts an admin creates and disables.
 
 Settings are the user's :class:`~engine.sizing.UserSettings` (sizing, late and deviation
 limits, protective stops, drawdown guard). A change is stored first (the registry writes
 Postgres) and then pushed into the live user actor, so the next decision and the next equity
 report already use it; the 200 means both happened.
+
+Disabling a user takes effect before the 200: its tokens are refused on the next request
+(``gateway.rest.common.identity`` asks the registry), its live ``/ws/client`` streams and its
+devices' sessions are closed, and neither it nor its devices can log in or connect again.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from quart_schema import document_response, validate_request
 from engine.sizing import UserSettings
 from engine.user import UserCore
 from gateway.auth import require_role
+from gateway.context import GatewayContext
 from gateway.rest.auth import UserOut
-from gateway.rest.common import audited, ctx, identity, require_token
+from gateway.rest.common import AuditNote, audited, ctx, identity, require_token
 from gateway.rest.docs import bearer, errors, json_response
-from protocol.errors import DecodeError
+from protocol.closecodes import CloseCode
+from protocol.errors import AuthError, Conflict, DecodeError
 
 __all__ = ["blueprint", "check_settings"]
 
@@ -40,6 +46,13 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "deviation_points": (0, 1_000_000, True),
     "disaster_distance_pips": (0.0, 1e6, False),
 }
+
+
+class UserStatus(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    username: str
+    role: Literal["user", "admin"]
+    disabled: bool
 
 
 class NewUser(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,3 +124,38 @@ async def create_user(data: NewUser) -> Any:
         note.target_id = user.id
         note.detail["role"] = data.role
     return json_response(UserOut(id=user.id, username=user.username, role=user.role), 201)
+
+
+async def _end_live(context: GatewayContext, user_id: str, note: AuditNote) -> None:
+    """Close what a disabled user still has open: client streams, then device sessions."""
+    note.detail["streams_closed"] = context.node.hub.end_user(
+        user_id, AuthError("the account is disabled")
+    )
+    sessions = 0
+    for device in context.registry.devices_of(user_id):
+        actor = context.node.devices.get(device.id)
+        if actor is not None and await actor.end_session(
+            CloseCode.POLICY_VIOLATION, "user disabled"
+        ):
+            sessions += 1
+    note.detail["sessions_closed"] = sessions
+
+
+@blueprint.post("/users/<user_id>/disable")
+@bearer
+@document_response(UserStatus, 200)
+@errors(401, 403, 404, 409)
+async def disable_user(user_id: str) -> Any:
+    """Disable a user (admins only): its tokens stop working at once, its live streams and
+    device sessions are closed, and it cannot log in or connect a device until enabled."""
+    who = identity()
+    require_role(who, "admin")
+    context = ctx()
+    async with audited("user.disable", "user", user_id, "200") as note:
+        if user_id == who.user_id:
+            raise Conflict("an admin cannot disable their own account")
+        user = await context.registry.set_disabled(user_id, True)
+        await _end_live(context, user_id, note)
+    return json_response(
+        UserStatus(id=user.id, username=user.username, role=user.role, disabled=True)
+    )

@@ -167,3 +167,21 @@ async def test_settings_round_trip_into_the_actor(engine) -> None:
         )
         assert malformed.status_code == 400
         assert core.settings.fixed_volume == 0.25  # nothing bad got through
+
+
+async def test_a_disabled_users_token_is_refused_at_once(engine) -> None:
+    """The token is still validly signed and unexpired: only the registry knows it no longer
+    stands for anyone, and every endpoint asks it."""
+    user_id, token = await engine.user("leaver")
+    admin = await engine.login("admin", ADMIN_PASSWORD)
+    async with engine.client(token) as http, engine.client(admin) as as_admin:
+        assert (await http.get("/api/v1/auth/me")).status_code == 200
+        disabled = await as_admin.post(f"/api/v1/users/{user_id}/disable")
+        assert disabled.status_code == 200, disabled.text
+        for path in PROTECTED:
+            response = await http.get(path)
+            assert response.status_code == 401, (path, response.text)
+            assert response.json()["code"] == "unauthorized"
+        assert (await http.post("/api/v1/devices", json={"name": "x"})).status_code == 401
+        assert (await as_admin.get("/api/v1/auth/me")).status_code == 200  # others unaffected
+    assert engine.ctx.registry.devices_of(user_id) == []
