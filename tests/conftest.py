@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 
 # Real Postgres and Redis fixtures, for persistence tests and for end-to-end tests alike.
@@ -18,3 +21,16 @@ settings.register_profile(
     "ci", deadline=None, max_examples=400, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
+
+
+@pytest.fixture(autouse=True)
+def _keep_structlog_config() -> Iterator[None]:
+    """Put structlog's configuration back after each test.
+
+    A test that runs the CLI's ``main`` configures logging for the process with pytest's captured
+    stream of that test, which pytest closes afterwards: every later log line would then fail
+    with "I/O operation on closed file".
+    """
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
