@@ -58,6 +58,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     login_burst: int = 5
     login_refill_s: float = 12.0
     gc_gen0: int = DEFAULT_GEN0
+    chart_workers: int = 2
+    chart_per_user: int = 2
+    chart_queue: int = 8
 
 
 SETTINGS_HELP: dict[str, str] = {
@@ -99,6 +102,9 @@ SETTINGS_HELP: dict[str, str] = {
     "gc_gen0": "allocations between young garbage collections (CPython's 700 promotes "
     "in-flight request state, and the older collections then pause the loop for tens of ms); "
     "0 turns automatic collection off",
+    "chart_workers": "processes rendering PNG charts, at most this many renders at once",
+    "chart_per_user": "charts one user may have rendering or waiting at once (more: 429)",
+    "chart_queue": "renders waiting for a free chart process, everyone's together (more: 429)",
 }
 
 _CONVENTIONAL = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
@@ -211,6 +217,12 @@ def _check(s: Settings) -> None:
         fail("replay_speed", "must be positive")
     if s.device_max_frame < 4096 or s.client_max_frame < 1024 or s.max_body_bytes < 1024:
         fail("device_max_frame", "frame and body limits are too small to be useful")
+    if not 1 <= s.chart_workers <= 64:
+        fail("chart_workers", "must be 1..64")
+    if s.chart_per_user < 1:
+        fail("chart_per_user", "must be at least 1")
+    if s.chart_queue < 0:
+        fail("chart_queue", "must be 0 or more")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     parse_strategies(s.strategies)
