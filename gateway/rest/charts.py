@@ -8,9 +8,12 @@ and render on both cores. The workers run at a lower CPU priority than the engin
 
 :class:`ChartPool` bounds the work: at most ``chart_workers`` renders at once, at most
 ``chart_per_user`` charts of one user rendering or waiting, at most ``chart_queue`` waiting in
-all. Past either of the last two the answer is 429 with ``Retry-After``, at once: one user's
-flood of distinct charts waits behind nobody but itself, and a request of somebody else's waits
-for at most the renders already started plus the queue. A rendered PNG is kept for
+all. Past either of the last two the answer is 429 with ``Retry-After``, at once. The queue is
+fair, not first come first served: a waiting render of the user with the fewest charts in
+flight goes first, and when the queue is full a newcomer lighter than the heaviest waiter takes
+that one's place (the heaviest is refused instead). So a flood of distinct charts, from one
+user or from many, makes the flooders wait and be refused; somebody else's chart waits for
+about one render. A rendered PNG is kept for
 :data:`CHART_TTL_MS` in the read cache, so a dashboard refreshing it costs one render per few
 seconds; a cached chart never counts against a limit. The pool starts with the first render
 (the engine does not pay for matplotlib until a chart is asked for) and stops after
@@ -19,6 +22,7 @@ seconds; a cached chart never counts against a limit. The pool starts with the f
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from collections import Counter
 from collections.abc import Callable
@@ -55,6 +59,79 @@ _POOL = "rest.chart_pool"
 _log = structlog.get_logger().bind(component="charts")
 
 
+class _Waiter:
+    """A render of ``user`` waiting for a worker."""
+
+    __slots__ = ("event", "granted", "refused", "seq", "user")
+
+    def __init__(self, user: str, seq: int) -> None:
+        self.user = user
+        self.seq = seq
+        self.event = trio.Event()
+        self.granted = False
+        self.refused = False
+
+
+class _FairSlots:
+    """``workers`` slots and at most ``queue`` waiters, the lightest served first.
+
+    A waiter's weight is its user's charts in flight *now* (``weight(user)``), then its
+    arrival: whoever has the least going on is next, and a flooder's own renders queue behind
+    everybody else's. The queue is a short list (``chart_queue``), scanned.
+    """
+
+    def __init__(self, workers: int, queue: int, weight: Callable[[str], int]) -> None:
+        self.free = workers
+        self.queue = queue
+        self.weight = weight
+        self._waiting: list[_Waiter] = []
+        self._seq = itertools.count()
+
+    def _order(self, waiter: _Waiter) -> tuple[int, int]:
+        return self.weight(waiter.user), waiter.seq
+
+    async def acquire(self, user: str) -> None:
+        """A slot for ``user``, when it is their turn.
+
+        Raises:
+            RateLimited: the queue is full of waiters no heavier than this one, or a lighter
+                newcomer took this waiter's place.
+        """
+        if self.free and not self._waiting:
+            self.free -= 1
+            await trio.lowlevel.checkpoint()
+            return
+        waiter = _Waiter(user, next(self._seq))
+        if len(self._waiting) >= self.queue:
+            heaviest = max(self._waiting, key=self._order, default=None)
+            if heaviest is None or self._order(waiter) >= self._order(heaviest):
+                raise RateLimited("every chart renderer is busy", retry_after_s=RETRY_AFTER_S)
+            self._waiting.remove(heaviest)
+            heaviest.refused = True
+            heaviest.event.set()
+        self._waiting.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:  # granted as it was cancelled: pass the slot on
+                self.release()
+            elif not waiter.refused:
+                self._waiting.remove(waiter)
+            raise
+        if waiter.refused:
+            raise RateLimited("every chart renderer is busy", retry_after_s=RETRY_AFTER_S)
+
+    def release(self) -> None:
+        """Give a slot back: to the lightest waiter, if any."""
+        if self._waiting:
+            waiter = min(self._waiting, key=self._order)
+            self._waiting.remove(waiter)
+            waiter.granted = True
+            waiter.event.set()
+        else:
+            self.free += 1
+
+
 class ChartPool:
     """Renders in worker processes, within the limits (see the module docstring).
 
@@ -70,10 +147,10 @@ class ChartPool:
         self.idle_s = idle_s
         self.per_user = per_user
         self.queue = queue
-        self._limiter = trio.CapacityLimiter(workers)
+        self._mine: Counter[str] = Counter()
+        self._slots = _FairSlots(workers, queue, self._mine.__getitem__)
         self._executor: ProcessPoolExecutor | None = None
         self._used = 0.0
-        self._mine: Counter[str] = Counter()
         self.rendering = 0
         self.waiting = 0
         self.peak = 0
@@ -84,8 +161,9 @@ class ChartPool:
         """``fn(*args)`` in a worker process, on behalf of ``user_id``.
 
         Raises:
-            RateLimited: ``user_id`` has ``per_user`` charts in flight already, or ``queue``
-                renders are waiting already (``retry_after_s`` in the details).
+            RateLimited: ``user_id`` has ``per_user`` charts in flight already, or the queue is
+                full of renders of users with no more in flight (now, or later, when one with
+                fewer takes its place); ``retry_after_s`` is in the details.
         """
         if self._mine[user_id] >= self.per_user:
             self.refused["user"] += 1
@@ -94,20 +172,20 @@ class ChartPool:
                 retry_after_s=RETRY_AFTER_S,
                 limit=self.per_user,
             )
-        if self.waiting >= self.queue and self._limiter.available_tokens == 0:
-            self.refused["busy"] += 1
-            raise RateLimited("every chart renderer is busy", retry_after_s=RETRY_AFTER_S)
         self._mine[user_id] += 1
         try:
             self.waiting += 1
             try:
-                await self._limiter.acquire()
+                await self._slots.acquire(user_id)
+            except RateLimited:
+                self.refused["busy"] += 1
+                raise
             finally:
                 self.waiting -= 1
             try:
                 return await self._run(fn, args)
             finally:
-                self._limiter.release()
+                self._slots.release()
         finally:
             self._mine[user_id] -= 1
             if not self._mine[user_id]:

@@ -20,7 +20,7 @@ def running(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.name.startswith("running-"))
 
 
-async def until(check, timeout: float = 60.0) -> None:
+async def until(check, timeout: float = 30.0) -> None:
     with trio.fail_after(timeout):
         while not check():
             await trio.sleep(0.02)
@@ -76,5 +76,39 @@ async def test_idle_workers_exit_and_come_back(tmp_path: Path) -> None:
         await until(lambda: not process_running(first), timeout=30)
         second = int(await pool.render("alice", worker_pid))
         assert second != first and process_running(second)
+    finally:
+        pool.close()
+
+
+async def test_a_light_user_goes_before_a_heavy_one_and_takes_its_place(tmp_path: Path) -> None:
+    pool = ChartPool(workers=1, per_user=3, queue=2)
+    order: list[str] = []
+    refused: list[str] = []
+
+    async def render(user: str) -> None:
+        try:
+            await pool.render(user, gated, str(tmp_path))
+        except RateLimited:
+            refused.append(user)
+        else:
+            order.append(user)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(render, "alice")
+            await until(lambda: running(tmp_path) == 1)
+            for _ in range(2):  # alice fills the queue behind her own render
+                nursery.start_soon(render, "alice")
+                await trio.sleep(0.05)
+            assert pool.waiting == 2
+            nursery.start_soon(render, "bob")  # lighter: takes the place of alice's last
+            await until(lambda: refused == ["alice"])
+            nursery.start_soon(render, "carol")  # lighter than alice still: her other one goes
+            await until(lambda: refused == ["alice", "alice"])
+            nursery.start_soon(render, "dave")  # as light as bob and carol, and later: refused
+            await until(lambda: refused == ["alice", "alice", "dave"])
+            (tmp_path / "open").touch()
+        assert order == ["alice", "bob", "carol"]
+        assert pool.refused == {"busy": 3}
     finally:
         pool.close()
