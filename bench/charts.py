@@ -13,9 +13,10 @@ is a user of their own with ``--trades`` closed trades, so each ``equity.png`` i
    running: the baseline;
 2. ``flood``: ``--flood`` requests in flight at all times, spread over ``--flooders`` users,
    each a candle chart never asked before (a distinct ``limit``: a render each, no cache);
-   a refused one (429) is asked again after ``--backoff`` seconds, as a client honouring
-   nothing in particular would. Meanwhile the other victims ask for their ``equity.png``, one
-   every ``--interval`` seconds, each latency counted from its scheduled time.
+   after a refusal (429) a loop waits what ``Retry-After`` says (or ``--backoff`` seconds,
+   if given: a small one makes the flood a flood of requests, which no chart limit can help).
+   Meanwhile the other victims ask for their ``equity.png``, one every ``--interval``
+   seconds, each latency counted from its scheduled time.
 
 Reported: the victims' latency per phase (p50, max) and their ratio; the flood's answers by
 status (200 rendered, 429 refused); errors (a victim not answered 200: must be 0).
@@ -65,14 +66,18 @@ async def _flood(config: dict[str, Any]) -> dict[str, Any]:
         while budget[0] > 0 and time.perf_counter() < deadline:
             budget[0] -= 1
             params = {"limit": next(limits) % 990 + 10, "interval_s": 60 + k % 7}
+            pause = config["backoff"]
             try:
                 answer = await http.get("/api/v1/charts/candles/XAUUSD.png", params=params)
                 status = str(answer.status_code)
+                if pause < 0:
+                    pause = float(answer.headers.get("Retry-After", 1))
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
+                pause = abs(pause)
             counts[status] = counts.get(status, 0) + 1
             if status != "200":
-                await trio.sleep(config["backoff"])
+                await trio.sleep(pause)
 
     clients = [
         httpx.AsyncClient(
@@ -221,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trades", type=int, default=500, help="closed trades per victim")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of flood at most")
     parser.add_argument("--interval", type=float, default=1.0, help="s between victims' asks")
-    parser.add_argument("--backoff", type=float, default=0.05, help="flood's pause after a 429")
+    parser.add_argument(
+        "--backoff", type=float, default=-1.0, help="flood's pause after a 429 (<0: Retry-After)"
+    )
     parser.add_argument("--max-requests", type=int, default=20_000, help="bound on the flood")
     parser.add_argument("--workers", type=int, default=2, help="TRIPWIRE_CHART_WORKERS")
     parser.add_argument("--per-user", type=int, default=2, help="TRIPWIRE_CHART_PER_USER")

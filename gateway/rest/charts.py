@@ -9,11 +9,11 @@ and render on both cores. The workers run at a lower CPU priority than the engin
 :class:`ChartPool` bounds the work: at most ``chart_workers`` renders at once, at most
 ``chart_per_user`` charts of one user rendering or waiting, at most ``chart_queue`` waiting in
 all. Past either of the last two the answer is 429 with ``Retry-After``, at once. The queue is
-fair, not first come first served: a waiting render of the user with the fewest charts in
-flight goes first, and when the queue is full a newcomer lighter than the heaviest waiter takes
-that one's place (the heaviest is refused instead). So a flood of distinct charts, from one
-user or from many, makes the flooders wait and be refused; somebody else's chart waits for
-about one render. A rendered PNG is kept for
+fair, not first come first served: a waiting render of the user with the least going on
+(charts in flight, plus renders lately, decaying) goes first, and when the queue is full a
+newcomer lighter than the heaviest waiter takes that one's place (the heaviest is refused).
+So a flood of distinct charts, from one user or from many, makes the flooders wait and be
+refused; somebody else's chart waits for about one render. A rendered PNG is kept for
 :data:`CHART_TTL_MS` in the read cache, so a dashboard refreshing it costs one render per few
 seconds; a cached chart never counts against a limit. The pool starts with the first render
 (the engine does not pay for matplotlib until a chart is asked for) and stops after
@@ -53,6 +53,8 @@ CHART_TTL_MS = 5_000
 RETRY_AFTER_S = 1
 """What a refused caller is told to wait (a render takes a few hundred ms)."""
 _NICENESS = 10
+LATELY_HALF_LIFE_S = 30.0
+LATELY_USERS = 1024
 IDLE_S = 60.0
 """The worker processes exit after this long without a render (they hold ~60 MB each)."""
 _POOL = "rest.chart_pool"
@@ -75,19 +77,20 @@ class _Waiter:
 class _FairSlots:
     """``workers`` slots and at most ``queue`` waiters, the lightest served first.
 
-    A waiter's weight is its user's charts in flight *now* (``weight(user)``), then its
-    arrival: whoever has the least going on is next, and a flooder's own renders queue behind
-    everybody else's. The queue is a short list (``chart_queue``), scanned.
+    A waiter's weight is ``weight(user)`` *now* (its user's charts in flight plus the renders
+    they had lately), then its arrival: whoever has the least going on is next, and a
+    flooder's own renders queue behind everybody else's. The queue is a short list
+    (``chart_queue``), scanned.
     """
 
-    def __init__(self, workers: int, queue: int, weight: Callable[[str], int]) -> None:
+    def __init__(self, workers: int, queue: int, weight: Callable[[str], float]) -> None:
         self.free = workers
         self.queue = queue
         self.weight = weight
         self._waiting: list[_Waiter] = []
         self._seq = itertools.count()
 
-    def _order(self, waiter: _Waiter) -> tuple[int, int]:
+    def _order(self, waiter: _Waiter) -> tuple[float, int]:
         return self.weight(waiter.user), waiter.seq
 
     async def acquire(self, user: str) -> None:
@@ -148,7 +151,8 @@ class ChartPool:
         self.per_user = per_user
         self.queue = queue
         self._mine: Counter[str] = Counter()
-        self._slots = _FairSlots(workers, queue, self._mine.__getitem__)
+        self._lately: dict[str, tuple[float, float]] = {}  # user -> (score, at)
+        self._slots = _FairSlots(workers, queue, self._weight)
         self._executor: ProcessPoolExecutor | None = None
         self._used = 0.0
         self.rendering = 0
@@ -182,6 +186,7 @@ class ChartPool:
                 raise
             finally:
                 self.waiting -= 1
+            self._count_render(user_id)
             try:
                 return await self._run(fn, args)
             finally:
@@ -190,6 +195,22 @@ class ChartPool:
             self._mine[user_id] -= 1
             if not self._mine[user_id]:
                 del self._mine[user_id]
+
+    def _weight(self, user_id: str) -> float:
+        """What ``user_id`` has going on: charts in flight, plus renders lately (each counts 1,
+        halving every :data:`LATELY_HALF_LIFE_S`), so that a user who just had many renders
+        yields to one who had none, even when each has one chart waiting."""
+        score, at = self._lately.get(user_id, (0.0, 0.0))
+        return self._mine[user_id] + score * 0.5 ** (
+            (trio.current_time() - at) / LATELY_HALF_LIFE_S
+        )
+
+    def _count_render(self, user_id: str) -> None:
+        now = trio.current_time()
+        self._lately[user_id] = (self._weight(user_id) - self._mine[user_id] + 1, now)
+        if len(self._lately) > 4 * LATELY_USERS:  # forget the ones long quiet
+            recent = sorted(self._lately.items(), key=lambda item: item[1][1])[-LATELY_USERS:]
+            self._lately = dict(recent)
 
     async def _run(self, fn: Callable[..., bytes], args: tuple[Any, ...]) -> bytes:
         for attempt in (1, 2):
