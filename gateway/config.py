@@ -80,6 +80,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_http_per_address: int = 64
     max_ws_per_address: int = 64
     gc_gen0: int = DEFAULT_GEN0
+    chart_workers: int = 2
+    chart_per_user: int = 2
+    chart_queue: int = 8
 
 
 SETTINGS_HELP: dict[str, str] = {
@@ -140,6 +143,9 @@ SETTINGS_HELP: dict[str, str] = {
     "gc_gen0": "allocations between young garbage collections (CPython's 700 promotes "
     "in-flight request state, and the older collections then pause the loop for tens of ms); "
     "0 turns automatic collection off",
+    "chart_workers": "processes rendering PNG charts, at most this many renders at once",
+    "chart_per_user": "charts one user may have rendering or waiting at once (more: 429)",
+    "chart_queue": "renders waiting for a free chart process, everyone's together (more: 429)",
 }
 
 _CONVENTIONAL = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
@@ -281,6 +287,12 @@ def _check(s: Settings) -> None:
         fail("client_frame_rate", "must be more than 0 and at most 10000 frames a second")
     if not 1 <= s.client_frame_burst <= 1_000_000:
         fail("client_frame_burst", "must be 1..1000000 frames")
+    if not 1 <= s.chart_workers <= 64:
+        fail("chart_workers", "must be 1..64")
+    if s.chart_per_user < 1:
+        fail("chart_per_user", "must be at least 1")
+    if s.chart_queue < 0:
+        fail("chart_queue", "must be 0 or more")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     demo = s.paper_device or s.demo_strategy

@@ -7,6 +7,13 @@ through the short-TTL read cache: Postgres aggregates a page into one JSON text,
 one call into the engine's own :class:`~engine.positions.Position` (the ``doc`` column), so
 a live and a historical position are shown by the same :func:`~engine.views.position_view`.
 
+The history is paged by a cursor: the page's last (end time, id), opaque to the caller, and
+the next page starts strictly after it in the order ``end time DESC, id DESC``. The old
+``before_ms`` bound still works but skips the rest of the positions that ended in the same
+millisecond as a page's last one (thousands, when a stop-out closes a book at once); the
+cursor reaches every position exactly once. Each combination of filters is its own SQL text,
+so every one has a plan that walks the ``positions_history_*`` indexes (migration 0004).
+
 A manual close is a call into the owner's actor (``UserCore.close_position``), answered 202
 with the id of the close command that went to the device: the close itself completes when the
 device acknowledges it, visible here and on ``/ws/client``.
@@ -14,7 +21,11 @@ device acknowledges it, visible here and on ``/ws/client``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import base64
+import binascii
+import functools
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 import trio
@@ -35,13 +46,14 @@ from gateway.rest.docs import bearer, errors, json_response, raw_json
 from gateway.rest.reads import read_through
 from persistence.projections import to_time
 from protocol.client import PositionView
-from protocol.errors import Conflict, NotFound
+from protocol.errors import Conflict, DecodeError, NotFound
 from protocol.types import Id, Symbol
 
 __all__ = [
     "blueprint",
     "encode_views",
     "find_position",
+    "history_page",
     "history_views",
     "live_positions",
     "view_of",
@@ -54,18 +66,100 @@ _ENCODER = msgspec.json.Encoder()
 _THREAD_ABOVE_BYTES = 64 * 1024
 """Histories bigger than this are decoded and re-encoded in a worker thread."""
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_US = 253_402_300_799_999_999
+"""The last microsecond a timestamp can hold (year 9999)."""
+_CURSOR = msgspec.json.Decoder(tuple[Annotated[int, Meta(ge=0, le=_MAX_US)], Id])
+
+# The page's documents newest first, how many, and its last (end time in µs, id): the cursor.
 _HISTORY = """
-SELECT coalesce(json_agg(h.doc ORDER BY h.at DESC, h.id), '[]')::text
+SELECT coalesce(json_agg(h.doc ORDER BY h.at DESC, h.id DESC), '[]')::text,
+       count(*)::int,
+       (extract(epoch FROM min(h.at)) * 1000000)::bigint,
+       (array_agg(h.id ORDER BY h.at, h.id))[1]
 FROM (
     SELECT id, doc, coalesce(closed_at, updated_at) AS at
     FROM positions
-    WHERE state IN ('closed', 'rejected')
-      AND ($1::text IS NULL OR user_id = $1)
-      AND ($2::text IS NULL OR symbol = $2)
-      AND ($3::timestamptz IS NULL OR coalesce(closed_at, updated_at) < $3)
-    ORDER BY at DESC, id
-    LIMIT $4
+    WHERE state IN ('closed', 'rejected'){filters}
+    ORDER BY at DESC, id DESC
+    LIMIT $1
 ) AS h"""
+_FILTERS = {
+    "user": "user_id = ${}",
+    "symbol": "symbol = ${}",
+    "before": "coalesce(closed_at, updated_at) < ${}",
+    "after": "(coalesce(closed_at, updated_at), id) < (${}, ${})",
+}
+
+
+class _Rows(Protocol):
+    async def fetchrow(self, query: str, *args: Any) -> Any: ...
+
+
+@functools.cache
+def _history_sql(filters: tuple[str, ...]) -> str:
+    """The history query with ``filters`` (names of :data:`_FILTERS`), parameters from $2."""
+    clauses, n = [], 2
+    for name in filters:
+        template = _FILTERS[name]
+        count = template.count("{}")
+        clauses.append(template.format(*range(n, n + count)))
+        n += count
+    return _HISTORY.format(filters="".join(f"\n      AND {c}" for c in clauses))
+
+
+def encode_cursor(at_us: int, position_id: str) -> str:
+    """The opaque cursor of a page ending at (``at_us``, ``position_id``)."""
+    raw = msgspec.json.encode((at_us, position_id))
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (end time, id) a cursor of :func:`encode_cursor` names.
+
+    Raises:
+        DecodeError: it is not such a cursor.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at_us, position_id = _CURSOR.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise DecodeError("cursor is not a cursor this API returned") from None
+    return _EPOCH + timedelta(microseconds=at_us), position_id
+
+
+async def history_page(
+    db: _Rows,
+    *,
+    user_id: str | None,
+    symbol: str | None = None,
+    before_ms: int | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> tuple[str, str | None]:
+    """A page of the history: its position documents as a JSON array text, newest first,
+    and the cursor of the next page (None when this page is the last).
+
+    Raises:
+        DecodeError: ``cursor`` is not a cursor this API returned.
+    """
+    filters: list[str] = []
+    args: list[Any] = [limit]
+    if user_id is not None:
+        filters.append("user")
+        args.append(user_id)
+    if symbol is not None:
+        filters.append("symbol")
+        args.append(symbol)
+    if before_ms is not None:
+        filters.append("before")
+        args.append(to_time(before_ms))
+    if cursor is not None:
+        filters.append("after")
+        args.extend(decode_cursor(cursor))
+    docs, count, last_us, last_id = await db.fetchrow(_history_sql(tuple(filters)), *args)
+    # A full page may be followed by more; a short one is the end.
+    return docs, (encode_cursor(last_us, last_id) if count == limit else None)
 
 
 class PositionsQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,14 +169,21 @@ class PositionsQuery(msgspec.Struct, frozen=True, kw_only=True):
     symbol: Symbol | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
     """At most this many positions of the history."""
+    cursor: Annotated[str, Meta(max_length=256, pattern="^[A-Za-z0-9_-]+$")] | None = None
+    """History only: the ``next_cursor`` of the previous page; the next page starts right
+    after that page's last position. This is how to page through the history."""
     before_ms: Before | None = None
-    """History only: positions that ended before this time (paging back)."""
+    """History only: positions that ended before this time. Deprecated for paging: positions
+    that ended in the same millisecond as a page's last one would be skipped; use ``cursor``."""
     user_id: Id | None = None
     """Admins: one user's positions (by default an admin sees everyone's)."""
 
 
 class PositionList(msgspec.Struct, frozen=True, kw_only=True):
     positions: list[PositionView]
+    next_cursor: str | None = None
+    """Pass as ``cursor`` for the next page of the history; null when there is no more (and
+    for ``state=open``)."""
 
 
 class CloseOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,23 +260,43 @@ def _decode_encode(context: GatewayContext, text: str) -> bytes:
     return encode_views(context, decode_position_documents(text))
 
 
+_PAGE = msgspec.msgpack.Decoder(tuple[bytes, str | None])
+
+
 async def history_views(
     context: GatewayContext,
     user_id: str | None,
     symbol: str | None = None,
     before_ms: int | None = None,
     limit: int = 100,
-) -> bytes:
-    """The history page as an encoded JSON array of :class:`PositionView` (cached briefly)."""
+    cursor: str | None = None,
+) -> tuple[bytes, str | None]:
+    """The history page as an encoded JSON array of :class:`PositionView` and the next
+    page's cursor (cached briefly).
+
+    Raises:
+        DecodeError: ``cursor`` is not a cursor this API returned.
+    """
+    if cursor is not None:
+        decode_cursor(cursor)  # a bad cursor is the caller's 400 before anything is cached
 
     async def load() -> bytes:
-        text = await context.db.fetchval(_HISTORY, user_id, symbol, to_time(before_ms), limit)
+        text, next_cursor = await history_page(
+            context.db,
+            user_id=user_id,
+            symbol=symbol,
+            before_ms=before_ms,
+            cursor=cursor,
+            limit=limit,
+        )
         if len(text) > _THREAD_ABOVE_BYTES:
-            return await trio.to_thread.run_sync(_decode_encode, context, text)
-        return _decode_encode(context, text)
+            views = await trio.to_thread.run_sync(_decode_encode, context, text)
+        else:
+            views = _decode_encode(context, text)
+        return msgspec.msgpack.encode((views, next_cursor))
 
-    key = f"positions:{user_id or '*'}:{symbol or '*'}:{before_ms}:{limit}"
-    return await read_through(context, key, load)
+    key = f"positions:{user_id or '*'}:{symbol or '*'}:{before_ms}:{cursor}:{limit}"
+    return _PAGE.decode(await read_through(context, key, load))
 
 
 async def find_position(context: GatewayContext, position_id: str) -> Position | None:
@@ -208,17 +329,25 @@ def _close(core: UserCore, position_id: str, clock: Clock) -> tuple[str | None, 
 @document_response(PositionList, 200)
 @errors(400, 401, 403)
 async def list_positions(query_args: PositionsQuery) -> Any:
-    """Positions: live ones with their current P&L, and/or the history, newest first."""
+    """Positions: live ones with their current P&L, and/or the history, newest first.
+
+    Page through the history with ``cursor``: each answer's ``next_cursor`` until it is null.
+    """
     q = query_args
     context = ctx()
     user_id = scope_user(q.user_id)
     parts: list[bytes] = []
+    next_cursor: str | None = None
     if q.state in ("open", "all"):
         parts.append(encode_views(context, live_positions(context, user_id, q.symbol)))
     if q.state in ("closed", "all"):
-        parts.append(await history_views(context, user_id, q.symbol, q.before_ms, q.limit))
+        history, next_cursor = await history_views(
+            context, user_id, q.symbol, q.before_ms, q.limit, q.cursor
+        )
+        parts.append(history)
     items = b",".join(part[1:-1] for part in parts if part != b"[]")
-    return raw_json(b'{"positions":[' + items + b"]}")
+    tail = b',"next_cursor":' + _ENCODER.encode(next_cursor)
+    return raw_json(b'{"positions":[' + items + b"]" + tail + b"}")
 
 
 @blueprint.get("/positions/<position_id>")
