@@ -9,15 +9,28 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from gateway.runtime import serve
 from protocol.client import Snapshot, Subscribe
 from protocol.codec import client_client_codec
+from tests.e2e.conftest import Engine, engine_settings
 
 CLIENTS = 200
 CODEC = client_client_codec("json")
+
+
+@pytest.fixture
+async def roomy_engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path) -> AsyncIterator[Engine]:
+    """An engine whose per-address WebSocket limit lets all :data:`CLIENTS` in from loopback."""
+    settings = engine_settings(tmp_path, pg_dsn, max_ws_per_address=CLIENTS + 10)
+    ctx = await nursery.start(serve, settings)
+    yield Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
 
 
 def live_objects() -> Counter[str]:
@@ -84,7 +97,8 @@ def tasks() -> int:
     return count
 
 
-async def test_idle_clients_stay_and_leave_nothing_behind(engine) -> None:
+async def test_idle_clients_stay_and_leave_nothing_behind(roomy_engine: Engine) -> None:
+    engine = roomy_engine
     _, token = await engine.user("alice")
     async with engine.client() as http:
         assert (await http.get("/healthz")).status_code == 200
