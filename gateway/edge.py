@@ -31,6 +31,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+LAST_WRITE_S = 10.0
+"""How long the shielded last write of an answer may take (a peer that does not read)."""
+
 _REFUSAL = msgspec.json.encode(
     {"code": "rate_limited", "message": "too many connections from your address; try again"}
 )
@@ -103,7 +106,9 @@ async def _serve_http(app: ASGIApp, scope: Scope, receive: Receive, send: Send) 
             headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
             message = {**message, "headers": [*headers, (b"connection", b"close")]}
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            with trio.CancelScope(shield=True):
+            # Shielded from the request's cancellation, but not forever: a peer that stops
+            # reading must not hold the task (and its connection) past LAST_WRITE_S.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + LAST_WRITE_S):
                 await send(message)
             return
         await send(message)
