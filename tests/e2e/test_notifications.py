@@ -245,3 +245,53 @@ async def test_a_device_going_silent_is_notified(
     offline = _verified(hook.requests[0], alice, secret)
     assert (offline.kind, offline.event) == ("device_offline", "device_offline")
     assert offline.alert is not None and offline.alert.device_id == ea.device_id
+
+
+async def test_settings_are_validated_secrets_shown_once_and_audited(engine: Engine) -> None:
+    alice, token = await engine.user("alice")
+    async with engine.client(token) as http:
+        url = "/api/v1/me/notifications"
+        assert (await http.get(url)).json() == {
+            "events": ["fill", "close", "alert", "device_offline"],
+            "webhook_url": None,
+            "webhook_secret_set": False,
+            "telegram_chat_id": None,
+            "telegram_bot_token_set": False,
+            "webhook_secret": None,
+        }
+        refused = [
+            {"webhook_url": "http://127.0.0.1:5432/"},  # internal: the default refuses it
+            {"webhook_url": "http://169.254.169.254/latest"},
+            {"webhook_url": "gopher://example.com/"},
+            {"telegram_chat_id": "12345"},  # no bot token stored or given
+            {"telegram_chat_id": "12345", "telegram_bot_token": "not-a-token"},
+            {"events": ["fill", "everything"]},
+        ]
+        for body in refused:
+            answer = await http.put(url, json=body)
+            assert answer.status_code == 400, (body, answer.text)
+            assert answer.json()["code"] in {"malformed", "validation_error"}, answer.text
+        hook = "https://hooks.example.com/tripwire"
+        first = (await http.put(url, json={"webhook_url": hook, "events": ["close"]})).json()
+        assert first["webhook_secret"] and first["events"] == ["close"]
+        again = (await http.put(url, json={"webhook_url": hook})).json()
+        assert again["webhook_secret"] is None and again["webhook_secret_set"]  # kept, not shown
+        rotated = await http.put(url, json={"webhook_url": hook, "rotate_webhook_secret": True})
+        assert rotated.json()["webhook_secret"] not in {None, first["webhook_secret"]}
+        both = await http.put(
+            url, json={"telegram_chat_id": "@tripwire_alerts", "telegram_bot_token": BOT_TOKEN}
+        )
+        assert both.json()["webhook_url"] is None and both.json()["telegram_bot_token_set"]
+        kept = (await http.put(url, json={"telegram_chat_id": "42"})).json()  # token kept
+        assert kept["telegram_bot_token_set"] and kept["telegram_chat_id"] == "42"
+    stored = engine.ctx.extras["notifier"].store.get(alice)
+    assert stored.telegram_token == BOT_TOKEN and stored.webhook_secret is None
+    rows = await engine.ctx.db.fetch(
+        "SELECT outcome, detail::text FROM audit_log WHERE action = 'notifications.update'"
+        " ORDER BY id"
+    )
+    # The chat id without a token was refused inside the audited block: audited as refused.
+    assert [r["outcome"] for r in rows] == ["400:malformed"] + ["200"] * 5
+    assert all(
+        BOT_TOKEN not in r["detail"] and first["webhook_secret"] not in r["detail"] for r in rows
+    )
