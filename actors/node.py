@@ -34,6 +34,7 @@ from actors.user import UserActor
 from engine.device import Classifier
 from engine.guards import MarketLimits
 from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
+from engine.notices import Notice
 from engine.quotes import REJECT_REASONS, QuoteLimits
 from engine.records import AlertRaised, Record
 from engine.state import EngineState, UserState
@@ -157,6 +158,9 @@ class Node:
         self.fire_probe: Callable[[float, int], None] | None = None
         """Called with (perf_counter when the quote was processed, commands) once a fired
         quote's commands are in their outboxes (the production latency histogram)."""
+        self.notify: Callable[[str, list[Notice]], None] | None = None
+        """Takes a user's fills and closes to notify (``gateway.notifier``); must never block
+        (it is called from the user actor, on the tick path). None: nobody is notified."""
         self.accepting = True
         self.symbols: dict[str, SymbolActor] = {}
         self.users: dict[str, UserActor] = {}

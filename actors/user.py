@@ -10,7 +10,8 @@ Effects are carried out in a fixed order, and that order is the durability rule 
    crash harmless), then their records go to the write-behind journal;
 2. an open goes out only once its records are durable (a crash in between must not leave an
    open on the terminal that the engine has no record of);
-3. arm/disarm requests go to symbol actors, changed positions and alerts to client streams.
+3. arm/disarm requests go to symbol actors, changed positions and alerts to client streams,
+   fills and closes to the notifier's queue (delivered by its own tasks, never here).
 """
 
 from __future__ import annotations
@@ -239,6 +240,8 @@ class UserActor:
             node.hub.positions_changed(self.user_id, effects.changed)
         if effects.alerts:
             node.publish_alerts(effects.alerts)
+        if effects.notices and node.notify is not None:
+            node.notify(self.user_id, effects.notices)  # a bounded queue: never blocks
 
     async def _open_when_durable(self, last_record: Any, opens: list[tuple[str, Any]]) -> None:
         try:

@@ -3,13 +3,15 @@
 Cores never do I/O. A handler returns an :class:`Effects` and the actor carries each list out:
 records go to the journal (and the node's live state fold), commands to the device actor's
 outbox, arm operations to the symbol actor, changed positions to the client streams, alerts to
-the alert fan-out.
+the alert fan-out, notices to the user's notifications (never on the tick path's critical
+section: noting one is appending a tuple).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from engine.notices import Notice
 from engine.positions import Position
 from engine.records import Record
 from protocol.common import Alert
@@ -40,7 +42,7 @@ class Disarm(NamedTuple):
 class Effects:
     """The outputs of one handler call, in the order they were produced."""
 
-    __slots__ = ("alerts", "arms", "changed", "commands", "records")
+    __slots__ = ("alerts", "arms", "changed", "commands", "notices", "records")
 
     def __init__(self) -> None:
         self.records: list[Record] = []
@@ -49,6 +51,8 @@ class Effects:
         self.arms: list[Arm | MoveLevels | Disarm] = []
         self.changed: list[Position] = []
         self.alerts: list[Alert] = []
+        self.notices: list[Notice] = []
+        """Fills and closes to tell the user about (``engine.notices``)."""
 
     def __bool__(self) -> bool:
         return bool(self.records or self.commands or self.arms or self.changed or self.alerts)
@@ -59,6 +63,7 @@ class Effects:
         self.arms += other.arms
         self.changed += other.changed
         self.alerts += other.alerts
+        self.notices += other.notices
         return self
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ from engine.effects import Arm, Effects
 from engine.guards import DrawdownGuard, GuardDecision
 from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
 from engine.lifecycle import FINAL_STATES, PositionState
+from engine.notices import notice_of
 from engine.positions import Position
 from engine.records import (
     AlertRaised,
@@ -55,6 +56,9 @@ from protocol.device import PositionEvent as TerminalEvent
 from protocol.errors import Conflict, Forbidden, GuardBlocked, Refused
 from protocol.ids import client_id, command_id
 from protocol.signals import Signal
+
+_OPEN = PositionState.OPEN  # read once: Enum.MEMBER is a slow lookup (see engine.positions)
+_CLOSED = PositionState.CLOSED
 
 __all__ = ["DeviceInfo", "InFlight", "Timing", "UserCore"]
 
@@ -400,8 +404,14 @@ class UserCore:
         )
 
     def _save(self, p: Position, effects: Effects) -> None:
-        """Keep ``p`` as the current value of its position and journal it."""
-        if p.state in FINAL_STATES:
+        """Keep ``p`` as the current value of its position and journal it (and note a fill or
+        a close for the user's notifications: only here is the state before known)."""
+        state = p.state
+        if state is _OPEN or state is _CLOSED:
+            notice = notice_of(self.positions.get(p.id), p)
+            if notice is not None:
+                effects.notices.append(notice)
+        if state in FINAL_STATES:
             self.positions.pop(p.id, None)
             self.recent_closed[p.id] = p
             self.recent_closed.move_to_end(p.id)

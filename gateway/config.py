@@ -83,6 +83,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     chart_workers: int = 2
     chart_per_user: int = 2
     chart_queue: int = 8
+    notify_queue: int = 1000
+    notify_workers: int = 4
+    notify_timeout_s: float = 5.0
+    notify_attempts: int = 5
+    notify_backoff_s: float = 0.5
+    notify_backoff_cap_s: float = 30.0
+    notify_telegram_api: str = "https://api.telegram.org"
+    notify_private_urls: bool = False
 
 
 SETTINGS_HELP: dict[str, str] = {
@@ -146,6 +154,17 @@ SETTINGS_HELP: dict[str, str] = {
     "chart_workers": "processes rendering PNG charts, at most this many renders at once",
     "chart_per_user": "charts one user may have rendering or waiting at once (more: 429)",
     "chart_queue": "renders waiting for a free chart process, everyone's together (more: 429)",
+    "notify_queue": "notifications waiting for delivery, everyone's together (more: the oldest "
+    "is dropped and counted)",
+    "notify_workers": "notifications delivered at once (each to all of its user's channels)",
+    "notify_timeout_s": "seconds one notification attempt (webhook or Telegram) may take",
+    "notify_attempts": "attempts per notification and channel before it is given up",
+    "notify_backoff_s": "first wait before a notification is retried, seconds (doubles each "
+    "time, with jitter)",
+    "notify_backoff_cap_s": "longest wait between two notification attempts, seconds",
+    "notify_telegram_api": "base URL of the Telegram Bot API (a local stand-in in tests)",
+    "notify_private_urls": "allow webhooks on loopback, private and link-local addresses "
+    "(off: users cannot make the engine call into its own network)",
 }
 
 _CONVENTIONAL = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
@@ -293,6 +312,18 @@ def _check(s: Settings) -> None:
         fail("chart_per_user", "must be at least 1")
     if s.chart_queue < 0:
         fail("chart_queue", "must be 0 or more")
+    if not 1 <= s.notify_queue <= 1_000_000:
+        fail("notify_queue", "must be 1..1000000")
+    if not 1 <= s.notify_workers <= 64:
+        fail("notify_workers", "must be 1..64")
+    if not 0 < s.notify_timeout_s <= 60:
+        fail("notify_timeout_s", "must be more than 0 and at most 60 seconds")
+    if not 1 <= s.notify_attempts <= 20:
+        fail("notify_attempts", "must be 1..20")
+    if not 0 < s.notify_backoff_s <= s.notify_backoff_cap_s <= 3600:
+        fail("notify_backoff_s", "needs 0 < notify_backoff_s <= notify_backoff_cap_s <= 3600")
+    if not s.notify_telegram_api.startswith(("https://", "http://")):
+        fail("notify_telegram_api", "must be an http(s) URL")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     demo = s.paper_device or s.demo_strategy

@@ -144,6 +144,7 @@ class _Collector:
             "Device sessions closed with 4004: no frame within stale_after_s",
             c.device_timeouts,
         )
+        yield from _notifier_metrics(ctx)
         cache = ctx.cache
         if cache is not None:
             yield counter(
@@ -151,6 +152,42 @@ class _Collector:
                 "Reads that bypassed a down Redis",
                 getattr(cache, "degraded_total", 0),
             )
+
+
+# -- notifications (gateway/notifier.py): plain counters read here ---------------------------
+
+
+def _notifier_metrics(ctx: GatewayContext) -> Iterator[Metric]:
+    notifier = ctx.extras.get("notifier")
+    if notifier is None:
+        return
+    stats = notifier.stats
+    delivered = CounterMetricFamily(
+        "tripwire_notifications_delivered",
+        "Notifications delivered, by channel",
+        labels=["channel"],
+    )
+    failed = CounterMetricFamily(
+        "tripwire_notifications_failed",
+        "Notifications given up (retries exhausted or a final answer), by channel",
+        labels=["channel"],
+    )
+    for channel in ("webhook", "telegram"):
+        delivered.add_metric([channel], stats.delivered[channel])
+        failed.add_metric([channel], stats.failed[channel])
+    yield delivered
+    yield failed
+    yield CounterMetricFamily(
+        "tripwire_notifications_retries", "Notification attempts retried", value=stats.retries
+    )
+    yield CounterMetricFamily(
+        "tripwire_notifications_dropped",
+        "Notifications dropped by the full queue (the oldest first)",
+        value=stats.dropped,
+    )
+    yield GaugeMetricFamily(
+        "tripwire_notifications_queued", "Notifications waiting for delivery", value=notifier.depth
+    )
 
 
 class Metrics:

@@ -7,8 +7,8 @@ Start-up, in order (each step's failure stops the start with a clear message):
    every in-flight command is then marked for reconciliation by the node.
 3. The registry (users, devices), with the demo user, its paper device and (if configured) an
    admin created on first start.
-4. The node (actors), the journal writer, the gateway on Hypercorn, the feed, the paper
-   device, the demo strategy, and the periodic snapshotter (a separate process).
+4. The node (actors), the journal writer, the notifier, the gateway on Hypercorn, the feed,
+   the paper device, the demo strategy, and the periodic snapshotter (a separate process).
 
 SIGINT or SIGTERM: stop intake (the server stops accepting), let the actors drain, flush the
 journal, take a final snapshot, stop.
@@ -41,6 +41,8 @@ from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings, is_loopback, parse_strategies
 from gateway.context import GatewayContext
 from gateway.demo import DEMO_DEVICE, DEMO_STRATEGY, ensure_demo, run_demo_strategy
+from gateway.notifications import NotificationStore
+from gateway.notifier import Notifier, NotifierConfig
 from gateway.registry import Registry
 from persistence.bridge import open_bridge
 from persistence.db import open_database
@@ -210,6 +212,8 @@ async def _run(
         strategies=strategies,
     )
     ctx.extras["journal"] = journal
+    notifier = await _notifier(settings, db, node, clock)
+    ctx.extras["notifier"] = notifier
     ctx.limiter = LoginLimiter(
         settings.login_burst,
         settings.login_refill_s,
@@ -231,6 +235,7 @@ async def _run(
                 await node.run(task_status=task_status)
 
         await nursery.start(run_node)
+        await nursery.start(notifier.run)
         heap.settle(settings.gc_gen0)  # the recovered state is long-lived: see actors/heap.py
         _start_feed(nursery, settings, node, clock)
         if settings.paper_device and demo is not None:
@@ -281,6 +286,30 @@ async def _run(
             await redis_link.aclose()
         nursery.cancel_scope.cancel()
     log.info("tripwire stopped")
+
+
+async def _notifier(settings: Settings, db: Any, node: Node, clock: WallClock) -> Notifier:
+    """The notifier, with every user's channels loaded, listening to the node's actors."""
+    store = NotificationStore(db)
+    await store.load()
+    notifier = Notifier(
+        store,
+        node.instruments,
+        clock,
+        NotifierConfig(
+            queue=settings.notify_queue,
+            workers=settings.notify_workers,
+            timeout_s=settings.notify_timeout_s,
+            attempts=settings.notify_attempts,
+            backoff_s=settings.notify_backoff_s,
+            backoff_cap_s=settings.notify_backoff_cap_s,
+            telegram_api=settings.notify_telegram_api,
+            allow_internal=settings.notify_private_urls,
+        ),
+    )
+    node.notify = notifier.offer
+    node.on_alerts(notifier.offer_alerts)
+    return notifier
 
 
 def _start_feed(nursery: trio.Nursery, settings: Settings, node: Node, clock: WallClock) -> None:

@@ -13,6 +13,7 @@ package may import it. What is in it:
 ``ids``                command ids and order-comment client ids
 ``codec``              JSON/msgpack codecs per connection, subprotocols, version negotiation
 ``signing``            signed hellos and signal headers (HMAC-SHA256, constant time)
+``notifications``      the webhook body users receive, signed like a signal
 ``session``            the session key (HKDF) and command signatures
 ``nonces``             the nonce cache that rejects replayed hellos
 ``crypto``             optional AES-GCM frames

@@ -3,6 +3,7 @@
 =================  ==========================================================================
 ``auth``           log in (JWT), who am I
 ``users``          the caller's trading settings; users created by an admin
+``notifications``  the caller's notifications: events, webhook (signed), Telegram bot
 ``signals``        signed strategy signals in (deduplicated); the caller's signals out
 ``approvals``      decide on a signal (open a position), the history of decisions
 ``positions``      live positions and the history; close by hand
@@ -32,6 +33,7 @@ from gateway.rest import (
     devices,
     legacy,
     market,
+    notifications,
     ops,
     positions,
     signals,
@@ -47,6 +49,7 @@ __all__ = ["BLUEPRINTS", "register"]
 BLUEPRINTS = (
     auth.blueprint,
     users.blueprint,
+    notifications.blueprint,
     signals.blueprint,
     approvals.blueprint,
     positions.blueprint,

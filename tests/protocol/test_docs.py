@@ -3,8 +3,9 @@ the code's.
 
 Fenced blocks are marked after the language: ```json device (decoded as a device sends it),
 ```json server, ```json client, ```json to-client, ```json feed, ```json hello-body,
-```json signal; ```text vector:NAME holds ``key = value`` lines; ```text canonical:NAME an exact
-canonical string. ``<!-- fields: Struct -->`` precedes a field table.
+```json signal, ```json notification (a webhook body); ```text vector:NAME holds
+``key = value`` lines; ```text canonical:NAME an exact canonical string.
+``<!-- fields: Struct -->`` precedes a field table.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from protocol import (
     crypto,
     device,
     feed,
+    notifications,
     results,
     session,
     signals,
@@ -46,6 +48,7 @@ DECODERS: dict[str, Any] = {
     "feed": codec.feed_codec("json").decode,
     "hello-body": codec.decode_hello_body,
     "signal": lambda text: codec.decode_signal(text.encode()),
+    "notification": notifications.decode_notification,
 }
 
 
@@ -171,9 +174,25 @@ def test_the_signal_vector() -> None:
     assert codec.decode_signal(body, strategy_id=v["strategy_id"]).signal_id
 
 
+def test_the_notification_vector() -> None:
+    v = _vector("notification")
+    body = next(b for info, b in _json_blocks() if info == ["notification"]).encode()
+    canonical = signing.canonical_request(
+        ts_ms=int(v["t"]), nonce="", principal_id=v["user_id"], v=1, body=body
+    )
+    assert canonical == _text_block("canonical:notification")
+    secret = v["secret"].encode()
+    header = notifications.sign_notification(body, v["user_id"], secret, int(v["t"]))
+    assert header == v["header"]
+    notifications.verify_notification(header, body, v["user_id"], [secret], int(v["t"]) + 1_000)
+    decoded = notifications.decode_notification(body)
+    assert notifications.encode_notification(decoded) == body  # the example is what we send
+    assert notifications.USER_HEADER in DOC
+
+
 STRUCTS = {
     name: obj
-    for module in (device, client, feed, signals, common)
+    for module in (device, client, feed, signals, common, notifications)
     for name in module.__all__
     if isinstance(obj := getattr(module, name), type) and hasattr(obj, "__struct_fields__")
 }
