@@ -83,6 +83,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     chart_workers: int = 2
     chart_per_user: int = 2
     chart_queue: int = 8
+    close_max_attempts: int = 5
+    retry_backoff_ms: int = 200
+    retry_backoff_max_ms: int = 5000
 
 
 SETTINGS_HELP: dict[str, str] = {
@@ -146,6 +149,11 @@ SETTINGS_HELP: dict[str, str] = {
     "chart_workers": "processes rendering PNG charts, at most this many renders at once",
     "chart_per_user": "charts one user may have rendering or waiting at once (more: 429)",
     "chart_queue": "renders waiting for a free chart process, everyone's together (more: 429)",
+    "close_max_attempts": "attempts at a close the broker refuses as retryable (a requote) "
+    "before the position is CLOSE_FAILED and an operator alerted (1..20)",
+    "retry_backoff_ms": "pause before the 2nd attempt of a retryable open or close, ms; it "
+    "doubles at each further attempt (the defaults: 0.2, 0.4, 0.8, 1.6 s)",
+    "retry_backoff_max_ms": "longest pause between two attempts of an open or close, ms",
 }
 
 _CONVENTIONAL = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
@@ -293,6 +301,12 @@ def _check(s: Settings) -> None:
         fail("chart_per_user", "must be at least 1")
     if s.chart_queue < 0:
         fail("chart_queue", "must be 0 or more")
+    if not 1 <= s.close_max_attempts <= 20:
+        fail("close_max_attempts", "must be 1..20")
+    if not 10 <= s.retry_backoff_ms <= 60_000:
+        fail("retry_backoff_ms", "must be 10..60000 ms")
+    if not s.retry_backoff_ms <= s.retry_backoff_max_ms <= 600_000:
+        fail("retry_backoff_max_ms", "must be at least retry_backoff_ms and at most 600000 ms")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     demo = s.paper_device or s.demo_strategy

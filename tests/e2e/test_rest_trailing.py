@@ -20,7 +20,8 @@ from protocol.codec import feed_codec
 from protocol.device import CloseCommand, ModifyCommand, OpenCommand
 from protocol.feed import Quote, QuoteBatch
 from protocol.signals import BreakEvenSpec, TrailingSpec
-from tests.e2e.conftest import FEED_TOKEN
+from gateway.runtime import serve
+from tests.e2e.conftest import FEED_TOKEN, engine_settings
 from tests.e2e.helpers import (
     GOLD_ASK,
     GOLD_BID,
@@ -272,3 +273,15 @@ async def test_user_defaults_apply_to_signals_without_rules(engine, nursery: tri
 
 async def _equal(value: Any, expected: float) -> bool:
     return (await value) == expected
+
+
+async def test_the_retry_settings_reach_the_user_cores(
+    nursery: trio.Nursery, pg_dsn: str, tmp_path
+) -> None:
+    settings = engine_settings(
+        tmp_path, pg_dsn, close_max_attempts=2, retry_backoff_ms=300, retry_backoff_max_ms=900
+    )
+    ctx = await nursery.start(serve, settings)
+    user = await ctx.registry.create_user("carol", "password-0123")
+    timing = ctx.node.user(user.id).core.timing
+    assert (timing.max_close_attempts, timing.retry_base, timing.retry_cap) == (2, 300, 900)
