@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.effects import Arm
-from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.lifecycle import PositionState
 from engine.positions import BreakEvenRule, TrailingRule
 from engine.records import PositionSaved
@@ -28,7 +27,7 @@ from gateway.runtime import timing_of
 from protocol.device import Ack, CloseCommand, ModifyCommand
 from protocol.errors import ConfigError, Conflict, NotFound, Refused, SizingRefused
 from protocol.signals import BreakEvenSpec, TrailingSpec
-from tests.engine.test_user import GOLD, P, T0, core, fire, opened, signal
+from tests.engine.test_user import GOLD, T0, P, core, fire, opened, signal
 
 
 def _approve(c: UserCore, **over: object) -> UserCore:
