@@ -84,7 +84,10 @@ def _drive(base_url: str, chromium_path: Path, position_id: str, shots: Path) ->
 
 
 async def test_the_edit_form_changes_sl_and_trailing(
-    engine, nursery: trio.Nursery, chromium: Path, tmp_path: Path
+    engine,
+    nursery: trio.Nursery,
+    chromium: Path,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
 ) -> None:
     alice, token = await engine.user("alice", PASSWORD)
     await paper_device(engine, nursery, alice)
