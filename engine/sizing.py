@@ -21,6 +21,7 @@ import msgspec
 
 from engine.guards import DrawdownLimits
 from engine.instruments import Instrument
+from engine.stoprules import BreakEvenDefault, TrailingDefault
 from protocol.common import Side
 from protocol.device import OrderType
 from protocol.errors import LateSignal, PriceDeviation, SizingRefused
@@ -54,8 +55,12 @@ class ProtectiveStops(enum.StrEnum):
     DISASTER = "disaster"  # wider: only a backstop while the engine or the link is down
 
 
-class UserSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """A user's trading settings (stored as the ``settings`` of the user)."""
+class UserSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A user's trading settings (stored as the ``settings`` of the user).
+
+    Unknown fields are refused, not dropped: a setting the engine does not know (a misspelt
+    one) must not be answered 200 and then silently ignored.
+    """
 
     sizing: SizingMode = SizingMode.FIXED
     fixed_volume: float = 0.01
@@ -73,6 +78,10 @@ class UserSettings(msgspec.Struct, frozen=True, kw_only=True):
     drawdown: DrawdownLimits = msgspec.field(default_factory=DrawdownLimits)
     auto_close_on_expiry: bool = True
     """Close what an approval opened when the signal expires (the old platform's auto-close)."""
+    trailing: TrailingDefault | None = None
+    """Trailing stop (in pips) for positions opened from a signal that carries none."""
+    break_even: BreakEvenDefault | None = None
+    """Break-even move (in pips) for positions opened from a signal that carries none."""
 
 
 class EntryPlan(msgspec.Struct, frozen=True, kw_only=True):

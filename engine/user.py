@@ -43,6 +43,7 @@ from engine.records import (
     signal_key,
 )
 from engine.sizing import UserSettings, check_entry, check_stops, protective_levels, size_volume
+from engine.stoprules import break_even_rule, default_rules, trailing_rule
 from engine.trailing import LevelMove
 from engine.triggers import Trigger
 from protocol.common import Alert, AlertLevel, Origin
@@ -294,6 +295,14 @@ class UserCore:
         broker_sl, broker_tp = protective_levels(
             instrument, signal.side, plan.price, sl, tp, self.settings
         )
+        # Each rule the signal carries wins over the user's default for it.
+        trailing, break_even = default_rules(
+            instrument,
+            None if signal.trailing is not None else self.settings.trailing,
+            None if signal.break_even is not None else self.settings.break_even,
+        )
+        trailing = trailing_rule(instrument, signal.trailing) or trailing
+        break_even = break_even_rule(instrument, signal.break_even) or break_even
 
         position_id = _position_id_for(approval_id)
         cid = command_id(position_id, "open", 1)
@@ -309,6 +318,8 @@ class UserCore:
             open_price=plan.price,
             sl=sl,
             tp=tp,
+            trailing=trailing,
+            break_even=break_even,
             client_id=client_id(position_id),
             signal_id=key,
             approval_id=approval_id,
@@ -364,6 +375,17 @@ class UserCore:
 
     def partial_close(self, position_id: str, volume: float, now_ms: int) -> Effects:
         return user_commands.partial_close(self, position_id, volume, now_ms)
+
+    def modify_position(
+        self,
+        position_id: str,
+        changes: user_commands.LevelChanges,
+        bid: float | None,
+        ask: float | None,
+        now_ms: int,
+    ) -> Effects:
+        """A user changes an OPEN position's SL/TP or its rules (see ``user_commands``)."""
+        return user_commands.modify_position(self, position_id, changes, bid, ask, now_ms)
 
     def on_result(
         self, command_id_: str, category: Category, ack: Ack | None, now_ms: int

@@ -17,11 +17,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
+from msgspec import UNSET
 
 from engine.effects import Arm, Disarm, Effects
 from engine.lifecycle import PositionEvent, PositionState
 from engine.positions import Position
 from engine.records import CommandResolved
+from engine.sizing import ProtectiveStops, check_stops
+from engine.stoprules import LevelChanges, break_even_rule, trailing_rule
 from engine.triggers import Trigger, TriggerKind
 from protocol.common import AlertLevel
 from protocol.device import (
@@ -31,13 +34,22 @@ from protocol.device import (
     OpenCommand,
     PartialCloseCommand,
 )
-from protocol.errors import Conflict, NotFound, SizingRefused
+from protocol.errors import Conflict, NotFound, Refused, SizingRefused
 from protocol.ids import command_id
 
 if TYPE_CHECKING:
     from engine.user import Category, UserCore
 
-__all__ = ["close", "close_position", "on_link_lost", "on_result", "on_triggers", "partial_close"]
+__all__ = [
+    "LevelChanges",
+    "close",
+    "close_position",
+    "modify_position",
+    "on_link_lost",
+    "on_result",
+    "on_triggers",
+    "partial_close",
+]
 
 # The hot path's enum members, read once: on CPython 3.11 ``Enum.MEMBER`` goes through the
 # slow attribute hook that ``EnumType.__getattr__`` installs (~150-250 ns a lookup).
@@ -306,6 +318,73 @@ def partial_close(core: UserCore, position_id: str, volume: float, now_ms: int) 
     )
     core._save(updated, effects)
     core._issue(command, p.device_id, p.id, now_ms, effects)
+    return effects
+
+
+def modify_position(
+    core: UserCore,
+    position_id: str,
+    changes: LevelChanges,
+    bid: float | None,
+    ask: float | None,
+    now_ms: int,
+) -> Effects:
+    """A user changes an OPEN position's SL/TP, trailing stop or break-even move.
+
+    Nothing changes unless everything is valid. The position is saved (journaled) with its new
+    levels and rules and re-armed with them; a changed SL or TP is sent to the broker as a
+    ``modify`` (rate-limited like the trailing stop's, with ``protective_stops`` ``same``;
+    with ``disaster`` the broker keeps its wide backstop).
+
+    Raises:
+        NotFound: no such live position for this user.
+        Conflict: it is not OPEN.
+        Refused: a new SL/TP and no price for the symbol yet.
+        SizingRefused: a new SL/TP on the wrong side of the price or within the stops level,
+            or a rule closer than the broker allows (``engine.stoprules.check_rules``).
+    """
+    p = core.positions.get(position_id)
+    if p is None:
+        raise NotFound("no such open position", position_id=position_id)
+    if p.state is not PositionState.OPEN or p.ticket is None or p.open_price is None:
+        raise Conflict(f"position is {p.state.value}", state=p.state.value)
+    instrument = core.instrument_for(p.symbol, p.device_id)
+    to_points = instrument.to_points
+    sl, tp = p.sl, p.tp
+    if changes.sl is not UNSET:
+        sl = None if changes.sl is None else to_points(changes.sl)
+    if changes.tp is not UNSET:
+        tp = None if changes.tp is None else to_points(changes.tp)
+    levels_changed = (sl, tp) != (p.sl, p.tp)
+    if levels_changed:
+        if bid is None or ask is None:
+            raise Refused(f"no price for {p.symbol} yet", symbol=p.symbol)
+        # Judged against the price the position would close at now; only the levels that
+        # change (an unchanged SL the price has come close to is not the caller's to fix).
+        market = to_points(bid) if p.side.sign > 0 else to_points(ask)
+        check_stops(
+            instrument,
+            p.side,
+            market,
+            sl if sl != p.sl else None,
+            tp if tp != p.tp else None,
+        )
+    trailing = p.trailing
+    if changes.trailing is not UNSET:
+        trailing = trailing_rule(instrument, changes.trailing)
+    break_even = p.break_even
+    if changes.break_even is not UNSET:
+        break_even = break_even_rule(instrument, changes.break_even)
+    effects = Effects()
+    if not levels_changed and (trailing, break_even) == (p.trailing, p.break_even):
+        return effects  # nothing to change: nothing journaled, nothing sent
+    updated = p.with_changes(now_ms, sl=sl, tp=tp, trailing=trailing, break_even=break_even)
+    core._save(updated, effects)
+    # Re-armed whole: the trigger book takes the levels, the trailing book the rules.
+    effects.arms.append(Arm(updated))
+    if levels_changed and core.settings.protective_stops is ProtectiveStops.SAME:
+        due = max(now_ms, core._last_modify.get(p.id, 0) + core.timing.modify_interval)
+        core._modifies.setdefault(p.id, due)
     return effects
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from engine.instruments import Instrument
 from engine.positions import Position
+from engine.stoprules import break_even_spec, trailing_spec
 from protocol.client import PositionView
 
 __all__ = ["display_pl", "position_view"]
@@ -58,4 +59,6 @@ def position_view(
         signal_id=position.signal_id,
         flags=list(position.flags),
         updated_ms=position.updated_ms,
+        trailing=trailing_spec(instrument, position.trailing),
+        break_even=break_even_spec(instrument, position.break_even),
     )

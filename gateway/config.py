@@ -91,6 +91,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     notify_backoff_cap_s: float = 30.0
     notify_telegram_api: str = "https://api.telegram.org"
     notify_private_urls: bool = False
+    close_max_attempts: int = 5
+    retry_backoff_ms: int = 200
+    retry_backoff_max_ms: int = 5000
 
 
 SETTINGS_HELP: dict[str, str] = {
@@ -165,6 +168,11 @@ SETTINGS_HELP: dict[str, str] = {
     "notify_telegram_api": "base URL of the Telegram Bot API (a local stand-in in tests)",
     "notify_private_urls": "allow webhooks on loopback, private and link-local addresses "
     "(off: users cannot make the engine call into its own network)",
+    "close_max_attempts": "attempts at a close the broker refuses as retryable (a requote) "
+    "before the position is CLOSE_FAILED and an operator alerted (1..20)",
+    "retry_backoff_ms": "pause before the 2nd attempt of a retryable open or close, ms; it "
+    "doubles at each further attempt (the defaults: 0.2, 0.4, 0.8, 1.6 s)",
+    "retry_backoff_max_ms": "longest pause between two attempts of an open or close, ms",
 }
 
 _CONVENTIONAL = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
@@ -324,6 +332,12 @@ def _check(s: Settings) -> None:
         fail("notify_backoff_s", "needs 0 < notify_backoff_s <= notify_backoff_cap_s <= 3600")
     if not s.notify_telegram_api.startswith(("https://", "http://")):
         fail("notify_telegram_api", "must be an http(s) URL")
+    if not 1 <= s.close_max_attempts <= 20:
+        fail("close_max_attempts", "must be 1..20")
+    if not 10 <= s.retry_backoff_ms <= 60_000:
+        fail("retry_backoff_ms", "must be 10..60000 ms")
+    if not s.retry_backoff_ms <= s.retry_backoff_max_ms <= 600_000:
+        fail("retry_backoff_max_ms", "must be at least retry_backoff_ms and at most 600000 ms")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     demo = s.paper_device or s.demo_strategy

@@ -36,6 +36,7 @@ from actors.paper import run_paper_device
 from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.journal_index import encode_indexed_batch
 from engine.quotes import QuoteLimits
+from engine.user import Timing
 from gateway.app import create_app
 from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings, is_loopback, parse_strategies
@@ -55,7 +56,7 @@ from persistence.snapshotter import SnapshotProcess, take_snapshot
 from protocol.errors import StorageError
 from protocol.nonces import MemoryNonceCache, check_vouched
 
-__all__ = ["MemoryNonces", "serve"]
+__all__ = ["MemoryNonces", "serve", "timing_of"]
 
 
 class MemoryNonces:
@@ -114,6 +115,15 @@ async def _final_snapshot(snapshots: SnapshotProcess, journal: Journal[Any], log
     except (OSError, StorageError) as exc:
         log.warning("the snapshotter failed at shutdown; snapshotting here", error=str(exc))
         await take_snapshot(journal)
+
+
+def timing_of(settings: Settings) -> Timing:
+    """The user cores' retry rules from the settings (the other deadlines keep their defaults)."""
+    return Timing(
+        max_close_attempts=settings.close_max_attempts,
+        retry_base=settings.retry_backoff_ms,
+        retry_cap=settings.retry_backoff_max_ms,
+    )
 
 
 def _hypercorn_config(settings: Settings) -> HypercornConfig:
@@ -196,6 +206,7 @@ async def _run(
             quote_limits=QuoteLimits(max_ahead_ms=settings.quote_max_ahead_ms),
             heartbeat_s=settings.device_heartbeat_s,
             device_stale_ms=settings.device_stale_after_s * 1000,
+            timing=timing_of(settings),
         ),
     )
     node_ref.append(node)

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from protocol.common import Alert, Origin, Side
+from protocol.signals import BreakEvenSpec, TrailingSpec
 from protocol.types import (
     Count,
     ErrorDetails,
@@ -86,6 +87,10 @@ class PositionView(msgspec.Struct, frozen=True, kw_only=True):
     slash, so the key is unambiguous)."""
     flags: list[ShortText] = msgspec.field(default_factory=list)
     updated_ms: TimeMs = 0
+    trailing: TrailingSpec | None = None
+    """The position's trailing stop (price units), if it has one."""
+    break_even: BreakEvenSpec | None = None
+    """The position's break-even move (price units), if it has one (it stays after acting)."""
 
 
 class AccountView(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,7 +22,36 @@ from protocol.device import OrderType
 from protocol.errors import FutureTimestamp
 from protocol.types import Count, Id, Price, ShortText, Symbol, TimeMs, Volume
 
-__all__ = ["Signal", "check_signal_time"]
+__all__ = ["BreakEvenSpec", "Signal", "TrailingSpec", "check_signal_time"]
+
+Distance = Annotated[float, Meta(ge=0, lt=1e9)]
+"""A price difference (``5.0`` on gold is five dollars), never negative."""
+
+
+class TrailingSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A trailing stop in price units: the SL follows ``distance`` behind the best price.
+
+    Used by signals, by ``PATCH /api/v1/positions/{id}`` and shown on position views. The
+    engine turns it into integer points of the instrument and refuses a distance closer than
+    the broker's stops level (the broker would refuse the modify).
+    """
+
+    distance: Annotated[float, Meta(gt=0, lt=1e9)]
+    """How far behind the best price (the bid for a buy, the ask for a sell) the SL follows."""
+    step: Distance = 0.0
+    """The SL moves only by at least this much (0: one point), so the broker gets fewer
+    modifies."""
+    activation: Distance = 0.0
+    """Profit (from the open price) at which trailing starts; 0: at once."""
+
+
+class BreakEvenSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Move the SL to the open price plus ``offset`` once ``trigger`` in profit (price units)."""
+
+    trigger: Annotated[float, Meta(gt=0, lt=1e9)]
+    """Profit (from the open price) at which the SL moves; more than ``offset``."""
+    offset: Distance = 0.0
+    """Profit the moved SL locks in (0: exactly the open price)."""
 
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +77,10 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True):
     """No approval after this time; positions opened from it are closed at this time."""
     comment: ShortText = ""
     max_slippage_points: Count | None = None
+    trailing: TrailingSpec | None = None
+    """A trailing stop for positions opened from this signal (else the user's default)."""
+    break_even: BreakEvenSpec | None = None
+    """A break-even move for positions opened from this signal (else the user's default)."""
 
 
 def check_signal_time(signal: Signal, now_ms: int, window_ms: int) -> None:

@@ -14,6 +14,11 @@ millisecond as a page's last one (thousands, when a stop-out closes a book at on
 cursor reaches every position exactly once. Each combination of filters is its own SQL text,
 so every one has a plan that walks the ``positions_history_*`` indexes (migration 0004).
 
+A change of an open position's SL/TP, trailing stop or break-even move
+(``PATCH /positions/{id}``) is a call into the owner's actor (``UserCore.modify_position``):
+validated there against the instrument and the current quote, journaled, re-armed, and sent to
+the device as a ``modify`` when a level changed; answered with the position as it now is.
+
 A manual close is a call into the owner's actor (``UserCore.close_position``), answered 202
 with the id of the close command that went to the device: the close itself completes when the
 device acknowledges it, visible here and on ``/ws/client``.
@@ -31,13 +36,14 @@ import msgspec
 import trio
 from msgspec import Meta
 from quart import Blueprint
-from quart_schema import document_response, validate_querystring
+from quart_schema import document_response, validate_querystring, validate_request
 
 from actors.clock import Clock
 from engine.effects import Effects
 from engine.instruments import Instrument
 from engine.lifecycle import FINAL_STATES
 from engine.positions import Position, decode_position_document, decode_position_documents
+from engine.stoprules import LevelChanges
 from engine.user import UserCore
 from engine.views import position_view
 from gateway.context import GatewayContext
@@ -382,3 +388,48 @@ async def close_position(position_id: str) -> Any:
         command_id = await context.node.user(p.user_id).call(_close, position_id, context.clock)
         note.detail["command_id"] = command_id
     return json_response(CloseOut(position_id=position_id, command_id=command_id), 202)
+
+
+def _modify(
+    core: UserCore,
+    position_id: str,
+    changes: LevelChanges,
+    quote: tuple[float, float, int] | None,
+    clock: Clock,
+) -> tuple[Position | None, Effects]:
+    """Inside the owner's actor: change the levels and rules; the value is the new position."""
+    bid, ask = (None, None) if quote is None else (quote[0], quote[1])
+    effects = core.modify_position(position_id, changes, bid, ask, clock.now_ms())
+    return core.positions.get(position_id), effects
+
+
+@blueprint.patch("/positions/<position_id>")
+@bearer
+@validate_request(LevelChanges)
+@document_response(PositionView, 200)
+@errors(400, 401, 404, 409, 413, 422)
+async def modify_position(position_id: str, data: LevelChanges) -> Any:
+    """Change an open position's SL/TP, trailing stop or break-even move (price units).
+
+    Fields left out keep their value; ``null`` removes one. A changed SL or TP is sent to the
+    device as a ``modify``. 404 for a position that is not the caller's, 409 if it is not open,
+    422 if a level or rule does not suit the instrument or the current price.
+    """
+    who = identity()
+    context = ctx()
+    async with audited("position.modify", "position", position_id, "200") as note:
+        p = await find_position(context, position_id)
+        if p is None or not who.may_act_for(p.user_id):  # another's: as if there were none
+            raise NotFound("no such position")
+        if p.state in FINAL_STATES:
+            raise Conflict(f"position is {p.state.value}", state=p.state.value)
+        for name, value in data.given().items():
+            note.detail[name] = msgspec.json.encode(value).decode()
+        quote = context.node.prices.get(p.symbol)
+        updated = await context.node.user(p.user_id).call(
+            _modify, position_id, data, quote, context.clock
+        )
+    view = None if updated is None else view_of(context, updated)
+    if view is None:
+        raise NotFound("no such position")
+    return json_response(view)

@@ -77,6 +77,44 @@ def check_settings(settings: UserSettings) -> None:
             raise DecodeError(
                 f"settings.{field} must be {side} {low:g} and at most {high:g}", field=field
             )
+    _check_rules(settings)
+
+
+# A default rule's pips: (lowest, lowest allowed itself); at most _MAX_PIPS.
+_RULE_BOUNDS: dict[str, tuple[float, bool]] = {
+    "trailing.distance_pips": (0.0, False),
+    "trailing.step_pips": (0.0, True),
+    "trailing.activation_pips": (0.0, True),
+    "break_even.trigger_pips": (0.0, False),
+    "break_even.offset_pips": (0.0, True),
+}
+_MAX_PIPS = 1e6
+
+
+def _check_rules(settings: UserSettings) -> None:
+    """The default trailing and break-even rules (pips): finite, in bounds, able to act.
+
+    Whether a rule suits a symbol's broker (its stops level) is judged when a position gets it.
+    """
+    for path, (low, inclusive) in _RULE_BOUNDS.items():
+        group, name = path.split(".")
+        rule = getattr(settings, group)
+        if rule is None:
+            continue
+        value = getattr(rule, name)
+        above_low = value >= low if inclusive else value > low
+        if not (math.isfinite(value) and above_low and value <= _MAX_PIPS):
+            side = "at least" if inclusive else "more than"
+            raise DecodeError(
+                f"settings.{path} must be {side} {low:g} and at most {_MAX_PIPS:g}", field=path
+            )
+    be = settings.break_even
+    if be is not None and be.offset_pips >= be.trigger_pips:
+        raise DecodeError(
+            "settings.break_even.offset_pips must be less than trigger_pips (the SL moves "
+            "behind the price that triggers it)",
+            field="break_even.offset_pips",
+        )
 
 
 def _apply(core: UserCore, settings: UserSettings) -> tuple[None, None]:

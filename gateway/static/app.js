@@ -10,6 +10,7 @@ import { finite, text, time } from "./format.js";
 import { FINAL_STATES, alert as parseAlert, Store } from "./model.js";
 import * as view from "./render.js";
 import { ClientStream } from "./stream.js";
+import "./position_edit.js"; // the "Edit" form of open positions (SL/TP, trailing, break-even)
 
 const SIGNALS_EVERY_MS = 15_000;
 const ANALYTICS_EVERY_MS = 30_000;
