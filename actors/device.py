@@ -225,6 +225,7 @@ class DeviceActor:
             await self._end(stale, CloseCode.SERVICE_RESTART, "device actor restarted")
         lost = [cid for cid, c in self.node.state.commands.items() if c.device_id == self.device_id]
         if lost:
+            self.node.command_outcomes["lost"] += len(lost)
             self.node.user(self.user_id).deliver(LinkLost(self.device_id, lost))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -283,8 +284,10 @@ class DeviceActor:
         if out.results or out.lost:
             user = node.user(self.user_id)
             for result in out.results:
+                node.command_outcomes[result.category] += 1
                 user.deliver(Settled(result))
             if out.lost:
+                node.command_outcomes["lost"] += len(out.lost)
                 user.deliver(LinkLost(self.device_id, out.lost))
         if out.records:
             node.record(out.records)

@@ -15,7 +15,7 @@ positions snapshot before anything else is decided).
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -167,6 +167,9 @@ class Node:
         self.devices: dict[str, DeviceActor] = {}
         self.supervised: dict[str, Supervised] = {}
         self.alerts_raised = 0
+        self.command_outcomes: Counter[str] = Counter()
+        """Device commands by how they ended: the ack's category, or ``lost`` (counted by the
+        device actors, read at scrape time)."""
         self.feed_lag_ms = 0
         """How long the last quote batch stamped with ``sent_ms`` waited between its publisher
         and the node."""
@@ -377,6 +380,7 @@ class Node:
             "clients": self.hub.clients,
             "clients_dropped": self.hub.dropped,
             "alerts": self.alerts_raised,
+            "command_outcomes": dict(self.command_outcomes),
             "restarts": {k: v.restarts for k, v in self.supervised.items() if v.restarts},
             "mailbox_depth": {
                 "symbol": max((len(s.inbox) for s in self.symbols.values()), default=0),

@@ -405,7 +405,7 @@ async def run(args: Any) -> dict[str, Any]:
                         "t_s": round(run_for - (deadline - trio.current_time()), 1),
                         "rss_mb": round(_rss_mb(engine.pid), 1),
                         "mailbox_depth": await _metric(http, "tripwire_mailbox_depth"),
-                        "feed_lag_ms": await _metric(http, "tripwire_feed_lag_ms"),
+                        "feed_lag_ms": 1000 * await _metric(http, "tripwire_feed_lag_seconds"),
                     }
                 )
                 await trio.sleep(min(5.0, max(0.5, run_for / 20)))

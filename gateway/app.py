@@ -68,8 +68,9 @@ def create_app(ctx: GatewayContext) -> QuartTrio:
     @app.after_request
     async def _timed(response: Response) -> Response:
         rule = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.http.labels(rule).observe(
-            time.perf_counter() - g.get("started", time.perf_counter())
+        started = g.get("started", time.perf_counter())
+        metrics.observe_http(
+            rule, request.method, response.status_code, time.perf_counter() - started
         )
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")

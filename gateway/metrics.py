@@ -4,6 +4,11 @@ Nothing on the tick path touches a Prometheus object: actors keep plain counters
 collector below reads them when ``/metrics`` is scraped. Latency histograms are the exception
 that must be observed as events happen: tick-to-outbox (per fired quote, not per quote) and
 HTTP request duration.
+
+Names follow Prometheus' conventions: every family is ``tripwire_``-prefixed, in base units
+(seconds, not ms), counters end in ``_total``; label values come from bounded sets (a route is
+its rule, never the path asked for; an unknown method is ``other``). The registry also carries
+the standard ``process_*`` and ``python_*`` collectors.
 """
 
 from __future__ import annotations
@@ -12,13 +17,23 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
     from gateway.context import GatewayContext
 
-__all__ = ["Metrics"]
+__all__ = ["HTTP_METHODS", "Metrics"]
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods that label the HTTP histogram as themselves; any other is ``other`` (bounded)."""
 
 _LATENCY_BUCKETS = (
     0.00005,
@@ -67,9 +82,9 @@ class _Collector:
         )
         yield counter("tripwire_fires", "SL/TP triggers fired", stats["fires"])
         yield gauge(
-            "tripwire_feed_lag_ms",
+            "tripwire_feed_lag_seconds",
             "Last quote batch: from its publisher's sent_ms to the node (the node's backlog)",
-            ctx.node.feed_lag_ms,
+            ctx.node.feed_lag_ms / 1000,
         )
         yield gauge(
             "tripwire_armed_positions", "Positions watched by trigger books", stats["armed"]
@@ -93,11 +108,29 @@ class _Collector:
             restarts.add_metric([actor], value)
         yield restarts
         outcomes = CounterMetricFamily(
-            "tripwire_commands", "Commands by outcome", labels=["outcome"]
+            "tripwire_commands",
+            "Device commands by outcome: the ack's category (done, retryable, final, "
+            "already_closed, unknown) or lost (no ack before the session ended)",
+            labels=["outcome"],
         )
-        for outcome, value in ctx.extras.get("command_outcomes", {}).items():
+        for outcome, value in sorted(stats["command_outcomes"].items()):
             outcomes.add_metric([outcome], value)
         yield outcomes
+        logins = CounterMetricFamily(
+            "tripwire_logins", "REST logins by outcome", labels=["outcome"]
+        )
+        for outcome, value in sorted(c.logins.items()):
+            logins.add_metric([outcome], value)
+        yield logins
+        edge = ctx.extras.get("edge")
+        refused = CounterMetricFamily(
+            "tripwire_connections_refused",
+            "Connections refused at the edge: the address had its limit open (http, websocket)",
+            labels=["kind"],
+        )
+        for kind, value in sorted(getattr(edge, "refused", {}).items()):
+            refused.add_metric([kind], value)
+        yield refused
         handshakes = CounterMetricFamily(
             "tripwire_handshakes", "Device handshakes by outcome", labels=["outcome"]
         )
@@ -111,7 +144,7 @@ class _Collector:
             bad.add_metric([code], value)
         yield bad
         legacy = CounterMetricFamily(
-            "legacy_calls", "Calls to the old Flask routes", labels=["route"]
+            "tripwire_legacy_calls", "Calls to the old Flask routes", labels=["route"]
         )
         for route, value in c.legacy_calls.items():
             legacy.add_metric([route], value)
@@ -196,6 +229,10 @@ class Metrics:
     def __init__(self, ctx: GatewayContext) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(ctx))  # type: ignore[arg-type]
+        # The standard collectors, on this registry (the default one is not what we serve).
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.tick_to_outbox = Histogram(
             "tripwire_tick_to_outbox_seconds",
             "Quote processed to close commands in outboxes",
@@ -204,11 +241,16 @@ class Metrics:
         )
         self.http = Histogram(
             "tripwire_http_request_seconds",
-            "REST request duration",
-            ["route"],
+            "HTTP request duration by route rule, method and status",
+            ["route", "method", "status"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request; ``route`` is the matched rule (``unmatched`` for none)."""
+        method = method if method in HTTP_METHODS else "other"
+        self.http.labels(route, method, str(status)).observe(seconds)
 
     def observe_fire(self, started: float, commands: int) -> None:
         self.tick_to_outbox.observe(time.perf_counter() - started)

@@ -15,8 +15,9 @@
 ``legacy``         the old Flask routes: 301 to their new home, or 410
 =================  ==========================================================================
 
-:func:`register` also makes a JSON body that is not UTF-8 a 400 (``JsonRequest``), gives
-``/openapi.json`` its binary responses, starts the candle book's
+:func:`register` also makes a JSON body that is not UTF-8 a 400 (``JsonRequest``), makes
+``/openapi.json`` a complete document (components, examples, binary responses) and ``/docs``
+work offline (``gateway.rest.docs``), starts the candle book's
 sampler with the app (and stops it with it), and adds the API's counters to ``/metrics``.
 """
 
@@ -41,6 +42,7 @@ from gateway.rest import (
 )
 from gateway.rest.common import JsonRequest
 from gateway.rest.docs import install_openapi
+from gateway.rest.examples import EXAMPLES
 from gateway.rest.market import candle_book
 from gateway.rest.metrics import RestCollector
 
@@ -66,7 +68,7 @@ def register(app: QuartTrio) -> None:
     app.request_class = JsonRequest
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
-    install_openapi(app)
+    install_openapi(app, EXAMPLES)
     context: GatewayContext = app.extensions["tripwire"]
     context.extras["metrics"].registry.register(RestCollector(context))
     book = candle_book(context)

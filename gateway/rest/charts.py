@@ -41,6 +41,7 @@ from gateway.rest.analytics import Equity, curve_stats, equity_of
 from gateway.rest.common import ctx, identity, require_token
 from gateway.rest.docs import bearer, binary, errors
 from gateway.rest.market import CandleQuery, candle_book, known_symbol
+from gateway.rest.metrics import CHART_POOL
 from gateway.rest.reads import read_through
 from protocol.errors import RateLimited
 
@@ -57,7 +58,7 @@ LATELY_HALF_LIFE_S = 30.0
 LATELY_USERS = 1024
 IDLE_S = 60.0
 """The worker processes exit after this long without a render (they hold ~60 MB each)."""
-_POOL = "rest.chart_pool"
+_POOL = CHART_POOL
 _log = structlog.get_logger().bind(component="charts")
 
 

@@ -4,7 +4,7 @@ While ``legacy_redirects`` is on (``TRIPWIRE_LEGACY_REDIRECTS``), each old route
 ``301`` with ``Location`` at its ``/api/v1`` replacement and the query string kept as it came
 (so ``/api/trades?symbol=XAUUSD`` lands on ``/api/v1/positions?state=closed&symbol=XAUUSD``);
 once clients have moved, turning it off makes them ``410 {"code": "gone"}``. Every call is
-counted by route (``legacy_calls_total{route}`` on ``/metrics``), which is how to know when
+counted by route (``tripwire_legacy_calls_total{route}`` on ``/metrics``), which is how to know when
 turning it off is safe.
 
 These routes are not in the OpenAPI document: they are not part of the API, only a way out

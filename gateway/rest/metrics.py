@@ -5,8 +5,12 @@
 * ``tripwire_rest_read_cache_total{result}``: the read cache's hits, misses and coalesced
   loads (Redis-backed or in-process, whichever serves the API).
 * ``tripwire_candle_samples_total``: prices sampled into the candle book.
+* ``tripwire_chart_renders_total`` and ``tripwire_chart_refused_total{reason}``: PNGs the
+  chart pool rendered, and the 429s it answered (``user``: that user has their charts in
+  flight; ``busy``: the queue is full).
 
-Request latency per route and ``legacy_calls_total{route}`` are the app's own collector's.
+Request latency per route and ``tripwire_legacy_calls_total{route}`` are the app's own
+collector's.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from gateway.rest.reads import cache_of
 
 CANDLES = "rest.candles"
 """Where the app keeps its candle book (``ctx.extras``)."""
+CHART_POOL = "rest.chart_pool"
+"""Where the app keeps its chart pool (``ctx.extras``, made on the first chart)."""
 
 if TYPE_CHECKING:
     from gateway.context import GatewayContext
@@ -61,6 +67,18 @@ class RestCollector:
         reads.add_metric(["miss"], cache.misses)
         reads.add_metric(["coalesced"], cache.coalesced)
         yield reads
+        pool = context.extras.get(CHART_POOL)
+        yield CounterMetricFamily(
+            "tripwire_chart_renders",
+            "PNG charts the chart pool rendered",
+            value=pool.rendered if pool is not None else 0,
+        )
+        refused = CounterMetricFamily(
+            "tripwire_chart_refused", "Chart requests refused (429) by reason", labels=["reason"]
+        )
+        for reason, value in sorted(pool.refused.items() if pool is not None else ()):
+            refused.add_metric([reason], value)
+        yield refused
         book = context.extras.get(CANDLES)
         yield CounterMetricFamily(
             "tripwire_candle_samples",

@@ -26,7 +26,7 @@ REDIRECTS = {
 
 
 def legacy_count(metrics: str, route: str) -> float:
-    prefix = f'legacy_calls_total{{route="{route}"}}'
+    prefix = f'tripwire_legacy_calls_total{{route="{route}"}}'
     lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
     return float(lines[0].split()[-1]) if lines else 0.0
 
@@ -42,7 +42,8 @@ async def test_redirects_then_gone(engine) -> None:
         assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
         # The new home answers what the old route asked.
         followed = await http.get("/api/trades?symbol=XAUUSD", follow_redirects=True)
-        assert followed.status_code == 200 and followed.json()["positions"] == []
+        assert followed.status_code == 200
+        assert followed.json() == {"positions": [], "next_cursor": None}
 
         engine.ctx.settings = msgspec.structs.replace(engine.ctx.settings, legacy_redirects=False)
         for old in REDIRECTS:

@@ -73,5 +73,8 @@ async def test_the_live_schema_holds(engine) -> None:
         return tested, failures
 
     tested, failures = await trio.to_thread.run_sync(run)
-    assert len(tested) >= 25, tested
+    assert len(tested) >= 28, tested
+    # The real routes, converters and all (they were published as ``/api/v1/signals/{version}``).
+    assert "POST /api/v1/signals/{strategy_id}/{signal_id}/{version}/decision" in tested
+    assert "GET /api/v1/signals/{strategy_id}/{signal_id}/{version}" in tested
     assert not failures, "\n\n".join(failures)
