@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 
 from engine.sizing import UserSettings
+from engine.stoprules import LevelChanges
+from gateway.notifications import NotificationsIn, NotificationsOut
 from gateway.rest.analytics import AnalyticsOut
 from gateway.rest.approvals import ApprovalList, DecisionIn, DecisionOut
 from gateway.rest.auth import Login, Token, UserOut
@@ -87,6 +89,8 @@ _POSITION_VIEW = {
     "signal_id": _SIGNAL,
     "flags": [],
     "updated_ms": _T0 + 61_000,
+    "trailing": {"distance": 5.0, "step": 0.5, "activation": 0.0},
+    "break_even": None,
 }
 _DEVICE_OUT = {
     "id": _DEVICE,
@@ -149,6 +153,26 @@ EXAMPLES: dict[type[Any], Any] = {
         ]
     },
     PositionView: _POSITION_VIEW,
+    LevelChanges: {
+        "sl": 2645.00,
+        "trailing": {"distance": 5.0, "step": 0.5, "activation": 0.0},
+        "break_even": None,
+    },
+    NotificationsIn: {
+        "events": ["fill", "close", "alert", "device_offline"],
+        "webhook_url": "https://hooks.example.com/tripwire",
+        "rotate_webhook_secret": False,
+        "telegram_chat_id": "123456789",
+        "telegram_bot_token": "123456789:AAF-example-bot-token-0123456789abcdef",
+    },
+    NotificationsOut: {
+        "events": ["fill", "close", "alert", "device_offline"],
+        "webhook_url": "https://hooks.example.com/tripwire",
+        "webhook_secret_set": True,
+        "telegram_chat_id": "123456789",
+        "telegram_bot_token_set": True,
+        "webhook_secret": "whsec-3q9VZr0x6M2b1S0l0u8cQyJzq1nQpW4tV7d9",
+    },
     PositionList: {"positions": [_POSITION_VIEW], "next_cursor": None},
     CloseOut: {"position_id": _POSITION, "command_id": f"{_POSITION}-close-1"},
     NewDevice: {"name": "MT5 ICMarkets live", "account_login": "51234567", "broker": "ICMarkets"},
