@@ -288,7 +288,12 @@ def _start_feed(nursery: trio.Nursery, settings: Settings, node: Node, clock: Wa
     if feed == "replay":
         nursery.start_soon(
             functools.partial(
-                replay, node.offer_quotes, clock, speed=settings.replay_speed, loop=True
+                replay,
+                node.offer_quotes,
+                clock,
+                speed=settings.replay_speed,
+                loop=True,
+                start_s=settings.replay_start_s,
             )
         )
     elif feed == "random":
