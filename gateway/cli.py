@@ -129,6 +129,9 @@ def _run(args: argparse.Namespace) -> int:
         for k, v in vars(args).items()
         if k.startswith("setting_") and v is not None
     }
+    # ``tripwire --log-format json run`` means the same as ``tripwire run --log-format json``.
+    raw.setdefault("log_format", args.log_format)
+    raw.setdefault("log_level", args.log_level)
     try:
         environ = dict(os.environ)
         environ.update({env_name(k): v for k, v in raw.items()})

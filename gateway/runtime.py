@@ -222,7 +222,12 @@ async def _run(
     node.fire_probe = metrics.observe_fire
     stop_serving = trio.Event()
     # The snapshotter process ends with this block, however it ends.
-    async with SnapshotProcess(dsn) as snapshots, trio.open_nursery() as nursery:
+    async with (
+        SnapshotProcess(
+            dsn, log_format=settings.log_format, log_level=settings.log_level
+        ) as snapshots,
+        trio.open_nursery() as nursery,
+    ):
         await nursery.start(journal.run)
         node_scope = trio.CancelScope()
 
