@@ -269,7 +269,10 @@ class SnapshotProcess:
         replies_read, replies_write = os.pipe()
         try:
             self._process = await trio.lowlevel.open_process(
-                _command(self.dsn, replies_write, self.log_format, self.log_level),
+                [
+                    *_command(self.dsn, replies_write),
+                    *("--log-format", self.log_format, "--log-level", self.log_level),
+                ],
                 stdin=subprocess.PIPE,
                 # Its stdout is where structlog prints: that is the engine's stderr, with the
                 # engine's own logs (fd 2), or wherever ``stderr`` says.
@@ -320,9 +323,7 @@ class SnapshotProcess:
                 await process.wait()
 
 
-def _command(
-    dsn: str, replies_fd: int, log_format: str = "console", log_level: str = "info"
-) -> list[str]:
+def _command(dsn: str, replies_fd: int) -> list[str]:
     """The serving snapshotter, under ``chrt --idle`` where there is one (see
     :func:`yield_the_cpu`; set from outside so that no ``preexec_fn`` makes ``subprocess``
     fork() the engine: fork copies the page tables of the engine's whole heap, vfork does not)."""
@@ -334,10 +335,6 @@ def _command(
         dsn,
         "--serve",
         str(replies_fd),
-        "--log-format",
-        log_format,
-        "--log-level",
-        log_level,
     ]
     chrt = shutil.which("chrt")
     return [chrt, "--idle", "0", *command] if chrt else command
