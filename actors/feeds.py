@@ -11,6 +11,7 @@ elsewhere).
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -41,17 +42,22 @@ async def replay(
     speed: float = 1.0,
     loop: bool = True,
     max_quotes: int | None = None,
+    start_s: float = 0.0,
 ) -> int:
     """Play the bundled days of ``symbols`` side by side; returns the quotes sent.
 
     ``speed`` 1.0 is real time, 10.0 ten times faster. Quotes due at the same moment (within a
-    millisecond of each other) leave as one batch. With ``loop`` the days start over when they
-    end, so a demo never runs dry.
+    millisecond of each other) leave as one batch. The first pass starts ``start_s`` seconds
+    into the days (the demo starts where the market moves, not in the quiet night); with
+    ``loop`` the days then start over from their beginning, so a demo never runs dry.
     """
     if speed <= 0:
         raise ValueError("speed must be positive")
+    if start_s < 0:
+        raise ValueError("start_s must be 0 or more")
     days = [load_ticks(s) for s in symbols]
     sent = 0
+    skip_ms = start_s * 1000
     while True:
         # Merge the days on their offsets from each day's first tick.
         merged: list[tuple[float, str, float, float]] = []
@@ -65,10 +71,12 @@ async def replay(
                 strict=True,
             )
         merged.sort(key=lambda row: row[0])
+        i = bisect.bisect_left(merged, skip_ms, key=lambda row: row[0])
+        if i == len(merged):  # past the end of every day: play them whole
+            i, skip_ms = 0, 0.0
         start = trio.current_time()
-        i = 0
         while i < len(merged):
-            due = start + merged[i][0] / 1000 / speed
+            due = start + (merged[i][0] - skip_ms) / 1000 / speed
             await trio.sleep_until(due)
             now_ms = clock.now_ms()
             batch = []
@@ -81,6 +89,7 @@ async def replay(
             sent += len(batch)
             if max_quotes is not None and sent >= max_quotes:
                 return sent
+        skip_ms = 0.0
         if not loop:
             return sent
 

@@ -49,6 +49,9 @@ __all__ = ["ClientHub", "Subscription"]
 
 _alert_keys = itertools.count()
 
+_DONE = frozenset({PositionState.CLOSED, PositionState.REJECTED})
+"""States of a position that no longer concerns its user's market alerts."""
+
 
 class Subscription:
     """One client stream: what it wants (``channels``, ``symbols``) and what it has yet to get."""
@@ -82,6 +85,9 @@ class ClientHub:
         self.node = node
         self._subs: dict[str, set[Subscription]] = {}  # no empty sets: a closed user leaves
         self._watched: dict[str, set[str]] = defaultdict(set)  # user -> symbols of its positions
+        self._holding: dict[str, dict[str, set[str]]] = {}
+        """user -> symbol -> ids of its positions there that are not closed: who a market
+        alert concerns (no empty sets, no empty users)."""
         self.dropped = 0
 
     @property
@@ -116,6 +122,7 @@ class ClientHub:
         self._subs.setdefault(user_id, set()).add(sub)
 
         def snapshot(core: UserCore) -> tuple[Snapshot, None]:
+            self._hold(user_id, core.positions.values())
             live = list(core.positions.values()) + list(core.recent_closed.values())[-50:]
             account = AccountView(
                 user_id=user_id,
@@ -174,11 +181,30 @@ class ClientHub:
 
     # -- fan-out -----------------------------------------------------------------------------
 
+    def _hold(self, user_id: str, positions: Iterable[Position]) -> None:
+        """Keep :attr:`_holding` up to date with these positions' states."""
+        holding = self._holding.get(user_id)
+        for p in positions:
+            if p.state in _DONE:
+                if holding is not None and p.symbol in holding:
+                    ids = holding[p.symbol]
+                    ids.discard(p.id)
+                    if not ids:
+                        del holding[p.symbol]
+                        if not holding:
+                            del self._holding[user_id]
+                            holding = None
+            else:
+                if holding is None:
+                    holding = self._holding.setdefault(user_id, {})
+                holding.setdefault(p.symbol, set()).add(p.id)
+
     def positions_changed(self, user_id: str, positions: list[Position]) -> None:
         watched = self._watched[user_id]
         for p in positions:
             if p.state is PositionState.OPEN:
                 watched.add(p.symbol)
+        self._hold(user_id, positions)
         subs = self._subs.get(user_id)
         if not subs:
             return
@@ -194,15 +220,26 @@ class ClientHub:
             if "devices" in sub.channels:
                 sub.buffer.offer(("d", view.device_id), message)
 
+    def concerned(self, alert: Alert) -> list[Subscription]:
+        """The streams an alert concerns: its user's; for a market alert (a symbol, no user),
+        those of users with a position in the symbol and those subscribed to its prices; for
+        an alert of neither (the engine's own: storage), everyone's."""
+        if alert.user_id:
+            return list(self._subs.get(alert.user_id, ()))
+        symbol = alert.symbol
+        if symbol is None:
+            return [s for subs in self._subs.values() for s in subs]
+        return [
+            sub
+            for user_id, subs in self._subs.items()
+            for sub in subs
+            if symbol in sub.symbols or symbol in self._holding.get(user_id, ())
+        ]
+
     def publish_alerts(self, alerts: Iterable[Alert]) -> None:
         for alert in alerts:
             message = AlertMessage(alert=alert)
-            targets = (
-                self._subs.get(alert.user_id, ())
-                if alert.user_id
-                else [s for subs in self._subs.values() for s in subs]
-            )
-            for sub in targets:
+            for sub in self.concerned(alert):
                 if "alerts" in sub.channels:
                     sub.buffer.offer(("a", next(_alert_keys)), message)
 

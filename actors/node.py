@@ -30,6 +30,7 @@ from actors.hub import ClientHub
 from actors.messages import LinkLost
 from actors.supervisor import Supervised, supervise
 from actors.symbol import SymbolActor
+from actors.tradelog import TradeLog
 from actors.user import UserActor
 from engine.device import Classifier
 from engine.guards import MarketLimits
@@ -174,6 +175,8 @@ class Node:
         """How long the last quote batch stamped with ``sent_ms`` waited between its publisher
         and the node."""
         self.log = structlog.get_logger().bind(node=True)
+        self.tradelog = TradeLog()
+        """Trading events, logged by its own task off the hot path (``actors.tradelog``)."""
         self._nursery: trio.Nursery | None = None
         self._on_alerts: list[Callable[[list[Alert]], None]] = []
         self._running = trio.Event()
@@ -194,6 +197,7 @@ class Node:
             for user_id in self._start_views:
                 self.user(user_id)
             nursery.start_soon(self.hub.push_prices)
+            nursery.start_soon(self.tradelog.run)
             self._running.set()
             task_status.started(self)
             await trio.sleep_forever()
@@ -329,10 +333,11 @@ class Node:
     def record(self, records: Iterable[Record]) -> int:
         """Journal records (write-behind) and fold them into the live state; last seq."""
         seq = 0
-        append, apply = self.journal.append_nowait, self.state.apply
+        append, apply, note = self.journal.append_nowait, self.state.apply, self.tradelog.note
         for record in records:
             seq = append(record)
             apply(record)
+            note(record)
         return seq
 
     async def record_durably(self, record: Record) -> int:
@@ -353,6 +358,8 @@ class Node:
         """Fan alerts out to clients and listeners (their records are already journaled)."""
         self.alerts_raised += len(alerts)
         self.hub.publish_alerts(alerts)
+        for alert in alerts:
+            self.tradelog.note(alert)
         for listener in self._on_alerts:
             listener(alerts)
 

@@ -1,14 +1,19 @@
 """The ``tripwire`` command.
 
-``tripwire version`` prints the version; ``tripwire run`` starts the engine; ``tripwire migrate``
-brings the database schema up to date (``DATABASE_URL``, or the embedded Postgres under
-``TRIPWIRE_STATE_DIR/pg`` when it is unset: the database ``tripwire run`` uses). Both read
-their settings the same way (``TRIPWIRE_CONFIG``, then the environment).
+``tripwire --version`` (or ``tripwire version``) prints the version; ``tripwire run`` starts
+the engine; ``tripwire migrate`` brings the database schema up to date (``DATABASE_URL``, or the
+embedded Postgres under ``TRIPWIRE_STATE_DIR/pg`` when it is unset: the database ``tripwire
+run`` uses). ``tripwire user|device|strategy`` are the operator's commands (``gateway.admin``).
+All read their settings the same way (``TRIPWIRE_CONFIG``, then the environment).
+
+A failure the operator can fix (a bad setting, the port taken) is one line on standard error
+and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import msgspec
 
+from gateway.admin import ADMIN_COMMANDS, add_admin_commands, run_admin
 from gateway.config import SETTINGS_HELP, Settings, env_name, load_settings
 from gateway.logs import configure_logging, get_logger
 
@@ -34,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tripwire",
         description="Tripwire: an actor-based real-time trading engine.",
     )
+    parser.add_argument("--version", action="version", version=f"tripwire {_version()}")
     parser.add_argument(
         "--log-format",
         choices=["console", "json"],
@@ -71,7 +78,20 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--status", action="store_true", help="list applied and pending versions, change nothing"
     )
+    add_admin_commands(commands)
     return parser
+
+
+def _address_in_use(exc: BaseException) -> OSError | None:
+    """The "address already in use" error inside ``exc`` (trio wraps it in groups)."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _address_in_use(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -129,6 +149,9 @@ def _run(args: argparse.Namespace) -> int:
         for k, v in vars(args).items()
         if k.startswith("setting_") and v is not None
     }
+    # ``tripwire --log-format json run`` means the same as ``tripwire run --log-format json``.
+    raw.setdefault("log_format", args.log_format)
+    raw.setdefault("log_level", args.log_level)
     try:
         environ = dict(os.environ)
         environ.update({env_name(k): v for k, v in raw.items()})
@@ -143,6 +166,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:
+        if _address_in_use(exc) is None:
+            raise
+        where = f"{raw.get('host') or settings.host}:{raw.get('port') or settings.port}"
+        print(f"tripwire run: cannot listen on {where}: address already in use", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -160,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "migrate":
         return _migrate(args)
+    if args.command in ADMIN_COMMANDS:
+        return run_admin(args)
     parser.print_help()
     return 2
 

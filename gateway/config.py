@@ -51,6 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_frames: bool = False
     feed: str = "replay"
     replay_speed: float = 1.0
+    replay_start_s: float = 44_970.0
     feed_token: str | None = None
     strategies: str | None = None
     demo_strategy: bool = True
@@ -113,6 +114,9 @@ SETTINGS_HELP: dict[str, str] = {
     "log_frames": "log every device frame (redacted) at debug level",
     "feed": "replay (the bundled real data), random, none, or a ws:// URL of an upstream feed",
     "replay_speed": "replay speed, 1.0 = real time",
+    "replay_start_s": "seconds into the bundled day where the replay's first pass starts "
+    "(default 12:29:30 UTC, just before the US payrolls move gold, so the demo's stops fire "
+    "within a minute; 0 = midnight); later passes play the whole day",
     "feed_token": "token a /ws/feed publisher must present (unset: the feed socket is closed)",
     "strategies": "strategy secrets for signed signals: 'id=secret[|secret2];id2=secret' "
     "(several secrets during a rotation)",
@@ -299,6 +303,8 @@ def _check(s: Settings) -> None:
         fail("feed", "must be replay, random, none or a ws:// URL")
     if s.replay_speed <= 0:
         fail("replay_speed", "must be positive")
+    if not 0 <= s.replay_start_s < 86_400:
+        fail("replay_start_s", "must be 0..86399 seconds into the day")
     if s.device_max_frame < 4096 or s.client_max_frame < 1024 or s.max_body_bytes < 1024:
         fail("device_max_frame", "frame and body limits are too small to be useful")
     for field in ("login_burst", "login_address_burst", "login_max_hashing"):

@@ -3,21 +3,33 @@
 On first start the demo user (``TRIPWIRE_DEMO_USER`` / ``TRIPWIRE_DEMO_PASSWORD``) is created
 with the paper device ``paper-1``, and an admin if ``TRIPWIRE_ADMIN_PASSWORD`` is set; later
 starts find them in Postgres. The demo strategy posts a signal for the demo user every
-``interval_s`` (XAUUSD, SL and TP a few dollars from the market, valid for fifteen minutes)
-through the same path as a signed ``POST /api/v1/signals``, so a newcomer can approve one on
-the dashboard and watch the replayed market close it.
+``interval_s`` (XAUUSD, SL a dollar and TP a dollar and a half from the market) through the
+same path as a signed ``POST /api/v1/signals``, so a newcomer can approve one on the dashboard
+and watch the replayed market close it.
+
+A newcomer must see the key moment at once, so the strategy approves its first signal itself
+(through the user's actor, as ``POST .../decision`` does, audited as the demo's): a position
+opens within seconds of ``make run``, and the replay starts just before the 2014-05-02 payrolls
+release (``replay_start_s``), when gold moves dollars a minute, so its SL or TP fires within
+the first minute. The later signals wait for the user. Each one expires when the next is
+posted, so at most one demo signal is ever pending; the demo user is created with
+``auto_close_on_expiry`` off, so a position the user approved lives until its SL or TP.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+import uuid
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 import trio
 
+from engine.records import Approval
 from engine.sizing import UserSettings
-from gateway.services import accept_signal
+from engine.user import UserCore
+from gateway.services import accept_signal, audit
 from protocol.common import Side
+from protocol.errors import Refused
 from protocol.signals import Signal
 
 if TYPE_CHECKING:
@@ -25,7 +37,14 @@ if TYPE_CHECKING:
     from gateway.context import GatewayContext
     from gateway.registry import Registry
 
-__all__ = ["DEMO_DEVICE", "DEMO_STRATEGY", "Demo", "ensure_demo", "run_demo_strategy"]
+__all__ = [
+    "DEMO_DEVICE",
+    "DEMO_STRATEGY",
+    "Demo",
+    "approve_for_demo",
+    "ensure_demo",
+    "run_demo_strategy",
+]
 
 DEMO_DEVICE = "paper-1"
 DEMO_STRATEGY = "demo"
@@ -45,7 +64,9 @@ async def ensure_demo(registry: Registry, settings: Settings) -> Demo | None:
     user_id = registry.by_name.get(settings.demo_user.lower())
     if user_id is None:
         user = await registry.create_user(
-            settings.demo_user, settings.demo_password, settings=UserSettings(fixed_volume=0.1)
+            settings.demo_user,
+            settings.demo_password,
+            settings=UserSettings(fixed_volume=0.1, auto_close_on_expiry=False),
         )
         user_id = user.id
     if DEMO_DEVICE not in registry.devices:
@@ -59,14 +80,63 @@ async def ensure_demo(registry: Registry, settings: Settings) -> Demo | None:
     return Demo(user_id, DEMO_DEVICE)
 
 
+def _approve(core: UserCore, signal: Signal, approval_id: str, ctx: GatewayContext) -> Any:
+    """Inside the user's actor: approve at this moment's price (as the REST decision does)."""
+    quote = ctx.node.prices.get(signal.symbol)
+    return core.decide(
+        approval_id=approval_id,
+        signal=signal,
+        decision="approve",
+        bid=quote[0] if quote else None,
+        ask=quote[1] if quote else None,
+        now_ms=ctx.clock.now_ms(),
+        user_agent="tripwire demo strategy",
+    )
+
+
+async def approve_for_demo(
+    ctx: GatewayContext, demo: Demo, signal: Signal, attempts: int = 20
+) -> Approval | None:
+    """Approve ``signal`` for the demo user; retried while the core refuses it for a passing
+    reason (the paper device not connected yet, the market moved), until it expires."""
+    log = structlog.get_logger().bind(component="demo-strategy", user_id=demo.user_id)
+    for _ in range(attempts):
+        try:
+            approval: Approval = await ctx.node.user(demo.user_id).call(
+                _approve, signal, f"demo-{uuid.uuid4()}", ctx
+            )
+        except Refused as exc:
+            if signal.expires_at_ms is not None and ctx.clock.now_ms() >= signal.expires_at_ms:
+                break
+            log.debug("demo approval refused; trying again", code=exc.code, error=exc.message)
+            await trio.sleep(1)
+            continue
+        await audit(
+            ctx,
+            actor_id=demo.user_id,
+            action="approval.approve",
+            target_type="signal",
+            target_id=approval.signal,
+            outcome="201",
+            user_agent="tripwire demo strategy",
+            approval_id=approval.id,
+            position_id=approval.position_id,
+        )
+        return approval
+    log.warning("the demo could not approve its first signal", signal_id=signal.signal_id)
+    return None
+
+
 async def run_demo_strategy(
     ctx: GatewayContext,
     demo: Demo,
     interval_s: float = 45.0,
     symbol: str = "XAUUSD",
-    distance: float = 1.5,
+    distance: float = 1.0,
+    auto_approve: int = 1,
 ) -> None:
-    """Post a demo signal every ``interval_s`` once prices flow."""
+    """Post a demo signal every ``interval_s`` once prices flow; approve the first
+    ``auto_approve`` of them on the demo user's behalf (see the module doc)."""
     log = structlog.get_logger().bind(component="demo-strategy", user_id=demo.user_id)
     count = 0
     while True:
@@ -91,12 +161,21 @@ async def run_demo_strategy(
             tp=round(entry + side.sign * distance * 1.5, 3),
             volume=0.1,
             created_at_ms=now,
-            expires_at_ms=now + 15 * 60_000,
+            # Superseded by the next one: at most one demo signal is pending at a time.
+            expires_at_ms=now + round(interval_s * 1000),
             comment="demo strategy: approve it on the dashboard",
         )
         try:
             await accept_signal(ctx, signal)
             log.info("demo signal posted", signal_id=signal.signal_id, side=side.value)
+            if count <= auto_approve:
+                approval = await approve_for_demo(ctx, demo, signal)
+                if approval is not None:
+                    log.info(
+                        "demo signal approved by the demo itself",
+                        signal_id=signal.signal_id,
+                        position_id=approval.position_id,
+                    )
         except Exception as exc:  # the demo must never take the engine down
             log.warning("demo signal not posted", error=str(exc))
         await trio.sleep(interval_s)

@@ -237,7 +237,12 @@ async def _run(
     node.fire_probe = metrics.observe_fire
     stop_serving = trio.Event()
     # The snapshotter process ends with this block, however it ends.
-    async with SnapshotProcess(dsn) as snapshots, trio.open_nursery() as nursery:
+    async with (
+        SnapshotProcess(
+            dsn, log_format=settings.log_format, log_level=settings.log_level
+        ) as snapshots,
+        trio.open_nursery() as nursery,
+    ):
         await nursery.start(journal.run)
         node_scope = trio.CancelScope()
 
@@ -328,7 +333,12 @@ def _start_feed(nursery: trio.Nursery, settings: Settings, node: Node, clock: Wa
     if feed == "replay":
         nursery.start_soon(
             functools.partial(
-                replay, node.offer_quotes, clock, speed=settings.replay_speed, loop=True
+                replay,
+                node.offer_quotes,
+                clock,
+                speed=settings.replay_speed,
+                loop=True,
+                start_s=settings.replay_start_s,
             )
         )
     elif feed == "random":

@@ -52,7 +52,7 @@ __all__ = ["Bridge", "open_bridge"]
 T = TypeVar("T")
 
 _SHUTDOWN_TIMEOUT_S = 10.0
-_log = structlog.get_logger().bind(component="bridge")
+_log = structlog.get_logger(component="bridge")  # lazy: configured at first use
 
 
 class Bridge:

@@ -40,7 +40,7 @@ __all__ = ["Database", "dsn_with_database", "is_unavailable", "open_database", "
 
 T = TypeVar("T")
 
-_log = structlog.get_logger().bind(component="db")
+_log = structlog.get_logger(component="db")  # lazy: configured at first use
 
 # asyncpg's connection-level failures, and the SQLSTATE classes that mean "not now":
 # 08 connection exception, 57 operator intervention (shutdown, starting up, statement timeout),

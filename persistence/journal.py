@@ -57,7 +57,7 @@ EncodeBatch = Callable[[list[T]], "bytes | tuple[bytes, bytes]"]
 Project = Callable[[list[T]], store.Statements]
 OnAlert = Callable[[Alert], None]
 
-_log = structlog.get_logger().bind(component="journal")
+_log = structlog.get_logger(component="journal")  # lazy: configured at first use
 _BEYOND_EVERY_SEQ = (1 << 63) - 1  # the largest bigint
 
 

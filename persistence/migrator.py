@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS schema_version (
 )
 """
 
-_log = structlog.get_logger().bind(component="migrations")
+_log = structlog.get_logger(component="migrations")  # lazy: configured at first use
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,7 +145,7 @@ class Snapshotter:
             reloaded=reloaded,
             seconds=round(time.perf_counter() - started, 4),
         )
-        structlog.get_logger().bind(component="snapshotter").info(
+        structlog.get_logger().bind(component="snapshotter").debug(
             "snapshot written", **msgspec.structs.asdict(taken)
         )
         return taken
@@ -181,8 +181,17 @@ class SnapshotProcess:
     ``stderr`` is where the child's logs go (None: the engine's own stderr).
     """
 
-    def __init__(self, dsn: str, *, stderr: int | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        stderr: int | None = None,
+        log_format: str = "console",
+        log_level: str = "info",
+    ) -> None:
         self.dsn = dsn
+        self.log_format, self.log_level = log_format, log_level
+        """Passed to the child: its lines are rendered as the engine's are (JSON if asked)."""
         self.started = 0
         """How many processes were started (more than one: it died and was replaced)."""
         self._stderr = stderr
@@ -260,7 +269,10 @@ class SnapshotProcess:
         replies_read, replies_write = os.pipe()
         try:
             self._process = await trio.lowlevel.open_process(
-                _command(self.dsn, replies_write),
+                [
+                    *_command(self.dsn, replies_write),
+                    *("--log-format", self.log_format, "--log-level", self.log_level),
+                ],
                 stdin=subprocess.PIPE,
                 # Its stdout is where structlog prints: that is the engine's stderr, with the
                 # engine's own logs (fd 2), or wherever ``stderr`` says.
@@ -400,7 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the state and take a snapshot per request line on stdin, replying on FD"
         " (how the engine runs it); without it, take one snapshot and exit",
     )
+    parser.add_argument("--log-format", choices=["console", "json"], default="console")
+    parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    from gateway.logs import configure_logging  # the engine's renderings, one definition
+
+    configure_logging(args.log_format, args.log_level)
     yield_the_cpu()
     if args.serve is not None:
         # A Ctrl-C in the engine's terminal reaches its whole process group: the engine shuts

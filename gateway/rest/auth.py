@@ -9,6 +9,7 @@ from msgspec import Meta
 from quart import Blueprint
 from quart_schema import validate_request, validate_response
 
+from gateway.logs import get_logger
 from gateway.rest.common import caller, client_address, ctx, user_agent
 from gateway.rest.docs import bearer, errors
 from gateway.services import audit
@@ -59,6 +60,7 @@ async def login(data: Login) -> Any:
         raise
     if found is None:
         context.counters.logins["failed"] += 1
+        get_logger().info("login refused", username=data.username[:64], remote=address)
         await audit(
             context,
             actor_id=None,
@@ -73,6 +75,7 @@ async def login(data: Login) -> Any:
     token, expires = context.tokens.issue(found.user_id, found.role)
     user = context.registry.user(found.user_id)
     context.counters.logins["ok"] += 1
+    get_logger(user_id=found.user_id).info("login", role=found.role, remote=address)
     await audit(
         context,
         actor_id=found.user_id,

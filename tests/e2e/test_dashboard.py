@@ -94,6 +94,7 @@ async def demo_engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path) -> Asy
         pg_dsn,
         feed="replay",
         replay_speed=5.0,
+        replay_start_s=0.0,  # the quiet start of the day: see SL_DISTANCE
         paper_device=True,
         demo_strategy=False,
     )

@@ -1,0 +1,166 @@
+"""The trading log: every trading event at info, with its ids, written off the hot path.
+
+The node notes each record it journals and each alert it publishes here (one ``deque.append``,
+after the user actor has put its commands in the device outboxes); :meth:`TradeLog.run`, a
+task of the node, turns them into log lines a slice at a time. So a fire costs the tick path
+an append, not a formatted line, and a storm of fires is logged over the following scheduler
+rounds instead of holding the loop. What is logged, by record:
+
+* ``approval`` (``ApprovalSaved``): user_id, approval_id, signal, decision, position_id;
+* ``command issued`` / ``command resolved``: command_id, position_id, device_id, the kind or
+  outcome (a ``filled`` outcome is the broker's fill);
+* a position's state changes (``PositionSaved``): ``position opening``, ``position opened``
+  (with its fill price), ``stop fired`` (the engine's SL/TP, with the trigger price),
+  ``position closing`` (any other close), ``position closed``, ``position rejected``, and
+  ``close failed`` / ``position unknown`` as warnings;
+* every published alert, at info (warning for ``warning`` and ``critical`` levels).
+
+A burst larger than :data:`MAX_BACKLOG` is not kept whole: the overflow is counted and logged
+as one line, so the log never holds memory the engine needs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import structlog
+import trio
+
+from engine.lifecycle import PositionState
+from engine.records import ApprovalSaved, CommandIssued, CommandResolved, PositionSaved
+from protocol.common import Alert
+
+__all__ = ["MAX_BACKLOG", "SLICE", "TradeLog"]
+
+MAX_BACKLOG = 200_000
+"""Events waiting to be logged at most; past it they are counted, not kept."""
+
+SLICE = 2_000
+"""Events logged per scheduler round."""
+
+_PERIOD_S = 0.1
+
+_TERMINAL = frozenset({PositionState.CLOSED, PositionState.REJECTED})
+
+
+class TradeLog:
+    """Noted on the hot path (:meth:`note`), written by :meth:`run`."""
+
+    def __init__(self) -> None:
+        self._events: deque[Any] = deque()
+        self._states: dict[str, PositionState] = {}
+        """The last state logged per live position (terminal ones are forgotten)."""
+        self.overflow = 0
+        self.log = structlog.get_logger().bind(component="trading")
+
+    def note(self, event: Any) -> None:
+        """A record or an alert to log later (never blocks, never formats)."""
+        events = self._events
+        if len(events) < MAX_BACKLOG:
+            events.append(event)
+        else:
+            self.overflow += 1
+
+    async def run(self) -> None:
+        """Write what was noted, a slice per round, until cancelled."""
+        while True:
+            await trio.sleep(_PERIOD_S)
+            while self._events:
+                self.drain(SLICE)
+                await trio.lowlevel.checkpoint()
+
+    def drain(self, limit: int | None = None) -> int:
+        """Log up to ``limit`` noted events now; returns how many."""
+        events, done = self._events, 0
+        while events and (limit is None or done < limit):
+            self._write(events.popleft())
+            done += 1
+        if self.overflow:
+            self.log.warning(
+                "trading events not logged: burst over the log backlog", count=self.overflow
+            )
+            self.overflow = 0
+        return done
+
+    def _write(self, event: Any) -> None:
+        kind = type(event)
+        if kind is PositionSaved:
+            self._position(event.position)
+        elif kind is CommandIssued:
+            command = event.command
+            self.log.info(
+                "command issued",
+                kind=type(command).__name__.removesuffix("Command").lower(),
+                command_id=command.command_id,
+                position_id=event.position_id,
+                user_id=event.user_id,
+                device_id=event.device_id,
+            )
+        elif kind is CommandResolved:
+            self.log.info(
+                "command resolved",
+                outcome=event.outcome,
+                command_id=event.command_id,
+                position_id=event.position_id,
+                device_id=event.device_id,
+                retcode=event.retcode,
+            )
+        elif kind is ApprovalSaved:
+            a = event.approval
+            self.log.info(
+                "approval",
+                decision=a.decision,
+                user_id=a.user_id,
+                approval_id=a.id,
+                signal=a.signal,
+                position_id=a.position_id,
+            )
+        elif kind is Alert:
+            method = self.log.warning if event.level in {"warning", "critical"} else self.log.info
+            method(
+                "alert",
+                kind=event.kind,
+                level=str(event.level),
+                message=event.message,
+                user_id=event.user_id,
+                device_id=event.device_id,
+                symbol=event.symbol,
+                position_id=event.position_id,
+            )
+
+    def _position(self, p: Any) -> None:
+        before = self._states.get(p.id)
+        state = p.state
+        if state in _TERMINAL:
+            self._states.pop(p.id, None)
+        else:
+            self._states[p.id] = state
+        if state == before:
+            return  # levels moved, an attempt counted: not a trading event of its own
+        ids = {
+            "user_id": p.user_id,
+            "position_id": p.id,
+            "device_id": p.device_id,
+            "symbol": p.symbol,
+            "command_id": p.command_id,
+        }
+        if state is PositionState.PENDING_OPEN:
+            self.log.info("position opening", side=str(p.side), volume=p.volume, **ids)
+        elif state is PositionState.OPEN:
+            self.log.info("position opened", price_points=p.open_price, ticket=p.ticket, **ids)
+        elif state is PositionState.CLOSING:
+            if p.close_reason in {"sl", "tp"}:
+                self.log.info(
+                    "stop fired", reason=p.close_reason, trigger_points=p.trigger_price, **ids
+                )
+            else:
+                self.log.info("position closing", reason=p.close_reason, **ids)
+        elif state is PositionState.CLOSED:
+            self.log.info(
+                "position closed", reason=p.close_reason, price_points=p.close_price, **ids
+            )
+        elif state is PositionState.REJECTED:
+            self.log.info("position rejected", **ids)
+        else:
+            self.log.warning("position " + str(state).replace("_", " "), **ids)
