@@ -11,6 +11,10 @@ Effects are carried out in a fixed order, and that order is the durability rule 
 2. an open goes out only once its records are durable (a crash in between must not leave an
    open on the terminal that the engine has no record of);
 3. arm/disarm requests go to symbol actors, changed positions and alerts to client streams.
+
+The account (balance, equity, the guard's level) changes only with a device's account report
+or a call (settings, a restore): the actor sends its view to client streams after those, never
+after a fired trigger, so the tick path builds no account view.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from actors.messages import (
 from engine.device import Result
 from engine.effects import Disarm, Effects
 from engine.user import UserCore
+from engine.views import account_view
 from protocol.device import OpenCommand
 from protocol.errors import TripwireError
 
@@ -182,10 +187,12 @@ class UserActor:
         elif kind is AccountReport:
             s = message.state
             self._carry_out(core.on_account(s.balance, s.equity, s.currency, now), None)
+            self._account_changed()
         elif kind is DeviceChanged:
             self._carry_out(core.on_device(message.info, now), None)
         elif kind is Call:
             self._call(message)
+            self._account_changed()
         elif kind is _Failure:
             raise message.error
         else:  # pragma: no cover - a programming error, surfaced by the supervisor
@@ -203,6 +210,13 @@ class UserActor:
         if effects is not None:
             self._carry_out(effects, None)
         call.reply.set(value)
+
+    def _account_changed(self) -> None:
+        """Tell the user's client streams the account as it is now (the hub sends it only if
+        it differs from what they were last sent)."""
+        hub = self.node.hub
+        if hub.watches(self.user_id):
+            hub.account_changed(self.user_id, account_view(self.core))
 
     # -- effects -----------------------------------------------------------------------------
 
