@@ -83,6 +83,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     chart_workers: int = 2
     chart_per_user: int = 2
     chart_queue: int = 8
+    csv_export_max_rows: int = 100_000
 
 
 SETTINGS_HELP: dict[str, str] = {
@@ -146,6 +147,8 @@ SETTINGS_HELP: dict[str, str] = {
     "chart_workers": "processes rendering PNG charts, at most this many renders at once",
     "chart_per_user": "charts one user may have rendering or waiting at once (more: 429)",
     "chart_queue": "renders waiting for a free chart process, everyone's together (more: 429)",
+    "csv_export_max_rows": "rows one GET /api/v1/positions.csv may stream (the export ends with "
+    "a comment line saying it was cut; narrow it by date or symbol)",
 }
 
 _CONVENTIONAL = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
@@ -293,6 +296,8 @@ def _check(s: Settings) -> None:
         fail("chart_per_user", "must be at least 1")
     if s.chart_queue < 0:
         fail("chart_queue", "must be 0 or more")
+    if not 1 <= s.csv_export_max_rows <= 10_000_000:
+        fail("csv_export_max_rows", "must be 1..10000000 rows")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     demo = s.paper_device or s.demo_strategy

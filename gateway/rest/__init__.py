@@ -6,6 +6,7 @@
 ``signals``        signed strategy signals in (deduplicated); the caller's signals out
 ``approvals``      decide on a signal (open a position), the history of decisions
 ``positions``      live positions and the history; close by hand
+``exports``        the positions as CSV (streamed)
 ``devices``        register (secret shown once), list, rotate, revoke
 ``ops``            reconciliation, guards, alerts, the audit log
 ``market``         latest prices, candles from the candle book
@@ -30,6 +31,7 @@ from gateway.rest import (
     auth,
     charts,
     devices,
+    exports,
     legacy,
     market,
     ops,
@@ -50,6 +52,7 @@ BLUEPRINTS = (
     signals.blueprint,
     approvals.blueprint,
     positions.blueprint,
+    exports.blueprint,
     devices.blueprint,
     ops.blueprint,
     market.blueprint,
