@@ -145,6 +145,7 @@ function renderCandles() {
   const symbols = chartSymbols();
   if (!candles.symbol && symbols.length) {
     candles.symbol = store.livePositions()[0]?.symbol ?? symbols[0];
+    refreshCandles(); // the first symbol known: its candles now, not at the next poll
   }
   const wanted = symbols.includes(candles.symbol) || !candles.symbol ? symbols : [candles.symbol, ...symbols];
   if ([...select.options].map((o) => o.value).join() !== wanted.join()) {
@@ -153,9 +154,13 @@ function renderCandles() {
   if (select.value !== candles.symbol) select.value = candles.symbol;
   const canvas = $("candles-canvas");
   const marks = tradeMarks([...store.positions.values()], candles.symbol);
+  // Axis values are not prices: format them at the symbol's digits (from a real price)
+  // rather than through price(), which would learn their long decimals as the symbol's.
+  const last = candles.list.at(-1);
+  const digits = last ? (price(candles.symbol, last.c).split(".")[1]?.length ?? 0) : 2;
   const summary = drawCandles(canvas, candles.list, marks, {
     intervalMs: CANDLE_INTERVAL_S * 1000,
-    priceText: (v) => price(candles.symbol, v),
+    priceText: (v) => v.toFixed(digits),
   });
   canvas.setAttribute("aria-label", `${candles.symbol || "No symbol"} candles: ${summary}`);
 }

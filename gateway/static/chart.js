@@ -224,7 +224,7 @@ export function drawCandles(canvas, candles, marks, { intervalMs = 60_000, price
     g.fillText("No candles yet", width / 2, height / 2);
     return "no candles yet";
   }
-  const pad = { left: 70, right: 12, top: 12, bottom: 24 };
+  const pad = { left: 84, right: 12, top: 12, bottom: 24 };
   const plotW = Math.max(1, width - pad.left - pad.right);
   const plotH = Math.max(1, height - pad.top - pad.bottom);
   const t0 = candles[0].t;
