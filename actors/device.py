@@ -250,6 +250,7 @@ class DeviceActor:
             self._apply(core.on_ack(message, now))
         elif kind is Heartbeat:
             self._apply(core.on_heartbeat(now))
+            self._heard_from()
         elif kind is PositionsSnapshot:
             positions, out = core.on_snapshot(message.positions, now)
             self._apply(out)
@@ -262,8 +263,16 @@ class DeviceActor:
         elif kind is AccountState:
             core.last_seen_ms = now
             user.deliver(AccountReport(self.device_id, message))
+            self._heard_from()
         else:
             self.log.warning("unexpected device message", type=kind.__name__)
+
+    def _heard_from(self) -> None:
+        """The device's periodic frames move its ``last_seen_ms``: streams get the new view
+        (coalesced per device, so a client reading slowly gets the latest one only)."""
+        hub = self.node.hub
+        if hub.watches(self.user_id):
+            hub.device_changed(self.user_id, self.view())
 
     async def _tick(self) -> None:
         period = self.node.config.device_tick_s

@@ -27,8 +27,9 @@ from actors.mailbox import StreamBuffer
 from engine.lifecycle import PositionState
 from engine.positions import Position
 from engine.user import UserCore
-from engine.views import position_view
+from engine.views import account_view, position_view
 from protocol.client import (
+    AccountDelta,
     AccountView,
     AlertMessage,
     DeviceStatus,
@@ -88,6 +89,7 @@ class ClientHub:
         self._holding: dict[str, dict[str, set[str]]] = {}
         """user -> symbol -> ids of its positions there that are not closed: who a market
         alert concerns (no empty sets, no empty users)."""
+        self._accounts: dict[str, AccountView] = {}  # user -> the account view last sent
         self.dropped = 0
 
     @property
@@ -124,15 +126,8 @@ class ClientHub:
         def snapshot(core: UserCore) -> tuple[Snapshot, None]:
             self._hold(user_id, core.positions.values())
             live = list(core.positions.values()) + list(core.recent_closed.values())[-50:]
-            account = AccountView(
-                user_id=user_id,
-                balance=core.balance,
-                equity=core.equity,
-                currency=core.currency,
-                drawdown=round(core.guard.drawdown, 6),
-                guard_level=core.guard.level.name.lower(),  # type: ignore[arg-type]
-                opens_blocked=core.guard.opens_blocked,
-            )
+            account = account_view(core)
+            self._accounts[user_id] = account  # what every stream of the user now knows
             return Snapshot(
                 time_ms=self.node.clock.now_ms(),
                 positions=self.views(live),
@@ -169,6 +164,7 @@ class ClientHub:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.user_id]
+                self._accounts.pop(sub.user_id, None)
         if sub.dropped:
             self.dropped += 1
 
@@ -213,6 +209,21 @@ class ClientHub:
             for sub in subs:
                 if "positions" in sub.channels:
                     sub.buffer.offer(("p", view.id), delta)
+
+    def watches(self, user_id: str) -> bool:
+        """Whether ``user_id`` has a live stream (callers skip building views otherwise)."""
+        return user_id in self._subs
+
+    def account_changed(self, user_id: str, view: AccountView) -> None:
+        """Send the user's account view to its streams if it differs from the one last sent
+        (coalesced: a stream that has not yet sent the previous one sends only this)."""
+        subs = self._subs.get(user_id)
+        if not subs or self._accounts.get(user_id) == view:
+            return
+        self._accounts[user_id] = view
+        message = AccountDelta(account=view, time_ms=self.node.clock.now_ms())
+        for sub in subs:
+            sub.buffer.offer(("acct",), message)
 
     def device_changed(self, user_id: str, view: DeviceView) -> None:
         message = DeviceStatus(device=view)

@@ -12,6 +12,10 @@ Effects are carried out in a fixed order, and that order is the durability rule 
    open on the terminal that the engine has no record of);
 3. arm/disarm requests go to symbol actors, changed positions and alerts to client streams,
    fills and closes to the notifier's queue (delivered by its own tasks, never here).
+
+The account (balance, equity, the guard's level) changes only with a device's account report
+or a call (settings, a restore): the actor sends its view to client streams after those, never
+after a fired trigger, so the tick path builds no account view.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from actors.messages import (
 from engine.device import Result
 from engine.effects import Disarm, Effects
 from engine.user import UserCore
+from engine.views import account_view
 from protocol.device import OpenCommand
 from protocol.errors import TripwireError
 
@@ -183,10 +188,12 @@ class UserActor:
         elif kind is AccountReport:
             s = message.state
             self._carry_out(core.on_account(s.balance, s.equity, s.currency, now), None)
+            self._account_changed()
         elif kind is DeviceChanged:
             self._carry_out(core.on_device(message.info, now), None)
         elif kind is Call:
             self._call(message)
+            self._account_changed()
         elif kind is _Failure:
             raise message.error
         else:  # pragma: no cover - a programming error, surfaced by the supervisor
@@ -204,6 +211,13 @@ class UserActor:
         if effects is not None:
             self._carry_out(effects, None)
         call.reply.set(value)
+
+    def _account_changed(self) -> None:
+        """Tell the user's client streams the account as it is now (the hub sends it only if
+        it differs from what they were last sent)."""
+        hub = self.node.hub
+        if hub.watches(self.user_id):
+            hub.account_changed(self.user_id, account_view(self.core))
 
     # -- effects -----------------------------------------------------------------------------
 

@@ -126,6 +126,27 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
             )
         return normalized
 
+    def check_volume(self, volume: float) -> float:
+        """``volume`` as a person chose it (a lot override): it must already be a whole number
+        of steps within min and max. Unlike :meth:`normalize_volume` nothing is rounded: a lot
+        size someone typed is taken as typed or refused, never silently changed.
+
+        Raises:
+            SizingRefused: it is not finite and positive, not a whole number of steps, or
+                outside min and max. ``details`` has ``volume``, ``min``, ``max``, ``step``.
+        """
+        normalized = self.normalize_volume(volume)
+        if abs(normalized - volume) > self.volume_step * 1e-6:
+            raise SizingRefused(
+                f"volume {volume} is not a multiple of the step {self.volume_step}",
+                volume=volume,
+                min=self.volume_min,
+                max=self.volume_max,
+                step=self.volume_step,
+                symbol=self.symbol,
+            )
+        return normalized
+
 
 DEFAULT_INSTRUMENTS: dict[str, Instrument] = {
     # Oanda quotes gold at 3 decimals (the replay data in data/); most MT5 brokers use 2.

@@ -222,8 +222,12 @@ class UserCore:
         now_ms: int,
         ip: str = "",
         user_agent: str = "",
+        volume: float | None = None,
     ) -> tuple[Approval, Effects]:
         """Record a user's decision on a signal; an approval opens a position.
+
+        ``volume`` overrides the sizing rule with a lot size the user chose; it is checked
+        against the instrument's min, max and step as typed (never rounded).
 
         Raises:
             Forbidden: the signal is not for this user.
@@ -282,15 +286,18 @@ class UserCore:
             now_ms,
             self.settings,
         )
-        volume = size_volume(
-            instrument,
-            self.settings,
-            signal.volume,
-            signal.risk_percent,
-            self.equity,
-            plan.price,
-            sl,
-        )
+        if volume is not None:
+            volume = instrument.check_volume(volume)
+        else:
+            volume = size_volume(
+                instrument,
+                self.settings,
+                signal.volume,
+                signal.risk_percent,
+                self.equity,
+                plan.price,
+                sl,
+            )
         check_stops(instrument, signal.side, plan.price, sl, tp)
         broker_sl, broker_tp = protective_levels(
             instrument, signal.side, plan.price, sl, tp, self.settings

@@ -6,12 +6,17 @@ that is recorded (a realised P&L) goes through the exact ``engine.money`` functi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from engine.instruments import Instrument
 from engine.positions import Position
 from engine.stoprules import break_even_spec, trailing_spec
-from protocol.client import PositionView
+from protocol.client import AccountView, PositionView
 
-__all__ = ["display_pl", "position_view"]
+if TYPE_CHECKING:
+    from engine.user import UserCore
+
+__all__ = ["account_view", "display_pl", "position_view"]
 
 
 def display_pl(instrument: Instrument, position: Position, current: int | None) -> float | None:
@@ -61,4 +66,18 @@ def position_view(
         updated_ms=position.updated_ms,
         trailing=trailing_spec(instrument, position.trailing),
         break_even=break_even_spec(instrument, position.break_even),
+    )
+
+
+def account_view(core: UserCore) -> AccountView:
+    """A client's view of ``core``'s account: the device's last report and the guard's state."""
+    guard = core.guard
+    return AccountView(
+        user_id=core.user_id,
+        balance=core.balance,
+        equity=core.equity,
+        currency=core.currency,
+        drawdown=round(guard.drawdown, 6),
+        guard_level=guard.level.name.lower(),  # type: ignore[arg-type]
+        opens_blocked=guard.opens_blocked,
     )

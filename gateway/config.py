@@ -95,6 +95,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     close_max_attempts: int = 5
     retry_backoff_ms: int = 200
     retry_backoff_max_ms: int = 5000
+    csv_export_max_rows: int = 100_000
 
 
 SETTINGS_HELP: dict[str, str] = {
@@ -177,6 +178,8 @@ SETTINGS_HELP: dict[str, str] = {
     "retry_backoff_ms": "pause before the 2nd attempt of a retryable open or close, ms; it "
     "doubles at each further attempt (the defaults: 0.2, 0.4, 0.8, 1.6 s)",
     "retry_backoff_max_ms": "longest pause between two attempts of an open or close, ms",
+    "csv_export_max_rows": "rows one GET /api/v1/positions.csv may stream (the export ends with "
+    "a comment line saying it was cut; narrow it by date or symbol)",
 }
 
 _CONVENTIONAL = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
@@ -344,6 +347,8 @@ def _check(s: Settings) -> None:
         fail("retry_backoff_ms", "must be 10..60000 ms")
     if not s.retry_backoff_ms <= s.retry_backoff_max_ms <= 600_000:
         fail("retry_backoff_max_ms", "must be at least retry_backoff_ms and at most 600000 ms")
+    if not 1 <= s.csv_export_max_rows <= 10_000_000:
+        fail("csv_export_max_rows", "must be 1..10000000 rows")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     demo = s.paper_device or s.demo_strategy

@@ -33,6 +33,7 @@ from protocol.types import (
 )
 
 __all__ = [
+    "AccountDelta",
     "AccountView",
     "AlertMessage",
     "Authenticated",
@@ -94,6 +95,9 @@ class PositionView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AccountView(msgspec.Struct, frozen=True, kw_only=True):
+    """The account as the engine last heard of it from the trading device, and the drawdown
+    guard's verdict on it (the same figures the guard acts on)."""
+
     user_id: Id
     balance: Money | None = None
     equity: Money | None = None
@@ -159,6 +163,15 @@ class PositionDelta(_Msg, tag="position", frozen=True, kw_only=True):
     position: PositionView
 
 
+class AccountDelta(_Msg, tag="account", frozen=True, kw_only=True):
+    """The account changed (a device's account report, the guard's level): its whole latest
+    view, coalesced as position deltas are (a client sees the newest, not every one)."""
+
+    account: AccountView
+    time_ms: TimeMs
+    """Server time of the change."""
+
+
 class PriceUpdate(_Msg, tag="price", frozen=True, kw_only=True):
     symbol: Symbol
     bid: Price
@@ -171,6 +184,9 @@ class AlertMessage(_Msg, tag="alert", frozen=True, kw_only=True):
 
 
 class DeviceStatus(_Msg, tag="device", frozen=True, kw_only=True):
+    """A device's latest view: its connection changed, or it was heard from (``last_seen_ms``
+    moves with its heartbeats and account reports), coalesced per device."""
+
     device: DeviceView
 
 
@@ -197,6 +213,7 @@ class Authenticated(_Msg, tag="authenticated", frozen=True, kw_only=True):
 ServerClientMessage = (
     Snapshot
     | PositionDelta
+    | AccountDelta
     | PriceUpdate
     | AlertMessage
     | DeviceStatus

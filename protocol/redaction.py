@@ -56,6 +56,7 @@ PEER_DETAIL_KEYS: Final = frozenset(
     {
         "size", "limit", "path", "reason", "ts_ms", "server_time_ms", "window_ms", "offered",
         "not_before_ms", "min_supported", "max_supported", "command_id", "counter", "last",
+        "volume", "min", "max", "step",  # a refused lot size and the limits it must fit
     }
 )  # fmt: skip
 """Detail fields a peer may see: each helps it fix what it sent, none reveals our state."""

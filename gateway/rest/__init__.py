@@ -7,6 +7,7 @@
 ``signals``        signed strategy signals in (deduplicated); the caller's signals out
 ``approvals``      decide on a signal (open a position), the history of decisions
 ``positions``      live positions and the history; close by hand
+``exports``        the positions as CSV (streamed)
 ``devices``        register (secret shown once), list, rotate, revoke
 ``ops``            reconciliation, guards, alerts, the audit log
 ``market``         latest prices, candles from the candle book
@@ -32,6 +33,7 @@ from gateway.rest import (
     auth,
     charts,
     devices,
+    exports,
     legacy,
     market,
     notifications,
@@ -55,6 +57,7 @@ BLUEPRINTS = (
     signals.blueprint,
     approvals.blueprint,
     positions.blueprint,
+    exports.blueprint,
     devices.blueprint,
     ops.blueprint,
     market.blueprint,

@@ -7,7 +7,8 @@ not exist (a 403 would tell that it does; an admin, who sees every signal, gets 
 The core answers every other case the API promises: a second decision on any version of the
 signal (409), and the refusals of a trading rule (422 with the rule's code: ``guard_blocked``,
 ``late_signal``, ``price_deviation``, ``sizing_refused``, ``refused``). An expired signal is
-``late_signal`` whatever the decision.
+``late_signal`` whatever the decision. An approval may override the lot size (``volume``),
+checked against the instrument's min, max and step as typed.
 
 Every attempt by an authenticated user is audited with its address and user agent, refusals
 included; the 201 is sent once the audit entry, and with it the approval and the position it
@@ -33,7 +34,7 @@ from gateway.rest.common import Before, audited, caller, ctx, require_token, sco
 from gateway.rest.docs import bearer, errors, json_response
 from gateway.rest.signals import find_signal
 from persistence.projections import to_time
-from protocol.errors import LateSignal, NotFound
+from protocol.errors import DecodeError, LateSignal, NotFound
 from protocol.signals import Signal
 from protocol.types import Id
 
@@ -45,6 +46,10 @@ require_token(blueprint)
 
 class DecisionIn(msgspec.Struct, frozen=True, kw_only=True):
     decision: Literal["approve", "reject"]
+    volume: Annotated[float, Meta(gt=0, le=1_000_000)] | None = None
+    """Approvals only: the lot size to open instead of what the sizing rule gives. It must be
+    a whole number of the instrument's steps between its minimum and maximum (else 422
+    ``sizing_refused`` with ``min``, ``max`` and ``step``); it is never rounded."""
 
 
 class ApprovalOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +119,7 @@ def _decide(
     clock: Clock,
     ip: str,
     agent: str,
+    volume: float | None = None,
 ) -> tuple[Approval, Effects]:
     """Inside the user actor: judge the decision at this moment's price and time."""
     now = clock.now_ms()
@@ -132,6 +138,7 @@ def _decide(
         now_ms=now,
         ip=ip,
         user_agent=agent,
+        volume=volume,
     )
 
 
@@ -145,6 +152,8 @@ async def decide(strategy_id: str, signal_id: str, version: int, data: DecisionI
     who, address, agent = caller()
     context = ctx()
     key = signal_key(strategy_id, signal_id, version)
+    if data.volume is not None and data.decision != "approve":
+        raise DecodeError("volume applies to an approval only", field="volume")
     async with audited("approval." + data.decision, "signal", key, "201") as note:
         saved = find_signal(context, key)
         if not who.is_admin and who.user_id not in saved.signal.audience:
@@ -158,8 +167,11 @@ async def decide(strategy_id: str, signal_id: str, version: int, data: DecisionI
             context.clock,
             address,
             agent,
+            data.volume,
         )
         note.detail.update(approval_id=approval.id, position_id=approval.position_id)
+        if data.volume is not None:
+            note.detail["volume"] = data.volume
     out = ApprovalOut(
         id=approval.id,
         decision=approval.decision,

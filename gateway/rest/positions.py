@@ -94,6 +94,7 @@ _FILTERS = {
     "user": "user_id = ${}",
     "symbol": "symbol = ${}",
     "before": "coalesce(closed_at, updated_at) < ${}",
+    "since": "coalesce(closed_at, updated_at) >= ${}",
     "after": "(coalesce(closed_at, updated_at), id) < (${}, ${})",
 }
 
@@ -142,6 +143,7 @@ async def history_page(
     before_ms: int | None = None,
     cursor: str | None = None,
     limit: int = 100,
+    from_ms: int | None = None,
 ) -> tuple[str, str | None]:
     """A page of the history: its position documents as a JSON array text, newest first,
     and the cursor of the next page (None when this page is the last).
@@ -160,6 +162,9 @@ async def history_page(
     if before_ms is not None:
         filters.append("before")
         args.append(to_time(before_ms))
+    if from_ms is not None:
+        filters.append("since")
+        args.append(to_time(from_ms))
     if cursor is not None:
         filters.append("after")
         args.extend(decode_cursor(cursor))
@@ -181,8 +186,18 @@ class PositionsQuery(msgspec.Struct, frozen=True, kw_only=True):
     before_ms: Before | None = None
     """History only: positions that ended before this time. Deprecated for paging: positions
     that ended in the same millisecond as a page's last one would be skipped; use ``cursor``."""
+    from_ms: Before | None = None
+    """History only: positions that ended at or after this time (ms since the epoch)."""
+    to_ms: Before | None = None
+    """History only: positions that ended before this time (with ``before_ms`` too: the
+    earlier of the two)."""
     user_id: Id | None = None
     """Admins: one user's positions (by default an admin sees everyone's)."""
+
+    def history_before(self) -> int | None:
+        """The history's upper bound: the earlier of ``to_ms`` and ``before_ms``."""
+        bounds = [b for b in (self.to_ms, self.before_ms) if b is not None]
+        return min(bounds) if bounds else None
 
 
 class PositionList(msgspec.Struct, frozen=True, kw_only=True):
@@ -276,6 +291,7 @@ async def history_views(
     before_ms: int | None = None,
     limit: int = 100,
     cursor: str | None = None,
+    from_ms: int | None = None,
 ) -> tuple[bytes, str | None]:
     """The history page as an encoded JSON array of :class:`PositionView` and the next
     page's cursor (cached briefly).
@@ -294,6 +310,7 @@ async def history_views(
             before_ms=before_ms,
             cursor=cursor,
             limit=limit,
+            from_ms=from_ms,
         )
         if len(text) > _THREAD_ABOVE_BYTES:
             views = await trio.to_thread.run_sync(_decode_encode, context, text)
@@ -301,7 +318,7 @@ async def history_views(
             views = _decode_encode(context, text)
         return msgspec.msgpack.encode((views, next_cursor))
 
-    key = f"positions:{user_id or '*'}:{symbol or '*'}:{before_ms}:{cursor}:{limit}"
+    key = f"positions:{user_id or '*'}:{symbol or '*'}:{before_ms}:{from_ms}:{cursor}:{limit}"
     return _PAGE.decode(await read_through(context, key, load))
 
 
@@ -348,7 +365,7 @@ async def list_positions(query_args: PositionsQuery) -> Any:
         parts.append(encode_views(context, live_positions(context, user_id, q.symbol)))
     if q.state in ("closed", "all"):
         history, next_cursor = await history_views(
-            context, user_id, q.symbol, q.before_ms, q.limit, q.cursor
+            context, user_id, q.symbol, q.history_before(), q.limit, q.cursor, q.from_ms
         )
         parts.append(history)
     items = b",".join(part[1:-1] for part in parts if part != b"[]")

@@ -5,8 +5,16 @@
 // says plainly what is unavailable and the rest keeps working from the stream.
 
 import { clearSession, loadSession, login, request, saveSession } from "./api.js";
-import { curveFromAnalytics, curveFromPositions, drawEquity, statsFromAnalytics } from "./chart.js";
-import { finite, text, time } from "./format.js";
+import {
+  candlesFromMarket,
+  curveFromAnalytics,
+  curveFromPositions,
+  drawCandles,
+  drawEquity,
+  statsFromAnalytics,
+  tradeMarks,
+} from "./chart.js";
+import { finite, price, text, time } from "./format.js";
 import { FINAL_STATES, alert as parseAlert, Store } from "./model.js";
 import * as view from "./render.js";
 import { ClientStream } from "./stream.js";
@@ -21,11 +29,17 @@ const EQUITY_MIN_INTERVAL_MS = 1_000;
 // are asked again this long after it, a few times, until they count one more trade.
 const AFTER_CLOSE_MS = 1_000;
 const AFTER_CLOSE_TRIES = 5;
+const CANDLES_EVERY_MS = 10_000;
+const CANDLE_INTERVAL_S = 60;
+const DAY_MS = 86_400_000;
 
 const store = new Store();
 const ui = { closing: new Map() };
 const signals = { list: [], busy: new Map() };
 let analytics = null;
+// The history's filter (symbol, and the close time in [fromMs, toMs)), and the chart's symbol.
+const history = { symbol: "", fromMs: null, toMs: null };
+const candles = { symbol: "", list: [] };
 let session = null;
 let stream = null;
 // Bumped at every log-out: an answer that arrives for an older session is dropped.
@@ -55,7 +69,7 @@ function flush() {
   dirty.clear();
   if (d.has("positions")) {
     view.renderLivePositions(store, ui, onClose);
-    view.renderClosedPositions(store);
+    view.renderClosedPositions(store, inHistoryFilter);
   } else if (d.has("prices")) {
     view.renderLivePositions(store, ui, onClose); // live prices move P&L
   }
@@ -63,6 +77,7 @@ function flush() {
   if (d.has("devices")) view.renderDevices(store);
   if (d.has("alerts")) view.renderAlerts(store);
   if (d.has("account") || d.has("positions") || d.has("prices")) view.renderAccount(store);
+  if (d.has("candles") || d.has("positions")) renderCandles();
   if (d.has("signals")) view.renderSignals(signals.list, signals.busy, store.nowMs(), onDecide);
   if (d.has("equity") || d.has("positions") || d.has("account") || d.has("prices")) {
     // The curve's last point follows live prices, but redrawing a canvas 4 times a second
@@ -111,6 +126,144 @@ function renderEquity() {
       : "The server's analytics are not available: this is the realised P&L of the closed " +
         "positions this page has received, ending now with the floating P&L.";
   view.renderAnalytics(analytics?.stats ?? null, currency);
+}
+
+// -- the candle chart -------------------------------------------------------------------------
+
+/** The symbols the chart offers: those of positions, prices and pending signals. */
+function chartSymbols() {
+  const symbols = new Set([
+    ...store.livePositions().map((p) => p.symbol),
+    ...store.prices.keys(),
+    ...signals.list.map((s) => s.symbol),
+    ...store.closedPositions().slice(0, 20).map((p) => p.symbol),
+  ]);
+  return [...symbols].sort();
+}
+
+function renderCandles() {
+  const select = $("candles-symbol");
+  const symbols = chartSymbols();
+  if (!candles.symbol && symbols.length) {
+    candles.symbol = store.livePositions()[0]?.symbol ?? symbols[0];
+    refreshCandles(); // the first symbol known: its candles now, not at the next poll
+  }
+  const wanted = symbols.includes(candles.symbol) || !candles.symbol ? symbols : [candles.symbol, ...symbols];
+  if ([...select.options].map((o) => o.value).join() !== wanted.join()) {
+    select.replaceChildren(...wanted.map((s) => new Option(s, s)));
+  }
+  if (select.value !== candles.symbol) select.value = candles.symbol;
+  const canvas = $("candles-canvas");
+  const marks = tradeMarks([...store.positions.values()], candles.symbol);
+  // Axis values are not prices: format them at the symbol's digits (from a real price)
+  // rather than through price(), which would learn their long decimals as the symbol's.
+  const last = candles.list.at(-1);
+  const digits = last ? (price(candles.symbol, last.c).split(".")[1]?.length ?? 0) : 2;
+  const summary = drawCandles(canvas, candles.list, marks, {
+    intervalMs: CANDLE_INTERVAL_S * 1000,
+    priceText: (v) => v.toFixed(digits),
+  });
+  canvas.setAttribute("aria-label", `${candles.symbol || "No symbol"} candles: ${summary}`);
+}
+
+async function refreshCandles() {
+  const gen = generation;
+  if (!candles.symbol) {
+    invalidate("candles"); // picks a symbol once there is one
+    return 2_000;
+  }
+  const symbol = candles.symbol;
+  try {
+    const data = await request(
+      "GET",
+      `/api/v1/market/${encodeURIComponent(symbol)}/candles?interval_s=${CANDLE_INTERVAL_S}&limit=120`,
+      { token: session.token },
+    );
+    if (gen !== generation || symbol !== candles.symbol) return CANDLES_EVERY_MS;
+    candles.list = candlesFromMarket(data);
+  } catch (error) {
+    if (gen !== generation) return CANDLES_EVERY_MS;
+    candles.list = [];
+    return error.missing ? MISSING_EVERY_MS : CANDLES_EVERY_MS;
+  }
+  invalidate("candles");
+  return CANDLES_EVERY_MS;
+}
+
+// -- the history filter and export ---------------------------------------------------------------
+
+function inHistoryFilter(p) {
+  const at = p.closeTimeMs ?? p.updatedMs;
+  if (history.symbol && p.symbol !== history.symbol) return false;
+  if (history.fromMs !== null && at < history.fromMs) return false;
+  if (history.toMs !== null && at >= history.toMs) return false;
+  return true;
+}
+
+/** The history's filters as query parameters (dates are local days, `to` inclusive). */
+function historyParams() {
+  const params = new URLSearchParams({ state: "closed" });
+  if (history.symbol) params.set("symbol", history.symbol);
+  if (history.fromMs !== null) params.set("from_ms", String(history.fromMs));
+  if (history.toMs !== null) params.set("to_ms", String(history.toMs));
+  return params;
+}
+
+function dayStart(value) {
+  if (!value) return null;
+  const ms = new Date(`${value}T00:00:00`).getTime();
+  return Number.isFinite(ms) && ms >= 0 ? ms : null;
+}
+
+function setHistoryStatus(message) {
+  $("history-status").textContent = message;
+}
+
+function readHistoryFilter() {
+  history.symbol = $("history-symbol").value.trim().toUpperCase();
+  history.fromMs = dayStart($("history-from").value);
+  const to = dayStart($("history-to").value);
+  history.toMs = to === null ? null : to + DAY_MS;
+  if (history.fromMs !== null && history.toMs !== null && history.toMs <= history.fromMs) {
+    setHistoryStatus("“To” is before “From”: nothing can match.");
+  } else setHistoryStatus("");
+  invalidate("positions");
+  loadHistory();
+}
+
+async function exportCsv() {
+  const gen = generation;
+  const button = $("history-export");
+  button.disabled = true;
+  setHistoryStatus("Exporting…");
+  try {
+    // A link cannot carry the bearer token: fetch the file, then hand it to the browser.
+    const response = await fetch(`/api/v1/positions.csv?${historyParams()}`, {
+      headers: { Authorization: `Bearer ${session.token}` },
+      cache: "no-store",
+    });
+    if (gen !== generation) return;
+    if (!response.ok) {
+      setHistoryStatus(`Export failed: the server answered ${response.status}.`);
+      return;
+    }
+    const blob = await response.blob();
+    const disposition = response.headers.get("Content-Disposition") ?? "";
+    const name = /filename="([^"]+)"/.exec(disposition)?.[1] ?? "positions.csv";
+    const url = URL.createObjectURL(blob);
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    setHistoryStatus(`Exported ${name}.`);
+  } catch {
+    if (gen === generation) setHistoryStatus("Export failed: the server cannot be reached.");
+  } finally {
+    button.disabled = false;
+  }
 }
 
 // -- timers that die with the session ---------------------------------------------------------
@@ -230,7 +383,7 @@ async function loadHistory() {
   const gen = generation;
   const token = session.token;
   const [closed, alerts] = await Promise.allSettled([
-    request("GET", "/api/v1/positions?state=closed&limit=50", { token }),
+    request("GET", `/api/v1/positions?${historyParams()}&limit=100`, { token }),
     request("GET", "/api/v1/alerts", { token }),
   ]);
   if (gen !== generation) return;
@@ -332,7 +485,11 @@ function decisionError(error) {
   if (error.status === 409) return `Already decided: ${error.message}`;
   if (error.status === 403) return "This signal is not yours to decide.";
   if (error.status === 422) {
-    const why = REFUSALS[error.code] ?? error.message;
+    const limits = error.details ?? {};
+    const why =
+      error.code === "sizing_refused" && finite(limits.step) !== null
+        ? `${error.message} (lots from ${limits.min} to ${limits.max}, in steps of ${limits.step})`
+        : REFUSALS[error.code] ?? error.message;
     return `Refused (${error.code}): ${why}.`;
   }
   if (error.missing) {
@@ -344,8 +501,17 @@ function decisionError(error) {
   return `The server answered ${error.status} (${error.code}): ${error.message}`;
 }
 
-async function onDecide(signal, decision) {
+async function onDecide(signal, decision, lots = "") {
   if (!signal || signals.busy.has(signal.key)) return;
+  const body = { decision };
+  if (decision === "approve" && String(lots).trim() !== "") {
+    const volume = Number(lots);
+    if (!Number.isFinite(volume) || volume <= 0) {
+      setSignalsMessage(`${signal.symbol}: the lot size must be a positive number.`, "bad");
+      return;
+    }
+    body.volume = volume;
+  }
   const gen = generation;
   signals.busy.set(signal.key, decision);
   setSignalsMessage("", "");
@@ -355,7 +521,7 @@ async function onDecide(signal, decision) {
     `${encodeURIComponent(signal.signalId)}/${encodeURIComponent(signal.version)}/decision`;
   const what = `${signal.symbol} ${signal.side.toUpperCase()}`;
   try {
-    const data = await request("POST", path, { token: session.token, body: { decision } });
+    const data = await request("POST", path, { token: session.token, body });
     if (gen !== generation) return;
     const positionId = text(data.approval?.position_id, 64);
     const done =
@@ -499,6 +665,7 @@ function enter(next, restored = false) {
   startStream();
   poll(refreshSignals, SIGNALS_EVERY_MS);
   poll(refreshAnalytics, ANALYTICS_EVERY_MS);
+  poll(refreshCandles, CANDLES_EVERY_MS);
   invalidate("positions", "prices", "devices", "alerts", "account", "signals", "equity");
 }
 
@@ -517,6 +684,8 @@ function leave(message = "", kind = "error") {
   signals.list = [];
   signals.busy.clear();
   analytics = null;
+  candles.symbol = "";
+  candles.list = [];
   setSignalsMessage("", "");
   onStatus({ state: "offline" });
   invalidate("positions", "prices", "devices", "alerts", "account", "signals", "equity");
@@ -547,6 +716,21 @@ function wireLoginForm() {
     }
   });
   $("logout").addEventListener("click", () => leave("You have logged out.", "info"));
+  $("history-filter").addEventListener("submit", (event) => {
+    event.preventDefault();
+    readHistoryFilter();
+  });
+  $("history-clear").addEventListener("click", () => {
+    $("history-filter").reset();
+    readHistoryFilter();
+  });
+  $("history-export").addEventListener("click", () => exportCsv());
+  $("candles-symbol").addEventListener("change", (event) => {
+    candles.symbol = event.target.value;
+    candles.list = [];
+    invalidate("candles");
+    refreshCandles();
+  });
 }
 
 function boot() {
@@ -555,6 +739,7 @@ function boot() {
   };
   wireLoginForm();
   new ResizeObserver(() => invalidate("equity")).observe($("equity-canvas"));
+  new ResizeObserver(() => invalidate("candles")).observe($("candles-canvas"));
   const restored = loadSession();
   if (restored) enter(restored, true);
   else showLogin();

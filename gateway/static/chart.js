@@ -171,3 +171,158 @@ export function drawEquity(
     `${points.length} points between ${time(t0)} and ${time(t1)}.`
   );
 }
+
+// -- candles ----------------------------------------------------------------------------------
+
+/** The candles of /api/v1/market/{symbol}/candles, checked ({t, o, h, l, c}, oldest first). */
+export function candlesFromMarket(data) {
+  if (!Array.isArray(data?.candles)) return [];
+  const out = [];
+  for (const raw of data.candles) {
+    const c = { t: finite(raw?.t), o: finite(raw?.o), h: finite(raw?.h), l: finite(raw?.l), c: finite(raw?.c) };
+    if (Object.values(c).every((v) => v !== null) && c.l <= Math.min(c.o, c.c) && c.h >= Math.max(c.o, c.c)) {
+      out.push(c);
+    }
+  }
+  return out.sort((a, b) => a.t - b.t);
+}
+
+/**
+ * What the chart marks for `symbol` among `positions` (the page's views): an entry per
+ * opened position, an exit per closed one, and the SL and TP lines of the live ones.
+ */
+export function tradeMarks(positions, symbol) {
+  const marks = { entries: [], exits: [], lines: [] };
+  for (const p of positions) {
+    if (p.symbol !== symbol) continue;
+    if (p.openPrice !== null && p.openTimeMs !== null) {
+      marks.entries.push({ timeMs: p.openTimeMs, price: p.openPrice, side: p.side });
+    }
+    if (p.closePrice !== null && p.closeTimeMs !== null) {
+      marks.exits.push({ timeMs: p.closeTimeMs, price: p.closePrice });
+    } else if (p.state !== "closed" && p.state !== "rejected") {
+      if (p.sl !== null) marks.lines.push({ kind: "sl", price: p.sl });
+      if (p.tp !== null) marks.lines.push({ kind: "tp", price: p.tp });
+    }
+  }
+  return marks;
+}
+
+/**
+ * Candles with the trades drawn over them. Only marks inside the candles' time span are
+ * drawn (an entry before the first candle has no place on it); SL/TP lines always are, and
+ * the price range stretches to show them. Returns a summary for screen readers.
+ */
+export function drawCandles(canvas, candles, marks, { intervalMs = 60_000, priceText = String } = {}) {
+  const { context: g, width, height } = fit(canvas);
+  const c = colours(canvas);
+  g.font = "12px system-ui, sans-serif";
+  if (!candles.length) {
+    g.fillStyle = c.label;
+    g.textAlign = "center";
+    g.textBaseline = "middle";
+    g.fillText("No candles yet", width / 2, height / 2);
+    return "no candles yet";
+  }
+  const pad = { left: 84, right: 12, top: 12, bottom: 24 };
+  const plotW = Math.max(1, width - pad.left - pad.right);
+  const plotH = Math.max(1, height - pad.top - pad.bottom);
+  const t0 = candles[0].t;
+  const t1 = candles.at(-1).t + intervalMs;
+  const inSpan = (m) => m.timeMs >= t0 && m.timeMs <= t1;
+  const entries = marks.entries.filter(inSpan);
+  const exits = marks.exits.filter(inSpan);
+  const prices = [
+    ...candles.flatMap((k) => [k.h, k.l]),
+    ...entries.map((m) => m.price),
+    ...exits.map((m) => m.price),
+    ...marks.lines.map((m) => m.price),
+  ];
+  let lo = Math.min(...prices);
+  let hi = Math.max(...prices);
+  const span = hi - lo || Math.max(1e-6, Math.abs(hi) * 0.001);
+  lo -= span * 0.05;
+  hi += span * 0.05;
+  const x = (ms) => pad.left + ((ms - t0) / (t1 - t0)) * plotW;
+  const y = (v) => pad.top + (1 - (v - lo) / (hi - lo)) * plotH;
+  const style = getComputedStyle(canvas);
+  const up = style.getPropertyValue("--good").trim() || "#0a6b2d";
+  const down = style.getPropertyValue("--bad").trim() || "#b0231b";
+
+  g.strokeStyle = c.grid;
+  g.fillStyle = c.label;
+  g.lineWidth = 1;
+  g.textAlign = "right";
+  g.textBaseline = "middle";
+  for (let i = 0; i <= 3; i += 1) {
+    const v = lo + ((hi - lo) * i) / 3;
+    const yy = Math.round(y(v)) + 0.5;
+    g.beginPath();
+    g.moveTo(pad.left, yy);
+    g.lineTo(width - pad.right, yy);
+    g.stroke();
+    g.fillText(priceText(v), pad.left - 6, yy);
+  }
+  g.textBaseline = "alphabetic";
+  g.textAlign = "left";
+  g.fillText(time(t0), pad.left, height - 6);
+  g.textAlign = "right";
+  g.fillText(time(t1), width - pad.right, height - 6);
+
+  const body = Math.max(1, Math.min(12, (plotW / candles.length) * 0.6));
+  for (const k of candles) {
+    const cx = x(k.t + intervalMs / 2);
+    const colour = k.c >= k.o ? up : down;
+    g.strokeStyle = g.fillStyle = colour;
+    g.beginPath();
+    g.moveTo(cx, y(k.h));
+    g.lineTo(cx, y(k.l));
+    g.stroke();
+    const top = y(Math.max(k.o, k.c));
+    g.fillRect(cx - body / 2, top, body, Math.max(1, y(Math.min(k.o, k.c)) - top));
+  }
+
+  g.setLineDash([6, 4]);
+  g.lineWidth = 1.5;
+  for (const line of marks.lines) {
+    const yy = y(line.price);
+    g.strokeStyle = line.kind === "sl" ? down : up;
+    g.beginPath();
+    g.moveTo(pad.left, yy);
+    g.lineTo(width - pad.right, yy);
+    g.stroke();
+    g.fillStyle = g.strokeStyle;
+    g.textAlign = "left";
+    g.fillText(line.kind.toUpperCase(), pad.left + 4, yy - 3);
+  }
+  g.setLineDash([]);
+  g.lineWidth = 2;
+  for (const m of entries) {
+    const cx = x(m.timeMs);
+    const cy = y(m.price);
+    const dir = m.side === "buy" ? 1 : -1; // ▲ under a buy's price, ▼ over a sell's
+    g.fillStyle = c.line;
+    g.beginPath();
+    g.moveTo(cx, cy);
+    g.lineTo(cx - 6, cy + dir * 10);
+    g.lineTo(cx + 6, cy + dir * 10);
+    g.closePath();
+    g.fill();
+  }
+  for (const m of exits) {
+    const cx = x(m.timeMs);
+    const cy = y(m.price);
+    g.strokeStyle = c.label;
+    g.beginPath();
+    g.moveTo(cx - 5, cy - 5);
+    g.lineTo(cx + 5, cy + 5);
+    g.moveTo(cx + 5, cy - 5);
+    g.lineTo(cx - 5, cy + 5);
+    g.stroke();
+  }
+  const count = (kind) => marks.lines.filter((m) => m.kind === kind).length;
+  return (
+    `${candles.length} candles between ${time(t0)} and ${time(t1)}, ${entries.length} entries, ` +
+    `${exits.length} exits, ${count("sl")} stop-loss lines, ${count("tp")} take-profit lines.`
+  );
+}

@@ -124,6 +124,8 @@ export class Store {
         return this.addAlert(message.alert);
       case "device":
         return this.upsertDevice(message.device) ? ["devices"] : [];
+      case "account":
+        return this.applyAccount(message) ? ["account"] : [];
       default:
         return []; // pong, error (handled by the stream) and types from the future
     }
@@ -204,6 +206,16 @@ export class Store {
     return true;
   }
 
+  /** The account's latest figures, whole (the server sends them when any of them changes). */
+  applyAccount(message) {
+    const asOfMs = finite(message.time_ms) ?? this.nowMs();
+    const next = account(message.account, asOfMs);
+    if (!next) return false;
+    if (this.account && asOfMs < this.account.asOfMs) return false; // an older view
+    this.account = next;
+    return true;
+  }
+
   upsertDevice(raw) {
     const d = device(raw);
     if (!d) return false;
@@ -226,15 +238,8 @@ export class Store {
           `${dropped.positionId}|${dropped.message}`,
       );
     }
-    // The stream has no account message after the snapshot; the drawdown guard announces its
-    // level changes as alerts (info = back to normal), so the account card follows those.
-    if (a.kind === "drawdown" && this.account && a.timeMs >= this.account.asOfMs) {
-      this.account.guardLevel = a.level === "info" ? "normal" : a.level;
-      if (a.value !== null) this.account.drawdown = a.value;
-      if (a.level === "info") this.account.opensBlocked = false;
-      this.account.asOfMs = a.timeMs;
-      return ["alerts", "account"];
-    }
+    // The account card follows only the stream's account messages: a drawdown alert says
+    // what the guard did, and the account message sent with it carries the figures.
     return ["alerts"];
   }
 

@@ -98,17 +98,21 @@ export function renderLivePositions(store, ui, onClose) {
     positions,
     (p) => p.id,
     () => {
+      // Cells marked "opt" give way on a narrow screen (style.css): symbol, side, P&L and the
+      // actions stay, so a phone shows what matters without scrolling sideways.
       const row = el("tr", { data: { testid: "position-row" } }, [
+        cell("pos-opened", "opt"),
+        cell("pos-ticket", "num opt"),
         cell("pos-symbol"),
         cell("pos-side"),
-        cell("pos-volume", "num"),
-        cell("pos-open", "num"),
-        cell("pos-sl", "num"),
-        cell("pos-tp", "num"),
-        cell("pos-price", "num"),
+        cell("pos-volume", "num opt"),
+        cell("pos-open", "num opt"),
+        cell("pos-sl", "num opt"),
+        cell("pos-tp", "num opt"),
+        cell("pos-price", "num opt"),
         cell("pos-pl", "num"),
-        cell("pos-state"),
-        cell("pos-reason"),
+        cell("pos-state", "opt"),
+        cell("pos-reason", "opt"),
         cell("pos-actions", "actions"),
       ]);
       const button = el("button", {
@@ -118,13 +122,25 @@ export function renderLivePositions(store, ui, onClose) {
         attrs: { type: "button" },
       });
       button.addEventListener("click", () => onClose(row.dataset.positionId, button));
+      // The hook for editing SL/TP and trailing (position_edit.js binds it; nothing here).
+      const edit = el("button", {
+        className: "small edit-position",
+        text: "Edit",
+        data: { testid: "pos-edit" },
+        attrs: { type: "button" },
+      });
       const note = el("span", { className: "note", data: { testid: "pos-action-note" } });
-      part(row, "pos-actions").append(button, note);
+      part(row, "pos-actions").append(button, edit, note);
       return row;
     },
     (row, p) => {
       row.dataset.positionId = p.id;
       row.dataset.state = p.state;
+      const edit = part(row, "pos-edit");
+      edit.dataset.positionId = p.id;
+      edit.setAttribute("aria-label", `Edit ${p.symbol} ${sideText(p.side)} ${p.id}`);
+      set(part(row, "pos-opened"), time(p.openTimeMs));
+      set(part(row, "pos-ticket"), p.ticket === null ? DASH : String(p.ticket));
       set(part(row, "pos-symbol"), p.symbol);
       set(part(row, "pos-side"), sideText(p.side), `side-${p.side}`);
       set(part(row, "pos-volume"), volume(p.volume));
@@ -153,9 +169,10 @@ export function renderLivePositions(store, ui, onClose) {
   set(document.querySelector('[data-testid="positions-count"]'), String(positions.length));
 }
 
-export function renderClosedPositions(store) {
+/** @param {(p: object) => boolean} keep the history filter (symbol and dates) */
+export function renderClosedPositions(store, keep = () => true) {
   const body = document.querySelector('[data-testid="closed-body"]');
-  const positions = store.closedPositions().slice(0, 100);
+  const positions = store.closedPositions().filter(keep).slice(0, 100);
   const currency = store.account?.currency ?? "";
   syncKeyed(
     body,
@@ -163,19 +180,24 @@ export function renderClosedPositions(store) {
     (p) => p.id,
     () =>
       el("tr", { data: { testid: "closed-row" } }, [
+        cell("pos-ticket", "num opt"),
         cell("pos-symbol"),
-        cell("pos-side"),
-        cell("pos-volume", "num"),
-        cell("pos-open", "num"),
-        cell("pos-close-price", "num"),
+        cell("pos-side", "opt"),
+        cell("pos-volume", "num opt"),
+        cell("pos-open", "num opt"),
+        cell("pos-close-price", "num opt"),
         cell("pos-pl", "num"),
-        cell("pos-state"),
+        cell("pos-state", "opt"),
         cell("pos-reason"),
+        cell("pos-opened", "opt"),
         cell("pos-closed-at"),
       ]),
     (row, p) => {
       row.dataset.positionId = p.id;
       row.dataset.state = p.state;
+      row.dataset.symbol = p.symbol;
+      set(part(row, "pos-ticket"), p.ticket === null ? DASH : String(p.ticket));
+      set(part(row, "pos-opened"), time(p.openTimeMs));
       set(part(row, "pos-symbol"), p.symbol);
       set(part(row, "pos-side"), sideText(p.side), `side-${p.side}`);
       set(part(row, "pos-volume"), volume(p.volume));
@@ -321,19 +343,28 @@ export function renderSignals(signals, busy, nowMs, onDecide) {
         attrs: { type: "button", "aria-label": `Reject ${s.symbol} ${s.side} signal ${s.signalId}` },
       });
       const row = el("tr", { data: { testid: "signal-row" } }, [
-        cell("sig-created"),
+        cell("sig-created", "opt"),
         cell("sig-symbol"),
         cell("sig-side"),
         cell("sig-entry", "num"),
         cell("sig-sl", "num"),
         cell("sig-tp", "num"),
         cell("sig-size", "num"),
-        cell("sig-expires"),
-        cell("sig-comment", "comment"),
+        cell("sig-expires", "opt"),
+        cell("sig-comment", "comment opt"),
         cell("sig-actions", "actions"),
       ]);
-      part(row, "sig-actions").append(approve, reject);
-      approve.addEventListener("click", () => onDecide(row.signal, "approve"));
+      // An optional lot size for the approval; empty keeps the sizing rule's.
+      const lots = el("input", {
+        className: "lots",
+        data: { testid: "sig-volume" },
+        attrs: {
+          type: "number", min: "0", step: "any", inputmode: "decimal", placeholder: "lots",
+          "aria-label": `Lot size to approve ${s.symbol} ${s.side} signal ${s.signalId} with`,
+        },
+      });
+      part(row, "sig-actions").append(lots, approve, reject);
+      approve.addEventListener("click", () => onDecide(row.signal, "approve", lots.value));
       reject.addEventListener("click", () => onDecide(row.signal, "reject"));
       return row;
     },
@@ -356,7 +387,7 @@ export function renderSignals(signals, busy, nowMs, onDecide) {
       set(part(row, "sig-expires"), expires, expired ? "negative" : "");
       set(part(row, "sig-comment"), s.comment);
       const pending = busy.get(s.key);
-      const [approve, reject] = part(row, "sig-actions").children;
+      const [, approve, reject] = part(row, "sig-actions").children;
       approve.disabled = Boolean(pending) || expired;
       reject.disabled = Boolean(pending);
       set(approve, pending === "approve" ? "Approving…" : "Approve");

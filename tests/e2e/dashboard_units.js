@@ -83,7 +83,7 @@ async () => {
   s.apply({ type: "snapshot", time_ms: 1300, positions: [] });
   check("a snapshot keeps closed rows it does not repeat", s.positions.has("P1"));
 
-  // Alerts: deduplicated, newest first, drawdown alerts move the guard level.
+  // Alerts: deduplicated, newest first.
   const drawdown = { kind: "drawdown", level: "critical", message: "m", time_ms: 1400, value: 0.12 };
   s.apply({
     type: "snapshot",
@@ -95,8 +95,19 @@ async () => {
   s.apply({ type: "alert", alert: { ...drawdown, kind: "spread", level: "info", time_ms: 1350 } });
   check("alerts deduplicated", s.alerts.length === 2);
   check("alerts newest first", s.alerts[0].timeMs === 1400);
-  check("guard level from a drawdown alert", s.account.guardLevel === "critical");
-  check("drawdown from a drawdown alert", s.account.drawdown === 0.12);
+  // The account card is the stream's account messages, whole; alerts do not touch it (the
+  // figures would disagree with the engine's until the next snapshot).
+  check("a drawdown alert leaves the account alone", s.account.guardLevel === "normal");
+  const live = { user_id: "u", balance: 9993.13, equity: 9990, currency: "USD", drawdown: 0.12,
+    guard_level: "critical", opens_blocked: true };
+  check("an account message changes the card",
+    s.apply({ type: "account", account: live, time_ms: 1500 }).includes("account"));
+  check("the live balance", s.account.balance === 9993.13 && s.account.asOfMs === 1500);
+  check("the live guard", s.account.guardLevel === "critical" && s.account.opensBlocked);
+  s.apply({ type: "account", account: { ...live, balance: 1 }, time_ms: 1450 });
+  check("an older account message is ignored", s.account.balance === 9993.13);
+  check("a garbled account message is ignored",
+    s.apply({ type: "account", account: "x", time_ms: 1600 }).length === 0);
 
   // The equity curve: realised P&L in close order, then now; analytics answers are filtered.
   const closes = [

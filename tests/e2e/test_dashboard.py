@@ -1,6 +1,11 @@
 """The dashboard in headless Chromium against the whole engine (replayed feed, paper device, demo
 user, real Postgres): log in through the form, watch a position live, breach its stop loss on
-the feed, and see the row closed with its reason.
+the feed, and see the row closed with its reason and the account card's balance move without a
+reload; filter the history and export it as CSV; approve a signal with a lot override; and use
+the page at 390 px wide.
+
+Each state is photographed into ``tests/e2e/screenshots/`` (git-ignored; the folder is made by
+the test and overwritten by each run) so a reviewer can look at what the browser showed.
 
 How the browser is driven: Playwright's sync API in one worker thread
 (``trio.to_thread.run_sync``). Its async API needs an asyncio event loop, and this test's loop is
@@ -53,10 +58,14 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+SHOTS = Path(__file__).parent / "screenshots"
+"""Where the test leaves a screenshot of each state it checks."""
 STEP_MS = 15_000
 """The longest any one browser step may take (a shared 2-core machine, a cold browser)."""
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
 SYMBOL = "XAUUSD"
+OVERRIDE_LOTS = 0.37
+"""The lot size typed when approving (the signal asks for 0.1)."""
 SL_DISTANCE = 4.0
 """Far enough that the replayed market (gold, 2014-05-02, from its start) does not reach the
 stop on its own during the test; the breach is a quote we send."""
@@ -180,6 +189,11 @@ async def drop_clients(engine: Engine, user_id: str) -> None:
         assert sub.dropped
 
 
+def shoot(page: Any, name: str) -> None:
+    """A full-page screenshot of the current state into :data:`SHOTS`."""
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
 def launch(pw: Any, chromium: Path) -> Any:
     """Debian's Chromium, headless, with nothing that would call out to the internet."""
     return pw.chromium.launch(
@@ -202,7 +216,7 @@ def drive_dashboard(
     with sync_playwright() as pw:
         browser = launch(pw, chromium)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
             page.set_default_timeout(STEP_MS)
             page.on("pageerror", lambda error: seen["page_errors"].append(str(error)))
             page.on(
@@ -215,6 +229,7 @@ def drive_dashboard(
                 _refused_token(page, expect)
             except Exception:
                 page.screenshot(path=str(shots / "dashboard-failure.png"), full_page=True)
+                shoot(page, "failure")
                 raise
         finally:
             browser.close()
@@ -249,6 +264,21 @@ def _watch_and_breach(
     first = price.text_content()
     expect(price).not_to_have_text(first or "")  # it follows the replayed feed
     expect(row.get_by_test_id("pos-pl")).to_have_text(re.compile(r"\d\.\d\d"))
+    expect(row.get_by_test_id("pos-opened")).to_have_text(re.compile(r"\d\d:\d\d:\d\d"))
+    expect(row.get_by_test_id("pos-ticket")).to_have_text(re.compile(r"^\d+$"))
+    edit = row.locator(f'button.edit-position[data-position-id="{position_id}"]')
+    expect(edit).to_have_count(1)  # the hook position_edit.js binds
+    # The candle chart marks the entry and the SL/TP of the open position.
+    expect(page.get_by_test_id("candles-canvas")).to_have_attribute(
+        "aria-label",
+        re.compile(
+            rf"^{SYMBOL} candles: [1-9]\d* candles .* [1-9]\d* entries, \d+ exits, "
+            r"1 stop-loss lines, 1 take-profit lines\.$"
+        ),
+    )
+    # Drawing the chart's axis leaves the symbol's digits alone (3 for the replayed gold).
+    expect(row.get_by_test_id("pos-open")).to_have_text(re.compile(r"^\d+\.\d{3}$"))
+    shoot(page, "1-open-position")
     # Closing by hand takes two clicks; the answer is the REST contract's 202 (stubbed in the
     # browser, so the position stays open for the breach below).
     page.route(
@@ -264,7 +294,9 @@ def _watch_and_breach(
     expect(ticker.get_by_test_id("price-bid")).to_have_text(re.compile(r"^\d+\.\d+$"))
     device = page.locator(f'[data-testid="device-row"][data-device-id="{DEMO_DEVICE}"]')
     expect(device).to_have_attribute("data-connected", "true")
-    expect(page.get_by_test_id("account-balance")).to_have_text(re.compile(r"\d"))
+    balance = page.get_by_test_id("account-balance")
+    expect(balance).to_have_text(re.compile(r"\d"))
+    seen["balance_before"] = balance.text_content()
     # Whatever the signals API answers, the panel must say something definite.
     expect(page.get_by_test_id("signals-status")).not_to_have_text("Loading…")
 
@@ -292,6 +324,13 @@ def _watch_and_breach(
     expect(row).to_have_count(0)
     seen["reason"] = closed.get_by_test_id("pos-reason").text_content()
     seen["closed_pl"] = closed.get_by_test_id("pos-pl").text_content()
+    # The realised loss reaches the account card from the stream, without a reload (the
+    # device's next account report).
+    expect(balance).not_to_have_text(seen["balance_before"] or "")
+    seen["balance_after"] = balance.text_content()
+    seen["balance_asof"] = page.get_by_test_id("account-asof").text_content()
+    shoot(page, "2-closed-account-live")
+    _history_and_export(page, expect, position_id, seen)
     expect(page.get_by_test_id("positions-empty")).to_be_visible()
     # The close reaches the server's equity curve, which the page asks for again after a close
     # and draws; its drawdown reads with the guard's sign.
@@ -302,6 +341,47 @@ def _watch_and_breach(
         "Equity from the server's analytics: the balance after each closed trade."
     )
     expect(page.get_by_test_id("analytics-drawdown")).to_have_text(re.compile(r"^\d+\.\d\d %$"))
+
+
+def _history_and_export(page: Any, expect: Any, position_id: str, seen: dict[str, Any]) -> None:
+    """The history filtered by symbol and date, and exported as CSV."""
+    closed = page.locator(f'[data-testid="closed-row"][data-position-id="{position_id}"]')
+    page.get_by_test_id("history-symbol").fill("EURUSD")
+    page.get_by_test_id("history-apply").click()
+    expect(closed).to_have_count(0)
+    expect(page.get_by_test_id("closed-empty")).to_be_visible()
+    page.get_by_test_id("history-symbol").fill(SYMBOL)
+    page.get_by_test_id("history-from").fill("2000-01-01")
+    page.get_by_test_id("history-to").fill("2000-01-02")
+    page.get_by_test_id("history-apply").click()
+    expect(closed).to_have_count(0)  # closed today, not in 2000
+    page.get_by_test_id("history-to").fill("")
+    page.get_by_test_id("history-apply").click()
+    expect(closed).to_have_count(1)
+    shoot(page, "3-history-filtered")
+    with page.expect_download(timeout=STEP_MS) as download:
+        page.get_by_test_id("history-export").click()
+    seen["csv_name"] = download.value.suggested_filename
+    seen["csv"] = Path(download.value.path()).read_text(encoding="utf-8")
+    expect(page.get_by_test_id("history-status")).to_contain_text("Exported")
+    page.get_by_test_id("history-clear").click()
+
+
+def _narrow(page: Any, expect: Any, seen: dict[str, Any]) -> None:
+    """At 390 px (a phone): the open positions' P&L and Close are on screen, the page does not
+    scroll sideways."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    row = page.get_by_test_id("position-row").first
+    expect(row).to_be_visible()
+    for testid in ("pos-pl", "pos-close", "pos-symbol"):
+        part = row.get_by_test_id(testid)
+        part.scroll_into_view_if_needed()
+        expect(part).to_be_visible()
+        box = part.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (testid, box)
+    seen["narrow_scroll_width"] = page.evaluate("() => document.documentElement.scrollWidth")
+    shoot(page, "5-narrow-390")
+    page.set_viewport_size({"width": 1400, "height": 1100})
 
 
 def _signals_and_logout(
@@ -329,10 +409,23 @@ def _signals_and_logout(
     expect(message).to_contain_text("price_deviation")
     expect(message).to_have_attribute("data-kind", "bad")
     ok = page.locator('[data-testid="signal-row"][data-signal-key="e2e/sig-ok/1"]')
+    # A lot size off the instrument's step is refused and nothing is recorded ...
+    ok.get_by_test_id("sig-volume").fill("0.375")
+    ok.get_by_test_id("signal-approve").click()
+    expect(message).to_contain_text("sizing_refused")
+    expect(message).to_contain_text("in steps of 0.01")
+    # ... and the approval goes through with a valid one.
+    ok.get_by_test_id("sig-volume").fill(str(OVERRIDE_LOTS))
+    shoot(page, "4-approval-lot-override")
     ok.get_by_test_id("signal-approve").click()
     expect(message).to_contain_text(re.compile(r"position \S+ is opening"))
     seen["approved_message"] = message.text_content()
     expect(rows).to_have_count(1)
+    opened = page.get_by_test_id("position-row")
+    expect(opened).to_have_count(1)
+    expect(opened.get_by_test_id("pos-volume")).to_have_text(str(OVERRIDE_LOTS))
+    expect(opened.get_by_test_id("pos-state")).to_have_text("OPEN")
+    _narrow(page, expect, seen)
 
     page.get_by_test_id("logout").click()
     expect(page.get_by_test_id("login-form")).to_be_visible()
@@ -403,6 +496,7 @@ async def test_dashboard_shows_a_breach_closing_the_position(
         "breach": lambda: trio.from_thread.run(breach, engine, sl),
         "signals": lambda: trio.from_thread.run(post_signals, engine, user_id, sl),
     }
+    SHOTS.mkdir(exist_ok=True)
     seen = await trio.to_thread.run_sync(
         drive_dashboard, engine.base_url, chromium, position_id, engine_side, tmp_path
     )
@@ -418,6 +512,24 @@ async def test_dashboard_shows_a_breach_closing_the_position(
     approved = core.approvals[decision_key(signal_key("e2e", "sig-ok", 1))]
     assert approved.position_id and approved.position_id in seen["approved_message"]
     assert decision_key(signal_key("e2e", "sig-refused", 1)) not in core.approvals
+    # The lot typed at approval is the position's.
+    assert core.positions[approved.position_id].volume == OVERRIDE_LOTS
+    # The account card showed the engine's balance after the close (not the login snapshot's).
+    assert seen["balance_before"] != seen["balance_after"]
+    assert core.balance is not None and f"{core.balance:,.2f}" in seen["balance_after"]
+    # The CSV is the history, filtered by the page's symbol.
+    (header, *lines) = seen["csv"].splitlines()
+    assert header.startswith("id,symbol,side,volume,state")
+    assert any(line.startswith(f"{position_id},{SYMBOL},buy,") for line in lines), seen["csv"]
+    assert seen["csv_name"].startswith("positions-") and seen["csv_name"].endswith(".csv")
+    assert seen["narrow_scroll_width"] <= 390
+    assert sorted(p.name for p in SHOTS.glob("[0-9]-*.png")) == [
+        "1-open-position.png",
+        "2-closed-account-live.png",
+        "3-history-filtered.png",
+        "4-approval-lot-override.png",
+        "5-narrow-390.png",
+    ]
 
 
 def run_module_checks(base_url: str, chromium: Path) -> list[str]:

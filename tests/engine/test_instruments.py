@@ -86,3 +86,33 @@ def test_invalid_instrument_is_refused() -> None:
         Instrument(symbol="X", digits=12, pip_size=0.1, contract_size=1)
     with pytest.raises(UsageError):
         Instrument(symbol="X", digits=2, pip_size=0.1, contract_size=1, volume_min=2, volume_max=1)
+
+
+@given(st.integers(min_value=1, max_value=10_000), st.sampled_from([0.01, 0.1, 0.05]))
+def test_a_typed_lot_on_the_step_is_taken_as_typed(steps: int, step: float) -> None:
+    inst = Instrument(
+        symbol="X",
+        digits=2,
+        pip_size=0.01,
+        contract_size=1,
+        volume_min=step,
+        volume_step=step,
+        volume_max=step * 10_000,
+    )
+    typed = float(Decimal(steps) * Decimal(repr(step)))  # as a person types it: 0.07, 1.3
+    assert inst.check_volume(typed) == typed
+
+
+@given(st.integers(min_value=1, max_value=9_999), st.integers(min_value=1, max_value=9))
+def test_a_typed_lot_off_the_step_is_refused_not_rounded(hundredths: int, thousandth: int) -> None:
+    typed = float(Decimal(hundredths) / 100 + Decimal(thousandth) / 1000)  # 0.075, 12.341
+    with pytest.raises(SizingRefused) as info:
+        GOLD.check_volume(typed)
+    assert info.value.details["step"] == 0.01
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.01, 0.009, 100.01, math.nan, math.inf])
+def test_a_typed_lot_outside_the_limits_is_refused(bad: float) -> None:
+    with pytest.raises(SizingRefused) as info:
+        GOLD.check_volume(bad)
+    assert info.value.details["min"] == 0.01 and info.value.details["max"] == 100.0
