@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test bench lint venv clean browser
+.PHONY: run test bench lint venv clean browser tools
 
 venv: $(STAMP)
 
@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 run: $(RUN_STAMP)
 	$(BIN)/tripwire run
 
-# The dashboard test drives Debian's Chromium; install it where it is missing (root or sudo).
+# The dashboard test drives Debian's Chromium, and the deployment kit's test checks the compose
+# file with Debian's docker-compose; install what is missing (root or sudo).
 browser:
 	@if [ ! -x /usr/bin/chromium ]; then \
 		echo "installing Debian chromium for the dashboard test"; \
@@ -37,7 +38,14 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
 	fi
 
-test: $(STAMP) browser
+tools: browser
+	@if [ ! -x /usr/bin/docker-compose ]; then \
+		echo "installing Debian docker-compose for the deployment kit's test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose >/dev/null; \
+	fi
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
