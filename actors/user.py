@@ -4,7 +4,8 @@ Its mailbox (``spill`` policy: a fired trigger is never dropped) receives trigge
 actors, command outcomes and terminal reports from device actors, and calls from the gateway.
 It sleeps until the next message or until the core's next due time (retries, modifies, expiry).
 
-Effects are carried out in a fixed order, and that order is the durability rule of DESIGN.md:
+Effects are carried out in a fixed order, and that order is the durability rule
+(docs/architecture.md, "Durability"):
 
 1. closes, modifies and retries go to the device outbox FIRST (their ids make a resend after a
    crash harmless), then their records go to the write-behind journal;

@@ -2,7 +2,8 @@
 
 A device sends its full positions snapshot on every (re)connect. :func:`reconcile` compares it
 with the engine's positions on that device and returns :class:`Finding` values; the user core
-turns them into transitions, commands and reconciliation records. Rules (DESIGN.md):
+turns them into transitions, commands and reconciliation records. Rules (docs/architecture.md,
+"Close commands"):
 
 =========================  ==================  ==========================================
 engine state               terminal has it      terminal lacks it

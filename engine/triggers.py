@@ -1,6 +1,6 @@
 """The trigger book: every armed SL/TP level of one symbol, and which ones a quote crosses.
 
-Semantics (DESIGN.md, "Trigger semantics")
+Semantics (docs/architecture.md, "Trigger semantics")
 ------------------------------------------
 * A long (BUY) is watched on the bid: SL fires when ``bid <= SL``, TP when ``bid >= TP``.
   A short (SELL) is watched on the ask: SL fires when ``ask >= SL``, TP when ``ask <= TP``.

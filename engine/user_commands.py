@@ -111,7 +111,8 @@ def close(
         deadline_ms=now_ms + core.timing.close_deadline,
     )
     closing = p.closing(now_ms, attempt, cid, reason, trigger_price)
-    # The command goes out first; its record follows (DESIGN.md: ids make a resend harmless).
+    # The command goes out first; its record follows (docs/architecture.md: ids make a resend
+    # harmless).
     core._issue(command, p.device_id, p.id, now_ms, effects)
     core._save(closing, effects)
     if armed:

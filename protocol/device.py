@@ -250,7 +250,8 @@ class OrderType(enum.StrEnum):
 
 
 class OpenCommand(_Msg, tag="open", frozen=True, kw_only=True):
-    """Open a position. ``sl``/``tp`` are the broker-side protective stops (DESIGN.md).
+    """Open a position. ``sl``/``tp`` are the broker-side protective stops (docs/protocol.md,
+    "open").
 
     For a market order ``price`` is the reference price the deviation is measured from; for a
     pending order (limit or stop) it is the order price.

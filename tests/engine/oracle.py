@@ -1,4 +1,5 @@
-"""A brute-force trigger oracle: the semantics of DESIGN.md written the obvious way.
+"""A brute-force trigger oracle: the rules of docs/architecture.md ("Trigger semantics"), written
+the obvious way.
 
 It checks every armed position on every quote (O(positions) per quote) and sorts what fired
 by the documented order. ``TriggerBook`` must agree with it on every input.

@@ -90,7 +90,8 @@ def test_final_states_have_no_way_out() -> None:
 
 
 def test_unknown_is_never_left_by_a_retry_or_a_link_loss() -> None:
-    """UNKNOWN is resolved only by what a snapshot proves (DESIGN.md): no blind resend."""
+    """UNKNOWN is resolved only by what a snapshot proves (docs/architecture.md): no blind
+    resend."""
     for event in (E.RETRY, E.LINK_LOST, E.CLOSE_FILLED, E.CLOSE_FAILED):
         with pytest.raises(IllegalTransition):
             next_state(S.UNKNOWN, event)
