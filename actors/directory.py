@@ -5,8 +5,8 @@ tables, loaded by the gateway): who owns a device, a user's settings, a device's
 overrides. :class:`StaticDirectory` keeps it in memory (tests, the paper set-up).
 
 Partitioning (docs/architecture.md, "Scaling past one machine"): users are assigned to nodes
-by a hash of their id; :func:`partition_of` is that hash, and a node serves a user only if it owns the
-user's partition. One node owns every partition today; nothing in the actors assumes it.
+by a hash of their id; :func:`partition_of` is that hash, and a node serves a user only if it
+owns the user's partition. One node owns every partition today; nothing in the actors assumes it.
 """
 
 from __future__ import annotations
