@@ -16,8 +16,8 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from gateway.config import load_settings
-from gateway.logs import configure_logging
 from gateway.runtime import serve
+from persistence.logs import configure_logging
 
 __all__ = ["main"]
 

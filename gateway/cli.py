@@ -23,7 +23,7 @@ import msgspec
 
 from gateway.admin import ADMIN_COMMANDS, add_admin_commands, run_admin
 from gateway.config import SETTINGS_HELP, Settings, env_name, load_settings
-from gateway.logs import configure_logging, get_logger
+from persistence.logs import configure_logging, get_logger
 
 __all__ = ["main"]
 

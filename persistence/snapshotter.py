@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", choices=["console", "json"], default="console")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    from gateway.logs import configure_logging  # the engine's renderings, one definition
+    from persistence.logs import configure_logging  # the engine's renderings, one definition
 
     configure_logging(args.log_format, args.log_level)
     yield_the_cpu()

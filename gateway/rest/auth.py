@@ -9,10 +9,10 @@ from msgspec import Meta
 from quart import Blueprint
 from quart_schema import validate_request, validate_response
 
-from gateway.logs import get_logger
 from gateway.rest.common import caller, client_address, ctx, user_agent
 from gateway.rest.docs import bearer, errors
 from gateway.services import audit
+from persistence.logs import get_logger
 from protocol.errors import AuthError, RateLimited
 
 __all__ = ["blueprint"]

@@ -1,4 +1,8 @@
-"""Logging, configured in one place.
+"""Logging, configured in one place for every process of the engine.
+
+It lives in the lowest driver layer so that both the server (``gateway.cli``) and the
+snapshotter child process (``persistence.snapshotter``) render the same way: the child is
+started with the server's format and level.
 
 structlog with two renderings: JSON lines in production (one object a line, for machines),
 readable console lines in development. Every logger is expected to be bound to the ids its
