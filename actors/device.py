@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 import trio
 
+from actors import tracing
 from actors.mailbox import Mailbox
 from actors.messages import (
     AccountReport,
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from actors.node import Node
 
 __all__ = ["DeviceActor", "DeviceLink", "Session"]
+
+_COMMANDS = Command.__args__  # type: ignore[attr-defined]
+_OUTBOX, _SENT = tracing.HOPS.index("outbox"), tracing.HOPS.index("sent")
 
 
 def _session_id() -> str:
@@ -205,6 +209,9 @@ class DeviceActor:
                 while True:
                     for frame in await session.outbox.get_batch():
                         await session.link.send(frame)
+                        trace = tracing.TRACE
+                        if trace is not None and isinstance(frame, _COMMANDS):
+                            trace.stamp(frame.command_id, _SENT)
             except Exception as exc:  # the connection broke: the reader will report the close
                 self.log.info("device link write failed", error=str(exc))
 
@@ -280,6 +287,11 @@ class DeviceActor:
             session = self.session
             if session is not None:
                 session.outbox.put_many_nowait(out.frames)
+                trace = tracing.TRACE
+                if trace is not None:
+                    for frame in out.frames:
+                        if isinstance(frame, _COMMANDS):
+                            trace.stamp(frame.command_id, _OUTBOX)
         if out.results or out.lost:
             user = node.user(self.user_id)
             for result in out.results:

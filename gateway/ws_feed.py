@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 from quart import websocket
 
+from actors import tracing
 from gateway.auth import bearer_token
 from gateway.closing import close_quietly
 from protocol.closecodes import CloseCode, close_code_for, close_reason
@@ -53,6 +54,9 @@ async def serve_feed(ctx: GatewayContext) -> None:
     log.info("feed publisher connected")
     while True:
         frame = await websocket.receive()
+        trace = tracing.TRACE
+        if trace is not None:
+            trace.frame_ns = tracing.now_ns()
         try:
             # The first frame may not tell its encoding (empty, or neither): that is a bad
             # frame like any other, so the sniffing is inside the try.
