@@ -207,11 +207,18 @@ class DeviceActor:
         with session.cancel:
             try:
                 while True:
-                    for frame in await session.outbox.get_batch():
-                        await session.link.send(frame)
-                        trace = tracing.TRACE
-                        if trace is not None and isinstance(frame, _COMMANDS):
-                            trace.stamp(frame.command_id, _SENT)
+                    batch = await session.outbox.get_batch()
+                    send_many = getattr(session.link, "send_many", None)
+                    if send_many is not None:  # one hand-over for the batch (see the link)
+                        await send_many(batch)
+                    else:
+                        for frame in batch:
+                            await session.link.send(frame)
+                    trace = tracing.TRACE
+                    if trace is not None:
+                        for frame in batch:
+                            if isinstance(frame, _COMMANDS):
+                                trace.stamp(frame.command_id, _SENT)
             except Exception as exc:  # the connection broke: the reader will report the close
                 self.log.info("device link write failed", error=str(exc))
 
