@@ -45,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,11 @@ class Worker:
         self.config_file.write_bytes(msgspec.msgpack.encode(config))
         self.process: trio.Process | None = None
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     async def start(self) -> None:
         self.process = await trio.lowlevel.open_process(
             [
@@ -306,6 +312,27 @@ class Worker:
         with trio.fail_after(120):
             await self.process.wait()
         return msgspec.msgpack.decode(self.out.read_bytes())
+
+
+def _schedstat(pid: int) -> tuple[float, float, float]:
+    """(seconds on CPU, seconds runnable but waiting for a CPU, wall time) of a process."""
+    try:
+        on_cpu, waiting, _ = (int(x) for x in Path(f"/proc/{pid}/schedstat").read_text().split())
+    except (OSError, ValueError):
+        return (float("nan"), float("nan"), time.monotonic())
+    return on_cpu / 1e9, waiting / 1e9, time.monotonic()
+
+
+def _sched_delta(
+    before: tuple[float, float, float], after: tuple[float, float, float]
+) -> dict[str, float]:
+    """Share of the wall time a process was on a CPU, and waiting for one while runnable
+    (the kernel's run queue: on a loaded machine the engine's latency is partly this)."""
+    wall = max(1e-9, after[2] - before[2])
+    return {
+        "cpu_pct": round((after[0] - before[0]) / wall * 100, 1),
+        "runqueue_wait_pct": round((after[1] - before[1]) / wall * 100, 1),
+    }
 
 
 def _rss_mb(pid: int) -> float:
@@ -406,6 +433,9 @@ async def run(args: Any) -> dict[str, Any]:
                 "feeder",
             )
             await feeder.start()
+            pids = {"engine": engine.pid, **{w.config_file.stem: w.pid for w in workers}}
+            pids["feeder"] = feeder.pid
+            sched_before = {name: _schedstat(pid) for name, pid in pids.items()}
             soak: list[dict[str, float]] = []
             run_for = len(quotes) / args.rate
             deadline = trio.current_time() + run_for + 1.0
@@ -419,6 +449,7 @@ async def run(args: Any) -> dict[str, Any]:
                     }
                 )
                 await trio.sleep(min(5.0, max(0.5, run_for / 20)))
+            sched = {n: _sched_delta(sched_before[n], _schedstat(pid)) for n, pid in pids.items()}
             fed = await feeder.stop()
             start_ns = fed["start_ns"]
             await trio.sleep(args.grace)
@@ -439,6 +470,7 @@ async def run(args: Any) -> dict[str, Any]:
         [ns / 1000 for part in observed for ns in part.get("lag_ns", [])]
     )
     out["results"]["engine_metrics"] = engine_metrics
+    out["results"]["cpu"] = sched
     return out
 
 
@@ -707,6 +739,10 @@ def main(argv: list[str] | None = None) -> int:
         "tick -> close per second of the run (us, by the quote's scheduled time)",
         r["tick_to_close_per_second"],
         ["t_s", "count", "p50", "p99", "max"],
+    )
+    print(
+        "CPU over the quotes (% of wall: on CPU / runnable but waiting): "
+        + ", ".join(f"{k} {v['cpu_pct']}/{v['runqueue_wait_pct']}" for k, v in r["cpu"].items())
     )
     print(f"ratios {out['ratios']} (targets: p50 <= 3, p99 <= 10)")
     burst = r["burst_last_close_us"]
