@@ -165,35 +165,41 @@ class DirectWebSocket:
             self.closed = True
             return
         conn = self.conn
+        conn.receive_data(data)
         try:
-            conn.receive_data(data)
-            events = list(conn.events())
+            # Lazily: a ping before a close in the same read is answered while still open.
+            for event in conn.events():
+                if not await self._on_event(event):
+                    return
         except RemoteProtocolError:
             await self._fail(CloseCode.PROTOCOL_ERROR, "websocket protocol error")
-            return
-        for event in events:
-            if isinstance(event, Message):
-                self._size += len(event.data)
-                if self._size > self.max_message:
-                    await self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
-                    return
-                self._parts.append(event.data)
-                if event.message_finished:
-                    parts, self._parts, self._size = self._parts, [], 0
-                    if len(parts) == 1:
-                        self._messages.append(parts[0])
-                    elif isinstance(parts[0], str):
-                        self._messages.append("".join(parts))  # type: ignore[arg-type]
-                    else:
-                        self._messages.append(b"".join(parts))  # type: ignore[arg-type]
-            elif isinstance(event, Ping):
-                if not self.closed:
-                    await self._write(conn.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                self._ended = True
-                if conn.state is ConnectionState.REMOTE_CLOSING:
-                    self.closed = True
-                    await self._write(conn.send(event.response()))
+
+    async def _on_event(self, event: object) -> bool:
+        """Take one wsproto event; False once the connection is being failed."""
+        conn = self.conn
+        if isinstance(event, Message):
+            self._size += len(event.data)
+            if self._size > self.max_message:
+                await self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                return False
+            self._parts.append(event.data)
+            if event.message_finished:
+                parts, self._parts, self._size = self._parts, [], 0
+                if len(parts) == 1:
+                    self._messages.append(parts[0])
+                elif isinstance(parts[0], str):
+                    self._messages.append("".join(parts))  # type: ignore[arg-type]
+                else:
+                    self._messages.append(b"".join(parts))  # type: ignore[arg-type]
+        elif isinstance(event, Ping):
+            if not self.closed and conn.state is ConnectionState.OPEN:
+                await self._write(conn.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            self._ended = True
+            if conn.state is ConnectionState.REMOTE_CLOSING:
+                self.closed = True
+                await self._write(conn.send(event.response()))
+        return True
 
     async def _fail(self, code: int, reason: str) -> None:
         self._ended = True
