@@ -252,11 +252,9 @@ async def run_feeder(config: WorkerConfig) -> dict[str, Any]:
             try:
                 next_frame = 0.0
                 async for first in receive_due:
-                    # A publisher conflates: one frame per ``frame_ms`` at most, carrying every
-                    # quote due by then. The engine's WebSocket stack moves one frame per
-                    # scheduler round (hypercorn -> quart -> handler, a task hop each), so
-                    # a frame per quote at 1,000 quotes/s outruns it as soon as rounds grow
-                    # past a millisecond, and the backlog hides in the kernel's buffers.
+                    # One frame per ``frame_ms`` at most, carrying every quote due by then.
+                    # At the default (1 ms) each quote leaves when it is due, as a real
+                    # publisher sends it: holding quotes back would count against the engine.
                     await trio.sleep_until(next_frame)
                     next_frame = trio.current_time() + config.frame_ms / 1000
                     due_now = [first]

@@ -109,12 +109,7 @@ class WebSocketDeviceLink:
         async with self._lock:
             if self.closed:
                 raise trio.ClosedResourceError("the device link is closed")
-            frames = []
-            for message in signed:
-                data = self.codec.encode(message)
-                if self.cipher is not None and not isinstance(message, Welcome):
-                    data = self.cipher.seal(data)
-                frames.append(data)
+            frames = self._frames(signed)
             send_many = getattr(self.ws, "send_many", None)
             if send_many is not None:  # gateway.wsdirect: the frames leave in one write
                 await send_many(frames)
@@ -122,6 +117,39 @@ class WebSocketDeviceLink:
                 for data in frames:
                     await self.ws.send(data)
             self.sent += len(frames)
+
+    def send_many_nowait(self, messages: list[ServerMessage]) -> int:
+        """Send now, in the caller's task, if the transport can (``gateway.wsdirect``) and no
+        send is under way: 0 nothing was sent (queue the messages for the writer), 1 all were
+        handed to the kernel, 2 they were, partly through a backlog: the writer must call
+        :meth:`flush`. Frames are sealed only once they are sure to leave, so the cipher's
+        counters reach the wire in order."""
+        ws = self.ws
+        can = getattr(ws, "can_send_nowait", None)
+        if can is None or self.closed or self._lock.locked() or not can():
+            return 0
+        signed = [
+            sign_command(m, self.session_key) if isinstance(m, _COMMANDS) else m for m in messages
+        ]
+        frames = self._frames(signed)
+        self.sent += len(frames)
+        return 1 if ws.send_many_nowait(frames) else 2
+
+    def _frames(self, signed: list[ServerMessage]) -> list[bytes]:
+        """Encoded (and sealed, on an encrypted session) frames, in order."""
+        frames = []
+        for message in signed:
+            data = self.codec.encode(message)
+            if self.cipher is not None and not isinstance(message, Welcome):
+                data = self.cipher.seal(data)
+            frames.append(data)
+        return frames
+
+    async def flush(self) -> None:
+        """Write what :meth:`send_many_nowait` left behind."""
+        async with self._lock:
+            if not self.closed:
+                await self.ws.flush()
 
     async def close(self, code: int, reason: str) -> None:
         """Close once (later calls do nothing); a peer already leaving is not an error."""

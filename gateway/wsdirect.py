@@ -7,7 +7,9 @@ socket writer), and each crossing waits for a turn of the scheduler. With a hund
 sessions a turn takes milliseconds, so a frame waited many of them (``bench.e2e``'s hops). Here
 one task reads the socket, parses with wsproto and hands the message to the handler in the same
 task; a send is framed by wsproto and written by the sending task, and :meth:`send_many` writes
-a whole batch of frames (a burst's closes for one device) with one ``send_all``.
+a whole batch of frames (a burst's closes for one device) with one ``send_all``. When nothing
+else is being written, :meth:`send_many_nowait` writes to the kernel at once from synchronous
+code: the tick path puts a close on the wire in the call stack of the quote that made it.
 
 :class:`DirectWebSocket` has the surface of Quart's ``websocket`` that the handlers use
 (``accept``, ``receive``, ``send``, ``close``, ``requested_subprotocols``, ``remote_addr``,
@@ -20,6 +22,7 @@ a peer's close is answered, a handler that fails closes with 1011.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -100,6 +103,10 @@ class DirectWebSocket:
         """True once a close frame was sent (or the connection ended): nothing more is sent."""
         self._ended = False
         """True once the peer closed or the stream ended: nothing more is received."""
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        """The socket's descriptor for :meth:`send_many_nowait` (-1: TLS, not available)."""
+        self._backlog = b""
+        """Bytes :meth:`send_many_nowait` could not hand to the kernel: the next write's first."""
         self._messages: deque[str | bytes] = deque()
         self._parts: list[str | bytes] = []
         self._size = 0
@@ -135,6 +142,39 @@ class DirectWebSocket:
         )
         await self._write(out)
 
+    def can_send_nowait(self) -> bool:
+        """May :meth:`send_many_nowait` be called now (nothing else is being written)?"""
+        return self._fd >= 0 and not self.closed and not self._lock.locked() and not self._backlog
+
+    def send_many_nowait(self, messages: list[str | bytes]) -> bool:
+        """Frame ``messages`` and hand them to the kernel now, in the caller's task; only when
+        :meth:`can_send_nowait`. True: all written. False: some bytes wait in a backlog and
+        the caller must make a task call :meth:`flush` (they are already framed: the next
+        write sends them first, so order holds).
+
+        This is the tick path's last step: a close command leaves in the call stack of the
+        quote that made it, with no task to wake and no scheduler turn to wait for.
+        """
+        conn = self.conn
+        out = b"".join(
+            conn.send(TextMessage(data=m) if isinstance(m, str) else BytesMessage(data=m))
+            for m in messages
+        )
+        try:
+            written = os.write(self._fd, out)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            written = 0  # the peer is gone: the flush's write reports it
+        if written < len(out):
+            self._backlog = out[written:]
+            return False
+        return True
+
+    async def flush(self) -> None:
+        """Write what :meth:`send_many_nowait` left in the backlog."""
+        await self._write(b"")
+
     async def close(self, code: int, reason: str = "") -> None:
         """Send a close frame once (later calls do nothing)."""
         if self.closed:
@@ -154,6 +194,8 @@ class DirectWebSocket:
         else:
             lock.acquire_nowait()
         try:
+            if self._backlog:
+                data, self._backlog = self._backlog + data, b""
             await self.stream.send_all(data)
         finally:
             lock.release()

@@ -121,3 +121,59 @@ async def test_a_failing_handler_closes_with_1011_and_the_stream_is_closed() -> 
         await client.send(closed.response())
     end = await client.next_event()  # the server closed its end (wsproto: 1006 at EOF)
     assert end is None or (isinstance(end, CloseConnection) and end.code == 1006)
+
+
+async def _tcp_pair(nursery: trio.Nursery) -> tuple[DirectWebSocket, Client]:
+    """The same over a real loopback socket (the only kind that can send without waiting)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+    server_stream = await listeners[0].accept()
+    await listeners[0].aclose()
+    await client.send(Request(host="127.0.0.1", target="/ws/device"))
+    upgrade = parse_upgrade(await server_stream.receive_some(65536))
+    assert upgrade is not None
+    ws = DirectWebSocket(server_stream, *upgrade, "127.0.0.1", max_message=1 << 20)
+    await ws.accept()
+    assert isinstance(await client.next_event(), AcceptConnection)
+    return ws, client
+
+
+async def test_a_send_without_waiting_keeps_order_even_when_the_kernel_is_full(
+    nursery: trio.Nursery,
+) -> None:
+    ws, client = await _tcp_pair(nursery)
+    memory_ws, _ = await _pair()
+    assert not memory_ws.can_send_nowait()  # no socket of its own (as TLS): the writer sends
+    assert ws.can_send_nowait()
+    assert ws.send_many_nowait([b"first", "second"]) is True
+    assert [(await client.next_event()).data for _ in range(2)] == [b"first", "second"]
+    # The client stops reading: sends fill the kernel's buffers until one is left behind.
+    chunk = b"x" * 60_000
+    sent = 0
+    for _ in range(10_000):
+        if not ws.can_send_nowait():
+            break
+        sent += 1
+        if not ws.send_many_nowait([chunk]):
+            break
+    assert not ws.can_send_nowait()  # the backlog waits: nobody may jump ahead of it
+    received: list[bytes] = []
+
+    async def read_all() -> None:
+        parts = b""
+        while len(received) < sent + 1:
+            event = await client.next_event()
+            parts += event.data
+            if event.message_finished:
+                received.append(parts)
+                parts = b""
+
+    nursery.start_soon(read_all)
+    await ws.flush()
+    await ws.send(b"after")  # an ordinary write after the backlog
+    with trio.fail_after(10):
+        while len(received) < sent + 1:
+            await trio.sleep(0.01)
+    assert received == [chunk] * sent + [b"after"]
+    assert ws.can_send_nowait()
