@@ -6,17 +6,20 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from pathlib import Path
 
 import trio
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, BytesMessage, Message, Request, TextMessage
 
+from gateway.runtime import serve
 from protocol.codec import device_client_codec
 from protocol.common import Side
 from protocol.device import CloseCommand, HelloBody, PositionsSnapshot, TerminalPosition, Welcome
 from protocol.feed import Quote
 from protocol.signing import sign_hello
+from tests.e2e.conftest import Engine, engine_settings
 
 JSON = device_client_codec("json")
 
@@ -63,6 +66,23 @@ class RawEA:
 
 
 async def test_a_close_is_on_the_eas_socket_when_its_quote_is_handed_over(engine) -> None:
+    at_once, later = await _close_after_a_quote(engine)
+    assert at_once == [7] and later == []
+
+
+async def test_without_the_direct_sockets_the_close_leaves_through_the_writer(
+    nursery: trio.Nursery, pg_dsn: str, tmp_path: Path
+) -> None:
+    settings = engine_settings(tmp_path, pg_dsn, ws_direct=False)
+    ctx = await nursery.start(serve, settings)
+    engine = Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
+    at_once, later = await _close_after_a_quote(engine)
+    assert at_once == [] and later == [7]  # Quart's path: the writer task sends it
+
+
+async def _close_after_a_quote(engine: Engine) -> tuple[list[int], list[int]]:
+    """Tickets of the close commands on the EA's socket right after the quote's hand-over
+    (no checkpoint since), and of those that arrive afterwards."""
     node = engine.node
     user_id, _ = await engine.user("alice")
     device, secret = await engine.ctx.registry.register_device(user_id, "terminal")
@@ -101,8 +121,14 @@ async def test_a_close_is_on_the_eas_socket_when_its_quote_is_handed_over(engine
         )
         # No checkpoint since the hand-over: no other task of the engine has run.
         ea.take(ea.read_now())
-        closes = [m for m in ea.messages if isinstance(m, CloseCommand)]
-        assert [c.ticket for c in closes] == [7]
+        at_once = [m.ticket for m in ea.messages if isinstance(m, CloseCommand)]
+        ea.messages.clear()
+        later = []
+        if not at_once:
+            message = await ea.next()
+            assert isinstance(message, CloseCommand)
+            later.append(message.ticket)
+        return at_once, later
     finally:
         ea.raw.close()
         await ea.stream.aclose()
