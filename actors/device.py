@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 import trio
 
+from actors import tracing
 from actors.mailbox import Mailbox
 from actors.messages import (
     AccountReport,
@@ -50,6 +51,11 @@ if TYPE_CHECKING:
     from actors.node import Node
 
 __all__ = ["DeviceActor", "DeviceLink", "Session"]
+
+_COMMANDS = Command.__args__  # type: ignore[attr-defined]
+_OUTBOX, _SENT = tracing.HOPS.index("outbox"), tracing.HOPS.index("sent")
+_FLUSH: Any = object()
+"""In an outbox: the link holds bytes a direct send left behind; the writer flushes them."""
 
 
 def _session_id() -> str:
@@ -199,12 +205,48 @@ class DeviceActor:
             except Exception as exc:  # already gone: nothing to close
                 self.log.debug("closing a dead link", error=str(exc))
 
+    def _send_or_queue(self, session: Session, frames: list[ServerMessage]) -> None:
+        """Frames for the live session: sent at once when its link can send without waiting
+        and nothing is queued before them (the tick path then puts a close on the wire with no
+        task hop), queued for the session's writer otherwise."""
+        status = 0
+        if not len(session.outbox):
+            send_nowait = getattr(session.link, "send_many_nowait", None)
+            if send_nowait is not None:
+                status = send_nowait(frames)
+        if status == 0:
+            session.outbox.put_many_nowait(frames)
+        elif status == 2:  # partly in the link's backlog: the writer flushes it
+            session.outbox.put_nowait(_FLUSH)  # type: ignore[arg-type]
+        trace = tracing.TRACE
+        if trace is not None:
+            for frame in frames:
+                if isinstance(frame, _COMMANDS):
+                    trace.stamp(frame.command_id, _OUTBOX)
+                    if status:
+                        trace.stamp(frame.command_id, _SENT)
+
     async def _write(self, session: Session) -> None:
         with session.cancel:
             try:
                 while True:
-                    for frame in await session.outbox.get_batch():
-                        await session.link.send(frame)
+                    batch = await session.outbox.get_batch()
+                    if _FLUSH in batch:
+                        batch = [frame for frame in batch if frame is not _FLUSH]
+                        await session.link.flush()  # type: ignore[attr-defined]
+                    if not batch:
+                        continue
+                    send_many = getattr(session.link, "send_many", None)
+                    if send_many is not None:  # one hand-over for the batch (see the link)
+                        await send_many(batch)
+                    else:
+                        for frame in batch:
+                            await session.link.send(frame)
+                    trace = tracing.TRACE
+                    if trace is not None:
+                        for frame in batch:
+                            if isinstance(frame, _COMMANDS):
+                                trace.stamp(frame.command_id, _SENT)
             except Exception as exc:  # the connection broke: the reader will report the close
                 self.log.info("device link write failed", error=str(exc))
 
@@ -289,7 +331,7 @@ class DeviceActor:
         if out.frames:
             session = self.session
             if session is not None:
-                session.outbox.put_many_nowait(out.frames)
+                self._send_or_queue(session, out.frames)
         if out.results or out.lost:
             user = node.user(self.user_id)
             for result in out.results:

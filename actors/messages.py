@@ -39,6 +39,8 @@ class Fired(NamedTuple):
     """The symbol actor's count of the quote that fired them (for latency tracing)."""
     started: float
     """``time.perf_counter()`` when the quote was processed (for the latency histogram)."""
+    trace: tuple[int, int, int] | None = None
+    """(frame, offered, fired) stamps when hop tracing is on (``actors.tracing``)."""
 
 
 class Moved(NamedTuple):

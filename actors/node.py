@@ -23,6 +23,7 @@ import msgspec
 import structlog
 import trio
 
+from actors import tracing
 from actors.clock import Clock, WallClock
 from actors.device import DeviceActor
 from actors.directory import Directory, StaticDirectory
@@ -321,9 +322,12 @@ class Node:
         if sent_ms is not None:
             self.feed_lag_ms = max(0, arrived_ms - sent_ms)
             arrived_ms = min(arrived_ms, sent_ms)
+        trace = tracing.TRACE
         for quote in quotes:
             actor = symbols.get(quote.symbol)
             if actor is not None:
+                if trace is not None:
+                    trace.quote_offered(quote)
                 actor.offer(quote, arrived_ms)
                 routed += 1
         return routed

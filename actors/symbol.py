@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import structlog
 import trio
 
-from actors import heap
+from actors import heap, tracing
 from actors.mailbox import QueuedQuote, QuoteInbox, Sweep
 from actors.messages import Fired, Moved
 from engine.effects import Arm, Disarm, MoveLevels
@@ -89,6 +89,8 @@ class SymbolActor:
         """Fires not handed to their users yet (a storm's remainder, see the module doc)."""
         self._held_at: float | None = None
         """When this actor's storm began to hold the collector (None: it does not)."""
+        self._judged: tuple[int, int] = (0, 0)
+        """(frame, offered) stamps of the quote being judged, when hop tracing is on."""
         self.log = structlog.get_logger().bind(symbol=self.symbol)
 
     def _new_core(self) -> SymbolCore:
@@ -190,6 +192,9 @@ class SymbolActor:
                         self._control(item)  # type: ignore[arg-type]
 
     def _quote(self, quote: Quote, arrived_ms: int) -> None:
+        trace = tracing.TRACE
+        if trace is not None:
+            self._judged = trace.quote_judged(quote)
         self.seq += 1
         self.quotes += 1
         outcome = self.core.on_quote(
@@ -247,7 +252,10 @@ class SymbolActor:
         by_user: dict[str, list[Trigger]] = defaultdict(list)
         for user_id, trigger in fired:
             by_user[user_id].append(trigger)
-        return [(user_id, Fired(triggers, seq, started)) for user_id, triggers in by_user.items()]
+        stamps = None
+        if tracing.TRACE is not None:
+            stamps = (*self._judged, tracing.now_ns())
+        return [(user, Fired(triggers, seq, started, stamps)) for user, triggers in by_user.items()]
 
     async def _hand_out_backlog(self) -> None:
         """Hand the backlog to the users, and fire what a storm left pending in the book,

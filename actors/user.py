@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import structlog
 import trio
 
-from actors import heap
+from actors import heap, tracing
 from actors.mailbox import Mailbox
 from actors.messages import (
     AccountReport,
@@ -171,6 +171,10 @@ class UserActor:
         kind = type(message)
         if kind is Fired:
             effects = core.on_triggers(message.triggers, now)
+            trace = tracing.TRACE
+            if trace is not None and message.trace is not None:
+                for _device_id, command in effects.commands:
+                    trace.decided(command.command_id, message.trace)
             self._carry_out(effects, message.quote_seq)
             probe = self.node.fire_probe
             if probe is not None and effects.commands:

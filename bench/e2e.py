@@ -45,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -213,10 +214,11 @@ async def _seed(dsn: str, devices: int, clients: int) -> tuple[list[str], list[s
 
 
 async def start_engine(
-    dsn: str, folder: Path, port: int, echo_port: int, **env: str
+    dsn: str, folder: Path, port: int, echo_port: int, trace: Path | None = None, **env: str
 ) -> trio.Process:
     """The engine process (``bench.e2e_engine``) on ``dsn``: no built-in feed, paper device or
-    demo strategy, quiet logs, no snapshot during a run; ``env`` adds settings."""
+    demo strategy, quiet logs, no snapshot during a run; ``env`` adds settings. With ``trace``
+    it stamps every close's hops and writes them there when it stops."""
     settings = {
         "DATABASE_URL": dsn,
         "TRIPWIRE_PORT": str(port),
@@ -232,11 +234,17 @@ async def start_engine(
         "TRIPWIRE_MAX_HTTP_PER_ADDRESS": "0",
         **env,
     }
-    return await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bench.e2e_engine", "--echo-port", str(echo_port)],
-        env={**os.environ, **settings},
-        stdout=subprocess.DEVNULL,
-    )
+    argv = [sys.executable, "-m", "bench.e2e_engine", "--echo-port", str(echo_port)]
+    if trace is not None:
+        argv += ["--trace", str(trace)]
+    # Its log goes to a file: warnings on the terminal would bury the harness's table.
+    log = os.open(folder / "engine.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return await trio.lowlevel.open_process(
+            argv, env={**os.environ, **settings}, stdout=log, stderr=log
+        )
+    finally:
+        os.close(log)  # the engine has its own copy
 
 
 async def stop_engine(engine: trio.Process, grace_s: float = 30) -> None:
@@ -269,6 +277,11 @@ class Worker:
         self.config_file.write_bytes(msgspec.msgpack.encode(config))
         self.process: trio.Process | None = None
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     async def start(self) -> None:
         self.process = await trio.lowlevel.open_process(
             [
@@ -299,6 +312,27 @@ class Worker:
         with trio.fail_after(120):
             await self.process.wait()
         return msgspec.msgpack.decode(self.out.read_bytes())
+
+
+def _schedstat(pid: int) -> tuple[float, float, float]:
+    """(seconds on CPU, seconds runnable but waiting for a CPU, wall time) of a process."""
+    try:
+        on_cpu, waiting, _ = (int(x) for x in Path(f"/proc/{pid}/schedstat").read_text().split())
+    except (OSError, ValueError):
+        return (float("nan"), float("nan"), time.monotonic())
+    return on_cpu / 1e9, waiting / 1e9, time.monotonic()
+
+
+def _sched_delta(
+    before: tuple[float, float, float], after: tuple[float, float, float]
+) -> dict[str, float]:
+    """Share of the wall time a process was on a CPU, and waiting for one while runnable
+    (the kernel's run queue: on a loaded machine the engine's latency is partly this)."""
+    wall = max(1e-9, after[2] - before[2])
+    return {
+        "cpu_pct": round((after[0] - before[0]) / wall * 100, 1),
+        "runqueue_wait_pct": round((after[1] - before[1]) / wall * 100, 1),
+    }
 
 
 def _rss_mb(pid: int) -> float:
@@ -354,7 +388,10 @@ async def run(args: Any) -> dict[str, Any]:
     try:
         device_ids, device_secrets, client_users = await _seed(dsn, args.devices, args.clients)
         port, echo_port = _free_port(), _free_port()
-        engine = await start_engine(dsn, folder, port, echo_port, TRIPWIRE_FEED_TOKEN=FEED_TOKEN)
+        trace = folder / "trace.msgpack"
+        engine = await start_engine(
+            dsn, folder, port, echo_port, trace, TRIPWIRE_FEED_TOKEN=FEED_TOKEN
+        )
         base = f"http://127.0.0.1:{port}"
         # Generous: an overloaded engine answers late, and a late answer is a measurement.
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
@@ -396,6 +433,9 @@ async def run(args: Any) -> dict[str, Any]:
                 "feeder",
             )
             await feeder.start()
+            pids = {"engine": engine.pid, **{w.config_file.stem: w.pid for w in workers}}
+            pids["feeder"] = feeder.pid
+            sched_before = {name: _schedstat(pid) for name, pid in pids.items()}
             soak: list[dict[str, float]] = []
             run_for = len(quotes) / args.rate
             deadline = trio.current_time() + run_for + 1.0
@@ -409,6 +449,7 @@ async def run(args: Any) -> dict[str, Any]:
                     }
                 )
                 await trio.sleep(min(5.0, max(0.5, run_for / 20)))
+            sched = {n: _sched_delta(sched_before[n], _schedstat(pid)) for n, pid in pids.items()}
             fed = await feeder.stop()
             start_ns = fed["start_ns"]
             await trio.sleep(args.grace)
@@ -421,9 +462,15 @@ async def run(args: Any) -> dict[str, Any]:
         if engine is not None:
             await stop_engine(engine)
         await trio.to_thread.run_sync(server.close)
+    stamps = msgspec.msgpack.decode(trace.read_bytes()) if trace.exists() else {}
     out = _results(args, quotes, expected, observed, seen, soak, start_ns, device_ids)
     out["results"]["feeder_late_us"] = _hist([ns / 1000 for ns in fed["late_ns"]])
+    out["results"]["hop_us"] = _hops(args, expected, observed, stamps, fed, device_ids)
+    out["results"]["device_worker_lag_us"] = _hist(
+        [ns / 1000 for part in observed for ns in part.get("lag_ns", [])]
+    )
     out["results"]["engine_metrics"] = engine_metrics
+    out["results"]["cpu"] = sched
     return out
 
 
@@ -487,6 +534,25 @@ def _results(
     ]
     lost = sum(1 for k in expected if k not in arrival)
     unexpected = sum(1 for k in arrival if k not in expected)
+    # Per second of the run (by the quote's scheduled time), so that the burst of the first
+    # seconds (positions placed near the opening market) is told apart from the steady state.
+    by_second: dict[int, list[float]] = {}
+    # Per quote that closes k >= BURST_MIN positions: the time to its LAST close.
+    by_quote: dict[int, list[int | None]] = {}
+    for k, q in expected.items():
+        due = start_ns + q * period_ns
+        if k in arrival:
+            by_second.setdefault(int((due - start_ns) // 1e9), []).append((arrival[k] - due) / 1e3)
+        by_quote.setdefault(q, []).append(arrival.get(k))
+    per_second = [
+        {"t_s": t, **{p: h[p] for p in ("count", "p50", "p99", "max")}}
+        for t, h in ((t, _hist(v)) for t, v in sorted(by_second.items()))
+    ]
+    burst_last = [
+        (max(a for a in got if a is not None) - (start_ns + q * period_ns)) / 1e3
+        for q, got in by_quote.items()
+        if len(got) >= BURST_MIN and all(a is not None for a in got)
+    ]
     # Two different close commands for one position is a duplicate; one command id arriving
     # again is the protocol's resend after a reconnect (the terminal answers it from its window
     # of executed ids), counted apart. Without a reconnect a resend would still be suspect:
@@ -503,6 +569,8 @@ def _results(
         "close_to_client_ms": _hist([v * 1000 for v in to_client]),
         "client_lag_ms": _hist([max(0, row[4]) * 1000 for row in seen["deltas"]]),
         "echo_rtt_us": _hist(echo),
+        "burst_last_close_us": _hist(burst_last),
+        "tick_to_close_per_second": per_second,
         "lost": lost,
         "duplicated": duplicated,
         "resent": repeats,
@@ -533,6 +601,61 @@ def _results(
         }
     results["_raw"] = {"tick_to_close_us": tick_to_close, "echo_rtt_us": echo}
     return {"results": results, "ratios": ratios}
+
+
+BURST_MIN = 10
+"""A quote that closes at least this many positions is a burst (``burst_last_close_us``)."""
+
+HOP_NAMES = (
+    "feeder",
+    "to_engine",
+    "to_book",
+    "book",
+    "user",
+    "outbox",
+    "writer",
+    "wire",
+    "total",
+)
+"""The hops of ``hop_us``, each the time since the one before: the feeder's send after the
+quote's scheduled time, its frame read by the engine's feed handler, the symbol actor judging
+the quote, the book firing, the user actor deciding, the command in the outbox, its frame's
+send returning (the writer), its arrival at the simulated EA (the wire and the EA's reader);
+``total`` is scheduled time to arrival (as ``tick_to_close_us``)."""
+
+
+def _hops(
+    args: Any,
+    expected: dict[tuple[int, int], int],
+    observed: list[dict[str, Any]],
+    stamps: dict[str, list[int]],
+    fed: dict[str, Any],
+    device_ids: list[str],
+) -> dict[str, dict[str, float]]:
+    """Each hop's p50/p99/max over the traced closes (empty without an engine trace)."""
+    if not stamps:
+        return {}
+    period_ns = 1e9 / args.rate
+    start_ns, late = fed["start_ns"], fed["late_ns"]
+    index = {d: i for i, d in enumerate(device_ids)}
+    hops: dict[str, list[float]] = {name: [] for name in HOP_NAMES}
+    for part in observed:
+        for device, command_id, ticket, arrived in part["arrivals"]:
+            q = expected.get((index[device], ticket))
+            row = stamps.get(command_id)
+            if q is None or row is None or q >= len(late) or 0 in row:
+                continue
+            due = start_ns + q * period_ns
+            sent_by_feeder = due + late[q]
+            frame, offered, fired, decided, outbox, sent = row
+            points = (due, sent_by_feeder, frame, offered, fired, decided, outbox, sent, arrived)
+            for name, before, after in zip(HOP_NAMES, points, points[1:], strict=False):
+                hops[name].append((after - before) / 1e3)
+            hops["total"].append((arrived - due) / 1e3)
+    return {
+        name: {k: h[k] for k in ("p50", "p99", "max", "count")}
+        for name, h in ((n, _hist(v)) for n, v in hops.items())
+    }
 
 
 def _plot(path: str, raw: dict[str, list[float]]) -> None:
@@ -574,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--frame-ms",
         type=float,
-        default=5.0,
+        default=1.0,
         help="the feeder sends one frame per this many ms at most (quotes due are batched)",
     )
     parser.add_argument(
@@ -605,7 +728,28 @@ def main(argv: list[str] | None = None) -> int:
         f"bad signatures {r['bad_signatures']}"
     )
     print(f"resent {r['resent']}  disconnects {r['disconnects']} {r['disconnect_reasons'] or ''}")
-    print(f"ratios {out['ratios']} (targets: p50 <= 1.5, p99 <= 3)")
+    hops = r["hop_us"]
+    if hops:
+        print_table(
+            "hops of the traced closes (us, each since the one before)",
+            [{"hop": name, **hops[name]} for name in HOP_NAMES],
+            ["hop", "p50", "p99", "max", "count"],
+        )
+    print_table(
+        "tick -> close per second of the run (us, by the quote's scheduled time)",
+        r["tick_to_close_per_second"],
+        ["t_s", "count", "p50", "p99", "max"],
+    )
+    print(
+        "CPU over the quotes (% of wall: on CPU / runnable but waiting): "
+        + ", ".join(f"{k} {v['cpu_pct']}/{v['runqueue_wait_pct']}" for k, v in r["cpu"].items())
+    )
+    print(f"ratios {out['ratios']} (targets: p50 <= 3, p99 <= 10)")
+    burst = r["burst_last_close_us"]
+    print(
+        f"burst_last_close_us p50 {burst['p50']} p99 {burst['p99']} over {burst['count']} "
+        f"quotes closing >= {BURST_MIN} (target p50 <= 2,000)"
+    )
     if "soak" in r:
         print(f"soak: RSS growth {r['soak']['rss_growth_pct']} % (target <= 5 %)")
     config = {k: v for k, v in vars(args).items() if k not in {"json", "plot"}}

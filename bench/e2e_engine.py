@@ -4,17 +4,24 @@ The echo server (trio-websocket, no Quart, no protocol) runs in the same trio ru
 engine, so the harness measures the bare cost of a WebSocket round trip between the same
 processes as the engine's own traffic: the baseline every latency is divided by.
 
-    python -m bench.e2e_engine --echo-port PORT     (settings from TRIPWIRE_* / DATABASE_URL)
+    python -m bench.e2e_engine --echo-port PORT [--trace PATH]   (settings: TRIPWIRE_*)
+
+``--trace PATH`` turns on hop tracing (``actors.tracing``) and writes, once the engine has
+stopped, every traced close command's stamps to PATH (msgpack: command id -> stamps in the
+order of ``actors.tracing.HOPS``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
+from actors import tracing
 from gateway.config import load_settings
 from gateway.runtime import serve
 from persistence.logs import configure_logging
@@ -43,8 +50,12 @@ async def _run(echo_port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Tripwire plus a raw echo WebSocket server.")
     parser.add_argument("--echo-port", type=int, required=True)
+    parser.add_argument("--trace", metavar="PATH", help="trace every close's hops into PATH")
     args = parser.parse_args(argv)
+    trace = tracing.enable() if args.trace else None
     trio.run(_run, args.echo_port)
+    if trace is not None:
+        Path(args.trace).write_bytes(msgspec.msgpack.encode(trace.commands))
     return 0
 
 

@@ -80,6 +80,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     login_max_hashing: int = 2
     max_http_per_address: int = 64
     max_ws_per_address: int = 64
+    ws_direct: bool = True
     gc_gen0: int = DEFAULT_GEN0
     chart_workers: int = 2
     chart_per_user: int = 2
@@ -156,6 +157,8 @@ SETTINGS_HELP: dict[str, str] = {
     "0 = no limit",
     "max_ws_per_address": "open WebSockets per client address (more upgrades: HTTP 429); "
     "0 = no limit",
+    "ws_direct": "serve /ws/device and /ws/feed straight on their sockets (wsproto), not "
+    "through Quart/Hypercorn: fewer task hops per frame; false falls back to the Quart routes",
     "gc_gen0": "allocations between young garbage collections (CPython's 700 promotes "
     "in-flight request state, and the older collections then pause the loop for tens of ms); "
     "0 turns automatic collection off",

@@ -56,6 +56,26 @@ class EdgeGuard:
         self.refused: Counter[str] = Counter()
         """Refusals by kind (``http``, ``websocket``), for metrics and tests."""
 
+    def admit_websocket(self, address: str) -> bool:
+        """Count a WebSocket opened outside the ASGI app (``gateway.front``); False (and
+        counted as refused) past the per-address limit."""
+        if self.max_ws and self.ws_open[address] >= self.max_ws:
+            self.refused["websocket"] += 1
+            return False
+        self.ws_open[address] += 1
+        return True
+
+    def release_websocket(self, address: str) -> None:
+        """That WebSocket ended."""
+        self.ws_open[address] -= 1
+        if self.ws_open[address] <= 0:
+            del self.ws_open[address]
+
+    @staticmethod
+    def refusal() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The HTTP answer to an upgrade past the limit: status, headers, body."""
+        return 429, list(_REFUSAL_HEADERS), _REFUSAL
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":

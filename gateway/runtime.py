@@ -42,9 +42,12 @@ from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings, is_loopback, parse_strategies
 from gateway.context import GatewayContext
 from gateway.demo import DEMO_DEVICE, DEMO_STRATEGY, ensure_demo, run_demo_strategy
+from gateway.front import serve_front
 from gateway.notifications import NotificationStore
 from gateway.notifier import Notifier, NotifierConfig
 from gateway.registry import Registry
+from gateway.ws_device import serve_device
+from gateway.ws_feed import serve_feed
 from persistence.bridge import open_bridge
 from persistence.db import open_database
 from persistence.embedded import EmbeddedPostgres
@@ -261,9 +264,31 @@ async def _run(
         periodic = trio.CancelScope()
         nursery.start_soon(_snapshots, snapshots, settings.snapshot_interval_s, periodic, log)
         hypercorn = _hypercorn_config(settings)
-        await nursery.start(
-            functools.partial(hypercorn_serve, app, hypercorn, shutdown_trigger=stop_serving.wait)
-        )
+        if settings.ws_direct:
+            # The tick path's sockets off the HTTP stack (gateway.front, gateway.wsdirect).
+            direct = {
+                "/ws/device": functools.partial(serve_device, ctx),
+                "/ws/feed": functools.partial(serve_feed, ctx),
+            }
+            await nursery.start(
+                functools.partial(
+                    serve_front,
+                    app,
+                    hypercorn,
+                    host=settings.host,
+                    port=settings.port,
+                    direct=direct,
+                    max_message=hypercorn.websocket_max_message_size,
+                    edge=ctx.extras.get("edge"),
+                    shutdown_trigger=stop_serving.wait,
+                )
+            )
+        else:
+            await nursery.start(
+                functools.partial(
+                    hypercorn_serve, app, hypercorn, shutdown_trigger=stop_serving.wait
+                )
+            )
         ctx.ready = True
         scheme = "https" if settings.tls_cert else "http"
         url = f"{scheme}://{settings.host}:{settings.port}"

@@ -14,11 +14,11 @@ is earlier than the node's own time: see :meth:`~actors.node.Node.offer_quotes`.
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from quart import websocket
 
+from actors import tracing
 from gateway.auth import bearer_token
 from gateway.closing import close_quietly
 from protocol.closecodes import CloseCode, close_code_for, close_reason
@@ -32,14 +32,21 @@ if TYPE_CHECKING:
 __all__ = ["serve_feed"]
 
 
+def _quart_websocket() -> Any:
+    from quart import websocket
+
+    return websocket._get_current_object()  # type: ignore[attr-defined]
+
+
 def _token_ok(expected: str | None, presented: str | None) -> bool:
     if not expected or not presented:
         return False
     return hmac.compare_digest(expected.encode(), presented.encode())
 
 
-async def serve_feed(ctx: GatewayContext) -> None:
-    """The ``/ws/feed`` handler."""
+async def serve_feed(ctx: GatewayContext, ws: Any = None) -> None:
+    """The ``/ws/feed`` handler, on ``ws`` (``gateway.wsdirect``) or Quart's ``websocket``."""
+    websocket = ws if ws is not None else _quart_websocket()
     log = structlog.get_logger().bind(endpoint="ws/feed", remote=websocket.remote_addr)
     subprotocol = negotiate(websocket.requested_subprotocols)
     await websocket.accept(subprotocol=subprotocol)
@@ -53,6 +60,9 @@ async def serve_feed(ctx: GatewayContext) -> None:
     log.info("feed publisher connected")
     while True:
         frame = await websocket.receive()
+        trace = tracing.TRACE
+        if trace is not None:
+            trace.frame_ns = tracing.now_ns()
         try:
             # The first frame may not tell its encoding (empty, or neither): that is a bad
             # frame like any other, so the sniffing is inside the try.
