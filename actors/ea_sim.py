@@ -70,6 +70,7 @@ class SimulatedEA:
         self.bad_signatures = 0
         self.connected = trio.Event()
         self.closed: tuple[int | None, str | None] | None = None
+        self._ws: Any = None
         self.log = structlog.get_logger().bind(device_id=device_id, component="ea-sim")
 
     async def run(
@@ -96,6 +97,7 @@ class SimulatedEA:
                     await ws.get_message()  # the server closes after its error
                     return
                 self.welcome = first
+                self._ws = ws
                 now = self.now_ms()
                 await ws.send_message(self.codec.encode(self.terminal.snapshot(now)))
                 await ws.send_message(self.codec.encode(self.terminal.account(now)))
@@ -120,6 +122,13 @@ class SimulatedEA:
                 closed = closed.exceptions[0]
             reason = closed.reason if isinstance(closed, ConnectionClosed) else None
             self.closed = (reason.code, reason.reason) if reason else (None, None)
+
+    async def send(self, message: Any) -> None:
+        """Send a device frame now (an ``account`` report, an event) on the live connection: a
+        test decides when the terminal reports, as a real EA's timer would."""
+        if self._ws is None:
+            raise RuntimeError("the EA is not connected")
+        await self._ws.send_message(self.codec.encode(message))
 
     async def _command(self, ws: Any, command: Any, key: bytes) -> None:
         arrived = time.perf_counter()

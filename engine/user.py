@@ -132,6 +132,11 @@ class UserCore:
         self.balance: float | None = None
         self.equity: float | None = None
         self.currency = ""
+        self.unreported: dict[str, float] = {}
+        """Realised P&L of the positions closed since the last account report, by id: the
+        terminal books a close at once but reports its balance later (with its next account
+        frame), so ``balance`` plus these is the balance the closes left. The equity curve
+        anchors there, so its opening balance does not jump by a close for a heartbeat."""
         self._retries: dict[str, tuple[int, Command]] = {}  # position -> (due, last command)
         self._modifies: dict[str, int] = {}  # position id -> due time of its pending modify
         self._last_modify: dict[str, int] = {}
@@ -441,7 +446,9 @@ class UserCore:
             if notice is not None:
                 effects.notices.append(notice)
         if state in FINAL_STATES:
-            self.positions.pop(p.id, None)
+            was_live = self.positions.pop(p.id, None) is not None
+            if was_live and state is _CLOSED and p.realized_pl is not None:
+                self.unreported[p.id] = p.realized_pl
             self.recent_closed[p.id] = p
             self.recent_closed.move_to_end(p.id)
             while len(self.recent_closed) > self.RECENT_CLOSED:
@@ -541,6 +548,9 @@ class UserCore:
     def on_account(self, balance: float, equity: float, currency: str, now_ms: int) -> Effects:
         """An account report: the drawdown guard may block opens or close everything."""
         self.balance, self.equity, self.currency = balance, equity, currency or self.currency
+        # A report read after a close includes it: a terminal sends its frames in order, and
+        # books a close before it acks or reports it.
+        self.unreported.clear()
         effects = Effects()
         alerts, decisions = self.guard.update(equity, now_ms)
         for alert in alerts:

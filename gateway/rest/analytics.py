@@ -1,9 +1,16 @@
 """Analytics: P&L, Sharpe ratio, maximum drawdown, the equity curve and the RSI.
 
 The formulas are ``engine.analytics``. The equity curve is the fold of the closed trades'
-realised P&L, in the order they closed, from the opening balance: the balance now (as the
-account's terminal last reported it; without a report, :data:`DEFAULT_BALANCE` plus the
-realised P&L) less the P&L of every closed trade. It ends at that balance. The Sharpe ratio and
+realised P&L, in the order they closed, from the opening balance: the balance now less the P&L
+of every closed trade. It ends at that balance. The balance now is the one the account's
+terminal last reported plus the P&L of the closes it has not reported yet (a terminal books a
+close at once but sends its balance with its next account frame, up to a heartbeat later:
+anchored on the report alone, the whole curve sat one close too high until then); without any
+report it is :data:`DEFAULT_BALANCE` plus the realised P&L.
+
+The trades are those in Postgres and those the user's actor closed that are not there yet (the
+journal writes behind): the balance and the trades are one consistent set, whichever of a
+close, its record and the next account report comes first. The Sharpe ratio and
 the drawdown are those of that curve; each is null with a reason beside it when the sample
 cannot carry it (the Sharpe ratio below ``engine.analytics.SHARPE_MIN_RETURNS`` trades). A
 drawdown is a fraction >= 0, as the drawdown guard's. The RSI(14) is computed on one-minute
@@ -33,6 +40,7 @@ from engine.analytics import (
     rsi_wilder,
     sharpe_ratio,
 )
+from engine.lifecycle import PositionState
 from gateway.context import GatewayContext
 from gateway.rest.common import ctx, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
@@ -66,7 +74,7 @@ _TRADES = """
 SELECT json_build_object(
     'realized', (SELECT coalesce(sum(pl), 0)::float8 FROM positions
                  WHERE user_id = $1 AND state = 'closed' AND pl IS NOT NULL),
-    'trades', coalesce(json_agg(json_build_array(t.closed_ms, t.pl, t.opened_ms)
+    'trades', coalesce(json_agg(json_build_array(t.closed_ms, t.pl, t.opened_ms, t.id)
                        ORDER BY t.closed_ms, t.id), '[]'::json)
 )::text
 FROM (
@@ -82,8 +90,8 @@ FROM (
 
 class Trades(msgspec.Struct, frozen=True, kw_only=True):
     realized: float
-    trades: list[tuple[int, float, int | None]]
-    """(closed ms, realised P&L, opened ms), oldest first."""
+    trades: list[tuple[int, float, int | None, str]]
+    """(closed ms, realised P&L, opened ms, position id), oldest first."""
 
 
 _TRADES_CODEC = msgspec.json.Decoder(Trades)
@@ -132,7 +140,8 @@ class AnalyticsOut(msgspec.Struct, frozen=True, kw_only=True):
     starting_balance: float
     """The opening balance: ``balance`` less the realised P&L of every closed trade."""
     balance: float
-    """Where the curve ends: the balance the terminal last reported, or, when
+    """Where the curve ends: the balance the terminal last reported plus the realised P&L of
+    the closes it has not reported yet (its next account report says this figure), or, when
     ``balance_reported`` is false, :data:`DEFAULT_BALANCE` plus the realised P&L."""
     balance_reported: bool
     trades: int
@@ -158,25 +167,57 @@ class Equity(NamedTuple):
     points: list[EquityPoint]
 
 
-def reported_balance(context: GatewayContext, user_id: str) -> float | None:
-    """The balance the user's terminal last reported (live, else as last saved), if any."""
+class Ledger(NamedTuple):
+    """What the user's actor knows beyond Postgres: the last reported balance, the closes the
+    terminal has not reported yet, and the latest closed trades (some maybe not written yet)."""
+
+    balance: float | None
+    unreported: float
+    recent: list[tuple[int, float, int | None, str]]
+
+
+def live_ledger(context: GatewayContext, user_id: str) -> Ledger:
+    """The balance the user's terminal last reported (live, else as last saved, if any), the
+    P&L of the closes since that report, and the actor's recently closed trades."""
     actor = context.node.users.get(user_id)
-    balance = actor.core.balance if actor is not None else None
+    if actor is None:
+        saved = context.node.state.guards.get(user_id)
+        return Ledger(saved.balance if saved is not None else None, 0.0, [])
+    core = actor.core
+    balance = core.balance
     if balance is None:
         saved = context.node.state.guards.get(user_id)
         balance = saved.balance if saved is not None else None
-    return balance
+    recent = [
+        (p.close_time_ms or p.updated_ms, p.realized_pl, p.open_time_ms, p.id)
+        for p in core.recent_closed.values()
+        if p.state is PositionState.CLOSED and p.realized_pl is not None
+    ]
+    return Ledger(balance, math.fsum(core.unreported.values()), recent)
 
 
-def equity_from(balance: float | None, trades: Trades) -> Equity:
-    """The curve of ``trades`` ending at ``balance`` (blocking: numpy; run it in a thread)."""
+def merge(trades: Trades, recent: list[tuple[int, float, int | None, str]]) -> Trades:
+    """``trades`` with the recently closed ones Postgres does not hold yet, in close order."""
+    known = {t[3] for t in trades.trades}
+    missing = [t for t in recent if t[3] not in known]
+    if not missing:
+        return trades
+    return Trades(
+        realized=trades.realized + math.fsum(t[1] for t in missing),
+        trades=sorted([*trades.trades, *missing], key=lambda t: (t[0], t[3])),
+    )
+
+
+def equity_from(balance: float | None, trades: Trades, unreported: float = 0.0) -> Equity:
+    """The curve of ``trades`` ending at ``balance`` plus ``unreported`` (the P&L of closes the
+    reported balance does not hold yet) (blocking: numpy; run it in a thread)."""
     reported = balance is not None
-    end = balance if balance is not None else DEFAULT_BALANCE + trades.realized
+    end = balance + unreported if balance is not None else DEFAULT_BALANCE + trades.realized
     if not trades.trades:
         return Equity(end - trades.realized, end, reported, trades.realized, 0, [])
-    values = equity_to_balance(end, [pl for _, pl, _ in trades.trades])
-    first_closed, _, first_opened = trades.trades[0]
-    times = [first_opened or first_closed] + [closed for closed, _, _ in trades.trades]
+    values = equity_to_balance(end, [t[1] for t in trades.trades])
+    first_closed, _, first_opened, _ = trades.trades[0]
+    times = [first_opened or first_closed] + [t[0] for t in trades.trades]
     points = [
         EquityPoint(time_ms=t, equity=round(float(v), 2))
         for t, v in zip(times, values, strict=True)
@@ -192,8 +233,11 @@ async def equity_of(context: GatewayContext, user_id: str) -> Equity:
         return text.encode()
 
     trades = _TRADES_CODEC.decode(await read_through(context, f"trades:{user_id}", load))
-    balance = reported_balance(context, user_id)
-    return await trio.to_thread.run_sync(equity_from, balance, trades)
+    # Read after the trades: a trade in Postgres is also in the actor's view (or older), so the
+    # two are one set.
+    ledger = live_ledger(context, user_id)
+    merged = merge(trades, ledger.recent)
+    return await trio.to_thread.run_sync(equity_from, ledger.balance, merged, ledger.unreported)
 
 
 class Stats(NamedTuple):

@@ -354,6 +354,10 @@ function onMessage(message) {
     if (p && p.state !== "open" && p.state !== "close_failed") ui.closing.delete(p.id);
     if (p && FINAL_STATES.has(p.state)) refreshAfterClose();
   }
+  // The curve ends at the balance: when the terminal reports another one (a close's report
+  // coming after the curve was fetched, a commission, swap or deposit), the curve is asked for
+  // again, so the card and the curve never disagree for longer than one request.
+  if (message.type === "account" && changed.includes("account")) refreshIfBalanceMoved();
   if (changed.length) invalidate(...changed);
   if (changed.includes("positions")) watchPrices();
   if (message.type === "snapshot") {
@@ -549,6 +553,19 @@ function refreshAfterClose(tries = AFTER_CLOSE_TRIES) {
     afterCloseQueued = false;
     await refreshAnalytics();
     if ((analytics?.trades ?? -1) <= before && tries > 1) refreshAfterClose(tries - 1);
+  });
+}
+
+/** The server's curve again if it does not end at the account's balance (once at a time). */
+function refreshIfBalanceMoved() {
+  const balance = store.account?.balance ?? null;
+  const end = analytics?.stats?.balance ?? null;
+  if (balance === null || end === null || Math.abs(balance - end) < 0.005) return;
+  if (afterCloseQueued || !session) return;
+  afterCloseQueued = true;
+  later(0, async () => {
+    afterCloseQueued = false;
+    await refreshAnalytics();
   });
 }
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -554,3 +555,112 @@ async def test_the_page_modules_hold_up_against_malformed_messages(
     """The page's modules, unit by unit, in the browser (dashboard_units.js)."""
     failed = await trio.to_thread.run_sync(run_module_checks, static_site, chromium)
     assert failed == []
+
+
+FIRE_SPEED = 5.0
+"""The replay's speed in the first-minute test: five times real time, so the first minute of
+replayed market is twelve seconds of the test's."""
+FIRST_MINUTE_S = 60.0
+FIRED_REASON = re.compile(r"^(broker_)?(sl|tp)$")
+
+
+@pytest.fixture
+async def make_run_engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path) -> Callable[[], Any]:
+    """Starts the engine as ``make run`` does (demo user, paper device, demo strategy, the
+    replay from its default start) when called, with the replay at :data:`FIRE_SPEED`; returns
+    ``(engine, the engine clock's ms at its start)``. The test opens its browser first, so the
+    replayed minute is not spent launching Chromium."""
+    settings = engine_settings(
+        tmp_path,
+        pg_dsn,
+        feed="replay",
+        replay_speed=FIRE_SPEED,
+        paper_device=True,
+        demo_strategy=True,
+    )
+
+    async def start() -> tuple[Engine, int]:
+        ctx = await nursery.start(serve, settings)
+        engine = Engine(ctx, f"http://127.0.0.1:{settings.port}", "")
+        return engine, ctx.clock.now_ms()
+
+    return start
+
+
+def watch_first_minute(chromium: Path, start: Callable[[], tuple[str, float]]) -> dict[str, Any]:
+    """The browser side: Chromium up first, then the engine; log in through the form, see the
+    demo's position open, then closed by its SL or TP, all before the replayed minute is out
+    (each wait bounded by what is left of :data:`FIRST_MINUTE_S` at the replay's speed)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    seen: dict[str, Any] = {"page_errors": []}
+    with sync_playwright() as pw:
+        browser = launch(pw, chromium)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.on("pageerror", lambda error: seen["page_errors"].append(str(error)))
+            base_url, started = start()
+            deadline = started + FIRST_MINUTE_S / FIRE_SPEED
+
+            def left_ms() -> float:
+                return max(1.0, (deadline - time.monotonic()) * 1000)
+
+            try:
+                page.goto(base_url + "/", timeout=left_ms())
+                page.get_by_label("Username").fill(DEMO_USER, timeout=left_ms())
+                page.get_by_label("Password").fill(DEMO_PASSWORD, timeout=left_ms())
+                page.get_by_role("button", name="Log in").click(timeout=left_ms())
+                expect(page.get_by_test_id("connection-status")).to_have_text(
+                    "Live", timeout=left_ms()
+                )
+                row = page.get_by_test_id("position-row").first
+                expect(row.get_by_test_id("pos-state")).to_have_text("OPEN", timeout=left_ms())
+                seen["position_id"] = row.get_attribute("data-position-id", timeout=left_ms())
+                shoot(page, "fire-1-demo-position-open")
+                closed = page.locator(
+                    f'[data-testid="closed-row"][data-position-id="{seen["position_id"]}"]'
+                )
+                expect(closed.get_by_test_id("pos-reason")).to_have_text(
+                    FIRED_REASON, timeout=left_ms()
+                )
+                expect(closed.get_by_test_id("pos-state")).to_have_text("CLOSED")
+                seen["reason"] = closed.get_by_test_id("pos-reason").text_content()
+                seen["pl"] = closed.get_by_test_id("pos-pl").text_content()
+                seen["seen_closed_in_s"] = time.monotonic() - started
+                shoot(page, "fire-2-demo-position-fired")
+            except Exception:
+                shoot(page, "fire-failure")
+                raise
+        finally:
+            browser.close()
+    return seen
+
+
+async def test_dashboard_shows_the_demo_fire_within_the_first_minute(
+    chromium: Path, make_run_engine: Callable[[], Any]
+) -> None:
+    """A newcomer's first minute of ``make run``, in Chromium: the demo's own position opens,
+    and its SL or TP fires on the replayed payrolls move, inside the first minute of replayed
+    market (here twelve seconds at five times real speed)."""
+    started: dict[str, Any] = {}
+
+    async def start() -> tuple[str, float]:
+        engine, clock_ms = await make_run_engine()
+        started.update(engine=engine, clock_ms=clock_ms)
+        return engine.base_url, time.monotonic()  # the browser thread's clock
+
+    SHOTS.mkdir(exist_ok=True)
+    seen = await trio.to_thread.run_sync(
+        watch_first_minute, chromium, lambda: trio.from_thread.run(start)
+    )
+    engine: Engine = started["engine"]
+    user_id = engine.ctx.registry.by_name[DEMO_USER]
+    position = engine.node.users[user_id].core.recent_closed[seen["position_id"]]
+    assert position.state is PositionState.CLOSED and position.close_reason == seen["reason"]
+    assert position.close_time_ms is not None and position.open_time_ms is not None
+    # In replayed time: the close came within the first minute of the replay.
+    replayed_ms = (position.close_time_ms - started["clock_ms"]) * FIRE_SPEED
+    assert 0 < replayed_ms <= FIRST_MINUTE_S * 1000, replayed_ms
+    assert seen["page_errors"] == []
+    assert (SHOTS / "fire-1-demo-position-open.png").exists()
+    assert (SHOTS / "fire-2-demo-position-fired.png").exists()

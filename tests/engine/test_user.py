@@ -417,3 +417,37 @@ def test_restore_without_arms_rebuilds_the_same_core() -> None:
     assert isinstance(armed.arms[0], Arm) and not plain.arms
     assert without.positions == with_arms.positions
     assert without.next_due_ms() == with_arms.next_due_ms()
+
+
+def test_closes_count_as_unreported_until_the_next_account_report() -> None:
+    """A terminal books a close at once and reports its balance later: the core keeps the
+    closes' P&L until that report (the equity curve anchors on balance + these), once each."""
+    c = core()
+    c.on_account(10_000, 10_000, "USD", T0)
+    pid = opened(c)
+    assert c.unreported == {}
+    close = fire(c, pid).commands[0][1]
+    c.on_result(
+        close.command_id,
+        "done",
+        Ack(command_id=close.command_id, retcode=10009, fill_price=1944.4),
+        T0 + 2100,
+    )
+    pl = c.recent_closed[pid].realized_pl
+    assert pl is not None and c.unreported == {pid: pl}
+    # A late terminal event about the same, already closed position changes nothing.
+    late = PositionEvent(
+        kind=EventKind.CLOSED_SL,
+        ticket=555,
+        symbol="XAUUSD",
+        side=Side.BUY,
+        volume=0.01,
+        price=1944.4,
+        time_ms=T0 + 2200,
+    )
+    c.on_event("d1", late, T0 + 2300)
+    assert c.unreported == {pid: pl}
+    c.on_account(10_000 + pl, 10_000 + pl, "USD", T0 + 3000)
+    assert c.unreported == {} and c.balance == 10_000 + pl
+    c.on_event("d1", late, T0 + 3100)
+    assert c.unreported == {}
