@@ -261,6 +261,14 @@ async def _run_session(
     actor = ctx.node.device(verified.device_id)
     link = WebSocketDeviceLink(websocket, codec, verified.session_key, None, log)
     session = await actor.open_session(verified.body, link)
+    if ctx.registry.device_owner(verified.device_id) is None:
+        # Revoked, or its user disabled, while this handshake was under way: the request that
+        # did it ended the sessions open then, and this one was not open yet. Now it is, so
+        # whatever disables next ends it too; this check closes the gap before.
+        log.info("device refused after its handshake: revoked or its user disabled meanwhile")
+        await actor.end_session(CloseCode.POLICY_VIOLATION, "device or user disabled")
+        actor.close_session(session)
+        return
     cipher = None
     if verified.body.encryption:
         # One cipher for both directions (it keeps a counter for each). The welcome left in

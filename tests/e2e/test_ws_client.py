@@ -351,3 +351,27 @@ async def test_disabling_a_user_ends_its_tokens_streams_and_devices(
     assert [r["outcome"] for r in audit] == ["409:conflict", "404:not_found", "200"]
     assert audit[-1]["detail"]["streams_closed"] == 1
     assert audit[-1]["detail"]["sessions_closed"] == 1
+
+
+async def test_a_user_disabled_during_a_device_handshake_gets_no_session(
+    engine, nursery: trio.Nursery
+) -> None:
+    """The disable request ends the sessions open when it runs; a handshake already past its
+    checks opens its session just after. The gateway checks again once the session is open."""
+    alice, _ = await engine.user("alice")
+    record, secret = await engine.ctx.registry.register_device(alice, "MT5")
+    actor = engine.node.device(record.id)
+    opening = actor.open_session
+
+    async def disabled_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        await engine.ctx.registry.set_disabled(alice, True)  # the race, made certain
+        assert not await actor.end_session(CloseCode.POLICY_VIOLATION, "user disabled")
+        return await opening(*args, **kwargs)
+
+    actor.open_session = disabled_meanwhile
+    terminal = PaperTerminal(engine.node.instruments, lambda symbol: None)
+    ea = SimulatedEA(engine.ws_url + "/ws/device", record.id, secret, terminal, encoding="json")
+    nursery.start_soon(ea.run)
+    await wait_for(lambda: ea.closed)
+    assert ea.closed is not None and ea.closed[0] == CloseCode.POLICY_VIOLATION
+    await wait_for(lambda: actor.session is None)
