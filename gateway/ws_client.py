@@ -22,7 +22,6 @@ What a connection may cost is bounded (docs/operations.md, "Limits"):
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ import structlog
 import trio
 from quart import websocket
 
+from gateway.closing import close_quietly, send_quietly
 from protocol.client import (
     Authenticated,
     ClientAuth,
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
     from actors.hub import Subscription
     from gateway.auth import Identity
     from gateway.context import GatewayContext
+
+_LOG = structlog.get_logger().bind(endpoint="ws/client")
 
 __all__ = ["SEND_TIMEOUT_S", "serve_client"]
 
@@ -97,10 +99,11 @@ class _Stream:
 async def _close_with(
     codec: WireCodec[Any, Any] | None, exc: TripwireError, code: int | None = None
 ) -> None:
+    # A client that leaves as it reads the error races our close (gateway.closing): quietly.
     if codec is not None:
-        with contextlib.suppress(Exception):
-            await websocket.send(codec.encode(client_error(exc)))
-    await websocket.close(close_code_for(exc) if code is None else code, close_reason(exc))
+        await send_quietly(websocket, codec.encode(client_error(exc)), _LOG)
+    code = close_code_for(exc) if code is None else code
+    await close_quietly(websocket, code, close_reason(exc), _LOG)
 
 
 def _authenticate(ctx: GatewayContext, token: str | None, header: str | None) -> Identity:
@@ -129,7 +132,7 @@ async def serve_client(ctx: GatewayContext) -> None:
         if not isinstance(request, Subscribe):
             raise UnexpectedMessage("the first frame must be a subscribe")
     except trio.TooSlowError:
-        await websocket.close(CloseCode.HANDSHAKE_TIMEOUT, "no subscribe in time")
+        await close_quietly(websocket, CloseCode.HANDSHAKE_TIMEOUT, "no subscribe in time", _LOG)
         return
     except TripwireError as exc:
         if isinstance(exc, AuthError):
@@ -208,7 +211,7 @@ async def _write(
         batch = await sub.buffer.get_batch()
         if sub.dropped:
             log.info("slow client dropped", overruns=sub.buffer.overruns)
-            await websocket.close(CloseCode.TRY_AGAIN_LATER, "too slow: reconnect")
+            await close_quietly(websocket, CloseCode.TRY_AGAIN_LATER, "too slow: reconnect", log)
             scope.cancel()
             return
         for message in batch:
@@ -217,7 +220,9 @@ async def _write(
             if stalled.cancelled_caught:
                 sub.buffer.closed = True
                 log.info("stalled client dropped")
-                await websocket.close(CloseCode.TRY_AGAIN_LATER, "too slow: reconnect")
+                await close_quietly(
+                    websocket, CloseCode.TRY_AGAIN_LATER, "too slow: reconnect", log
+                )
                 scope.cancel()
                 return
 
