@@ -112,8 +112,8 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=T
 
     ``realized_pl`` (and a view's ``pl``) is the price P&L only, like MT5's position and deal
     profit: it excludes ``commission`` and ``swap``. A trader's net is their sum
-    (``engine.views.net_pl``). Both are added at the end with defaults (``array_like``): journals and
-    snapshots written before them decode with None."""
+    (``engine.views.net_pl``). Both are added at the end with defaults (``array_like``):
+    journals and snapshots written before them decode with None."""
 
     def transition(self, event: PositionEvent, now_ms: int, **changes: Any) -> Position:
         """A copy in the state ``event`` leads to, with ``changes`` applied too.
