@@ -312,9 +312,7 @@ class PaperTerminal:
                 changed = True
         return changed
 
-    def _book(
-        self, p: TerminalPosition, price: float, volume: float
-    ) -> tuple[float, float, float]:
+    def _book(self, p: TerminalPosition, price: float, volume: float) -> tuple[float, float, float]:
         """Close ``volume`` lots of ``p`` at ``price``: the deal's profit, and the position's
         commission and swap totals after it. The balance takes the profit, the exit commission
         and the swap accrued since the last close of this position."""
