@@ -13,6 +13,7 @@ A session, as the device sees it::
     <- open | close | partial_close | modify      -> ack (with the same command_id)
     -> heartbeat every heartbeat_s     <- ping (answer with a heartbeat)
     -> event (the terminal closed or opened something on its own)
+    -> positions again when a position's swap or commission changes (the daily rollover)
 """
 
 from __future__ import annotations
