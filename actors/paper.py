@@ -7,6 +7,13 @@ own broker-side SL/TP (which sometimes beat the engine's triggers, as a real bro
 the default device of ``tripwire run``, the device of many tests, and (behind a WebSocket) the
 simulated EA of the end-to-end harness.
 
+Costs are a raw-spread account's: a commission per lot round turn (7.00 by default), half
+charged to the balance when a position opens and half when it closes, and a swap per lot for
+each full day a position is held (``swap_period_ms``), booked to the balance when it closes and
+counted in the equity meanwhile. Every report carries the position's totals so far (the
+positions snapshot, the ack of an open or a close, the close events), as docs/protocol.md asks;
+when a day's swap is charged the terminal sends its positions again.
+
 :func:`run_paper_device` connects one to a node in-process (no socket): it is the peer of the
 engine, so it receives exactly what a real EA receives.
 """
@@ -68,6 +75,16 @@ class PaperConfig(msgspec.Struct, frozen=True, kw_only=True):
     window: int = 1000
     """How many executed command ids the terminal remembers (the idempotency window)."""
     seed: int = 7
+    commission_per_lot: float = 7.0
+    """Commission per lot, round turn, in the account currency: half when a position opens,
+    half when it closes (reported negative: a cost)."""
+    swap_long_per_lot: float = -6.0
+    """Swap of a buy, per lot and per day held, in the account currency (signed)."""
+    swap_short_per_lot: float = -2.0
+    """Swap of a sell, per lot and per day held, in the account currency (signed)."""
+    swap_period_ms: int = 86_400_000
+    """A position is charged its swap once for each full period it is held (a day; tests
+    shorten it to see the rollover)."""
 
 
 class PaperTerminal:
@@ -89,6 +106,8 @@ class PaperTerminal:
         self.orders: dict[int, tuple[OpenCommand, str]] = {}  # pending orders: ticket -> order
         self.executed: OrderedDict[str, Ack] = OrderedDict()
         self.balance = self.config.balance
+        self._swap_days: dict[int, int] = {}  # ticket -> the days of swap charged so far
+        self._swap_booked: dict[int, float] = {}  # ticket -> swap already in the balance
         self._tickets = 100_000
         self.executions = 0
         """Trades actually performed (a repeated command id is answered, not executed)."""
@@ -138,7 +157,10 @@ class PaperTerminal:
 
     def account(self, now_ms: int) -> AccountState:
         floating = sum(
-            self._profit(p, self._close_price(p)) or 0.0 for p in self.positions.values()
+            (self._profit(p, self._close_price(p)) or 0.0)
+            + (p.swap or 0.0)
+            - self._swap_booked.get(p.ticket, 0.0)
+            for p in self.positions.values()
         )
         return AccountState(
             balance=round(self.balance, 2),
@@ -194,7 +216,7 @@ class PaperTerminal:
         if isinstance(command, PartialCloseCommand) and volume >= p.volume:
             return Ack(command_id=cid, retcode=INVALID_VOLUME, result_text="invalid volume")
         self.executions += 1
-        self._book(p, price, volume)
+        _, commission, swap = self._book(p, price, volume)
         return Ack(
             command_id=cid,
             retcode=DONE,
@@ -202,6 +224,8 @@ class PaperTerminal:
             fill_price=price,
             fill_volume=volume,
             fill_time_ms=now_ms,
+            commission=commission,
+            swap=swap,
         )
 
     def _open(
@@ -223,16 +247,18 @@ class PaperTerminal:
             if level is not None and (level >= market if below else level <= market):
                 return Ack(command_id=cid, retcode=INVALID_STOPS, result_text="invalid stops")
         ticket = self._next_ticket()
-        self.positions[ticket] = TerminalPosition(
-            ticket=ticket,
-            symbol=command.symbol,
-            side=command.side,
-            volume=command.volume,
-            open_price=price,
-            open_time_ms=now_ms,
-            sl=command.sl,
-            tp=command.tp,
-            comment=command.client_id,
+        opened = self._opened(
+            TerminalPosition(
+                ticket=ticket,
+                symbol=command.symbol,
+                side=command.side,
+                volume=command.volume,
+                open_price=price,
+                open_time_ms=now_ms,
+                sl=command.sl,
+                tp=command.tp,
+                comment=command.client_id,
+            )
         )
         self.executions += 1
         return Ack(
@@ -242,17 +268,71 @@ class PaperTerminal:
             fill_price=price,
             fill_volume=command.volume,
             fill_time_ms=now_ms,
+            commission=opened.commission,
+            swap=opened.swap,
         )
 
-    def _book(self, p: TerminalPosition, price: float, volume: float) -> float:
+    # -- money ---------------------------------------------------------------------------------
+
+    def _half_commission(self, volume: float) -> float:
+        """One side's commission of ``volume`` lots (negative: a cost)."""
+        return -round(self.config.commission_per_lot / 2 * volume, 2)
+
+    def _opened(self, p: TerminalPosition) -> TerminalPosition:
+        """Hold ``p`` with its entry commission charged (to the balance, as MT5 does)."""
+        commission = self._half_commission(p.volume)
+        self.balance += commission
+        opened = msgspec.structs.replace(p, commission=commission, swap=0.0)
+        self.positions[p.ticket] = opened
+        self._swap_days[p.ticket] = 0
+        self._swap_booked[p.ticket] = 0.0
+        return opened
+
+    def accrue_swap(self, now_ms: int) -> bool:
+        """Charge each position the swap of the full periods it has been held and not yet paid
+        for. True when a position's swap changed (the terminal then reports its positions)."""
+        changed = False
+        period = self.config.swap_period_ms
+        for p in list(self.positions.values()):
+            days = max(0, now_ms - p.open_time_ms) // period
+            # A position the terminal did not open (a harness planted it) is charged from the
+            # day it is first seen here, not for a past it did not hold.
+            charged = self._swap_days.setdefault(p.ticket, days)
+            if days <= charged:
+                continue
+            rate = (
+                self.config.swap_long_per_lot
+                if p.side is Side.BUY
+                else self.config.swap_short_per_lot
+            )
+            swap = round((p.swap or 0.0) + (days - charged) * rate * p.volume, 2)
+            self._swap_days[p.ticket] = days
+            if swap != p.swap:
+                self.positions[p.ticket] = msgspec.structs.replace(p, swap=swap)
+                changed = True
+        return changed
+
+    def _book(self, p: TerminalPosition, price: float, volume: float) -> tuple[float, float, float]:
+        """Close ``volume`` lots of ``p`` at ``price``: the deal's profit, and the position's
+        commission and swap totals after it. The balance takes the profit, the exit commission
+        and the swap accrued since the last close of this position."""
         profit = (self._profit(p, price) or 0.0) * volume / p.volume
-        self.balance += profit
+        exit_commission = self._half_commission(volume)
+        commission = round((p.commission or 0.0) + exit_commission, 2)
+        swap = p.swap or 0.0
+        booked = self._swap_booked.get(p.ticket, 0.0)
+        self.balance += profit + exit_commission + swap - booked
         left = round(p.volume - volume, 8)
         if left > 0:
-            self.positions[p.ticket] = msgspec.structs.replace(p, volume=left)
+            self.positions[p.ticket] = msgspec.structs.replace(
+                p, volume=left, commission=commission
+            )
+            self._swap_booked[p.ticket] = swap
         else:
             del self.positions[p.ticket]
-        return round(profit, 2)
+            self._swap_days.pop(p.ticket, None)
+            self._swap_booked.pop(p.ticket, None)
+        return round(profit, 2), commission, swap
 
     def _close_price(self, p: TerminalPosition) -> float | None:
         quote = self.quote(self.canonical(p.symbol))
@@ -269,8 +349,11 @@ class PaperTerminal:
     # -- the broker's own stops and pending orders --------------------------------------------
 
     def check_prices(self, now_ms: int) -> list[DeviceMessage]:
-        """Close positions whose broker-side SL/TP the market reached; fill pending orders."""
+        """Close positions whose broker-side SL/TP the market reached; fill pending orders;
+        charge the swap that has come due (and then report the positions, with their swap)."""
         events: list[DeviceMessage] = []
+        if self.accrue_swap(now_ms):
+            events.append(self.snapshot(now_ms))
         if self.config.broker_stops:
             for p in list(self.positions.values()):
                 price = self._close_price(p)
@@ -283,7 +366,7 @@ class PaperTerminal:
                     kind = EventKind.CLOSED_TP
                 else:
                     continue
-                profit = self._book(p, price, p.volume)
+                profit, commission, swap = self._book(p, price, p.volume)
                 events.append(
                     PositionEvent(
                         kind=kind,
@@ -295,6 +378,8 @@ class PaperTerminal:
                         time_ms=now_ms,
                         comment=p.comment,
                         profit=profit,
+                        commission=commission,
+                        swap=swap,
                     )
                 )
         for ticket, (order, symbol) in list(self.orders.items()):
@@ -305,16 +390,18 @@ class PaperTerminal:
             better = market <= order.price if order.side is Side.BUY else market >= order.price
             if better == (order.order_type is OrderType.LIMIT):
                 del self.orders[ticket]
-                self.positions[ticket] = TerminalPosition(
-                    ticket=ticket,
-                    symbol=order.symbol,
-                    side=order.side,
-                    volume=order.volume,
-                    open_price=market,
-                    open_time_ms=now_ms,
-                    sl=order.sl,
-                    tp=order.tp,
-                    comment=order.client_id,
+                opened = self._opened(
+                    TerminalPosition(
+                        ticket=ticket,
+                        symbol=order.symbol,
+                        side=order.side,
+                        volume=order.volume,
+                        open_price=market,
+                        open_time_ms=now_ms,
+                        sl=order.sl,
+                        tp=order.tp,
+                        comment=order.client_id,
+                    )
                 )
                 events.append(
                     PositionEvent(
@@ -328,6 +415,8 @@ class PaperTerminal:
                         sl=order.sl,
                         tp=order.tp,
                         comment=order.client_id,
+                        commission=opened.commission,
+                        swap=opened.swap,
                     )
                 )
         return events

@@ -104,6 +104,16 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=T
     flags: tuple[str, ...] = ()
     """Operator flags such as ``stale_device``; advisory, never a state."""
     updated_ms: int = 0
+    commission: float | None = None
+    """The broker's commission on the position so far, in the account currency, signed (a cost
+    is negative), as the terminal last reported it; None while no report carried it."""
+    swap: float | None = None
+    """The swap accrued so far, in the account currency, signed, as last reported.
+
+    ``realized_pl`` (and a view's ``pl``) is the price P&L only, like MT5's position and deal
+    profit: it excludes ``commission`` and ``swap``. A trader's net is their sum
+    (``engine.views.net_pl``). Both are added at the end with defaults (``array_like``):
+    journals and snapshots written before them decode with None."""
 
     def transition(self, event: PositionEvent, now_ms: int, **changes: Any) -> Position:
         """A copy in the state ``event`` leads to, with ``changes`` applied too.
@@ -159,6 +169,19 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=T
         """A copy with ``changes`` (levels, ticket, flags...) and no change of state."""
         if "state" in changes:
             raise UsageError("change state with transition(), not with_changes()")
+        return msgspec.structs.replace(self, updated_ms=now_ms, **changes)
+
+    def with_costs(self, now_ms: int, commission: float | None, swap: float | None) -> Position:
+        """A copy with the terminal's reported ``commission`` and ``swap``, or ``self`` when
+        they change nothing. A None report keeps what is known (an old EA reports neither, a
+        report may omit one): a cost, once reported, is never forgotten."""
+        changes: dict[str, float] = {}
+        if commission is not None and commission != self.commission:
+            changes["commission"] = commission
+        if swap is not None and swap != self.swap:
+            changes["swap"] = swap
+        if not changes:
+            return self
         return msgspec.structs.replace(self, updated_ms=now_ms, **changes)
 
     @property

@@ -182,7 +182,7 @@ def _open_result(
             open_time_ms=ack.fill_time_ms or now_ms,
             volume=ack.fill_volume or p.volume,
             command_id=None,
-        )
+        ).with_costs(now_ms, ack.commission, ack.swap)
         core._save(opened, effects)
         effects.arms.append(Arm(opened))
     elif category == "retryable" and p.attempt < core.timing.max_open_attempts:
@@ -238,6 +238,8 @@ def _close_result(
             command_id=None,
             realized_pl=core._realized(p, fill),
         )
+        if ack is not None:  # the close's totals: entry and exit commission, all the swap
+            closed = closed.with_costs(now_ms, ack.commission, ack.swap)
         core._save(closed, effects)
     elif category == "retryable" and p.attempt < core.timing.max_close_attempts:
         core._save(p.transition(PositionEvent.RETRY, now_ms), effects)
@@ -275,7 +277,10 @@ def _partial_result(
         closed = ack.fill_volume if ack and ack.fill_volume else command.volume
         remaining = round(p.volume - closed, 8)
         if remaining > 0:
-            core._save(p.with_changes(now_ms, volume=remaining), effects)
+            kept = p.with_changes(now_ms, volume=remaining)
+            if ack is not None:
+                kept = kept.with_costs(now_ms, ack.commission, ack.swap)
+            core._save(kept, effects)
     elif category != "already_closed":
         core._alert(
             effects,

@@ -75,7 +75,35 @@ def on_snapshot(
     instruments = {p.symbol: core.instrument_for(p.symbol, device_id) for p in mine}
     for finding in reconcile(mine, held, instruments):
         _apply_finding(core, device_id, finding, now_ms, effects)
+    _take_costs(core, device_id, held, now_ms, effects)
     return effects
+
+
+def _take_costs(
+    core: UserCore,
+    device_id: str,
+    held: list[TerminalPosition],
+    now_ms: int,
+    effects: Effects,
+) -> None:
+    """Keep the commission and swap the snapshot reports of each position both sides hold.
+
+    Swap changes at the broker's daily rollover, not with any command: the positions snapshot
+    an EA sends then (docs/protocol.md, "positions") is what keeps it current. A position whose
+    figures did not change is not saved again, so a periodic snapshot journals nothing new.
+    """
+    by_ticket = {t.ticket: t for t in held if t.commission is not None or t.swap is not None}
+    if not by_ticket:
+        return
+    for p in list(core.positions.values()):
+        if p.device_id != device_id or p.ticket is None:
+            continue
+        t = by_ticket.get(p.ticket)
+        if t is None or p.state in (PositionState.PENDING_OPEN, PositionState.UNKNOWN):
+            continue
+        costed = p.with_costs(now_ms, t.commission, t.swap)
+        if costed is not p:
+            core._save(costed, effects)
 
 
 def _apply_finding(
@@ -101,7 +129,7 @@ def _apply_finding(
                 open_time_ms=t.open_time_ms,
                 volume=t.volume,
                 command_id=None,
-            )
+            ).with_costs(now_ms, t.commission, t.swap)
             core._save(opened, effects)
             effects.arms.append(Arm(opened))
         elif f.kind == "open_not_found":
@@ -207,6 +235,8 @@ def _adopt(
         client_id=client_id(pid),
         updated_ms=now_ms,
         flags=("was_ours",) if ours else (),
+        commission=t.commission,
+        swap=t.swap,
     )
     core._save(adopted, effects)
     effects.arms.append(Arm(adopted))
@@ -244,7 +274,7 @@ def on_event(core: UserCore, device_id: str, event: TerminalEvent, now_ms: int) 
                 realized_pl=event.profit
                 if event.profit is not None
                 else core._realized(live, price),
-            )
+            ).with_costs(now_ms, event.commission, event.swap)
             core._save(closed, effects)
             if live.state is PositionState.OPEN:
                 effects.arms.append(Disarm(live.symbol, live.id))
@@ -261,7 +291,7 @@ def on_event(core: UserCore, device_id: str, event: TerminalEvent, now_ms: int) 
                             realized_pl=event.profit
                             if event.profit is not None
                             else core._realized(p, price),
-                        ),
+                        ).with_costs(now_ms, event.commission, event.swap),
                         effects,
                     )
                 break
@@ -286,7 +316,7 @@ def on_event(core: UserCore, device_id: str, event: TerminalEvent, now_ms: int) 
                 open_time_ms=event.time_ms,
                 volume=event.volume,
                 command_id=None,
-            )
+            ).with_costs(now_ms, event.commission, event.swap)
             core._save(opened, effects)
             effects.arms.append(Arm(opened))
             return effects
@@ -301,6 +331,8 @@ def on_event(core: UserCore, device_id: str, event: TerminalEvent, now_ms: int) 
             sl=event.sl,
             tp=event.tp,
             comment=event.comment,
+            commission=event.commission,
+            swap=event.swap,
         )
         adopted = _adopt(core, device_id, terminal, now_ms, effects)
         if adopted is not None:

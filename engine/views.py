@@ -16,7 +16,7 @@ from protocol.client import AccountView, PositionView
 if TYPE_CHECKING:
     from engine.user import UserCore
 
-__all__ = ["account_view", "display_pl", "position_view"]
+__all__ = ["account_view", "display_pl", "net_pl", "position_view"]
 
 
 def display_pl(instrument: Instrument, position: Position, current: int | None) -> float | None:
@@ -26,6 +26,14 @@ def display_pl(instrument: Instrument, position: Position, current: int | None) 
         return None
     diff = (reference - position.open_price) * position.side.sign / instrument.scale
     return round(diff * position.volume * instrument.contract_size, 2)
+
+
+def net_pl(pl: float | None, commission: float | None, swap: float | None) -> float | None:
+    """What the trader nets: ``pl`` (the price P&L, like MT5's position profit, which excludes
+    them) plus commission and swap. Costs not reported count as zero; None without a ``pl``."""
+    if pl is None:
+        return None
+    return round(pl + (commission or 0.0) + (swap or 0.0), 2)
 
 
 def position_view(
@@ -66,6 +74,9 @@ def position_view(
         updated_ms=position.updated_ms,
         trailing=trailing_spec(instrument, position.trailing),
         break_even=break_even_spec(instrument, position.break_even),
+        commission=position.commission,
+        swap=position.swap,
+        net_pl=net_pl(pl, position.commission, position.swap),
     )
 
 

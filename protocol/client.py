@@ -79,7 +79,8 @@ class PositionView(msgspec.Struct, frozen=True, kw_only=True):
     tp: Price | None = None
     current_price: Price | None = None
     pl: Money | None = None
-    """Profit or loss in the account currency at ``current_price`` (realised once closed)."""
+    """Profit or loss in the account currency at ``current_price`` (realised once closed): the
+    price P&L only, like MT5's position profit, without ``commission`` and ``swap``."""
     close_price: Price | None = None
     close_time_ms: TimeMs | None = None
     close_reason: ShortText | None = None
@@ -92,6 +93,14 @@ class PositionView(msgspec.Struct, frozen=True, kw_only=True):
     """The position's trailing stop (price units), if it has one."""
     break_even: BreakEvenSpec | None = None
     """The position's break-even move (price units), if it has one (it stays after acting)."""
+    commission: Money | None = None
+    """The broker's commission so far, in the account currency, signed (a cost is negative);
+    null while the terminal has not reported it (an EA that predates the field)."""
+    swap: Money | None = None
+    """The swap accrued so far, in the account currency, signed; null while not reported."""
+    net_pl: Money | None = None
+    """``pl`` plus ``commission`` plus ``swap`` (costs not reported count as zero): what the
+    trade nets. Null when ``pl`` is."""
 
 
 class AccountView(msgspec.Struct, frozen=True, kw_only=True):

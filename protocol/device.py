@@ -13,6 +13,7 @@ A session, as the device sees it::
     <- open | close | partial_close | modify      -> ack (with the same command_id)
     -> heartbeat every heartbeat_s     <- ping (answer with a heartbeat)
     -> event (the terminal closed or opened something on its own)
+    -> positions again when a position's swap or commission changes (the daily rollover)
 """
 
 from __future__ import annotations
@@ -150,6 +151,13 @@ class TerminalPosition(msgspec.Struct, frozen=True, kw_only=True):
     """The order comment; positions Tripwire opened carry their client id here."""
     magic: Ticket = 0
     profit: Money = 0.0
+    """The floating profit at the current price, without commission and swap (MT5's
+    ``POSITION_PROFIT``)."""
+    commission: Money | None = None
+    """The position's commission so far (its deals' ``DEAL_COMMISSION`` summed; a cost is
+    negative), in the account currency; null when the EA does not report it."""
+    swap: Money | None = None
+    """The swap accrued so far (``POSITION_SWAP``), signed; null when the EA does not report it."""
 
 
 class PositionsSnapshot(_Msg, tag="positions", frozen=True, kw_only=True):
@@ -181,6 +189,11 @@ class Ack(_Msg, tag="ack", frozen=True, kw_only=True):
     """For timeouts: ``false`` only when the EA has proof the request did not execute."""
     repeat: bool = False
     """True when this is the stored answer to a command id the EA had already executed."""
+    commission: Money | None = None
+    """The position's total commission after this deal (an open's entry commission; a close's
+    entry and exit commissions together), signed; null when not reported."""
+    swap: Money | None = None
+    """The position's total swap after this deal, signed; null when not reported."""
 
 
 class EventKind(enum.StrEnum):
@@ -208,6 +221,11 @@ class PositionEvent(_Msg, tag="event", frozen=True, kw_only=True):
     tp: Price | None = None
     comment: ShortText = ""
     profit: Money | None = None
+    """Realised profit of a close, without commission and swap (``DEAL_PROFIT``)."""
+    commission: Money | None = None
+    """The position's total commission (all its deals so far, this one included), signed."""
+    swap: Money | None = None
+    """The position's total swap (for a close: all it accrued), signed."""
 
 
 class AccountState(_Msg, tag="account", frozen=True, kw_only=True):

@@ -91,6 +91,9 @@ _POSITION_VIEW = {
     "updated_ms": _T0 + 61_000,
     "trailing": {"distance": 5.0, "step": 0.5, "activation": 0.0},
     "break_even": None,
+    "commission": -0.35,
+    "swap": -1.12,
+    "net_pl": 24.03,
 }
 _DEVICE_OUT = {
     "id": _DEVICE,

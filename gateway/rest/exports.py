@@ -58,8 +58,13 @@ COLUMNS = (
     "close_reason",
     "signal_id",
     "device_id",
+    "commission",
+    "swap",
+    "net_pl",
 )
-"""The export's columns, in order (times are ISO 8601 UTC with milliseconds)."""
+"""The export's columns, in order (times are ISO 8601 UTC with milliseconds). ``pl`` is the price
+P&L, without ``commission`` and ``swap`` (MT5's profit); ``net_pl`` is the three together.
+Columns are only ever added at the end, so a spreadsheet reading them by position keeps working."""
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -113,6 +118,9 @@ def csv_rows(views: Iterable[PositionView]) -> list[list[str]]:
             _text(v.close_reason),
             _text(v.signal_id),
             _text(v.device_id),
+            _number(v.commission),
+            _number(v.swap),
+            _number(v.net_pl),
         ]
         for v in views
     ]

@@ -35,6 +35,9 @@ function position(raw) {
     tp: finite(raw.tp),
     currentPrice: finite(raw.current_price),
     pl: finite(raw.pl),
+    // The terminal's figures, null from an EA that does not report them; pl excludes both.
+    commission: finite(raw.commission),
+    swap: finite(raw.swap),
     closePrice: finite(raw.close_price),
     closeTimeMs: finite(raw.close_time_ms),
     closeReason: text(raw.close_reason, 64),

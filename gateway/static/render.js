@@ -110,6 +110,8 @@ export function renderLivePositions(store, ui, onClose) {
         cell("pos-sl", "num opt"),
         cell("pos-tp", "num opt"),
         cell("pos-price", "num opt"),
+        cell("pos-commission", "num opt"),
+        cell("pos-swap", "num opt"),
         cell("pos-pl", "num"),
         cell("pos-state", "opt"),
         cell("pos-reason", "opt"),
@@ -148,6 +150,10 @@ export function renderLivePositions(store, ui, onClose) {
       set(part(row, "pos-sl"), price(p.symbol, p.sl));
       set(part(row, "pos-tp"), price(p.symbol, p.tp));
       set(part(row, "pos-price"), price(p.symbol, store.mark(p)));
+      // Costs as the terminal reported them (a dash from an EA that does not); the P&L beside
+      // them is the price P&L, so the trader's net is the three together.
+      set(part(row, "pos-commission"), signedMoney(p.commission), `num opt ${tone(p.commission)}`);
+      set(part(row, "pos-swap"), signedMoney(p.swap), `num opt ${tone(p.swap)}`);
       const pl = store.livePl(p);
       set(part(row, "pos-pl"), signedMoney(pl, currency), `num ${tone(pl)}`);
       stateBadge(part(row, "pos-state"), p.state);

@@ -267,6 +267,12 @@ def _watch_and_breach(
     expect(row.get_by_test_id("pos-pl")).to_have_text(re.compile(r"\d\.\d\d"))
     expect(row.get_by_test_id("pos-opened")).to_have_text(re.compile(r"\d\d:\d\d:\d\d"))
     expect(row.get_by_test_id("pos-ticket")).to_have_text(re.compile(r"^\d+$"))
+    # The demo's paper terminal charges commission at the open and reports it; a position held
+    # less than a day has no swap yet (0.00, not a dash: the terminal reported it).
+    expect(row.get_by_test_id("pos-commission")).to_have_text(
+        re.compile("^\u2212\\d+\\.\\d\\d$")  # a cost: the page's minus sign
+    )
+    expect(row.get_by_test_id("pos-swap")).to_have_text("0.00")
     edit = row.locator(f'button.edit-position[data-position-id="{position_id}"]')
     expect(edit).to_have_count(1)  # the hook position_edit.js binds
     # The candle chart marks the entry and the SL/TP of the open position.

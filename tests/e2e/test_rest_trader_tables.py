@@ -1,5 +1,7 @@
 """What the trader tables read: the lot override on an approval, the history filtered by
-symbol and date, and the CSV export (streamed through the history's cursor paging)."""
+symbol and date, the CSV export (streamed through the history's cursor paging), and the
+commission and swap a terminal reports over ``/ws/device``, shown by REST, ``/ws/client`` and
+the export."""
 
 from __future__ import annotations
 
@@ -10,10 +12,14 @@ from typing import Any
 
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 
+from actors.ea_sim import SimulatedEA
+from actors.paper import PaperConfig, PaperTerminal
 from gateway.rest import exports
 from gateway.runtime import serve
-from protocol.client import PositionView
+from protocol.client import PositionDelta, PositionView, Snapshot, Subscribe
+from protocol.codec import client_client_codec
 from protocol.common import Side
 from tests.e2e.conftest import Engine, engine_settings
 from tests.e2e.helpers import (
@@ -27,6 +33,7 @@ from tests.e2e.helpers import (
 )
 
 EUR_BID, EUR_ASK = 1.1, 1.1002
+CLIENT = client_client_codec("json")
 
 
 async def _engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path, **overrides: Any) -> Engine:
@@ -154,6 +161,11 @@ async def test_history_filters_and_csv_export(
             p = by_id[row["id"]]
             assert float(row["pl"]) == p["pl"] and int(row["ticket"]) == p["ticket"]
             assert float(row["volume"]) == p["volume"] and row["close_reason"] == "manual"
+            # The paper account's commission (7.00 a lot round turn, each half rounded to the
+            # cent on its deal) is in the history too.
+            assert p["commission"] == -2 * round(3.5 * p["volume"], 2) and p["swap"] == 0.0
+            assert float(row["commission"]) == p["commission"] and float(row["swap"]) == 0.0
+            assert float(row["net_pl"]) == p["net_pl"] == round(p["pl"] + p["commission"], 2)
         windowed = _rows((await export(from_ms=ends[2], to_ms=ends[0])).text)
         assert [r["id"] for r in windowed] == [ids[2], ids[1]]
 
@@ -190,3 +202,112 @@ def test_csv_cells_are_never_formulas() -> None:
     named = dict(zip(exports.COLUMNS, row, strict=True))
     assert named["close_reason"] == "'=HYPERLINK(1)" and named["signal_id"] == "'@SUM(1)/x/1"
     assert named["pl"] == "-6.87" and named["side"] == "sell"
+    assert named["commission"] == named["swap"] == named["net_pl"] == ""  # not reported
+
+
+async def _view_where(ws: Any, position_id: str, check: Any) -> PositionView:
+    """The next ``/ws/client`` view of ``position_id`` passing ``check`` (others skipped)."""
+    while True:
+        message = CLIENT.decode(await ws.get_message())
+        if isinstance(message, PositionDelta) and message.position.id == position_id:
+            if check(message.position):
+                return message.position
+        elif isinstance(message, Snapshot):
+            for view in message.positions:
+                if view.id == position_id and check(view):
+                    return view
+
+
+async def test_commission_and_swap_reported_by_the_ea_reach_rest_the_stream_and_the_export(
+    nursery: trio.Nursery, pg_dsn: str, tmp_path: Path
+) -> None:
+    """A simulated EA over a real socket charges the paper account's commission at the open
+    (its ack carries it) and a swap each period held (here 2 s, not a day): its positions
+    snapshot at the rollover carries the swap. REST, the client stream and the CSV show both,
+    and the close's totals stay on the closed position, with ``net_pl`` beside ``pl``."""
+    engine = await _engine(nursery, pg_dsn, tmp_path, device_heartbeat_s=1)
+    alice, token = await engine.user("alice")
+    record, secret = await engine.ctx.registry.register_device(alice, "MT5 demo")
+
+    def price(symbol: str) -> tuple[float, float] | None:
+        q = engine.node.prices.get(symbol)
+        return None if q is None else (q[0], q[1])
+
+    config = PaperConfig(latency_ms=1, broker_stops=False, swap_period_ms=2_000)
+    terminal = PaperTerminal(engine.node.instruments, price, config)
+    ea = SimulatedEA(engine.ws_url + "/ws/device", record.id, secret, terminal, encoding="json")
+    await nursery.start(ea.run)
+    assert ea.welcome is not None, ea.errors
+    await wait_for(lambda: engine.node.users[alice].core.devices.get(record.id))
+    _quotes(engine)
+    signal = make_signal([alice], volume=0.2)
+    url = f"{engine.ws_url}/ws/client?token={token}"
+    async with (
+        open_websocket_url(url, subprotocols=["tripwire.v1.json"]) as ws,
+        engine.client(token) as http,
+    ):
+        await ws.send_message(CLIENT.encode(Subscribe(channels=["positions"])))
+        async with engine.client() as strategy:
+            assert (await post_signal(strategy, signal)).status_code == 201
+        approved = await http.post(decision_url(signal), json={"decision": "approve"})
+        assert approved.status_code == 201, approved.text
+        position_id = approved.json()["approval"]["position_id"]
+        with trio.fail_after(20):
+            opened = await _view_where(ws, position_id, lambda v: v.state == "open")
+            volume = opened.volume
+            entry = -round(3.5 * volume, 2)  # half of 7.00 a lot, charged at the open
+            assert (opened.commission, opened.swap) == (entry, 0.0)
+            # A period later the terminal charges a day's swap (-6.00 a lot for a buy) and
+            # reports its positions: the stream shows the swap without any trade.
+            swapped = await _view_where(ws, position_id, lambda v: (v.swap or 0.0) < 0)
+        day = -6.0 * volume
+        assert swapped.commission == entry and swapped.state == "open"
+        assert swapped.swap is not None and round(swapped.swap / day) * day == pytest.approx(
+            swapped.swap
+        )
+        (held,) = terminal.positions.values()
+
+        async def rest_view() -> dict[str, Any]:
+            answer = await http.get(f"/api/v1/positions/{position_id}")
+            assert answer.status_code == 200, answer.text
+            return dict(answer.json())
+
+        # REST reads the engine's figures: the terminal's (a later rollover may move both).
+        async def rest_agrees() -> dict[str, Any] | None:
+            view = await rest_view()
+            (now_held,) = terminal.positions.values()
+            return view if view["swap"] == now_held.swap and view["swap"] < 0 else None
+
+        view = await wait_for(rest_agrees)
+        assert view["commission"] == entry == held.commission
+        assert view["net_pl"] == round(view["pl"] + view["commission"] + view["swap"], 2)
+        live_csv = _rows((await http.get("/api/v1/positions.csv", params={"state": "open"})).text)
+        assert [r["id"] for r in live_csv] == [position_id]
+        assert float(live_csv[0]["commission"]) == entry and float(live_csv[0]["swap"]) < 0
+
+        closing = await http.post(f"/api/v1/positions/{position_id}/close")
+        assert closing.status_code == 202, closing.text
+        with trio.fail_after(20):
+            closed = await _view_where(ws, position_id, lambda v: v.state == "closed")
+    # The close's ack carried the totals: both commission halves and all the swap accrued.
+    assert closed.commission == round(2 * entry, 2)
+    assert closed.swap is not None and closed.swap < 0
+    assert closed.pl is not None
+    assert closed.net_pl == round(closed.pl + closed.commission + closed.swap, 2)
+    final = await wait_for(
+        lambda: _closed_in_history(http_view=engine, token=token, position_id=position_id)
+    )
+    assert (final["commission"], final["swap"], final["net_pl"]) == (
+        closed.commission,
+        closed.swap,
+        closed.net_pl,
+    )
+    assert final["pl"] == closed.pl  # the price P&L, unchanged by the costs
+
+
+async def _closed_in_history(http_view: Engine, token: str, position_id: str) -> Any:
+    """The closed position as the history (Postgres) has it, once it is there."""
+    async with http_view.client(token) as http:
+        answer = await http.get("/api/v1/positions", params={"state": "closed"})
+    found = [p for p in answer.json()["positions"] if p["id"] == position_id]
+    return found[0] if found else None

@@ -98,8 +98,17 @@ async def test_the_account_and_device_stream_live(
             )
             realised = closed.position.pl
             assert realised is not None and realised < 0
-            # The device's next account report carries the new balance to the stream.
-            account = await _next(ws, AccountDelta, lambda m: m.account.balance != start)
-    assert account.account.balance == round(start + realised, 2) == terminal.balance
+            # The paper account charges 7.00 a lot round turn, half on each deal (rounded to
+            # the cent); held less than a day, no swap.
+            commission = -2 * round(3.5 * closed.position.volume, 2)
+            assert (closed.position.commission, closed.position.swap) == (commission, 0.0)
+            net = closed.position.net_pl
+            assert net == round(realised + commission, 2)
+            # The device's next account report carries the new balance to the stream: the
+            # trade's net (its P&L and its commission), not the price P&L alone.
+            account = await _next(
+                ws, AccountDelta, lambda m: m.account.balance == round(start + net, 2)
+            )
+    assert account.account.balance == round(terminal.balance, 2)
     assert account.account.user_id == alice
     assert account.account.equity == core.equity
