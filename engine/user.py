@@ -46,6 +46,7 @@ from engine.sizing import UserSettings, check_entry, check_stops, protective_lev
 from engine.stoprules import break_even_rule, default_rules, trailing_rule
 from engine.trailing import LevelMove
 from engine.triggers import Trigger
+from engine.views import net_pl
 from protocol.common import Alert, AlertLevel, Origin
 from protocol.device import (
     Ack,
@@ -447,8 +448,10 @@ class UserCore:
                 effects.notices.append(notice)
         if state in FINAL_STATES:
             was_live = self.positions.pop(p.id, None) is not None
-            if was_live and state is _CLOSED and p.realized_pl is not None:
-                self.unreported[p.id] = p.realized_pl
+            net = net_pl(p.realized_pl, p.commission, p.swap)
+            if was_live and state is _CLOSED and net is not None:
+                # What the close did to the balance: commission and swap included.
+                self.unreported[p.id] = net
             self.recent_closed[p.id] = p
             self.recent_closed.move_to_end(p.id)
             while len(self.recent_closed) > self.RECENT_CLOSED:

@@ -41,6 +41,7 @@ from engine.analytics import (
     sharpe_ratio,
 )
 from engine.lifecycle import PositionState
+from engine.views import net_pl
 from gateway.context import GatewayContext
 from gateway.rest.common import ctx, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
@@ -70,15 +71,19 @@ RSI_PERIOD = 14
 RSI_INTERVAL_S = 60
 RSI_CANDLES = 240
 
-_TRADES = """
+_NET = "(pl + coalesce((doc->>'commission')::float8, 0) + coalesce((doc->>'swap')::float8, 0))"
+"""What a closed trade did to the balance: its price P&L plus commission and swap, as the
+terminal charges them (``engine.views.net_pl``; a document without costs counts them as 0)."""
+
+_TRADES = f"""
 SELECT json_build_object(
-    'realized', (SELECT coalesce(sum(pl), 0)::float8 FROM positions
+    'realized', (SELECT coalesce(sum({_NET}), 0)::float8 FROM positions
                  WHERE user_id = $1 AND state = 'closed' AND pl IS NOT NULL),
-    'trades', coalesce(json_agg(json_build_array(t.closed_ms, t.pl, t.opened_ms, t.id)
+    'trades', coalesce(json_agg(json_build_array(t.closed_ms, t.net, t.opened_ms, t.id)
                        ORDER BY t.closed_ms, t.id), '[]'::json)
 )::text
 FROM (
-    SELECT id, pl,
+    SELECT id, {_NET} AS net,
            (extract(epoch FROM coalesce(closed_at, updated_at)) * 1000)::bigint AS closed_ms,
            (extract(epoch FROM opened_at) * 1000)::bigint AS opened_ms
     FROM positions
@@ -91,7 +96,8 @@ FROM (
 class Trades(msgspec.Struct, frozen=True, kw_only=True):
     realized: float
     trades: list[tuple[int, float, int | None, str]]
-    """(closed ms, realised P&L, opened ms, position id), oldest first."""
+    """(closed ms, net P&L (price P&L plus commission and swap), opened ms, position id),
+    oldest first."""
 
 
 _TRADES_CODEC = msgspec.json.Decoder(Trades)
@@ -189,9 +195,10 @@ def live_ledger(context: GatewayContext, user_id: str) -> Ledger:
         saved = context.node.state.guards.get(user_id)
         balance = saved.balance if saved is not None else None
     recent = [
-        (p.close_time_ms or p.updated_ms, p.realized_pl, p.open_time_ms, p.id)
+        (p.close_time_ms or p.updated_ms, net, p.open_time_ms, p.id)
         for p in core.recent_closed.values()
-        if p.state is PositionState.CLOSED and p.realized_pl is not None
+        if p.state is PositionState.CLOSED
+        and (net := net_pl(p.realized_pl, p.commission, p.swap)) is not None
     ]
     return Ledger(balance, math.fsum(core.unreported.values()), recent)
 

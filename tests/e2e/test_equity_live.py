@@ -28,6 +28,7 @@ from trio_websocket import open_websocket_url
 from actors.ea_sim import SimulatedEA
 from actors.paper import PaperConfig, PaperTerminal
 from engine.lifecycle import PositionState
+from engine.views import net_pl
 from protocol.client import AccountDelta, Subscribe
 from protocol.codec import client_client_codec
 from tests.e2e.conftest import Engine
@@ -75,8 +76,9 @@ class Account:
 
     async def stop_out(self) -> float:
         """The market through the stop loss: the engine closes, the EA fills (its balance
-        moves) and sends no account report. Waits until Postgres holds the trade, so the order
-        is exactly the issue's: the trade recorded, the balance not yet reported."""
+        moves by the net P&L) and sends no account report. Waits until Postgres holds the
+        trade, so the order is exactly the issue's: the trade recorded, the balance not yet
+        reported."""
         quote(self.engine, bid=GOLD_ASK - 6.5, ask=GOLD_ASK - 6.0)
         closed = await wait_for(
             lambda: (
@@ -91,7 +93,12 @@ class Account:
             )
         )
         assert closed.realized_pl is not None and closed.realized_pl < 0
-        return float(closed.realized_pl)
+        # What the close did to the balance: the paper terminal charges commission on each
+        # deal, so the net, not the price P&L alone.
+        assert closed.commission is not None and closed.commission < 0
+        net = net_pl(closed.realized_pl, closed.commission, closed.swap)
+        assert net is not None
+        return net
 
     async def report(self) -> None:
         """The terminal's account report, sent now; waits until the engine has it."""
@@ -135,8 +142,8 @@ async def test_the_curve_ends_at_the_balance_whichever_comes_first_close_or_repo
     url = f"{engine.ws_url}/ws/client?token={account.token}"
     async with open_websocket_url(url, subprotocols=["tripwire.v1.json"]) as ws:
         await ws.send_message(CODEC.encode(Subscribe(channels=["positions"])))
-        pl = await account.stop_out()
-        after_close = round(OPENING + pl, 2)
+        net = await account.stop_out()
+        after_close = round(OPENING + net, 2)
         assert round(account.terminal.balance, 2) == after_close  # booked, not reported
 
         # The close is known, its report is not: the curve is still the fold from the opening
