@@ -83,7 +83,7 @@ class _Died(StorageError):
 
 
 _Reply = SnapshotTaken | SnapshotFailed
-_REPLY_DECODER = msgspec.json.Decoder(_Reply)
+_REPLY_DECODER: msgspec.json.Decoder[_Reply] = msgspec.json.Decoder(_Reply)
 _REQUEST_DECODER = msgspec.json.Decoder(SnapshotRequest)
 _LINE_LIMIT = 64 * 1024
 
