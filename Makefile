@@ -45,7 +45,8 @@ tools: browser
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose >/dev/null; \
 	fi
 
-test: $(STAMP) tools
+# `make test` is what CI runs (.ci/run): the lint first, so a lint failure fails the build.
+test: lint tools
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

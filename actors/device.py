@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 import zlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -38,6 +39,7 @@ from protocol.device import (
     AccountState,
     Ack,
     Command,
+    DeviceMessage,
     Heartbeat,
     HelloBody,
     Ping,
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DeviceActor", "DeviceLink", "Session"]
 
-_COMMANDS = Command.__args__  # type: ignore[attr-defined]
+_COMMANDS = Command.__args__
 _OUTBOX, _SENT = tracing.HOPS.index("outbox"), tracing.HOPS.index("sent")
 _FLUSH: Any = object()
 """In an outbox: the link holds bytes a direct send left behind; the writer flushes them."""
@@ -88,7 +90,10 @@ class DeviceActor:
         self.node = node
         self.device_id = device_id
         self.user_id = user_id
-        self.mailbox: Mailbox[Any] = Mailbox(f"device:{device_id}", node.config.device_mailbox)
+        # (the session it came on, a decoded frame or None: that session ended)
+        self.mailbox: Mailbox[tuple[Session, DeviceMessage | None]] = Mailbox(
+            f"device:{device_id}", node.config.device_mailbox
+        )
         self.core = self._new_core()
         self.session: Session | None = None
         self.log = structlog.get_logger().bind(device_id=device_id, user_id=user_id)
@@ -170,7 +175,7 @@ class DeviceActor:
         )
         return session
 
-    def inbound(self, session: Session, message: Any) -> None:
+    def inbound(self, session: Session, message: DeviceMessage) -> None:
         """A decoded frame from the device (never blocks)."""
         self.mailbox.put_nowait((session, message))
 
@@ -205,7 +210,7 @@ class DeviceActor:
             except Exception as exc:  # already gone: nothing to close
                 self.log.debug("closing a dead link", error=str(exc))
 
-    def _send_or_queue(self, session: Session, frames: list[ServerMessage]) -> None:
+    def _send_or_queue(self, session: Session, frames: Sequence[ServerMessage]) -> None:
         """Frames for the live session: sent at once when its link can send without waiting
         and nothing is queued before them (the tick path then puts a close on the wire with no
         task hop), queued for the session's writer otherwise."""
@@ -217,7 +222,7 @@ class DeviceActor:
         if status == 0:
             session.outbox.put_many_nowait(frames)
         elif status == 2:  # partly in the link's backlog: the writer flushes it
-            session.outbox.put_nowait(_FLUSH)  # type: ignore[arg-type]
+            session.outbox.put_nowait(_FLUSH)
         trace = tracing.TRACE
         if trace is not None:
             for frame in frames:

@@ -264,7 +264,7 @@ class ClientHub:
                 for sub in subs:
                     if "prices" not in sub.channels:
                         continue
-                    for symbol in sub.symbols or self._watched.get(user_id, ()):
+                    for symbol in sub.symbols or self._watched.get(user_id) or ():
                         quote = board.get(symbol)
                         if quote is not None:
                             sub.buffer.offer(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 import trio
@@ -104,7 +104,7 @@ class Mailbox(Generic[T]):
         self.high_water = max(self.high_water, depth)
         self._bell.ring()
 
-    def put_many_nowait(self, items: list[T]) -> None:
+    def put_many_nowait(self, items: Sequence[T]) -> None:
         """:meth:`put_nowait` for several items, in order, with one ring."""
         queue = self._items
         queue.extend(items)
@@ -139,7 +139,8 @@ class Sweep(NamedTuple):
     bid_high: float
     ask_low: float
     ask_high: float
-    count: int
+    quotes: int
+    """How many quotes were coalesced (``count`` would shadow ``tuple.count``)."""
 
 
 class QueuedQuote(NamedTuple):

@@ -31,7 +31,7 @@ class Ticks(NamedTuple):
     bid: npt.NDArray[np.float64]
     ask: npt.NDArray[np.float64]
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return int(self.ts_ms.size)
 
     def points(self, digits: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:

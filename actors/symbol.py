@@ -219,7 +219,7 @@ class SymbolActor:
     def _sweep(self, sweep: Sweep, now_ms: int) -> None:
         """Quotes coalesced away under load: fire what their extremes crossed."""
         fired = self.core.on_sweep(sweep.bid_low, sweep.bid_high, sweep.ask_low, sweep.ask_high)
-        self.log.warning("quotes coalesced under load", count=sweep.count, fired=len(fired))
+        self.log.warning("quotes coalesced under load", count=sweep.quotes, fired=len(fired))
         if fired:
             self._dispatch_fired(fired)
 

@@ -132,7 +132,7 @@ def summarise(idle: list[float], flood: list[float]) -> dict[str, Any]:
             "n": int(ms.size),
         }
 
-    out = {"idle": stats(idle), "flood": stats(flood)}
+    out: dict[str, Any] = {"idle": stats(idle), "flood": stats(flood)}
     base = out["idle"]["p50_ms"]
     out["p50_ratio"] = round(out["flood"]["p50_ms"] / base, 2) if base else None
     return out
@@ -157,7 +157,7 @@ async def run(args: Any) -> dict[str, Any]:
             "TRIPWIRE_CHART_PER_USER": str(args.per_user),
             "TRIPWIRE_CHART_QUEUE": str(args.queue),
         }
-        engine = await start_engine(dsn, folder, port, _free_port(), **settings)
+        engine = await start_engine(dsn, folder, port, _free_port(), None, **settings)
         base_url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
             await wait_ready(http)

@@ -311,7 +311,7 @@ class Worker:
         await self.process.stdin.aclose()
         with trio.fail_after(120):
             await self.process.wait()
-        return msgspec.msgpack.decode(self.out.read_bytes())
+        return msgspec.msgpack.decode(self.out.read_bytes(), type=dict[str, Any])
 
 
 def _schedstat(pid: int) -> tuple[float, float, float]:
@@ -582,8 +582,8 @@ def _results(
         "bad_signatures": sum(p["bad_signatures"] for p in observed),
         "clients_dropped": seen["dropped"],
     }
-    for key in ("close_to_client_ms", "client_lag_ms"):  # recorded in us for HDR precision
-        results[key] = {k: (v / 1000 if k != "count" else v) for k, v in results[key].items()}
+    for name in ("close_to_client_ms", "client_lag_ms"):  # recorded in us for HDR precision
+        results[name] = {k: (v / 1000 if k != "count" else v) for k, v in results[name].items()}
     echo_p50 = results["echo_rtt_us"]["p50"]
     ratios = {
         "tick_to_close_p50_over_echo_p50": round(results["tick_to_close_us"]["p50"] / echo_p50, 2)

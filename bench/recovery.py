@@ -316,8 +316,8 @@ async def measure_snapshot(bench: Any) -> dict[str, float]:
                         await _tick_latencies(node, bids, asks, args.tick_rate, window_s)
                     )
                     stop = trio.Event()
-                    async with trio.open_nursery() as busy:
-                        busy.start_soon(snapshots_back_to_back, stop)
+                    async with trio.open_nursery() as snapshotting:
+                        snapshotting.start_soon(snapshots_back_to_back, stop)
                         await trio.sleep(0.1)  # a snapshot is under way when the window opens
                         samples["snapshot"].append(
                             await _tick_latencies(node, bids, asks, args.tick_rate, window_s)

@@ -38,6 +38,7 @@ from protocol.device import (
     HelloBody,
     ModifyCommand,
     OpenCommand,
+    Platform,
     PositionEvent,
     TerminalPosition,
 )
@@ -50,7 +51,7 @@ _PRICE_FIELDS: dict[type, tuple[str, ...]] = {
     ModifyCommand: ("sl", "tp"),
 }
 
-Classifier = Callable[[str, int, "bool | None"], str]
+Classifier = Callable[[Platform, int, "bool | None"], str]
 """``(platform, retcode, executed) -> category``: ``protocol.results.classify``."""
 
 
@@ -117,7 +118,7 @@ class DeviceCore:
         self.symbols = SymbolMap.identity(self.canonical)
         self.instruments: dict[str, Instrument] = dict(self.canonical)
         self._broker_digits: dict[str, int] = {s: i.digits for s, i in self.canonical.items()}
-        self.platform = "mt5"
+        self.platform: Platform = "mt5"
         self.session_id: str | None = None
         self.connected = False
         self.ready = False

@@ -120,12 +120,14 @@ def create_app(ctx: GatewayContext) -> QuartTrio:
     from gateway.rest import register
 
     register(app)
+    # Quart's documented middleware hook is replacing ``asgi_app``. It declares Hypercorn's
+    # TypedDict scopes and events; EdgeGuard, a plain ASGI middleware, the generic mappings.
     edge = EdgeGuard(
         app.asgi_app,  # type: ignore[arg-type]
         max_http=ctx.settings.max_http_per_address,
         max_ws=ctx.settings.max_ws_per_address,
     )
-    app.asgi_app = edge  # type: ignore[method-assign]
+    app.asgi_app = edge  # type: ignore[method-assign, assignment]
     ctx.extras["edge"] = edge
     ctx.extras["app"] = app
     return app

@@ -277,7 +277,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _check(s: Settings) -> None:
+# A flat table of independent checks, one branch per setting, each settings change adding its
+# line here: split up, the table would only be harder to read and to extend.
+def _check(s: Settings) -> None:  # noqa: C901
     def fail(field: str, message: str) -> None:
         raise ConfigError(f"{env_name(field)}: {message}", variable=env_name(field))
 

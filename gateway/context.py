@@ -15,11 +15,15 @@ from quart import current_app
 
 from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings
+from protocol.errors import StorageError
 
 if TYPE_CHECKING:
     from actors.clock import Clock
     from actors.node import Node
     from engine.records import Record
+    from gateway.registry import Registry
+    from persistence.cache import ReadCache
+    from persistence.db import Database
 
 __all__ = ["Counters", "GatewayContext", "NonceStore", "current_context"]
 
@@ -65,16 +69,15 @@ class Counters:
 class GatewayContext:
     settings: Settings
     node: Node
-    registry: Any
-    """``gateway.registry.Registry``: users, devices and their secrets."""
+    registry: Registry
+    """Users, devices and their secrets."""
     nonces: NonceStore
     tokens: TokenIssuer
     clock: Clock
     journal: Journal
-    db: Any = None
-    """``persistence.db.Database`` (None in tests that need no SQL)."""
-    cache: Any = None
-    """``persistence.cache.ReadCache`` or None."""
+    db: Database | None = None
+    """None in tests that need no SQL."""
+    cache: ReadCache | None = None
     strategies: dict[str, list[bytes]] = field(default_factory=dict)
     """Strategy id -> secrets valid for its signal signatures (several during rotation)."""
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
@@ -83,6 +86,17 @@ class GatewayContext:
     counters: Counters = field(default_factory=Counters)
     ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def database(self) -> Database:
+        """``db``, for the handlers that read SQL.
+
+        Raises:
+            StorageError: this context has no database (a test app that needs no SQL).
+        """
+        if self.db is None:
+            raise StorageError("this node has no database")
+        return self.db
 
     async def record_durably(self, record: Record) -> int:
         """Journal ``record`` (and fold it) and wait for it to be committed."""

@@ -49,7 +49,9 @@ MAX_HEAD = 16 * 1024
 class _Replay(trio.abc.Stream):
     """A stream whose first reads return ``prefix`` (what the front door read already)."""
 
-    def __init__(self, stream: Any, prefix: bytes) -> None:
+    def __init__(
+        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], prefix: bytes
+    ) -> None:
         self._stream = stream
         self._prefix = prefix
 
@@ -70,7 +72,11 @@ class _Replay(trio.abc.Stream):
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        # A TLS stream has no half-close: Hypercorn takes the AttributeError to mean just that.
+        stream = self._stream
+        if isinstance(stream, trio.SSLStream):
+            raise AttributeError("a TLS stream has no send_eof")
+        await stream.send_eof()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -136,8 +142,11 @@ async def serve_front(
             target = upgrade[1].target.split("?", 1)[0]
             handler = direct.get(target)
         if upgrade is None or handler is None:
-            state = ConnectionState(lifespan_state.copy())  # type: ignore[arg-type]
-            await TCPServer(asgi, config, context, state, _Replay(stream, head)).run()  # type: ignore[arg-type]
+            state = ConnectionState(lifespan_state.copy())
+            # Hypercorn annotates an SSLStream but serves plain SocketStreams too (its own
+            # serve passes both); _Replay forwards the rest (socket, do_handshake...).
+            replay = _Replay(stream, head)
+            await TCPServer(asgi, config, context, state, replay).run()  # type: ignore[arg-type]
             return
         conn, request = upgrade
         address = _peer(stream)

@@ -228,7 +228,7 @@ class Metrics:
 
     def __init__(self, ctx: GatewayContext) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_Collector(ctx))  # type: ignore[arg-type]
+        self.registry.register(_Collector(ctx))
         # The standard collectors, on this registry (the default one is not what we serve).
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

@@ -249,7 +249,7 @@ async def _run(
         await nursery.start(journal.run)
         node_scope = trio.CancelScope()
 
-        async def run_node(*, task_status: trio.TaskStatus[None]) -> None:
+        async def run_node(*, task_status: trio.TaskStatus[Node]) -> None:
             with node_scope:
                 await node.run(task_status=task_status)
 

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WebSocketDeviceLink", "serve_device"]
 
-_COMMANDS = Command.__args__  # type: ignore[attr-defined]
+_COMMANDS = Command.__args__
 
 
 class WebSocketDeviceLink:
@@ -135,9 +135,9 @@ class WebSocketDeviceLink:
         self.sent += len(frames)
         return 1 if ws.send_many_nowait(frames) else 2
 
-    def _frames(self, signed: list[ServerMessage]) -> list[bytes]:
+    def _frames(self, signed: list[ServerMessage]) -> list[bytes | str]:
         """Encoded (and sealed, on an encrypted session) frames, in order."""
-        frames = []
+        frames: list[bytes | str] = []
         for message in signed:
             data = self.codec.encode(message)
             if self.cipher is not None and not isinstance(message, Welcome):

@@ -30,8 +30,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 import trio
-from wsproto import ConnectionState, WSConnection
-from wsproto.connection import ConnectionType
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -207,7 +207,8 @@ class DirectWebSocket:
             self.closed = True
             return
         conn = self.conn
-        conn.receive_data(data)
+        # wsproto declares ``bytes`` but only extends a bytearray with it: any buffer does.
+        conn.receive_data(data)  # type: ignore[arg-type]
         try:
             # Lazily: a ping before a close in the same read is answered while still open.
             for event in conn.events():
@@ -273,7 +274,7 @@ async def refuse_upgrade(
     data = conn.send(RejectConnection(status_code=status, headers=headers, has_body=True))
     data += conn.send(RejectData(data=body))
     with trio.move_on_after(CLOSE_TIMEOUT_S):
-        with contextlib.suppress(PEER_GONE):
+        with contextlib.suppress(*PEER_GONE):
             await stream.send_all(data)
 
 
@@ -305,5 +306,5 @@ async def serve_upgraded(
 
 
 async def _quiet(step: Awaitable[None]) -> None:
-    with contextlib.suppress(PEER_GONE):
+    with contextlib.suppress(*PEER_GONE):
         await step

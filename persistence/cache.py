@@ -82,8 +82,10 @@ class ReadCache:
             else:
                 self.state.succeeded()
                 if cached is not None:
+                    # redis-py types a reply for either client mode; ours answers bytes
+                    assert isinstance(cached, bytes), type(cached)
                     self.hits += 1
-                    return bytes(cached)
+                    return cached
                 self.misses += 1
                 value = await self._load(key, loader)
                 await self._store(name, value, ttl_ms)

@@ -194,7 +194,7 @@ class Database:
         async def close() -> None:
             try:
                 await asyncio.wait_for(pool.close(), timeout_s)
-            except (TimeoutError, *_UNAVAILABLE):
+            except _UNAVAILABLE:
                 pool.terminate()
 
         await self.bridge.run(close)

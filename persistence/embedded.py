@@ -58,8 +58,7 @@ import structlog
 # (servers, containers); we never use that folder for anything but a socket fallback.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    import pgserver
-    from pgserver._commands import POSTGRES_BIN_PATH
+    from pgserver._commands import POSTGRES_BIN_PATH, create_command_function
     from pgserver.utils import (
         PostmasterInfo,
         ensure_prefix_permissions,
@@ -70,6 +69,11 @@ with warnings.catch_warnings():
 from protocol.errors import ConfigError, StorageError
 
 __all__ = ["DEFAULT_EMBEDDED_DIR", "EmbeddedPostgres", "resolve_dsn"]
+
+# pgserver makes ``pgserver.initdb`` and ``pgserver.pg_ctl`` with ``setattr`` when imported,
+# invisible to a type checker: the same functions, built by name from the same factory.
+_INITDB = create_command_function("initdb")
+_PG_CTL = create_command_function("pg_ctl")
 
 DEFAULT_EMBEDDED_DIR = Path(".tripwire") / "pg"
 """The default folder of :func:`resolve_dsn`: ``pg`` in the default state dir (``tripwire run``
@@ -244,7 +248,7 @@ class EmbeddedPostgres:
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self._log.info("initialising postgres data directory")
         try:
-            pgserver.initdb(
+            _INITDB(
                 ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres"],
                 pgdata=self.data_dir,
                 user=self._run_as,
@@ -299,9 +303,7 @@ class EmbeddedPostgres:
 
     def _pg_ctl(self, args: list[str]) -> None:
         try:
-            pgserver.pg_ctl(
-                args, pgdata=self.data_dir, user=self._run_as, timeout=_START_TIMEOUT_S + 5
-            )
+            _PG_CTL(args, pgdata=self.data_dir, user=self._run_as, timeout=_START_TIMEOUT_S + 5)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise StorageError(f"pg_ctl {args[-1]} failed", directory=str(self.data_dir)) from exc
 

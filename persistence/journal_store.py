@@ -220,7 +220,7 @@ async def write_snapshot(conn: asyncpg.Connection, seq: int, payload: bytes, siz
 
 
 async def write_snapshot_in_parts(
-    conn: asyncpg.Connection, seq: int, parts: Sequence[bytes], size: int
+    conn: asyncpg.Connection, seq: int, parts: Sequence[bytes | memoryview], size: int
 ) -> None:
     """Write the snapshot at ``seq`` as ``parts`` (the stored payload, sliced), each INSERT its
     own transaction, then complete it in a last one that checks every part is there. Until
@@ -241,7 +241,11 @@ async def write_snapshot_in_parts(
 
 
 async def _insert_parts(
-    conn: asyncpg.Connection, seq: int, attempt: int, parts: Sequence[bytes], first: int = 0
+    conn: asyncpg.Connection,
+    seq: int,
+    attempt: int,
+    parts: Sequence[bytes | memoryview],
+    first: int = 0,
 ) -> None:
     """Each part an INSERT of its own (so its own commit, and its own WAL flush)."""
     try:

@@ -128,42 +128,46 @@ def _split_signal(key: str | None) -> tuple[str | None, str | None, int | None]:
     return strategy, signal, int(version)
 
 
+def _price(instruments: Mapping[str, Instrument], symbol: str, points: int | None) -> float | None:
+    """``points`` as a price in ``symbol``'s digits (points as they are for an unknown one)."""
+    if points is None:
+        return None
+    instrument = instruments.get(symbol)
+    return instrument.to_price(points) if instrument else points / 1.0
+
+
+def _position_row(instruments: Mapping[str, Instrument], p: Position) -> tuple[Any, ...]:
+    """The ``positions`` row of ``p``, in ``_POSITION``'s column order."""
+    strategy, signal, version = _split_signal(p.signal_id)
+    return (
+        p.id,
+        p.user_id,
+        p.device_id,
+        p.symbol,
+        p.side.value,
+        p.state.value,
+        p.origin.value,
+        p.volume,
+        _price(instruments, p.symbol, p.open_price),
+        _price(instruments, p.symbol, p.sl),
+        _price(instruments, p.symbol, p.tp),
+        p.ticket,
+        to_time(p.open_time_ms),
+        to_time(p.close_time_ms),
+        _price(instruments, p.symbol, p.close_price),
+        p.close_reason,
+        p.realized_pl,
+        strategy,
+        signal,
+        version,
+        p.approval_id,
+        to_time(p.updated_ms) or datetime.now(UTC),
+        position_document(p),
+    )
+
+
 def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Record]], Statements]:
     """The projection of a batch of records, for ``Journal(project=...)``."""
-
-    def price(symbol: str, points: int | None) -> float | None:
-        if points is None:
-            return None
-        instrument = instruments.get(symbol)
-        return instrument.to_price(points) if instrument else points / 1.0
-
-    def position_row(p: Position) -> tuple[Any, ...]:
-        strategy, signal, version = _split_signal(p.signal_id)
-        return (
-            p.id,
-            p.user_id,
-            p.device_id,
-            p.symbol,
-            p.side.value,
-            p.state.value,
-            p.origin.value,
-            p.volume,
-            price(p.symbol, p.open_price),
-            price(p.symbol, p.sl),
-            price(p.symbol, p.tp),
-            p.ticket,
-            to_time(p.open_time_ms),
-            to_time(p.close_time_ms),
-            price(p.symbol, p.close_price),
-            p.close_reason,
-            p.realized_pl,
-            strategy,
-            signal,
-            version,
-            p.approval_id,
-            to_time(p.updated_ms) or datetime.now(UTC),
-            position_document(p),
-        )
 
     # A level move carries no symbol: remember each position's (positions live long enough
     # that every move follows the position's first save through this same projection).
@@ -178,14 +182,14 @@ def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Rec
                     symbols.pop(p.id, None)
                 else:
                     symbols[p.id] = p.symbol
-                rows[_POSITION].append(position_row(p))
+                rows[_POSITION].append(_position_row(instruments, p))
             elif isinstance(r, LevelsMoved):
                 symbol = symbols.get(r.position_id, "")
                 rows[_LEVELS].append(
                     (
                         r.position_id,
-                        price(symbol, r.sl),
-                        price(symbol, r.tp),
+                        _price(instruments, symbol, r.sl),
+                        _price(instruments, symbol, r.tp),
                         to_time(r.time_ms),
                         r.sl,
                         r.tp,

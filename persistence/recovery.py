@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 import trio
@@ -19,6 +19,9 @@ import trio.lowlevel
 from engine.replay import SnapshotReplay
 from engine.state import EngineState
 from protocol.errors import UsageError
+
+if TYPE_CHECKING:
+    from persistence.journal import Journal
 
 __all__ = ["Recovered", "load_state"]
 
@@ -30,7 +33,7 @@ class Recovered(NamedTuple):
     seconds: float
 
 
-async def load_state(journal: Any) -> Recovered:
+async def load_state(journal: Journal[Any]) -> Recovered:
     """The state after the last committed record (``journal``: a ``persistence.Journal``)."""
     log = structlog.get_logger().bind(component="recovery")
     started = time.perf_counter()
@@ -91,7 +94,7 @@ async def load_state(journal: Any) -> Recovered:
 
 
 async def _read_newest_first(
-    journal: Any,
+    journal: Journal[Any],
     after_seq: int,
     send: trio.MemorySendChannel[list[tuple[int, int, bytes, bytes | None]]],
 ) -> None:

@@ -83,7 +83,7 @@ class _Died(StorageError):
 
 
 _Reply = SnapshotTaken | SnapshotFailed
-_REPLY_DECODER = msgspec.json.Decoder(_Reply)
+_REPLY_DECODER: msgspec.json.Decoder[_Reply] = msgspec.json.Decoder(_Reply)
 _REQUEST_DECODER = msgspec.json.Decoder(SnapshotRequest)
 _LINE_LIMIT = 64 * 1024
 
@@ -102,7 +102,7 @@ class Snapshotter:
     def __init__(self) -> None:
         self._state: EngineState | None = None
 
-    async def take(self, journal: Any, now_ms: int | None = None) -> SnapshotTaken:
+    async def take(self, journal: Journal[Any], now_ms: int | None = None) -> SnapshotTaken:
         """Fold, store and compact. Nothing is read or written when no record arrived since
         the newest snapshot (``journal``: a ``persistence.Journal``).
 
@@ -116,7 +116,9 @@ class Snapshotter:
             self._state = None
             raise
 
-    async def _take(self, journal: Any, now_ms: int | None, started: float) -> SnapshotTaken:
+    async def _take(
+        self, journal: Journal[Any], now_ms: int | None, started: float
+    ) -> SnapshotTaken:
         newest, journal_seq = await journal.snapshot_and_journal_seqs()
         if journal_seq <= (newest or 0):
             return SnapshotTaken(seq=newest or 0)
@@ -151,7 +153,7 @@ class Snapshotter:
         return taken
 
 
-async def _apply_after(journal: Any, state: EngineState) -> int:
+async def _apply_after(journal: Journal[Any], state: EngineState) -> int:
     """Apply every committed record after ``state.seq``, oldest first; return how many."""
     applied = 0
     async for first, last, payload in journal.read_batches(state.seq):
@@ -166,7 +168,7 @@ async def _apply_after(journal: Any, state: EngineState) -> int:
     return applied
 
 
-async def take_snapshot(journal: Any, now_ms: int | None = None) -> tuple[int, int]:
+async def take_snapshot(journal: Journal[Any], now_ms: int | None = None) -> tuple[int, int]:
     """One snapshot from scratch, in this process; returns ``(seq, bytes)`` (``bytes`` 0:
     nothing new). The engine's last resort at shutdown when its snapshotter process fails."""
     taken = await Snapshotter().take(journal, now_ms)

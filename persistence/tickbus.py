@@ -98,7 +98,12 @@ class TickBus:
             StorageError: Redis is unavailable.
         """
         entries = await self.link.call(lambda r: r.xrevrange(self.stream, count=1))
-        return entries[0][0].decode() if entries else "0-0"
+        if not entries:
+            return "0-0"
+        entry_id = entries[0][0]
+        # redis-py types a reply for either client mode; ours answers bytes (no decode_responses)
+        assert isinstance(entry_id, bytes), entry_id
+        return entry_id.decode()
 
     async def subscribe(
         self, *, from_id: str = "$", block_ms: int = 1000, count: int = 256

@@ -236,7 +236,7 @@ async def equity_of(context: GatewayContext, user_id: str) -> Equity:
     """The user's equity curve (the trades are read through the cache)."""
 
     async def load() -> bytes:
-        text: str = await context.db.fetchval(_TRADES, user_id, MAX_TRADES)
+        text: str = await context.database.fetchval(_TRADES, user_id, MAX_TRADES)
         return text.encode()
 
     trades = _TRADES_CODEC.decode(await read_through(context, f"trades:{user_id}", load))

@@ -191,7 +191,9 @@ async def decide(strategy_id: str, signal_id: str, version: int, data: DecisionI
 async def list_approvals(query_args: ApprovalQuery) -> Any:
     """The caller's decisions, newest first (admins: everyone's, or one user's)."""
     user_id = scope_user(query_args.user_id)
-    rows = await ctx().db.fetch(_HISTORY, user_id, to_time(query_args.before_ms), query_args.limit)
+    rows = await ctx().database.fetch(
+        _HISTORY, user_id, to_time(query_args.before_ms), query_args.limit
+    )
     approvals = [
         ApprovalRow(
             id=r["id"],

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from quart import Quart, Response, send_from_directory
-from quart_schema import document_response, hide, security_scheme
-from quart_schema.openapi import DataSource, OpenAPIProvider
+from quart_schema import DataSource, document_response, hide, security_scheme
+from quart_schema.openapi import OpenAPIProvider
 from quart_schema.validation import (
     QUART_SCHEMA_HEADERS_ATTRIBUTE,
     QUART_SCHEMA_QUERYSTRING_ATTRIBUTE,

@@ -156,7 +156,7 @@ async def _stream(
     cursor: str | None = None
     while True:
         docs, cursor = await history_page(
-            context.db,
+            context.database,
             user_id=user_id,
             symbol=q.symbol,
             before_ms=q.to_ms,

@@ -228,7 +228,7 @@ async def reconciliation(query_args: LimitQuery) -> Any:
     device_ids = [r.id for r in records]
 
     async def load() -> bytes:
-        rows = await context.db.fetch(_RECONCILIATION, device_ids, query_args.limit)
+        rows = await context.database.fetch(_RECONCILIATION, device_ids, query_args.limit)
         return _ENCODER.encode(
             [
                 ReconciliationRow(
@@ -283,7 +283,7 @@ async def alerts(query_args: LimitQuery) -> Any:
     user_id = scope_user(query_args.user_id)
 
     async def load() -> bytes:
-        rows = await context.db.fetch(_ALERTS, user_id is None, user_id, query_args.limit)
+        rows = await context.database.fetch(_ALERTS, user_id is None, user_id, query_args.limit)
         return _ENCODER.encode(
             AlertList(
                 alerts=[
@@ -318,7 +318,9 @@ async def audit_log(query_args: AuditQuery) -> Any:
     """The audit log, newest first (admins only)."""
     require_role(identity(), "admin")
     q = query_args
-    rows = await ctx().db.fetch(_AUDIT, q.actor_id, q.action, q.target_id, q.before_id, q.limit)
+    rows = await ctx().database.fetch(
+        _AUDIT, q.actor_id, q.action, q.target_id, q.before_id, q.limit
+    )
     entries = [
         AuditRow(
             id=r["id"],

@@ -304,7 +304,7 @@ async def history_views(
 
     async def load() -> bytes:
         text, next_cursor = await history_page(
-            context.db,
+            context.database,
             user_id=user_id,
             symbol=symbol,
             before_ms=before_ms,
@@ -335,7 +335,9 @@ async def find_position(context: GatewayContext, position_id: str) -> Position |
         recent = actor.core.recent_closed.get(position_id)
         if recent is not None:
             return recent
-    text = await context.db.fetchval("SELECT doc::text FROM positions WHERE id = $1", position_id)
+    text = await context.database.fetchval(
+        "SELECT doc::text FROM positions WHERE id = $1", position_id
+    )
     return None if text is None else decode_position_document(text)
 
 

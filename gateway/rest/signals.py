@@ -148,7 +148,7 @@ async def post_signal() -> Any:
     header = request.headers.get(SIGNATURE_HEADER, "")
     if not strategy_id or not header:
         raise AuthError(f"{STRATEGY_HEADER} and {SIGNATURE_HEADER} headers are required")
-    body = await request.get_data()
+    body = await request.get_data(cache=True, as_text=False, parse_form_data=False)
     if len(body) > MAX_SIGNAL_BYTES:
         raise FrameTooLarge("signal body is too large", size=len(body), limit=MAX_SIGNAL_BYTES)
     known = context.strategies.get(strategy_id)

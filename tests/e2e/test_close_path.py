@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import trio
+import trio.testing
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, BytesMessage, Message, Request, TextMessage
@@ -114,7 +115,8 @@ async def _close_after_a_quote(engine: Engine) -> tuple[list[int], list[int]]:
         with trio.fail_after(10):  # adopted and armed
             while len(node.symbols["XAUUSD"].core) < 1:
                 await trio.sleep(0.02)
-        await trio.sleep(0.2)  # every actor back to waiting: the idle fast paths are open
+        # Every actor back to waiting: the idle fast paths are open.
+        await trio.testing.wait_all_tasks_blocked()
         assert ea.read_now() == b""
         node.offer_quotes(
             [Quote(symbol="XAUUSD", bid=1944.0, ask=1944.3, time_ms=engine.ctx.clock.now_ms())]

@@ -18,6 +18,7 @@ import msgspec
 import pytest
 import structlog
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from gateway.runtime import serve
@@ -272,7 +273,7 @@ async def test_a_device_closing_right_after_its_refusal_is_no_server_error(
                 stdin=hello.encode(),
                 capture_stdout=True,
             )
-        await trio.sleep(0.2)  # the last handler finishes its close
+        await trio.testing.wait_all_tasks_blocked()  # the last handler has finished its close
     replies = done.stdout.decode().splitlines()
     assert len(replies) == rounds
     assert all(JSON.decode(reply).code == "replayed" for reply in replies)

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from persistence import Database, Journal
 from persistence import journal_store as store
@@ -259,7 +260,7 @@ async def test_cancelling_the_writer_writes_what_is_pending(db: Database) -> Non
         await nursery.start(journal.run)
         for i in range(20):
             journal.append_nowait(Rec(kind="late", n=i))
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()  # the writer is waiting out its window
         nursery.cancel_scope.cancel()
     assert journal.pending == 0
     assert len(await read_all(journal)) == 20
