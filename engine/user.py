@@ -163,6 +163,9 @@ class UserCore:
         effects = Effects()
         arms, own, is_open = effects.arms, self.positions, PositionState.OPEN
         for p in positions:
+            if p.state in FINAL_STATES:  # closed, its fill pending: a deal may still bring it
+                self.recent_closed[p.id] = p
+                continue
             own[p.id] = p
             if p.state is is_open:
                 if arm:

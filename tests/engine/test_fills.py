@@ -284,3 +284,45 @@ def test_no_capable_device_refuses_the_approval_and_records_nothing() -> None:
     c.on_device(DeviceInfo("gold", {"XAUUSD": GOLD}, symbols=frozenset({"XAUUSD"})), T0)
     approved(c)
     assert [f.device_id for f in c.inflight.values()] == ["gold"]
+
+
+# -- a fill-pending close survives a restart ---------------------------------------------------
+
+
+def test_a_fill_pending_close_is_kept_in_the_state_until_its_fill_even_across_a_restart() -> None:
+    from engine.records import PositionSaved as Saved
+    from engine.state import EngineState
+
+    c = core()
+    state = EngineState()
+    pid = opened(c)
+    for r in fire(c, pid).records:
+        state.apply(r)
+    cid = c.positions[pid].command_id
+    for r in c.on_link_lost([cid], T0 + 3000).records + c.on_snapshot("d1", [], T0 + 5000).records:
+        state.apply(r)
+    assert state.positions[pid].fill_pending  # closed, yet kept: its deal may come later
+
+    restarted = UserCore("u1")
+    view = state.user_view("u1")
+    restarted.restore(view.positions, view.commands, view.approvals, view.guard)
+    assert pid not in restarted.positions and restarted.recent_closed[pid].fill_pending
+    fx = restarted.on_deals("d1", [deal()], T0 + 9000)
+    for r in fx.records:
+        state.apply(r)
+    assert restarted.recent_closed[pid].close_price == P(1944.4)
+    assert pid not in state.positions  # filled: final, history only
+    assert any(isinstance(r, Saved) for r in fx.records)
+
+
+def test_the_snapshotter_forgets_a_fill_pending_close_after_the_retention() -> None:
+    from engine.state import RETENTION_MS, EngineState
+
+    c = core()
+    pid = closed_while_away(c)
+    state = EngineState()
+    state.apply(PositionSaved(position=c.recent_closed[pid]))
+    state.prune(T0 + 6000)
+    assert pid in state.positions
+    state.prune(T0 + 6000 + RETENTION_MS)
+    assert pid not in state.positions
