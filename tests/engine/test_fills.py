@@ -3,6 +3,7 @@ and opens routed to a device that can trade the symbol. Plain calls on the pure 
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -326,3 +327,29 @@ def test_the_snapshotter_forgets_a_fill_pending_close_after_the_retention() -> N
     assert pid in state.positions
     state.prune(T0 + 6000 + RETENTION_MS)
     assert pid not in state.positions
+
+
+def test_the_fill_missing_vector_of_the_protocol_doc() -> None:
+    """docs/protocol.md's ack is refused with exactly its error frame; with a fill it is taken."""
+    import re
+    from pathlib import Path
+
+    from protocol.codec import device_client_codec, device_server_codec
+    from protocol.redaction import device_error
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+
+    def block(marker: str) -> str:
+        match = re.search(r"```json \w+ " + marker + r"\n(.*?)\n```", doc, re.DOTALL)
+        assert match, marker
+        return match.group(1)
+
+    ack = device_server_codec("json").decode(block("fill-missing-ack"))
+    expected = device_client_codec("json").decode(block("fill-missing-error"))
+    d = device()
+    d.submit(close_command("P7Kx2.close.1"), T0)
+    out = d.on_ack(ack, T0)
+    assert out.fault is not None and out.results == []
+    assert device_error(out.fault, fatal=True, command_id=ack.command_id) == expected
+    fixed = d.on_ack(msgspec.structs.replace(ack, fill_price=2641.2), T0)
+    assert fixed.fault is None and [r.category for r in fixed.results] == ["done"]
