@@ -104,7 +104,8 @@ async def test_a_broken_limit_closes_with_a_reason_that_names_it(engine) -> None
     """A publisher reads no error frames: the close reason is all it is told (issue 20)."""
     now = engine.ctx.clock.now_ms()
     quote = Quote(symbol="XAUUSD", bid=2000.0, ask=2000.3, time_ms=now)
-    too_many = MSGPACK.encode({"type": "quotes", "quotes": [quote] * 10_001})
+    # Built past the model's bound (msgspec validates on decode only): what a bad feed sends.
+    too_many = MSGPACK.encode(QuoteBatch(quotes=[quote] * 10_001))
     cases = [
         (too_many, CloseCode.PROTOCOL_ERROR, "malformed: Expected `array` of length <= 10000"),
         (b"x" * (1_048_576 + 1), CloseCode.MESSAGE_TOO_BIG, "too_large: over 1048576 bytes"),
