@@ -28,17 +28,19 @@ from actors.messages import (
     DeviceChanged,
     LinkLost,
     Settled,
+    TerminalDeals,
     TerminalEvent,
     TerminalSnapshot,
 )
 from engine.device import DeviceCore, DeviceOutput
 from engine.user import DeviceInfo
 from protocol.client import DeviceView
-from protocol.closecodes import CloseCode
+from protocol.closecodes import CloseCode, close_code_for, close_reason
 from protocol.device import (
     AccountState,
     Ack,
     Command,
+    DealsReport,
     DeviceMessage,
     Heartbeat,
     HelloBody,
@@ -48,6 +50,8 @@ from protocol.device import (
     ServerMessage,
     Welcome,
 )
+from protocol.errors import PeerError
+from protocol.redaction import device_error
 
 if TYPE_CHECKING:
     from actors.node import Node
@@ -115,7 +119,9 @@ class DeviceActor:
     @property
     def info(self) -> DeviceInfo:
         core = self.core
-        return DeviceInfo(self.device_id, dict(core.instruments), core.connected, core.stale)
+        return DeviceInfo(
+            self.device_id, dict(core.instruments), core.connected, core.stale, core.tradable
+        )
 
     def view(self) -> DeviceView:
         core = self.core
@@ -294,7 +300,11 @@ class DeviceActor:
             self._apply(core.disconnect(now))
             self.log.info("device session closed", session_id=session.session_id)
         elif kind is Ack:
-            self._apply(core.on_ack(message, now))
+            out = core.on_ack(message, now)
+            fault = out.fault
+            self._apply(out)
+            if fault is not None:
+                self._refuse(session, fault, now)
         elif kind is Heartbeat:
             self._apply(core.on_heartbeat(now))
             self._heard_from()
@@ -303,6 +313,10 @@ class DeviceActor:
             self._apply(out)
             user.deliver(TerminalSnapshot(self.device_id, positions))
             self._apply(core.flush())
+        elif kind is DealsReport:
+            core.last_seen_ms = now
+            if message.deals:
+                user.deliver(TerminalDeals(self.device_id, list(message.deals)))
         elif kind is PositionEvent:
             event = core.on_event(message, now)
             if event is not None:
@@ -313,6 +327,26 @@ class DeviceActor:
             self._heard_from()
         else:
             self.log.warning("unexpected device message", type=kind.__name__)
+
+    def _refuse(self, session: Session, fault: PeerError, now: int) -> None:
+        """The device broke the protocol (``fault``): its session ends now (its unanswered
+        commands are lost: their positions go UNKNOWN until its next snapshot settles them);
+        it is told why with an error frame, then closed with the matching code."""
+        self.session = None
+        self._apply(self.core.disconnect(now))
+        self.log.warning("device refused", code=fault.code, reason=fault.message)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._tell_and_end, session, fault)
+
+    async def _tell_and_end(self, session: Session, fault: PeerError) -> None:
+        session.cancel.cancel()  # its writer stops: the error frame is the last one sent
+        with trio.move_on_after(1):
+            try:
+                command_id = fault.details.get("command_id")
+                await session.link.send(device_error(fault, fatal=True, command_id=command_id))
+            except Exception as exc:  # already gone: nothing to tell
+                self.log.debug("could not send the error frame", error=str(exc))
+        await self._end(session, close_code_for(fault), close_reason(fault))
 
     def _heard_from(self) -> None:
         """The device's periodic frames move its ``last_seen_ms``: streams get the new view

@@ -4,8 +4,10 @@ It does what docs/protocol.md asks of an EA: connects to ``/ws/device`` with a s
 sends a signed ``hello``, waits for the ``welcome``, sends its positions snapshot and account,
 heartbeats, verifies every command's signature with the session key, executes each command id
 once (a repeat is answered with the earlier ack, by the :class:`~actors.paper.PaperTerminal`)
-and acks with the broker's result code. End-to-end tests and the ``bench.e2e`` harness run it;
-``on_command`` lets a harness time a command's arrival.
+and acks with the broker's result code. After its positions snapshot it reports the terminal's
+closing deals (``send_deals``). End-to-end tests and the ``bench.e2e`` harness run it;
+``on_command`` lets a harness time a command's arrival, and ``crash_before_ack`` makes it die
+between executing a command and acking it (the terminal keeps the trade; the ack is lost).
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ from protocol.errors import BadSignature
 from protocol.session import derive_session_key, verify_command
 from protocol.signing import sign_hello
 
-__all__ = ["SimulatedEA"]
+__all__ = ["SimulatedCrash", "SimulatedEA"]
 
 _COMMANDS = (OpenCommand, CloseCommand, PartialCloseCommand, ModifyCommand)
+
+
+class SimulatedCrash(Exception):
+    """The EA died between executing a command and sending its ack (``crash_before_ack``)."""
 
 
 class SimulatedEA:
@@ -54,6 +60,8 @@ class SimulatedEA:
         now_ms: Callable[[], int] | None = None,
         on_command: Callable[[Any, float], None] | None = None,
         latency_ms: float = 0.0,
+        send_deals: bool = True,
+        crash_before_ack: Callable[[Any], bool] | None = None,
     ) -> None:
         self.url = url
         self.device_id = device_id
@@ -63,6 +71,10 @@ class SimulatedEA:
         self.now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self.on_command = on_command
         self.latency_ms = latency_ms
+        self.send_deals = send_deals
+        self.crash_before_ack = crash_before_ack
+        self.crashed = False
+        """True once ``crash_before_ack`` ended the connection (``run`` then returns)."""
         self.codec = device_client_codec(encoding)  # type: ignore[arg-type]
         self.welcome: Welcome | None = None
         self.errors: list[DeviceError] = []
@@ -100,6 +112,8 @@ class SimulatedEA:
                 self._ws = ws
                 now = self.now_ms()
                 await ws.send_message(self.codec.encode(self.terminal.snapshot(now)))
+                if self.send_deals:
+                    await ws.send_message(self.codec.encode(self.terminal.deals(now)))
                 await ws.send_message(self.codec.encode(self.terminal.account(now)))
                 self.connected.set()
                 task_status.started(self)
@@ -115,6 +129,8 @@ class SimulatedEA:
                             )
                         elif isinstance(message, DeviceError):
                             self.errors.append(message)
+        except* SimulatedCrash:
+            self.crashed = True  # the connection is gone without a word, as after kill -9
         except* ConnectionClosed as group:
             # The close surfaces from the reader or the heartbeat, inside a nursery's group.
             closed: BaseException = group
@@ -143,7 +159,10 @@ class SimulatedEA:
             self.on_command(command, arrived)
         if self.latency_ms:
             await trio.sleep(self.latency_ms / 1000)
-        for reply in self.terminal.handle(command, self.now_ms()):
+        replies = self.terminal.handle(command, self.now_ms())
+        if self.crash_before_ack is not None and self.crash_before_ack(command):
+            raise SimulatedCrash(command.command_id)  # executed; its ack never leaves
+        for reply in replies:
             await ws.send_message(self.codec.encode(reply))
 
     async def _heartbeat(self, ws: Any, every_s: float) -> None:

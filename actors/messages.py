@@ -15,7 +15,7 @@ from engine.device import Result
 from engine.trailing import LevelMove
 from engine.triggers import Trigger
 from engine.user import DeviceInfo
-from protocol.device import AccountState, PositionEvent, TerminalPosition
+from protocol.device import AccountState, Deal, PositionEvent, TerminalPosition
 
 __all__ = [
     "AccountReport",
@@ -26,6 +26,7 @@ __all__ = [
     "Moved",
     "Reply",
     "Settled",
+    "TerminalDeals",
     "TerminalEvent",
     "TerminalSnapshot",
 ]
@@ -61,6 +62,11 @@ class LinkLost(NamedTuple):
 class TerminalSnapshot(NamedTuple):
     device_id: str
     positions: list[TerminalPosition]
+
+
+class TerminalDeals(NamedTuple):
+    device_id: str
+    deals: list[Deal]
 
 
 class TerminalEvent(NamedTuple):

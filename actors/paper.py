@@ -7,6 +7,11 @@ own broker-side SL/TP (which sometimes beat the engine's triggers, as a real bro
 the default device of ``tripwire run``, the device of many tests, and (behind a WebSocket) the
 simulated EA of the end-to-end harness.
 
+Every full close is kept as a deal (the terminal's history, newest ``deal_history`` of them):
+:meth:`PaperTerminal.deals` reports them, as an EA does right after its positions snapshot on a
+reconnect, so a close whose ack was lost (the EA crashed first) still reaches the server with its
+fill.
+
 Costs are a raw-spread account's: a commission per lot round turn (7.00 by default), half
 charged to the balance when a position opens and half when it closes, and a swap per lot for
 each full day a position is held (``swap_period_ms``), booked to the balance when it closes and
@@ -35,6 +40,8 @@ from protocol.device import (
     AccountState,
     Ack,
     CloseCommand,
+    Deal,
+    DealsReport,
     DeviceMessage,
     EventKind,
     Heartbeat,
@@ -85,6 +92,8 @@ class PaperConfig(msgspec.Struct, frozen=True, kw_only=True):
     swap_period_ms: int = 86_400_000
     """A position is charged its swap once for each full period it is held (a day; tests
     shorten it to see the rollover)."""
+    deal_history: int = 1000
+    """How many closing deals the terminal keeps (and reports on a reconnect)."""
 
 
 class PaperTerminal:
@@ -109,6 +118,10 @@ class PaperTerminal:
         self._swap_days: dict[int, int] = {}  # ticket -> the days of swap charged so far
         self._swap_booked: dict[int, float] = {}  # ticket -> swap already in the balance
         self._tickets = 100_000
+        self.history: OrderedDict[int, Deal] = OrderedDict()
+        """Closing deals by the ticket of the position each closed, oldest first."""
+        self.now_ms = 0
+        """The time of the last command or price check (the time of a deal it books)."""
         self.executions = 0
         """Trades actually performed (a repeated command id is answered, not executed)."""
 
@@ -155,6 +168,10 @@ class PaperTerminal:
     def snapshot(self, now_ms: int) -> PositionsSnapshot:
         return PositionsSnapshot(time_ms=now_ms, positions=list(self.positions.values()))
 
+    def deals(self, now_ms: int) -> DealsReport:
+        """The closing deals the terminal remembers (sent right after the snapshot)."""
+        return DealsReport(time_ms=now_ms, deals=list(self.history.values())[-1000:])
+
     def account(self, now_ms: int) -> AccountState:
         floating = sum(
             (self._profit(p, self._close_price(p)) or 0.0)
@@ -177,6 +194,7 @@ class PaperTerminal:
             message, OpenCommand | CloseCommand | PartialCloseCommand | ModifyCommand
         ):
             return []
+        self.now_ms = now_ms
         earlier = self.executed.get(message.command_id)
         if earlier is not None:  # the idempotency rule: a repeat gets the earlier answer
             return [msgspec.structs.replace(earlier, repeat=True)]
@@ -332,6 +350,18 @@ class PaperTerminal:
             del self.positions[p.ticket]
             self._swap_days.pop(p.ticket, None)
             self._swap_booked.pop(p.ticket, None)
+            self.history[p.ticket] = Deal(
+                ticket=self._next_ticket(),
+                position=p.ticket,
+                price=price,
+                time_ms=self.now_ms,
+                volume=volume,
+                profit=round(profit, 2),
+                commission=commission,
+                swap=swap,
+            )
+            while len(self.history) > self.config.deal_history:
+                self.history.popitem(last=False)
         return round(profit, 2), commission, swap
 
     def _close_price(self, p: TerminalPosition) -> float | None:
@@ -352,6 +382,7 @@ class PaperTerminal:
         """Close positions whose broker-side SL/TP the market reached; fill pending orders;
         charge the swap that has come due (and then report the positions, with their swap)."""
         events: list[DeviceMessage] = []
+        self.now_ms = now_ms
         if self.accrue_swap(now_ms):
             events.append(self.snapshot(now_ms))
         if self.config.broker_stops:
@@ -486,6 +517,7 @@ async def run_paper_device(
                     heartbeat_s = float(message.heartbeat_s)
                     now = node.clock.now_ms()
                     actor.inbound(session, terminal.snapshot(now))
+                    actor.inbound(session, terminal.deals(now))
                     actor.inbound(session, terminal.account(now))
                     nursery.start_soon(watch)
                 else:

@@ -38,6 +38,7 @@ from actors.messages import (
     Moved,
     Reply,
     Settled,
+    TerminalDeals,
     TerminalEvent,
     TerminalSnapshot,
 )
@@ -190,6 +191,8 @@ class UserActor:
             self._carry_out(core.on_snapshot(message.device_id, message.positions, now), None)
         elif kind is TerminalEvent:
             self._carry_out(core.on_event(message.device_id, message.event, now), None)
+        elif kind is TerminalDeals:
+            self._carry_out(core.on_deals(message.device_id, message.deals, now), None)
         elif kind is AccountReport:
             s = message.state
             self._carry_out(core.on_account(s.balance, s.equity, s.currency, now), None)

@@ -10,6 +10,11 @@ Rules of operation
 * A command is *queued* while the device is away or has not yet sent its positions snapshot
   after connecting, and *sent* after that, in submission order. Nothing is ever dropped: past
   ``outbox_limit`` commands the device is marked unhealthy and an alert is raised.
+* A close acked *done* without a ``fill_price`` is refused (``malformed``, reason
+  ``fill_missing``): the session is ended and the command treated as lost with the link, so
+  its position goes UNKNOWN and the next positions snapshot (and ``deals``) settles it. Taking
+  such an ack would close the position with no price and no P&L for good; leaving it CLOSING
+  would wait for an answer that cannot come (the EA answers a repeat with the same ack).
 * An ack settles a sent command once. A second ack for it (a duplicate, or the EA's ``repeat``
   answer) is counted and ignored; an ack for an id never sent here is reported.
 * On disconnect, sent commands without an ack are returned as *lost* (the user core moves their
@@ -34,6 +39,7 @@ from engine.symbols import SymbolMap
 from protocol.common import Alert, AlertLevel
 from protocol.device import (
     Ack,
+    CloseCommand,
     Command,
     HelloBody,
     ModifyCommand,
@@ -42,6 +48,7 @@ from protocol.device import (
     PositionEvent,
     TerminalPosition,
 )
+from protocol.errors import DecodeError, PeerError
 
 __all__ = ["Classifier", "DeviceCore", "DeviceOutput", "Result"]
 
@@ -71,7 +78,7 @@ class Result(NamedTuple):
 class DeviceOutput:
     """What the device actor must do after a call."""
 
-    __slots__ = ("alerts", "frames", "lost", "records", "results", "status_changed")
+    __slots__ = ("alerts", "fault", "frames", "lost", "records", "results", "status_changed")
 
     def __init__(self) -> None:
         self.frames: list[Command] = []
@@ -81,6 +88,8 @@ class DeviceOutput:
         self.alerts: list[Alert] = []
         self.records: list[Record] = []
         self.status_changed = False
+        self.fault: PeerError | None = None
+        """The device broke the protocol: tell it (an error frame) and end its session."""
 
 
 class _Out(msgspec.Struct, frozen=True, gc=False):
@@ -116,6 +125,9 @@ class DeviceCore:
         self.stale_after_ms = stale_after_ms
         self.outbox_limit = outbox_limit
         self.symbols = SymbolMap.identity(self.canonical)
+        self.tradable: frozenset[str] = frozenset(self.canonical)
+        """Canonical symbols this device can open: mapped to a broker name whose trade mode
+        allows opening (every symbol until a hello names the broker's)."""
         self.instruments: dict[str, Instrument] = dict(self.canonical)
         self._broker_digits: dict[str, int] = {s: i.digits for s, i in self.canonical.items()}
         self.platform: Platform = "mt5"
@@ -164,6 +176,15 @@ class DeviceCore:
         specs = {s.name: s for s in body.symbols}
         if specs:
             self.symbols = SymbolMap.build(self.canonical, specs, self.overrides)
+        tradable = set()
+        for canonical in self.canonical:
+            broker = self.symbols.to_broker(canonical)
+            if broker is None:
+                continue
+            spec = specs.get(broker)
+            if spec is None or spec.trade_mode not in ("disabled", "close_only"):
+                tradable.add(canonical)
+        self.tradable = frozenset(tradable)
         for canonical, base in self.canonical.items():
             broker = self.symbols.to_broker(canonical)
             spec = specs.get(broker) if broker else None
@@ -247,8 +268,16 @@ class DeviceCore:
                     self._recon(now_ms, "unknown_ack", f"ack for {cid} (retcode {ack.retcode})")
                 )
             return out
-        del self._out[cid]
         category = str(self.classify(self.platform, ack.retcode, ack.executed))
+        if category == "done" and ack.fill_price is None and isinstance(item.command, CloseCommand):
+            # Kept as sent: the session's end returns it as lost (UNKNOWN), see the module doc.
+            out.fault = DecodeError(
+                f"ack of {cid} reports a close done without its fill_price",
+                reason="fill_missing",
+                command_id=cid,
+            )
+            return out
+        del self._out[cid]
         self._resolved[cid] = category
         while len(self._resolved) > self.RESOLVED_WINDOW:
             self._resolved.popitem(last=False)

@@ -25,6 +25,7 @@ _UNKNOWN = PositionState.UNKNOWN
 _CLOSE_SENT = PositionEvent.CLOSE_SENT
 
 __all__ = [
+    "FILL_PENDING",
     "BreakEvenRule",
     "Position",
     "TrailingRule",
@@ -32,6 +33,12 @@ __all__ = [
     "decode_position_documents",
     "position_document",
 ]
+
+
+FILL_PENDING = "fill_pending"
+"""The flag of a CLOSED position whose close is proven (the terminal no longer holds it) but
+whose fill is not known yet: its close price, time and P&L come with the terminal's deal
+(docs/protocol.md, "deals"). Until then it has no P&L, never a P&L of 0."""
 
 
 class TrailingRule(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=True):
@@ -183,6 +190,11 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=T
         if not changes:
             return self
         return msgspec.structs.replace(self, updated_ms=now_ms, **changes)
+
+    @property
+    def fill_pending(self) -> bool:
+        """True while a CLOSED position waits for its fill (see :data:`FILL_PENDING`)."""
+        return FILL_PENDING in self.flags
 
     @property
     def is_live(self) -> bool:

@@ -16,6 +16,10 @@ PENDING_OPEN               OPEN (filled)        nothing (its open is still to co
 (none)                     adopt as EXTERNAL    -
 =========================  ==================  ==========================================
 
+A position closed because the terminal lacks it is closed with its fill pending (the absence
+proves the close, not its price): the device's ``deals`` message that follows the snapshot gives
+it (``engine.user_terminal.on_deals``).
+
 UNKNOWN is never resolved by a blind resend: a close is resent only when the snapshot shows
 the position still open (the resend carries the same command id, so it is harmless even if the
 first one did execute). Terminal positions are matched by ticket first, then by the client id

@@ -440,7 +440,7 @@ class SnapshotReplay:
         for pid, position, move, from_save in zip(
             kept, decode_positions(bases), moves, saved, strict=True
         ):
-            if from_save and position.state in final:
+            if from_save and position.state in final and not position.fill_pending:
                 continue  # as EngineState._position: a final save removes the position
             if move is not None:
                 # As EngineState._levels: Position.with_changes(time_ms, sl=, tp=). Set on the

@@ -5,9 +5,11 @@ replay), in the snapshotter (old snapshot + newer journal), and when a crashed a
 (the node keeps a live fold of every record it journals). Startup and crash recovery are thus
 one code path.
 
-What it keeps is what the live engine needs to carry on: every position not yet final, every
-command not yet resolved, signals and approvals still in play, and each user's guard. Final
-positions and old signals leave the state (their history lives in Postgres projections).
+What it keeps is what the live engine needs to carry on: every position not yet final (and
+every closed one still waiting for its fill, which a device's ``deals`` may bring after a
+restart, for at most ``RETENTION_MS``), every command not yet resolved, signals and approvals
+still in play, and each user's guard. Final positions and old signals leave the state (their
+history lives in Postgres projections).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class EngineState:
 
     def _position(self, record: PositionSaved) -> None:
         position = record.position
-        if position.state in FINAL_STATES:
+        if position.state in FINAL_STATES and not position.fill_pending:
             self.positions.pop(position.id, None)
         else:
             self.positions[position.id] = position
@@ -124,8 +126,14 @@ class EngineState:
         """Alerts, reconciliation and audit entries: history only (the projections keep it)."""
 
     def prune(self, now_ms: int) -> None:
-        """Forget signals and approvals that can no longer matter."""
+        """Forget signals, approvals and fill-pending closes that can no longer matter."""
         horizon = now_ms - RETENTION_MS
+        for pid in [
+            pid
+            for pid, p in self.positions.items()
+            if p.state in FINAL_STATES and p.updated_ms < horizon
+        ]:
+            del self.positions[pid]  # its deal never came (an EA that sends none): history only
         for key in [
             k
             for k, s in self.signals.items()

@@ -51,6 +51,7 @@ from protocol.common import Alert, AlertLevel, Origin
 from protocol.device import (
     Ack,
     Command,
+    Deal,
     OpenCommand,
     TerminalPosition,
 )
@@ -90,6 +91,9 @@ class DeviceInfo(NamedTuple):
     """Canonical symbol -> the broker's specs for it (volume limits, stops level)."""
     connected: bool = True
     stale: bool = False
+    symbols: frozenset[str] | None = None
+    """Canonical symbols it can open (its hello's symbols through its symbol map); None:
+    every symbol (a device that names none)."""
 
 
 class InFlight(msgspec.Struct, frozen=True, gc=False):
@@ -159,6 +163,9 @@ class UserCore:
         effects = Effects()
         arms, own, is_open = effects.arms, self.positions, PositionState.OPEN
         for p in positions:
+            if p.state in FINAL_STATES:  # closed, its fill pending: a deal may still bring it
+                self.recent_closed[p.id] = p
+                continue
             own[p.id] = p
             if p.state is is_open:
                 if arm:
@@ -199,11 +206,25 @@ class UserCore:
                 )
         return effects
 
-    def _trading_device(self) -> DeviceInfo:
+    def _trading_device(self, symbol: str) -> DeviceInfo:
+        """The first connected, fresh device that can trade ``symbol``.
+
+        Raises:
+            Refused: no device is connected, or none of those connected offers ``symbol``
+                (the open would reach no terminal: refused now, nothing recorded).
+        """
         live = [d for d in self.devices.values() if d.connected and not d.stale]
         if not live:
             raise Refused("no connected device to trade on", user_id=self.user_id)
-        return live[0]
+        for d in live:
+            if d.symbols is None or symbol in d.symbols:
+                return d
+        raise Refused(
+            f"no connected device can trade {symbol} (connected, without it: "
+            f"{', '.join(d.device_id for d in live)})",
+            symbol=symbol,
+            devices=len(live),
+        )
 
     def instrument_for(self, symbol: str, device_id: str | None = None) -> Instrument:
         if device_id is not None and device_id in self.devices:
@@ -273,7 +294,7 @@ class UserCore:
                 "drawdown is critical: new positions are blocked",
                 drawdown=round(self.guard.drawdown, 4),
             )
-        device = self._trading_device()
+        device = self._trading_device(signal.symbol)
         instrument = self.instrument_for(signal.symbol, device.device_id)
         if bid is None or ask is None:
             raise Refused(f"no price for {signal.symbol} yet", symbol=signal.symbol)
@@ -509,6 +530,10 @@ class UserCore:
     def on_event(self, device_id: str, event: TerminalEvent, now_ms: int) -> Effects:
         """The terminal closed or opened a position on its own (canonical symbol)."""
         return user_terminal.on_event(self, device_id, event, now_ms)
+
+    def on_deals(self, device_id: str, deals: Iterable[Deal], now_ms: int) -> Effects:
+        """A device's closing deals: fill-pending positions take their fill (once)."""
+        return user_terminal.on_deals(self, device_id, deals, now_ms)
 
     def on_level_moves(self, moves: Iterable[LevelMove], now_ms: int) -> Effects:
         return user_terminal.on_level_moves(self, moves, now_ms)

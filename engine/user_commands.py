@@ -21,7 +21,7 @@ from msgspec import UNSET
 
 from engine.effects import Arm, Disarm, Effects
 from engine.lifecycle import PositionEvent, PositionState
-from engine.positions import Position
+from engine.positions import FILL_PENDING, Position
 from engine.records import CommandResolved
 from engine.sizing import ProtectiveStops, check_stops
 from engine.stoprules import LevelChanges, break_even_rule, trailing_rule
@@ -230,6 +230,8 @@ def _close_result(
             None if ack is None or ack.fill_price is None else instrument.to_points(ack.fill_price)
         )
         event = PositionEvent.CLOSE_FILLED if category == "done" else PositionEvent.BROKER_CLOSED
+        # "Already closed" proves the close, not its fill: the terminal's close event or deal
+        # brings it (a done close always has one: engine.device refuses an ack without).
         closed = p.transition(
             event,
             now_ms,
@@ -237,6 +239,7 @@ def _close_result(
             close_time_ms=(ack.fill_time_ms if ack else None) or now_ms,
             command_id=None,
             realized_pl=core._realized(p, fill),
+            flags=p.flags if fill is not None else (*p.flags, FILL_PENDING),
         )
         if ack is not None:  # the close's totals: entry and exit commission, all the swap
             closed = closed.with_costs(now_ms, ack.commission, ack.swap)

@@ -6,6 +6,8 @@ Separated from ``engine.user`` to keep each module readable; every function here
 * :func:`on_snapshot`: a reconnecting device's positions snapshot, through ``engine.reconcile``;
 * :func:`on_event`: the terminal closed or opened something on its own (broker SL/TP hit first,
   a manual close, a pending order filled, a position opened by hand);
+* :func:`on_deals`: the closing deals a reconnecting device reports, which give a position
+  closed with its fill unknown (``fill_pending``) its close price, time, P&L and costs;
 * :func:`on_level_moves`: trailing-stop and break-even moves from the symbol's trailing book;
 * :func:`tick`: what is due: retries after their backoff, rate-limited modifies, expiry closes.
 """
@@ -20,7 +22,7 @@ import msgspec
 
 from engine.effects import Arm, Disarm, Effects
 from engine.lifecycle import PositionEvent, PositionState
-from engine.positions import Position
+from engine.positions import FILL_PENDING, Position
 from engine.reconcile import Finding, reconcile
 from engine.records import (
     CommandResolved,
@@ -33,6 +35,7 @@ from engine.trailing import LevelMove
 from protocol.common import Origin
 from protocol.device import (
     CloseCommand,
+    Deal,
     EventKind,
     ModifyCommand,
     OpenCommand,
@@ -46,7 +49,14 @@ from protocol.ids import client_id, command_id, position_id_from_comment
 if TYPE_CHECKING:
     from engine.user import UserCore
 
-__all__ = ["external_position_id", "on_event", "on_level_moves", "on_snapshot", "tick"]
+__all__ = [
+    "external_position_id",
+    "on_deals",
+    "on_event",
+    "on_level_moves",
+    "on_snapshot",
+    "tick",
+]
 
 _CLOSE_REASONS = {
     EventKind.CLOSED_SL: "broker_sl",
@@ -147,12 +157,15 @@ def _apply_finding(
             _resend_close(core, p, now_ms, effects)
         elif f.kind == "closed_while_away":
             _resolve(core, p, "closed_while_away", now_ms, effects)
+            # Its absence proves the close, not the fill: that comes with the terminal's deal
+            # (on_deals). Until then it is fill-pending, never a trade with a P&L of 0.
             closed = p.transition(
                 PositionEvent.BROKER_CLOSED,
                 now_ms,
                 command_id=None,
                 close_reason=p.close_reason or "closed_while_away",
                 close_time_ms=now_ms,
+                flags=(*p.flags, FILL_PENDING),
             )
             core._save(closed, effects)
             if p.state is PositionState.OPEN:
@@ -283,17 +296,7 @@ def on_event(core: UserCore, device_id: str, event: TerminalEvent, now_ms: int) 
         for p in reversed(core.recent_closed.values()):
             if p.device_id == device_id and p.ticket == event.ticket:
                 if p.close_price is None:
-                    core._save(
-                        p.with_changes(
-                            now_ms,
-                            close_price=price,
-                            close_time_ms=event.time_ms,
-                            realized_pl=event.profit
-                            if event.profit is not None
-                            else core._realized(p, price),
-                        ).with_costs(now_ms, event.commission, event.swap),
-                        effects,
-                    )
+                    core._save(_filled(core, p, price, event, now_ms), effects)
                 break
         return effects
     if event.kind is EventKind.OPENED_PENDING:
@@ -348,6 +351,53 @@ def on_event(core: UserCore, device_id: str, event: TerminalEvent, now_ms: int) 
                     )
                 )
             )
+    return effects
+
+
+def _filled(
+    core: UserCore, p: Position, price: int, fill: Deal | TerminalEvent, now_ms: int
+) -> Position:
+    """``p`` (closed) with the fill a deal or a close event reports, no longer fill-pending."""
+    return p.with_changes(
+        now_ms,
+        close_price=price,
+        close_time_ms=fill.time_ms,
+        realized_pl=fill.profit if fill.profit is not None else core._realized(p, price),
+        flags=tuple(f for f in p.flags if f != FILL_PENDING),
+    ).with_costs(now_ms, fill.commission, fill.swap)
+
+
+def on_deals(core: UserCore, device_id: str, deals: Iterable[Deal], now_ms: int) -> Effects:
+    """A device's closing deals: each fill-pending position of this device whose ticket a deal
+    names takes that deal's fill, once. A deal for a position not pending (filled already, by
+    an earlier copy of the deal or a close event; live; unknown here) changes nothing, so an EA
+    may repeat its deals on every reconnect."""
+    effects = Effects()
+    pending = {
+        p.ticket: p
+        for p in core.recent_closed.values()
+        if p.device_id == device_id and p.ticket is not None and p.fill_pending
+    }
+    if not pending:
+        return effects
+    for deal in deals:
+        p = pending.pop(deal.position, None)
+        if p is None:
+            continue
+        price = core.instrument_for(p.symbol, device_id).to_points(deal.price)
+        core._save(_filled(core, p, price, deal, now_ms), effects)
+        effects.records.append(
+            ReconciliationRecorded(
+                entry=ReconciliationEntry(
+                    time_ms=now_ms,
+                    device_id=device_id,
+                    kind="fill_recovered",
+                    position_id=p.id,
+                    ticket=p.ticket,
+                    detail=f"deal {deal.ticket} at {deal.price} ({deal.volume} lots)",
+                )
+            )
+        )
     return effects
 
 

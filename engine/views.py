@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.instruments import Instrument
+from engine.lifecycle import FINAL_STATES
 from engine.positions import Position
 from engine.stoprules import break_even_spec, trailing_spec
 from protocol.client import AccountView, PositionView
@@ -46,11 +47,12 @@ def position_view(
     def price(points: int | None) -> float | None:
         return None if points is None else to_price(points)
 
-    pl = (
-        position.realized_pl
-        if position.realized_pl is not None
-        else display_pl(instrument, position, current)
-    )
+    if position.realized_pl is not None:
+        pl = position.realized_pl
+    elif position.state in FINAL_STATES and position.close_price is None:
+        pl = None  # closed with its fill not known (fill_pending): no P&L, not today's quote's
+    else:
+        pl = display_pl(instrument, position, current)
     return PositionView(
         id=position.id,
         symbol=position.symbol,
@@ -77,6 +79,7 @@ def position_view(
         commission=position.commission,
         swap=position.swap,
         net_pl=net_pl(pl, position.commission, position.swap),
+        fill_pending=position.fill_pending,
     )
 
 

@@ -4,8 +4,8 @@ Only a publisher holding the feed token (``TRIPWIRE_FEED_TOKEN``, compared in co
 ``?token=`` or ``Authorization: Bearer``) may connect; with no token configured the endpoint is
 closed. Frames are :class:`~protocol.feed.QuoteBatch` (JSON or msgpack, by subprotocol). A
 malformed frame (an empty one included) closes the connection with the matching code and a
-reason (a publisher reads no frames, so there is no error frame): a feed that sends garbage is
-not trusted to send prices.
+reason naming what was wrong, the broken limit included (a publisher reads no frames, so there
+is no error frame): a feed that sends garbage is not trusted to send prices.
 Quotes for symbols the node does not trade are counted and ignored; the symbol actors validate
 the rest. A batch's ``sent_ms`` (the publisher's clock) is taken as the quotes' arrival when it
 is earlier than the node's own time: see :meth:`~actors.node.Node.offer_quotes`.
@@ -21,7 +21,7 @@ import structlog
 from actors import tracing
 from gateway.auth import bearer_token
 from gateway.closing import close_quietly
-from protocol.closecodes import CloseCode, close_code_for, close_reason
+from protocol.closecodes import CloseCode, close_code_for, truncate_reason
 from protocol.codec import encoding_of, feed_codec, negotiate, sniff_encoding
 from protocol.errors import ProtocolError
 from protocol.feed import QuoteBatch
@@ -42,6 +42,14 @@ def _token_ok(expected: str | None, presented: str | None) -> bool:
     if not expected or not presented:
         return False
     return hmac.compare_digest(expected.encode(), presented.encode())
+
+
+def _feed_reason(exc: ProtocolError) -> str:
+    """The close reason of a bad feed frame: its code and what was wrong, the limit it broke
+    included (``malformed: Expected `array` of length <= 10000 - at `$.quotes```). A publisher
+    reads no frames, so the reason is all it is told; it holds the feed token, so it may see
+    the message a device or a client is not shown (they get the code alone)."""
+    return truncate_reason(f"{exc.code}: {exc.message}" if exc.message else exc.code)
 
 
 async def serve_feed(ctx: GatewayContext, ws: Any = None) -> None:
@@ -72,8 +80,8 @@ async def serve_feed(ctx: GatewayContext, ws: Any = None) -> None:
             batch = codec.decode(frame)
         except ProtocolError as exc:
             ctx.counters.bad_frame("feed_" + exc.code)
-            log.info("bad feed frame", code=exc.code)
-            await close_quietly(websocket, close_code_for(exc), close_reason(exc), log)
+            log.info("bad feed frame", code=exc.code, reason=exc.message)
+            await close_quietly(websocket, close_code_for(exc), _feed_reason(exc), log)
             return
         if isinstance(batch, QuoteBatch):
             ctx.counters.feed_quotes += ctx.node.offer_quotes(batch.quotes, batch.sent_ms)

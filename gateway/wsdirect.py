@@ -223,7 +223,10 @@ class DirectWebSocket:
         if isinstance(event, Message):
             self._size += len(event.data)
             if self._size > self.max_message:
-                await self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                # The reason names the limit: a feed publisher reads no error frames.
+                await self._fail(
+                    CloseCode.MESSAGE_TOO_BIG, f"too_large: over {self.max_message} bytes"
+                )
                 return False
             self._parts.append(event.data)
             if event.message_finished:

@@ -101,6 +101,10 @@ class PositionView(msgspec.Struct, frozen=True, kw_only=True):
     net_pl: Money | None = None
     """``pl`` plus ``commission`` plus ``swap`` (costs not reported count as zero): what the
     trade nets. Null when ``pl`` is."""
+    fill_pending: bool = False
+    """True for a closed position whose fill is not known yet (the terminal closed it while
+    its answer was lost): ``close_price``, ``pl`` and ``net_pl`` are null until the terminal's
+    deal arrives, and it counts in no P&L meanwhile."""
 
 
 class AccountView(msgspec.Struct, frozen=True, kw_only=True):

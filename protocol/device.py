@@ -9,6 +9,7 @@ A session, as the device sees it::
     connect /ws/device (subprotocol tripwire.v1.json or tripwire.v1.msgpack)
     -> hello (signed)                  <- welcome, or error + close
     -> positions (full snapshot)       on every (re)connect, before any command is trusted
+    -> deals                           the fills of positions closed since the last acked state
     -> account
     <- open | close | partial_close | modify      -> ack (with the same command_id)
     -> heartbeat every heartbeat_s     <- ping (answer with a heartbeat)
@@ -51,6 +52,8 @@ __all__ = [
     "Ack",
     "CloseCommand",
     "Command",
+    "Deal",
+    "DealsReport",
     "DeviceError",
     "DeviceMessage",
     "EventKind",
@@ -167,6 +170,37 @@ class PositionsSnapshot(_Msg, tag="positions", frozen=True, kw_only=True):
     positions: list[TerminalPosition] = msgspec.field(default_factory=list)
 
 
+class Deal(msgspec.Struct, frozen=True, kw_only=True):
+    """The deal that closed a position (MT5 ``history_deals_get``: the position's last exit
+    deal, ``DEAL_ENTRY_OUT`` or ``DEAL_ENTRY_OUT_BY``)."""
+
+    ticket: Ticket
+    """``DEAL_TICKET``: the deal's own ticket."""
+    position: Ticket
+    """``DEAL_POSITION_ID``: the ticket of the position it closed."""
+    price: Price
+    """``DEAL_PRICE``: the close price."""
+    time_ms: TimeMs
+    """``DEAL_TIME_MSC``: when it was done."""
+    volume: Volume
+    """``DEAL_VOLUME``: lots."""
+    profit: Money | None = None
+    """``DEAL_PROFIT``: the price P&L of the close, without commission and swap."""
+    commission: Money | None = None
+    """The position's total commission (all its deals' ``DEAL_COMMISSION``), signed."""
+    swap: Money | None = None
+    """The position's total swap (all it accrued), signed."""
+
+
+class DealsReport(_Msg, tag="deals", frozen=True, kw_only=True):
+    """The closing deals of positions that were closed while the server may have missed their
+    fill (the ack lost in a crash, a close while disconnected): sent right after ``positions``
+    on every (re)connect. Repeating a deal is harmless: a position takes its fill once."""
+
+    time_ms: TimeMs
+    deals: Annotated[list[Deal], Meta(max_length=1000)] = msgspec.field(default_factory=list)
+
+
 class Ack(_Msg, tag="ack", frozen=True, kw_only=True):
     """The result of a command, as the broker answered it.
 
@@ -183,6 +217,8 @@ class Ack(_Msg, tag="ack", frozen=True, kw_only=True):
     ticket: Ticket | None = None
     """The position ticket (for an open: the new position's)."""
     fill_price: Price | None = None
+    """The deal price. Required when a close or an open at market is done: a close acked done
+    without it is refused (``malformed``, reason ``fill_missing``)."""
     fill_volume: Volume | None = None
     fill_time_ms: TimeMs | None = None
     executed: bool | None = None
@@ -238,7 +274,9 @@ class AccountState(_Msg, tag="account", frozen=True, kw_only=True):
     time_ms: TimeMs
 
 
-DeviceMessage = Hello | Heartbeat | PositionsSnapshot | Ack | PositionEvent | AccountState
+DeviceMessage = (
+    Hello | Heartbeat | PositionsSnapshot | DealsReport | Ack | PositionEvent | AccountState
+)
 """Everything a device may send."""
 
 

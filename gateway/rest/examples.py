@@ -94,6 +94,7 @@ _POSITION_VIEW = {
     "commission": -0.35,
     "swap": -1.12,
     "net_pl": 24.03,
+    "fill_pending": False,
 }
 _DEVICE_OUT = {
     "id": _DEVICE,

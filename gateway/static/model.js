@@ -41,6 +41,8 @@ function position(raw) {
     closePrice: finite(raw.close_price),
     closeTimeMs: finite(raw.close_time_ms),
     closeReason: text(raw.close_reason, 64),
+    // Closed, its fill not known yet (the EA's deals bring it): no close price, no P&L.
+    fillPending: raw.fill_pending === true,
     signalId: text(raw.signal_id, 160),
     flags,
     updatedMs: finite(raw.updated_ms) ?? 0,

@@ -209,9 +209,11 @@ export function renderClosedPositions(store, keep = () => true) {
       set(part(row, "pos-volume"), volume(p.volume));
       set(part(row, "pos-open"), price(p.symbol, p.openPrice));
       set(part(row, "pos-close-price"), price(p.symbol, p.closePrice));
-      set(part(row, "pos-pl"), signedMoney(p.pl, currency), `num ${tone(p.pl)}`);
+      if (p.fillPending) set(part(row, "pos-pl"), "fill pending", "num fill-pending");
+      else set(part(row, "pos-pl"), signedMoney(p.pl, currency), `num ${tone(p.pl)}`);
       stateBadge(part(row, "pos-state"), p.state);
-      set(part(row, "pos-reason"), p.closeReason || DASH);
+      const why = [p.closeReason, p.fillPending ? "fill pending" : ""].filter(Boolean);
+      set(part(row, "pos-reason"), why.join(" · ") || DASH);
       set(part(row, "pos-closed-at"), time(p.closeTimeMs ?? p.updatedMs));
     },
   );

@@ -82,6 +82,15 @@ async () => {
   check("no open positions: floating is zero", s.floatingPl() === 0);
   s.apply({ type: "snapshot", time_ms: 1300, positions: [] });
   check("a snapshot keeps closed rows it does not repeat", s.positions.has("P1"));
+  check("a filled close is not pending", s.positions.get("P1").fillPending === false);
+  s.apply({
+    type: "position",
+    position: view({ id: "P9", state: "closed", pl: null, close_price: null, fill_pending: true,
+      close_reason: "sl", updated_ms: 1250 }),
+  });
+  const pending = s.positions.get("P9");
+  check("a fill-pending close is read as pending", pending.fillPending === true);
+  check("a fill-pending close has no P&L", s.livePl(pending) === null);
 
   // Alerts: deduplicated, newest first.
   const drawdown = { kind: "drawdown", level: "critical", message: "m", time_ms: 1400, value: 0.12 };

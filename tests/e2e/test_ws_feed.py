@@ -100,6 +100,35 @@ async def test_hostile_frames_close_the_publisher_and_nobody_else(engine, frame,
         assert sum(engine.ctx.counters.bad_frames.values()) == 1
 
 
+async def test_a_broken_limit_closes_with_a_reason_that_names_it(engine) -> None:
+    """A publisher reads no error frames: the close reason is all it is told (issue 20)."""
+    now = engine.ctx.clock.now_ms()
+    quote = Quote(symbol="XAUUSD", bid=2000.0, ask=2000.3, time_ms=now)
+    # Built past the model's bound (msgspec validates on decode only): what a bad feed sends.
+    too_many = MSGPACK.encode(QuoteBatch(quotes=[quote] * 10_001))
+    cases = [
+        (too_many, CloseCode.PROTOCOL_ERROR, "malformed: Expected `array` of length <= 10000"),
+        (b"x" * (1_048_576 + 1), CloseCode.MESSAGE_TOO_BIG, "too_large: over 1048576 bytes"),
+    ]
+    for frame, code, reason in cases:
+        async with open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as ws:
+            await ws.send_message(frame)
+            with pytest.raises(ConnectionClosed) as closed, trio.fail_after(5):
+                await ws.get_message()
+        assert closed.value.reason.code == code
+        assert (closed.value.reason.reason or "").startswith(reason)
+
+
+async def test_the_token_may_come_as_a_bearer_header(engine) -> None:
+    url = _url(engine, None)
+    headers = [(b"Authorization", f"Bearer {FEED_TOKEN}".encode())]
+    async with open_websocket_url(
+        url, subprotocols=["tripwire.v1.msgpack"], extra_headers=headers
+    ) as ws:
+        await ws.send_message(_batch(engine, 2002.0))
+        await _until(lambda: (engine.node.prices.get("XAUUSD") or (0,))[0] == 2002.0)
+
+
 async def test_time_in_the_nodes_buffers_does_not_make_a_quote_stale(engine) -> None:
     """A batch the node reads long after its publisher sent it (a backlog in our own socket
     buffers) is judged by ``sent_ms``; a quote that was already old when sent is refused."""

@@ -172,7 +172,7 @@ async def test_an_empty_frame_on_the_feed_socket(engine: Engine, subprotocols: l
             await ws.send_message(b"")
             reply, code, reason = await _refusal(ws)
     assert reply is None  # a publisher gets no error frames: the close says it all
-    assert (code, reason) == (CloseCode.PROTOCOL_ERROR, "malformed")
+    assert (code, reason) == (CloseCode.PROTOCOL_ERROR, "malformed: empty frame")
     assert engine.ctx.counters.bad_frames["feed_malformed"] == 1
     assert not _errors(logs)
 

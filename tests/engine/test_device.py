@@ -107,9 +107,14 @@ def test_queued_until_snapshot_then_flushed_in_order() -> None:
 def test_acks_settle_once_duplicates_counted_unknown_reported() -> None:
     d = ready_core()
     d.submit(close(), T0)
-    [result] = d.on_ack(Ack(command_id="P1.close.1", retcode=10009), T0).results
+    [result] = d.on_ack(Ack(command_id="P1.close.1", retcode=10009, fill_price=1950.0), T0).results
     assert result.category == "done"
-    assert d.on_ack(Ack(command_id="P1.close.1", retcode=10009, repeat=True), T0).results == []
+    assert (
+        d.on_ack(
+            Ack(command_id="P1.close.1", retcode=10009, repeat=True, fill_price=1950.0), T0
+        ).results
+        == []
+    )
     assert d.duplicate_acks == 1
     out = d.on_ack(Ack(command_id="ZZ.close.1", retcode=10009), T0)
     assert out.results == [] and out.records[0].entry.kind == "unknown_ack"
@@ -135,7 +140,9 @@ def test_overdue_alert_once_and_ack_still_accepted() -> None:
     [alert] = d.tick(T0 + 100).alerts
     assert alert.kind == "command_overdue"
     assert d.tick(T0 + 200).alerts == []
-    assert d.on_ack(Ack(command_id="P1.close.1", retcode=10009), T0 + 300).results
+    assert d.on_ack(
+        Ack(command_id="P1.close.1", retcode=10009, fill_price=1950.0), T0 + 300
+    ).results
 
 
 @settings(max_examples=200, deadline=None)
@@ -164,7 +171,7 @@ def test_overdue_alerts_match_a_full_scan(steps: list[tuple[str, int, int, int]]
             d.submit(close(cid, now + after), now)
             deadlines[cid] = now + after
         elif action == "ack":
-            d.on_ack(Ack(command_id=cid, retcode=10009), now)
+            d.on_ack(Ack(command_id=cid, retcode=10009, fill_price=1950.0), now)
             deadlines.pop(cid, None)
         elif action == "reconnect":
             for lost in d.connect("s2", hello(), now).lost:

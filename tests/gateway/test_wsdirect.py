@@ -92,6 +92,7 @@ async def test_an_oversized_message_is_closed_with_1009_before_it_is_whole() -> 
         await ws.receive()
     closed = await client.next_event()
     assert isinstance(closed, CloseConnection) and closed.code == CloseCode.MESSAGE_TOO_BIG
+    assert closed.reason == "too_large: over 100 bytes"  # the limit, for a peer without frames
     with pytest.raises(trio.ClosedResourceError):
         await ws.send(b"after the close")
 
