@@ -25,6 +25,7 @@ status (200 rendered, 429 refused); errors (a victim not answered 200: must be 0
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -211,6 +212,8 @@ async def run(args: Any) -> dict[str, Any]:
         if engine is not None:
             await stop_engine(engine)
         await trio.to_thread.run_sync(server.close)
+        # The database (~120 MB) goes; the engine's log and the traces stay for a look.
+        shutil.rmtree(folder / "pg", ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -462,6 +463,8 @@ async def run(args: Any) -> dict[str, Any]:
         if engine is not None:
             await stop_engine(engine)
         await trio.to_thread.run_sync(server.close)
+        # The database (~120 MB) goes; the engine's log and the traces stay for a look.
+        shutil.rmtree(folder / "pg", ignore_errors=True)
     stamps = msgspec.msgpack.decode(trace.read_bytes()) if trace.exists() else {}
     out = _results(args, quotes, expected, observed, seen, soak, start_ns, device_ids)
     out["results"]["feeder_late_us"] = _hist([ns / 1000 for ns in fed["late_ns"]])

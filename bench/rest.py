@@ -34,6 +34,7 @@ p50 < 25 ms, p95 < 50 ms, p99 < 100 ms).
 from __future__ import annotations
 
 import gc
+import shutil
 import sys
 import tempfile
 import time
@@ -326,6 +327,7 @@ async def run(args: Any) -> dict[str, Any]:
         if engine is not None:
             await stop_engine(engine)
         await trio.to_thread.run_sync(server.close)
+        shutil.rmtree(folder, ignore_errors=True)  # the database and the engine's state
 
 
 def _rss_mb(pid: int) -> float:

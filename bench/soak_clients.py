@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -359,6 +360,8 @@ async def run(args: Any) -> dict[str, Any]:
         if engine is not None:
             await stop_engine(engine)
         await trio.to_thread.run_sync(server.close)
+        # The database (~120 MB) goes; the engine's log and the traces stay for a look.
+        shutil.rmtree(folder / "pg", ignore_errors=True)
 
 
 def ok(results: dict[str, Any]) -> bool:
