@@ -334,6 +334,17 @@ def _watch_and_breach(
     # The realised loss reaches the account card from the stream, without a reload (the
     # device's next account report).
     expect(balance).not_to_have_text(seen["balance_before"] or "")
+    # The card follows the engine's balance, which may still move (the paper terminal charges
+    # commission on each deal, the overridden approval's open included): the card must come
+    # to show the engine's balance of the moment.
+    for _ in range(10):
+        live = engine_side["balance"]()
+        try:
+            expect(balance).to_contain_text(f"{live:,.2f}", timeout=STEP_MS // 5)
+        except AssertionError:
+            continue
+        break
+    seen["balance_engine"] = live
     seen["balance_after"] = balance.text_content()
     seen["balance_asof"] = page.get_by_test_id("account-asof").text_content()
     shoot(page, "2-closed-account-live")
@@ -502,6 +513,9 @@ async def test_dashboard_shows_a_breach_closing_the_position(
         "drop": lambda: trio.from_thread.run(drop_clients, engine, user_id),
         "breach": lambda: trio.from_thread.run(breach, engine, sl),
         "signals": lambda: trio.from_thread.run(post_signals, engine, user_id, sl),
+        "balance": lambda: trio.from_thread.run_sync(
+            lambda: engine.node.users[user_id].core.balance
+        ),
     }
     SHOTS.mkdir(exist_ok=True)
     seen = await trio.to_thread.run_sync(
@@ -523,7 +537,8 @@ async def test_dashboard_shows_a_breach_closing_the_position(
     assert core.positions[approved.position_id].volume == OVERRIDE_LOTS
     # The account card showed the engine's balance after the close (not the login snapshot's).
     assert seen["balance_before"] != seen["balance_after"]
-    assert core.balance is not None and f"{core.balance:,.2f}" in seen["balance_after"]
+    engine_balance = seen["balance_engine"]
+    assert engine_balance is not None and f"{engine_balance:,.2f}" in seen["balance_after"]
     # The CSV is the history, filtered by the page's symbol.
     (header, *lines) = seen["csv"].splitlines()
     assert header.startswith("id,symbol,side,volume,state")
