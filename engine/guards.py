@@ -163,6 +163,11 @@ class MarketGuard:
         self._alerting: set[str] = set()
 
     @property
+    def alerting(self) -> frozenset[str]:
+        """The market conditions alerting now (``spread``, ``price_jump``...), read-only."""
+        return frozenset(self._alerting)
+
+    @property
     def median_spread(self) -> float | None:
         ordered = self._sorted
         return ordered[len(ordered) // 2] if ordered else None

@@ -264,7 +264,7 @@ async def guards(query_args: GuardsQuery) -> Any:
         MarketGuardOut(
             symbol=symbol,
             median_spread=actor.core.guard.median_spread,
-            alerting=sorted(actor.core.guard._alerting),
+            alerting=sorted(actor.core.guard.alerting),
             last_quote_ms=actor.core.guard.last_quote_ms,
         )
         for symbol, actor in sorted(context.node.symbols.items())
