@@ -2,6 +2,7 @@
 
 * ``core``: :class:`UserCore`, one user's state and decisions (approvals, closes, command
   outcomes, the drawdown guard), composed of the parts below;
+* ``opening``: the position and the open command an approved signal makes (pure);
 * ``book``: the position book: live positions, the latest closes, P&L not yet reported;
 * ``commands``: the command tracker: commands in flight, retries and their backoff, modifies;
 * ``schedule``: expiries, and retries and modifies issued in time; trailing moves;

@@ -5,8 +5,9 @@ own state and returns :class:`~engine.effects.Effects`; it never waits and never
 
 It decides here (approvals, closes, partial closes, a user's level changes, command outcomes,
 lost links, the drawdown guard, what comes due) and keeps its decisions through the parts it
-is made of, each the owner of its state:
+is made of, each the owner of its state (none touches another's):
 
+* the opening of a position for an approved signal (``engine.user.opening``, pure);
 * the position book (``engine.user.book``): live positions and the latest closes;
 * the command tracker (``engine.user.commands``): commands in flight, retries, modifies;
 * the schedule (``engine.user.schedule``): expiries, retries and modifies issued in time,
@@ -16,7 +17,6 @@ is made of, each the owner of its state:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Literal, NamedTuple
 
@@ -39,25 +39,22 @@ from engine.records import (
 from engine.sizing import (
     ProtectiveStops,
     UserSettings,
-    check_entry,
     check_stops,
-    protective_levels,
-    size_volume,
 )
 from engine.stoprules import (
     LevelChanges,
     break_even_rule,
-    default_rules,
     trailing_rule,
 )
 from engine.trailing import LevelMove
 from engine.triggers import Trigger, TriggerKind
 from engine.user.book import PositionBook, realized_pl
 from engine.user.commands import Category, CommandTracker, InFlight
+from engine.user.opening import open_for_signal
 from engine.user.schedule import Schedule
 from engine.user.terminal import TerminalReconciler
 from engine.user.timing import Timing
-from protocol.common import Alert, AlertLevel, Origin
+from protocol.common import Alert, AlertLevel
 from protocol.device import (
     Ack,
     CloseCommand,
@@ -76,7 +73,7 @@ from protocol.errors import (
     Refused,
     SizingRefused,
 )
-from protocol.ids import client_id, command_id
+from protocol.ids import command_id
 from protocol.signals import Signal
 
 __all__ = ["DeviceInfo", "UserCore"]
@@ -98,11 +95,6 @@ class DeviceInfo(NamedTuple):
     symbols: frozenset[str] | None = None
     """Canonical symbols it can open (its hello's symbols through its symbol map); None:
     every symbol (a device that names none)."""
-
-
-def _position_id_for(approval_id: str) -> str:
-    """Derived from the approval, so a retried approval names the same position."""
-    return "P" + hashlib.blake2b(approval_id.encode(), digest_size=8).hexdigest()
 
 
 class UserCore:
@@ -300,86 +292,23 @@ class UserCore:
             )
         device = self._trading_device(signal.symbol)
         instrument = self.instrument_for(signal.symbol, device.device_id)
-        if bid is None or ask is None:
-            raise Refused(f"no price for {signal.symbol} yet", symbol=signal.symbol)
-        to_points = instrument.to_points
-        entry = to_points(signal.entry)
-        sl = None if signal.sl is None else to_points(signal.sl)
-        tp = None if signal.tp is None else to_points(signal.tp)
-        plan = check_entry(
-            instrument,
-            signal.side,
-            entry,
-            signal.created_at_ms,
-            signal.expires_at_ms,
-            to_points(bid),
-            to_points(ask),
-            now_ms,
-            self.settings,
-        )
-        if volume is not None:
-            volume = instrument.check_volume(volume)
-        else:
-            volume = size_volume(
-                instrument,
-                self.settings,
-                signal.volume,
-                signal.risk_percent,
-                self.equity,
-                plan.price,
-                sl,
-            )
-        check_stops(instrument, signal.side, plan.price, sl, tp)
-        broker_sl, broker_tp = protective_levels(
-            instrument, signal.side, plan.price, sl, tp, self.settings
-        )
-        # Each rule the signal carries wins over the user's default for it.
-        trailing, break_even = default_rules(
-            instrument,
-            None if signal.trailing is not None else self.settings.trailing,
-            None if signal.break_even is not None else self.settings.break_even,
-        )
-        trailing = trailing_rule(instrument, signal.trailing) or trailing
-        break_even = break_even_rule(instrument, signal.break_even) or break_even
-
-        position_id = _position_id_for(approval_id)
-        cid = command_id(position_id, "open", 1)
-        position = Position(
-            id=position_id,
+        position, command = open_for_signal(
             user_id=self.user_id,
-            device_id=device.device_id,
-            account=device.device_id,
-            symbol=signal.symbol,
-            side=signal.side,
-            volume=volume,
-            origin=Origin.SIGNAL,
-            open_price=plan.price,
-            sl=sl,
-            tp=tp,
-            trailing=trailing,
-            break_even=break_even,
-            client_id=client_id(position_id),
-            signal_id=key,
             approval_id=approval_id,
-            expires_at_ms=expires,
-            attempt=1,
-            command_id=cid,
-            updated_ms=now_ms,
-        )
-        command = OpenCommand(
-            command_id=cid,
-            client_id=position.client_id,
-            symbol=signal.symbol,
-            side=signal.side,
-            order_type=plan.order_type,
+            signal=signal,
+            signal_key=key,
+            device_id=device.device_id,
+            instrument=instrument,
+            bid=bid,
+            ask=ask,
             volume=volume,
-            price=instrument.to_price(plan.price),
-            sl=None if broker_sl is None else instrument.to_price(broker_sl),
-            tp=None if broker_tp is None else instrument.to_price(broker_tp),
-            deviation_points=self.settings.deviation_points,
-            expires_ms=plan.expires_ms,
-            deadline_ms=now_ms + self.timing.open_deadline,
+            equity=self.equity,
+            settings=self.settings,
+            timing=self.timing,
+            expires_at_ms=expires,
+            now_ms=now_ms,
         )
+        position_id = position.id
         approval = Approval(
             id=approval_id,
             user_id=self.user_id,
