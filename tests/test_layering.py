@@ -169,3 +169,26 @@ def test_engine_modules_take_no_private_name_from_another() -> None:
         if name.startswith("_") and not name.startswith("__")
     ]
     assert not offenders, "private names used across engine modules:\n" + "\n".join(offenders)
+
+
+NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_field_defaults", "_make"}
+
+
+def test_engine_modules_touch_no_private_attribute_of_another() -> None:
+    """``x._name`` only on ``self``/``cls`` or a class of the same module: a part of the core
+    (the user core's book, tracker, schedule, ...) is used through its methods, not its
+    insides."""
+    offenders = []
+    for path in _modules("engine"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        own = {"self", "cls"} | {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+        offenders += [
+            f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and node.attr not in NAMEDTUPLE_API
+            and not (isinstance(node.value, ast.Name) and node.value.id in own)
+        ]
+    assert not offenders, "private attributes reached from outside:\n" + "\n".join(offenders)
