@@ -33,9 +33,9 @@ from typing import NamedTuple
 
 import msgspec
 
+from engine.broker_symbols import SymbolMap
 from engine.instruments import Instrument
 from engine.records import AlertRaised, ReconciliationEntry, ReconciliationRecorded, Record
-from engine.symbols import SymbolMap
 from protocol.common import Alert, AlertLevel
 from protocol.device import (
     Ack,

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.records import LevelsMoved, PositionSaved, Record, encode_record
-from engine.state import _HANDLERS, EngineState
+from engine.state import HISTORY_RECORDS, RECORD_HANDLERS
 
 __all__ = [
     "HISTORY",
@@ -48,7 +48,7 @@ MAGIC = b"TWRI\x01\x00\x00\x00"
 _KEY_BYTES = 16
 _NO_KEY = bytes(_KEY_BYTES)
 _KINDS: dict[type, int] = {
-    kind: HISTORY if apply is EngineState._history else OTHER for kind, apply in _HANDLERS.items()
+    kind: HISTORY if kind in HISTORY_RECORDS else OTHER for kind in RECORD_HANDLERS
 }
 """Each record type's kind: HISTORY where the fold's own handler keeps nothing (so the two
 cannot drift apart), saves and moves as themselves, any other record OTHER."""

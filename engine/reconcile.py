@@ -18,7 +18,7 @@ PENDING_OPEN               OPEN (filled)        nothing (its open is still to co
 
 A position closed because the terminal lacks it is closed with its fill pending (the absence
 proves the close, not its price): the device's ``deals`` message that follows the snapshot gives
-it (``engine.user_terminal.on_deals``).
+it (``engine.user.terminal.TerminalReconciler.on_deals``).
 
 UNKNOWN is never resolved by a blind resend: a close is resent only when the snapshot shows
 the position still open (the resend carries the same command id, so it is harmless even if the

@@ -66,7 +66,7 @@ from engine.records import (
     position_head_of,
     position_ids_of,
 )
-from engine.state import _HANDLERS, EngineState, StateSnapshot
+from engine.state import RECORD_HANDLERS, EngineState, StateSnapshot
 
 __all__ = ["SnapshotReplay"]
 
@@ -400,7 +400,7 @@ class SnapshotReplay:
             end = start + _CHUNK
             self._settle(state.positions, ids[start:end], newest[start:end], raws[start:end])
         for record in reversed(self._others):
-            _HANDLERS[type(record)](state, record)
+            RECORD_HANDLERS[type(record)](state, record)
         self._snapshot = None
         self._latest, self._saved, self._others, self._folded = {}, [], [], True
         self._ids, self._raws = [], []

@@ -14,7 +14,7 @@ history lives in Postgres projections).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
@@ -38,7 +38,7 @@ from engine.records import (
     signal_key,
 )
 
-__all__ = ["EngineState", "StateSnapshot", "UserState"]
+__all__ = ["HISTORY_RECORDS", "RECORD_HANDLERS", "EngineState", "StateSnapshot", "UserState"]
 
 RETENTION_MS = 7 * 24 * 3600 * 1000
 """Signals and approvals are kept in memory this long after they stop mattering."""
@@ -86,7 +86,7 @@ class EngineState:
         """Fold one record in (``seq``: its journal sequence number, if known)."""
         if seq is not None:
             self.seq = seq
-        handler = _HANDLERS.get(type(record))
+        handler = RECORD_HANDLERS.get(type(record))
         if handler is None:  # pragma: no cover - a new record kind must be handled here
             raise TypeError(f"unhandled record {type(record).__name__}")
         handler(self, record)
@@ -220,7 +220,8 @@ class EngineState:
         return cls.from_snapshot(_SNAPSHOT_DECODER.decode(payload))
 
 
-_HANDLERS: dict[type, Callable[[EngineState, Any], None]] = {
+# A plain dict, read-only by its type: apply() looks it up for every record the node journals.
+RECORD_HANDLERS: Mapping[type, Callable[[EngineState, Any], None]] = {
     PositionSaved: EngineState._position,
     LevelsMoved: EngineState._levels,
     CommandIssued: EngineState._command,
@@ -232,3 +233,10 @@ _HANDLERS: dict[type, Callable[[EngineState, Any], None]] = {
     ReconciliationRecorded: EngineState._history,
     AuditRecorded: EngineState._history,
 }
+"""How :meth:`EngineState.apply` folds each record type. Recovery's fold (``engine.replay``)
+calls these directly for the records it folds one by one."""
+
+HISTORY_RECORDS: frozenset[type] = frozenset(
+    kind for kind, handler in RECORD_HANDLERS.items() if handler is EngineState._history
+)
+"""Record types the state keeps nothing of (their history lives in the projections)."""

@@ -22,7 +22,7 @@ from engine.instruments import Instrument
 from engine.positions import BreakEvenRule, Position, TrailingRule
 from engine.quotes import QuoteLimits, QuoteValidator
 from engine.trailing import LevelMove, TrailingBook
-from engine.triggers import KEEP, Trigger, TriggerBook, _Keep
+from engine.triggers import KEEP, Keep, Trigger, TriggerBook
 from protocol.common import Alert, Side
 
 __all__ = ["QuoteOutcome", "SymbolCore"]
@@ -140,12 +140,12 @@ class SymbolCore:
         return fired
 
     def move(
-        self, position_id: str, sl: int | _Keep | None = KEEP, tp: int | _Keep | None = KEEP
+        self, position_id: str, sl: int | Keep | None = KEEP, tp: int | Keep | None = KEEP
     ) -> list[tuple[str, Trigger]]:
         """Change a watched position's levels (a user's modify). Unknown positions are ignored."""
         if position_id not in self.book:
             return []
-        if not isinstance(sl, _Keep) and position_id in self.trailing:
+        if not isinstance(sl, Keep) and position_id in self.trailing:
             self.trailing.set_sl(position_id, sl)
         return self._owned(self.book.modify(position_id, sl=sl, tp=tp))
 

@@ -44,7 +44,7 @@ from engine.ladder import Crossed, Ladder
 from protocol.common import Side
 from protocol.errors import UsageError
 
-__all__ = ["KEEP", "Trigger", "TriggerBook", "TriggerKind"]
+__all__ = ["KEEP", "Keep", "Trigger", "TriggerBook", "TriggerKind"]
 
 
 class TriggerKind(enum.IntEnum):
@@ -64,14 +64,14 @@ class Trigger(NamedTuple):
     owner: str | None = None
 
 
-class _Keep:
-    """Sentinel: "leave this level as it is" (``None`` means "remove the level")."""
+class Keep:
+    """The type of :data:`KEEP`: "leave this level as it is" (``None`` means "remove it")."""
 
     def __repr__(self) -> str:
         return "KEEP"
 
 
-KEEP = _Keep()
+KEEP = Keep()
 
 # Entry layout, a small list per position (cheaper in memory than an object with slots). The
 # owner rides along so that a fired trigger names it: the symbol core keeps no second table
@@ -228,8 +228,8 @@ class TriggerBook:
     def modify(
         self,
         position_id: str,
-        sl: int | _Keep | None = KEEP,
-        tp: int | _Keep | None = KEEP,
+        sl: int | Keep | None = KEEP,
+        tp: int | Keep | None = KEEP,
     ) -> list[Trigger]:
         """Move or remove (``None``) a position's levels; ``KEEP`` leaves one as it is.
 
@@ -240,10 +240,10 @@ class TriggerBook:
         """
         entry = self._entries[position_id]
         arm_sl = arm_tp = None
-        if not isinstance(sl, _Keep) and sl != entry[_SL]:
+        if not isinstance(sl, Keep) and sl != entry[_SL]:
             self._forget(entry, _SL_SEQ)
             entry[_SL], arm_sl = None, sl
-        if not isinstance(tp, _Keep) and tp != entry[_TP]:
+        if not isinstance(tp, Keep) and tp != entry[_TP]:
             self._forget(entry, _TP_SEQ)
             entry[_TP], arm_tp = None, tp
         return self._arm(position_id, entry, arm_sl, arm_tp)

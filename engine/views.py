@@ -6,18 +6,31 @@ that is recorded (a realised P&L) goes through the exact ``engine.money`` functi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from engine.guards import DrawdownGuard
 from engine.instruments import Instrument
 from engine.lifecycle import FINAL_STATES
 from engine.positions import Position
 from engine.stoprules import break_even_spec, trailing_spec
 from protocol.client import AccountView, PositionView
 
-if TYPE_CHECKING:
-    from engine.user import UserCore
+__all__ = ["Account", "account_view", "display_pl", "net_pl", "position_view"]
 
-__all__ = ["account_view", "display_pl", "net_pl", "position_view"]
+
+class Account(Protocol):
+    """What an account view is made of (a :class:`~engine.user.UserCore` is one)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def balance(self) -> float | None: ...
+    @property
+    def equity(self) -> float | None: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def guard(self) -> DrawdownGuard: ...
 
 
 def display_pl(instrument: Instrument, position: Position, current: int | None) -> float | None:
@@ -83,7 +96,7 @@ def position_view(
     )
 
 
-def account_view(core: UserCore) -> AccountView:
+def account_view(core: Account) -> AccountView:
     """A client's view of ``core``'s account: the device's last report and the guard's state."""
     guard = core.guard
     return AccountView(

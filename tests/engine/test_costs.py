@@ -23,7 +23,7 @@ from engine.state import EngineState
 from engine.views import net_pl, position_view
 from protocol.common import Side
 from protocol.device import Ack, CloseCommand, EventKind, PositionEvent, TerminalPosition
-from tests.engine.test_user import GOLD, T0, approved, core, fire, opened
+from tests.engine.user_helpers import GOLD, T0, approved, core, fire, opened
 
 COSTS = ("commission", "swap")
 

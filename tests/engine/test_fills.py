@@ -27,7 +27,7 @@ from protocol.device import (
     SymbolSpec,
 )
 from protocol.errors import DecodeError, Refused
-from tests.engine.test_user import GOLD, T0, P, approved, core, fire, opened, signal
+from tests.engine.user_helpers import GOLD, T0, P, approved, core, fire, opened, signal
 
 EURUSD = DEFAULT_INSTRUMENTS["EURUSD"]
 

@@ -16,8 +16,8 @@ from engine.guards import DrawdownLimits, GuardLevel
 from engine.records import GuardSaved, Record, encode_batch
 from engine.replay import SnapshotReplay
 from engine.sizing import UserSettings
-from engine.user import UserCore
-from tests.engine.test_user import GOLD, T0, DeviceInfo, approved, core
+from engine.user import DeviceInfo, UserCore
+from tests.engine.user_helpers import GOLD, T0, approved, core
 
 SAVE_EVERY = 10_000  # Timing.guard_save_interval: observations this far apart are all saved
 

@@ -18,7 +18,7 @@ from engine.positions import TrailingRule
 from engine.quotes import QuoteLimits
 from engine.symbol import QuoteOutcome, SymbolCore
 from protocol.common import Side
-from tests.engine.positions import make_position
+from tests.engine.position_helpers import make_position
 
 GOLD = DEFAULT_INSTRUMENTS["XAUUSD"]
 LIMITS = QuoteLimits()  # the defaults: 5 s of age, 5 s ahead, 2 % jumps

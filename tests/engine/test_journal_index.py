@@ -28,7 +28,7 @@ from engine.records import (
     Record,
     decode_batch,
 )
-from tests.engine.test_replay import record
+from tests.engine.hypothesis_records import record
 
 _ONE = msgspec.msgpack.Decoder(Record)
 

@@ -20,7 +20,7 @@ from engine.positions import Position
 from protocol.common import Alert, AlertLevel, Side
 from protocol.device import Ack
 from protocol.notifications import decode_notification, encode_notification
-from tests.engine.test_user import T0, P, core, fire, opened
+from tests.engine.user_helpers import T0, P, core, fire, opened
 
 S = PositionState
 

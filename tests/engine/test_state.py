@@ -10,7 +10,7 @@ from engine.lifecycle import PositionState
 from engine.positions import Position
 from engine.records import PositionSaved
 from engine.state import EngineState
-from tests.engine.positions import make_position
+from tests.engine.position_helpers import make_position
 
 
 def position(i: int, state: PositionState, sl: int) -> Position:

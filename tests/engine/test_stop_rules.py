@@ -27,7 +27,7 @@ from gateway.runtime import timing_of
 from protocol.device import Ack, CloseCommand, ModifyCommand
 from protocol.errors import ConfigError, Conflict, NotFound, Refused, SizingRefused
 from protocol.signals import BreakEvenSpec, TrailingSpec
-from tests.engine.test_user import GOLD, T0, P, core, fire, opened, signal
+from tests.engine.user_helpers import GOLD, T0, P, core, fire, opened, signal
 
 
 def _approve(c: UserCore, **over: object) -> UserCore:

@@ -10,7 +10,7 @@ from engine.positions import TrailingRule
 from engine.quotes import QuoteLimits
 from engine.symbol import SymbolCore
 from protocol.common import Side
-from tests.engine.positions import make_position
+from tests.engine.position_helpers import make_position
 
 GOLD = DEFAULT_INSTRUMENTS["XAUUSD"]
 LIMITS = QuoteLimits(max_age_ms=10**9, max_jump=0.5)

@@ -31,7 +31,7 @@ from persistence.snapshotter import SnapshotProcess, Snapshotter, take_snapshot
 from protocol.common import Alert, AlertLevel
 from protocol.device import CloseCommand
 from protocol.errors import StorageError
-from tests.engine.positions import make_position
+from tests.engine.position_helpers import make_position
 from tests.processes import running
 
 

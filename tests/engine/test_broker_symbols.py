@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.symbols import SymbolMap
+from engine.broker_symbols import SymbolMap
 
 CANON = ["XAUUSD", "EURUSD", "GBPUSD"]
 
