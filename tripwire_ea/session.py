@@ -131,7 +131,7 @@ class Bridge:
                 self._terminal_up = False
                 log.warning("the terminal is unavailable", error=str(group.exceptions[0]))
             except* (OSError, HandshakeError, trio.BrokenResourceError) as group:
-                log.warning("cannot reach the server", error=str(group.exceptions[0])[:200])
+                log.warning("cannot reach the server", error=repr(group.exceptions[0])[:200])
             if code in STOP_CODES:
                 raise Stop(f"the server closed with {code}: upgrade tripwire-ea")
             delay = reconnect_delay(code, attempt, self.rng, self.max_backoff_s)
