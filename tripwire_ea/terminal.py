@@ -58,6 +58,7 @@ DEAL_REASON_CLIENT, DEAL_REASON_MOBILE, DEAL_REASON_WEB, DEAL_REASON_EXPERT = 0,
 DEAL_REASON_SL, DEAL_REASON_TP, DEAL_REASON_SO = 4, 5, 6
 SYMBOL_FILLING_FOK, SYMBOL_FILLING_IOC = 1, 2
 SYMBOL_TRADE_EXECUTION_MARKET = 2
+RES_E_NOT_FOUND = -4
 _TRADE_MODES = {0: "disabled", 1: "long_only", 2: "short_only", 3: "close_only", 4: "full"}
 _CLOSE_KINDS = {
     DEAL_REASON_SL: EventKind.CLOSED_SL,
@@ -149,7 +150,7 @@ class Terminal:
         if newest is None:
             return 0
         quarter = 15 * 60_000
-        return int(round((int(newest) - self.clock()) / quarter)) * quarter
+        return round((int(newest) - self.clock()) / quarter) * quarter
 
     def utc(self, terminal_ms: int) -> int:
         return max(0, int(terminal_ms) - self._offset)
@@ -165,7 +166,7 @@ class Terminal:
         account = self._call("account_info")
         specs = []
         for name in self._symbol_names():
-            info = self.mt.symbol_info(name)
+            info = self._symbol_info(name)
             if info is not None:
                 specs.append(_spec(info))
         return HelloBody(
@@ -332,8 +333,20 @@ class Terminal:
             return ORDER_FILLING_FOK
         return ORDER_FILLING_RETURN
 
+    def _symbol_info(self, name: str) -> Any | None:
+        """``symbol_info``, None when the terminal has no such symbol.
+
+        Raises:
+            TerminalUnavailable: the call failed for another reason (a broken channel must not
+                be mistaken for an unknown symbol: the command would be refused for good).
+        """
+        info = self.mt.symbol_info(name)
+        if info is None and self.mt.last_error()[0] != RES_E_NOT_FOUND:
+            raise TerminalUnavailable(f"symbol_info failed: {self.mt.last_error()}")
+        return info
+
     def _open(self, c: OpenCommand) -> Ack:
-        info = self.mt.symbol_info(c.symbol)
+        info = self._symbol_info(c.symbol)
         if info is None:
             return _refused(c.command_id, rc.EA_REJECTED, f"the terminal has no {c.symbol}")
         buy = c.side is Side.BUY

@@ -97,7 +97,7 @@ class EngineProcess:
             TRIPWIRE_LOGIN_BURST="1000",
             TRIPWIRE_LOGIN_ADDRESS_BURST="1000",
         )
-        with open(self.log, "ab") as log:
+        with open(self.log, "ab") as log:  # noqa: ASYNC230 - opening a log, once per start
             self.process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "gateway.cli", "run"], env=env, stdout=log, stderr=log
             )
@@ -165,7 +165,7 @@ class BridgeProcess:
         self.starts += 1
         env = _env(TRIPWIRE_DEVICE_SECRET=self.secret)
         env["PYTHONPATH"] = os.pathsep.join([str(FAKE_MT5), env["PYTHONPATH"]])
-        with open(self.folder / "bridge.log", "ab") as log:
+        with open(self.folder / "bridge.log", "ab") as log:  # noqa: ASYNC230 - as above
             self.process = await trio.lowlevel.open_process(
                 [
                     sys.executable, "-c", "from tripwire_ea.cli import main; main()",
