@@ -1,0 +1,1 @@
+"""Simulated outside world for tests and demos: markets, terminals, devices."""
