@@ -56,7 +56,6 @@ import numpy as np
 import trio
 from hdrh.histogram import HdrHistogram
 
-from actors.marketdata import load_ticks
 from bench.common import base_parser, machine, print_table, write_json
 from bench.e2e_workers import DeviceSpec, WorkerConfig
 from engine.instruments import DEFAULT_INSTRUMENTS
@@ -65,6 +64,7 @@ from persistence.bridge import open_bridge
 from persistence.db import open_database
 from persistence.embedded import EmbeddedPostgres
 from persistence.migrator import migrate
+from sim.market_data import load_ticks
 
 __all__ = ["main"]
 

@@ -1,4 +1,5 @@
-"""engine/ and protocol/ stay sans-I/O: no networking, no trio, no database, no wall clock."""
+"""engine/ and protocol/ stay sans-I/O: no networking, no trio, no database, no wall clock; and
+sim/ (the simulated outside world) is used only from the edge, the harnesses and the tests."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ FORBIDDEN = {
     "logging",
 }
 OURS_ABOVE = {
-    "engine": {"actors", "gateway", "persistence", "bench"},
-    "protocol": {"engine", "actors", "gateway", "persistence", "bench"},
+    "engine": {"actors", "gateway", "persistence", "sim", "bench"},
+    "protocol": {"engine", "actors", "gateway", "persistence", "sim", "bench"},
 }
 WALL_CLOCK_CALLS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "time_ns"}
 
@@ -96,3 +97,25 @@ def test_importing_the_core_loads_no_io_module() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == ""
+
+
+# sim/ stands in for the outside world (a terminal, an EA, a market): what the engine drives may
+# not depend on it, and it may use the engine and the actors but not the edge or the harnesses.
+NEVER_IMPORTS = {
+    "engine": {"sim"},
+    "protocol": {"sim"},
+    "actors": {"sim"},
+    "persistence": {"sim"},
+    "sim": {"gateway", "persistence", "bench", "tests"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(NEVER_IMPORTS))
+def test_sim_sits_beside_the_engine_not_under_it(package: str) -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in _modules(package)
+        for name in _imports(path)
+        if name.split(".")[0] in NEVER_IMPORTS[package]
+    ]
+    assert not offenders, f"{package}/ imports what it must not:\n" + "\n".join(offenders)

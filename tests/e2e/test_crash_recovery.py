@@ -34,8 +34,6 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from bench.e2e import wait_ready
 from engine.instruments import DEFAULT_INSTRUMENTS
 from gateway.auth import TokenIssuer
@@ -46,6 +44,8 @@ from persistence.embedded import EmbeddedPostgres
 from protocol.codec import feed_codec
 from protocol.feed import Quote, QuoteBatch
 from protocol.signing import sign_signal_header
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import FEED_TOKEN, STRATEGY_ID, STRATEGY_SECRET, free_port
 from tests.processes import children, running
 

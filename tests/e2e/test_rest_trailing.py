@@ -14,13 +14,13 @@ from typing import Any
 import trio
 from trio_websocket import open_websocket_url
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from gateway.runtime import serve
 from protocol.codec import feed_codec
 from protocol.device import CloseCommand, ModifyCommand, OpenCommand
 from protocol.feed import Quote, QuoteBatch
 from protocol.signals import BreakEvenSpec, TrailingSpec
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import FEED_TOKEN, engine_settings
 from tests.e2e.helpers import (
     GOLD_ASK,

@@ -21,10 +21,10 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from actors.clock import Clock
-from actors.marketdata import load_ticks
 from protocol.codec import feed_codec
 from protocol.errors import ProtocolError
 from protocol.feed import Quote, QuoteBatch
+from sim.market_data import load_ticks
 
 __all__ = ["QuoteSink", "StampedQuoteSink", "random_walk", "replay", "websocket_feed"]
 
