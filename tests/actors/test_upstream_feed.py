@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
+from actors.upstream_feed import websocket_feed
 from protocol.codec import feed_codec
 from protocol.feed import Quote, QuoteBatch
-from sim.price_feed import websocket_feed
 
 CODEC = feed_codec("msgpack")
 
