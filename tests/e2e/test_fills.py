@@ -214,7 +214,7 @@ async def test_a_fill_lost_in_a_crash_comes_back_with_the_deals_exactly_once(
 
             # Every later reconnect repeats the deals: nothing changes, nothing is counted twice.
             await connect(engine, outer, device.id, secret, world.terminal, user_id)
-            await trio.sleep(0.3)
+            await trio.sleep(0.3)  # a window for the repeated deals to change something, were it to
             again = engine.node.users[user_id].core.recent_closed[pid]
             assert again == filled
             assert await realized(engine, token) == net

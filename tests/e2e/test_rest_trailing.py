@@ -139,7 +139,7 @@ async def test_a_signals_trailing_stop_follows_the_price_and_closes_once(
         # More quotes below the stop do not close it again.
         await feed.push(trailed - 1.0)
         await feed.push(original_sl - 1.0)
-        await trio.sleep(0.2)
+        await trio.sleep(0.2)  # a window for a second close to show up in, were there one
     assert len(_of(ea, CloseCommand)) == 1
     assert len(_of(ea, OpenCommand)) == 1
     assert terminal.positions == {}
