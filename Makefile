@@ -6,13 +6,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed-run
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test bench lint venv clean browser tools
 
 venv: $(STAMP)
 
-# Two stamps: `run` installs the engine and its runtime dependencies only; `test`, `lint` and
-# `bench` add the dev tools. Each reinstalls whenever the dependency set or the lock changes.
+# Three stamps: `run` installs the engine and its runtime dependencies only; `bench` adds the
+# harnesses' extra (hdrhistogram, profilers); `test` and `lint` add the dev tools, which include
+# the bench extra. Each reinstalls whenever the dependency set or the lock changes.
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Tripwire needs Python 3.11, found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +24,13 @@ $(RUN_STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	@touch $(RUN_STAMP)
 
+$(BENCH_STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
+	@touch $(BENCH_STAMP) $(RUN_STAMP)
+
 $(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	@touch $(STAMP) $(RUN_STAMP)
+	@touch $(STAMP) $(BENCH_STAMP) $(RUN_STAMP)
 
 run: $(RUN_STAMP)
 	$(BIN)/tripwire run
@@ -49,7 +55,7 @@ tools: browser
 test: lint tools
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.all
 
 lint: $(STAMP)

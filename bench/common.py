@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -11,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -19,7 +20,34 @@ from engine.lifecycle import PositionState
 from engine.positions import Position
 from protocol.common import Side
 
-__all__ = ["base_parser", "machine", "open_positions", "percentiles", "print_table", "write_json"]
+__all__ = [
+    "BENCH_EXTRA",
+    "base_parser",
+    "bench_extra_missing",
+    "machine",
+    "open_positions",
+    "percentiles",
+    "print_table",
+    "require_bench_extra",
+    "write_json",
+]
+
+BENCH_EXTRA = ("hdrh",)
+"""The modules of pyproject's ``bench`` extra that a harness imports (``make run`` omits them)."""
+
+
+def bench_extra_missing(harness: str) -> NoReturn:
+    """Stop ``harness`` with one line that says what to install, instead of a traceback."""
+    sys.exit(
+        f"{harness}: the bench extra is not installed; "
+        "run `make bench`, or `pip install -c constraints.txt -e '.[bench]'`"
+    )
+
+
+def require_bench_extra(harness: str) -> None:
+    """Stop ``harness`` at once (one line) if any module of the bench extra is missing."""
+    if any(importlib.util.find_spec(name) is None for name in BENCH_EXTRA):
+        bench_extra_missing(harness)
 
 
 def machine() -> dict[str, Any]:

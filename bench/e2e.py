@@ -54,10 +54,8 @@ import httpx
 import msgspec
 import numpy as np
 import trio
-from hdrh.histogram import HdrHistogram
 
-from actors.marketdata import load_ticks
-from bench.common import base_parser, machine, print_table, write_json
+from bench.common import base_parser, bench_extra_missing, machine, print_table, write_json
 from bench.e2e_workers import DeviceSpec, WorkerConfig
 from engine.instruments import DEFAULT_INSTRUMENTS
 from gateway.auth import TokenIssuer, hash_password
@@ -65,6 +63,12 @@ from persistence.bridge import open_bridge
 from persistence.db import open_database
 from persistence.embedded import EmbeddedPostgres
 from persistence.migrator import migrate
+from sim.market_data import load_ticks
+
+try:
+    from hdrh.histogram import HdrHistogram
+except ImportError:
+    bench_extra_missing("bench.e2e")
 
 __all__ = ["main"]
 

@@ -6,7 +6,7 @@ what it observed to ``--out`` as msgpack. Times are ``time.monotonic_ns()``: the
 every process of the machine, so a quote's scheduled time (feeder) and a command's arrival
 (device) can be subtracted.
 
-``devices``  simulated EAs (``actors.ea_sim``), each holding ``positions_per_device``
+``devices``  simulated EAs (``sim.ea``), each holding ``positions_per_device``
              positions it reports in its snapshot (the engine adopts and arms them); records
              every command's arrival, and first measures the raw WebSocket echo round trip
              against the engine process (the same-run baseline).
@@ -28,14 +28,14 @@ import msgspec
 import trio
 from trio_websocket import HandshakeError, open_websocket_url
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from engine.instruments import DEFAULT_INSTRUMENTS
 from protocol.client import PositionDelta, PriceUpdate, Snapshot, Subscribe
 from protocol.codec import client_client_codec, feed_codec
 from protocol.common import Side
 from protocol.device import CloseCommand, TerminalPosition
 from protocol.feed import MAX_QUOTES_PER_BATCH, Quote, QuoteBatch
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 
 __all__ = ["WorkerConfig", "main"]
 

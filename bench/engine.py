@@ -43,7 +43,6 @@ import trio.lowlevel
 
 from actors import heap
 from actors.directory import StaticDirectory
-from actors.marketdata import load_ticks
 from actors.node import MemoryJournal, Node, NodeConfig
 from bench.common import base_parser, machine, open_positions, percentiles, print_table, write_json
 from engine.instruments import DEFAULT_INSTRUMENTS
@@ -54,6 +53,7 @@ from persistence.logs import configure_logging
 from protocol.device import HelloBody, PositionsSnapshot, SymbolSpec, TerminalPosition
 from protocol.feed import Quote
 from protocol.results import classify
+from sim.market_data import load_ticks
 
 GOLD = DEFAULT_INSTRUMENTS["XAUUSD"]
 

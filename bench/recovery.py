@@ -38,7 +38,6 @@ import numpy as np
 import trio
 import trio.lowlevel
 
-from actors.marketdata import load_ticks
 from actors.node import MemoryJournal, Node, NodeConfig
 from bench.common import open_positions, percentiles
 from engine.instruments import DEFAULT_INSTRUMENTS
@@ -59,6 +58,7 @@ from persistence.recovery import load_state
 from persistence.snapshotter import SnapshotProcess
 from protocol.common import Alert, AlertLevel
 from protocol.feed import Quote
+from sim.market_data import load_ticks
 
 __all__ = ["measure_recovery", "measure_snapshot"]
 

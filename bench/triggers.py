@@ -25,10 +25,10 @@ import tracemalloc
 
 import numpy as np
 
-from actors.marketdata import load_ticks
 from bench.common import base_parser, machine, percentiles, print_table, write_json
 from engine import DEFAULT_INSTRUMENTS, Position, TriggerBook
 from protocol.common import Side
+from sim.market_data import load_ticks
 
 
 def build(n: int, entry: int, seed: int = 1) -> tuple[TriggerBook, list[Position]]:

@@ -30,9 +30,8 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from actors import heap
 from actors.clock import WallClock
-from actors.feeds import random_walk, replay, websocket_feed
 from actors.node import Node, NodeConfig
-from actors.paper import run_paper_device
+from actors.upstream_feed import websocket_feed
 from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.journal_index import encode_indexed_batch
 from engine.quotes import QuoteLimits
@@ -58,6 +57,8 @@ from persistence.recovery import load_state
 from persistence.snapshotter import SnapshotProcess, take_snapshot
 from protocol.errors import StorageError
 from protocol.nonces import MemoryNonceCache, check_vouched
+from sim.paper_terminal import run_paper_device
+from sim.price_feed import random_walk, replay
 
 __all__ = ["MemoryNonces", "serve", "timing_of"]
 

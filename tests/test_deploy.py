@@ -137,5 +137,6 @@ def test_the_systemd_unit_runs_the_engine() -> None:
 def test_the_dockerfile_installs_runtime_dependencies_only() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert "-c constraints.txt ." in text and "[dev]" not in text
-    for package in ("engine", "protocol", "actors", "gateway", "persistence", "data"):
+    # sim/ too: the demo's paper device and the replay feed run in the engine.
+    for package in ("engine", "protocol", "actors", "gateway", "persistence", "sim", "data"):
         assert f"COPY {package} {package}" in text

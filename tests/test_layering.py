@@ -1,4 +1,5 @@
-"""engine/ and protocol/ stay sans-I/O: no networking, no trio, no database, no wall clock."""
+"""engine/ and protocol/ stay sans-I/O: no networking, no trio, no database, no wall clock; and
+sim/ (the simulated outside world) is used only from the edge, the harnesses and the tests."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ FORBIDDEN = {
     "logging",
 }
 OURS_ABOVE = {
-    "engine": {"actors", "gateway", "persistence", "bench"},
-    "protocol": {"engine", "actors", "gateway", "persistence", "bench"},
+    "engine": {"actors", "gateway", "persistence", "sim", "bench"},
+    "protocol": {"engine", "actors", "gateway", "persistence", "sim", "bench"},
 }
 WALL_CLOCK_CALLS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "time_ns"}
 
@@ -192,3 +193,27 @@ def test_engine_modules_touch_no_private_attribute_of_another() -> None:
             and not (isinstance(node.value, ast.Name) and node.value.id in own)
         ]
     assert not offenders, "private attributes reached from outside:\n" + "\n".join(offenders)
+
+
+# sim/ stands in for the outside world (a terminal, an EA, a market): what the engine drives may
+# not depend on it, and it may use the engine and the actors but not the edge or the harnesses.
+NEVER_IMPORTS = {
+    "engine": {"sim"},
+    "protocol": {"sim"},
+    "actors": {"sim"},
+    "persistence": {"sim"},
+    "sim": {"gateway", "persistence", "bench", "tests", "tripwire_ea"},
+    # The bridge ships to traders' machines: it speaks the protocol and nothing of the server.
+    "tripwire_ea": {"engine", "actors", "persistence", "gateway", "sim", "bench", "tests"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(NEVER_IMPORTS))
+def test_sim_sits_beside_the_engine_not_under_it(package: str) -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in _modules(package)
+        for name in _imports(path)
+        if name.split(".")[0] in NEVER_IMPORTS[package]
+    ]
+    assert not offenders, f"{package}/ imports what it must not:\n" + "\n".join(offenders)

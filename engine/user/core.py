@@ -585,6 +585,11 @@ class UserCore:
         save = self._book.save
         instrument = self.instrument_for(p.symbol, p.device_id)
         if category in ("done", "already_closed"):
+            if ack is not None and ack.fill_volume and abs(ack.fill_volume - p.volume) > 1e-9:
+                # The terminal closed less than we knew of: a partial close executed with its
+                # ack lost, and the close resent after the reconnect names the volume from
+                # before it. The P&L is the volume closed.
+                p = p.with_changes(now_ms, volume=ack.fill_volume)
             fill = (
                 None
                 if ack is None or ack.fill_price is None

@@ -61,9 +61,13 @@ class Schedule:
 
     def pop_expired(self, positions: Mapping[str, Position], now_ms: int) -> list[str]:
         """Ids of OPEN positions whose expiry has come (removed from the schedule)."""
-        expired = []
+        expired: list[str] = []
         while (at := self._next_expiry(positions)) is not None and at <= now_ms:
-            expired.append(heapq.heappop(self._expiries)[1])
+            pid = heapq.heappop(self._expiries)[1]
+            # Every save of an OPEN position pushes its expiry again (a modify, a partial close,
+            # new costs): the copies are all current, and the position closes once.
+            if pid not in expired:
+                expired.append(pid)
         return expired
 
     def next_due_ms(self, positions: Mapping[str, Position]) -> int | None:

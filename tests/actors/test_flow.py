@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import trio
 
-from actors.paper import PaperConfig, run_paper_device
 from engine.lifecycle import PositionState
 from protocol.common import Side
 from protocol.signals import Signal
+from sim.paper_terminal import PaperConfig, run_paper_device
 
 
 def gold_signal(node, **over) -> Signal:

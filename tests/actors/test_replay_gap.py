@@ -7,7 +7,6 @@ import trio
 
 from actors.clock import TrioClock
 from actors.directory import StaticDirectory
-from actors.marketdata import load_ticks
 from actors.node import MemoryJournal, Node
 from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.lifecycle import PositionState
@@ -17,6 +16,7 @@ from engine.state import EngineState
 from protocol.common import Side
 from protocol.device import CloseCommand, TerminalPosition
 from protocol.feed import Quote
+from sim.market_data import load_ticks
 from tests.actors.conftest import Harness, ScriptedDevice, classify
 
 

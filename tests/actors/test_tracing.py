@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from actors import tracing
-from actors.paper import PaperConfig, run_paper_device
 from engine.lifecycle import PositionState
+from sim.paper_terminal import PaperConfig, run_paper_device
 from tests.actors.test_flow import approve, gold_signal, wait_for_state
 
 

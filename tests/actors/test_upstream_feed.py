@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from actors.feeds import websocket_feed
+from actors.upstream_feed import websocket_feed
 from protocol.codec import feed_codec
 from protocol.feed import Quote, QuoteBatch
 

@@ -9,12 +9,12 @@ from typing import Any
 import httpx
 import trio
 
-from actors.paper import PaperConfig, PaperTerminal, run_paper_device
 from protocol.codec import encode_signal
 from protocol.common import Side
 from protocol.feed import Quote
 from protocol.signals import Signal
 from protocol.signing import sign_signal_header
+from sim.paper_terminal import PaperConfig, PaperTerminal, run_paper_device
 from tests.e2e.conftest import STRATEGY_ID, STRATEGY_SECRET, Engine
 
 GOLD_BID, GOLD_ASK = 2000.0, 2000.5

@@ -34,8 +34,6 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from bench.e2e import wait_ready
 from engine.instruments import DEFAULT_INSTRUMENTS
 from gateway.auth import TokenIssuer
@@ -46,6 +44,8 @@ from persistence.embedded import EmbeddedPostgres
 from protocol.codec import feed_codec
 from protocol.feed import Quote, QuoteBatch
 from protocol.signing import sign_signal_header
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import FEED_TOKEN, STRATEGY_ID, STRATEGY_SECRET, free_port
 from tests.processes import children, running
 
@@ -171,6 +171,20 @@ async def _run_ea(ea: SimulatedEA) -> None:
         await ea.run()
 
 
+async def _wait_reconciled(db: Any, world: World) -> None:
+    """Until the engine holds, as live, every position the broker holds (its snapshot, read
+    after the reconnect, settled the positions the crashes left unknown or pending)."""
+    tickets = [p.ticket for p in world.terminal.positions.values()]
+    with trio.fail_after(30):
+        while await db.fetchval(
+            "SELECT count(*) FROM positions WHERE device_id = $1"
+            " AND state IN ('open', 'closing') AND ticket = ANY($2::bigint[])",
+            world.device_id,
+            tickets,
+        ) < len(tickets):
+            await trio.sleep(0.05)
+
+
 async def _quote(ws: Any, world: World, bid: float) -> None:
     bid = round(bid, 3)
     world.prices["XAUUSD"] = (bid, round(bid + 0.3, 3))
@@ -284,7 +298,7 @@ async def test_kill_9_at_random_points_loses_and_doubles_nothing(pg_dsn, tmp_pat
             await engine.start()
             async with trio.open_nursery() as nursery:
                 await _connect_ea(world, engine, nursery)
-                await trio.sleep(1.0)  # the snapshot is reconciled
+                await _wait_reconciled(db, world)
                 async with open_websocket_url(
                     f"{engine.ws}/ws/feed?token={FEED_TOKEN}", subprotocols=["tripwire.v1.msgpack"]
                 ) as feed:

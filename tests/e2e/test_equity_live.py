@@ -9,7 +9,7 @@ and the page's curve drawn from 10,048.90 to 10,000.00 (the axis, padded by a te
 range, read 10,053.79 and 9,995.11): the curve had been anchored on the balance reported
 before the close, and the page did not ask again when the report moved the balance.
 
-A simulated EA over a real WebSocket (``actors.ea_sim``) holds the paper terminal; the test
+A simulated EA over a real WebSocket (``sim.ea``) holds the paper terminal; the test
 decides when it sends its account report (``SimulatedEA.send``), so the order is the one that
 produced the mismatch: the close's fill first, the report after.
 """
@@ -25,12 +25,12 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from engine.lifecycle import PositionState
 from engine.views import net_pl
 from protocol.client import AccountDelta, Subscribe
 from protocol.codec import client_client_codec
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import Engine
 from tests.e2e.helpers import GOLD_ASK, decision_url, make_signal, post_signal, quote, wait_for
 from tests.e2e.test_dashboard import SHOTS, STEP_MS, launch

@@ -1,6 +1,6 @@
 """Fills are never lost, never invented, and opens reach a terminal that can trade (issue 20).
 
-Over real /ws/device sockets with the simulated EA (``actors.ea_sim``), the real runtime and a
+Over real /ws/device sockets with the simulated EA (``sim.ea``), the real runtime and a
 real Postgres:
 
 * a close the terminal executed whose ack was lost (the EA dies between ``order_send`` and the
@@ -24,12 +24,12 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from engine.instruments import DEFAULT_INSTRUMENTS
 from gateway.runtime import serve
 from protocol.codec import device_client_codec
 from protocol.device import Ack, CloseCommand, DeviceError, OpenCommand
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import Engine, engine_settings
 from tests.e2e.helpers import GOLD_ASK, GOLD_BID, decision_url, make_signal, post_signal, wait_for
 
@@ -214,7 +214,7 @@ async def test_a_fill_lost_in_a_crash_comes_back_with_the_deals_exactly_once(
 
             # Every later reconnect repeats the deals: nothing changes, nothing is counted twice.
             await connect(engine, outer, device.id, secret, world.terminal, user_id)
-            await trio.sleep(0.3)
+            await trio.sleep(0.3)  # a window for the repeated deals to change something, were it to
             again = engine.node.users[user_id].core.recent_closed[pid]
             assert again == filled
             assert await realized(engine, token) == net

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import trio
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from gateway.notifications import NotificationStore
 from gateway.runtime import serve
 from protocol.closecodes import CloseCode
 from protocol.errors import BadSignature
 from protocol.notifications import USER_HEADER, decode_notification, verify_notification
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import Engine, engine_settings
 from tests.e2e.helpers import (
     GOLD_ASK,

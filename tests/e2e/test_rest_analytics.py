@@ -12,8 +12,6 @@ from typing import Any
 
 import trio
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from engine.lifecycle import PositionState
 from engine.positions import Position
 from engine.records import PositionSaved
@@ -21,6 +19,8 @@ from gateway.rest.analytics import equity_of
 from gateway.rest.charts import equity_chart_data
 from gateway.rest.reads import cache_of
 from protocol.common import Side
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.helpers import now_ms, wait_for
 from tests.e2e.test_dashboard import chromium, launch  # noqa: F401 (chromium: a fixture)
 

@@ -7,9 +7,9 @@ import json
 
 import trio
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperTerminal
 from protocol.closecodes import CloseCode
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperTerminal
 from tests.e2e.helpers import wait_for
 
 

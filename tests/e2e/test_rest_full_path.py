@@ -7,10 +7,10 @@ from __future__ import annotations
 import trio
 from trio_websocket import open_websocket_url
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from protocol.client import PositionDelta, Snapshot, Subscribe
 from protocol.codec import client_client_codec
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import ADMIN_PASSWORD
 from tests.e2e.helpers import (
     GOLD_ASK,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import trio
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperTerminal
 from engine.records import ReconciliationEntry, ReconciliationRecorded
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperTerminal
 from tests.e2e.helpers import (
     GOLD_ASK,
     GOLD_BID,

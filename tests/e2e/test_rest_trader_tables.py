@@ -14,13 +14,13 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from gateway.rest import exports
 from gateway.runtime import serve
 from protocol.client import PositionDelta, PositionView, Snapshot, Subscribe
 from protocol.codec import client_client_codec
 from protocol.common import Side
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import Engine, engine_settings
 from tests.e2e.helpers import (
     GOLD_ASK,

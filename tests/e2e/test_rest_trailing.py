@@ -14,13 +14,13 @@ from typing import Any
 import trio
 from trio_websocket import open_websocket_url
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from gateway.runtime import serve
 from protocol.codec import feed_codec
 from protocol.device import CloseCommand, ModifyCommand, OpenCommand
 from protocol.feed import Quote, QuoteBatch
 from protocol.signals import BreakEvenSpec, TrailingSpec
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import FEED_TOKEN, engine_settings
 from tests.e2e.helpers import (
     GOLD_ASK,
@@ -139,7 +139,7 @@ async def test_a_signals_trailing_stop_follows_the_price_and_closes_once(
         # More quotes below the stop do not close it again.
         await feed.push(trailed - 1.0)
         await feed.push(original_sl - 1.0)
-        await trio.sleep(0.2)
+        await trio.sleep(0.2)  # a window for a second close to show up in, were there one
     assert len(_of(ea, CloseCommand)) == 1
     assert len(_of(ea, OpenCommand)) == 1
     assert terminal.positions == {}

@@ -20,9 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from actors.ea_sim import SimulatedEA
 from actors.hub import Subscription
-from actors.paper import PaperTerminal
 from gateway.runtime import serve
 from protocol.client import (
     Authenticated,
@@ -35,6 +33,8 @@ from protocol.client import (
 )
 from protocol.closecodes import CloseCode
 from protocol.codec import client_client_codec
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperTerminal
 from tests.e2e.conftest import ADMIN_PASSWORD, Engine, engine_settings
 from tests.e2e.helpers import wait_for
 

@@ -9,8 +9,6 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from actors.ea_sim import SimulatedEA
-from actors.paper import PaperConfig, PaperTerminal
 from engine.lifecycle import PositionState
 from gateway.services import accept_signal
 from protocol.closecodes import CloseCode
@@ -20,6 +18,8 @@ from protocol.device import DeviceError, Heartbeat, HelloBody, Welcome
 from protocol.feed import Quote
 from protocol.signals import Signal
 from protocol.signing import sign_hello
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 
 JSON = device_client_codec("json")
 

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.marketdata import load_ticks
 from engine import DEFAULT_INSTRUMENTS, triggers
 from engine.triggers import KEEP, Trigger, TriggerBook, TriggerKind
 from protocol.common import Side
 from protocol.errors import UsageError
+from sim.market_data import load_ticks
 from tests.engine.oracle import OracleBook
 
 # Prices in a narrow band, so that quotes land exactly on levels, repeat, and gap past many.

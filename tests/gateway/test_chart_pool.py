@@ -56,7 +56,7 @@ async def test_limits_hold_while_renders_are_under_way(tmp_path: Path) -> None:
                     await trio.sleep(0.005)
 
             nursery.start_soon(watch)
-            await trio.sleep(0.2)
+            await trio.sleep(0.2)  # a window for a third render to start, were the pool to let it
             assert running(tmp_path) == 2 and pool.rendering == 2  # bob and carol still wait
             (tmp_path / "open").touch()
         assert sorted(done) == ["alice", "alice", "bob", "carol"]

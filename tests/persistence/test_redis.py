@@ -52,6 +52,18 @@ async def _wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> No
             await trio.sleep(0.02)
 
 
+async def _wait_for_blocked_readers(link: RedisLink, count: int, seconds: float = 5.0) -> None:
+    """Until ``count`` clients are blocked in XREAD (Redis's own CLIENT LIST says so)."""
+
+    async def blocked() -> int:
+        clients = await link.call(lambda client: client.client_list())
+        return sum(1 for c in clients if c.get("cmd") == "xread")
+
+    with trio.fail_after(seconds):
+        while await blocked() < count:
+            await trio.sleep(0.02)
+
+
 # -- the nonce cache ------------------------------------------------------------------------
 
 
@@ -173,7 +185,7 @@ async def test_every_subscriber_sees_every_batch_in_order(link: RedisLink) -> No
     async with trio.open_nursery() as nursery:
         await nursery.start(node, "a")
         await nursery.start(node, "b")
-        await trio.sleep(0.2)  # both have resolved "$" and are blocked in XREAD
+        await _wait_for_blocked_readers(link, 2)  # both have resolved "$"
         sent = [_batch(n) for n in range(1, 51)]
         for batch in sent:
             assert await publisher.publish(batch)

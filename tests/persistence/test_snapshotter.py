@@ -221,7 +221,7 @@ async def test_the_snapshotter_process_keeps_its_state_and_is_replaced_when_it_d
         pid = snapshots.pid
         assert pid is not None
         os.kill(pid, signal.SIGINT)
-        await trio.sleep(0.2)
+        await trio.sleep(0.2)  # a window for the signal to end it, were it not ignored
         assert (await snapshots.take()).bytes == 0 and snapshots.pid == pid
 
         # Killed between two snapshots: the next one starts another process, which recovers.

@@ -1,12 +1,10 @@
-"""Price feeds: where quotes come from. Every feed produces protocol :class:`Quote` values and
-hands them to a sink (``node.offer_quotes`` in a node, a WebSocket or the Redis tick bus
-elsewhere).
+"""Simulated price feeds: they produce protocol :class:`Quote` values and hand them to a sink
+(``node.offer_quotes`` in a node, a WebSocket or the Redis tick bus elsewhere). The real
+upstream feed's client is :func:`actors.upstream_feed.websocket_feed`.
 
 * :func:`replay` plays the bundled real days (``data/``) with their original spacing, in real
   time or accelerated, stamped with the current time (a 2014 timestamp would be "stale");
-* :func:`random_walk` invents a plausible market (tests, demos of symbols without data);
-* :func:`websocket_feed` follows an upstream feed over WebSocket (trio-websocket), reconnecting
-  with backoff, decoding :class:`~protocol.feed.QuoteBatch` frames.
+* :func:`random_walk` invents a plausible market (tests, demos of symbols without data).
 """
 
 from __future__ import annotations
@@ -16,23 +14,16 @@ import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 
-import structlog
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from actors.clock import Clock
-from actors.marketdata import load_ticks
-from protocol.codec import feed_codec
-from protocol.errors import ProtocolError
-from protocol.feed import Quote, QuoteBatch
+from protocol.feed import Quote
+from sim.market_data import load_ticks
 
-__all__ = ["QuoteSink", "StampedQuoteSink", "random_walk", "replay", "websocket_feed"]
+__all__ = ["QuoteSink", "random_walk", "replay"]
 
 QuoteSink = Callable[[Sequence[Quote]], object]
 """Takes a batch of quotes and must not block (``Node.offer_quotes``)."""
-
-StampedQuoteSink = Callable[[Sequence[Quote], int | None], object]
-"""The same, with the batch's ``sent_ms`` (``Node.offer_quotes`` judges arrival by it)."""
 
 
 async def replay(
@@ -119,40 +110,3 @@ async def random_walk(
         )
         sent += 1
     return sent
-
-
-async def websocket_feed(
-    sink: StampedQuoteSink,
-    url: str,
-    encoding: str = "msgpack",
-    max_backoff: float = 10.0,
-    connections: int | None = None,
-) -> None:
-    """Follow an upstream quote feed, reconnecting with capped exponential backoff.
-
-    Malformed frames are logged and skipped (the feed is not trusted more than a device); a
-    close or a network error leads to a reconnect. ``connections`` bounds the attempts (tests).
-    """
-    log = structlog.get_logger().bind(feed=url)
-    codec = feed_codec(encoding)  # type: ignore[arg-type]
-    backoff = 0.1
-    attempts = 0
-    while connections is None or attempts < connections:
-        attempts += 1
-        try:
-            async with open_websocket_url(url, subprotocols=[f"tripwire.v1.{encoding}"]) as ws:
-                log.info("feed connected")
-                backoff = 0.1
-                while True:
-                    frame = await ws.get_message()
-                    try:
-                        batch = codec.decode(frame)
-                    except ProtocolError as exc:
-                        log.warning("bad feed frame skipped", code=exc.code, error=exc.message)
-                        continue
-                    if isinstance(batch, QuoteBatch):
-                        sink(batch.quotes, batch.sent_ms)
-        except (ConnectionClosed, HandshakeError, OSError) as exc:
-            log.warning("feed disconnected; reconnecting", error=str(exc), backoff_s=backoff)
-        await trio.sleep(backoff)
-        backoff = min(max_backoff, backoff * 2)

@@ -3,7 +3,7 @@
 It does what docs/protocol.md asks of an EA: connects to ``/ws/device`` with a subprotocol,
 sends a signed ``hello``, waits for the ``welcome``, sends its positions snapshot and account,
 heartbeats, verifies every command's signature with the session key, executes each command id
-once (a repeat is answered with the earlier ack, by the :class:`~actors.paper.PaperTerminal`)
+once (a repeat is answered with the earlier ack, by the :class:`~sim.paper_terminal.PaperTerminal`)
 and acks with the broker's result code. After its positions snapshot it reports the terminal's
 closing deals (``send_deals``). End-to-end tests and the ``bench.e2e`` harness run it;
 ``on_command`` lets a harness time a command's arrival, and ``crash_before_ack`` makes it die
@@ -21,7 +21,6 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from actors.paper import PaperTerminal
 from protocol.codec import device_client_codec
 from protocol.device import (
     CloseCommand,
@@ -36,6 +35,7 @@ from protocol.device import (
 from protocol.errors import BadSignature
 from protocol.session import derive_session_key, verify_command
 from protocol.signing import sign_hello
+from sim.paper_terminal import PaperTerminal
 
 __all__ = ["SimulatedCrash", "SimulatedEA"]
 
