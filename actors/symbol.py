@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import structlog
 import trio
 
-from actors import heap, tracing
+from actors import gc_policy, tracing
 from actors.mailbox import QueuedQuote, QuoteInbox, Sweep
 from actors.messages import Fired, Moved
 from engine.effects import Arm, Disarm, MoveLevels
@@ -60,7 +60,7 @@ class _Failure(NamedTuple):
 
 
 _HOLD_MAX_S = 5.0
-"""The longest a storm holds the collector (see ``heap.hold``): a backlog that does not drain
+"""The longest a storm holds the collector (see ``gc_policy.hold``): a backlog that does not drain
 (fires arriving faster than they are handed out) must not keep it off for good."""
 
 _RESUME = object()
@@ -145,7 +145,7 @@ class SymbolActor:
         """Restore the book from the node's state, then serve the inbox until cancelled."""
         self.core = self._new_core()
         # The book is rebuilt from the node's state fold, in bulk, on every (re)start.
-        with heap.bulk_build():
+        with gc_policy.bulk_build():
             fired = self.core.arm_many(
                 p
                 for p in self.node.state.positions.values()
@@ -289,15 +289,15 @@ class SymbolActor:
                 self._release()
 
     def _hold(self) -> None:
-        """Hold the collector while this actor's storm is handed out (see ``heap.hold``)."""
+        """Hold the collector while this actor's storm is handed out (see ``gc_policy.hold``)."""
         if self._held_at is None:
-            heap.hold()
+            gc_policy.hold()
             self._held_at = time.perf_counter()
 
     def _release(self) -> None:
         if self._held_at is not None:
             self._held_at = None
-            heap.release()
+            gc_policy.release()
 
     def _dispatch_moved(self, moved: list[tuple[str, LevelMove]]) -> None:
         by_user: dict[str, list[LevelMove]] = defaultdict(list)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import structlog
 import trio
 
-from actors import heap, tracing
+from actors import gc_policy, tracing
 from actors.mailbox import Mailbox
 from actors.messages import (
     AccountReport,
@@ -131,7 +131,7 @@ class UserActor:
         """Restore from the node's state fold, then serve the mailbox until cancelled."""
         self.core = core = self._new_core()
         view, node_start = self.node.restore_view(self.user_id)
-        with heap.bulk_build():
+        with gc_policy.bulk_build():
             # At the node's start the symbol actors arm the whole fold at once: no arms here.
             effects = core.restore(
                 view.positions, view.commands, view.approvals, view.guard, arm=not node_start

@@ -41,7 +41,7 @@ import numpy as np
 import trio
 import trio.lowlevel
 
-from actors import heap
+from actors import gc_policy
 from actors.directory import StaticDirectory
 from actors.marketdata import load_ticks
 from actors.node import MemoryJournal, Node, NodeConfig
@@ -152,7 +152,7 @@ async def _start(
     with trio.fail_after(300):
         while len(symbol.core) < n or node.pending():
             await trio.sleep(0.05)
-    heap.settle()  # as the runtime does after a recovery
+    gc_policy.settle()  # as the runtime does after a recovery
     return node, links
 
 
