@@ -237,7 +237,7 @@ async def _run(
     ctx.hashing = HashingGate(settings.login_max_hashing)
     app = create_app(ctx)
     metrics = ctx.extras["metrics"]
-    node.fire_probe = metrics.observe_fire
+    node.probes.fire_latency = metrics.observe_fire
     stop_serving = trio.Event()
     # The snapshotter process ends with this block, however it ends.
     async with (
