@@ -365,9 +365,10 @@ class UserActor:
                     by_device.setdefault(device_id, []).append(command)
             for device_id, commands in by_device.items():
                 node.device(device_id).submit_many_nowait(commands)
-        commands_out = self._probes.commands_out
-        if quote_seq is not None and commands_out is not None and effects.commands:
-            commands_out(quote_seq, len(effects.commands))
+        if quote_seq is not None and effects.commands:
+            commands_out = self._probes.commands_out
+            if commands_out is not None:
+                commands_out(quote_seq, len(effects.commands))
         if opens:
             # The records go with an awaited append: the open leaves once they are durable.
             *early, last = effects.records
