@@ -313,6 +313,10 @@ def _watch_and_breach(
         }"""
     )
     engine_side["drop"]()
+    # The pill still says Live until the close reaches the page: wait for the reconnect first.
+    page.wait_for_function(
+        "() => window.statusLog.some(text => text.startsWith('Reconnecting'))", timeout=STEP_MS
+    )
     expect(status).to_have_text("Live")
     seen["status_log"] = page.evaluate("() => window.statusLog")
     expect(page.get_by_test_id("stale-banner")).to_be_hidden()
