@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 import zlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol, assert_never, cast, final
 
 import structlog
 import trio
@@ -32,6 +32,7 @@ from actors.messages import (
     TerminalEvent,
     TerminalSnapshot,
 )
+from actors.ports import DeviceNode
 from engine.device import DeviceCore, DeviceOutput
 from engine.user import DeviceInfo
 from protocol.client import DeviceView
@@ -43,6 +44,7 @@ from protocol.device import (
     DealsReport,
     DeviceMessage,
     Heartbeat,
+    Hello,
     HelloBody,
     Ping,
     PositionEvent,
@@ -53,15 +55,20 @@ from protocol.device import (
 from protocol.errors import PeerError
 from protocol.redaction import device_error
 
-if TYPE_CHECKING:
-    from actors.node import Node
-
 __all__ = ["DeviceActor", "DeviceLink", "Session"]
 
 _COMMANDS = Command.__args__
 _OUTBOX, _SENT = tracing.HOPS.index("outbox"), tracing.HOPS.index("sent")
-_FLUSH: Any = object()
-"""In an outbox: the link holds bytes a direct send left behind; the writer flushes them."""
+
+
+@final
+class _Flush:
+    """In an outbox: the link holds bytes a direct send left behind; the writer flushes them."""
+
+    __slots__ = ()
+
+
+_FLUSH = _Flush()
 
 
 def _session_id() -> str:
@@ -84,13 +91,13 @@ class Session:
     def __init__(self, session_id: str, link: DeviceLink) -> None:
         self.session_id = session_id
         self.link = link
-        self.outbox: Mailbox[ServerMessage] = Mailbox(f"outbox:{session_id}", 1 << 30)
+        self.outbox: Mailbox[ServerMessage | _Flush] = Mailbox(f"outbox:{session_id}", 1 << 30)
         self.closed = trio.Event()
         self.cancel = trio.CancelScope()
 
 
 class DeviceActor:
-    def __init__(self, node: Node, device_id: str, user_id: str) -> None:
+    def __init__(self, node: DeviceNode, device_id: str, user_id: str) -> None:
         self.node = node
         self.device_id = device_id
         self.user_id = user_id
@@ -123,7 +130,10 @@ class DeviceActor:
             self.device_id, dict(core.instruments), core.connected, core.stale, core.tradable
         )
 
+    # -- views (read-only, for the edge) -----------------------------------------------------
+
     def view(self) -> DeviceView:
+        """The device's status as clients see it."""
         core = self.core
         hello = core.hello
         return DeviceView(
@@ -135,6 +145,11 @@ class DeviceActor:
             account_login=hello.account_login if hello else "",
             broker=hello.broker if hello else "",
         )
+
+    @property
+    def outstanding_commands(self) -> int:
+        """Commands sent (or queued) to the device and not answered yet."""
+        return len(self.core.outstanding())
 
     # -- commands (from user actors) ---------------------------------------------------------
 
@@ -241,10 +256,12 @@ class DeviceActor:
         with session.cancel:
             try:
                 while True:
-                    batch = await session.outbox.get_batch()
-                    if _FLUSH in batch:
-                        batch = [frame for frame in batch if frame is not _FLUSH]
+                    queued = await session.outbox.get_batch()
+                    if _FLUSH in queued:
+                        batch = [f for f in queued if not isinstance(f, _Flush)]
                         await session.link.flush()  # type: ignore[attr-defined]
+                    else:  # (no copy: the common case)
+                        batch = cast(list[ServerMessage], queued)
                     if not batch:
                         continue
                     send_many = getattr(session.link, "send_many", None)
@@ -289,44 +306,47 @@ class DeviceActor:
                     if session is self.session:
                         self._handle(session, message)
 
-    def _handle(self, session: Session, message: Any) -> None:
+    def _handle(self, session: Session, message: DeviceMessage | None) -> None:
+        """A frame of the live session, or None: that session ended."""
         now = self.node.clock.now_ms()
         core = self.core
         user = self.node.user(self.user_id)
-        kind = type(message)
-        if message is None:
-            self.session = None
-            session.cancel.cancel()
-            self._apply(core.disconnect(now))
-            self.log.info("device session closed", session_id=session.session_id)
-        elif kind is Ack:
-            out = core.on_ack(message, now)
-            fault = out.fault
-            self._apply(out)
-            if fault is not None:
-                self._refuse(session, fault, now)
-        elif kind is Heartbeat:
-            self._apply(core.on_heartbeat(now))
-            self._heard_from()
-        elif kind is PositionsSnapshot:
-            positions, out = core.on_snapshot(message.positions, now)
-            self._apply(out)
-            user.deliver(TerminalSnapshot(self.device_id, positions))
-            self._apply(core.flush())
-        elif kind is DealsReport:
-            core.last_seen_ms = now
-            if message.deals:
-                user.deliver(TerminalDeals(self.device_id, list(message.deals)))
-        elif kind is PositionEvent:
-            event = core.on_event(message, now)
-            if event is not None:
-                user.deliver(TerminalEvent(self.device_id, event))
-        elif kind is AccountState:
-            core.last_seen_ms = now
-            user.deliver(AccountReport(self.device_id, message))
-            self._heard_from()
-        else:
-            self.log.warning("unexpected device message", type=kind.__name__)
+        match message:
+            case None:
+                self.session = None
+                session.cancel.cancel()
+                self._apply(core.disconnect(now))
+                self.log.info("device session closed", session_id=session.session_id)
+            case Ack():
+                out = core.on_ack(message, now)
+                fault = out.fault
+                self._apply(out)
+                if fault is not None:
+                    self._refuse(session, fault, now)
+            case Heartbeat():
+                self._apply(core.on_heartbeat(now))
+                self._heard_from()
+            case PositionsSnapshot():
+                positions, out = core.on_snapshot(message.positions, now)
+                self._apply(out)
+                user.deliver(TerminalSnapshot(self.device_id, positions))
+                self._apply(core.flush())
+            case DealsReport():
+                core.last_seen_ms = now
+                if message.deals:
+                    user.deliver(TerminalDeals(self.device_id, list(message.deals)))
+            case PositionEvent():
+                event = core.on_event(message, now)
+                if event is not None:
+                    user.deliver(TerminalEvent(self.device_id, event))
+            case AccountState():
+                core.last_seen_ms = now
+                user.deliver(AccountReport(self.device_id, message))
+                self._heard_from()
+            case Hello():  # a session begins with its hello (the gateway's): not one again
+                self.log.warning("unexpected device message", type="Hello")
+            case _:
+                assert_never(message)
 
     def _refuse(self, session: Session, fault: PeerError, now: int) -> None:
         """The device broke the protocol (``fault``): its session ends now (its unanswered

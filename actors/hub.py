@@ -19,15 +19,15 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import trio
 
 from actors.mailbox import StreamBuffer
+from actors.messages import ClientSnapshot, Reply
+from actors.ports import HubNode
 from engine.lifecycle import PositionState
 from engine.positions import Position
-from engine.user import UserCore
-from engine.views import account_view, position_view
+from engine.views import position_view
 from protocol.client import (
     AccountDelta,
     AccountView,
@@ -42,9 +42,6 @@ from protocol.client import (
 )
 from protocol.common import Alert
 from protocol.errors import TripwireError
-
-if TYPE_CHECKING:
-    from actors.node import Node
 
 __all__ = ["ClientHub", "Subscription"]
 
@@ -82,7 +79,7 @@ class Subscription:
 
 
 class ClientHub:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: HubNode) -> None:
         self.node = node
         self._subs: dict[str, set[Subscription]] = {}  # no empty sets: a closed user leaves
         self._watched: dict[str, set[str]] = defaultdict(set)  # user -> symbols of its positions
@@ -122,25 +119,34 @@ class ClientHub:
         sub = Subscription(user_id, channels, config.client_capacity, config.client_max_overruns)
         # Before the snapshot: no delta can fall in between.
         self._subs.setdefault(user_id, set()).add(sub)
-
-        def snapshot(core: UserCore) -> tuple[Snapshot, None]:
-            self._hold(user_id, core.positions.values())
-            live = list(core.positions.values()) + list(core.recent_closed.values())[-50:]
-            account = account_view(core)
-            self._accounts[user_id] = account  # what every stream of the user now knows
-            return Snapshot(
-                time_ms=self.node.clock.now_ms(),
-                positions=self.views(live),
-                account=account,
-                devices=self.node.device_views(user_id),
-            ), None
-
+        reply: Reply[Snapshot] = Reply()
         try:
-            snap = await self.node.user(user_id).call(snapshot)
+            self.node.user(user_id).deliver(ClientSnapshot(reply))
+            snap = await reply.wait()
         except BaseException:  # cancelled (the client left) or failed: keep nothing of it
             self.unsubscribe(sub)
             raise
         return sub, snap
+
+    def snapshot(
+        self,
+        user_id: str,
+        live: Iterable[Position],
+        recent_closed: Iterable[Position],
+        account: AccountView,
+    ) -> Snapshot:
+        """A new stream's snapshot of the user's state (called by the user actor, which answers
+        a :class:`~actors.messages.ClientSnapshot` with it): the live positions, the last 50
+        closed ones, the account and the devices."""
+        live = list(live)
+        self._hold(user_id, live)
+        self._accounts[user_id] = account  # what every stream of the user now knows
+        return Snapshot(
+            time_ms=self.node.clock.now_ms(),
+            positions=self.views(live + list(recent_closed)[-50:]),
+            account=account,
+            devices=self.node.device_views(user_id),
+        )
 
     def update(
         self, sub: Subscription, channels: Iterable[str] = (), symbols: Iterable[str] = ()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, NamedTuple, TypeVar, final
 
 import trio
 
@@ -33,6 +33,7 @@ from protocol.feed import Quote
 __all__ = ["Mailbox", "QueuedQuote", "QuoteInbox", "StreamBuffer", "Sweep"]
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 class _Doorbell:
@@ -143,6 +144,7 @@ class Sweep(NamedTuple):
     """How many quotes were coalesced (``count`` would shadow ``tuple.count``)."""
 
 
+@final  # the symbol actor tests ``type(item) is QueuedQuote``: final lets mypy narrow it
 class QueuedQuote(NamedTuple):
     """A quote waiting in a symbol actor's inbox, with the time it reached the node.
 
@@ -155,8 +157,9 @@ class QueuedQuote(NamedTuple):
     arrived_ms: int
 
 
-class QuoteInbox:
-    """A symbol actor's inbox: quotes (``coalesce`` policy) and control items (never dropped)."""
+class QuoteInbox(Generic[C]):
+    """A symbol actor's inbox: quotes (``coalesce`` policy) and control items ``C`` (never
+    dropped)."""
 
     def __init__(
         self,
@@ -169,7 +172,7 @@ class QuoteInbox:
         self.admit = admit
         """Whether a quote (and its arrival time) may count in a sweep: a quote validation
         would refuse is never acted on, coalesced or not."""
-        self._items: deque[object] = deque()
+        self._items: deque[QueuedQuote | C] = deque()
         self._quotes = 0
         self._sweep: list[float] | None = None  # bid_low, bid_high, ask_low, ask_high, count
         self._bell = _Doorbell()
@@ -185,14 +188,14 @@ class QuoteInbox:
         self._quotes += 1
         self._bell.ring()
 
-    def put_control(self, item: object) -> None:
+    def put_control(self, item: C) -> None:
         self._items.append(item)
         self._bell.ring()
 
     def _coalesce(self) -> None:
         """Fold every queued quote into the sweep; control items keep their places."""
         sweep = self._sweep or [math.inf, -math.inf, math.inf, -math.inf, 0.0]
-        kept: deque[object] = deque()
+        kept: deque[QueuedQuote | C] = deque()
         admit = self.admit
         for item in self._items:
             if type(item) is QueuedQuote:
@@ -211,7 +214,7 @@ class QuoteInbox:
         if sweep[4]:  # nothing admitted: no sweep
             self._sweep = sweep
 
-    async def get_batch(self) -> tuple[Sweep | None, list[object]]:
+    async def get_batch(self) -> tuple[Sweep | None, list[QueuedQuote | C]]:
         """The sweep of coalesced quotes (if any), then every waiting item in order."""
         while not self._items and self._sweep is None:
             await self._bell.wait()

@@ -19,66 +19,35 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-import msgspec
 import structlog
 import trio
 
 from actors import tracing
 from actors.clock import Clock, WallClock
+from actors.config import NodeConfig
 from actors.device import DeviceActor
 from actors.directory import Directory, StaticDirectory
 from actors.hub import ClientHub
 from actors.messages import LinkLost
+from actors.ports import Probes
+from actors.prices import PriceBoard
 from actors.supervisor import Supervised, supervise
 from actors.symbol import SymbolActor
 from actors.tradelog import TradeLog
 from actors.user import UserActor
 from engine.device import Classifier
-from engine.guards import MarketLimits
 from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
 from engine.notices import Notice
-from engine.quotes import REJECT_REASONS, QuoteLimits
+from engine.quotes import REJECT_REASONS
 from engine.records import AlertRaised, Record
 from engine.state import EngineState, UserState
-from engine.user import DeviceInfo, Timing
+from engine.user import DeviceInfo
 from protocol.client import DeviceView
 from protocol.common import Alert
 from protocol.errors import UnknownPrincipal
 from protocol.feed import Quote
 
 __all__ = ["JournalSink", "MemoryJournal", "Node", "NodeConfig", "PriceBoard"]
-
-
-class NodeConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Sizes and periods of a node, defaulted for the 2-core dev machine."""
-
-    quote_inbox: int = 4096
-    user_mailbox: int = 65_536
-    device_mailbox: int = 65_536
-    outbox_limit: int = 10_000
-    device_stale_ms: int = 30_000
-    device_tick_s: float = 1.0
-    heartbeat_s: int = 5
-    client_capacity: int = 1024
-    client_max_overruns: int = 3
-    price_push_ms: int = 250
-    drain_timeout_s: float = 5.0
-    dispatch_budget_ms: float = 50.0
-    """How long a symbol actor hands fired triggers to user actors before it lets the other
-    tasks run (a breach storm is then handed out in slices; see ``actors.symbol``). Smaller
-    slices let the first closes out sooner but stretch a burst: the device writers of each
-    slice run before the next slice (bench.engine at 5 ms: tick-to-outbox p99 ~2x; at 50 ms:
-    no measurable cost, the storm's first frame still ~2.5x sooner)."""
-    fire_step: int = 25_000
-    """How many crossed levels a symbol actor fires in one step: a gap through a crowded book
-    is fired in steps, the other tasks running between them as between hand-out slices (a
-    100,000-level storm fired at once held the loop ~0.6 s). Each step hands every user its
-    own share, so small steps multiply the per-user costs: bench.engine's storm took 4.2-4.4 s
-    at 2,000 and 3.0 s at 10,000, against 2.1-2.6 s at 25,000 or all at once; at 25,000 its
-    first close reached a link in 0.34-0.42 s instead of 0.97-1.04 s."""
-    timing: Timing = msgspec.field(default_factory=Timing)
-    quote_limits: QuoteLimits = msgspec.field(default_factory=QuoteLimits)
-    market_limits: MarketLimits = msgspec.field(default_factory=MarketLimits)
 
 
 class JournalSink(Protocol):
@@ -101,30 +70,6 @@ class MemoryJournal:
 
     async def wait_committed(self, seq: int) -> None:
         await trio.lowlevel.checkpoint()
-
-
-class PriceBoard:
-    """The latest accepted quote of every symbol, readable by anyone in the process."""
-
-    __slots__ = ("_quotes",)
-
-    def __init__(self) -> None:
-        self._quotes: dict[str, tuple[float, float, int]] = {}
-
-    def update(self, symbol: str, bid: float, ask: float, time_ms: int) -> None:
-        self._quotes[symbol] = (bid, ask, time_ms)
-
-    def get(self, symbol: str) -> tuple[float, float, int] | None:
-        return self._quotes.get(symbol)
-
-    def points(self, symbol: str, scale: int) -> tuple[int | None, int | None]:
-        quote = self._quotes.get(symbol)
-        if quote is None:
-            return None, None
-        return round(quote[0] * scale), round(quote[1] * scale)
-
-    def all(self) -> dict[str, tuple[float, float, int]]:
-        return dict(self._quotes)
 
 
 class Node:
@@ -152,14 +97,8 @@ class Node:
         self.classify: Classifier = classify
         self.prices = PriceBoard()
         self.hub = ClientHub(self)
-        self.tracer: Callable[[int, int], None] | None = None
-        """A latency probe: called with (quote seq, commands) when a fired quote's commands are
-        in their outboxes. None in production."""
-        self.quote_probe: Callable[[int], None] | None = None
-        """Called with a symbol actor's quote seq once the quote is processed (harnesses)."""
-        self.fire_probe: Callable[[float, int], None] | None = None
-        """Called with (perf_counter when the quote was processed, commands) once a fired
-        quote's commands are in their outboxes (the production latency histogram)."""
+        self.probes = Probes()
+        """Latency hooks for the metrics and the harnesses (none set by default)."""
         self.notify: Callable[[str, list[Notice]], None] | None = None
         """Takes a user's fills and closes to notify (``gateway.notifier``); must never block
         (it is called from the user actor, on the tick path). None: nobody is notified."""
@@ -385,7 +324,7 @@ class Node:
             },
             "quotes_coalesced": sum(s.inbox.coalesced for s in self.symbols.values()),
             "fires": sum(s.fired for s in self.symbols.values()),
-            "armed": sum(len(s.core) for s in self.symbols.values()),
+            "armed": sum(s.armed for s in self.symbols.values()),
             "users": len(self.users),
             "devices_connected": sum(d.core.connected for d in self.devices.values()),
             "clients": self.hub.clients,

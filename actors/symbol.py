@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict, deque
-from typing import TYPE_CHECKING, NamedTuple
+from typing import assert_never, final
 
 import structlog
 import trio
 
-from actors import heap, tracing
+from actors import gc_policy, tracing
 from actors.mailbox import QueuedQuote, QuoteInbox, Sweep
-from actors.messages import Fired, Moved
+from actors.messages import Failure, Fired, Moved, SymbolControl
+from actors.ports import SymbolNode
+from actors.views import MarketGuardStatus
 from engine.effects import Arm, Disarm, MoveLevels
 from engine.instruments import Instrument
 from engine.lifecycle import PositionState
@@ -47,32 +49,35 @@ from engine.trailing import LevelMove
 from engine.triggers import Trigger
 from protocol.feed import Quote
 
-if TYPE_CHECKING:
-    from actors.node import Node
-
 __all__ = ["SymbolActor"]
 
 
-class _Failure(NamedTuple):
-    """A failure of the fast path, to be raised in the actor's task."""
-
-    error: Exception
-
-
 _HOLD_MAX_S = 5.0
-"""The longest a storm holds the collector (see ``heap.hold``): a backlog that does not drain
+"""The longest a storm holds the collector (see ``gc_policy.hold``): a backlog that does not drain
 (fires arriving faster than they are handed out) must not keep it off for good."""
 
-_RESUME = object()
-"""Put in the inbox when the fast path leaves a backlog: wakes the task to hand it out."""
+
+@final
+class _Resume:
+    """Put in the inbox when the fast path leaves a backlog: wakes the task to hand it out."""
+
+    __slots__ = ()
+
+
+_RESUME = _Resume()
+
+_Control = SymbolControl | Failure | _Resume
+"""What the inbox holds besides quotes."""
 
 
 class SymbolActor:
-    def __init__(self, node: Node, instrument: Instrument) -> None:
+    def __init__(self, node: SymbolNode, instrument: Instrument) -> None:
         self.node = node
         self.instrument = instrument
         self.symbol = instrument.symbol
-        self.inbox = QuoteInbox(f"symbol:{self.symbol}", node.config.quote_inbox, self._admit)
+        self.inbox: QuoteInbox[_Control] = QuoteInbox(
+            f"symbol:{self.symbol}", node.config.quote_inbox, self._admit
+        )
         self.core = self._new_core()
         self.quotes = 0
         self.rejections: dict[str, int] = {}
@@ -92,6 +97,7 @@ class SymbolActor:
         self._judged: tuple[int, int] = (0, 0)
         """(frame, offered) stamps of the quote being judged, when hop tracing is on."""
         self.log = structlog.get_logger().bind(symbol=self.symbol)
+        self._probes = node.probes
 
     def _new_core(self) -> SymbolCore:
         config = self.node.config
@@ -107,7 +113,7 @@ class SymbolActor:
                 self._quote(quote, arrived_ms)
             except Exception as exc:  # the actor's failure, raised in the actor's own task
                 self._idle = False
-                self.inbox.put_control(_Failure(exc))
+                self.inbox.put_control(Failure(exc))
             return
         self.inbox.put_quote(quote, arrived_ms)
 
@@ -135,9 +141,20 @@ class SymbolActor:
         in the book."""
         return len(self._backlog) + self.core.pending
 
-    def control(self, op: Arm | MoveLevels | Disarm) -> None:
+    def control(self, op: SymbolControl) -> None:
         """An arm/move/disarm from a user actor."""
         self.inbox.put_control(op)
+
+    # -- views (read-only, for the edge) -----------------------------------------------------
+
+    @property
+    def armed(self) -> int:
+        """Positions whose levels the book watches."""
+        return len(self.core)
+
+    def market_guard(self) -> MarketGuardStatus:
+        guard = self.core.guard
+        return MarketGuardStatus(guard.median_spread, guard.alerting, guard.last_quote_ms)
 
     # -- the actor ---------------------------------------------------------------------------
 
@@ -145,7 +162,7 @@ class SymbolActor:
         """Restore the book from the node's state, then serve the inbox until cancelled."""
         self.core = self._new_core()
         # The book is rebuilt from the node's state fold, in bulk, on every (re)start.
-        with heap.bulk_build():
+        with gc_policy.bulk_build():
             fired = self.core.arm_many(
                 p
                 for p in self.node.state.positions.values()
@@ -184,12 +201,19 @@ class SymbolActor:
                 if sweep is not None:
                     self._sweep(sweep, now)
                 for item in batch:
+                    # Quotes first, by their exact type: cheaper than a class pattern.
                     if type(item) is QueuedQuote:
                         self._quote(item.quote, item.arrived_ms)
-                    elif type(item) is _Failure:
-                        raise item.error
-                    elif item is not _RESUME:
-                        self._control(item)  # type: ignore[arg-type]
+                        continue
+                    match item:
+                        case Arm() | MoveLevels() | Disarm():
+                            self._control(item)
+                        case Failure(error=error):
+                            raise error
+                        case _Resume():
+                            pass
+                        case _:
+                            assert_never(item)
 
     def _quote(self, quote: Quote, arrived_ms: int) -> None:
         trace = tracing.TRACE
@@ -207,8 +231,9 @@ class SymbolActor:
             self._refused(outcome.rejected)
             return
         self.node.prices.update(self.symbol, quote.bid, quote.ask, quote.time_ms)
-        if self.node.quote_probe is not None:
-            self.node.quote_probe(self.seq)
+        quote_done = self._probes.quote_done
+        if quote_done is not None:
+            quote_done(self.seq)
         if outcome.fired:
             self._dispatch_fired(outcome.fired)
         if outcome.moved:
@@ -289,15 +314,15 @@ class SymbolActor:
                 self._release()
 
     def _hold(self) -> None:
-        """Hold the collector while this actor's storm is handed out (see ``heap.hold``)."""
+        """Hold the collector while this actor's storm is handed out (see ``gc_policy.hold``)."""
         if self._held_at is None:
-            heap.hold()
+            gc_policy.hold()
             self._held_at = time.perf_counter()
 
     def _release(self) -> None:
         if self._held_at is not None:
             self._held_at = None
-            heap.release()
+            gc_policy.release()
 
     def _dispatch_moved(self, moved: list[tuple[str, LevelMove]]) -> None:
         by_user: dict[str, list[LevelMove]] = defaultdict(list)
@@ -306,16 +331,18 @@ class SymbolActor:
         for user_id, moves in by_user.items():
             self.node.user(user_id).deliver(Moved(moves))
 
-    def _control(self, op: Arm | MoveLevels | Disarm) -> None:
-        if isinstance(op, Arm):
-            self._arm(op)
-        elif isinstance(op, MoveLevels):
-            p = op.position
-            fired = self.core.move(p.id, sl=p.sl, tp=p.tp)
-            if fired:
-                self._dispatch_fired(fired)
-        else:
-            self.core.disarm(op.position_id)
+    def _control(self, op: SymbolControl) -> None:
+        match op:
+            case Arm():
+                self._arm(op)
+            case MoveLevels(position=p):
+                fired = self.core.move(p.id, sl=p.sl, tp=p.tp)
+                if fired:
+                    self._dispatch_fired(fired)
+            case Disarm(position_id=position_id):
+                self.core.disarm(position_id)
+            case _:
+                assert_never(op)
 
     def _arm(self, op: Arm) -> None:
         p = op.position

@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
 
 import structlog
 import trio
 
 from engine.lifecycle import PositionState
-from engine.records import ApprovalSaved, CommandIssued, CommandResolved, PositionSaved
+from engine.positions import Position
+from engine.records import ApprovalSaved, CommandIssued, CommandResolved, PositionSaved, Record
 from protocol.common import Alert
 
-__all__ = ["BUDGET_S", "MAX_BACKLOG", "SLICE", "TradeLog"]
+__all__ = ["BUDGET_S", "MAX_BACKLOG", "SLICE", "TradeEvent", "TradeLog"]
+
+TradeEvent = Record | Alert
+"""What the log is handed: every journaled record (it picks the trading ones) and every alert."""
 
 MAX_BACKLOG = 200_000
 """Events waiting to be logged at most; past it they are counted, not kept."""
@@ -55,13 +58,13 @@ class TradeLog:
     """Noted on the hot path (:meth:`note`), written by :meth:`run`."""
 
     def __init__(self) -> None:
-        self._events: deque[Any] = deque()
+        self._events: deque[TradeEvent] = deque()
         self._states: dict[str, PositionState] = {}
         """The last state logged per live position (terminal ones are forgotten)."""
         self.overflow = 0
         self.log = structlog.get_logger().bind(component="trading")
 
-    def note(self, event: Any) -> None:
+    def note(self, event: TradeEvent) -> None:
         """A record or an alert to log later (never blocks, never formats)."""
         events = self._events
         if len(events) < MAX_BACKLOG:
@@ -97,53 +100,57 @@ class TradeLog:
             self.overflow = 0
         return done
 
-    def _write(self, event: Any) -> None:
-        kind = type(event)
-        if kind is PositionSaved:
-            self._position(event.position)
-        elif kind is CommandIssued:
-            command = event.command
-            self.log.info(
-                "command issued",
-                kind=type(command).__name__.removesuffix("Command").lower(),
-                command_id=command.command_id,
-                position_id=event.position_id,
-                user_id=event.user_id,
-                device_id=event.device_id,
-            )
-        elif kind is CommandResolved:
-            self.log.info(
-                "command resolved",
-                outcome=event.outcome,
-                command_id=event.command_id,
-                position_id=event.position_id,
-                device_id=event.device_id,
-                retcode=event.retcode,
-            )
-        elif kind is ApprovalSaved:
-            a = event.approval
-            self.log.info(
-                "approval",
-                decision=a.decision,
-                user_id=a.user_id,
-                approval_id=a.id,
-                signal=a.signal,
-                position_id=a.position_id,
-            )
-        elif kind is Alert:
-            method = self.log.warning if event.level in {"warning", "critical"} else self.log.info
-            method(
-                "alert",
-                kind=event.kind,
-                level=str(event.level),
-                message=event.message,
-                user_id=event.user_id,
-                device_id=event.device_id,
-                symbol=event.symbol,
-                position_id=event.position_id,
-            )
+    def _write(self, event: TradeEvent) -> None:
+        match event:
+            case PositionSaved():
+                self._position(event.position)
+            case CommandIssued():
+                command = event.command
+                self.log.info(
+                    "command issued",
+                    kind=type(command).__name__.removesuffix("Command").lower(),
+                    command_id=command.command_id,
+                    position_id=event.position_id,
+                    user_id=event.user_id,
+                    device_id=event.device_id,
+                )
+            case CommandResolved():
+                self.log.info(
+                    "command resolved",
+                    outcome=event.outcome,
+                    command_id=event.command_id,
+                    position_id=event.position_id,
+                    device_id=event.device_id,
+                    retcode=event.retcode,
+                )
+            case ApprovalSaved():
+                a = event.approval
+                self.log.info(
+                    "approval",
+                    decision=a.decision,
+                    user_id=a.user_id,
+                    approval_id=a.id,
+                    signal=a.signal,
+                    position_id=a.position_id,
+                )
+            case Alert():
+                method = (
+                    self.log.warning if event.level in {"warning", "critical"} else self.log.info
+                )
+                method(
+                    "alert",
+                    kind=event.kind,
+                    level=str(event.level),
+                    message=event.message,
+                    user_id=event.user_id,
+                    device_id=event.device_id,
+                    symbol=event.symbol,
+                    position_id=event.position_id,
+                )
+            case _:
+                pass  # not a trading event of its own (levels moved, a signal saved...)
 
-    def _position(self, p: Any) -> None:
+    def _position(self, p: Position) -> None:
         before = self._states.get(p.id)
         state = p.state
         if state in _TERMINAL:

@@ -41,7 +41,7 @@ import numpy as np
 import trio
 import trio.lowlevel
 
-from actors import heap
+from actors import gc_policy
 from actors.directory import StaticDirectory
 from actors.node import MemoryJournal, Node, NodeConfig
 from bench.common import base_parser, machine, open_positions, percentiles, print_table, write_json
@@ -150,9 +150,9 @@ async def _start(
         ]
     )
     with trio.fail_after(300):
-        while len(symbol.core) < n or node.pending():
+        while symbol.armed < n or node.pending():
             await trio.sleep(0.05)
-    heap.settle()  # as the runtime does after a recovery
+    gc_policy.settle()  # as the runtime does after a recovery
     return node, links
 
 
@@ -199,7 +199,7 @@ async def _paced(
             first.setdefault(i, latency)
             fired_commands[0] += commands
 
-    node.tracer = tracer
+    node.probes.commands_out = tracer
     clock = node.clock
     start = time.perf_counter() + 0.05
     offer = node.offer_quotes
@@ -216,7 +216,7 @@ async def _paced(
     with trio.move_on_after(5):
         while node.pending():
             await trio.sleep(0.01)
-    node.tracer = None
+    node.probes.commands_out = None
     us = percentiles(np.array(latencies) * 1e6, (50, 99, 99.9))
     # How much of each sample the quote spent before the feed could even offer it (the loop
     # still busy with earlier bursts), and how much after (its own burst).
@@ -291,7 +291,7 @@ async def _storm(
                 stall[0] = max(stall[0], now - last)
                 last = now
 
-        node.tracer = tracer
+        node.probes.commands_out = tracer
         for link in links:
             link.watch()
         nursery.start_soon(ticker)

@@ -132,7 +132,7 @@ async def _armed_node(state: EngineState, nursery: trio.Nursery) -> Node:
     await nursery.start(node.run)
     symbol = node.symbols["XAUUSD"]
     with trio.fail_after(600):
-        while len(symbol.core) < len(state.positions) or node.pending():
+        while symbol.armed < len(state.positions) or node.pending():
             await trio.sleep(0.005)
     return node
 
@@ -222,7 +222,7 @@ async def _tick_latencies(
         if i:
             done[i] = time.monotonic_ns()
 
-    node.quote_probe = probe
+    node.probes.quote_done = probe
     start = time.monotonic() + 0.2
     process = await trio.lowlevel.open_process(
         [sys.executable, "-c", _FEEDER, str(count), str(rate), str(start)], stdout=subprocess.PIPE
@@ -254,7 +254,7 @@ async def _tick_latencies(
         if process.returncode is None:
             process.kill()
     await trio.sleep(0.1)
-    node.quote_probe = None
+    node.probes.quote_done = None
     ok = done[1:] > 0
     return (done[1:][ok] - scheduled[1:][ok]) / 1000
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from actors.heap import DEFAULT_GEN0
+from actors.gc_policy import DEFAULT_GEN0
 from protocol.errors import ConfigError
 
 __all__ = [

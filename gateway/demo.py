@@ -19,14 +19,14 @@ posted, so at most one demo signal is ever pending; the demo user is created wit
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 import trio
 
+from actors.messages import DecideSignal, Reply
 from engine.records import Approval
 from engine.sizing import UserSettings
-from engine.user import UserCore
 from gateway.services import accept_signal, audit
 from protocol.common import Side
 from protocol.errors import Refused
@@ -48,6 +48,7 @@ __all__ = [
 
 DEMO_DEVICE = "paper-1"
 DEMO_STRATEGY = "demo"
+_AGENT = "tripwire demo strategy"
 
 
 class Demo(NamedTuple):
@@ -80,20 +81,6 @@ async def ensure_demo(registry: Registry, settings: Settings) -> Demo | None:
     return Demo(user_id, DEMO_DEVICE)
 
 
-def _approve(core: UserCore, signal: Signal, approval_id: str, ctx: GatewayContext) -> Any:
-    """Inside the user's actor: approve at this moment's price (as the REST decision does)."""
-    quote = ctx.node.prices.get(signal.symbol)
-    return core.decide(
-        approval_id=approval_id,
-        signal=signal,
-        decision="approve",
-        bid=quote[0] if quote else None,
-        ask=quote[1] if quote else None,
-        now_ms=ctx.clock.now_ms(),
-        user_agent="tripwire demo strategy",
-    )
-
-
 async def approve_for_demo(
     ctx: GatewayContext, demo: Demo, signal: Signal, attempts: int = 20
 ) -> Approval | None:
@@ -102,9 +89,12 @@ async def approve_for_demo(
     log = structlog.get_logger().bind(component="demo-strategy", user_id=demo.user_id)
     for _ in range(attempts):
         try:
-            approval: Approval = await ctx.node.user(demo.user_id).call(
-                _approve, signal, f"demo-{uuid.uuid4()}", ctx
+            # Judged inside the user's actor at this moment's price, as the REST decision is.
+            decided: Reply[Approval] = Reply()
+            ctx.node.user(demo.user_id).deliver(
+                DecideSignal(signal, "approve", f"demo-{uuid.uuid4()}", "", _AGENT, None, decided)
             )
+            approval = await decided.wait()
         except Refused as exc:
             if signal.expires_at_ms is not None and ctx.clock.now_ms() >= signal.expires_at_ms:
                 break
@@ -118,7 +108,7 @@ async def approve_for_demo(
             target_type="signal",
             target_id=approval.signal,
             outcome="201",
-            user_agent="tripwire demo strategy",
+            user_agent=_AGENT,
             approval_id=approval.id,
             position_id=approval.position_id,
         )

@@ -28,7 +28,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from actors import heap
+from actors import gc_policy
 from actors.clock import WallClock
 from actors.node import Node, NodeConfig
 from actors.upstream_feed import websocket_feed
@@ -238,7 +238,7 @@ async def _run(
     ctx.hashing = HashingGate(settings.login_max_hashing)
     app = create_app(ctx)
     metrics = ctx.extras["metrics"]
-    node.fire_probe = metrics.observe_fire
+    node.probes.fire_latency = metrics.observe_fire
     stop_serving = trio.Event()
     # The snapshotter process ends with this block, however it ends.
     async with (
@@ -256,7 +256,7 @@ async def _run(
 
         await nursery.start(run_node)
         await nursery.start(notifier.run)
-        heap.settle(settings.gc_gen0)  # the recovered state is long-lived: see actors/heap.py
+        gc_policy.settle(settings.gc_gen0)  # the recovered state is long-lived (gc_policy)
         _start_feed(nursery, settings, node, clock)
         if settings.paper_device and demo is not None:
             nursery.start_soon(run_paper_device, node, DEMO_DEVICE)

@@ -1,5 +1,6 @@
-"""engine/ and protocol/ stay sans-I/O: no networking, no trio, no database, no wall clock; and
-sim/ (the simulated outside world) is used only from the edge, the harnesses and the tests."""
+"""The layers hold: engine/ and protocol/ stay sans-I/O (no networking, no trio, no database,
+no wall clock); the edge reaches actors only through their requests and views; and sim/ (the
+simulated outside world) is used only from the edge, the harnesses and the tests."""
 
 from __future__ import annotations
 
@@ -217,3 +218,113 @@ def test_sim_sits_beside_the_engine_not_under_it(package: str) -> None:
         if name.split(".")[0] in NEVER_IMPORTS[package]
     ]
     assert not offenders, f"{package}/ imports what it must not:\n" + "\n".join(offenders)
+
+
+# -- the actors' boundary: the edge talks to actors through requests and views only ----------
+
+EDGE = ("gateway", "persistence", "bench", "sim")
+"""Packages above the actors (a missing one has no modules to check)."""
+
+ACTOR_LOOKUPS = {"node", "users", "user", "devices", "device", "symbols", "symbol", "actor"}
+"""Names through which code reaches an actor (``node.user(...)``, ``node.users[...]``...)."""
+
+
+def _edge_trees() -> list[tuple[Path, ast.AST]]:
+    return [
+        (path, ast.parse(path.read_text(), filename=str(path)))
+        for package in EDGE
+        for path in _modules(package)
+    ]
+
+
+def _names_in(node: ast.AST) -> set[str]:
+    """Every name and attribute name an expression is made of."""
+    names: set[str] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name):
+            names.add(sub.id)
+        elif isinstance(sub, ast.Attribute):
+            names.add(sub.attr)
+    return names
+
+
+def test_the_edge_never_reads_an_actors_core() -> None:
+    """An actor's core is its private state: the edge reads a view the actor offers."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path, tree in _edge_trees()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr == "core"
+    ]
+    assert not offenders, "reads an actor's core outside actors/:\n" + "\n".join(offenders)
+
+
+def test_the_edge_never_runs_code_inside_an_actor() -> None:
+    """No ``call(fn)``: the edge sends a named request (``actors.messages``), and an actor
+    offers no method that runs a caller's function on its state."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path, tree in _edge_trees()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "call"
+        and _names_in(node.func.value) & ACTOR_LOOKUPS
+    ]
+    for path in _modules("actors"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Actor"):
+                offenders += [
+                    f"{path.relative_to(ROOT)}:{item.lineno} {node.name}.{item.name}"
+                    for item in node.body
+                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                    and item.name == "call"
+                ]
+    assert not offenders, "runs a function inside an actor:\n" + "\n".join(offenders)
+
+
+MAILBOX_TYPES = {"Mailbox", "QuoteInbox", "StreamBuffer", "deque"}
+INPUTS = {"deliver", "control", "inbound", "note", "put_control", "put_nowait", "offer"}
+"""The methods through which messages enter an actor."""
+
+
+def test_actor_mailboxes_are_typed() -> None:
+    """A mailbox, and a method that fills one, names the messages it takes: never ``Any`` or
+    ``object`` (a stream's coalescing ``key`` is no message)."""
+    offenders = []
+    for path in _modules("actors"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            annotations: list[ast.expr] = []
+            if isinstance(node, ast.AnnAssign) and _names_in(node.annotation) & MAILBOX_TYPES:
+                annotations.append(node.annotation)
+            elif isinstance(node, ast.FunctionDef) and node.name in INPUTS:
+                annotations += [
+                    a.annotation for a in node.args.args if a.annotation and a.arg != "key"
+                ]
+            offenders += [
+                f"{path.relative_to(ROOT)}:{a.lineno}"
+                for a in annotations
+                if {"Any", "object"} & _names_in(a)
+            ]
+    assert not offenders, "an actor's mailbox takes anything:\n" + "\n".join(offenders)
+
+
+def _actor_imports(module: str) -> set[str]:
+    """The ``actors`` modules ``module`` imports, type-checking imports included."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    return {name for name in _imports(path) if name.startswith("actors.")}
+
+
+def test_actor_modules_do_not_import_the_node() -> None:
+    """The node imports the actors; they see it through ``actors.ports``: no import circle."""
+    offenders = []
+    for start in sorted(_actor_imports("actors.node")):
+        seen, todo = {start}, [start]
+        while todo:
+            for name in _actor_imports(todo.pop()):
+                if name == "actors.node":
+                    offenders.append(start)
+                elif name not in seen:
+                    seen.add(name)
+                    todo.append(name)
+    assert not offenders, "imports actors.node back (a circle):\n" + "\n".join(offenders)

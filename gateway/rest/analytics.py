@@ -189,18 +189,18 @@ def live_ledger(context: GatewayContext, user_id: str) -> Ledger:
     if actor is None:
         saved = context.node.state.guards.get(user_id)
         return Ledger(saved.balance if saved is not None else None, 0.0, [])
-    core = actor.core
-    balance = core.balance
+    ledger = actor.ledger()
+    balance = ledger.balance
     if balance is None:
         saved = context.node.state.guards.get(user_id)
         balance = saved.balance if saved is not None else None
     recent = [
         (p.close_time_ms or p.updated_ms, net, p.open_time_ms, p.id)
-        for p in core.recent_closed.values()
+        for p in ledger.recent_closed
         if p.state is PositionState.CLOSED
         and (net := net_pl(p.realized_pl, p.commission, p.swap)) is not None
     ]
-    return Ledger(balance, math.fsum(core.unreported.values()), recent)
+    return Ledger(balance, ledger.unreported, recent)
 
 
 def merge(trades: Trades, recent: list[tuple[int, float, int | None, str]]) -> Trades:

@@ -1,14 +1,15 @@
 """Approvals: a user's decision on a signal, and the history of decisions.
 
-A decision runs inside the user's actor (``UserCore.decide``), with the price board's current
-bid and ask and the clock read there, so it is judged against the market at the moment it is
-taken. A signal the caller may not see (not in its audience) is a 404, as for one that does
-not exist (a 403 would tell that it does; an admin, who sees every signal, gets the core's 403).
-The core answers every other case the API promises: a second decision on any version of the
-signal (409), and the refusals of a trading rule (422 with the rule's code: ``guard_blocked``,
-``late_signal``, ``price_deviation``, ``sizing_refused``, ``refused``). An expired signal is
-``late_signal`` whatever the decision. An approval may override the lot size (``volume``),
-checked against the instrument's min, max and step as typed.
+A decision runs inside the user's actor (a :class:`~actors.messages.DecideSignal` request,
+``UserCore.decide``), with the price board's current bid and ask and the clock read there,
+so it is judged against the market at the moment it is taken. A signal the caller may not
+see (not in its audience) is a 404, as for one that does not exist (a 403 would tell that it
+does; an admin, who sees every signal, gets the core's 403). The core answers every other
+case the API promises: a second decision on any version of the signal (409), and the
+refusals of a trading rule (422 with the rule's code: ``guard_blocked``, ``late_signal``,
+``price_deviation``, ``sizing_refused``, ``refused``). An expired signal is ``late_signal``
+whatever the decision. An approval may override the lot size (``volume``), checked against
+the instrument's min, max and step as typed.
 
 Every attempt by an authenticated user is audited with its address and user agent, refusals
 included; the 201 is sent once the audit entry, and with it the approval and the position it
@@ -25,17 +26,13 @@ from msgspec import Meta
 from quart import Blueprint
 from quart_schema import document_response, validate_querystring, validate_request
 
-from actors.clock import Clock
-from actors.node import PriceBoard
-from engine.effects import Effects
-from engine.records import Approval, decision_key, signal_key
-from engine.user import UserCore
+from actors.messages import DecideSignal, Reply
+from engine.records import Approval, signal_key
 from gateway.rest.common import Before, audited, caller, ctx, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
 from gateway.rest.signals import find_signal
 from persistence.projections import to_time
-from protocol.errors import DecodeError, LateSignal, NotFound
-from protocol.signals import Signal
+from protocol.errors import DecodeError, NotFound
 from protocol.types import Id
 
 __all__ = ["blueprint"]
@@ -110,38 +107,6 @@ ORDER BY a.decided_at DESC, a.id
 LIMIT $3"""
 
 
-def _decide(
-    core: UserCore,
-    signal: Signal,
-    decision: Literal["approve", "reject"],
-    approval_id: str,
-    prices: PriceBoard,
-    clock: Clock,
-    ip: str,
-    agent: str,
-    volume: float | None = None,
-) -> tuple[Approval, Effects]:
-    """Inside the user actor: judge the decision at this moment's price and time."""
-    now = clock.now_ms()
-    key = signal_key(signal.strategy_id, signal.signal_id, signal.version)
-    expired = signal.expires_at_ms is not None and now >= signal.expires_at_ms
-    # Audience and "already decided" come first (403, 409), as in the core; then expiry.
-    if expired and core.user_id in signal.audience and decision_key(key) not in core.approvals:
-        raise LateSignal("the signal has expired", expires_at_ms=signal.expires_at_ms, now_ms=now)
-    quote = prices.get(signal.symbol)
-    return core.decide(
-        approval_id=approval_id,
-        signal=signal,
-        decision=decision,
-        bid=quote[0] if quote else None,
-        ask=quote[1] if quote else None,
-        now_ms=now,
-        ip=ip,
-        user_agent=agent,
-        volume=volume,
-    )
-
-
 @blueprint.post("/signals/<strategy_id>/<signal_id>/<int:version>/decision")
 @bearer
 @validate_request(DecisionIn)
@@ -158,17 +123,13 @@ async def decide(strategy_id: str, signal_id: str, version: int, data: DecisionI
         saved = find_signal(context, key)
         if not who.is_admin and who.user_id not in saved.signal.audience:
             raise NotFound("no such signal", signal=key[:200])  # as find_signal's
-        approval: Approval = await context.node.user(who.user_id).call(
-            _decide,
-            saved.signal,
-            data.decision,
-            str(uuid.uuid4()),
-            context.node.prices,
-            context.clock,
-            address,
-            agent,
-            data.volume,
+        decided: Reply[Approval] = Reply()
+        context.node.user(who.user_id).deliver(
+            DecideSignal(
+                saved.signal, data.decision, str(uuid.uuid4()), address, agent, data.volume, decided
+            )
         )
+        approval = await decided.wait()
         note.detail.update(approval_id=approval.id, position_id=approval.position_id)
         if data.volume is not None:
             note.detail["volume"] = data.volume

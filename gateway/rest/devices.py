@@ -86,7 +86,7 @@ class DevicesQuery(msgspec.Struct, frozen=True, kw_only=True):
 def device_out(context: GatewayContext, record: DeviceRecord) -> DeviceOut:
     """The registry's record and the device actor's live status (not connected if none)."""
     actor = context.node.devices.get(record.id)
-    core = actor.core if actor is not None else None
+    live = actor.view() if actor is not None else None
     return DeviceOut(
         id=record.id,
         user_id=record.user_id,
@@ -95,10 +95,10 @@ def device_out(context: GatewayContext, record: DeviceRecord) -> DeviceOut:
         broker=record.broker,
         created_at=record.created_at.isoformat(),
         revoked=record.revoked,
-        connected=bool(core and core.connected),
-        stale=bool(core and core.stale),
-        healthy=core.healthy if core else True,
-        last_seen_ms=core.last_seen_ms if core else None,
+        connected=bool(live and live.connected),
+        stale=bool(live and live.stale),
+        healthy=live.healthy if live else True,
+        last_seen_ms=live.last_seen_ms if live else None,
     )
 
 

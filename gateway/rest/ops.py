@@ -171,16 +171,15 @@ def _drawdown(context: GatewayContext, user_id: str) -> DrawdownOut:
     """The user actor's guard; without an actor, the last saved guard and the settings."""
     actor = context.node.users.get(user_id)
     if actor is not None:
-        core = actor.core
-        guard = core.guard
+        guard = actor.drawdown()
         return DrawdownOut(
             level=guard.level.name.lower(),  # type: ignore[arg-type]
             drawdown=guard.drawdown,
             peak=guard.peak,
             opens_blocked=guard.opens_blocked,
             limits=guard.limits,
-            equity=core.equity,
-            balance=core.balance,
+            equity=guard.equity,
+            balance=guard.balance,
         )
     saved = context.node.state.guards.get(user_id)
     limits = context.registry.user_settings(user_id).drawdown
@@ -214,15 +213,15 @@ async def reconciliation(query_args: LimitQuery) -> Any:
     devices = []
     for record in records:
         actor = context.node.devices.get(record.id)
-        core = actor.core if actor is not None else None
+        live = actor.view() if actor is not None else None
         devices.append(
             DeviceState(
                 device_id=record.id,
-                connected=bool(core and core.connected),
-                stale=bool(core and core.stale),
-                healthy=core.healthy if core else True,
-                last_seen_ms=core.last_seen_ms if core else None,
-                outstanding_commands=len(core.outstanding()) if core else 0,
+                connected=bool(live and live.connected),
+                stale=bool(live and live.stale),
+                healthy=live.healthy if live else True,
+                last_seen_ms=live.last_seen_ms if live else None,
+                outstanding_commands=actor.outstanding_commands if actor is not None else 0,
             )
         )
     device_ids = [r.id for r in records]
@@ -263,11 +262,12 @@ async def guards(query_args: GuardsQuery) -> Any:
     market = [
         MarketGuardOut(
             symbol=symbol,
-            median_spread=actor.core.guard.median_spread,
-            alerting=sorted(actor.core.guard.alerting),
-            last_quote_ms=actor.core.guard.last_quote_ms,
+            median_spread=guard.median_spread,
+            alerting=sorted(guard.alerting),
+            last_quote_ms=guard.last_quote_ms,
         )
         for symbol, actor in sorted(context.node.symbols.items())
+        if (guard := actor.market_guard())
     ]
     return json_response(Guards(drawdown=_drawdown(context, user_id), market=market))
 

@@ -1,8 +1,9 @@
 """Positions: the live ones from memory, the history from Postgres, and closing by hand.
 
 Open (every position not yet final: pending, open, closing, unknown, close failed) is read
-from the user actors' cores, valued at the price board's current quote; nothing waits. The
-history (closed and rejected positions) is the ``positions`` projection, newest first,
+from the user actors' views (``UserActor.live_positions``), valued at the price board's
+current quote; nothing waits. The history (closed and rejected positions) is the
+``positions`` projection, newest first,
 through the short-TTL read cache: Postgres aggregates a page into one JSON text, decoded in
 one call into the engine's own :class:`~engine.positions.Position` (the ``doc`` column), so
 a live and a historical position are shown by the same :func:`~engine.views.position_view`.
@@ -15,13 +16,15 @@ cursor reaches every position exactly once. Each combination of filters is its o
 so every one has a plan that walks the ``positions_history_*`` indexes (migration 0004).
 
 A change of an open position's SL/TP, trailing stop or break-even move
-(``PATCH /positions/{id}``) is a call into the owner's actor (``UserCore.modify_position``):
-validated there against the instrument and the current quote, journaled, re-armed, and sent to
-the device as a ``modify`` when a level changed; answered with the position as it now is.
+(``PATCH /positions/{id}``) is a :class:`~actors.messages.ModifyPosition` request to the owner's
+actor (``UserCore.modify_position``): validated there against the instrument and the current
+quote, journaled, re-armed, and sent to the device as a ``modify`` when a level changed;
+answered with the position as it now is.
 
-A manual close is a call into the owner's actor (``UserCore.close_position``), answered 202
-with the id of the close command that went to the device: the close itself completes when the
-device acknowledges it, visible here and on ``/ws/client``.
+A manual close is a :class:`~actors.messages.ClosePosition` request to the owner's actor
+(``UserCore.close_position``), answered 202 with the id of the close command that went to
+the device: the close itself completes when the device acknowledges it, visible here and on
+``/ws/client``.
 """
 
 from __future__ import annotations
@@ -38,13 +41,11 @@ from msgspec import Meta
 from quart import Blueprint
 from quart_schema import document_response, validate_querystring, validate_request
 
-from actors.clock import Clock
-from engine.effects import Effects
+from actors.messages import ClosePosition, ModifyPosition, Reply
 from engine.instruments import Instrument
 from engine.lifecycle import FINAL_STATES
 from engine.positions import Position, decode_position_document, decode_position_documents
 from engine.stoprules import LevelChanges
-from engine.user import UserCore
 from engine.views import position_view
 from gateway.context import GatewayContext
 from gateway.rest.common import Before, audited, ctx, identity, require_token, scope_user
@@ -218,7 +219,7 @@ def _instrument(context: GatewayContext, p: Position) -> Instrument | None:
     instrument = context.node.instruments.get(p.symbol)
     if instrument is None:
         actor = context.node.users.get(p.user_id)
-        instrument = actor.core.instruments.get(p.symbol) if actor else None
+        instrument = actor.instrument(p.symbol) if actor else None
     return instrument
 
 
@@ -237,13 +238,13 @@ def view_of(context: GatewayContext, p: Position) -> PositionView | None:
 def live_positions(
     context: GatewayContext, user_id: str | None, symbol: str | None = None
 ) -> list[Position]:
-    """Live positions of ``user_id`` (None: everyone), newest first, read from the cores."""
+    """Live positions of ``user_id`` (None: everyone), newest first, read from the actors."""
     users = context.node.users
     actors = users.values() if user_id is None else [a for a in [users.get(user_id)] if a]
     found = [
         p
         for actor in actors
-        for p in actor.core.positions.values()
+        for p in actor.live_positions()
         if symbol is None or p.symbol == symbol
     ]
     found.sort(key=lambda p: (p.open_time_ms or p.updated_ms, p.id), reverse=True)
@@ -332,20 +333,13 @@ async def find_position(context: GatewayContext, position_id: str) -> Position |
     if p is not None:
         return p
     for actor in context.node.users.values():  # closed a moment ago: not yet in Postgres
-        recent = actor.core.recent_closed.get(position_id)
+        recent = actor.recently_closed(position_id)
         if recent is not None:
             return recent
     text = await context.database.fetchval(
         "SELECT doc::text FROM positions WHERE id = $1", position_id
     )
     return None if text is None else decode_position_document(text)
-
-
-def _close(core: UserCore, position_id: str, clock: Clock) -> tuple[str | None, Effects]:
-    """Inside the owner's actor: close by hand; the value is the close command's id."""
-    effects = core.close_position(position_id, "manual", clock.now_ms())
-    closing = core.positions.get(position_id)
-    return (closing.command_id if closing else None), effects
 
 
 @blueprint.get("/positions")
@@ -404,22 +398,11 @@ async def close_position(position_id: str) -> Any:
             raise NotFound("no such position")
         if p.state in FINAL_STATES:
             raise Conflict(f"position is {p.state.value}", state=p.state.value)
-        command_id = await context.node.user(p.user_id).call(_close, position_id, context.clock)
+        closed: Reply[str | None] = Reply()
+        context.node.user(p.user_id).deliver(ClosePosition(position_id, closed))
+        command_id = await closed.wait()
         note.detail["command_id"] = command_id
     return json_response(CloseOut(position_id=position_id, command_id=command_id), 202)
-
-
-def _modify(
-    core: UserCore,
-    position_id: str,
-    changes: LevelChanges,
-    quote: tuple[float, float, int] | None,
-    clock: Clock,
-) -> tuple[Position | None, Effects]:
-    """Inside the owner's actor: change the levels and rules; the value is the new position."""
-    bid, ask = (None, None) if quote is None else (quote[0], quote[1])
-    effects = core.modify_position(position_id, changes, bid, ask, clock.now_ms())
-    return core.positions.get(position_id), effects
 
 
 @blueprint.patch("/positions/<position_id>")
@@ -444,10 +427,9 @@ async def modify_position(position_id: str, data: LevelChanges) -> Any:
             raise Conflict(f"position is {p.state.value}", state=p.state.value)
         for name, value in data.given().items():
             note.detail[name] = msgspec.json.encode(value).decode()
-        quote = context.node.prices.get(p.symbol)
-        updated = await context.node.user(p.user_id).call(
-            _modify, position_id, data, quote, context.clock
-        )
+        modified: Reply[Position | None] = Reply()
+        context.node.user(p.user_id).deliver(ModifyPosition(position_id, data, modified))
+        updated = await modified.wait()
     view = None if updated is None else view_of(context, updated)
     if view is None:
         raise NotFound("no such position")

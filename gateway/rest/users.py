@@ -20,8 +20,8 @@ from msgspec import Meta
 from quart import Blueprint
 from quart_schema import document_response, validate_request
 
+from actors.messages import ApplySettings, Reply
 from engine.sizing import UserSettings
-from engine.user import UserCore
 from gateway.auth import require_role
 from gateway.context import GatewayContext
 from gateway.rest.auth import UserOut
@@ -117,13 +117,6 @@ def _check_rules(settings: UserSettings) -> None:
         )
 
 
-def _apply(core: UserCore, settings: UserSettings) -> tuple[None, None]:
-    """Inside the user actor: the next decision and equity report use the new settings."""
-    core.settings = settings
-    core.guard.limits = settings.drawdown
-    return None, None
-
-
 @blueprint.get("/me/settings")
 @bearer
 @document_response(UserSettings, 200)
@@ -145,7 +138,9 @@ async def put_settings(data: UserSettings) -> Any:
     context = ctx()
     async with audited("settings.update", "user", who.user_id, "200"):
         await context.registry.update_settings(who.user_id, data)
-        await context.node.user(who.user_id).call(_apply, data)
+        applied: Reply[None] = Reply()
+        context.node.user(who.user_id).deliver(ApplySettings(data, applied))
+        await applied.wait()
     return json_response(data)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from actors.messages import ApplySettings, Reply
 from engine.lifecycle import PositionState
 from protocol.common import Side
 from protocol.device import (
@@ -276,9 +277,9 @@ async def test_sizing_and_late_signal_refusals(harness, device, autojump_clock) 
     with pytest.raises(LateSignal):
         await approve(node, late)
     node.directory.settings["u1"] = UserSettings(fixed_volume=500)
-    await node.user("u1").call(
-        lambda core: (setattr(core, "settings", node.directory.user_settings("u1")), None)
-    )
+    applied = Reply()
+    node.user("u1").deliver(ApplySettings(node.directory.user_settings("u1"), applied))
+    await applied.wait()
     with pytest.raises(SizingRefused):
         await approve(node, gold_signal(node, signal_id="g2"))
     assert not node.users["u1"].core.positions

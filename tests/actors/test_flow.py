@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+from actors.messages import DecideSignal, Reply
 from engine.lifecycle import PositionState
 from protocol.common import Side
 from protocol.signals import Signal
@@ -29,17 +30,10 @@ def gold_signal(node, **over) -> Signal:
 
 
 async def approve(node, signal: Signal, approval_id: str = "a1"):
-    q = node.prices.get(signal.symbol)
-    return await node.user("u1").call(
-        lambda core: core.decide(
-            approval_id=approval_id,
-            signal=signal,
-            decision="approve",
-            bid=q[0],
-            ask=q[1],
-            now_ms=node.clock.now_ms(),
-        )
-    )
+    """u1 approves ``signal`` at the price board's quote (as the REST decision does)."""
+    decided = Reply()
+    node.user("u1").deliver(DecideSignal(signal, "approve", approval_id, "", "", None, decided))
+    return await decided.wait()
 
 
 async def wait_for_state(node, user_id, position_id, state):

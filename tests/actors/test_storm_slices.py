@@ -81,7 +81,7 @@ async def test_a_quote_arriving_mid_storm_waits_for_the_storm(step) -> None:
         )
         symbol = node.symbols["XAUUSD"]
         order: list[int] = []
-        node.tracer = lambda seq, commands: order.append(seq)
+        node.probes.commands_out = lambda seq, commands: order.append(seq)
         gap(node, 8_000)  # the nearer half of the SLs
         first = symbol.seq
         assert symbol._backlog

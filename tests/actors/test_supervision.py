@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
-from actors.messages import DeviceChanged
+from actors.messages import ClosePosition, DeviceChanged, Reply
 from engine.lifecycle import PositionState
 from engine.symbol import SymbolCore
 from engine.user import UserCore
 from protocol.closecodes import CloseCode
 from protocol.device import CloseCommand, OpenCommand
+from protocol.errors import NotFound
 from tests.actors.test_commands import open_position
 from tests.actors.test_flow import wait_for_state
 
@@ -140,3 +142,32 @@ async def test_a_busy_user_actor_queues_instead(harness, device, autojump_clock)
     harness.quote(1944.0, 1944.3)
     assert len(outbox) == before  # behind the queued message, in order
     await device.link.next(CloseCommand)
+
+
+async def test_a_request_answers_its_refusal_and_a_broken_one_crashes_the_actor(
+    harness, device, autojump_clock, monkeypatch
+) -> None:
+    await device.connect()
+    pid = await open_position(harness, device)
+    node = harness.node
+    refused: Reply[str | None] = Reply()
+    node.user("u1").deliver(ClosePosition("p-none", refused))
+    with pytest.raises(NotFound):  # a refusal: the caller's answer, the actor carries on
+        await refused.wait()
+    await trio.sleep(1)
+    assert node.supervised["user:u1"].restarts == 0
+
+    def broken(self, position_id, reason, now_ms):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(UserCore, "close_position", broken)
+    failed: Reply[str | None] = Reply()
+    node.user("u1").deliver(ClosePosition(pid, failed))
+    with pytest.raises(RuntimeError, match="injected fault"):  # the caller learns of it...
+        await failed.wait()
+    await trio.sleep(1)
+    assert node.supervised["user:u1"].restarts == 1  # ...and the actor was restarted
+    monkeypatch.undo()
+    closed: Reply[str | None] = Reply()  # the restarted actor serves requests again
+    node.user("u1").deliver(ClosePosition(pid, closed))
+    assert await closed.wait() == f"{pid}.close.1"

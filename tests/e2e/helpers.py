@@ -9,8 +9,10 @@ from typing import Any
 import httpx
 import trio
 
+from actors.messages import AccountReport
 from protocol.codec import encode_signal
 from protocol.common import Side
+from protocol.device import AccountState
 from protocol.feed import Quote
 from protocol.signals import Signal
 from protocol.signing import sign_signal_header
@@ -74,6 +76,16 @@ def quote(
     engine.node.offer_quotes(
         [Quote(symbol=symbol, bid=bid, ask=ask, time_ms=engine.ctx.clock.now_ms())]
     )
+
+
+def report_equity(engine: Engine, user_id: str, peak: float, equity: float) -> None:
+    """Two account reports reach the user's actor, as from a device: the first at ``peak``,
+    the second at ``equity`` (the guard judges the fall between them)."""
+    actor = engine.node.user(user_id)
+    now = engine.ctx.clock.now_ms()
+    for value in (peak, equity):
+        state = AccountState(balance=peak, equity=value, currency="USD", time_ms=now)
+        actor.deliver(AccountReport("test-reports", state))
 
 
 async def wait_for(

@@ -33,8 +33,9 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from actors.messages import DecideSignal, Reply
 from engine.lifecycle import PositionState
-from engine.records import decision_key, signal_key
+from engine.records import Approval, decision_key, signal_key
 from gateway.demo import DEMO_DEVICE
 from gateway.runtime import serve
 from gateway.services import accept_signal
@@ -144,20 +145,13 @@ async def open_position(engine: Engine, user_id: str) -> tuple[str, float]:
         )
         await accept_signal(engine.ctx, signal)
 
-        def approve(core: Any) -> Any:
-            live_bid, live_ask, _ = node.prices.get(SYMBOL)
-            return core.decide(
-                approval_id="dashboard-approval-1",
-                signal=signal,
-                decision="approve",
-                bid=live_bid,
-                ask=live_ask,
-                now_ms=node.clock.now_ms(),
-            )
-
         while True:  # until the paper device has said hello and is the user's trading device
+            decided: Reply[Approval] = Reply()  # judged at the live price
+            node.user(user_id).deliver(
+                DecideSignal(signal, "approve", "dashboard-approval-1", "", "", None, decided)
+            )
             try:
-                approval = await node.user(user_id).call(approve)
+                approval = await decided.wait()
                 break
             except Refused:
                 await trio.sleep(0.1)
@@ -319,6 +313,10 @@ def _watch_and_breach(
         }"""
     )
     engine_side["drop"]()
+    # The pill still says Live until the close reaches the page: wait for the reconnect first.
+    page.wait_for_function(
+        "() => window.statusLog.some(text => text.startsWith('Reconnecting'))", timeout=STEP_MS
+    )
     expect(status).to_have_text("Live")
     seen["status_log"] = page.evaluate("() => window.statusLog")
     expect(page.get_by_test_id("stale-banner")).to_be_hidden()

@@ -14,6 +14,7 @@ from tests.e2e.helpers import (
     paper_device,
     post_signal,
     quote,
+    report_equity,
     wait_for,
 )
 
@@ -98,12 +99,9 @@ async def test_decisions_and_their_refusals(engine, nursery: trio.Nursery) -> No
         assert unsized.status_code == 422 and unsized.json()["code"] == "sizing_refused"
         await http.put("/api/v1/me/settings", json=settings)
 
-        def drawdown(core):  # an account report 20 % under its peak: opens are blocked
-            now = engine.ctx.clock.now_ms()
-            core.on_account(10_000.0, 10_000.0, "USD", now)
-            return None, core.on_account(10_000.0, 8_000.0, "USD", now)
-
-        await engine.node.users[alice].call(drawdown)
+        # An account report 20 % under its peak: opens are blocked (the decision below
+        # queues behind the reports in the user's mailbox).
+        report_equity(engine, alice, 10_000.0, 8_000.0)
         guarded = await decide("guarded")
         assert guarded.status_code == 422 and guarded.json()["code"] == "guard_blocked"
 

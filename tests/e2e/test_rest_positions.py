@@ -16,6 +16,7 @@ from tests.e2e.helpers import (
     paper_device,
     post_signal,
     quote,
+    report_equity,
     wait_for,
 )
 
@@ -96,12 +97,8 @@ async def test_reconciliation_guards_alerts_and_prices(engine, nursery: trio.Nur
     quote(engine)
     quote(engine, bid=GOLD_BID * 1.006, ask=GOLD_ASK * 1.006)  # a 0.6 % jump: a market alert
 
-    def drawdown(core):
-        now = engine.ctx.clock.now_ms()
-        core.on_account(10_000.0, 10_000.0, "USD", now)
-        return None, core.on_account(10_000.0, 8_800.0, "USD", now)  # 12 %: a warning
-
-    await engine.node.users[alice].call(drawdown)
+    report_equity(engine, alice, 10_000.0, 8_800.0)  # 12 %: a warning
+    await wait_for(lambda: engine.node.users[alice].drawdown().drawdown > 0.1)
     await engine.ctx.record_durably(
         ReconciliationRecorded(
             entry=ReconciliationEntry(

@@ -9,6 +9,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from actors.messages import DecideSignal, Reply
 from engine.lifecycle import PositionState
 from gateway.services import accept_signal
 from protocol.closecodes import CloseCode
@@ -198,16 +199,9 @@ async def test_commands_reach_the_ea_signed_and_the_close_lands(engine, nursery,
         created_at_ms=engine.ctx.clock.now_ms(),
     )
     await accept_signal(engine.ctx, signal)
-    approval = await node.user(user_id).call(
-        lambda core: core.decide(
-            approval_id="a-1",
-            signal=signal,
-            decision="approve",
-            bid=1950.0,
-            ask=1950.3,
-            now_ms=engine.ctx.clock.now_ms(),
-        )
-    )
+    decided = Reply()  # at the quote offered above
+    node.user(user_id).deliver(DecideSignal(signal, "approve", "a-1", "", "", None, decided))
+    approval = await decided.wait()
     pid = approval.position_id
     with trio.fail_after(5):
         while node.users[user_id].core.positions[pid].state is not PositionState.OPEN:

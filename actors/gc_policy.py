@@ -70,7 +70,7 @@ def hold() -> None:
 def release() -> None:
     """End a :func:`hold`; the last one gives the collector back as it was."""
     if _Holds.count <= 0:
-        raise RuntimeError("heap.release() without a hold")
+        raise RuntimeError("gc_policy.release() without a hold")
     _Holds.count -= 1
     if _Holds.count == 0 and _Holds.resume:
         gc.enable()

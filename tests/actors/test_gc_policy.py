@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors import heap
+from actors import gc_policy
 
 
 @pytest.fixture(autouse=True)
@@ -22,32 +22,32 @@ def collector_back() -> Iterator[None]:
 
 def test_holds_nest_and_the_last_release_collects_again() -> None:
     gc.enable()
-    heap.hold()
-    heap.hold()
+    gc_policy.hold()
+    gc_policy.hold()
     assert not gc.isenabled()
-    heap.release()
+    gc_policy.release()
     assert not gc.isenabled()  # one hold is still in force
-    heap.release()
+    gc_policy.release()
     assert gc.isenabled()
 
 
 def test_a_collector_that_was_off_stays_off() -> None:
     gc.disable()
-    heap.hold()
-    heap.release()
+    gc_policy.hold()
+    gc_policy.release()
     assert not gc.isenabled()
 
 
 def test_a_release_without_a_hold_is_an_error() -> None:
     with pytest.raises(RuntimeError):
-        heap.release()
+        gc_policy.release()
 
 
 def test_a_bulk_build_inside_a_hold_leaves_the_collector_held() -> None:
     gc.enable()
-    heap.hold()
-    with heap.bulk_build():
+    gc_policy.hold()
+    with gc_policy.bulk_build():
         pass
     assert not gc.isenabled()
-    heap.release()
+    gc_policy.release()
     assert gc.isenabled()
