@@ -225,7 +225,7 @@ class UserActor:
             case Settled(result=r):
                 # engine.device.Result's category is a str; the classifiers return only the
                 # values of protocol.results.ResultCategory, which are engine.user's Category.
-                outcome = core.on_result(r.command_id, r.category, r.ack, now)  # type: ignore[arg-type]
+                outcome = core.on_result(r.command_id, r.category, r.ack, now)
                 self._carry_out(outcome, None)
             case Moved(moves=moves):
                 self._carry_out(core.on_level_moves(moves, now), None)

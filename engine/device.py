@@ -49,6 +49,7 @@ from protocol.device import (
     TerminalPosition,
 )
 from protocol.errors import DecodeError, PeerError
+from protocol.results import CATEGORY, Category, ResultCategory
 
 __all__ = ["Classifier", "DeviceCore", "DeviceOutput", "Result"]
 
@@ -58,7 +59,7 @@ _PRICE_FIELDS: dict[type, tuple[str, ...]] = {
     ModifyCommand: ("sl", "tp"),
 }
 
-Classifier = Callable[[Platform, int, "bool | None"], str]
+Classifier = Callable[[Platform, int, "bool | None"], ResultCategory]
 """``(platform, retcode, executed) -> category``: ``protocol.results.classify``."""
 
 
@@ -66,7 +67,7 @@ class Result(NamedTuple):
     """A settled command, for the user core."""
 
     command_id: str
-    category: str
+    category: Category
     ack: Ack | None
 
     @classmethod
@@ -268,7 +269,7 @@ class DeviceCore:
                     self._recon(now_ms, "unknown_ack", f"ack for {cid} (retcode {ack.retcode})")
                 )
             return out
-        category = str(self.classify(self.platform, ack.retcode, ack.executed))
+        category = CATEGORY[self.classify(self.platform, ack.retcode, ack.executed)]
         if category == "done" and ack.fill_price is None and isinstance(item.command, CloseCommand):
             # Kept as sent: the session's end returns it as lost (UNKNOWN), see the module doc.
             out.fault = DecodeError(

@@ -30,13 +30,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from protocol.device import Platform
 from protocol.errors import UsageError
 
 __all__ = [
+    "CATEGORY",
     "RESULT_CODES",
+    "Category",
     "Platform",
     "ResultCategory",
     "ResultCode",
@@ -54,6 +56,18 @@ class ResultCategory(enum.StrEnum):
     FINAL = "final"
     ALREADY_CLOSED = "already_closed"
     UNKNOWN = "unknown"
+
+
+Category = Literal["done", "retryable", "final", "already_closed", "unknown"]
+"""A :class:`ResultCategory` by its value, as the engine's decisions take it."""
+
+CATEGORY: dict[ResultCategory, Category] = {
+    ResultCategory.DONE: "done",
+    ResultCategory.RETRYABLE: "retryable",
+    ResultCategory.FINAL: "final",
+    ResultCategory.ALREADY_CLOSED: "already_closed",
+    ResultCategory.UNKNOWN: "unknown",
+}
 
 
 @dataclass(frozen=True, slots=True)

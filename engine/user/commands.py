@@ -18,7 +18,6 @@ schedule, and it keeps what it was told and journals the commands it issues and 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
 
 import msgspec
 
@@ -26,10 +25,10 @@ from engine.effects import Effects
 from engine.records import CommandIssued, CommandResolved
 from engine.user.timing import Timing
 from protocol.device import Ack, Command
+from protocol.results import Category
 
 __all__ = ["Category", "CommandTracker", "InFlight", "backoff_ms"]
 
-Category = Literal["done", "retryable", "final", "already_closed", "unknown"]
 """How a device's answer to a command (or its absence) is classified."""
 
 

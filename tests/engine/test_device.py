@@ -9,12 +9,15 @@ from engine.device import DeviceCore
 from engine.instruments import DEFAULT_INSTRUMENTS
 from protocol.common import AlertLevel, Side
 from protocol.device import Ack, CloseCommand, HelloBody, SymbolSpec, TerminalPosition
+from protocol.results import ResultCategory
 
 T0 = 1_700_000_000_000
 
 
-def classify(platform: str, retcode: int, executed: bool | None) -> str:
-    return {10009: "done", 10004: "retryable", 10036: "already_closed"}.get(retcode, "final")
+def classify(platform: str, retcode: int, executed: bool | None) -> ResultCategory:
+    return ResultCategory(
+        {10009: "done", 10004: "retryable", 10036: "already_closed"}.get(retcode, "final")
+    )
 
 
 def hello(*symbols: SymbolSpec) -> HelloBody:

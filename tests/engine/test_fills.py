@@ -27,6 +27,7 @@ from protocol.device import (
     SymbolSpec,
 )
 from protocol.errors import DecodeError, Refused
+from protocol.results import ResultCategory
 from tests.engine.user_helpers import GOLD, T0, P, approved, core, fire, opened, signal
 
 EURUSD = DEFAULT_INSTRUMENTS["EURUSD"]
@@ -196,8 +197,10 @@ def test_each_pending_position_takes_exactly_its_first_deal(
 # -- an ack that reports a close done without its fill -----------------------------------------
 
 
-def classify(platform: str, retcode: int, executed: bool | None) -> str:
-    return {10009: "done", 10008: "done", 10036: "already_closed"}.get(retcode, "final")
+def classify(platform: str, retcode: int, executed: bool | None) -> ResultCategory:
+    return ResultCategory(
+        {10009: "done", 10008: "done", 10036: "already_closed"}.get(retcode, "final")
+    )
 
 
 def device(*symbols: SymbolSpec) -> DeviceCore:
