@@ -59,13 +59,12 @@ from engine.device import Result
 from engine.effects import Disarm, Effects
 from engine.instruments import Instrument
 from engine.positions import Position
-from engine.records import Approval, Record, decision_key, signal_key
-from engine.sizing import UserSettings
+from engine.records import Approval, Record
 from engine.user import UserCore
 from engine.views import account_view
 from protocol.client import Snapshot
 from protocol.device import Command, OpenCommand
-from protocol.errors import LateSignal, TripwireError
+from protocol.errors import TripwireError
 
 __all__ = ["UserActor"]
 
@@ -267,7 +266,7 @@ class UserActor:
         try:
             match request:
                 case ApplySettings(settings=settings, reply=reply):
-                    self._apply_settings(settings)
+                    self.core.apply_settings(settings)
                     self._answer(reply, None, None)
                 case DecideSignal(reply=reply):
                     approval, effects = self._decide(request, now)
@@ -297,29 +296,10 @@ class UserActor:
             self._carry_out(effects, None)
         reply.set(value)
 
-    def _apply_settings(self, settings: UserSettings) -> None:
-        """The next decision and equity report use the new settings; the drawdown guard
-        judges the next report by its new limits."""
-        self.core.settings = settings
-        self.core.guard.limits = settings.drawdown
-
     def _decide(self, request: DecideSignal, now: int) -> tuple[Approval, Effects]:
-        """Judge a decision at this moment's price and time.
-
-        An expired signal is refused whatever the decision, but after the refusals the core
-        makes first (not in the audience: 403; decided already: 409), so those keep their
-        answer once the signal has expired.
-        """
+        """Judge a decision at this moment's price and time (the core refuses an expired
+        signal, whatever the decision)."""
         core, signal = self.core, request.signal
-        expires = signal.expires_at_ms
-        if (
-            expires is not None
-            and now >= expires
-            and core.user_id in signal.audience
-            and decision_key(signal_key(signal.strategy_id, signal.signal_id, signal.version))
-            not in core.approvals
-        ):
-            raise LateSignal("the signal has expired", expires_at_ms=expires, now_ms=now)
         quote = self.node.prices.get(signal.symbol)
         return core.decide(
             approval_id=request.approval_id,

@@ -69,6 +69,7 @@ from protocol.errors import (
     Conflict,
     Forbidden,
     GuardBlocked,
+    LateSignal,
     NotFound,
     Refused,
     SizingRefused,
@@ -237,6 +238,12 @@ class UserCore:
 
     # -- approvals -----------------------------------------------------------------------------
 
+    def apply_settings(self, settings: UserSettings) -> None:
+        """The next decision and equity report use ``settings``; the drawdown guard judges the
+        next report by its new limits."""
+        self.settings = settings
+        self.guard.limits = settings.drawdown
+
     def decide(
         self,
         *,
@@ -258,6 +265,7 @@ class UserCore:
         Raises:
             Forbidden: the signal is not for this user.
             Conflict: the user already decided on this signal (any version of it).
+            LateSignal: the signal has expired (whatever the decision).
             Refused: (and subclasses) the open cannot be placed: guard, device, late, moved,
                 sizing, stops. Nothing is recorded then, so the user may decide again.
         """
@@ -271,6 +279,11 @@ class UserCore:
                 f"already decided: {earlier.decision}",
                 decision=earlier.decision,
                 approval_id=earlier.id,
+            )
+        if signal.expires_at_ms is not None and now_ms >= signal.expires_at_ms:
+            # After the two refusals above, so those keep their answer once it has expired.
+            raise LateSignal(
+                "the signal has expired", expires_at_ms=signal.expires_at_ms, now_ms=now_ms
             )
         effects = Effects()
         expires = signal.expires_at_ms if self.settings.auto_close_on_expiry else None

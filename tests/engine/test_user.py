@@ -8,6 +8,7 @@ from engine.effects import Arm, Disarm
 from engine.guards import DrawdownLimits
 from engine.lifecycle import PositionState
 from engine.records import ApprovalSaved, CommandIssued, PositionSaved
+from engine.sizing import UserSettings
 from engine.trailing import LevelMove
 from engine.user import DeviceInfo, UserCore
 from protocol.common import AlertLevel, Side
@@ -20,7 +21,7 @@ from protocol.device import (
     PositionEvent,
     TerminalPosition,
 )
-from protocol.errors import Conflict, Forbidden, GuardBlocked, NotFound, Refused
+from protocol.errors import Conflict, Forbidden, GuardBlocked, LateSignal, NotFound, Refused
 from tests.engine.user_helpers import GOLD, T0, P, approved, core, fire, opened, signal
 
 
@@ -388,3 +389,50 @@ def test_closes_count_as_unreported_until_the_next_account_report() -> None:
     assert c.unreported == {} and c.balance == 10_000 + pl
     c.on_event("d1", late, T0 + 3100)
     assert c.unreported == {}
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_an_expired_signal_is_refused_whatever_the_decision(decision: str) -> None:
+    c = core()
+    late = signal().expires_at_ms
+    with pytest.raises(LateSignal):
+        c.decide(
+            approval_id="a1",
+            signal=signal(),
+            decision=decision,
+            bid=1950.0,
+            ask=1950.3,
+            now_ms=late,
+        )
+    assert not c.approvals and not c.positions  # nothing recorded: nothing to undo
+
+
+def test_expiry_comes_after_the_audience_and_the_earlier_decision() -> None:
+    c = core()
+    late = signal().expires_at_ms
+    with pytest.raises(Forbidden):
+        c.decide(
+            approval_id="a1",
+            signal=signal(audience=["u2"]),
+            decision="reject",
+            bid=None,
+            ask=None,
+            now_ms=late,
+        )
+    c.decide(approval_id="a1", signal=signal(), decision="reject", bid=None, ask=None, now_ms=T0)
+    with pytest.raises(Conflict):
+        c.decide(
+            approval_id="a2",
+            signal=signal(),
+            decision="approve",
+            bid=1950.0,
+            ask=1950.3,
+            now_ms=late,
+        )
+
+
+def test_new_settings_reach_the_next_decision_and_the_drawdown_guard() -> None:
+    c = core()
+    limits = DrawdownLimits(warning=0.01, critical=0.02)
+    c.apply_settings(UserSettings(drawdown=limits, deviation_points=7))
+    assert c.settings.deviation_points == 7 and c.guard.limits is limits
