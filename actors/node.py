@@ -82,7 +82,7 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class JournalSink(Protocol):
-    """Where records go: ``persistence.Journal`` in production, :class:`MemoryJournal` in tests."""
+    """Where records go: ``persistence.JournalWriter``; :class:`MemoryJournal` in tests."""
 
     def append_nowait(self, record: Record) -> int: ...
 

@@ -51,10 +51,12 @@ from gateway.ws_feed import serve_feed
 from persistence.bridge import open_bridge
 from persistence.db import open_database
 from persistence.embedded import EmbeddedPostgres
-from persistence.journal import Journal
+from persistence.journal_reader import JournalReader
+from persistence.journal_writer import JournalWriter
 from persistence.migrator import migrate
 from persistence.projections import make_projection
 from persistence.recovery import load_state
+from persistence.snapshot_store import SnapshotStore
 from persistence.snapshotter import SnapshotProcess, take_snapshot
 from protocol.errors import StorageError
 from protocol.nonces import MemoryNonceCache, check_vouched
@@ -110,14 +112,14 @@ async def _snapshots(
                 log.warning("snapshot failed; the journal keeps everything", error=str(exc))
 
 
-async def _final_snapshot(snapshots: SnapshotProcess, journal: Journal[Any], log: Any) -> None:
+async def _final_snapshot(snapshots: SnapshotProcess, db: Any, log: Any) -> None:
     """The shutdown snapshot: by the snapshotter process, which holds the state already; in
     this process, from the database, if it cannot."""
     try:
         await snapshots.take()
     except (OSError, StorageError) as exc:
         log.warning("the snapshotter failed at shutdown; snapshotting here", error=str(exc))
-        await take_snapshot(journal)
+        await take_snapshot(JournalReader(db), SnapshotStore(db))
 
 
 def timing_of(settings: Settings) -> Timing:
@@ -183,10 +185,10 @@ async def _run(
         if node_ref:
             node_ref[0].publish_alerts([alert])
 
-    journal: Journal[Any] = Journal(
+    journal: JournalWriter[Any] = JournalWriter(
         db, encode_indexed_batch, make_projection(instruments), on_alert=on_journal_alert
     )
-    recovered = await load_state(journal)
+    recovered = await load_state(JournalReader(db), SnapshotStore(db))
     registry = Registry(db)
     await registry.load()
     strategies = parse_strategies(settings.strategies)
@@ -322,7 +324,7 @@ async def _run(
         with trio.move_on_after(10):
             await journal.flush()
             periodic.cancel()
-            await _final_snapshot(snapshots, journal, log)
+            await _final_snapshot(snapshots, db, log)
         if redis_link is not None:
             await redis_link.aclose()
         nursery.cancel_scope.cancel()
