@@ -23,7 +23,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from actors.ea_sim import SimulatedEA
 from actors.hub import Subscription
 from actors.paper import PaperTerminal
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.client import (
     Authenticated,
     ClientAuth,
@@ -44,7 +44,7 @@ SUBPROTOCOLS = ["tripwire.v1.json"]
 
 async def _engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path, **overrides: Any) -> Engine:
     settings_ = engine_settings(tmp_path, pg_dsn, **overrides)
-    ctx = await nursery.start(serve, settings_)
+    ctx = (await nursery.start(run, settings_)).gateway
     return Engine(ctx, f"http://127.0.0.1:{settings_.port}", f"ws://127.0.0.1:{settings_.port}")
 
 
