@@ -51,7 +51,7 @@ __all__ = ["JournalSink", "MemoryJournal", "Node", "NodeConfig", "PriceBoard"]
 
 
 class JournalSink(Protocol):
-    """Where records go: ``persistence.Journal`` in production, :class:`MemoryJournal` in tests."""
+    """Where records go: ``persistence.JournalWriter``; :class:`MemoryJournal` in tests."""
 
     def append_nowait(self, record: Record) -> int: ...
 

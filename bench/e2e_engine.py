@@ -23,7 +23,7 @@ from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from actors import tracing
 from gateway.config import load_settings
-from gateway.runtime import serve
+from gateway.runtime import run
 from persistence.logs import configure_logging
 
 __all__ = ["main"]
@@ -43,7 +43,7 @@ async def _run(echo_port: int) -> None:
     configure_logging(settings.log_format, settings.log_level)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve_websocket, _echo, "127.0.0.1", echo_port, None)
-        await serve(settings)
+        await run(settings)
         nursery.cancel_scope.cancel()
 
 

@@ -53,7 +53,7 @@ from persistence import (
     Bridge,
     Database,
     EmbeddedPostgres,
-    Journal,
+    JournalWriter,
     dsn_with_database,
     migrate,
     open_bridge,
@@ -145,7 +145,7 @@ class Bench:
 
 
 async def _throughput(db: Database, n: int, project: Any) -> dict[str, float]:
-    journal = Journal(db, encode_batch, project, hard_limit=max(n, 250_000) + 1)
+    journal = JournalWriter(db, encode_batch, project, hard_limit=max(n, 250_000) + 1)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         records = [record(i) for i in range(n)]
@@ -188,7 +188,7 @@ async def _ack_latency(bench: Bench, ack_rate: float) -> dict[str, float]:
     warmup = 0.5
     latencies: list[float] = []
     async with bench.fresh_database() as db:
-        journal = Journal(db, encode_batch, window_ms=args.window_ms)
+        journal = JournalWriter(db, encode_batch, window_ms=args.window_ms)
         counter = itertools.count()
 
         async def request(scheduled: float, measured: bool) -> None:

@@ -53,8 +53,10 @@ from engine.records import (
 from engine.state import EngineState
 from persistence.bridge import open_bridge
 from persistence.db import open_database
-from persistence.journal import Journal
+from persistence.journal_reader import JournalReader
+from persistence.journal_writer import JournalWriter
 from persistence.recovery import load_state
+from persistence.snapshot_store import SnapshotStore
 from persistence.snapshotter import SnapshotProcess
 from protocol.common import Alert, AlertLevel
 from protocol.feed import Quote
@@ -74,10 +76,10 @@ async def _seed(db: Any, positions: int, records: int, users: int) -> None:
         state.apply(PositionSaved(position=p))
     state.seq = 1
     limit = max(records + 10_000, 25_000)
-    journal: Journal[Any] = Journal(
+    journal: JournalWriter[Any] = JournalWriter(
         db, encode_indexed_batch, soft_limit=limit, hard_limit=limit, max_batch=5000
     )
-    await journal.write_snapshot(1, state.encode_snapshot())
+    await SnapshotStore(db).write_snapshot(1, state.encode_snapshot())
     rng = np.random.default_rng(5)
     picks = rng.integers(0, positions, size=records).tolist()
     async with trio.open_nursery() as nursery:
@@ -169,9 +171,8 @@ async def measure_recovery(bench: Any) -> dict[str, float]:
 async def _recover(dsn: str) -> dict[str, float]:
     """The child's side of :func:`measure_recovery`: load the state, arm it, time both."""
     async with open_bridge() as bridge, open_database(bridge, dsn) as db:
-        journal: Journal[Any] = Journal(db, encode_indexed_batch)
         start = time.perf_counter()
-        recovered = await load_state(journal)
+        recovered = await load_state(JournalReader(db), SnapshotStore(db))
         loaded = time.perf_counter()
         async with trio.open_nursery() as nursery:
             await _armed_node(recovered.state, nursery)
@@ -270,8 +271,7 @@ async def measure_snapshot(bench: Any) -> dict[str, float]:
     args = bench.args
     async with bench.fresh_database() as db:
         await _seed(db, args.positions, args.snapshot_records, args.users)
-        journal: Journal[Any] = Journal(db, encode_indexed_batch)
-        recovered = await load_state(journal)
+        recovered = await load_state(JournalReader(db), SnapshotStore(db))
         # Quotes that move inside the book's quiet middle, so the measured path is the
         # per-quote one and every quote is a sample.
         mid = float(load_ticks("XAUUSD").bid[0])
@@ -290,7 +290,7 @@ async def measure_snapshot(bench: Any) -> dict[str, float]:
             node = await _armed_node(recovered.state, nursery)
             # The engine's snapshotter is long-lived: started, and its state recovered, once.
             first = await snapshotter.take()
-            writer: Journal[Any] = Journal(db, encode_indexed_batch)
+            writer: JournalWriter[Any] = JournalWriter(db, encode_indexed_batch)
             await nursery.start(writer.run)
             moving = list(recovered.state.positions.values())[:100]
 

@@ -21,7 +21,6 @@ from quart_trio import QuartTrio
 from gateway.context import GatewayContext
 from gateway.edge import EdgeGuard
 from gateway.errors import error_response, install_error_handlers
-from gateway.metrics import Metrics
 from gateway.routing import MemoMap
 from gateway.ws_client import serve_client
 from gateway.ws_device import serve_device
@@ -36,16 +35,18 @@ class TripwireApp(QuartTrio):
     """QuartTrio whose URL matching leaves no garbage cycles (see ``gateway.routing``)."""
 
     url_map_class = MemoMap
+    edge: EdgeGuard
+    """Per-address connection limits in front of the app (``create_app`` installs it)."""
 
 
-def create_app(ctx: GatewayContext) -> QuartTrio:
+def create_app(ctx: GatewayContext) -> TripwireApp:
     app = TripwireApp("tripwire", static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = ctx.settings.max_body_bytes
     app.config["QUART_SCHEMA_CONVERT_CASING"] = False
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 5
     app.extensions["tripwire"] = ctx
-    metrics = Metrics(ctx)
-    ctx.extras["metrics"] = metrics
+    metrics = ctx.metrics
+    metrics.collect_from(ctx)
     QuartSchema(
         app,
         openapi_path="/openapi.json",
@@ -128,6 +129,5 @@ def create_app(ctx: GatewayContext) -> QuartTrio:
         max_ws=ctx.settings.max_ws_per_address,
     )
     app.asgi_app = edge  # type: ignore[method-assign, assignment]
-    ctx.extras["edge"] = edge
-    ctx.extras["app"] = app
+    ctx.edge = app.edge = edge
     return app

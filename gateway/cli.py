@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     """Start the engine; 1 with a message naming the setting when the configuration is bad."""
     import trio
 
-    from gateway.runtime import serve
+    from gateway.runtime import run
     from protocol.errors import ConfigError, TripwireError
 
     raw = {
@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         environ.update({env_name(k): v for k, v in raw.items()})
         settings = load_settings(environ)
         configure_logging(settings.log_format, settings.log_level)
-        trio.run(serve, settings)
+        trio.run(run, settings)
     except ConfigError as exc:
         print(f"tripwire run: configuration error: {exc.message}", file=sys.stderr)
         return 1

@@ -1,29 +1,36 @@
 """What every handler of the gateway shares: the node, the registry, the stores, the counters.
 
-One :class:`GatewayContext` is built by the runtime and attached to the app; handlers reach it
-with :func:`current_context`. Counters here are plain integers bumped on the request path and
-read by the Prometheus collector at scrape time (``gateway.metrics``).
+One :class:`GatewayContext` is built by the composition root (``gateway.composition``) and
+attached to the app; handlers reach it with :func:`current_context`. Counters here are plain
+integers bumped on the request path and read by the Prometheus collector at scrape time
+(``gateway.metrics``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from quart import current_app
 
 from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings
+from gateway.metrics import Metrics
 from protocol.errors import StorageError
 
 if TYPE_CHECKING:
     from actors.clock import Clock
     from actors.node import Node
     from engine.records import Record
+    from gateway.edge import EdgeGuard
+    from gateway.notifier import Notifier
     from gateway.registry import Registry
+    from gateway.rest.candlebook import CandleBook
+    from gateway.rest.charts import ChartPool
     from persistence.cache import ReadCache
     from persistence.db import Database
+    from persistence.journal_writer import JournalWriter
 
 __all__ = ["Counters", "GatewayContext", "NonceStore", "current_context"]
 
@@ -57,6 +64,8 @@ class Counters:
     device_timeouts: int = 0
     """Device sessions closed with 4004: nothing heard within ``stale_after_s``."""
     feed_quotes: int = 0
+    rest_actions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Audited REST actions by ``(action, outcome)`` (``gateway.rest.metrics``)."""
 
     def handshake(self, outcome: str) -> None:
         self.handshakes[outcome] += 1
@@ -85,7 +94,19 @@ class GatewayContext:
     """Bounds the password checks running at once (logins)."""
     counters: Counters = field(default_factory=Counters)
     ready: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+    journal_writer: JournalWriter[Record] | None = None
+    """The journal's writer, for its health metrics (None: an in-memory journal)."""
+    notifier: Notifier | None = None
+    """None in tests that deliver no notifications."""
+    candles: CandleBook | None = None
+    """Prices sampled for ``/market/candles`` (made with the app, ``gateway.rest.market``)."""
+    edge: EdgeGuard | None = None
+    """The app's per-address connection limits (set by ``gateway.app.create_app``)."""
+    chart_pool: ChartPool | None = None
+    """The chart renderers (made on the first chart, ``gateway.rest.charts``)."""
+    local_cache: ReadCache | None = None
+    """The in-process read cache when there is no Redis (made on first use)."""
 
     @property
     def database(self) -> Database:

@@ -122,13 +122,13 @@ class _Collector:
         for outcome, value in sorted(c.logins.items()):
             logins.add_metric([outcome], value)
         yield logins
-        edge = ctx.extras.get("edge")
+        edge = ctx.edge
         refused = CounterMetricFamily(
             "tripwire_connections_refused",
             "Connections refused at the edge: the address had its limit open (http, websocket)",
             labels=["kind"],
         )
-        for kind, value in sorted(getattr(edge, "refused", {}).items()):
+        for kind, value in sorted(edge.refused.items() if edge is not None else ()):
             refused.add_metric([kind], value)
         yield refused
         handshakes = CounterMetricFamily(
@@ -149,7 +149,7 @@ class _Collector:
         for route, value in c.legacy_calls.items():
             legacy.add_metric([route], value)
         yield legacy
-        journal = ctx.extras.get("journal")
+        journal = ctx.journal_writer
         if journal is not None:
             yield gauge("tripwire_journal_pending", "Records not yet committed", journal.pending)
             yield gauge(
@@ -191,7 +191,7 @@ class _Collector:
 
 
 def _notifier_metrics(ctx: GatewayContext) -> Iterator[Metric]:
-    notifier = ctx.extras.get("notifier")
+    notifier = ctx.notifier
     if notifier is None:
         return
     stats = notifier.stats
@@ -226,9 +226,8 @@ def _notifier_metrics(ctx: GatewayContext) -> Iterator[Metric]:
 class Metrics:
     """The registry behind ``/metrics`` plus the histograms observed as things happen."""
 
-    def __init__(self, ctx: GatewayContext) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_Collector(ctx))
         # The standard collectors, on this registry (the default one is not what we serve).
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -246,6 +245,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+    def collect_from(self, ctx: GatewayContext) -> None:
+        """Export what ``ctx`` counts (the node, the edge, the journal...) at scrape time."""
+        self.registry.register(_Collector(ctx))
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """One answered request; ``route`` is the matched rule (``unmatched`` for none)."""

@@ -8,8 +8,9 @@ public surface:
 * :class:`Database` / :func:`open_database`: an asyncpg pool on the bridge;
   :class:`~protocol.errors.StorageError` whenever Postgres cannot serve.
 * :func:`migrate` / :func:`migration_status`: the ordered SQL files of ``migrations/``.
-* :class:`Journal`: the write-behind journal with group commit, generic over the record type;
-  its snapshots and compaction.
+* :class:`JournalWriter`: the write-behind journal with group commit, generic over the record
+  type; :class:`JournalReader` reads it back; :class:`SnapshotStore` keeps the snapshots and
+  compacts the journal behind them.
 * :class:`EmbeddedPostgres` / :func:`resolve_dsn`: a real Postgres from the ``pgserver``
   wheel when ``DATABASE_URL`` is unset.
 * :class:`RedisLink`, :class:`RedisNonceCache`, :class:`TickBus`, :class:`ReadCache`: Redis,
@@ -28,10 +29,12 @@ from persistence.db import (
     redact_dsn,
 )
 from persistence.embedded import DEFAULT_EMBEDDED_DIR, EmbeddedPostgres, resolve_dsn
-from persistence.journal import Journal
+from persistence.journal_reader import JournalReader
+from persistence.journal_writer import JournalWriter
 from persistence.migrator import Migration, MigrationStatus, migrate, migration_status
 from persistence.redis_link import Degradation, RedisLink
 from persistence.redis_nonces import NonceCache, RedisNonceCache
+from persistence.snapshot_store import SnapshotStore
 from persistence.tickbus import TickBus
 
 __all__ = [
@@ -40,13 +43,15 @@ __all__ = [
     "Database",
     "Degradation",
     "EmbeddedPostgres",
-    "Journal",
+    "JournalReader",
+    "JournalWriter",
     "Migration",
     "MigrationStatus",
     "NonceCache",
     "ReadCache",
     "RedisLink",
     "RedisNonceCache",
+    "SnapshotStore",
     "TickBus",
     "dsn_with_database",
     "is_unavailable",

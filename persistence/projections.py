@@ -1,8 +1,9 @@
 """Projections: the journal's records as rows the REST API can query.
 
-:func:`make_projection` returns the ``project`` function the :class:`~persistence.journal.Journal`
-runs in each batch's transaction (inside a savepoint: a failing projection never blocks the
-journal, and the tables can be rebuilt from it). Statements run in dependency order, so a
+:func:`make_projection` returns the ``project`` function the
+:class:`~persistence.journal_writer.JournalWriter` runs in each batch's transaction (inside a
+savepoint: a failing projection never blocks the journal, and the tables can be rebuilt from
+it). Statements run in dependency order, so a
 position row exists before the commands and reconciliation entries that reference it, whatever
 the order of the records in the batch; within one statement, rows keep record order, so the
 last change of a position in a batch is the one that stays.
@@ -167,7 +168,7 @@ def _position_row(instruments: Mapping[str, Instrument], p: Position) -> tuple[A
 
 
 def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Record]], Statements]:
-    """The projection of a batch of records, for ``Journal(project=...)``."""
+    """The projection of a batch of records, for ``JournalWriter(project=...)``."""
 
     # A level move carries no symbol: remember each position's (positions live long enough
     # that every move follows the position's first save through this same projection).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 import trio
@@ -21,7 +21,8 @@ from engine.state import EngineState
 from protocol.errors import UsageError
 
 if TYPE_CHECKING:
-    from persistence.journal import Journal
+    from persistence.journal_reader import JournalReader
+    from persistence.snapshot_store import SnapshotStore
 
 __all__ = ["Recovered", "load_state"]
 
@@ -33,11 +34,12 @@ class Recovered(NamedTuple):
     seconds: float
 
 
-async def load_state(journal: Journal[Any]) -> Recovered:
-    """The state after the last committed record (``journal``: a ``persistence.Journal``)."""
+async def load_state(journal: JournalReader, snapshots: SnapshotStore) -> Recovered:
+    """The state after the last committed record: the newest of ``snapshots`` and the
+    ``journal`` after it."""
     log = structlog.get_logger().bind(component="recovery")
     started = time.perf_counter()
-    newest_snapshot, _ = await journal.snapshot_and_journal_seqs()
+    newest_snapshot, _ = await snapshots.snapshot_and_journal_seqs()
     after = newest_snapshot or 0
     # A bulk load: every object made here lives on, so the cyclic collector has nothing to
     # find and would only rescan the growing heap again and again.
@@ -52,7 +54,7 @@ async def load_state(journal: Journal[Any]) -> Recovered:
         batches: list[tuple[int, int, bytes, bytes | None]] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_newest_first, journal, after, send)
-            snapshot = await journal.latest_snapshot()
+            snapshot = await snapshots.latest_snapshot()
             replay = SnapshotReplay(None if snapshot is None else snapshot[1])
             snapshot_seq = replay.seq
             # A snapshot written since (by a snapshotter) is newer: the fold skips what it
@@ -94,7 +96,7 @@ async def load_state(journal: Journal[Any]) -> Recovered:
 
 
 async def _read_newest_first(
-    journal: Journal[Any],
+    journal: JournalReader,
     after_seq: int,
     send: trio.MemorySendChannel[list[tuple[int, int, bytes, bytes | None]]],
 ) -> None:

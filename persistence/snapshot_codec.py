@@ -24,7 +24,7 @@ MAX_SNAPSHOT_BYTES = 4 << 30
 
 
 def pack(payload: bytes) -> bytes:
-    # The checksum: a snapshot is stored in parts (journal_store), and a wrong part must fail
+    # The checksum: a snapshot is stored in parts (snapshot_sql), and a wrong part must fail
     # the read, not decode into another state.
     return zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True).compress(payload)
 

@@ -26,19 +26,19 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 import msgspec
 import structlog
 import trio
 import trio.lowlevel
 
-from engine.records import decode_batch, encode_batch
+from engine.records import decode_batch
 from engine.state import EngineState
 from persistence.bridge import open_bridge
-from persistence.db import open_database
-from persistence.journal import Journal
+from persistence.db import Database, open_database
+from persistence.journal_reader import JournalReader
 from persistence.recovery import load_state
+from persistence.snapshot_store import SnapshotStore
 from protocol.errors import StorageError, TripwireError
 
 __all__ = [
@@ -102,31 +102,37 @@ class Snapshotter:
     def __init__(self) -> None:
         self._state: EngineState | None = None
 
-    async def take(self, journal: Journal[Any], now_ms: int | None = None) -> SnapshotTaken:
+    async def take(
+        self, journal: JournalReader, snapshots: SnapshotStore, now_ms: int | None = None
+    ) -> SnapshotTaken:
         """Fold, store and compact. Nothing is read or written when no record arrived since
-        the newest snapshot (``journal``: a ``persistence.Journal``).
+        the newest snapshot.
 
         Raises:
             StorageError: the database failed; the next call starts from the database again.
         """
         started = time.perf_counter()
         try:
-            return await self._take(journal, now_ms, started)
+            return await self._take(journal, snapshots, now_ms, started)
         except BaseException:
             self._state = None
             raise
 
     async def _take(
-        self, journal: Journal[Any], now_ms: int | None, started: float
+        self,
+        journal: JournalReader,
+        snapshots: SnapshotStore,
+        now_ms: int | None,
+        started: float,
     ) -> SnapshotTaken:
-        newest, journal_seq = await journal.snapshot_and_journal_seqs()
+        newest, journal_seq = await snapshots.snapshot_and_journal_seqs()
         if journal_seq <= (newest or 0):
             return SnapshotTaken(seq=newest or 0)
         state = self._state
         reloaded = state is None or (newest or 0) > state.seq
         if state is None or reloaded:
             self._state = None
-            recovered = await load_state(journal)
+            recovered = await load_state(journal, snapshots)
             state, replayed = recovered.state, recovered.records
         else:
             replayed = await _apply_after(journal, state)
@@ -135,10 +141,10 @@ class Snapshotter:
             return SnapshotTaken(seq=newest, reloaded=reloaded)
         state.prune(now_ms if now_ms is not None else int(time.time() * 1000))
         payload = state.encode_snapshot()
-        await journal.write_snapshot(state.seq, payload)
+        await snapshots.write_snapshot(state.seq, payload)
         # Keep the previous snapshot replayable: compact only what it already covered.
         if newest is not None:
-            await journal.compact(newest)
+            await snapshots.compact(newest)
         taken = SnapshotTaken(
             seq=state.seq,
             bytes=len(payload),
@@ -153,7 +159,7 @@ class Snapshotter:
         return taken
 
 
-async def _apply_after(journal: Journal[Any], state: EngineState) -> int:
+async def _apply_after(journal: JournalReader, state: EngineState) -> int:
     """Apply every committed record after ``state.seq``, oldest first; return how many."""
     applied = 0
     async for first, last, payload in journal.read_batches(state.seq):
@@ -168,10 +174,12 @@ async def _apply_after(journal: Journal[Any], state: EngineState) -> int:
     return applied
 
 
-async def take_snapshot(journal: Journal[Any], now_ms: int | None = None) -> tuple[int, int]:
+async def take_snapshot(
+    journal: JournalReader, snapshots: SnapshotStore, now_ms: int | None = None
+) -> tuple[int, int]:
     """One snapshot from scratch, in this process; returns ``(seq, bytes)`` (``bytes`` 0:
     nothing new). The engine's last resort at shutdown when its snapshotter process fails."""
-    taken = await Snapshotter().take(journal, now_ms)
+    taken = await Snapshotter().take(journal, snapshots, now_ms)
     return taken.seq, taken.bytes
 
 
@@ -358,7 +366,7 @@ def yield_the_cpu() -> str:
         return "nice"
 
 
-async def _idle_backend(db: Any) -> None:
+async def _idle_backend(db: Database) -> None:
     """The Postgres backend doing this process's reads and writes yields too, where the OS
     lets us (the same user, or root): the snapshot is background work end to end."""
     backend = int(await db.fetchval("SELECT pg_backend_pid()"))
@@ -375,7 +383,7 @@ async def _serve(dsn: str, replies_fd: int) -> None:
     requests = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     buffer = bytearray()
     async with open_bridge() as bridge, open_database(bridge, dsn, max_size=1) as db:
-        journal: Journal[Any] = Journal(db, encode_batch)
+        journal, snapshots = JournalReader(db), SnapshotStore(db)
         while True:
             end = buffer.find(b"\n")
             if end < 0:
@@ -392,7 +400,7 @@ async def _serve(dsn: str, replies_fd: int) -> None:
             try:
                 request = _REQUEST_DECODER.decode(line)
                 await _idle_backend(db)
-                reply = await snapshotter.take(journal, request.now_ms)
+                reply = await snapshotter.take(journal, snapshots, request.now_ms)
             except (TripwireError, msgspec.DecodeError) as exc:
                 reply = SnapshotFailed(error=str(exc))
             os.write(replies_fd, msgspec.json.encode(reply) + b"\n")
@@ -401,7 +409,7 @@ async def _serve(dsn: str, replies_fd: int) -> None:
 async def _once(dsn: str) -> SnapshotTaken:
     async with open_bridge() as bridge, open_database(bridge, dsn, max_size=1) as db:
         await _idle_backend(db)
-        return await Snapshotter().take(Journal(db, encode_batch))
+        return await Snapshotter().take(JournalReader(db), SnapshotStore(db))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,6 @@ Used by the replay feed, the tests and the harnesses. Files are gzip'd CSV with 
 from __future__ import annotations
 
 import gzip
-import os
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
@@ -15,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DATA_FILES", "Ticks", "data_dir", "load_ticks"]
+__all__ = ["BUNDLED_DATA_DIR", "DATA_FILES", "Ticks", "load_ticks"]
 
 DATA_FILES = {
     "XAUUSD": "xauusd_2014-05-02_oanda_ticks.csv.gz",
@@ -43,19 +42,18 @@ class Ticks(NamedTuple):
         )
 
 
-def data_dir() -> Path:
-    """``$TRIPWIRE_DATA_DIR``, or the repository's ``data/``."""
-    override = os.environ.get("TRIPWIRE_DATA_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "data"
+BUNDLED_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+"""The repository's ``data/``."""
 
 
 @cache
-def load_ticks(symbol: str) -> Ticks:
-    """Load the bundled day for ``symbol`` (``XAUUSD`` or ``EURUSD``); cached per process."""
+def load_ticks(symbol: str, directory: Path | None = None) -> Ticks:
+    """Load the day for ``symbol`` (``XAUUSD`` or ``EURUSD``) from ``directory`` (default:
+    the bundled ``data/``); cached per process."""
     try:
         name = DATA_FILES[symbol]
     except KeyError:
         raise ValueError(f"no bundled data for {symbol!r}; have {sorted(DATA_FILES)}") from None
-    with gzip.open(data_dir() / name, "rt") as fh:
+    with gzip.open((directory or BUNDLED_DATA_DIR) / name, "rt") as fh:
         table = np.loadtxt(fh, delimiter=",", skiprows=1, dtype=np.float64)
     return Ticks(symbol, table[:, 0], table[:, 1], table[:, 2])

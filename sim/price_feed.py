@@ -13,6 +13,7 @@ import bisect
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import trio
 
@@ -34,8 +35,10 @@ async def replay(
     loop: bool = True,
     max_quotes: int | None = None,
     start_s: float = 0.0,
+    data_dir: str | None = None,
 ) -> int:
-    """Play the bundled days of ``symbols`` side by side; returns the quotes sent.
+    """Play the days of ``symbols`` side by side (from ``data_dir``, default the bundled
+    ``data/``); returns the quotes sent.
 
     ``speed`` 1.0 is real time, 10.0 ten times faster. Quotes due at the same moment (within a
     millisecond of each other) leave as one batch. The first pass starts ``start_s`` seconds
@@ -46,7 +49,7 @@ async def replay(
         raise ValueError("speed must be positive")
     if start_s < 0:
         raise ValueError("start_s must be 0 or more")
-    days = [load_ticks(s) for s in symbols]
+    days = [load_ticks(s, Path(data_dir) if data_dir else None) for s in symbols]
     sent = 0
     skip_ms = start_s * 1000
     while True:

@@ -328,3 +328,35 @@ def test_actor_modules_do_not_import_the_node() -> None:
                     seen.add(name)
                     todo.append(name)
     assert not offenders, "imports actors.node back (a circle):\n" + "\n".join(offenders)
+
+
+# -- the composition root: typed, and configured only by its Settings ---------------------------
+
+COMPOSITION_ROOT = ("gateway/composition.py", "gateway/runtime.py")
+
+
+def _root_violations(source: str) -> list[str]:
+    """What makes a module no typed composition root: writing or reading ``os.environ`` (or
+    ``putenv``), and ``Any`` anywhere (signatures, fields, casts)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Attribute) and node.attr in {"environ", "putenv", "getenv"}:
+            found.append(f"{line}: os.{node.attr}")
+        if isinstance(node, ast.ImportFrom) and node.module == "os":
+            found += [f"{line}: from os import {a.name}" for a in node.names]
+        if (isinstance(node, ast.Name) and node.id == "Any") or (
+            isinstance(node, ast.Attribute) and node.attr == "Any"
+        ):
+            found.append(f"{line}: Any")
+    return found
+
+
+def test_the_violations_are_found() -> None:
+    bad = "import os\nfrom typing import Any\ndef f(x: Any) -> None:\n    os.environ['K'] = 'v'\n"
+    assert _root_violations(bad) == ["3: Any", "4: os.environ"]
+
+
+@pytest.mark.parametrize("path", COMPOSITION_ROOT)
+def test_the_composition_root_is_typed_and_reads_no_environment(path: str) -> None:
+    assert _root_violations((ROOT / path).read_text()) == []

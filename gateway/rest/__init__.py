@@ -73,7 +73,7 @@ def register(app: QuartTrio) -> None:
         app.register_blueprint(blueprint)
     install_openapi(app, EXAMPLES)
     context: GatewayContext = app.extensions["tripwire"]
-    context.extras["metrics"].registry.register(RestCollector(context))
+    context.metrics.registry.register(RestCollector(context))
     book = candle_book(context)
 
     @app.before_serving

@@ -48,6 +48,7 @@ from gateway.rest.docs import bearer, errors, json_response
 from gateway.rest.market import candle_book, known_symbol
 from gateway.rest.positions import live_positions, view_of
 from gateway.rest.reads import read_through
+from persistence import projection_reads
 from protocol.types import Id, Symbol
 
 __all__ = [
@@ -70,27 +71,6 @@ MAX_TRADES = 10_000
 RSI_PERIOD = 14
 RSI_INTERVAL_S = 60
 RSI_CANDLES = 240
-
-_NET = "(pl + coalesce((doc->>'commission')::float8, 0) + coalesce((doc->>'swap')::float8, 0))"
-"""What a closed trade did to the balance: its price P&L plus commission and swap, as the
-terminal charges them (``engine.views.net_pl``; a document without costs counts them as 0)."""
-
-_TRADES = f"""
-SELECT json_build_object(
-    'realized', (SELECT coalesce(sum({_NET}), 0)::float8 FROM positions
-                 WHERE user_id = $1 AND state = 'closed' AND pl IS NOT NULL),
-    'trades', coalesce(json_agg(json_build_array(t.closed_ms, t.net, t.opened_ms, t.id)
-                       ORDER BY t.closed_ms, t.id), '[]'::json)
-)::text
-FROM (
-    SELECT id, {_NET} AS net,
-           (extract(epoch FROM coalesce(closed_at, updated_at)) * 1000)::bigint AS closed_ms,
-           (extract(epoch FROM opened_at) * 1000)::bigint AS opened_ms
-    FROM positions
-    WHERE user_id = $1 AND state = 'closed' AND pl IS NOT NULL
-    ORDER BY coalesce(closed_at, updated_at) DESC, id
-    LIMIT $2
-) AS t"""
 
 
 class Trades(msgspec.Struct, frozen=True, kw_only=True):
@@ -236,8 +216,7 @@ async def equity_of(context: GatewayContext, user_id: str) -> Equity:
     """The user's equity curve (the trades are read through the cache)."""
 
     async def load() -> bytes:
-        text: str = await context.database.fetchval(_TRADES, user_id, MAX_TRADES)
-        return text.encode()
+        return (await projection_reads.trades_json(context.database, user_id, MAX_TRADES)).encode()
 
     trades = _TRADES_CODEC.decode(await read_through(context, f"trades:{user_id}", load))
     # Read after the trades: a trade in Postgres is also in the actor's view (or older), so the

@@ -31,6 +31,8 @@ from engine.records import Approval, signal_key
 from gateway.rest.common import Before, audited, caller, ctx, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
 from gateway.rest.signals import find_signal
+from persistence import projection_reads
+from persistence.projection_reads import ApprovalRow
 from persistence.projections import to_time
 from protocol.errors import DecodeError, NotFound
 from protocol.types import Id
@@ -65,23 +67,6 @@ class DecisionOut(msgspec.Struct, frozen=True, kw_only=True):
     approval: ApprovalOut
 
 
-class ApprovalRow(msgspec.Struct, frozen=True, kw_only=True):
-    """One recorded decision (from the durable history)."""
-
-    id: str
-    user_id: str
-    signal: str
-    strategy_id: str
-    signal_id: str
-    signal_version: int
-    decision: Literal["approve", "reject"]
-    decided_ms: int
-    expires_at_ms: int | None
-    position_id: str | None
-    ip: str | None
-    user_agent: str | None
-
-
 class ApprovalList(msgspec.Struct, frozen=True, kw_only=True):
     approvals: list[ApprovalRow]
 
@@ -92,19 +77,6 @@ class ApprovalQuery(msgspec.Struct, frozen=True, kw_only=True):
     """Only decisions taken before this time (paging back through the history)."""
     user_id: Id | None = None
     """Admins: one user's decisions (others may only name themselves)."""
-
-
-_HISTORY = """
-SELECT a.id, a.user_id, a.strategy_id, a.signal_id, a.signal_version, a.decision,
-       (extract(epoch FROM a.decided_at) * 1000)::bigint AS decided_ms,
-       (extract(epoch FROM a.expires_at) * 1000)::bigint AS expires_at_ms,
-       host(a.ip) AS ip, a.user_agent, p.id AS position_id
-FROM approvals a
-LEFT JOIN positions p ON p.approval_id = a.id AND p.user_id = a.user_id
-WHERE ($1::text IS NULL OR a.user_id = $1)
-  AND ($2::timestamptz IS NULL OR a.decided_at < $2)
-ORDER BY a.decided_at DESC, a.id
-LIMIT $3"""
 
 
 @blueprint.post("/signals/<strategy_id>/<signal_id>/<int:version>/decision")
@@ -152,24 +124,7 @@ async def decide(strategy_id: str, signal_id: str, version: int, data: DecisionI
 async def list_approvals(query_args: ApprovalQuery) -> Any:
     """The caller's decisions, newest first (admins: everyone's, or one user's)."""
     user_id = scope_user(query_args.user_id)
-    rows = await ctx().database.fetch(
-        _HISTORY, user_id, to_time(query_args.before_ms), query_args.limit
+    approvals = await projection_reads.approvals(
+        ctx().database, user_id, to_time(query_args.before_ms), query_args.limit
     )
-    approvals = [
-        ApprovalRow(
-            id=r["id"],
-            user_id=r["user_id"],
-            signal=signal_key(r["strategy_id"], r["signal_id"], r["signal_version"]),
-            strategy_id=r["strategy_id"],
-            signal_id=r["signal_id"],
-            signal_version=r["signal_version"],
-            decision=r["decision"],
-            decided_ms=r["decided_ms"],
-            expires_at_ms=r["expires_at_ms"],
-            position_id=r["position_id"],
-            ip=r["ip"],
-            user_agent=r["user_agent"],
-        )
-        for r in rows
-    ]
     return json_response(ApprovalList(approvals=approvals))

@@ -41,7 +41,6 @@ from gateway.rest.analytics import Equity, curve_stats, equity_of
 from gateway.rest.common import ctx, identity, require_token
 from gateway.rest.docs import bearer, binary, errors
 from gateway.rest.market import CandleQuery, candle_book, known_symbol
-from gateway.rest.metrics import CHART_POOL
 from gateway.rest.reads import read_through
 from protocol.errors import RateLimited
 
@@ -58,7 +57,6 @@ LATELY_HALF_LIFE_S = 30.0
 LATELY_USERS = 1024
 IDLE_S = 60.0
 """The worker processes exit after this long without a render (they hold ~60 MB each)."""
-_POOL = CHART_POOL
 _log = structlog.get_logger().bind(component="charts")
 
 
@@ -277,10 +275,10 @@ class ChartPool:
 
 def chart_pool(context: GatewayContext) -> ChartPool:
     """The app's chart pool (made on first use, from the settings)."""
-    pool: ChartPool | None = context.extras.get(_POOL)
+    pool = context.chart_pool
     if pool is None:
         s = context.settings
-        pool = context.extras[_POOL] = ChartPool(s.chart_workers, s.chart_per_user, s.chart_queue)
+        pool = context.chart_pool = ChartPool(s.chart_workers, s.chart_per_user, s.chart_queue)
     return pool
 
 

@@ -18,7 +18,6 @@ from gateway.context import GatewayContext
 from gateway.rest.candlebook import CandleBook
 from gateway.rest.common import ctx, require_token
 from gateway.rest.docs import bearer, errors, json_response
-from gateway.rest.metrics import CANDLES
 from protocol.errors import NotFound
 
 __all__ = ["CandleQuery", "blueprint", "candle_book", "known_symbol"]
@@ -61,9 +60,9 @@ class CandleQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 def candle_book(context: GatewayContext) -> CandleBook:
     """The app's candle book (an empty one if sampling has not started)."""
-    book: CandleBook | None = context.extras.get(CANDLES)
+    book = context.candles
     if book is None:
-        book = context.extras[CANDLES] = CandleBook()
+        book = context.candles = CandleBook()
     return book
 
 

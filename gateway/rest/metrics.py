@@ -15,7 +15,6 @@ collector's.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -23,23 +22,15 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from gateway.rest.reads import cache_of
 
-CANDLES = "rest.candles"
-"""Where the app keeps its candle book (``ctx.extras``)."""
-CHART_POOL = "rest.chart_pool"
-"""Where the app keeps its chart pool (``ctx.extras``, made on the first chart)."""
-
 if TYPE_CHECKING:
     from gateway.context import GatewayContext
 
-__all__ = ["ACTIONS", "RestCollector", "count_action"]
-
-ACTIONS = "rest.actions"
+__all__ = ["RestCollector", "count_action"]
 
 
 def count_action(context: GatewayContext, action: str, outcome: str) -> None:
     """Count one audited action (a plain counter bump; exported at scrape time)."""
-    counter: Counter[tuple[str, str]] = context.extras.setdefault(ACTIONS, Counter())
-    counter[(action, outcome)] += 1
+    context.counters.rest_actions[(action, outcome)] += 1
 
 
 class RestCollector:
@@ -56,7 +47,7 @@ class RestCollector:
         actions = CounterMetricFamily(
             "tripwire_rest_actions", "Audited REST actions by outcome", labels=["action", "outcome"]
         )
-        for (action, outcome), value in sorted(context.extras.get(ACTIONS, Counter()).items()):
+        for (action, outcome), value in sorted(context.counters.rest_actions.items()):
             actions.add_metric([action, outcome], value)
         yield actions
         cache = cache_of(context)
@@ -67,7 +58,7 @@ class RestCollector:
         reads.add_metric(["miss"], cache.misses)
         reads.add_metric(["coalesced"], cache.coalesced)
         yield reads
-        pool = context.extras.get(CHART_POOL)
+        pool = context.chart_pool
         yield CounterMetricFamily(
             "tripwire_chart_renders",
             "PNG charts the chart pool rendered",
@@ -79,7 +70,7 @@ class RestCollector:
         for reason, value in sorted(pool.refused.items() if pool is not None else ()):
             refused.add_metric([reason], value)
         yield refused
-        book = context.extras.get(CANDLES)
+        book = context.candles
         yield CounterMetricFamily(
             "tripwire_candle_samples",
             "Prices sampled into the candle book",

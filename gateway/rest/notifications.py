@@ -17,6 +17,7 @@ from gateway.notifications import NotificationsIn, NotificationsOut, check_webho
 from gateway.notifier import Notifier
 from gateway.rest.common import audited, ctx, identity, require_token
 from gateway.rest.docs import bearer, errors, json_response
+from protocol.errors import StorageError
 
 __all__ = ["blueprint"]
 
@@ -25,7 +26,9 @@ require_token(blueprint)
 
 
 def _notifier() -> Notifier:
-    notifier: Notifier = ctx().extras["notifier"]
+    notifier = ctx().notifier
+    if notifier is None:
+        raise StorageError("this node delivers no notifications")
     return notifier
 
 

@@ -25,6 +25,8 @@ from gateway.rest.common import Label, ctx, identity, require_token, scope_user
 from gateway.rest.devices import devices_in_scope
 from gateway.rest.docs import bearer, errors, json_response, raw_json
 from gateway.rest.reads import read_through
+from persistence import projection_reads
+from persistence.projection_reads import AlertRow, AuditRow, ReconciliationRow
 from protocol.types import Id
 
 __all__ = ["blueprint"]
@@ -33,33 +35,6 @@ blueprint = Blueprint("ops", __name__, url_prefix="/api/v1")
 require_token(blueprint)
 
 _ENCODER = msgspec.json.Encoder()
-
-_RECONCILIATION = """
-SELECT id, device_id, position_id, kind, detail,
-       (extract(epoch FROM created_at) * 1000)::bigint AS time_ms
-FROM reconciliation
-WHERE device_id = ANY($1::text[])
-ORDER BY created_at DESC, id DESC
-LIMIT $2"""
-
-_ALERTS = """
-SELECT id, (extract(epoch FROM at) * 1000)::bigint AS time_ms, kind, level, user_id, device_id,
-       symbol, position_id, message, detail
-FROM alerts
-WHERE ($1::boolean OR user_id = $2 OR user_id IS NULL)
-ORDER BY at DESC, id DESC
-LIMIT $3"""
-
-_AUDIT = """
-SELECT id, (extract(epoch FROM at) * 1000)::bigint AS time_ms, actor_id, action, target_type,
-       target_id, host(ip) AS ip, user_agent, outcome, detail
-FROM audit_log
-WHERE ($1::text IS NULL OR actor_id = $1)
-  AND ($2::text IS NULL OR action = $2)
-  AND ($3::text IS NULL OR target_id = $3)
-  AND ($4::bigint IS NULL OR id < $4)
-ORDER BY id DESC
-LIMIT $5"""
 
 
 class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,17 +45,6 @@ class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
     last_seen_ms: int | None
     outstanding_commands: int
     """Commands sent or queued for the device and not yet acknowledged."""
-
-
-class ReconciliationRow(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    device_id: str
-    position_id: str | None
-    kind: str
-    """``closed_while_away``, ``resent``, ``adopted``, ``open_not_found``, ..."""
-    detail: str
-    ticket: int | None
-    time_ms: int
 
 
 class Reconciliation(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,35 +76,8 @@ class Guards(msgspec.Struct, frozen=True, kw_only=True):
     market: list[MarketGuardOut]
 
 
-class AlertRow(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    time_ms: int
-    kind: str
-    level: Literal["info", "warning", "critical"]
-    user_id: str | None
-    device_id: str | None
-    symbol: str | None
-    position_id: str | None
-    message: str
-    value: float | None
-    threshold: float | None
-
-
 class AlertList(msgspec.Struct, frozen=True, kw_only=True):
     alerts: list[AlertRow]
-
-
-class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    time_ms: int
-    actor_id: str | None
-    action: str
-    target_type: str | None
-    target_id: str | None
-    ip: str | None
-    user_agent: str | None
-    outcome: str
-    detail: dict[str, Any]
 
 
 class AuditList(msgspec.Struct, frozen=True, kw_only=True):
@@ -227,20 +164,8 @@ async def reconciliation(query_args: LimitQuery) -> Any:
     device_ids = [r.id for r in records]
 
     async def load() -> bytes:
-        rows = await context.database.fetch(_RECONCILIATION, device_ids, query_args.limit)
         return _ENCODER.encode(
-            [
-                ReconciliationRow(
-                    id=r["id"],
-                    device_id=r["device_id"],
-                    position_id=r["position_id"],
-                    kind=r["kind"],
-                    detail=str((r["detail"] or {}).get("detail") or ""),
-                    ticket=(r["detail"] or {}).get("ticket"),
-                    time_ms=r["time_ms"],
-                )
-                for r in rows
-            ]
+            await projection_reads.reconciliation(context.database, device_ids, query_args.limit)
         )
 
     entries = await read_through(
@@ -283,27 +208,8 @@ async def alerts(query_args: LimitQuery) -> Any:
     user_id = scope_user(query_args.user_id)
 
     async def load() -> bytes:
-        rows = await context.database.fetch(_ALERTS, user_id is None, user_id, query_args.limit)
-        return _ENCODER.encode(
-            AlertList(
-                alerts=[
-                    AlertRow(
-                        id=r["id"],
-                        time_ms=r["time_ms"],
-                        kind=r["kind"],
-                        level=r["level"],
-                        user_id=r["user_id"],
-                        device_id=r["device_id"],
-                        symbol=r["symbol"],
-                        position_id=r["position_id"],
-                        message=r["message"],
-                        value=(r["detail"] or {}).get("value"),
-                        threshold=(r["detail"] or {}).get("threshold"),
-                    )
-                    for r in rows
-                ]
-            )
-        )
+        rows = await projection_reads.alerts(context.database, user_id, query_args.limit)
+        return _ENCODER.encode(AlertList(alerts=rows))
 
     key = f"alerts:{user_id or '*'}:{query_args.limit}"
     return raw_json(await read_through(context, key, load))
@@ -318,22 +224,12 @@ async def audit_log(query_args: AuditQuery) -> Any:
     """The audit log, newest first (admins only)."""
     require_role(identity(), "admin")
     q = query_args
-    rows = await ctx().database.fetch(
-        _AUDIT, q.actor_id, q.action, q.target_id, q.before_id, q.limit
+    entries = await projection_reads.audit_entries(
+        ctx().database,
+        actor_id=q.actor_id,
+        action=q.action,
+        target_id=q.target_id,
+        before_id=q.before_id,
+        limit=q.limit,
     )
-    entries = [
-        AuditRow(
-            id=r["id"],
-            time_ms=r["time_ms"],
-            actor_id=r["actor_id"],
-            action=r["action"],
-            target_type=r["target_type"],
-            target_id=r["target_id"],
-            ip=r["ip"],
-            user_agent=r["user_agent"],
-            outcome=r["outcome"],
-            detail=r["detail"] or {},
-        )
-        for r in rows
-    ]
     return json_response(AuditList(entries=entries))

@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 import msgspec
 import trio
@@ -51,6 +50,7 @@ from gateway.context import GatewayContext
 from gateway.rest.common import Before, audited, ctx, identity, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response, raw_json
 from gateway.rest.reads import read_through
+from persistence import projection_reads
 from persistence.projections import to_time
 from protocol.client import PositionView
 from protocol.errors import Conflict, DecodeError, NotFound
@@ -78,43 +78,6 @@ _MAX_US = 253_402_300_799_999_999
 """The last microsecond a timestamp can hold (year 9999)."""
 _CURSOR = msgspec.json.Decoder(tuple[Annotated[int, Meta(ge=0, le=_MAX_US)], Id])
 
-# The page's documents newest first, how many, and its last (end time in µs, id): the cursor.
-_HISTORY = """
-SELECT coalesce(json_agg(h.doc ORDER BY h.at DESC, h.id DESC), '[]')::text,
-       count(*)::int,
-       (extract(epoch FROM min(h.at)) * 1000000)::bigint,
-       (array_agg(h.id ORDER BY h.at, h.id))[1]
-FROM (
-    SELECT id, doc, coalesce(closed_at, updated_at) AS at
-    FROM positions
-    WHERE state IN ('closed', 'rejected'){filters}
-    ORDER BY at DESC, id DESC
-    LIMIT $1
-) AS h"""
-_FILTERS = {
-    "user": "user_id = ${}",
-    "symbol": "symbol = ${}",
-    "before": "coalesce(closed_at, updated_at) < ${}",
-    "since": "coalesce(closed_at, updated_at) >= ${}",
-    "after": "(coalesce(closed_at, updated_at), id) < (${}, ${})",
-}
-
-
-class _Rows(Protocol):
-    async def fetchrow(self, query: str, *args: Any) -> Any: ...
-
-
-@functools.cache
-def _history_sql(filters: tuple[str, ...]) -> str:
-    """The history query with ``filters`` (names of :data:`_FILTERS`), parameters from $2."""
-    clauses, n = [], 2
-    for name in filters:
-        template = _FILTERS[name]
-        count = template.count("{}")
-        clauses.append(template.format(*range(n, n + count)))
-        n += count
-    return _HISTORY.format(filters="".join(f"\n      AND {c}" for c in clauses))
-
 
 def encode_cursor(at_us: int, position_id: str) -> str:
     """The opaque cursor of a page ending at (``at_us``, ``position_id``)."""
@@ -137,7 +100,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 async def history_page(
-    db: _Rows,
+    db: projection_reads.Queries,
     *,
     user_id: str | None,
     symbol: str | None = None,
@@ -152,26 +115,19 @@ async def history_page(
     Raises:
         DecodeError: ``cursor`` is not a cursor this API returned.
     """
-    filters: list[str] = []
-    args: list[Any] = [limit]
-    if user_id is not None:
-        filters.append("user")
-        args.append(user_id)
-    if symbol is not None:
-        filters.append("symbol")
-        args.append(symbol)
-    if before_ms is not None:
-        filters.append("before")
-        args.append(to_time(before_ms))
-    if from_ms is not None:
-        filters.append("since")
-        args.append(to_time(from_ms))
-    if cursor is not None:
-        filters.append("after")
-        args.extend(decode_cursor(cursor))
-    docs, count, last_us, last_id = await db.fetchrow(_history_sql(tuple(filters)), *args)
+    page = await projection_reads.position_history(
+        db,
+        limit=limit,
+        user_id=user_id,
+        symbol=symbol,
+        before=to_time(before_ms),
+        since=to_time(from_ms),
+        after=decode_cursor(cursor) if cursor is not None else None,
+    )
     # A full page may be followed by more; a short one is the end.
-    return docs, (encode_cursor(last_us, last_id) if count == limit else None)
+    if page.size == limit and page.last_us is not None and page.last_id is not None:
+        return page.documents, encode_cursor(page.last_us, page.last_id)
+    return page.documents, None
 
 
 class PositionsQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -336,9 +292,7 @@ async def find_position(context: GatewayContext, position_id: str) -> Position |
         recent = actor.recently_closed(position_id)
         if recent is not None:
             return recent
-    text = await context.database.fetchval(
-        "SELECT doc::text FROM positions WHERE id = $1", position_id
-    )
+    text = await projection_reads.position_document(context.database, position_id)
     return None if text is None else decode_position_document(text)
 
 

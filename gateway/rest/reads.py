@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MemoryStore", "cache_of", "read_through"]
 
-_LOCAL = "rest.memory_cache"
-
 
 class MemoryStore:
     """``get`` / ``set(px=)`` / ``delete`` over a bounded in-process map (oldest out first)."""
@@ -76,10 +74,10 @@ def cache_of(ctx: GatewayContext) -> ReadCache:
     if ctx.cache is not None:
         cache: ReadCache = ctx.cache
         return cache
-    local: ReadCache | None = ctx.extras.get(_LOCAL)
+    local = ctx.local_cache
     if local is None:
         local = ReadCache(_MemoryLink(MemoryStore()), prefix="")  # type: ignore[arg-type]
-        ctx.extras[_LOCAL] = local
+        ctx.local_cache = local
     return local
 
 

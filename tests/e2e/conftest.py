@@ -17,9 +17,10 @@ import httpx
 import pytest
 import trio
 
+from gateway.composition import Services
 from gateway.config import load_settings
 from gateway.context import GatewayContext
-from gateway.runtime import serve
+from gateway.runtime import run
 
 STRATEGY_ID = "strat-1"
 STRATEGY_SECRET = b"strategy-secret-0123456789abcdef"
@@ -38,6 +39,9 @@ class Engine:
     ctx: GatewayContext
     base_url: str
     ws_url: str
+    services: Services | None = None
+    """Everything the engine is made of (the fixtures' engines; None where only ``ctx`` is
+    at hand)."""
 
     @property
     def node(self) -> Any:
@@ -86,5 +90,6 @@ def engine_settings(tmp_path: Path, dsn: str, **overrides: Any) -> Any:
 @pytest.fixture
 async def engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path) -> AsyncIterator[Engine]:
     settings = engine_settings(tmp_path, pg_dsn)
-    ctx = await nursery.start(serve, settings)
-    yield Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
+    services = await nursery.start(run, settings)
+    base, ws = f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}"
+    yield Engine(services.gateway, base, ws, services)

@@ -14,7 +14,7 @@ from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, BytesMessage, Message, Request, TextMessage
 
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.codec import device_client_codec
 from protocol.common import Side
 from protocol.device import CloseCommand, HelloBody, PositionsSnapshot, TerminalPosition, Welcome
@@ -75,7 +75,7 @@ async def test_without_the_direct_sockets_the_close_leaves_through_the_writer(
     nursery: trio.Nursery, pg_dsn: str, tmp_path: Path
 ) -> None:
     settings = engine_settings(tmp_path, pg_dsn, ws_direct=False)
-    ctx = await nursery.start(serve, settings)
+    ctx = (await nursery.start(run, settings)).gateway
     engine = Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
     at_once, later = await _close_after_a_quote(engine)
     assert at_once == [] and later == [7]  # Quart's path: the writer task sends it

@@ -37,7 +37,7 @@ from actors.messages import DecideSignal, Reply
 from engine.lifecycle import PositionState
 from engine.records import Approval, decision_key, signal_key
 from gateway.demo import DEMO_DEVICE
-from gateway.runtime import serve
+from gateway.runtime import run
 from gateway.services import accept_signal
 from protocol.client import Pong
 from protocol.common import Side
@@ -109,7 +109,7 @@ async def demo_engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path) -> Asy
         paper_device=True,
         demo_strategy=False,
     )
-    ctx = await nursery.start(serve, settings)
+    ctx = (await nursery.start(run, settings)).gateway
     yield Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
 
 
@@ -599,7 +599,7 @@ async def make_run_engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path) ->
     )
 
     async def start() -> tuple[Engine, int]:
-        ctx = await nursery.start(serve, settings)
+        ctx = (await nursery.start(run, settings)).gateway
         engine = Engine(ctx, f"http://127.0.0.1:{settings.port}", "")
         return engine, ctx.clock.now_ms()
 

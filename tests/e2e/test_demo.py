@@ -16,7 +16,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from gateway.demo import Demo, run_demo_strategy
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.client import AlertMessage, PositionDelta, Snapshot, Subscribe
 from protocol.codec import client_client_codec
 from protocol.common import Alert, AlertLevel
@@ -30,7 +30,7 @@ FIRED = {"sl", "tp", "broker_sl", "broker_tp"}
 
 async def _engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path, **overrides: Any) -> Engine:
     settings = engine_settings(tmp_path, pg_dsn, **overrides)
-    ctx = await nursery.start(serve, settings)
+    ctx = (await nursery.start(run, settings)).gateway
     return Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
 
 

@@ -25,7 +25,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from engine.instruments import DEFAULT_INSTRUMENTS
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.codec import device_client_codec
 from protocol.device import Ack, CloseCommand, DeviceError, OpenCommand
 from sim.ea import SimulatedEA
@@ -135,7 +135,7 @@ async def test_a_fill_lost_in_a_crash_comes_back_with_the_deals_exactly_once(
         # -- the first engine: open, fire, the EA executes the close and dies before its ack.
         async with trio.open_nursery() as first:
             settings = engine_settings(tmp_path, pg_dsn)
-            ctx = await first.start(serve, settings)
+            ctx = (await first.start(run, settings)).gateway
             engine = Engine(
                 ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}"
             )
@@ -167,7 +167,7 @@ async def test_a_fill_lost_in_a_crash_comes_back_with_the_deals_exactly_once(
         # -- the second engine, on the same database and state directory.
         async with trio.open_nursery() as second:
             settings = engine_settings(tmp_path, pg_dsn)
-            ctx = await second.start(serve, settings)
+            ctx = (await second.start(run, settings)).gateway
             engine = Engine(
                 ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}"
             )

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from gateway.notifications import NotificationStore
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.closecodes import CloseCode
 from protocol.errors import BadSignature
 from protocol.notifications import USER_HEADER, decode_notification, verify_notification
@@ -47,7 +47,7 @@ async def _engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path, **override
     )
     values.update(overrides)
     settings = engine_settings(tmp_path, pg_dsn, **values)
-    ctx = await nursery.start(serve, settings)
+    ctx = (await nursery.start(run, settings)).gateway
     return Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
 
 
@@ -148,7 +148,7 @@ async def test_fill_and_sl_close_reach_the_webhook_signed_and_the_bot_api(
         sent = request.json()
         assert sent["chat_id"] == CHAT_ID and sent["text"] == expected.text
 
-    stats = engine.ctx.extras["notifier"].stats
+    stats = engine.ctx.notifier.stats
     await wait_for(lambda: stats.delivered["webhook"] == 2 and stats.delivered["telegram"] == 2)
     assert stats.failed == {} and stats.dropped == 0
     async with engine.client(token) as http:
@@ -183,7 +183,7 @@ async def test_a_hanging_webhook_never_delays_a_close(
         f"{position_id}.fill",
         f"{position_id}.close",
     ]
-    stats = engine.ctx.extras["notifier"].stats
+    stats = engine.ctx.notifier.stats
     assert stats.delivered["webhook"] == 0 and stats.failed["webhook"] == 0
 
 
@@ -208,7 +208,7 @@ async def test_a_failing_webhook_is_retried_then_given_up_and_nothing_else_is_af
     alice_position = await _open_then_stop_out(engine, alice_token, alice, alice_ea)
     bob_position = await _open_then_stop_out(engine, bob_token, bob, bob_ea)
 
-    stats = engine.ctx.extras["notifier"].stats
+    stats = engine.ctx.notifier.stats
     await wait_for(lambda: stats.failed["webhook"] == 2)  # alice's fill and close
     # Each tried exactly notify_attempts times, every attempt freshly signed.
     ids = [decode_notification(r.body).id for r in failing.requests]
@@ -284,7 +284,7 @@ async def test_settings_are_validated_secrets_shown_once_and_audited(engine: Eng
         assert both.json()["webhook_url"] is None and both.json()["telegram_bot_token_set"]
         kept = (await http.put(url, json={"telegram_chat_id": "42"})).json()  # token kept
         assert kept["telegram_bot_token_set"] and kept["telegram_chat_id"] == "42"
-    stored = engine.ctx.extras["notifier"].store.get(alice)
+    stored = engine.ctx.notifier.store.get(alice)
     assert stored.telegram_token == BOT_TOKEN and stored.webhook_secret is None
     rows = await engine.ctx.db.fetch(
         "SELECT outcome, detail::text FROM audit_log WHERE action = 'notifications.update'"

@@ -80,7 +80,8 @@ async def test_the_document_is_valid_openapi_3_1_and_every_ref_resolves(engine) 
 
 async def test_the_paths_are_the_routes_of_the_app(engine) -> None:
     document = await fetch_document(engine)
-    app = engine.ctx.extras["app"]
+    assert engine.services is not None
+    app = engine.services.app
     adapter = app.url_map.bind("127.0.0.1")
     documented: set[tuple[str, str]] = set()
     for path, method, operation in operations(document):

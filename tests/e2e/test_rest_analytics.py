@@ -90,7 +90,7 @@ async def test_analytics_candles_and_charts(engine) -> None:
     closes = await seed_closed(engine, alice, record.id)
 
     # Fifteen one-minute EURUSD closes: ten rises of 0.0001 and four falls of 0.0001.
-    book = engine.ctx.extras["rest.candles"]
+    book = engine.ctx.candles
     board, price, base = Board(), 1.1000, now_ms() - 20 * 60_000
     moves = [1, 1, -1, 1, 1, -1, 1, 1, -1, 1, 1, -1, 1, 1]
     for minute, move in enumerate([0, *moves]):

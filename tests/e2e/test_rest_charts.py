@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from gateway.rest.charts import chart_pool
-from gateway.runtime import serve
+from gateway.runtime import run
 from tests.e2e.conftest import Engine, engine_settings
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -20,7 +20,7 @@ async def test_a_flood_is_refused_past_the_per_user_limit(
     nursery: trio.Nursery, pg_dsn: str, tmp_path: Path
 ) -> None:
     settings = engine_settings(tmp_path, pg_dsn, chart_workers=1, chart_per_user=2, chart_queue=8)
-    ctx = await nursery.start(serve, settings)
+    ctx = (await nursery.start(run, settings)).gateway
     engine = Engine(ctx, f"http://127.0.0.1:{settings.port}", "")
     _, alice = await engine.user("alice")
     _, bob = await engine.user("bob")

@@ -27,7 +27,7 @@ from trio_websocket import (
 )
 
 from gateway.auth import ARGON2
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.codec import feed_codec
 from protocol.feed import Quote, QuoteBatch
 from tests.e2e.conftest import ADMIN_PASSWORD, FEED_TOKEN, Engine, engine_settings
@@ -39,8 +39,9 @@ OTHER_LOOPBACK = "127.0.0.2"
 
 async def start_engine(nursery: trio.Nursery, dsn: str, tmp_path: Path, **overrides: Any) -> Engine:
     settings = engine_settings(tmp_path, dsn, **overrides)
-    ctx = await nursery.start(serve, settings)
-    return Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
+    services = await nursery.start(run, settings)
+    base, ws = f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}"
+    return Engine(services.gateway, base, ws, services)
 
 
 def _port(engine: Engine) -> int:
@@ -174,7 +175,8 @@ async def test_keep_alive_still_serves_a_second_request(engine) -> None:
 def _json_routes(engine: Engine) -> list[tuple[str, str]]:
     """``(method, path)`` of every route that takes a JSON body (its request schema is
     documented), from the app's URL map, each placeholder filled with a harmless value."""
-    app = engine.ctx.extras["app"]
+    assert engine.services is not None
+    app = engine.services.app
     routes = []
     for rule in app.url_map.iter_rules():
         if not hasattr(app.view_functions[rule.endpoint], QUART_SCHEMA_REQUEST_ATTRIBUTE):
@@ -284,7 +286,7 @@ async def test_websockets_per_address_are_limited(
     nursery: trio.Nursery, pg_dsn: str, tmp_path: Path
 ) -> None:
     engine = await start_engine(nursery, pg_dsn, tmp_path, max_ws_per_address=2)
-    edge = engine.ctx.extras["edge"]
+    edge = engine.ctx.edge
     url = f"{engine.ws_url}/ws/feed?token={FEED_TOKEN}"
     # Connections in a nursery of the test's own (nested ``async with open_websocket_url``
     # blocks can swallow what an inner one raises).
@@ -327,7 +329,7 @@ async def test_http_requests_in_flight_per_address_are_limited(
     for stream in slow:  # two logins waiting for their bodies: two requests in flight
         await stream.send_all(head + body[:5])
     with trio.fail_after(10):
-        while engine.ctx.extras["edge"].http_in_flight["127.0.0.1"] < 2:
+        while engine.ctx.edge.http_in_flight["127.0.0.1"] < 2:
             await trio.sleep(0.01)
     async with engine.client() as http:
         refused = await http.get("/healthz")
@@ -346,7 +348,7 @@ async def test_http_requests_in_flight_per_address_are_limited(
         assert (await http.get("/healthz")).status_code == 200
     for stream in slow:
         await stream.aclose()
-    assert engine.ctx.extras["edge"].refused["http"] == 1
+    assert engine.ctx.edge.refused["http"] == 1
 
 
 async def test_a_closed_websocket_frees_its_place_even_when_refused_with_a_close(
@@ -359,6 +361,6 @@ async def test_a_closed_websocket_frees_its_place_even_when_refused_with_a_close
             with pytest.raises(ConnectionClosed), trio.fail_after(10):
                 await ws.get_message()
         with trio.fail_after(10):
-            while engine.ctx.extras["edge"].ws_open:
+            while engine.ctx.edge.ws_open:
                 await trio.sleep(0.01)
-    assert engine.ctx.extras["edge"].refused["websocket"] == 0
+    assert engine.ctx.edge.refused["websocket"] == 0

@@ -15,7 +15,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from gateway.rest import exports
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.client import PositionDelta, PositionView, Snapshot, Subscribe
 from protocol.codec import client_client_codec
 from protocol.common import Side
@@ -38,7 +38,7 @@ CLIENT = client_client_codec("json")
 
 async def _engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path, **overrides: Any) -> Engine:
     settings = engine_settings(tmp_path, pg_dsn, **overrides)
-    ctx = await nursery.start(serve, settings)
+    ctx = (await nursery.start(run, settings)).gateway
     return Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 from trio_websocket import open_websocket_url
 
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.codec import feed_codec
 from protocol.device import CloseCommand, ModifyCommand, OpenCommand
 from protocol.feed import Quote, QuoteBatch
@@ -281,7 +281,7 @@ async def test_the_retry_settings_reach_the_user_cores(
     settings = engine_settings(
         tmp_path, pg_dsn, close_max_attempts=2, retry_backoff_ms=300, retry_backoff_max_ms=900
     )
-    ctx = await nursery.start(serve, settings)
+    ctx = (await nursery.start(run, settings)).gateway
     user = await ctx.registry.create_user("carol", "password-0123")
     timing = ctx.node.user(user.id).core.timing
     assert (timing.max_close_attempts, timing.retry_base, timing.retry_cap) == (2, 300, 900)

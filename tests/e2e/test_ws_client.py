@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from actors.hub import Subscription
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.client import (
     Authenticated,
     ClientAuth,
@@ -44,7 +44,7 @@ SUBPROTOCOLS = ["tripwire.v1.json"]
 
 async def _engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path, **overrides: Any) -> Engine:
     settings_ = engine_settings(tmp_path, pg_dsn, **overrides)
-    ctx = await nursery.start(serve, settings_)
+    ctx = (await nursery.start(run, settings_)).gateway
     return Engine(ctx, f"http://127.0.0.1:{settings_.port}", f"ws://127.0.0.1:{settings_.port}")
 
 

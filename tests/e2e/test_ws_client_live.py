@@ -14,7 +14,7 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.client import (
     AccountDelta,
     DeviceStatus,
@@ -51,7 +51,7 @@ async def test_the_account_and_device_stream_live(
     nursery: trio.Nursery, pg_dsn: str, tmp_path: Path
 ) -> None:
     settings = engine_settings(tmp_path, pg_dsn, device_heartbeat_s=1, device_stale_after_s=3)
-    ctx = await nursery.start(serve, settings)
+    ctx = (await nursery.start(run, settings)).gateway
     engine = Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
     alice, token = await engine.user("alice")
     device_id, terminal = await paper_device(engine, nursery, alice)

@@ -16,7 +16,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.client import Snapshot, Subscribe
 from protocol.codec import client_client_codec
 from tests.e2e.conftest import Engine, engine_settings
@@ -29,7 +29,7 @@ CODEC = client_client_codec("json")
 async def roomy_engine(nursery: trio.Nursery, pg_dsn: str, tmp_path: Path) -> AsyncIterator[Engine]:
     """An engine whose per-address WebSocket limit lets all :data:`CLIENTS` in from loopback."""
     settings = engine_settings(tmp_path, pg_dsn, max_ws_per_address=CLIENTS + 10)
-    ctx = await nursery.start(serve, settings)
+    ctx = (await nursery.start(run, settings)).gateway
     yield Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
 
 

@@ -9,7 +9,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from engine.lifecycle import PositionState
 from gateway.config import load_settings
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.closecodes import CloseCode
 from protocol.codec import feed_codec
 from protocol.errors import ConfigError
@@ -211,7 +211,7 @@ async def test_the_operator_sets_how_far_ahead_a_quote_may_be(nursery, pg_dsn, t
     """``TRIPWIRE_QUOTE_MAX_AHEAD_MS`` reaches the symbol actors: at 60 s, a quote 30 s ahead
     (a publisher's clock that far off) is acted on, one 61 s ahead is refused."""
     settings = engine_settings(tmp_path, pg_dsn, quote_max_ahead_ms=60_000)
-    ctx = await nursery.start(serve, settings)
+    ctx = (await nursery.start(run, settings)).gateway
     engine = Engine(ctx, "", f"ws://127.0.0.1:{settings.port}")
     symbol = engine.node.symbols["XAUUSD"]
     async with open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as ws:

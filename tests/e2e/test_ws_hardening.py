@@ -21,7 +21,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from gateway.runtime import serve
+from gateway.runtime import run
 from protocol.client import Subscribe
 from protocol.closecodes import CloseCode
 from protocol.codec import client_client_codec, device_client_codec
@@ -41,7 +41,7 @@ async def running_engine(tmp_path: Path, dsn: str, **overrides: Any) -> AsyncIte
     """The real runtime with ``overrides``; leaving the block stops it at once (as a crash)."""
     settings = engine_settings(tmp_path, dsn, **overrides)
     async with trio.open_nursery() as nursery:
-        ctx = await nursery.start(serve, settings)
+        ctx = (await nursery.start(run, settings)).gateway
         yield Engine(ctx, f"http://127.0.0.1:{settings.port}", f"ws://127.0.0.1:{settings.port}")
         nursery.cancel_scope.cancel()
 

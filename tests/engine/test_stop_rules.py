@@ -22,8 +22,8 @@ from engine.stoprules import (
 )
 from engine.symbol import SymbolCore
 from engine.user import Timing, UserCore
+from gateway.composition import timing_of
 from gateway.config import load_settings
-from gateway.runtime import timing_of
 from protocol.device import Ack, CloseCommand, ModifyCommand
 from protocol.errors import ConfigError, Conflict, NotFound, Refused, SizingRefused
 from protocol.signals import BreakEvenSpec, TrailingSpec

@@ -10,7 +10,7 @@ from gateway.app import create_app
 from gateway.auth import TokenIssuer
 from gateway.config import load_settings
 from gateway.context import GatewayContext
-from gateway.runtime import MemoryNonces
+from gateway.memory_nonces import MemoryNonces
 
 
 def in_memory_app() -> QuartTrio:

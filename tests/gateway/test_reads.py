@@ -25,7 +25,9 @@ def test_entries_expire_and_the_oldest_go_first() -> None:
 
 
 async def test_a_burst_of_misses_loads_once() -> None:
-    ctx = SimpleNamespace(cache=None, extras={}, settings=SimpleNamespace(read_cache_ttl_ms=500))
+    ctx = SimpleNamespace(
+        cache=None, local_cache=None, settings=SimpleNamespace(read_cache_ttl_ms=500)
+    )
     loads = 0
 
     async def load() -> bytes:

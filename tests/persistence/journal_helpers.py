@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from persistence import Database, Journal
+from persistence import Database, JournalReader
 
 
 class Rec(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,11 +31,11 @@ def audit_projection(records: list[Rec]) -> list[tuple[str, list[tuple[Any, ...]
     return [(AUDIT, [(r.kind, "test", {"n": r.n}) for r in records])]
 
 
-async def read_all(journal: Journal[Rec], after_seq: int = 0) -> list[tuple[int, Rec]]:
+async def read_all(db: Database, after_seq: int = 0) -> list[tuple[int, Rec]]:
     """Every record after ``after_seq`` as ``(seq, record)``, checking batch contiguity."""
     out: list[tuple[int, Rec]] = []
     expected_first: int | None = None
-    async for first, last, payload in journal.read_batches(after_seq, chunk=3):
+    async for first, last, payload in JournalReader(db).read_batches(after_seq, chunk=3):
         records = _decoder.decode(payload)
         assert len(records) == last - first + 1
         if expected_first is not None:

@@ -16,7 +16,8 @@ import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.rest.positions import _history_sql, history_page
+from gateway.rest.positions import history_page
+from persistence.projection_reads import _history_sql
 
 T = TypeVar("T")
 T0 = 1_700_000_000_000

@@ -9,8 +9,8 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from persistence import Database, Journal
-from persistence import journal_store as store
+from persistence import Database, JournalReader, JournalWriter, SnapshotStore
+from persistence import journal_sql as store
 from protocol.common import Alert
 from protocol.errors import ConfigError, StorageError, UsageError
 from tests.persistence.journal_helpers import (
@@ -22,8 +22,8 @@ from tests.persistence.journal_helpers import (
 )
 
 
-def _journal(db: Any, **options: Any) -> Journal[Rec]:
-    return Journal(db, encode_batch, **options)
+def _journal(db: Any, **options: Any) -> JournalWriter[Rec]:
+    return JournalWriter(db, encode_batch, **options)
 
 
 async def test_round_trip_in_order_across_many_batches(db: Database) -> None:
@@ -40,9 +40,9 @@ async def test_round_trip_in_order_across_many_batches(db: Database) -> None:
         nursery.cancel_scope.cancel()
     assert journal.records_written == 5000
     assert journal.batches_written >= 10  # max_batch 500
-    assert await read_all(journal) == list(enumerate(sent, start=1))
+    assert await read_all(db) == list(enumerate(sent, start=1))
     # Reading from the middle: the straddling batch is trimmed by the reader.
-    assert await read_all(journal, after_seq=1234) == list(enumerate(sent, start=1))[1234:]
+    assert await read_all(db, after_seq=1234) == list(enumerate(sent, start=1))[1234:]
 
 
 async def test_batches_newest_first_are_the_same_batches_backwards(db: Database) -> None:
@@ -57,8 +57,8 @@ async def test_batches_newest_first_are_the_same_batches_backwards(db: Database)
         await journal.flush()
         nursery.cancel_scope.cancel()
     for after in (0, 33, 99, 100):
-        forwards = [b async for b in journal.read_batches(after, chunk=4)]
-        chunks = [c async for c in journal.read_batches_newest_first(after, chunk=4)]
+        forwards = [b async for b in JournalReader(db).read_batches(after, chunk=4)]
+        chunks = [c async for c in JournalReader(db).read_batches_newest_first(after, chunk=4)]
         assert all(0 < len(c) <= 4 for c in chunks)
         assert [b[:3] for c in chunks for b in c] == forwards[::-1]
         assert all(b[3] is None for c in chunks for b in c)  # this encoder makes no index
@@ -109,7 +109,7 @@ async def test_append_returns_only_after_its_batch_committed(db: Database) -> No
 
 
 async def test_projection_commits_with_its_batch(db: Database) -> None:
-    journal = Journal(db, encode_batch, audit_projection, window_ms=1, max_batch=40)
+    journal = JournalWriter(db, encode_batch, audit_projection, window_ms=1, max_batch=40)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         for i in range(100):
@@ -136,7 +136,7 @@ async def test_projection_failure_never_blocks_the_journal(db: Database) -> None
             ]
         return audit_projection(records)
 
-    journal = Journal(db, encode_batch, project, window_ms=0, on_alert=alerts.append)
+    journal = JournalWriter(db, encode_batch, project, window_ms=0, on_alert=alerts.append)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         await journal.append(Rec(kind="ok", n=1))
@@ -144,7 +144,7 @@ async def test_projection_failure_never_blocks_the_journal(db: Database) -> None
         await journal.append(Rec(kind="raise", n=3))
         await journal.append(Rec(kind="ok", n=4))
         nursery.cancel_scope.cancel()
-    assert [r.n for _, r in await read_all(journal)] == [1, 2, 3, 4]  # the journal is whole
+    assert [r.n for _, r in await read_all(db)] == [1, 2, 3, 4]  # the journal is whole
     assert await audit_count(db) == 2  # records 1 and 4 projected
     assert journal.projection_errors == 2
     assert [a.kind for a in alerts] == ["journal_projection_failed"]  # once, not per batch
@@ -170,8 +170,8 @@ async def test_a_batch_that_committed_before_the_error_is_not_written_twice(
 ) -> None:
     alerts: list[Alert] = []
     flaky = _CommitsThenFails(db)
-    journal = Journal(flaky, encode_batch, audit_projection, max_backoff_s=0.05,
-                      on_alert=alerts.append)  # fmt: skip
+    journal = JournalWriter(flaky, encode_batch, audit_projection, max_backoff_s=0.05,
+                            on_alert=alerts.append)  # fmt: skip
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         for i in range(10):
@@ -180,7 +180,7 @@ async def test_a_batch_that_committed_before_the_error_is_not_written_twice(
             await journal.flush()
         nursery.cancel_scope.cancel()
     assert flaky.failed and journal.write_errors == 1
-    assert [r.n for _, r in await read_all(journal)] == list(range(10))
+    assert [r.n for _, r in await read_all(db)] == list(range(10))
     assert await audit_count(db) == 10  # projections not applied twice either
     assert [a.kind for a in alerts] == ["journal_unavailable", "journal_recovered"]
 
@@ -207,7 +207,7 @@ async def test_sequence_numbers_resume_after_journal_and_snapshots(db: Database)
         nursery.cancel_scope.cancel()
 
     second = _journal(db)
-    await second.write_snapshot(40, b"state at 40")  # not running: written as given
+    await SnapshotStore(db, writer=second).write_snapshot(40, b"state at 40")  # not running
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run)
         assert second.append_nowait(Rec(kind="b", n=0)) == 41
@@ -217,39 +217,41 @@ async def test_sequence_numbers_resume_after_journal_and_snapshots(db: Database)
 
 async def test_snapshots_and_compaction(db: Database) -> None:
     journal = _journal(db, max_batch=10, window_ms=0)
+    snapshots = SnapshotStore(db, writer=journal)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
-        assert await journal.latest_snapshot() is None
+        assert await snapshots.latest_snapshot() is None
         for i in range(1, 101):
             journal.append_nowait(Rec(kind="c", n=i))
             if i % 10 == 0:
                 await journal.flush()  # ten batches of exactly ten records
         for seq in (20, 35, 75):
-            await journal.write_snapshot(seq, f"state at {seq}".encode())
-        assert await journal.latest_snapshot() == (75, b"state at 75")
+            await snapshots.write_snapshot(seq, f"state at {seq}".encode())
+        assert await snapshots.latest_snapshot() == (75, b"state at 75")
 
         with pytest.raises(UsageError):
-            await journal.compact(80)  # 76..80 exist nowhere but the journal
-        assert await journal.compact(75, keep_snapshots=2) == (7, 1)
+            await snapshots.compact(80)  # 76..80 exist nowhere but the journal
+        assert await snapshots.compact(75, keep_snapshots=2) == (7, 1)
         # The batch 71..80 straddles the snapshot and is kept whole; the reader trims it.
-        assert [s for s, _ in await read_all(journal, after_seq=75)] == list(range(76, 101))
+        assert [s for s, _ in await read_all(db, after_seq=75)] == list(range(76, 101))
         assert await db.fetchval("SELECT min(first_seq) FROM journal") == 71
-        snapshots = [r["seq"] for r in await db.fetch("SELECT seq FROM snapshots ORDER BY seq")]
-        assert snapshots == [35, 75]
+        kept = [r["seq"] for r in await db.fetch("SELECT seq FROM snapshots ORDER BY seq")]
+        assert kept == [35, 75]
         assert await db.fetchval("SELECT size FROM snapshots WHERE seq = 75") == 11
         nursery.cancel_scope.cancel()
 
 
 async def test_write_snapshot_flushes_the_journal_first(db: Database) -> None:
     journal = _journal(db, window_ms=10_000)
+    snapshots = SnapshotStore(db, writer=journal)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         for i in range(5):
             journal.append_nowait(Rec(kind="s", n=i))
         with pytest.raises(UsageError):
-            await journal.write_snapshot(6, b"ahead of the journal")
+            await snapshots.write_snapshot(6, b"ahead of the journal")
         with trio.fail_after(2):
-            await journal.write_snapshot(5, b"state at 5")
+            await snapshots.write_snapshot(5, b"state at 5")
         assert journal.committed_seq == 5
         nursery.cancel_scope.cancel()
 
@@ -263,7 +265,7 @@ async def test_cancelling_the_writer_writes_what_is_pending(db: Database) -> Non
         await trio.testing.wait_all_tasks_blocked()  # the writer is waiting out its window
         nursery.cancel_scope.cancel()
     assert journal.pending == 0
-    assert len(await read_all(journal)) == 20
+    assert len(await read_all(db)) == 20
     with pytest.raises(UsageError):
         journal.append_nowait(Rec(kind="after", n=0))  # nobody would ever write it
 

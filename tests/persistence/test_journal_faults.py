@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from persistence import Journal, open_database
+from persistence import JournalWriter, open_database
 from protocol.common import Alert, AlertLevel
 from protocol.errors import StorageError
 from tests.fixtures.postgres import PrivatePg
@@ -30,7 +30,7 @@ from tests.persistence.journal_helpers import (
 async def test_postgres_stopped_mid_run(private_pg: PrivatePg, bridge: Any, mode: str) -> None:
     alerts: list[Alert] = []
     async with open_database(bridge, private_pg.dsn) as db:
-        journal = Journal(
+        journal = JournalWriter(
             db, encode_batch, audit_projection, window_ms=2, max_backoff_s=0.2,
             on_alert=alerts.append,
         )  # fmt: skip
@@ -90,7 +90,7 @@ async def test_postgres_stopped_mid_run(private_pg: PrivatePg, bridge: Any, mode
         # Everything appended is there exactly once, in order, and every ack is in it.
         assert [a.kind for a in alerts] == ["journal_unavailable", "journal_recovered"]
         assert journal.pending == 0
-        stored = await read_all(journal)
+        stored = await read_all(db)
         assert [seq for seq, _ in stored] == list(range(1, len(sent) + 1))
         assert dict(stored) == sent
         assert set(acked) <= set(sent)
@@ -100,7 +100,7 @@ async def test_postgres_stopped_mid_run(private_pg: PrivatePg, bridge: Any, mode
 @pytest.mark.slow
 async def test_buffer_bounds_while_postgres_is_down(private_pg: PrivatePg, bridge: Any) -> None:
     async with open_database(bridge, private_pg.dsn) as db:
-        journal = Journal(
+        journal = JournalWriter(
             db, encode_batch, max_batch=10, soft_limit=50, hard_limit=100, max_backoff_s=0.1
         )
         async with trio.open_nursery() as nursery:
@@ -124,13 +124,13 @@ async def test_buffer_bounds_while_postgres_is_down(private_pg: PrivatePg, bridg
             with trio.fail_after(20):
                 await journal.flush()
             nursery.cancel_scope.cancel()
-        assert [r.n for _, r in await read_all(journal)] == list(range(100))
+        assert [r.n for _, r in await read_all(db)] == list(range(100))
 
 
 async def test_writer_waits_for_postgres_at_start(private_pg: PrivatePg, bridge: Any) -> None:
     async with open_database(bridge, private_pg.dsn) as db:
         await trio.to_thread.run_sync(private_pg.server.stop, "fast")
-        journal = Journal(db, encode_batch, max_backoff_s=0.1)
+        journal = JournalWriter(db, encode_batch, max_backoff_s=0.1)
         async with trio.open_nursery() as nursery:
 
             async def restart_soon() -> None:

@@ -13,8 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from persistence import Journal
-from persistence import journal_store as store
+from persistence import JournalWriter
+from persistence import journal_sql as store
 from protocol.common import Alert
 from protocol.errors import StorageError
 from tests.persistence.journal_helpers import Rec, encode_batch
@@ -44,8 +44,8 @@ class FakeDb:
         return store.WriteResult(store.WriteOutcome.WRITTEN)
 
 
-def _journal(db: FakeDb, **options: Any) -> Journal[Rec]:
-    return Journal(db, encode_batch, **options)  # type: ignore[arg-type]
+def _journal(db: FakeDb, **options: Any) -> JournalWriter[Rec]:
+    return JournalWriter(db, encode_batch, **options)  # type: ignore[arg-type]
 
 
 async def test_window_groups_appends_and_starts_at_the_first(

@@ -9,7 +9,7 @@ from engine.records import AuditEntry, AuditRecorded, SignalSaved, encode_batch
 from engine.trailing import LevelMove
 from engine.triggers import Trigger, TriggerKind
 from engine.user import DeviceInfo, UserCore
-from persistence.journal import Journal
+from persistence.journal_writer import JournalWriter
 from persistence.projections import make_projection
 from protocol.common import Side
 from protocol.device import Ack
@@ -25,7 +25,7 @@ async def test_a_position_life_lands_in_every_table(db) -> None:
         "INSERT INTO devices (id, user_id, name, account_login, broker) "
         "VALUES ('d1', 'u1', 't', '42', 'b')"
     )
-    journal = Journal(db, encode_batch, make_projection(DEFAULT_INSTRUMENTS))
+    journal = JournalWriter(db, encode_batch, make_projection(DEFAULT_INSTRUMENTS))
     records = []
     signal = Signal(
         strategy_id="s1",

@@ -14,7 +14,7 @@ from engine.journal_index import encode_indexed_batch
 from engine.records import encode_batch
 from engine.replay import SnapshotReplay
 from engine.state import EngineState
-from persistence import Database, Journal
+from persistence import Database, JournalReader, JournalWriter, SnapshotStore
 from persistence.recovery import load_state
 from persistence.snapshotter import take_snapshot
 from tests.persistence.test_snapshotter import _random_records
@@ -33,7 +33,7 @@ def _assert_recovered(state: EngineState, reference: EngineState) -> None:
 async def _write(
     db: Database, encoder: Any, rng: random.Random, reference: EngineState, rounds: int
 ) -> None:
-    journal: Journal[Any] = Journal(db, encoder, max_batch=9, window_ms=0)
+    journal: JournalWriter[Any] = JournalWriter(db, encoder, max_batch=9, window_ms=0)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         for _ in range(rounds):
@@ -56,7 +56,7 @@ async def test_an_indexed_journal_recovers_to_the_record_by_record_fold(
         raise AssertionError("an indexed batch was folded record by record")
 
     monkeypatch.setattr(SnapshotReplay, "fold_newest_first", record_by_record)
-    recovered = await load_state(Journal(db, encode_indexed_batch))
+    recovered = await load_state(JournalReader(db), SnapshotStore(db))
     _assert_recovered(recovered.state, reference)
     assert recovered.records == reference.seq
 
@@ -71,11 +71,11 @@ async def test_batches_from_before_the_index_and_after_it_recover_together(
     await _write(db, encode_indexed_batch, rng, reference, 6)
     kinds = await db.fetch("SELECT record_index IS NULL AS old FROM journal ORDER BY last_seq")
     assert {row["old"] for row in kinds} == {True, False}
-    _assert_recovered((await load_state(Journal(db, encode_batch))).state, reference)
+    _assert_recovered((await load_state(JournalReader(db), SnapshotStore(db))).state, reference)
 
-    await take_snapshot(Journal(db, encode_batch), now_ms=1)
+    await take_snapshot(JournalReader(db), SnapshotStore(db), now_ms=1)
     await _write(db, encode_indexed_batch, rng, reference, 4)
     await _write(db, encode_batch, rng, reference, 2)
     await _write(db, encode_indexed_batch, rng, reference, 3)
-    recovered = await load_state(Journal(db, encode_batch))
+    recovered = await load_state(JournalReader(db), SnapshotStore(db))
     _assert_recovered(recovered.state, reference)

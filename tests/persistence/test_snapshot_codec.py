@@ -7,9 +7,8 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from persistence import Database, Journal, snapshot_codec
+from persistence import Database, SnapshotStore, snapshot_codec
 from protocol.errors import StorageError
-from tests.persistence.journal_helpers import Rec, encode_batch
 
 
 @given(st.binary(max_size=4096))
@@ -35,8 +34,8 @@ def test_corrupt_or_sizeless_frames_are_storage_errors(stored: bytes) -> None:
         snapshot_codec.unpack(stored)
 
 
-async def test_the_journal_stores_snapshots_compressed(db: Database) -> None:
-    journal: Journal[Rec] = Journal(db, encode_batch)
+async def test_snapshots_are_stored_compressed(db: Database) -> None:
+    journal = SnapshotStore(db)
     state = b"positions " * 50_000
     await journal.write_snapshot(7, state)
     row = await db.fetchrow("SELECT payload, size FROM snapshots WHERE seq = 7")
@@ -46,7 +45,7 @@ async def test_the_journal_stores_snapshots_compressed(db: Database) -> None:
 
 
 async def test_a_legacy_row_is_read_and_a_corrupt_one_refused(db: Database) -> None:
-    journal: Journal[Rec] = Journal(db, encode_batch)
+    journal = SnapshotStore(db)
     insert = "INSERT INTO snapshots (seq, payload, size) VALUES ($1, $2, $3)"
     await db.execute(insert, 3, b"\x92\x01\x02", 3)
     assert await journal.latest_snapshot() == (3, b"\x92\x01\x02")

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from persistence import Database, Journal, snapshot_codec
-from persistence import journal_store as store
+from persistence import Database, SnapshotStore, snapshot_codec
+from persistence import snapshot_sql as store
 from protocol.errors import StorageError
 
 PART = 64
 
 
-def _journal(db: Database) -> Journal[Any]:
-    return Journal(db, lambda records: b"", snapshot_part_bytes=PART)
+def _journal(db: Database) -> SnapshotStore:
+    return SnapshotStore(db, part_bytes=PART)
 
 
 async def _conn(db: Database, fn: Any, **kwargs: Any) -> Any:

@@ -25,7 +25,7 @@ from engine.records import (
     encode_batch,
 )
 from engine.state import EngineState
-from persistence import Database, Journal, snapshotter
+from persistence import Database, JournalReader, JournalWriter, SnapshotStore, snapshotter
 from persistence.recovery import load_state
 from persistence.snapshotter import SnapshotProcess, Snapshotter, take_snapshot
 from protocol.common import Alert, AlertLevel
@@ -35,7 +35,7 @@ from tests.engine.position_helpers import make_position
 from tests.processes import running
 
 
-async def _append(journal: Journal[Any], records: list[Any]) -> None:
+async def _append(journal: JournalWriter[Any], records: list[Any]) -> None:
     for record in records:
         journal.append_nowait(record)
     await journal.flush()
@@ -43,36 +43,37 @@ async def _append(journal: Journal[Any], records: list[Any]) -> None:
 
 async def test_snapshot_folds_compacts_and_skips_when_nothing_is_new(db: Database) -> None:
     positions = open_positions(50, 5, 200_000, seed=3)
-    journal: Journal[Any] = Journal(db, encode_batch, max_batch=20, window_ms=0)
+    journal: JournalWriter[Any] = JournalWriter(db, encode_batch, max_batch=20, window_ms=0)
+    reader, stored = JournalReader(db), SnapshotStore(db)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         await _append(journal, [PositionSaved(position=p) for p in positions])
-        first, size = await take_snapshot(journal, now_ms=1)
+        first, size = await take_snapshot(reader, stored, now_ms=1)
         assert first == 50 and size > 0
 
         calls: list[str] = []
-        reading = journal.latest_snapshot
+        reading = stored.latest_snapshot
 
         async def counted() -> Any:
             calls.append("payload")
             return await reading()
 
-        journal.latest_snapshot = counted  # type: ignore[method-assign]
-        assert await take_snapshot(journal, now_ms=2) == (50, 0)
+        stored.latest_snapshot = counted  # type: ignore[method-assign]
+        assert await take_snapshot(reader, stored, now_ms=2) == (50, 0)
         assert calls == []  # nothing new: no payload was read
 
         moved = positions[7]
         await _append(journal, [LevelsMoved(position_id=moved.id, sl=1, tp=None, time_ms=3)])
-        second, size = await take_snapshot(journal, now_ms=4)
+        second, size = await take_snapshot(reader, stored, now_ms=4)
         assert second == 51 and size > 0 and calls == ["payload"]  # read once, by the fold
         nursery.cancel_scope.cancel()
 
     # The newest snapshot alone is the whole state; the batches the first one covered are gone.
-    snapshot = await journal.latest_snapshot()
+    snapshot = await stored.latest_snapshot()
     assert snapshot is not None and snapshot[0] == 51
     state = EngineState.decode_snapshot(snapshot[1])
     assert len(state.positions) == 50 and state.positions[moved.id].sl == 1
-    recovered = await load_state(Journal(db, encode_batch))
+    recovered = await load_state(JournalReader(db), SnapshotStore(db))
     assert recovered.state.positions == state.positions and recovered.records == 0
     assert await db.fetchval("SELECT count(*) FROM journal WHERE last_seq <= 50") == 0
 
@@ -130,7 +131,8 @@ async def test_a_kept_state_folds_only_what_is_new_and_equals_the_full_fold(
     db: Database, seed: int
 ) -> None:
     rng = random.Random(seed)
-    journal: Journal[Any] = Journal(db, encode_batch, max_batch=7, window_ms=0)
+    journal: JournalWriter[Any] = JournalWriter(db, encode_batch, max_batch=7, window_ms=0)
+    reader, stored = JournalReader(db), SnapshotStore(db)
     snapshotter, reference, loaded = Snapshotter(), EngineState(), False
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
@@ -139,7 +141,7 @@ async def test_a_kept_state_folds_only_what_is_new_and_equals_the_full_fold(
             await _append(journal, records)
             for record in records:
                 reference.apply(record, reference.seq + 1)
-            taken = await snapshotter.take(journal, now_ms=1)
+            taken = await snapshotter.take(reader, stored, now_ms=1)
             if not records:  # nothing new: nothing read, nothing written
                 assert taken.bytes == 0 and taken.replayed == 0
                 continue
@@ -148,9 +150,9 @@ async def test_a_kept_state_folds_only_what_is_new_and_equals_the_full_fold(
             assert taken.reloaded == (not loaded)
             assert not loaded or taken.replayed == len(records)
             loaded = True
-            _assert_stored_equals(await journal.latest_snapshot(), reference)
+            _assert_stored_equals(await stored.latest_snapshot(), reference)
         nursery.cancel_scope.cancel()
-    recovered = await load_state(Journal(db, encode_batch))
+    recovered = await load_state(JournalReader(db), SnapshotStore(db))
     assert recovered.state.positions == reference.positions
 
 
@@ -158,7 +160,8 @@ async def test_a_newer_snapshot_by_another_writer_or_a_failure_means_recovering_
     db: Database,
 ) -> None:
     rng = random.Random(7)
-    journal: Journal[Any] = Journal(db, encode_batch, max_batch=7, window_ms=0)
+    journal: JournalWriter[Any] = JournalWriter(db, encode_batch, max_batch=7, window_ms=0)
+    reader, stored = JournalReader(db), SnapshotStore(db)
     snapshotter, reference = Snapshotter(), EngineState()
 
     async def append(count: int) -> None:
@@ -170,39 +173,40 @@ async def test_a_newer_snapshot_by_another_writer_or_a_failure_means_recovering_
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         await append(40)
-        assert (await snapshotter.take(journal, now_ms=1)).reloaded
+        assert (await snapshotter.take(reader, stored, now_ms=1)).reloaded
         # Another writer (the engine's own shutdown snapshot) snapshots and compacts: what the
         # kept state has not seen may be gone from the journal, so it is recovered again.
         await append(40)
-        await take_snapshot(journal, now_ms=1)
+        await take_snapshot(reader, stored, now_ms=1)
         await append(40)
-        await take_snapshot(journal, now_ms=1)
+        await take_snapshot(reader, stored, now_ms=1)
         await append(10)
-        taken = await snapshotter.take(journal, now_ms=1)
+        taken = await snapshotter.take(reader, stored, now_ms=1)
         assert taken.reloaded and taken.replayed == 10
-        _assert_stored_equals(await journal.latest_snapshot(), reference)
+        _assert_stored_equals(await stored.latest_snapshot(), reference)
 
         # A failure half-way through a fold: the kept state is dropped, not trusted.
         await append(30)
-        reading = journal.read_batches
+        reading = reader.read_batches
 
         def failing(*args: Any, **kwargs: Any) -> Any:
             raise StorageError("the database went away")
 
-        journal.read_batches = failing  # type: ignore[method-assign]
+        reader.read_batches = failing  # type: ignore[method-assign]
         with pytest.raises(StorageError):
-            await snapshotter.take(journal, now_ms=1)
-        journal.read_batches = reading  # type: ignore[method-assign]
-        taken = await snapshotter.take(journal, now_ms=1)
+            await snapshotter.take(reader, stored, now_ms=1)
+        reader.read_batches = reading  # type: ignore[method-assign]
+        taken = await snapshotter.take(reader, stored, now_ms=1)
         assert taken.reloaded and taken.replayed == 30
-        _assert_stored_equals(await journal.latest_snapshot(), reference)
+        _assert_stored_equals(await stored.latest_snapshot(), reference)
         nursery.cancel_scope.cancel()
 
 
 async def test_the_snapshotter_process_keeps_its_state_and_is_replaced_when_it_dies(
     db: Database, pg_dsn: str
 ) -> None:
-    journal: Journal[Any] = Journal(db, encode_batch, max_batch=20, window_ms=0)
+    journal: JournalWriter[Any] = JournalWriter(db, encode_batch, max_batch=20, window_ms=0)
+    stored = SnapshotStore(db)
     positions = open_positions(50, 5, 200_000, seed=3)
     async with (
         SnapshotProcess(pg_dsn, stderr=subprocess.DEVNULL) as snapshots,
@@ -244,7 +248,7 @@ async def test_the_snapshotter_process_keeps_its_state_and_is_replaced_when_it_d
         nursery.cancel_scope.cancel()
     assert process.returncode == 0  # its stdin closed: it exited by itself
 
-    state = EngineState.decode_snapshot((await journal.latest_snapshot() or (0, b""))[1])
+    state = EngineState.decode_snapshot((await stored.latest_snapshot() or (0, b""))[1])
     assert state.positions[positions[2].id].sl == 5
 
 
@@ -311,7 +315,7 @@ async def test_an_unreadable_reply_fails_the_snapshot_and_replaces_the_process(
 async def test_an_oversized_request_ends_the_process_and_the_next_one_serves(
     db: Database, pg_dsn: str
 ) -> None:
-    journal: Journal[Any] = Journal(db, encode_batch, max_batch=20, window_ms=0)
+    journal: JournalWriter[Any] = JournalWriter(db, encode_batch, max_batch=20, window_ms=0)
     async with (
         SnapshotProcess(pg_dsn, stderr=subprocess.DEVNULL) as snapshots,
         trio.open_nursery() as nursery,

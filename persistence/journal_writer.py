@@ -1,8 +1,8 @@
-"""The write-behind journal: every state change, appended in memory, written by group commit.
+"""The journal's writer: every state change, appended in memory, written by group commit.
 
 Rules of operation:
 
-* **Two ways in.** :meth:`Journal.append_nowait` assigns the record its sequence number and
+* **Two ways in.** :meth:`JournalWriter.append_nowait` assigns the record its sequence number and
   returns at once: the tick path uses it and never waits for the database. :meth:`append`
   does the same and then waits until the batch holding the record has COMMITTED: whatever is
   acknowledged to the outside (an HTTP 2xx, an ACK frame) goes through it, or through
@@ -27,6 +27,9 @@ Rules of operation:
 * **Projection failures never block the journal**: the row commits, the projection is rolled
   back, an alert says so (projections can be rebuilt from the journal; a record cannot).
 
+Reading the journal back is :mod:`persistence.journal_reader`'s; snapshots and compaction are
+:mod:`persistence.snapshot_store`'s.
+
 Everything here runs on the trio thread; nothing is thread-safe, and nothing needs to be.
 """
 
@@ -36,19 +39,18 @@ import functools
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import structlog
 import trio
 
-from persistence import journal_store as store
-from persistence import snapshot_codec
+from persistence import journal_sql as store
 from persistence.db import Database
 from protocol.common import Alert, AlertLevel
 from protocol.errors import StorageError, UsageError
 
-__all__ = ["Journal"]
+__all__ = ["JournalWriter"]
 
 T = TypeVar("T")
 
@@ -58,15 +60,14 @@ Project = Callable[[list[T]], store.Statements]
 OnAlert = Callable[[Alert], None]
 
 _log = structlog.get_logger(component="journal")  # lazy: configured at first use
-_BEYOND_EVERY_SEQ = (1 << 63) - 1  # the largest bigint
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Journal(Generic[T]):
-    """The write-behind journal of records of type ``T`` (see the module docstring).
+class JournalWriter(Generic[T]):
+    """The write-behind journal writer of records of type ``T`` (see the module docstring).
 
     Args:
         db: where the journal lives (migrated).
@@ -86,8 +87,6 @@ class Journal(Generic[T]):
             when a projection starts failing.
         max_backoff_s: the longest pause between two write attempts during an outage.
         shutdown_grace_s: how long a cancelled writer may go on writing what is pending.
-        snapshot_part_bytes: a stored snapshot larger than this is written in parts this
-            large, each its own transaction (see ``migrations/0002_snapshot_parts.sql``).
 
     Metrics (plain attributes, read them any time): ``pending`` records not yet committed,
     ``lag_ms`` age of the oldest of them, ``batches_written``, ``records_written``,
@@ -109,15 +108,11 @@ class Journal(Generic[T]):
         on_alert: OnAlert | None = None,
         max_backoff_s: float = 2.0,
         shutdown_grace_s: float = 5.0,
-        snapshot_part_bytes: int = 16 * 1024,
     ) -> None:
         if not 0 < max_batch <= soft_limit <= hard_limit:
             raise UsageError("journal limits must satisfy 0 < max_batch <= soft <= hard")
         if window_ms < 0:
             raise UsageError("window_ms must be >= 0")
-        if snapshot_part_bytes < 1:
-            raise UsageError("snapshot_part_bytes must be >= 1")
-        self.snapshot_part_bytes = snapshot_part_bytes
         self.db = db
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
@@ -191,7 +186,7 @@ class Journal(Generic[T]):
             UsageError: the writer is not running (start :meth:`run` first).
         """
         if not self._running:
-            raise UsageError("the journal writer is not running; start Journal.run first")
+            raise UsageError("the journal writer is not running; start JournalWriter.run first")
         if len(self._buffer) + len(self._inflight) >= self.hard_limit:
             raise StorageError(
                 "journal buffer full", pending=self.pending, limit=self.hard_limit, hard=True
@@ -245,6 +240,20 @@ class Journal(Generic[T]):
             self._flush_upto = max(self._flush_upto, target)
             self._hurry.set()
         await self.wait_committed(target)
+
+    async def flush_through(self, seq: int) -> None:
+        """Return once record ``seq`` has committed, flushing if it has not (a snapshot at
+        ``seq`` must never be ahead of the journal it summarises); at once when the writer is
+        not running (nothing can be pending then).
+
+        Raises:
+            UsageError: ``seq`` is past the last appended record.
+        """
+        if not self._running or seq <= self._committed_seq:
+            return
+        if seq > self.last_seq:
+            raise UsageError("snapshot seq is past the last appended record", seq=seq)
+        await self.flush()
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -408,98 +417,3 @@ class Journal(Generic[T]):
             self._on_alert(alert)
         except Exception as exc:  # an alert sink must never stop the journal
             _log.error("journal alert callback failed", error=repr(exc), kind=kind)
-
-    # -- recovery, snapshots, compaction ------------------------------------------------------
-
-    async def read_batches(
-        self, after_seq: int = 0, *, chunk: int = 32
-    ) -> AsyncIterator[tuple[int, int, bytes]]:
-        """Every batch holding records after ``after_seq``, oldest first, as
-        ``(first_seq, last_seq, payload)``; fetched ``chunk`` rows at a time.
-
-        A batch straddling ``after_seq`` is returned whole: skip its records up to
-        ``after_seq`` (record ``i`` of a payload has seq ``first_seq + i``).
-        """
-        while True:
-            rows = await self.db.run_with_connection(
-                functools.partial(store.fetch_batches, after_seq=after_seq, limit=chunk)
-            )
-            for row in rows:
-                yield row
-            if len(rows) < chunk:
-                return
-            after_seq = rows[-1][1]
-
-    async def read_batches_newest_first(
-        self, after_seq: int = 0, *, chunk: int = 32
-    ) -> AsyncIterator[list[tuple[int, int, bytes, bytes | None]]]:
-        """The batches of :meth:`read_batches`, newest first, ``chunk`` rows per list, each
-        with its replay index or None (what recovery folds, see ``engine.replay``; the oldest
-        may straddle ``after_seq``)."""
-        before = _BEYOND_EVERY_SEQ
-        while True:
-            rows = await self.db.run_with_connection(
-                functools.partial(
-                    store.fetch_batches_newest_first,
-                    after_seq=after_seq,
-                    before_seq=before,
-                    limit=chunk,
-                )
-            )
-            if rows:
-                yield rows
-            if len(rows) < chunk:
-                return
-            before = rows[-1][1]
-
-    async def latest_snapshot(self) -> tuple[int, bytes] | None:
-        """``(seq, payload)`` of the newest snapshot, or None.
-
-        Raises:
-            StorageError: the database is unavailable, or the stored payload is corrupt.
-        """
-        row = await self.db.run_with_connection(store.latest_snapshot)
-        return None if row is None else (row[0], snapshot_codec.unpack(row[1]))
-
-    async def snapshot_and_journal_seqs(self) -> tuple[int | None, int]:
-        """The newest snapshot's seq (None: none) and the highest committed journal seq
-        (0: empty), read without any payload."""
-        return await self.db.run_with_connection(store.snapshot_and_journal_seqs)
-
-    async def write_snapshot(self, seq: int, payload: bytes) -> None:
-        """Store a snapshot of the state after record ``seq``.
-
-        While the writer runs, records up to ``seq`` are flushed first, so a snapshot is
-        never ahead of the journal it summarises.
-        """
-        if self._running and seq > self._committed_seq:
-            if seq > self.last_seq:
-                raise UsageError("snapshot seq is past the last appended record", seq=seq)
-            await self.flush()
-        stored = snapshot_codec.pack(payload)
-        step = self.snapshot_part_bytes
-        if len(stored) <= step:
-            await self.db.run_in_transaction(
-                functools.partial(store.write_snapshot, seq=seq, payload=stored, size=len(payload))
-            )
-            return
-        view = memoryview(stored)
-        parts = [view[k : k + step] for k in range(0, len(stored), step)]
-        await self.db.run_with_connection(
-            functools.partial(
-                store.write_snapshot_in_parts, seq=seq, parts=parts, size=len(payload)
-            )
-        )
-
-    async def compact(self, upto_seq: int, *, keep_snapshots: int = 2) -> tuple[int, int]:
-        """Delete journal batches ending at or before ``upto_seq`` (which must not be past
-        the newest snapshot) and all but the ``keep_snapshots`` newest snapshots.
-
-        Returns ``(batches_deleted, snapshots_deleted)``. To keep the previous snapshot
-        replayable as a fallback, pass its seq rather than the newest one's.
-        """
-        if keep_snapshots < 1:
-            raise UsageError("keep at least one snapshot")
-        return await self.db.run_in_transaction(
-            functools.partial(store.compact, upto_seq=upto_seq, keep_snapshots=keep_snapshots)
-        )
