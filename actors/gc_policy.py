@@ -3,9 +3,9 @@ harnesses that stand in for it use the same).
 
 After a (re)start the recovered state is long-lived: one collection, then ``gc.freeze()`` moves
 the survivors out of every generation the collector scans. The young generation is then widened:
-with CPython's 700 allocations, the objects of requests and messages still in flight were promoted
-and the older collections that followed paused the event loop for 50-70 ms every few seconds
-under REST load (bench.rest: reads p99 72 ms -> 8-11 ms, saturated throughput +40 %).
+with CPython's 700 allocations, the objects of requests and messages still in flight get promoted,
+and the older collections that follow pause the event loop for 50-70 ms every few seconds under
+REST load (``bench.rest`` shows it in the reads' p99 and the saturated throughput).
 """
 
 from __future__ import annotations

@@ -6,19 +6,17 @@ descending, so that "crossed" always reads ``key <= limit`` and the crossing ord
 
 Most items sit in a sorted *run*: three parallel lists (keys, seqs, ids) and a head index. A
 quote's crossed items are the run's prefix up to ``bisect_right(limit)``: one binary search and
-three slices, however many it crossed, in contiguous memory. The binary heap this replaces paid
-a ``heappop`` per crossed level, with a cache miss at most of its ~17 levels (6.6 us per fired
-trigger at 100,000 positions in ``bench.triggers``; a storm's popped items were re-sorted too).
-Plain lists, not numpy arrays: a quote crosses a handful of levels, and numpy's per-call cost
-(~1 us per search or slice) was more than the slices saved (a first version in numpy: 5.7 us
-per fired trigger at 1,000 positions against 3.1, and quiet quotes compared numpy scalars).
+three slices, however many it crossed, in contiguous memory. Why not a binary heap: it pays a
+``heappop`` per crossed level, with a cache miss at most of its ~17 levels at 100,000 positions.
+Why plain lists, not numpy arrays: a quote crosses a handful of levels, and numpy's per-call cost
+(~1 us per search or slice) is more than the slices save (``bench.triggers`` measures both).
 
 Levels armed since the run was built (recovery's bulk arming, or the last compaction) go to
 the *overflow*, a ``sortedcontainers.SortedList`` of ``(key, seq, id)``: an insertion is
 O(log n) with no pause, whatever the size, and its crossed items are a prefix as well. A quote
 takes the prefixes of both and interleaves them only when both crossed. The overflow joins
-the run only when the run is rebuilt anyway (a compaction, a bulk arming). Merging it whenever
-it reached a fraction of the run instead paused a quote for 75 ms at 500,000 levels.
+the run only when the run is rebuilt anyway (a compaction, a bulk arming): merging it whenever it
+reached a fraction of the run would pause a quote (~75 ms at 500,000 levels).
 
 Items are never removed from the middle: a cancelled or moved level stays as a stale item and
 the book skips it when it is crossed (the book knows which are stale; the ladder does not).

@@ -117,8 +117,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
     server = None
     try:
-        # The settings `tripwire run` reads, so that both find the same database (this used to
-        # read DATABASE_URL alone and report on ./.tripwire whatever the state dir).
+        # The settings `tripwire run` reads (DATABASE_URL, else the state dir's embedded server),
+        # so that both find the same database.
         settings = load_settings()
         dsn, server = resolve_dsn(
             {"DATABASE_URL": settings.database_url or ""}, Path(settings.state_dir) / "pg"
