@@ -659,7 +659,14 @@ class UserCore:
         if category == "done":
             closed = ack.fill_volume if ack and ack.fill_volume else command.volume
             remaining = round(p.volume - closed, 8)
-            if remaining > 0:
+            if ack is not None and ack.repeat:
+                # It answers a resend after a lost link (engine.user.terminal): the command
+                # executed before the reconnect, whose snapshot gave the position the volume
+                # it left.
+                kept = p.with_costs(now_ms, ack.commission, ack.swap)
+                if kept is not p:
+                    self._book.save(kept, effects)
+            elif remaining > 0:
                 kept = p.with_changes(now_ms, volume=remaining)
                 if ack is not None:
                     kept = kept.with_costs(now_ms, ack.commission, ack.swap)
