@@ -22,12 +22,14 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import dataclass, replace
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
 
+from persistence import notification_channels
+from persistence.db import Database
 from protocol.errors import DecodeError
 from protocol.notifications import EVENTS, EventName
 
@@ -156,25 +158,21 @@ def new_webhook_secret() -> str:
 class NotificationStore:
     """Every user's :class:`Channels`, from Postgres (``db``) or in memory (``db=None``)."""
 
-    def __init__(self, db: Any = None) -> None:
+    def __init__(self, db: Database | None = None) -> None:
         self.db = db
         self._channels: dict[str, Channels] = {}
 
     async def load(self) -> None:
         if self.db is None:
             return
-        for row in await self.db.fetch(
-            "SELECT user_id, events, webhook_url, webhook_secret, telegram_chat_id, "
-            "telegram_token FROM notification_settings"
-        ):
-            secret = row["webhook_secret"]
-            self._channels[row["user_id"]] = Channels(
-                user_id=row["user_id"],
-                events=frozenset(row["events"]),
-                webhook_url=row["webhook_url"],
-                webhook_secret=bytes(secret) if secret is not None else None,
-                telegram_chat_id=row["telegram_chat_id"],
-                telegram_token=row["telegram_token"],
+        for row in await notification_channels.all_channels(self.db):
+            self._channels[row.user_id] = Channels(
+                user_id=row.user_id,
+                events=frozenset(row.events),
+                webhook_url=row.webhook_url,
+                webhook_secret=row.webhook_secret,
+                telegram_chat_id=row.telegram_chat_id,
+                telegram_token=row.telegram_token,
             )
 
     def get(self, user_id: str) -> Channels | None:
@@ -214,18 +212,16 @@ class NotificationStore:
             telegram_token=token,
         )
         if self.db is not None:
-            await self.db.execute(
-                "INSERT INTO notification_settings (user_id, events, webhook_url, "
-                "webhook_secret, telegram_chat_id, telegram_token) "
-                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id) DO UPDATE SET "
-                "events = $2, webhook_url = $3, webhook_secret = $4, telegram_chat_id = $5, "
-                "telegram_token = $6, updated_at = now()",
-                user_id,
-                sorted(channels.events),
-                channels.webhook_url,
-                channels.webhook_secret,
-                channels.telegram_chat_id,
-                channels.telegram_token,
+            await notification_channels.store_channels(
+                self.db,
+                notification_channels.ChannelsRow(
+                    user_id,
+                    sorted(channels.events),
+                    channels.webhook_url,
+                    channels.webhook_secret,
+                    channels.telegram_chat_id,
+                    channels.telegram_token,
+                ),
             )
         self._channels[user_id] = channels
         return channels, secret

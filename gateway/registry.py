@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
 import trio
 
 from engine.sizing import UserSettings
 from gateway.auth import Identity, Role, hash_password, verify_password
+from persistence import accounts
+from persistence.db import Database
 from protocol.errors import Conflict, NotFound
 
 __all__ = ["DeviceRecord", "Registry", "UserRecord"]
@@ -75,7 +76,7 @@ def _new_secret() -> str:
 class Registry:
     """Users and devices, from Postgres (``db``) or in memory (``db=None``)."""
 
-    def __init__(self, db: Any = None) -> None:
+    def __init__(self, db: Database | None = None) -> None:
         self.db = db
         self.users: dict[str, UserRecord] = {}
         self.by_name: dict[str, str] = {}
@@ -87,38 +88,18 @@ class Registry:
         """Fill the cache from Postgres."""
         if self.db is None:
             return
-        for row in await self.db.fetch(
-            "SELECT id, username, role, password_hash, settings, disabled_at FROM users"
-        ):
-            settings = msgspec.convert(row["settings"] or {}, UserSettings)
+        for u in await accounts.users(self.db):
             self._cache_user(
-                UserRecord(
-                    row["id"],
-                    row["username"],
-                    row["role"],
-                    row["password_hash"],
-                    settings,
-                    row["disabled_at"] is not None,
-                )
+                UserRecord(u.id, u.username, u.role, u.password_hash, u.settings, u.disabled)
             )
-        for row in await self.db.fetch(
-            "SELECT id, user_id, name, account_login, broker, created_at, revoked_at FROM devices"
-        ):
-            self.devices[row["id"]] = DeviceRecord(
-                row["id"],
-                row["user_id"],
-                row["name"],
-                row["account_login"],
-                row["broker"],
-                row["created_at"],
-                row["revoked_at"] is not None,
+        for d in await accounts.devices(self.db):
+            self.devices[d.id] = DeviceRecord(
+                d.id, d.user_id, d.name, d.account_login, d.broker, d.created_at, d.revoked
             )
-        for row in await self.db.fetch(
-            "SELECT device_id, secret, expires_at FROM device_secrets ORDER BY created_at"
-        ):
-            device = self.devices.get(row["device_id"])
+        for secret in await accounts.secrets(self.db):
+            device = self.devices.get(secret.device_id)
             if device is not None:
-                device.secrets.append((bytes(row["secret"]), row["expires_at"]))
+                device.secrets.append((secret.secret, secret.expires_at))
 
     def _cache_user(self, user: UserRecord) -> None:
         self.users[user.id] = user
@@ -169,14 +150,9 @@ class Registry:
             "u-" + uuid.uuid4().hex[:12], username, role, password_hash, settings or UserSettings()
         )
         if self.db is not None:
-            await self.db.execute(
-                "INSERT INTO users (id, username, role, password_hash, settings) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                user.id,
-                username,
-                role,
-                password_hash,
-                msgspec.to_builtins(user.settings),
+            await accounts.insert_user(
+                self.db,
+                accounts.UserRow(user.id, username, role, password_hash, user.settings, False),
             )
         self._cache_user(user)
         return user
@@ -208,23 +184,14 @@ class Registry:
         cannot connect; ending what is already live is the caller's part (``gateway.rest``)."""
         user = self.user(user_id)
         if self.db is not None:
-            await self.db.execute(
-                "UPDATE users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) "
-                "END WHERE id = $1",
-                user_id,
-                disabled,
-            )
+            await accounts.set_user_disabled(self.db, user_id, disabled)
         user.disabled = disabled
         return user
 
     async def update_settings(self, user_id: str, settings: UserSettings) -> None:
         user = self.user(user_id)
         if self.db is not None:
-            await self.db.execute(
-                "UPDATE users SET settings = $2 WHERE id = $1",
-                user_id,
-                msgspec.to_builtins(settings),
-            )
+            await accounts.set_user_settings(self.db, user_id, settings)
         user.settings = settings
 
     # -- devices -------------------------------------------------------------------------------
@@ -246,25 +213,13 @@ class Registry:
         device = DeviceRecord(device_id, user_id, name, account_login, broker)
         device.secrets.append((secret.encode(), None))
         if self.db is not None:
-
-            async def insert(conn: Any) -> None:
-                await conn.execute(
-                    "INSERT INTO devices (id, user_id, name, account_login, broker, created_at) "
-                    "VALUES ($1, $2, $3, $4, $5, $6)",
-                    device_id,
-                    user_id,
-                    name,
-                    account_login,
-                    broker,
-                    device.created_at,
-                )
-                await conn.execute(
-                    "INSERT INTO device_secrets (device_id, secret) VALUES ($1, $2)",
-                    device_id,
-                    secret.encode(),
-                )
-
-            await self.db.run_in_transaction(insert)
+            await accounts.insert_device(
+                self.db,
+                accounts.DeviceRow(
+                    device_id, user_id, name, account_login, broker, device.created_at, False
+                ),
+                secret.encode(),
+            )
         self.devices[device_id] = device
         return device, secret
 
@@ -286,23 +241,7 @@ class Registry:
         now = datetime.now(UTC)
         until = now + timedelta(seconds=grace_s)
         if self.db is not None:
-
-            async def rotate(conn: Any) -> None:
-                await conn.execute(
-                    "UPDATE device_secrets SET expires_at = $2 WHERE device_id = $1 "
-                    "AND (expires_at IS NULL OR expires_at > $2)",
-                    device_id,
-                    until,
-                )
-                await conn.execute(
-                    "INSERT INTO device_secrets (device_id, secret, created_at) "
-                    "VALUES ($1, $2, $3)",
-                    device_id,
-                    secret.encode(),
-                    now,
-                )
-
-            await self.db.run_in_transaction(rotate)
+            await accounts.rotate_device_secret(self.db, device_id, secret.encode(), now, until)
         device.secrets = [
             (s, until if e is None or e > until else e) for s, e in device.secrets
         ] + [(secret.encode(), None)]
@@ -311,8 +250,5 @@ class Registry:
     async def revoke(self, device_id: str) -> None:
         device = self.device(device_id)
         if self.db is not None:
-            await self.db.execute(
-                "UPDATE devices SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-                device_id,
-            )
+            await accounts.revoke_device(self.db, device_id)
         device.revoked = True

@@ -1,7 +1,7 @@
 """The Postgres handle: an asyncpg pool living on the asyncio bridge, used from trio.
 
-:class:`Database` is what every other module of ``persistence`` (and the gateway's few direct
-queries) goes through. Two rules shape it:
+:class:`Database` is what every other module of ``persistence`` goes through (the SQL lives in
+``persistence``; the gateway calls its typed functions). Two rules shape it:
 
 * **A transaction never spans a trio await.** :meth:`Database.run_in_transaction` takes an
   async function ``fn(conn)`` and runs all of it on the asyncio side, inside

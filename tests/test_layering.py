@@ -5,6 +5,7 @@ simulated outside world) is used only from the edge, the harnesses and the tests
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -360,3 +361,64 @@ def test_the_violations_are_found() -> None:
 @pytest.mark.parametrize("path", COMPOSITION_ROOT)
 def test_the_composition_root_is_typed_and_reads_no_environment(path: str) -> None:
     assert _root_violations((ROOT / path).read_text()) == []
+
+
+# -- SQL lives in persistence/: the gateway calls its typed reads and writes -------------------
+
+SQL_START = re.compile(
+    r"^\s*(SELECT\s|INSERT\s+INTO\s|UPDATE\s+\w+\s+SET\s|DELETE\s+FROM\s|WITH\s+\w+\s+AS\s*\()",
+    re.IGNORECASE,
+)
+QUERY_METHODS = {
+    "execute",
+    "executemany",
+    "fetch",
+    "fetchrow",
+    "fetchval",
+    "run_in_transaction",
+    "run_with_connection",
+}
+""":class:`persistence.db.Database`'s (and an asyncpg connection's) ways to run a query."""
+
+
+def _sql_in(source: str) -> list[str]:
+    """Where ``source`` holds a query: a string that starts like one (an f-string's parts are
+    strings too), or a call of a method that runs one."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        line = getattr(node, "lineno", 0)
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and SQL_START.match(node.value)
+        ):
+            found.append(f"{line}: {node.value.split()[0].upper()}")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in QUERY_METHODS
+        ):
+            found.append(f"{line}: .{node.func.attr}()")
+    return sorted(found, key=lambda where: int(where.split(":")[0]))
+
+
+def test_the_sql_check_finds_sql() -> None:
+    bad = (
+        'Q = "select id from users"\n'
+        "async def f(db, t):\n"
+        '    await db.fetch(f"DELETE FROM {t} WHERE id = $1", 1)\n'
+        "    await db.run_in_transaction(g)\n"
+        'METHODS = {"DELETE", "UPDATE"}\n'
+        '"""Update the cache, then select the next user."""\n'
+    )
+    assert _sql_in(bad) == ["1: SELECT", "3: .fetch()", "3: DELETE", "4: .run_in_transaction()"]
+    assert _sql_in('db.fetch_quote()\nx = "WITH care"\n') == []
+
+
+def test_the_gateway_holds_no_sql() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}:{found}"
+        for path in _modules("gateway")
+        for found in _sql_in(path.read_text())
+    ]
+    assert not offenders, "SQL in gateway/ (it belongs in persistence/):\n" + "\n".join(offenders)

@@ -4,8 +4,9 @@ Ids: an open, a close or a partial close is sent as ``<position>.<action>.<attem
 retryable rejection leads to the next attempt after a backoff (:meth:`CommandTracker.retry_later`);
 a close that follows an earlier one (a retry, or a new try after CLOSE_FAILED) never re-uses an
 id, because the EA would answer a repeated id with its earlier result instead of closing. A link
-lost before the answer leaves the command in flight, marked lost: its position is UNKNOWN until
-the terminal's snapshot resolves it.
+lost before the answer leaves the command in flight, marked lost: an open's or a close's
+position is UNKNOWN until the terminal's snapshot resolves it, and the snapshot settles a lost
+partial close too (``engine.user.terminal``).
 
 Modifies (broker-side SL/TP following trailing and break-even moves, or a user's change) are
 rate-limited per position and coalesced: a position has at most one modify waiting, sent with
@@ -137,6 +138,11 @@ class CommandTracker:
                 )
             )
         return flight
+
+    def lost_on(self, device_id: str) -> list[InFlight]:
+        """The commands sent to ``device_id`` whose link was lost, in the order they were
+        issued."""
+        return [f for f in self._in_flight.values() if f.lost and f.device_id == device_id]
 
     def mark_lost(self, command_id: str) -> None:
         """The link dropped before this command's answer (it stays in flight)."""

@@ -3,13 +3,14 @@
 :class:`UserCore` is driven by a user actor. Every handler takes the time, changes the core's
 own state and returns :class:`~engine.effects.Effects`; it never waits and never does I/O.
 
-It decides here (approvals, closes, partial closes, a user's level changes, command outcomes,
-lost links, the drawdown guard, what comes due) and keeps its decisions through the parts it
-is made of, each the owner of its state (none touches another's):
+It decides here (approvals, closes, partial closes, a user's level changes, lost links, the
+drawdown guard, what comes due) and keeps its decisions through the parts it is made of, each
+the owner of its state (none touches another's):
 
 * the opening of a position for an approved signal (``engine.user.opening``, pure);
 * the position book (``engine.user.book``): live positions and the latest closes;
 * the command tracker (``engine.user.commands``): commands in flight, retries, modifies;
+* the command outcomes (``engine.user.outcomes``): what a device's answer does to a position;
 * the schedule (``engine.user.schedule``): expiries, retries and modifies issued in time,
   trailing moves;
 * the terminal reconciler (``engine.user.terminal``): what a terminal reports on its own.
@@ -26,7 +27,7 @@ from engine.effects import Arm, Disarm, Effects
 from engine.guards import DrawdownGuard, GuardDecision
 from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
 from engine.lifecycle import PositionEvent, PositionState
-from engine.positions import FILL_PENDING, Position
+from engine.positions import Position
 from engine.records import (
     AlertRaised,
     Approval,
@@ -48,19 +49,18 @@ from engine.stoprules import (
 )
 from engine.trailing import LevelMove
 from engine.triggers import Trigger, TriggerKind
-from engine.user.book import PositionBook, realized_pl
+from engine.user.book import PositionBook
 from engine.user.commands import Category, CommandTracker, InFlight
 from engine.user.opening import open_for_signal
+from engine.user.outcomes import CommandOutcomes
 from engine.user.schedule import Schedule
 from engine.user.terminal import TerminalReconciler
 from engine.user.timing import Timing
-from protocol.common import Alert, AlertLevel
 from protocol.device import (
     Ack,
     CloseCommand,
     Deal,
     ModifyCommand,
-    OpenCommand,
     PartialCloseCommand,
     TerminalPosition,
 )
@@ -128,6 +128,7 @@ class UserCore:
         self._terminal = TerminalReconciler(
             user_id, self._book, self._commands, self.instrument_for
         )
+        self._outcomes = CommandOutcomes(user_id, self._book, self._commands, self.instrument_for)
 
     # -- what the book and the tracker hold (read-only) ----------------------------------------
 
@@ -501,193 +502,14 @@ class UserCore:
             self._commands.request_modify(p.id, now_ms, self.timing.modify_interval)
         return effects
 
-    # -- command outcomes ----------------------------------------------------------------------
+    # -- command outcomes (engine.user.outcomes) ----------------------------------------------
 
     def on_result(
         self, command_id_: str, category: Category, ack: Ack | None, now_ms: int
     ) -> Effects:
-        """The device's answer to one of our commands (or its classified absence).
-
-        An answer to a command that is not in flight (a duplicate, a late repeat, one resolved
-        by reconciliation meanwhile) changes nothing.
-        """
-        effects = Effects()
-        flight = self._commands.resolve(command_id_, category, now_ms, effects, ack)
-        if flight is None:
-            return effects
-        p = self._book.positions.get(flight.position_id)
-        command = flight.command
-        # Modifies and partial closes travel beside the position's own open/close command.
-        beside = isinstance(command, ModifyCommand | PartialCloseCommand)
-        if p is None or (p.command_id != command_id_ and not beside):
-            return effects  # the position moved on (closed meanwhile): nothing left to do
-        if isinstance(command, OpenCommand):
-            self._open_result(p, command, category, ack, now_ms, effects)
-        elif isinstance(command, CloseCommand):
-            self._close_result(p, command, category, ack, now_ms, effects)
-        elif isinstance(command, PartialCloseCommand):
-            self._partial_result(p, command, category, ack, now_ms, effects)
-        else:
-            self._modify_result(p, category, ack, now_ms, effects)
-        return effects
-
-    def _open_result(
-        self,
-        p: Position,
-        command: OpenCommand,
-        category: Category,
-        ack: Ack | None,
-        now_ms: int,
-        effects: Effects,
-    ) -> None:
-        save = self._book.save
-        instrument = self.instrument_for(p.symbol, p.device_id)
-        if category == "done" and ack is not None and ack.ticket is not None:
-            if ack.fill_price is None:  # a pending order was placed: wait for its fill event
-                save(p.with_changes(now_ms, ticket=ack.ticket), effects)
-                return
-            opened = p.transition(
-                PositionEvent.OPEN_FILLED,
-                now_ms,
-                ticket=ack.ticket,
-                open_price=instrument.to_points(ack.fill_price),
-                open_time_ms=ack.fill_time_ms or now_ms,
-                volume=ack.fill_volume or p.volume,
-                command_id=None,
-            ).with_costs(now_ms, ack.commission, ack.swap)
-            save(opened, effects)
-            effects.arms.append(Arm(opened))
-        elif category == "retryable" and p.attempt < self.timing.max_open_attempts:
-            save(p.transition(PositionEvent.RETRY, now_ms), effects)
-            self._commands.retry_later(p.id, command, p.attempt, now_ms, self.timing)
-        elif category == "unknown":
-            save(p.transition(PositionEvent.LINK_LOST, now_ms), effects)
-        else:
-            reason = (
-                "retries exhausted"
-                if category == "retryable"
-                else (ack.result_text if ack else category)
-            )
-            save(
-                p.transition(
-                    PositionEvent.OPEN_REJECTED,
-                    now_ms,
-                    command_id=None,
-                    close_reason=f"open refused: {reason}",
-                ),
-                effects,
-            )
-            self._alert(
-                effects,
-                "open_rejected",
-                AlertLevel.WARNING,
-                now_ms,
-                f"open of {p.symbol} refused by the broker: {reason}",
-                p,
-            )
-
-    def _close_result(
-        self,
-        p: Position,
-        command: CloseCommand,
-        category: Category,
-        ack: Ack | None,
-        now_ms: int,
-        effects: Effects,
-    ) -> None:
-        save = self._book.save
-        instrument = self.instrument_for(p.symbol, p.device_id)
-        if category in ("done", "already_closed"):
-            if ack is not None and ack.fill_volume and abs(ack.fill_volume - p.volume) > 1e-9:
-                # The terminal closed less than we knew of: a partial close executed with its
-                # ack lost, and the close resent after the reconnect names the volume from
-                # before it. The P&L is the volume closed.
-                p = p.with_changes(now_ms, volume=ack.fill_volume)
-            fill = (
-                None
-                if ack is None or ack.fill_price is None
-                else instrument.to_points(ack.fill_price)
-            )
-            event = (
-                PositionEvent.CLOSE_FILLED if category == "done" else PositionEvent.BROKER_CLOSED
-            )
-            # "Already closed" proves the close, not its fill: the terminal's close event or
-            # deal brings it (a done close always has one: engine.device refuses an ack
-            # without).
-            closed = p.transition(
-                event,
-                now_ms,
-                close_price=fill,
-                close_time_ms=(ack.fill_time_ms if ack else None) or now_ms,
-                command_id=None,
-                realized_pl=realized_pl(p, fill, self.instrument_for),
-                flags=p.flags if fill is not None else (*p.flags, FILL_PENDING),
-            )
-            if ack is not None:  # the close's totals: entry and exit commission, all the swap
-                closed = closed.with_costs(now_ms, ack.commission, ack.swap)
-            save(closed, effects)
-        elif category == "retryable" and p.attempt < self.timing.max_close_attempts:
-            save(p.transition(PositionEvent.RETRY, now_ms), effects)
-            self._commands.retry_later(p.id, command, p.attempt, now_ms, self.timing)
-        elif category == "unknown":
-            save(p.transition(PositionEvent.LINK_LOST, now_ms), effects)
-        else:
-            reason = (
-                "retries exhausted"
-                if category == "retryable"
-                else (ack.result_text if ack else category)
-            )
-            save(p.transition(PositionEvent.CLOSE_FAILED, now_ms, command_id=None), effects)
-            self._alert(
-                effects,
-                "close_failed",
-                AlertLevel.CRITICAL,
-                now_ms,
-                f"close of {p.symbol} position {p.id} failed: {reason}",
-                p,
-            )
-
-    def _partial_result(
-        self,
-        p: Position,
-        command: PartialCloseCommand,
-        category: Category,
-        ack: Ack | None,
-        now_ms: int,
-        effects: Effects,
-    ) -> None:
-        if category == "done":
-            closed = ack.fill_volume if ack and ack.fill_volume else command.volume
-            remaining = round(p.volume - closed, 8)
-            if remaining > 0:
-                kept = p.with_changes(now_ms, volume=remaining)
-                if ack is not None:
-                    kept = kept.with_costs(now_ms, ack.commission, ack.swap)
-                self._book.save(kept, effects)
-        elif category != "already_closed":
-            self._alert(
-                effects,
-                "partial_close_failed",
-                AlertLevel.WARNING,
-                now_ms,
-                f"partial close of {p.id} not done: {ack.result_text if ack else category}",
-                p,
-            )
-
-    def _modify_result(
-        self, p: Position, category: Category, ack: Ack | None, now_ms: int, effects: Effects
-    ) -> None:
-        if category == "retryable" and p.state is PositionState.OPEN:
-            self._commands.retry_modify(p.id, now_ms, self.timing.modify_interval)
-        elif category == "final":
-            self._alert(
-                effects,
-                "modify_failed",
-                AlertLevel.WARNING,
-                now_ms,
-                f"broker refused the stops of {p.id}: {ack.result_text if ack else 'no reason'}",
-                p,
-            )
+        """The device's answer to one of our commands (or its classified absence): see
+        :meth:`engine.user.outcomes.CommandOutcomes.on_result`."""
+        return self._outcomes.on_result(command_id_, category, ack, self.timing, now_ms)
 
     def on_link_lost(self, command_ids: Iterable[str], now_ms: int) -> Effects:
         """The device went away with these commands unanswered: opens and closes -> UNKNOWN."""
@@ -780,27 +602,3 @@ class UserCore:
                 )
             )
         return effects
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    def _alert(
-        self,
-        effects: Effects,
-        kind: str,
-        level: AlertLevel,
-        now_ms: int,
-        message: str,
-        p: Position | None = None,
-    ) -> None:
-        alert = Alert(
-            kind=kind,
-            level=level,
-            message=message,
-            time_ms=now_ms,
-            user_id=self.user_id,
-            device_id=p.device_id if p else None,
-            symbol=p.symbol if p else None,
-            position_id=p.id if p else None,
-        )
-        effects.alerts.append(alert)
-        effects.records.append(AlertRaised(alert=alert))

@@ -2,7 +2,8 @@
 
 * :meth:`TerminalReconciler.on_snapshot`: a reconnecting device's positions snapshot, through
   ``engine.reconcile``: opens confirmed or not found, closes resent or found done while away,
-  volumes corrected, unknown positions adopted; and the costs (commission, swap) it reports;
+  volumes corrected, unknown positions adopted; partial closes whose answer the link lost
+  resent or ended; and the costs (commission, swap) it reports;
 * :meth:`TerminalReconciler.on_event`: the terminal closed or opened something on its own
   (broker SL/TP hit first, a manual close, a pending order filled, a position opened by hand);
 * :meth:`TerminalReconciler.on_deals`: the closing deals a reconnecting device reports, which
@@ -29,7 +30,7 @@ from engine.user.book import InstrumentLookup, PositionBook, realized_pl
 from engine.user.commands import CommandTracker
 from engine.user.timing import Timing
 from protocol.common import Origin
-from protocol.device import CloseCommand, Deal, EventKind, TerminalPosition
+from protocol.device import CloseCommand, Deal, EventKind, PartialCloseCommand, TerminalPosition
 from protocol.device import PositionEvent as TerminalEvent
 from protocol.ids import client_id, position_id_from_comment
 
@@ -84,8 +85,44 @@ class TerminalReconciler:
         instruments = {p.symbol: self._instrument_for(p.symbol, device_id) for p in mine}
         for finding in reconcile(mine, held, instruments):
             self._apply_finding(device_id, finding, settings, timing, now_ms, effects)
+        self._settle_lost(device_id, timing, now_ms, effects)
         self._take_costs(device_id, held, now_ms, effects)
         return effects
+
+    def _settle_lost(self, device_id: str, timing: Timing, now_ms: int, effects: Effects) -> None:
+        """End or resend what the findings left of the commands this device's link lost.
+
+        A partial close travels beside its position's own command, so no finding names it.
+        Its position still open (the snapshot has it, and gave it the terminal's volume), it is
+        sent again with the same id, like a close: the EA answers an id it executed with its
+        stored ack (``repeat``), which then changes no volume (``engine.user.core``), and
+        executes one it never did. Its position being closed, the close takes all the volume:
+        it is not sent again. Any lost command of a position that has ended is over.
+        """
+        live = self._book.positions
+        for flight in self._commands.lost_on(device_id):
+            command, p = flight.command, live.get(flight.position_id)
+            if p is None:
+                self._commands.resolve(command.command_id, "position_closed", now_ms, effects)
+            elif not isinstance(command, PartialCloseCommand):
+                continue  # an open or a close: its position's finding settled it
+            elif p.state is PositionState.OPEN:
+                again = msgspec.structs.replace(command, deadline_ms=now_ms + timing.close_deadline)
+                self._commands.issue(again, device_id, p.id, now_ms, effects)
+                effects.records.append(
+                    ReconciliationRecorded(
+                        entry=ReconciliationEntry(
+                            time_ms=now_ms,
+                            device_id=device_id,
+                            kind="resend_partial_close",
+                            position_id=p.id,
+                            ticket=p.ticket,
+                            detail=f"{command.command_id}: {command.volume} lots",
+                        )
+                    )
+                )
+            else:
+                self._commands.resolve(command.command_id, "superseded_by_close", now_ms, effects)
 
     def _take_costs(
         self, device_id: str, held: list[TerminalPosition], now_ms: int, effects: Effects

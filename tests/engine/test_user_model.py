@@ -14,8 +14,12 @@ What must hold, whatever the interleaving:
 * a breach (a fired trigger of an OPEN position) issues exactly one close; a position never has
   two close commands unanswered, and a close is sent again only after its link was lost, with
   the same command id;
-* every command is for a position the core still has live;
+* every command is for a position the core still has live; a partial close is sent again only
+  after its link was lost, with the same command id;
+* the core keeps in flight only commands the device has yet to answer, and after a reconnect
+  none whose link was lost (the snapshot settled or resent each);
 * a closed position with a known fill has the realized P&L the terminal booked;
+* an OPEN position the device has answered every partial close of has the terminal's volume;
 * after a reconnect nothing is UNKNOWN or waiting for a fill, and the core and the terminal
   agree on which positions are open and on their volumes;
 * the trigger book watches exactly the core's OPEN positions.
@@ -222,6 +226,8 @@ class UserPositions(RuleBasedStateMachine):
         self.close_sent: dict[str, CloseSent] = {}
         """position -> its close command not answered yet (lost: its link dropped)."""
         self.command_ids: set[str] = set()
+        self.lost_partials: set[str] = set()
+        """Partial closes whose link was lost: the snapshot may have them sent again."""
         self.position_of: dict[str, str] = {}
         self.signals = 0
 
@@ -285,6 +291,8 @@ class UserPositions(RuleBasedStateMachine):
             else:
                 assert cid not in self.command_ids, f"{cid} re-used"
             self.close_sent[pid] = CloseSent(cid)
+        elif isinstance(cmd, PartialCloseCommand) and cid in self.lost_partials:
+            self.lost_partials.discard(cid)  # its link was lost: sent again, with the same id
         else:
             assert cid not in self.command_ids, f"{cid} re-used"
         self.command_ids.add(cid)
@@ -455,6 +463,7 @@ class UserPositions(RuleBasedStateMachine):
                 self.terminal.broker_close(ticket, bid, ask, self.now)
         for sent in self.close_sent.values():
             sent.lost = True
+        self.lost_partials = {c.command_id for c in lost if isinstance(c, PartialCloseCommand)}
         self.apply(self.core.on_link_lost([c.command_id for c in lost], self.now))
         for cmd in lost:
             p = self.seen[self.position_of[cmd.command_id]]
@@ -467,6 +476,9 @@ class UserPositions(RuleBasedStateMachine):
             if sent.lost:  # not resent: the snapshot settled it
                 assert self.seen[pid].state in FINAL_STATES
                 del self.close_sent[pid]
+        self.lost_partials.clear()
+        lost_still = sorted(cid for cid, f in self.core.inflight.items() if f.lost)
+        assert not lost_still, f"in flight after the reconnect, its link lost: {lost_still}"
         self.check_agreement()
 
     def check_agreement(self) -> None:
@@ -512,6 +524,26 @@ class UserPositions(RuleBasedStateMachine):
     def the_book_watches_the_open_positions(self) -> None:
         is_open = {p.id for p in self.positions_in(PositionState.OPEN)}
         assert set(self.book.position_ids()) == is_open
+
+    @invariant()
+    def in_flight_only_what_the_device_has_to_answer(self) -> None:
+        waiting = {c.command_id for c in self.outbox}
+        stuck = sorted(set(self.core.inflight) - waiting)
+        assert not stuck, f"in flight, and the device will never answer: {stuck}"
+
+    @invariant()
+    def open_volumes_are_the_terminals(self) -> None:
+        """Once the device has answered a position's partial closes, both sides hold the same
+        volume of it (an answer counted twice, or never, would show here)."""
+        waiting = {
+            self.position_of[c.command_id]
+            for c in self.outbox
+            if isinstance(c, PartialCloseCommand)
+        }
+        for p in self.positions_in(PositionState.OPEN):
+            h = self.terminal.held.get(p.ticket) if p.ticket is not None else None
+            if h is not None and p.id not in waiting:
+                assert abs(p.volume - h.volume) < 1e-9, f"{p.id}: {p.volume}, held {h.volume}"
 
     @invariant()
     def the_core_is_what_it_said(self) -> None:
