@@ -25,7 +25,7 @@ import msgspec
 from engine.effects import Effects
 from engine.records import CommandIssued, CommandResolved
 from engine.user.timing import Timing
-from protocol.device import Ack, Command
+from protocol.device import Ack, Command, PartialCloseCommand
 from protocol.results import Category
 
 __all__ = ["Category", "CommandTracker", "InFlight", "backoff_ms"]
@@ -143,6 +143,16 @@ class CommandTracker:
         """The commands sent to ``device_id`` whose link was lost, in the order they were
         issued."""
         return [f for f in self._in_flight.values() if f.lost and f.device_id == device_id]
+
+    def partial_close_pending(self, position_id: str) -> bool:
+        """Whether a partial close of ``position_id`` is in flight and its link holds (its
+        answer is still to come)."""
+        return any(
+            f.position_id == position_id
+            and not f.lost
+            and isinstance(f.command, PartialCloseCommand)
+            for f in self._in_flight.values()
+        )
 
     def mark_lost(self, command_id: str) -> None:
         """The link dropped before this command's answer (it stays in flight)."""

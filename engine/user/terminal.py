@@ -208,7 +208,14 @@ class TerminalReconciler:
                 book.save(closed, effects)
                 if p.state is PositionState.OPEN:
                     effects.arms.append(Disarm(p.symbol, p.id))
-            elif f.kind == "volume_mismatch" and t is not None:
+            elif (
+                f.kind == "volume_mismatch"
+                and t is not None
+                # A partial close executed and answered but not yet read: its ack takes the
+                # volume off, so the snapshot must not take it too (the next one corrects any
+                # other difference).
+                and not self._commands.partial_close_pending(p.id)
+            ):
                 book.save(p.with_changes(now_ms, volume=t.volume), effects)
         effects.records.append(
             ReconciliationRecorded(

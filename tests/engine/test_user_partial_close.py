@@ -135,3 +135,18 @@ def test_a_periodic_snapshot_leaves_a_partial_close_whose_link_holds_alone() -> 
     [(_, partial)] = c.partial_close(pid, 0.03, T0 + 2000).commands
     assert not c.on_snapshot("d1", [_held(pid, before)], T0 + 2500).commands
     assert not c.inflight[partial.command_id].lost
+
+
+def test_a_periodic_snapshot_between_the_execution_and_its_ack_counts_the_partial_once() -> None:
+    """The link holds; the terminal executed the partial close and reports its positions (the
+    daily snapshot) before the ack arrives: the ack, not the snapshot, takes the volume off."""
+    c = core()
+    pid = _opened(c)
+    before = c.positions[pid].volume
+    [(_, partial)] = c.partial_close(pid, 0.03, T0 + 2000).commands
+    assert isinstance(partial, PartialCloseCommand)
+    left = round(before - partial.volume, 8)
+    c.on_snapshot("d1", [_held(pid, left)], T0 + 2400)
+    c.on_result(partial.command_id, "done", _done(partial, repeat=False), T0 + 2600)
+    assert c.positions[pid].volume == left
+    assert partial.command_id not in c.inflight
