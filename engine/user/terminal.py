@@ -2,7 +2,8 @@
 
 * :meth:`TerminalReconciler.on_snapshot`: a reconnecting device's positions snapshot, through
   ``engine.reconcile``: opens confirmed or not found, closes resent or found done while away,
-  volumes corrected, unknown positions adopted; and the costs (commission, swap) it reports;
+  volumes corrected, unknown positions listed (not armed: a user adopts them,
+  :meth:`TerminalReconciler.adopt`); and the costs (commission, swap) it reports;
 * :meth:`TerminalReconciler.on_event`: the terminal closed or opened something on its own
   (broker SL/TP hit first, a manual close, a pending order filled, a position opened by hand);
 * :meth:`TerminalReconciler.on_deals`: the closing deals a reconnecting device reports, which
@@ -122,9 +123,9 @@ class TerminalReconciler:
         book = self._book
         p = book.positions.get(f.position_id) if f.position_id else None
         t = f.terminal
-        if f.kind == "adopt" and t is not None:
-            adopted = self._adopt(device_id, t, now_ms, effects)
-            position_id = adopted.id if adopted else None
+        if f.kind == "external_found" and t is not None:
+            found = self._list_external(device_id, t, now_ms, effects)
+            position_id = found.id if found else None
         elif p is None:
             return
         else:
@@ -169,10 +170,17 @@ class TerminalReconciler:
                     flags=(*p.flags, FILL_PENDING),
                 )
                 book.save(closed, effects)
-                if p.state is PositionState.OPEN:
+                if p.watched:
                     effects.arms.append(Disarm(p.symbol, p.id))
             elif f.kind == "volume_mismatch" and t is not None:
                 book.save(p.with_changes(now_ms, volume=t.volume), effects)
+            elif f.kind == "levels_mismatch" and t is not None and not p.adopted:
+                # Not the engine's to watch: the broker's levels are the ones it lists.
+                instrument = self._instrument_for(p.symbol, device_id)
+                sl = None if t.sl is None else instrument.to_points(t.sl)
+                tp = None if t.tp is None else instrument.to_points(t.tp)
+                book.save(p.with_changes(now_ms, sl=sl, tp=tp), effects)
+                return  # following the terminal is no divergence
         effects.records.append(
             ReconciliationRecorded(
                 entry=ReconciliationEntry(
@@ -212,10 +220,12 @@ class TerminalReconciler:
         self._book.save(p.transition(PositionEvent.CLOSE_SENT, now_ms), effects)
         self._commands.issue(command, p.device_id, p.id, now_ms, effects)
 
-    def _adopt(
+    def _list_external(
         self, device_id: str, t: TerminalPosition, now_ms: int, effects: Effects
     ) -> Position | None:
-        """Take a terminal position the engine did not know into the book, as EXTERNAL."""
+        """Take a terminal position the engine did not know into the book, as EXTERNAL and
+        not adopted: listed, never armed or commanded until its user adopts it (a trade made
+        by hand is the trader's, and its stops may not be meant for the engine to act on)."""
         if self._book.live_on(device_id, t.ticket) is not None:
             return None
         instrument = self._instrument_for(t.symbol, device_id)
@@ -242,10 +252,31 @@ class TerminalReconciler:
             flags=("was_ours",) if ours else (),
             commission=t.commission,
             swap=t.swap,
+            adopted=False,
         )
         self._book.save(adopted, effects)
-        effects.arms.append(Arm(adopted))
         return adopted
+
+    def adopt(self, p: Position, now_ms: int) -> tuple[Position, Effects]:
+        """The user adopts ``p``, a live external position not adopted yet: from now on it is
+        armed at its SL/TP (the broker's, as last reported) like any other."""
+        effects = Effects()
+        adopted = p.with_changes(now_ms, adopted=True)
+        self._book.save(adopted, effects)
+        effects.arms.append(Arm(adopted))
+        effects.records.append(
+            ReconciliationRecorded(
+                entry=ReconciliationEntry(
+                    time_ms=now_ms,
+                    device_id=p.device_id,
+                    kind="adopt",
+                    position_id=p.id,
+                    ticket=p.ticket,
+                    detail="adopted by its user: its SL/TP are watched",
+                )
+            )
+        )
+        return adopted, effects
 
     # -- the terminal's own events -------------------------------------------------------------
 
@@ -272,7 +303,7 @@ class TerminalReconciler:
                     else realized_pl(live, price, self._instrument_for),
                 ).with_costs(now_ms, event.commission, event.swap)
                 book.save(closed, effects)
-                if live.state is PositionState.OPEN:
+                if live.watched:
                     effects.arms.append(Disarm(live.symbol, live.id))
                 return effects
             # Closed already (our close was answered "already closed"): record the terminal's
@@ -307,7 +338,7 @@ class TerminalReconciler:
                 book.save(opened, effects)
                 effects.arms.append(Arm(opened))
                 return effects
-        if live is None:  # opened by hand, or a pending fill we cannot match: adopt it
+        if live is None:  # opened by hand, or a pending fill we cannot match: list it
             terminal = TerminalPosition(
                 ticket=event.ticket,
                 symbol=event.symbol,
@@ -321,15 +352,15 @@ class TerminalReconciler:
                 commission=event.commission,
                 swap=event.swap,
             )
-            adopted = self._adopt(device_id, terminal, now_ms, effects)
-            if adopted is not None:
+            found = self._list_external(device_id, terminal, now_ms, effects)
+            if found is not None:
                 effects.records.append(
                     ReconciliationRecorded(
                         entry=ReconciliationEntry(
                             time_ms=now_ms,
                             device_id=device_id,
-                            kind="adopt",
-                            position_id=adopted.id,
+                            kind="external_found",
+                            position_id=found.id,
                             ticket=event.ticket,
                             detail=f"{event.kind.value} on the terminal",
                         )
