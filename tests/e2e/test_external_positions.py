@@ -5,11 +5,17 @@ in the reconciliation log and the audit log."""
 
 from __future__ import annotations
 
+import httpx
+import pytest
 import trio
+from trio_websocket import open_websocket_url
 
+from persistence.bridge import open_bridge
+from persistence.db import open_database
 from protocol.common import Side
-from tests.e2e.conftest import ADMIN_PASSWORD
+from tests.e2e.conftest import ADMIN_PASSWORD, FEED_TOKEN
 from tests.e2e.helpers import GOLD_ASK, GOLD_BID, paper_device, quote, wait_for
+from tests.e2e.test_crash_recovery import Engine, _connect_ea, _new_world, _quote
 
 
 async def test_an_external_position_is_read_only_until_its_owner_adopts_it(
@@ -68,7 +74,9 @@ async def test_an_external_position_is_read_only_until_its_owner_adopts_it(
         # is closed by the broker's own stop, and the engine follows.
         quote(engine, bid=GOLD_BID - 4, ask=GOLD_ASK - 4)
         closed = await wait_for(
-            lambda: _when(listed(), lambda ps: all(p["state"] == "closed" for p in ps.values()))
+            lambda: _when(
+                listed(), lambda ps: [_state(ps, t.ticket) for t in (kept, left)] == ["closed"] * 2
+            )
         )
         assert closed[left.ticket]["close_reason"] == "broker_sl"
         assert closed[left.ticket]["pl"] is not None
@@ -105,3 +113,71 @@ async def test_an_external_position_is_read_only_until_its_owner_adopts_it(
 async def _when(items, predicate):
     value = await items
     return value if predicate(value) else None
+
+
+@pytest.mark.slow
+async def test_adoption_survives_a_kill_9_and_the_unadopted_stays_unwatched(
+    pg_dsn, tmp_path
+) -> None:
+    """Two positions found on the terminal, one adopted; the engine is killed (-9) and started
+    again: the adopted one is still adopted and armed (its SL fires a close), the other still
+    listed unadopted and sent nothing."""
+    async with open_bridge() as bridge, open_database(bridge, pg_dsn) as db:
+        world = await _new_world(db, "adopt")
+    held = world.terminal.open_by_hand("XAUUSD", Side.BUY, 0.1, sl=1945.0, now_ms=1)
+    left = world.terminal.open_by_hand("XAUUSD", Side.BUY, 0.1, sl=1946.0, now_ms=1)
+    engine = Engine(pg_dsn, tmp_path / "state")
+    headers = {"Authorization": f"Bearer {world.token}"}
+
+    async def by_ticket(http: httpx.AsyncClient) -> dict[int, dict]:
+        answer = await http.get("/api/v1/positions", params={"state": "all"})
+        assert answer.status_code == 200, answer.text
+        return {p["ticket"]: p for p in answer.json()["positions"]}
+
+    try:
+        await engine.start()
+        async with (
+            trio.open_nursery() as nursery,
+            httpx.AsyncClient(base_url=engine.http, timeout=5, headers=headers) as http,
+        ):
+            await _connect_ea(world, engine, nursery)  # its snapshot holds both
+            found = await wait_for(lambda: _when(by_ticket(http), lambda ps: len(ps) == 2))
+            assert [found[t.ticket]["adopted"] for t in (held, left)] == [False, False]
+            adopted = await http.post(f"/api/v1/positions/{found[held.ticket]['id']}/adopt")
+            assert adopted.status_code == 200, adopted.text
+            await engine.kill()
+            nursery.cancel_scope.cancel()
+
+        await engine.start()
+        async with (
+            trio.open_nursery() as nursery,
+            httpx.AsyncClient(base_url=engine.http, timeout=5, headers=headers) as http,
+            open_websocket_url(
+                f"{engine.ws}/ws/feed?token={FEED_TOKEN}", subprotocols=["tripwire.v1.msgpack"]
+            ) as feed,
+        ):
+            recovered = await by_ticket(http)
+            assert recovered[held.ticket]["adopted"] is True
+            assert recovered[left.ticket]["adopted"] is False
+            ea = await _connect_ea(world, engine, nursery)
+            # Through both SLs (the broker's own stops are off in this world): only the
+            # adopted one is the engine's to close.
+            await _quote(feed, world, 1944.0)
+            closed = await wait_for(
+                lambda: _when(by_ticket(http), lambda ps: _state(ps, held.ticket) == "closed")
+            )
+            assert closed[held.ticket]["close_reason"] == "sl"
+            assert closed[left.ticket]["state"] == "open"
+            assert closed[left.ticket]["adopted"] is False
+            assert [c.ticket for c in ea.commands] == [held.ticket]
+            assert left.ticket in world.terminal.positions
+            await engine.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        await engine.stop()
+
+
+def _state(positions: dict[int, dict], ticket: int) -> str | None:
+    """The state of the position of ``ticket`` (None while a close is between the live list
+    and the history)."""
+    return positions[ticket]["state"] if ticket in positions else None
