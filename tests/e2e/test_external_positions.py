@@ -6,6 +6,7 @@ in the reconciliation log and the audit log."""
 from __future__ import annotations
 
 import httpx
+import msgspec
 import pytest
 import trio
 from trio_websocket import open_websocket_url
@@ -13,8 +14,19 @@ from trio_websocket import open_websocket_url
 from persistence.bridge import open_bridge
 from persistence.db import open_database
 from protocol.common import Side
+from sim.ea import SimulatedEA
+from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import ADMIN_PASSWORD, FEED_TOKEN
-from tests.e2e.helpers import GOLD_ASK, GOLD_BID, paper_device, quote, wait_for
+from tests.e2e.helpers import (
+    GOLD_ASK,
+    GOLD_BID,
+    decision_url,
+    make_signal,
+    paper_device,
+    post_signal,
+    quote,
+    wait_for,
+)
 from tests.e2e.test_crash_recovery import Engine, _connect_ea, _new_world, _quote
 
 
@@ -181,3 +193,62 @@ def _state(positions: dict[int, dict], ticket: int) -> str | None:
     """The state of the position of ``ticket`` (None while a close is between the live list
     and the history)."""
     return positions[ticket]["state"] if ticket in positions else None
+
+
+async def test_the_reconciliation_log_lists_each_divergence_a_snapshot_shows(
+    engine, nursery: trio.Nursery
+) -> None:
+    """Unknown on the terminal, missing from it, another volume, a tighter broker SL: each is
+    an entry of ``GET /api/v1/reconciliation``, for the position it concerns."""
+    alice, token = await engine.user("alice")
+    record, secret = await engine.ctx.registry.register_device(alice, "EA")
+
+    def price(symbol: str) -> tuple[float, float] | None:
+        q = engine.node.prices.get(symbol)
+        return None if q is None else (q[0], q[1])
+
+    terminal = PaperTerminal(engine.node.instruments, price, PaperConfig(broker_stops=False))
+    ea = SimulatedEA(engine.ws_url + "/ws/device", record.id, secret, terminal, encoding="json")
+    await nursery.start(ea.run)
+    quote(engine)
+    await wait_for(lambda: engine.node.prices.get("XAUUSD"))
+    async with engine.client(token) as http:
+        ids = []
+        for name in ("volume", "levels", "gone"):
+            signal = make_signal([alice], signal_id=name)
+            async with engine.client() as strategy:
+                assert (await post_signal(strategy, signal)).status_code == 201
+            decided = await http.post(decision_url(signal), json={"decision": "approve"})
+            assert decided.status_code == 201, decided.text
+            ids.append(decided.json()["approval"]["position_id"])
+        actor = engine.node.users[alice]
+        await wait_for(
+            lambda: [p.state.value for p in actor.live_positions()] == ["open"] * len(ids)
+        )
+        resized, tightened, gone = (
+            next(t for t in terminal.positions.values() if t.comment == f"tw:{pid}") for pid in ids
+        )
+        # The terminal changes under the engine: a volume, a stop, a trade by hand.
+        terminal.positions[resized.ticket] = msgspec.structs.replace(resized, volume=0.2)
+        assert tightened.sl is not None
+        terminal.positions[tightened.ticket] = msgspec.structs.replace(
+            tightened, sl=tightened.sl + 1
+        )
+        manual = terminal.open_by_hand("XAUUSD", Side.SELL, 0.3)
+        await ea.send(terminal.snapshot(engine.ctx.clock.now_ms()))
+        del terminal.positions[gone.ticket]  # closed at the terminal, while unseen
+        await ea.send(terminal.snapshot(engine.ctx.clock.now_ms()))
+
+        async def logged() -> dict[str, tuple[str | None, int | None]] | None:
+            answer = (await http.get("/api/v1/reconciliation")).json()
+            kinds = {e["kind"]: (e["position_id"], e["ticket"]) for e in answer["entries"]}
+            return kinds if "closed_while_away" in kinds else None
+
+        kinds = await wait_for(logged)
+        assert kinds["volume_mismatch"] == (ids[0], resized.ticket)
+        assert kinds["levels_mismatch"] == (ids[1], tightened.ticket)
+        assert kinds["closed_while_away"] == (ids[2], gone.ticket)
+        external_id, ticket = kinds["external_found"]
+        assert ticket == manual.ticket and external_id is not None
+        listed = (await http.get(f"/api/v1/positions/{external_id}")).json()
+        assert (listed["origin"], listed["adopted"], listed["side"]) == ("external", False, "sell")
