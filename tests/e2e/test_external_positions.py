@@ -13,6 +13,8 @@ from trio_websocket import open_websocket_url
 
 from persistence.bridge import open_bridge
 from persistence.db import open_database
+from protocol.client import PositionDelta, Snapshot, Subscribe
+from protocol.codec import client_client_codec
 from protocol.common import Side
 from sim.ea import SimulatedEA
 from sim.paper_terminal import PaperConfig, PaperTerminal
@@ -28,6 +30,8 @@ from tests.e2e.helpers import (
     wait_for,
 )
 from tests.e2e.test_crash_recovery import Engine, _connect_ea, _new_world, _quote
+
+CLIENT = client_client_codec("json")
 
 
 async def test_an_external_position_is_read_only_until_its_owner_adopts_it(
@@ -72,7 +76,22 @@ async def test_an_external_position_is_read_only_until_its_owner_adopts_it(
             assert (await admin.post(f"{url}/adopt")).status_code == 403
         assert (await http.post("/api/v1/positions/X-none/adopt")).status_code == 404
 
-        adopted = await http.post(f"{url}/adopt")
+        # The client stream lists them as REST does, and tells the adoption as a delta.
+        stream = open_websocket_url(f"{engine.ws_url}/ws/client?token={token}")
+        async with stream as ws:
+            await ws.send_message(CLIENT.encode(Subscribe()))
+            snapshot = CLIENT.decode(await ws.get_message())
+            assert isinstance(snapshot, Snapshot)
+            assert {(p.origin.value, p.adopted) for p in snapshot.positions} == {
+                ("external", False)
+            }
+            adopted = await http.post(f"{url}/adopt")
+            with trio.fail_after(10):
+                while True:
+                    delta = CLIENT.decode(await ws.get_message())
+                    if isinstance(delta, PositionDelta) and delta.position.id == mine["id"]:
+                        break
+            assert delta.position.adopted is True
         assert adopted.status_code == 200, adopted.text
         assert adopted.json()["adopted"] is True and adopted.json()["sl"] == kept.sl
         again = await http.post(f"{url}/adopt")  # idempotent
