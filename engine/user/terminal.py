@@ -223,16 +223,20 @@ class TerminalReconciler:
     def _list_external(
         self, device_id: str, t: TerminalPosition, now_ms: int, effects: Effects
     ) -> Position | None:
-        """Take a terminal position the engine did not know into the book, as EXTERNAL and
-        not adopted: listed, never armed or commanded until its user adopts it (a trade made
-        by hand is the trader's, and its stops may not be meant for the engine to act on)."""
+        """Take a terminal position the engine did not know into the book, as EXTERNAL.
+
+        One the engine did not open is not adopted: listed, never armed or commanded until its
+        user adopts it (a trade made by hand is the trader's, and its stops may not be meant
+        for the engine to act on). One whose comment carries the engine's tag (``was_ours``:
+        an open the engine gave up on that executed after all) is the user's approved trade:
+        adopted and armed at once, as it would have been."""
         if self._book.live_on(device_id, t.ticket) is not None:
             return None
         instrument = self._instrument_for(t.symbol, device_id)
         to_points = instrument.to_points
         ours = position_id_from_comment(t.comment)
         pid = external_position_id(device_id, t.ticket)
-        adopted = Position(
+        found = Position(
             id=pid,
             user_id=self._user_id,
             device_id=device_id,
@@ -252,10 +256,12 @@ class TerminalReconciler:
             flags=("was_ours",) if ours else (),
             commission=t.commission,
             swap=t.swap,
-            adopted=False,
+            adopted=ours is not None,
         )
-        self._book.save(adopted, effects)
-        return adopted
+        self._book.save(found, effects)
+        if found.watched:
+            effects.arms.append(Arm(found))
+        return found
 
     def adopt(self, p: Position, now_ms: int) -> tuple[Position, Effects]:
         """The user adopts ``p``, a live external position not adopted yet: from now on it is

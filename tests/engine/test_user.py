@@ -364,6 +364,16 @@ def test_unknown_terminal_positions_are_listed_as_external_and_not_armed() -> No
     assert {p.ticket: p.adopted for p in c.positions.values()} == {999: False, 1001: False}
 
 
+def test_a_found_position_with_the_engines_tag_is_watched_at_once() -> None:
+    """An open the engine gave up on (its answer lost, then not in a snapshot) that executed
+    after all is the user's approved trade: adopted and armed, not left unwatched."""
+    c = core()
+    fx = c.on_snapshot("d1", [_theirs(comment="tw:Pgone")], T0 + 1000)
+    [p] = c.positions.values()
+    assert p.origin.value == "external" and p.flags == ("was_ours",)
+    assert p.adopted and [a.position for a in fx.arms if isinstance(a, Arm)] == [p]
+
+
 def test_an_external_position_takes_no_command_until_adopted() -> None:
     c = core()
     c.on_snapshot("d1", [_theirs()], T0 + 1000)
