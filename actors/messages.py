@@ -37,6 +37,7 @@ from protocol.signals import Signal
 
 __all__ = [
     "AccountReport",
+    "AdoptPosition",
     "ApplySettings",
     "ClientSnapshot",
     "ClosePosition",
@@ -194,6 +195,15 @@ class ModifyPosition(NamedTuple):
 
 
 @final
+class AdoptPosition(NamedTuple):
+    """The user adopts an external position found on a terminal: from then on its SL/TP are
+    watched like any other's. Answers the position as it now is (adopted)."""
+
+    position_id: str
+    reply: Reply[Position]
+
+
+@final
 class ClientSnapshot(NamedTuple):
     """A new client stream's first message, built inside the actor so that it is consistent
     with the deltas that follow it."""
@@ -201,7 +211,9 @@ class ClientSnapshot(NamedTuple):
     reply: Reply[Snapshot]
 
 
-UserRequest = ApplySettings | DecideSignal | ClosePosition | ModifyPosition | ClientSnapshot
+UserRequest = (
+    ApplySettings | DecideSignal | ClosePosition | ModifyPosition | AdoptPosition | ClientSnapshot
+)
 """What the edge may ask a user actor."""
 
 UserMessage = (

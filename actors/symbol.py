@@ -43,7 +43,6 @@ from actors.ports import SymbolNode
 from actors.views import MarketGuardStatus
 from engine.effects import Arm, Disarm, MoveLevels
 from engine.instruments import Instrument
-from engine.lifecycle import PositionState
 from engine.symbol import SymbolCore
 from engine.trailing import LevelMove
 from engine.triggers import Trigger
@@ -166,7 +165,7 @@ class SymbolActor:
             fired = self.core.arm_many(
                 p
                 for p in self.node.state.positions.values()
-                if p.symbol == self.symbol and p.state is PositionState.OPEN
+                if p.symbol == self.symbol and p.watched
             )
         if fired:
             self._dispatch_fired(fired)

@@ -3,10 +3,10 @@
 Its mailbox (``spill`` policy: a fired trigger is never dropped) takes a
 :data:`~actors.messages.UserMessage`: triggers from symbol actors, command outcomes and
 terminal reports from device actors, and requests from the edge (settings, decisions, closes,
-modifies, a client stream's snapshot), each answered through its typed reply. The edge reads
-the actor only through its views (:meth:`UserActor.live_positions`, :meth:`UserActor.ledger`...),
-never its core. It sleeps until the next message or until the core's next due time (retries,
-modifies, expiry).
+modifies, adoptions, a client stream's snapshot), each answered through its typed reply. The
+edge reads the actor only through its views (:meth:`UserActor.live_positions`,
+:meth:`UserActor.ledger`...), never its core. It sleeps until the next message or until the
+core's next due time (retries, modifies, expiry).
 
 Effects are carried out in a fixed order, and that order is the durability rule
 (docs/architecture.md, "Durability"):
@@ -35,6 +35,7 @@ from actors import gc_policy, tracing
 from actors.mailbox import Mailbox
 from actors.messages import (
     AccountReport,
+    AdoptPosition,
     ApplySettings,
     ClientSnapshot,
     ClosePosition,
@@ -246,6 +247,7 @@ class UserActor:
                 | DecideSignal()
                 | ClosePosition()
                 | ModifyPosition()
+                | AdoptPosition()
                 | ClientSnapshot()
             ):
                 # Its own clock reading: a request is judged at the moment it runs, not at
@@ -281,6 +283,9 @@ class UserActor:
                     bid, ask = (None, None) if quote is None else (quote[0], quote[1])
                     effects = self.core.modify_position(position_id, changes, bid, ask, now)
                     self._answer(reply, self.core.positions.get(position_id), effects)
+                case AdoptPosition(position_id=position_id, reply=reply):
+                    adopted, effects = self.core.adopt(position_id, now)
+                    self._answer(reply, adopted, effects)
                 case ClientSnapshot(reply=reply):
                     self._answer(reply, self._client_snapshot(), None)
                 case _:

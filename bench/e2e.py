@@ -10,8 +10,8 @@ What runs (every role its own process, so both cores work and nothing shares an 
   trio-websocket echo server in the same trio run;
 * simulated EAs (``bench.e2e_workers devices``, split over ``--device-workers`` processes):
   the real protocol, signed handshakes, verified commands, acks like a terminal. Each holds its
-  share of the positions and reports them in its snapshot on connect: the engine adopts and
-  arms them, SL/TP spread around the market;
+  share of the positions and reports them in its snapshot on connect, tagged as the engine's
+  own: the engine adopts and arms them at once, SL/TP spread around the market;
 * clients (``... clients``): ``/ws/client`` streams of ``--clients`` users;
 * the feeder (``... feeder``): the real XAUUSD and EURUSD days through ``/ws/feed`` at a
   constant ``--rate``, each quote due at its scheduled time and sent as a publisher does: at

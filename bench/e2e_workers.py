@@ -7,7 +7,8 @@ every process of the machine, so a quote's scheduled time (feeder) and a command
 (device) can be subtracted.
 
 ``devices``  simulated EAs (``sim.ea``), each holding ``positions_per_device``
-             positions it reports in its snapshot (the engine adopts and arms them); records
+             positions it reports in its snapshot, tagged as the engine's own (``tw:``), so
+             the engine adopts and arms them at once, as after a restart that lost them; records
              every command's arrival, and first measures the raw WebSocket echo round trip
              against the engine process (the same-run baseline).
 ``clients``  ``/ws/client`` subscribers (a JWT each); record when each position delta arrives.
@@ -34,6 +35,7 @@ from protocol.codec import client_client_codec, feed_codec
 from protocol.common import Side
 from protocol.device import CloseCommand, TerminalPosition
 from protocol.feed import MAX_QUOTES_PER_BATCH, Quote, QuoteBatch
+from protocol.ids import client_id
 from sim.ea import SimulatedEA
 from sim.paper_terminal import PaperConfig, PaperTerminal
 
@@ -118,6 +120,9 @@ async def run_devices(config: WorkerConfig) -> dict[str, Any]:
                     open_time_ms=0,
                     sl=sl,
                     tp=tp,
+                    # The engine's tag: a found position it opened is watched at once (one
+                    # without would wait, unwatched, for its user to adopt it).
+                    comment=client_id(f"B{ticket}"),
                 )
                 prices[symbol] = (open_price, open_price)  # fills at the open: P&L is not measured
 

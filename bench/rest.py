@@ -7,8 +7,9 @@ What runs (each role its own process, so both cores work):
 
 * the engine (``bench.e2e_engine``): the real runtime on an embedded Postgres, Hypercorn in front;
 * simulated EAs (``bench.e2e_workers devices``), one per user, whose terminals hold the
-  positions: the engine adopts them (EXTERNAL, with reconciliation entries) and arms them, so
-  every user has live positions, reconciliation rows and a guard to read;
+  positions, tagged as the engine's own: the engine adopts them at once (EXTERNAL, with
+  reconciliation entries) and arms them, so every user has live positions, reconciliation rows
+  and a guard to read;
 * the load (``python -m bench.rest --worker``): ``--clients`` clients, each with its own
   keep-alive connection and its user's JWT, cycling through ``GET /api/v1/positions``,
   ``/api/v1/reconciliation`` and ``/api/v1/guards``. h11 over trio sockets keeps the client's

@@ -121,6 +121,12 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=T
     profit: it excludes ``commission`` and ``swap``. A trader's net is their sum
     (``engine.views.net_pl``). Both are added at the end with defaults (``array_like``):
     journals and snapshots written before them decode with None."""
+    adopted: bool = True
+    """False for a position found on a terminal (origin ``external``) that its user has not
+    adopted: listed with the broker's SL/TP, which follow the terminal's reports, but never
+    armed and never sent a command. True for every other: the engine's own, an external one
+    once adopted, and an external one journaled before adoption was asked for (those were
+    armed on sight, so the default keeps them armed)."""
 
     def transition(self, event: PositionEvent, now_ms: int, **changes: Any) -> Position:
         """A copy in the state ``event`` leads to, with ``changes`` applied too.
@@ -203,8 +209,9 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=T
 
     @property
     def watched(self) -> bool:
-        """True while its SL/TP must be watched by the trigger book."""
-        return self.state is PositionState.OPEN
+        """True while its SL/TP must be watched by the trigger book (an external position
+        only once adopted)."""
+        return self.state is PositionState.OPEN and self.adopted
 
 
 def _document_type() -> type[msgspec.Struct]:

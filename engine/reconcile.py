@@ -13,8 +13,12 @@ UNKNOWN after a close      resend, same id      CLOSED (closed while away)
 OPEN                       check volume/levels  CLOSED (closed while away)
 CLOSING / CLOSE_FAILED     nothing              CLOSED (closed while away)
 PENDING_OPEN               OPEN (filled)        nothing (its open is still to come)
-(none)                     adopt as EXTERNAL    -
+(none)                     list as EXTERNAL     -
 =========================  ==================  ==========================================
+
+A position found on the terminal is listed as EXTERNAL, not adopted: never armed, never sent a
+command, its volume and SL/TP following the terminal's, until its user adopts it
+(``engine.user.terminal.TerminalReconciler.adopt``); from then on it is checked like any other.
 
 A position closed because the terminal lacks it is closed with its fill pending (the absence
 proves the close, not its price): the device's ``deals`` message that follows the snapshot gives
@@ -48,7 +52,7 @@ FindingKind = Literal[
     "closed_while_away",
     "volume_mismatch",
     "levels_mismatch",
-    "adopt",
+    "external_found",
 ]
 
 
@@ -101,7 +105,9 @@ def reconcile(
         if t.ticket not in matched:
             findings.append(
                 Finding(
-                    kind="adopt", terminal=t, detail=f"ticket {t.ticket} {t.symbol} {t.side.value}"
+                    kind="external_found",
+                    terminal=t,
+                    detail=f"ticket {t.ticket} {t.symbol} {t.side.value}",
                 )
             )
     return findings
@@ -122,11 +128,17 @@ def _differences(p: Position, t: TerminalPosition, instrument: Instrument | None
     if instrument is not None:
         sl = None if t.sl is None else instrument.to_points(t.sl)
         tp = None if t.tp is None else instrument.to_points(t.tp)
-        # Broker-side stops may legitimately be wider (disaster stops), so only a stop the
-        # broker holds TIGHTER than ours, or one we lack entirely, is a divergence.
-        if (sl is not None and p.sl is not None and p.side.sign * (sl - p.sl) > 0) or (
-            tp is not None and p.tp is not None and p.side.sign * (tp - p.tp) < 0
-        ):
+        if not p.adopted:
+            # Not the engine's to watch: it lists the broker's levels, whatever they are.
+            diverges = (sl, tp) != (p.sl, p.tp)
+        else:
+            # Broker-side stops may legitimately be wider or present where ours are not (the
+            # disaster backstop), or absent (stops the engine alone keeps), so only a stop the
+            # broker holds TIGHTER than ours is a divergence: it would close the position first.
+            diverges = (sl is not None and p.sl is not None and p.side.sign * (sl - p.sl) > 0) or (
+                tp is not None and p.tp is not None and p.side.sign * (tp - p.tp) < 0
+            )
+        if diverges:
             out.append(
                 Finding(
                     kind="levels_mismatch",

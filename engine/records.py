@@ -93,8 +93,11 @@ class ReconciliationEntry(msgspec.Struct, frozen=True, kw_only=True):
     time_ms: int
     device_id: str
     kind: str
-    """``closed_while_away``, ``resent``, ``adopted``, ``open_confirmed``, ``open_not_found``,
-    ``volume_mismatch``, ``levels_mismatch``, ``unknown_ack``, ``unmapped_symbol`` ..."""
+    """``external_found`` (a position on the terminal the engine did not open: listed, not
+    adopted), ``adopt`` (its user adopted it), ``closed_while_away`` (missing on the terminal),
+    ``open_not_found``, ``open_confirmed``, ``resend_close``, ``resend_partial_close``,
+    ``volume_mismatch``, ``levels_mismatch`` (the broker holds a stop tighter than the
+    engine's), ``fill_recovered``, ``unknown_ack``, ``unmapped_symbol``"""
     position_id: str | None = None
     ticket: int | None = None
     detail: str = ""

@@ -93,6 +93,7 @@ def position_view(
         swap=position.swap,
         net_pl=net_pl(pl, position.commission, position.swap),
         fill_pending=position.fill_pending,
+        adopted=position.adopted,
     )
 
 

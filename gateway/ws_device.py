@@ -46,6 +46,7 @@ from protocol.crypto import FrameCipher
 from protocol.device import Command, Hello, ServerMessage, Welcome
 from protocol.errors import (
     DecodeError,
+    FrameTooLarge,
     PeerError,
     ReplayDetected,
     TripwireError,
@@ -203,6 +204,10 @@ async def serve_device(ctx: GatewayContext, ws: Any = None) -> None:
         ctx.counters.handshake("handshake_timeout")
         await close_quietly(websocket, CloseCode.HANDSHAKE_TIMEOUT, "no hello in time", log)
         return
+    except FrameTooLarge as exc:  # over the transport's limit (gateway.wsdirect)
+        told = device_server_codec(encoding_of(subprotocol)) if subprotocol else None
+        await _refuse(ctx, websocket, told, exc, log)
+        return
     try:
         encoding = encoding_of(subprotocol) if subprotocol else sniff_encoding(first)
         codec = device_server_codec(encoding, max_frame_bytes=settings.device_max_frame)
@@ -292,7 +297,11 @@ async def _run_session(
             frame: Frame = None
             received = False
             with trio.move_on_at(min(next_ping, heard + dead_after_s)):
-                frame = await websocket.receive()
+                try:
+                    frame = await websocket.receive()
+                except FrameTooLarge as exc:  # over the transport's limit (gateway.wsdirect)
+                    await _end_on_bad_frame(ctx, link, exc, close_code_for(exc), log)
+                    return
                 received = True
             if not received:
                 now = trio.current_time()

@@ -14,9 +14,11 @@ code: the tick path puts a close on the wire in the call stack of the quote that
 :class:`DirectWebSocket` has the surface of Quart's ``websocket`` that the handlers use
 (``accept``, ``receive``, ``send``, ``close``, ``requested_subprotocols``, ``remote_addr``,
 ``headers``, ``args``), so ``gateway.ws_device`` and ``gateway.ws_feed`` serve either.
-Behaviour kept from the Hypercorn path: a message over ``max_message`` bytes is refused with
-1009 before it is buffered, a ping is answered, the server pings every ``ping_interval_s``,
-a peer's close is answered, a handler that fails closes with 1011.
+Behaviour kept from the Hypercorn path: a message over ``max_message`` bytes is refused before
+it is buffered (here :meth:`DirectWebSocket.receive` raises ``FrameTooLarge``, so the handler
+sends its error frame, with the limit, before it closes with 1009), a ping is answered, the
+server pings every ``ping_interval_s``, a peer's close is answered, a handler that fails closes
+with 1011.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from gateway.closing import CLOSE_TIMEOUT_S, PEER_GONE
 from protocol.closecodes import CloseCode
+from protocol.errors import FrameTooLarge
 
 __all__ = ["DirectWebSocket", "parse_upgrade", "serve_upgraded"]
 
@@ -108,6 +111,8 @@ class DirectWebSocket:
         self._backlog = b""
         """Bytes :meth:`send_many_nowait` could not hand to the kernel: the next write's first."""
         self._messages: deque[str | bytes] = deque()
+        self._too_large: FrameTooLarge | None = None
+        """Set once a message went over ``max_message``: what :meth:`receive` raises then."""
         self._parts: list[str | bytes] = []
         self._size = 0
         self._lock = trio.Lock()
@@ -120,8 +125,15 @@ class DirectWebSocket:
             await self._write(self.conn.send(AcceptConnection(subprotocol=subprotocol)))
 
     async def receive(self) -> str | bytes:
-        """The next message; raises ``trio.BrokenResourceError`` once the peer has closed."""
+        """The next message; raises ``trio.BrokenResourceError`` once the peer has closed.
+
+        Raises:
+            FrameTooLarge: the peer's next message is over ``max_message`` bytes (nothing more
+                is read: the handler answers with its error frame and closes with 1009).
+        """
         while not self._messages:
+            if self._too_large is not None:
+                raise self._too_large
             if self._ended:
                 raise trio.BrokenResourceError("the peer closed the websocket")
             await self._read()
@@ -223,10 +235,13 @@ class DirectWebSocket:
         if isinstance(event, Message):
             self._size += len(event.data)
             if self._size > self.max_message:
-                # The reason names the limit: a feed publisher reads no error frames.
-                await self._fail(
-                    CloseCode.MESSAGE_TOO_BIG, f"too_large: over {self.max_message} bytes"
+                # Not buffered, and nothing more read: the handler is told (receive raises) and
+                # sends its own error frame, in its encoding, before the close it makes.
+                self._too_large = FrameTooLarge(
+                    f"over {self.max_message} bytes", size=self._size, limit=self.max_message
                 )
+                self._ended = True
+                self._parts, self._size = [], 0
                 return False
             self._parts.append(event.data)
             if event.message_finished:

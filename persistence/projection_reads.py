@@ -65,7 +65,11 @@ class ReconciliationRow(msgspec.Struct, frozen=True, kw_only=True):
     device_id: str
     position_id: str | None
     kind: str
-    """``closed_while_away``, ``resent``, ``adopted``, ``open_not_found``, ..."""
+    """``external_found`` (a position on the terminal the engine did not open: listed, not
+    adopted), ``adopt`` (its user adopted it), ``closed_while_away`` (missing on the terminal),
+    ``open_not_found``, ``open_confirmed``, ``resend_close``, ``resend_partial_close``,
+    ``volume_mismatch``, ``levels_mismatch`` (the broker holds a stop tighter than the
+    engine's), ``fill_recovered``, ``unknown_ack``, ``unmapped_symbol``"""
     detail: str
     ticket: int | None
     time_ms: int

@@ -105,6 +105,11 @@ class PositionView(msgspec.Struct, frozen=True, kw_only=True):
     """True for a closed position whose fill is not known yet (the terminal closed it while
     its answer was lost): ``close_price``, ``pl`` and ``net_pl`` are null until the terminal's
     deal arrives, and it counts in no P&L meanwhile."""
+    adopted: bool = True
+    """False for a position found on the terminal (``origin`` ``external``) that the user has
+    not adopted: listed read-only with the broker's SL/TP; the engine watches none of its
+    levels and sends it no command (close and PATCH answer 409) until
+    ``POST /api/v1/positions/{id}/adopt``. True for every other."""
 
 
 class AccountView(msgspec.Struct, frozen=True, kw_only=True):

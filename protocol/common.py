@@ -30,8 +30,8 @@ class Origin(enum.StrEnum):
     """Where a position came from."""
 
     SIGNAL = "signal"  # an approved strategy signal
-    MANUAL = "manual"  # opened by a user through the API
-    EXTERNAL = "external"  # found on the terminal, adopted
+    MANUAL = "manual"  # reserved: opened by a user through the API (none is yet)
+    EXTERNAL = "external"  # found on the terminal: opened by hand or by another EA
 
 
 class AlertLevel(enum.StrEnum):

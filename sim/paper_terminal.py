@@ -124,6 +124,8 @@ class PaperTerminal:
         """The time of the last command or price check (the time of a deal it books)."""
         self.executions = 0
         """Trades actually performed (a repeated command id is answered, not executed)."""
+        self._by_hand: list[DeviceMessage] = []
+        """Events of trades made at the terminal by hand, reported with the next price check."""
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -290,6 +292,56 @@ class PaperTerminal:
             swap=opened.swap,
         )
 
+    def open_by_hand(
+        self,
+        symbol: str,
+        side: Side,
+        volume: float,
+        *,
+        sl: float | None = None,
+        tp: float | None = None,
+        now_ms: int | None = None,
+    ) -> TerminalPosition:
+        """A trader opens a position in the terminal itself (no command): held at the current
+        quote, and reported as an ``opened_manual`` event with the next price check.
+
+        Raises:
+            ValueError: no quote for ``symbol`` yet.
+        """
+        quote = self.quote(symbol)
+        if quote is None:
+            raise ValueError(f"no quote for {symbol}")
+        now = self.now_ms if now_ms is None else now_ms
+        price = quote[1] if side is Side.BUY else quote[0]
+        held = self._opened(
+            TerminalPosition(
+                ticket=self._next_ticket(),
+                symbol=self.broker(symbol),
+                side=side,
+                volume=volume,
+                open_price=price,
+                open_time_ms=now,
+                sl=sl,
+                tp=tp,
+            )
+        )
+        self._by_hand.append(
+            PositionEvent(
+                kind=EventKind.OPENED_MANUAL,
+                ticket=held.ticket,
+                symbol=held.symbol,
+                side=side,
+                volume=volume,
+                price=price,
+                time_ms=now,
+                sl=sl,
+                tp=tp,
+                commission=held.commission,
+                swap=held.swap,
+            )
+        )
+        return held
+
     # -- money ---------------------------------------------------------------------------------
 
     def _half_commission(self, volume: float) -> float:
@@ -381,7 +433,8 @@ class PaperTerminal:
     def check_prices(self, now_ms: int) -> list[DeviceMessage]:
         """Close positions whose broker-side SL/TP the market reached; fill pending orders;
         charge the swap that has come due (and then report the positions, with their swap)."""
-        events: list[DeviceMessage] = []
+        events: list[DeviceMessage] = self._by_hand
+        self._by_hand = []
         self.now_ms = now_ms
         if self.accrue_swap(now_ms):
             events.append(self.snapshot(now_ms))

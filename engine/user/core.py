@@ -170,7 +170,7 @@ class UserCore:
         arms, book = effects.arms, self._book
         for p in positions:
             book.restore(p)
-            if arm and p.state is _OPEN:
+            if arm and p.watched:
                 arms.append(Arm(p))
         live = book.positions
         for c in commands:
@@ -361,16 +361,55 @@ class UserCore:
 
         Raises:
             NotFound: no such live position for this user.
-            Conflict: it is not OPEN or CLOSE_FAILED (already closing, unknown, pending).
+            Conflict: it is not OPEN or CLOSE_FAILED (already closing, unknown, pending), or
+                it is external and not adopted.
         """
-        p = self._book.positions.get(position_id)
-        if p is None:
-            raise NotFound("no such open position", position_id=position_id)
+        p = self._commandable(position_id)
         if p.state not in (PositionState.OPEN, PositionState.CLOSE_FAILED):
             raise Conflict(f"position is {p.state.value}", state=p.state.value)
         effects = Effects()
         self._close(p, reason, now_ms, effects, armed=p.state is PositionState.OPEN)
         return effects
+
+    def _commandable(self, position_id: str) -> Position:
+        """The live position ``position_id``, which the engine may send commands for.
+
+        Raises:
+            NotFound: no such live position for this user.
+            Conflict: an external position its user has not adopted (the terminal's, not the
+                engine's, until then).
+        """
+        p = self._book.positions.get(position_id)
+        if p is None:
+            raise NotFound("no such open position", position_id=position_id)
+        if not p.adopted:
+            raise Conflict(
+                "position is external and not adopted: adopt it first",
+                state=p.state.value,
+                adopted=False,
+            )
+        return p
+
+    def adopt(self, position_id: str, now_ms: int) -> tuple[Position, Effects]:
+        """The user adopts an external position: from now on its SL/TP are watched (armed)
+        and it takes commands like any other. Adopting one adopted already (or the engine's
+        own) changes nothing.
+
+        Raises:
+            NotFound: no such position of this user's, live or recently closed.
+            Conflict: it is closed (or otherwise not open).
+        """
+        p = self._book.positions.get(position_id)
+        if p is None:
+            ended = self._book.recent_closed.get(position_id)
+            if ended is None:
+                raise NotFound("no such open position", position_id=position_id)
+            raise Conflict(f"position is {ended.state.value}", state=ended.state.value)
+        if p.adopted:
+            return p, Effects()
+        if p.state is not PositionState.OPEN:
+            raise Conflict(f"position is {p.state.value}", state=p.state.value)
+        return self._terminal.adopt(p, now_ms)
 
     def _close(
         self,
@@ -408,12 +447,10 @@ class UserCore:
 
         Raises:
             NotFound: no such live position.
-            Conflict: it is not OPEN.
+            Conflict: it is not OPEN, or external and not adopted.
             SizingRefused: the volume does not fit the broker's step, or leaves nothing.
         """
-        p = self._book.positions.get(position_id)
-        if p is None:
-            raise NotFound("no such open position", position_id=position_id)
+        p = self._commandable(position_id)
         if p.state is not PositionState.OPEN or p.ticket is None:
             raise Conflict(f"position is {p.state.value}", state=p.state.value)
         volume = self.instrument_for(p.symbol, p.device_id).normalize_volume(volume)
@@ -454,14 +491,12 @@ class UserCore:
 
         Raises:
             NotFound: no such live position for this user.
-            Conflict: it is not OPEN.
+            Conflict: it is not OPEN, or external and not adopted.
             Refused: a new SL/TP and no price for the symbol yet.
             SizingRefused: a new SL/TP on the wrong side of the price or within the stops
                 level, or a rule closer than the broker allows (``engine.stoprules``).
         """
-        p = self._book.positions.get(position_id)
-        if p is None:
-            raise NotFound("no such open position", position_id=position_id)
+        p = self._commandable(position_id)
         if p.state is not PositionState.OPEN or p.ticket is None or p.open_price is None:
             raise Conflict(f"position is {p.state.value}", state=p.state.value)
         instrument = self.instrument_for(p.symbol, p.device_id)
@@ -586,7 +621,8 @@ class UserCore:
             effects.records.append(AlertRaised(alert=alert))
         if GuardDecision.CLOSE_ALL in decisions:
             for p in list(self._book.positions.values()):
-                if p.state in (PositionState.OPEN, PositionState.CLOSE_FAILED):
+                # An external position not adopted is the trader's: the engine sends it nothing.
+                if p.adopted and p.state in (PositionState.OPEN, PositionState.CLOSE_FAILED):
                     self._close(p, "guard", now_ms, effects, armed=p.state is PositionState.OPEN)
         if alerts or decisions or now_ms - self._guard_saved_ms >= self.timing.guard_save_interval:
             self._guard_saved_ms = now_ms

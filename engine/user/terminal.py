@@ -2,8 +2,9 @@
 
 * :meth:`TerminalReconciler.on_snapshot`: a reconnecting device's positions snapshot, through
   ``engine.reconcile``: opens confirmed or not found, closes resent or found done while away,
-  volumes corrected, unknown positions adopted; partial closes whose answer the link lost
-  resent or ended; and the costs (commission, swap) it reports;
+  volumes corrected, unknown positions listed (not armed: a user adopts them,
+  :meth:`TerminalReconciler.adopt`); partial closes whose answer the link lost resent or ended;
+  and the costs (commission, swap) it reports;
 * :meth:`TerminalReconciler.on_event`: the terminal closed or opened something on its own
   (broker SL/TP hit first, a manual close, a pending order filled, a position opened by hand);
 * :meth:`TerminalReconciler.on_deals`: the closing deals a reconnecting device reports, which
@@ -159,9 +160,9 @@ class TerminalReconciler:
         book = self._book
         p = book.positions.get(f.position_id) if f.position_id else None
         t = f.terminal
-        if f.kind == "adopt" and t is not None:
-            adopted = self._adopt(device_id, t, now_ms, effects)
-            position_id = adopted.id if adopted else None
+        if f.kind == "external_found" and t is not None:
+            found = self._list_external(device_id, t, now_ms, effects)
+            position_id = found.id if found else None
         elif p is None:
             return
         else:
@@ -206,7 +207,7 @@ class TerminalReconciler:
                     flags=(*p.flags, FILL_PENDING),
                 )
                 book.save(closed, effects)
-                if p.state is PositionState.OPEN:
+                if p.watched:
                     effects.arms.append(Disarm(p.symbol, p.id))
             elif (
                 f.kind == "volume_mismatch"
@@ -217,6 +218,13 @@ class TerminalReconciler:
                 and not self._commands.partial_close_pending(p.id)
             ):
                 book.save(p.with_changes(now_ms, volume=t.volume), effects)
+            elif f.kind == "levels_mismatch" and t is not None and not p.adopted:
+                # Not the engine's to watch: the broker's levels are the ones it lists.
+                instrument = self._instrument_for(p.symbol, device_id)
+                sl = None if t.sl is None else instrument.to_points(t.sl)
+                tp = None if t.tp is None else instrument.to_points(t.tp)
+                book.save(p.with_changes(now_ms, sl=sl, tp=tp), effects)
+                return  # following the terminal is no divergence
         effects.records.append(
             ReconciliationRecorded(
                 entry=ReconciliationEntry(
@@ -256,17 +264,23 @@ class TerminalReconciler:
         self._book.save(p.transition(PositionEvent.CLOSE_SENT, now_ms), effects)
         self._commands.issue(command, p.device_id, p.id, now_ms, effects)
 
-    def _adopt(
+    def _list_external(
         self, device_id: str, t: TerminalPosition, now_ms: int, effects: Effects
     ) -> Position | None:
-        """Take a terminal position the engine did not know into the book, as EXTERNAL."""
+        """Take a terminal position the engine did not know into the book, as EXTERNAL.
+
+        One the engine did not open is not adopted: listed, never armed or commanded until its
+        user adopts it (a trade made by hand is the trader's, and its stops may not be meant
+        for the engine to act on). One whose comment carries the engine's tag (``was_ours``:
+        an open the engine gave up on that executed after all) is the user's approved trade:
+        adopted and armed at once, as it would have been."""
         if self._book.live_on(device_id, t.ticket) is not None:
             return None
         instrument = self._instrument_for(t.symbol, device_id)
         to_points = instrument.to_points
         ours = position_id_from_comment(t.comment)
         pid = external_position_id(device_id, t.ticket)
-        adopted = Position(
+        found = Position(
             id=pid,
             user_id=self._user_id,
             device_id=device_id,
@@ -286,10 +300,33 @@ class TerminalReconciler:
             flags=("was_ours",) if ours else (),
             commission=t.commission,
             swap=t.swap,
+            adopted=ours is not None,
         )
+        self._book.save(found, effects)
+        if found.watched:
+            effects.arms.append(Arm(found))
+        return found
+
+    def adopt(self, p: Position, now_ms: int) -> tuple[Position, Effects]:
+        """The user adopts ``p``, a live external position not adopted yet: from now on it is
+        armed at its SL/TP (the broker's, as last reported) like any other."""
+        effects = Effects()
+        adopted = p.with_changes(now_ms, adopted=True)
         self._book.save(adopted, effects)
         effects.arms.append(Arm(adopted))
-        return adopted
+        effects.records.append(
+            ReconciliationRecorded(
+                entry=ReconciliationEntry(
+                    time_ms=now_ms,
+                    device_id=p.device_id,
+                    kind="adopt",
+                    position_id=p.id,
+                    ticket=p.ticket,
+                    detail="adopted by its user: its SL/TP are watched",
+                )
+            )
+        )
+        return adopted, effects
 
     # -- the terminal's own events -------------------------------------------------------------
 
@@ -316,7 +353,7 @@ class TerminalReconciler:
                     else realized_pl(live, price, self._instrument_for),
                 ).with_costs(now_ms, event.commission, event.swap)
                 book.save(closed, effects)
-                if live.state is PositionState.OPEN:
+                if live.watched:
                     effects.arms.append(Disarm(live.symbol, live.id))
                 return effects
             # Closed already (our close was answered "already closed"): record the terminal's
@@ -351,7 +388,7 @@ class TerminalReconciler:
                 book.save(opened, effects)
                 effects.arms.append(Arm(opened))
                 return effects
-        if live is None:  # opened by hand, or a pending fill we cannot match: adopt it
+        if live is None:  # opened by hand, or a pending fill we cannot match: list it
             terminal = TerminalPosition(
                 ticket=event.ticket,
                 symbol=event.symbol,
@@ -365,15 +402,15 @@ class TerminalReconciler:
                 commission=event.commission,
                 swap=event.swap,
             )
-            adopted = self._adopt(device_id, terminal, now_ms, effects)
-            if adopted is not None:
+            found = self._list_external(device_id, terminal, now_ms, effects)
+            if found is not None:
                 effects.records.append(
                     ReconciliationRecorded(
                         entry=ReconciliationEntry(
                             time_ms=now_ms,
                             device_id=device_id,
-                            kind="adopt",
-                            position_id=adopted.id,
+                            kind="external_found",
+                            position_id=found.id,
                             ticket=event.ticket,
                             detail=f"{event.kind.value} on the terminal",
                         )

@@ -95,6 +95,23 @@ _POSITION_VIEW = {
     "swap": -1.12,
     "net_pl": 24.03,
     "fill_pending": False,
+    "adopted": True,
+}
+_EXTERNAL_VIEW = {
+    **_POSITION_VIEW,
+    "id": "X5be1c0de77a4f3e2",
+    "origin": "external",
+    "ticket": 48213390,
+    "volume": 0.05,
+    "sl": 2630.00,
+    "tp": None,
+    "pl": 12.75,
+    "signal_id": None,
+    "trailing": None,
+    "commission": -0.18,
+    "swap": 0.0,
+    "net_pl": 12.57,
+    "adopted": False,
 }
 _DEVICE_OUT = {
     "id": _DEVICE,
@@ -177,7 +194,7 @@ EXAMPLES: dict[type[Any], Any] = {
         "telegram_bot_token_set": True,
         "webhook_secret": "whsec-3q9VZr0x6M2b1S0l0u8cQyJzq1nQpW4tV7d9",
     },
-    PositionList: {"positions": [_POSITION_VIEW], "next_cursor": None},
+    PositionList: {"positions": [_POSITION_VIEW, _EXTERNAL_VIEW], "next_cursor": None},
     CloseOut: {"position_id": _POSITION, "command_id": f"{_POSITION}-close-1"},
     NewDevice: {"name": "MT5 ICMarkets live", "account_login": "51234567", "broker": "ICMarkets"},
     Registered: {"device": _DEVICE_OUT, "secret": "kq3VZr0x6M2b1S0l0u8cQyJzq1nQpW4tV7d9Hc2fE5A"},
@@ -201,14 +218,23 @@ EXAMPLES: dict[type[Any], Any] = {
         ],
         "entries": [
             {
+                "id": 18,
+                "device_id": _DEVICE,
+                "position_id": "X5be1c0de77a4f3e2",
+                "kind": "adopt",
+                "detail": "adopted by its user: its SL/TP are watched",
+                "ticket": 48213390,
+                "time_ms": _T0 + 9_000,
+            },
+            {
                 "id": 17,
                 "device_id": _DEVICE,
-                "position_id": None,
-                "kind": "adopted",
-                "detail": "ticket 48213390 found on the terminal and adopted",
+                "position_id": "X5be1c0de77a4f3e2",
+                "kind": "external_found",
+                "detail": "ticket 48213390 XAUUSD buy",
                 "ticket": 48213390,
                 "time_ms": _T0 + 2_000,
-            }
+            },
         ],
     },
     Guards: {

@@ -25,6 +25,12 @@ A manual close is a :class:`~actors.messages.ClosePosition` request to the owner
 (``UserCore.close_position``), answered 202 with the id of the close command that went to
 the device: the close itself completes when the device acknowledges it, visible here and on
 ``/ws/client``.
+
+A position found on a terminal that the engine did not open (``origin`` ``external``) is
+listed read-only (``adopted: false``) until its owner adopts it (``POST
+/positions/{id}/adopt``, an :class:`~actors.messages.AdoptPosition` request): from then on
+it is armed at its SL/TP and takes closes and changes like any other. Until then both answer
+409.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from msgspec import Meta
 from quart import Blueprint
 from quart_schema import document_response, validate_querystring, validate_request
 
-from actors.messages import ClosePosition, ModifyPosition, Reply
+from actors.messages import AdoptPosition, ClosePosition, ModifyPosition, Reply
 from engine.instruments import Instrument
 from engine.lifecycle import FINAL_STATES
 from engine.positions import Position, decode_position_document, decode_position_documents
@@ -53,7 +59,7 @@ from gateway.rest.reads import read_through
 from persistence import projection_reads
 from persistence.projections import to_time
 from protocol.client import PositionView
-from protocol.errors import Conflict, DecodeError, NotFound
+from protocol.errors import Conflict, DecodeError, Forbidden, NotFound
 from protocol.types import Id, Symbol
 
 __all__ = [
@@ -385,6 +391,37 @@ async def modify_position(position_id: str, data: LevelChanges) -> Any:
         context.node.user(p.user_id).deliver(ModifyPosition(position_id, data, modified))
         updated = await modified.wait()
     view = None if updated is None else view_of(context, updated)
+    if view is None:
+        raise NotFound("no such position")
+    return json_response(view)
+
+
+@blueprint.post("/positions/<position_id>/adopt")
+@bearer
+@document_response(PositionView, 200)
+@errors(401, 403, 404, 409)
+async def adopt_position(position_id: str) -> Any:
+    """Adopt an external position (one found on the terminal, ``adopted: false``): from now on
+    its SL/TP are watched and it can be closed and changed like any other.
+
+    Only its owner adopts it (an admin gets 403). Adopting one adopted already answers 200
+    with it, unchanged; 409 for one that is closed; 404 for one that is not the caller's.
+    """
+    who = identity()
+    context = ctx()
+    async with audited("position.adopt", "position", position_id, "200") as note:
+        p = await find_position(context, position_id)
+        if p is None or not who.may_act_for(p.user_id):  # another's: as if there were none
+            raise NotFound("no such position")
+        if who.user_id != p.user_id:
+            raise Forbidden("only its owner may adopt a position")
+        if p.state in FINAL_STATES:
+            raise Conflict(f"position is {p.state.value}", state=p.state.value)
+        adopted: Reply[Position] = Reply()
+        context.node.user(p.user_id).deliver(AdoptPosition(position_id, adopted))
+        updated = await adopted.wait()
+        note.detail["ticket"] = updated.ticket
+    view = view_of(context, updated)
     if view is None:
         raise NotFound("no such position")
     return json_response(view)

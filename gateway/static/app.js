@@ -34,7 +34,7 @@ const CANDLE_INTERVAL_S = 60;
 const DAY_MS = 86_400_000;
 
 const store = new Store();
-const ui = { closing: new Map() };
+const ui = { closing: new Map(), adopting: new Map() };
 const signals = { list: [], busy: new Map() };
 let analytics = null;
 // The history's filter (symbol, and the close time in [fromMs, toMs)), and the chart's symbol.
@@ -68,10 +68,10 @@ function flush() {
   const d = new Set(dirty);
   dirty.clear();
   if (d.has("positions")) {
-    view.renderLivePositions(store, ui, onClose);
+    view.renderLivePositions(store, ui, onClose, onAdopt);
     view.renderClosedPositions(store, inHistoryFilter);
   } else if (d.has("prices")) {
-    view.renderLivePositions(store, ui, onClose); // live prices move P&L
+    view.renderLivePositions(store, ui, onClose, onAdopt); // live prices move P&L
   }
   if (d.has("prices")) view.renderPrices(store);
   if (d.has("devices")) view.renderDevices(store);
@@ -627,6 +627,31 @@ async function onClose(id, button) {
   } catch (error) {
     if (gen !== generation || error.status === 401) return;
     ui.closing.set(id, { step: "error", message: closeError(error) });
+  }
+  invalidate("positions");
+  button.focus();
+}
+
+// -- adopting a position found on the terminal ------------------------------------------------
+
+// One click: adopting sends nothing to the terminal (it only has the engine watch the SL/TP
+// the broker holds), and adopting twice is harmless. The stream's delta shows the result.
+async function onAdopt(id, button) {
+  if (ui.adopting.get(id)?.step === "sending") return;
+  const gen = generation;
+  ui.adopting.set(id, { step: "sending", message: "" });
+  invalidate("positions");
+  try {
+    const adopted = await request("POST", `/api/v1/positions/${encodeURIComponent(id)}/adopt`, {
+      token: session.token,
+    });
+    if (gen !== generation) return;
+    ui.adopting.delete(id);
+    if (adopted) store.upsertPosition(adopted);
+  } catch (error) {
+    if (gen !== generation || error.status === 401) return;
+    const why = error.status === 0 ? "the server cannot be reached" : error.message;
+    ui.adopting.set(id, { step: "error", message: `Adopt failed: ${why}` });
   }
   invalidate("positions");
   button.focus();

@@ -27,6 +27,9 @@ function position(raw) {
     volume: finite(raw.volume),
     state: text(raw.state, 64).toLowerCase() || "unknown",
     origin: text(raw.origin, 16),
+    // False: found on the terminal, not opened by the engine, and not adopted by the user: read
+    // only (the server sends it no command) until adopted.
+    adopted: raw.adopted !== false,
     deviceId: text(raw.device_id, 64),
     ticket: finite(raw.ticket),
     openPrice: finite(raw.open_price),

@@ -88,8 +88,9 @@ function showEmpty(node, empty) {
 /**
  * @param {object} ui per-position UI state: ui.closing.get(id) -> {step, message}
  * @param {(id: string, button: HTMLButtonElement) => void} onClose
+ * @param {(id: string, button: HTMLButtonElement) => void} onAdopt
  */
-export function renderLivePositions(store, ui, onClose) {
+export function renderLivePositions(store, ui, onClose, onAdopt) {
   const body = document.querySelector('[data-testid="positions-body"]');
   const positions = store.livePositions();
   const currency = store.account?.currency ?? "";
@@ -131,16 +132,32 @@ export function renderLivePositions(store, ui, onClose) {
         data: { testid: "pos-edit" },
         attrs: { type: "button" },
       });
+      // A position found on the terminal is the trader's until adopted: this is its only action.
+      const adopt = el("button", {
+        className: "small",
+        text: "Adopt",
+        data: { testid: "pos-adopt" },
+        attrs: { type: "button" },
+      });
+      adopt.addEventListener("click", () => onAdopt(row.dataset.positionId, adopt));
       const note = el("span", { className: "note", data: { testid: "pos-action-note" } });
-      part(row, "pos-actions").append(button, edit, note);
+      part(row, "pos-actions").append(button, edit, adopt, note);
       return row;
     },
     (row, p) => {
       row.dataset.positionId = p.id;
       row.dataset.state = p.state;
+      row.dataset.adopted = String(p.adopted);
       const edit = part(row, "pos-edit");
       edit.dataset.positionId = p.id;
+      edit.hidden = !p.adopted;
       edit.setAttribute("aria-label", `Edit ${p.symbol} ${sideText(p.side)} ${p.id}`);
+      const adopting = ui.adopting.get(p.id);
+      const adopt = part(row, "pos-adopt");
+      adopt.hidden = p.adopted;
+      adopt.disabled = adopting?.step === "sending";
+      set(adopt, adopting?.step === "sending" ? "Adopting…" : "Adopt");
+      adopt.setAttribute("aria-label", `Adopt ${p.symbol} ${sideText(p.side)} ${p.id}`);
       set(part(row, "pos-opened"), time(p.openTimeMs));
       set(part(row, "pos-ticket"), p.ticket === null ? DASH : String(p.ticket));
       set(part(row, "pos-symbol"), p.symbol);
@@ -157,17 +174,18 @@ export function renderLivePositions(store, ui, onClose) {
       const pl = store.livePl(p);
       set(part(row, "pos-pl"), signedMoney(pl, currency), `num ${tone(pl)}`);
       stateBadge(part(row, "pos-state"), p.state);
-      const reason = [p.closeReason, ...p.flags].filter(Boolean).join(" · ");
+      const origin = p.adopted ? "" : "external, not adopted";
+      const reason = [origin, p.closeReason, ...p.flags].filter(Boolean).join(" · ");
       set(part(row, "pos-reason"), reason || "");
       const closable = p.state === "open" || p.state === "close_failed";
       const request = ui.closing.get(p.id);
       const button = part(row, "pos-close");
-      button.hidden = !closable;
+      button.hidden = !closable || !p.adopted;
       button.disabled = request?.step === "sending";
       const label = request?.step === "confirm" ? "Confirm close" : "Close";
       set(button, request?.step === "sending" ? "Closing…" : label);
       button.setAttribute("aria-label", `${label} ${p.symbol} ${sideText(p.side)} ${p.id}`);
-      set(part(row, "pos-action-note"), request?.message ?? "");
+      set(part(row, "pos-action-note"), (p.adopted ? request : adopting)?.message ?? "");
     },
   );
   showEmpty(document.querySelector('[data-testid="positions-empty"]'), positions.length === 0);

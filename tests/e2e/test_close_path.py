@@ -85,7 +85,7 @@ async def _close_after_a_quote(engine: Engine) -> tuple[list[int], list[int]]:
     """Tickets of the close commands on the EA's socket right after the quote's hand-over
     (no checkpoint since), and of those that arrive afterwards."""
     node = engine.node
-    user_id, _ = await engine.user("alice")
+    user_id, token = await engine.user("alice")
     device, secret = await engine.ctx.registry.register_device(user_id, "terminal")
     now = engine.ctx.clock.now_ms()
     node.offer_quotes([Quote(symbol="XAUUSD", bid=1950.0, ask=1950.3, time_ms=now)])
@@ -112,7 +112,14 @@ async def _close_after_a_quote(engine: Engine) -> tuple[list[int], list[int]]:
         )
         snapshot = PositionsSnapshot(time_ms=now, positions=[held])
         await ea.send_frame(snapshot)
-        with trio.fail_after(10):  # adopted and armed
+        with trio.fail_after(10):  # listed, not adopted
+            while not node.users.get(user_id) or not node.users[user_id].live_positions():
+                await trio.sleep(0.02)
+        [found] = node.users[user_id].live_positions()
+        async with engine.client(token) as http:
+            adopted = await http.post(f"/api/v1/positions/{found.id}/adopt")
+            assert adopted.status_code == 200, adopted.text
+        with trio.fail_after(10):  # adopted: armed
             while len(node.symbols["XAUUSD"].core) < 1:
                 await trio.sleep(0.02)
         # Every actor back to waiting: the idle fast paths are open.

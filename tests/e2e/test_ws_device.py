@@ -112,14 +112,19 @@ async def test_a_replayed_hello_is_refused(engine) -> None:
     assert engine.ctx.counters.handshakes["replayed"] == 1
 
 
-async def test_an_oversized_frame_is_closed_with_1009(engine) -> None:
-    huge = "x" * (engine.ctx.settings.device_max_frame + 10)
+async def test_an_oversized_frame_is_told_with_its_limit_then_closed_with_1009(engine) -> None:
+    limit = engine.ctx.settings.device_max_frame
+    huge = "x" * (limit + 10)
     async with open_websocket_url(
         f"{engine.ws_url}/ws/device", subprotocols=["tripwire.v1.json"]
     ) as ws:
+        await ws.send_message(huge)
+        with trio.fail_after(5):
+            told = msgspec.json.decode(await ws.get_message())
         with pytest.raises(ConnectionClosed) as closed:
-            await ws.send_message(huge)
             await ws.get_message()
+    assert told["type"] == "error" and told["code"] == "too_large" and told["fatal"] is True
+    assert told["details"]["limit"] == limit
     assert closed.value.reason.code == CloseCode.MESSAGE_TOO_BIG
 
 

@@ -3,6 +3,7 @@ and quotes stamped in the future refused without holding back the ones after the
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
@@ -13,7 +14,7 @@ from gateway.runtime import run
 from protocol.closecodes import CloseCode
 from protocol.codec import feed_codec
 from protocol.errors import ConfigError
-from protocol.feed import Quote, QuoteBatch
+from protocol.feed import FeedError, Quote, QuoteBatch
 from tests.e2e.conftest import FEED_TOKEN, Engine, engine_settings
 from tests.e2e.helpers import (
     GOLD_ASK,
@@ -25,6 +26,7 @@ from tests.e2e.helpers import (
 )
 
 MSGPACK = feed_codec("msgpack")
+MSGPACK_ERRORS = msgspec.msgpack.Decoder(FeedError)
 
 
 def _url(engine, token: str | None = FEED_TOKEN) -> str:
@@ -87,12 +89,19 @@ async def test_hostile_frames_close_the_publisher_and_nobody_else(engine, frame,
         closed = None
         async with open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as ws:
             await ws.send_message(frame)
+            told = []
             try:
-                with trio.move_on_after(0.5):
-                    await ws.get_message()
+                # Kept open: nothing comes. Closed: the error frame, then the close.
+                with trio.move_on_after(0.5 if code is None else 5):
+                    while True:
+                        told.append(MSGPACK_ERRORS.decode(await ws.get_message()))
             except ConnectionClosed as exc:
                 closed = exc.reason.code
         assert closed == code
+        if code is None:
+            assert told == []
+        else:
+            assert [t.code for t in told] == ["too_large" if code == 1009 else "malformed"]
         # The other publisher is still served.
         await other.send_message(_batch(engine, 2001.0))
         await _until(lambda: (engine.node.prices.get("XAUUSD") or (0,))[0] == 2001.0)
@@ -100,23 +109,42 @@ async def test_hostile_frames_close_the_publisher_and_nobody_else(engine, frame,
         assert sum(engine.ctx.counters.bad_frames.values()) == 1
 
 
-async def test_a_broken_limit_closes_with_a_reason_that_names_it(engine) -> None:
-    """A publisher reads no error frames: the close reason is all it is told (issue 20)."""
+@pytest.mark.parametrize("encoding", ["msgpack", "json"])
+async def test_a_broken_limit_sends_an_error_frame_with_it_then_closes(engine, encoding) -> None:
+    """Each limit that closes the socket is told twice, both naming the limit: an error frame
+    first, for a publisher that reads, then the close reason, for one that does not."""
     now = engine.ctx.clock.now_ms()
     quote = Quote(symbol="XAUUSD", bid=2000.0, ask=2000.3, time_ms=now)
     # Built past the model's bound (msgspec validates on decode only): what a bad feed sends.
-    too_many = MSGPACK.encode(QuoteBatch(quotes=[quote] * 10_001))
+    too_many = feed_codec(encoding).encode(QuoteBatch(quotes=[quote] * 10_001))
+    oversized = b"x" * (1_048_576 + 1) if encoding == "msgpack" else "x" * (1_048_576 + 1)
     cases = [
         (too_many, CloseCode.PROTOCOL_ERROR, "malformed: Expected `array` of length <= 10000"),
-        (b"x" * (1_048_576 + 1), CloseCode.MESSAGE_TOO_BIG, "too_large: over 1048576 bytes"),
+        (oversized, CloseCode.MESSAGE_TOO_BIG, "too_large: over 1048576 bytes"),
     ]
+    decode = msgspec.msgpack.decode if encoding == "msgpack" else msgspec.json.decode
+    errors = []
     for frame, code, reason in cases:
-        async with open_websocket_url(_url(engine), subprotocols=["tripwire.v1.msgpack"]) as ws:
+        async with open_websocket_url(_url(engine), subprotocols=[f"tripwire.v1.{encoding}"]) as ws:
             await ws.send_message(frame)
+            with trio.fail_after(5):
+                errors.append(decode(await ws.get_message(), type=FeedError))
             with pytest.raises(ConnectionClosed) as closed, trio.fail_after(5):
                 await ws.get_message()
         assert closed.value.reason.code == code
         assert (closed.value.reason.reason or "").startswith(reason)
+    many, big = errors
+    assert (many.code, many.fatal, many.details) == (
+        "malformed",
+        True,
+        {"path": "$.quotes", "limit": 10_000},
+    )
+    assert "length <= 10000" in many.message
+    assert (big.code, big.details) == (
+        "too_large",
+        {"size": big.details["size"], "limit": 1_048_576},
+    )
+    assert big.details["size"] > 1_048_576
 
 
 async def test_the_token_may_come_as_a_bearer_header(engine) -> None:

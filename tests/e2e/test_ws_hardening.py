@@ -27,6 +27,7 @@ from protocol.closecodes import CloseCode
 from protocol.codec import client_client_codec, device_client_codec
 from protocol.crypto import FrameCipher
 from protocol.device import DeviceError, Heartbeat, HelloBody, Ping, Welcome
+from protocol.feed import FeedError
 from protocol.session import derive_session_key
 from protocol.signing import sign_hello
 from tests.e2e.conftest import FEED_TOKEN, Engine, engine_settings
@@ -170,8 +171,10 @@ async def test_an_empty_frame_on_the_feed_socket(engine: Engine, subprotocols: l
             f"{engine.ws_url}/ws/feed?token={FEED_TOKEN}", subprotocols=subprotocols
         ) as ws:
             await ws.send_message(b"")
-            reply, code, reason = await _refusal(ws)
-    assert reply is None  # a publisher gets no error frames: the close says it all
+            # An empty first frame tells no encoding: the error frame is then JSON text.
+            decoder = msgspec.msgpack.Decoder if subprotocols else msgspec.json.Decoder
+            reply, code, reason = await _refusal(ws, decoder(FeedError))
+    assert reply == FeedError(code="malformed", message="empty frame")
     assert (code, reason) == (CloseCode.PROTOCOL_ERROR, "malformed: empty frame")
     assert engine.ctx.counters.bad_frames["feed_malformed"] == 1
     assert not _errors(logs)

@@ -21,7 +21,7 @@ from engine.records import (
 from engine.replay import SnapshotReplay
 from engine.state import EngineState
 from engine.views import net_pl, position_view
-from protocol.common import Side
+from protocol.common import Origin, Side
 from protocol.device import Ack, CloseCommand, EventKind, PositionEvent, TerminalPosition
 from tests.engine.user_helpers import GOLD, T0, approved, core, fire, opened
 
@@ -227,11 +227,12 @@ def test_an_adopted_position_brings_its_costs() -> None:
 
 def _without_costs(p: Position) -> bytes:
     """``p`` as msgpack the way a Position was encoded before commission and swap existed
-    (an array: the same fields, the last two absent)."""
+    (an array: the same fields, those two and every later one absent)."""
     fields = msgspec.msgpack.decode(msgspec.msgpack.encode(p))
     assert len(fields) == len(Position.__struct_fields__)
-    assert Position.__struct_fields__[-2:] == COSTS
-    return msgspec.msgpack.encode(fields[:-2])
+    first = Position.__struct_fields__.index(COSTS[0])
+    assert Position.__struct_fields__[first : first + 2] == COSTS
+    return msgspec.msgpack.encode(fields[:first])
 
 
 def test_a_journal_record_from_before_the_fields_decodes_with_null_costs() -> None:
@@ -245,6 +246,21 @@ def test_a_journal_record_from_before_the_fields_decodes_with_null_costs() -> No
     [raw] = decode_batch_for_replay(payload)
     assert decode_positions([raw.position]) == [record.position]  # type: ignore[union-attr]
     # A new record still round-trips.
+    assert decode_batch(encode_batch([PositionSaved(position=p)])) == [PositionSaved(position=p)]
+
+
+def test_an_external_position_from_before_adoption_decodes_adopted() -> None:
+    """Before adoption was asked for, a position found on a terminal was armed on sight: a
+    journal of then keeps it armed (``adopted`` is the last field, True by default)."""
+    assert Position.__struct_fields__[-1] == "adopted"
+    p = _position(origin=Origin.EXTERNAL, adopted=False)
+    fields = msgspec.msgpack.decode(msgspec.msgpack.encode(p))
+    payload = msgspec.msgpack.encode([["pos", fields[:-1]]])
+    [record] = decode_batch(payload)
+    assert isinstance(record, PositionSaved)
+    assert record.position == msgspec.structs.replace(p, adopted=True)
+    assert record.position.watched
+    # A new record keeps its user's choice.
     assert decode_batch(encode_batch([PositionSaved(position=p)])) == [PositionSaved(position=p)]
 
 

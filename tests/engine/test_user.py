@@ -7,8 +7,9 @@ import pytest
 from engine.effects import Arm, Disarm
 from engine.guards import DrawdownLimits
 from engine.lifecycle import PositionState
-from engine.records import ApprovalSaved, CommandIssued, PositionSaved
+from engine.records import ApprovalSaved, CommandIssued, PositionSaved, ReconciliationRecorded
 from engine.sizing import UserSettings
+from engine.stoprules import LevelChanges
 from engine.trailing import LevelMove
 from engine.user import DeviceInfo, UserCore
 from protocol.common import AlertLevel, Side
@@ -316,9 +317,8 @@ def test_unknown_open_is_resolved_by_the_snapshot() -> None:
     assert c2.recent_closed[cid2.split(".")[0]].state is PositionState.REJECTED
 
 
-def test_unknown_terminal_positions_are_adopted_as_external() -> None:
-    c = core()
-    theirs = TerminalPosition(
+def _theirs(**over) -> TerminalPosition:
+    fields = dict(
         ticket=999,
         symbol="XAUUSD",
         side=Side.SELL,
@@ -327,13 +327,123 @@ def test_unknown_terminal_positions_are_adopted_as_external() -> None:
         open_time_ms=T0,
         sl=1965.0,
     )
-    fx = c.on_snapshot("d1", [theirs], T0 + 1000)
+    fields.update(over)
+    return TerminalPosition(**fields)
+
+
+def _kinds(fx) -> list[str]:
+    return [r.entry.kind for r in fx.records if isinstance(r, ReconciliationRecorded)]
+
+
+def test_unknown_terminal_positions_are_listed_as_external_and_not_armed() -> None:
+    c = core()
+    fx = c.on_snapshot("d1", [_theirs()], T0 + 1000)
     [p] = c.positions.values()
     assert p.origin.value == "external" and p.state is PositionState.OPEN
-    assert p.sl == P(1965.0) and isinstance(fx.arms[0], Arm)
-    # The same ticket seen again is not adopted twice.
-    c.on_snapshot("d1", [theirs], T0 + 2000)
-    assert len(c.positions) == 1
+    assert p.sl == P(1965.0) and p.adopted is False and not p.watched
+    assert fx.arms == [] and fx.commands == []
+    assert _kinds(fx) == ["external_found"]
+    # The same ticket seen again is not listed twice; its levels and volume follow the
+    # broker's (the terminal's to change), with no divergence recorded.
+    fx = c.on_snapshot("d1", [_theirs(sl=1970.0, tp=1940.0, volume=0.3)], T0 + 2000)
+    [p] = c.positions.values()
+    assert (p.sl, p.tp, p.volume) == (P(1970.0), P(1940.0), 0.3)
+    assert fx.arms == [] and fx.commands == [] and "levels_mismatch" not in _kinds(fx)
+    # A position opened by hand at the terminal: listed the same way.
+    manual = PositionEvent(
+        kind=EventKind.OPENED_MANUAL,
+        ticket=1001,
+        symbol="XAUUSD",
+        side=Side.BUY,
+        volume=0.1,
+        price=1950.0,
+        time_ms=T0 + 3000,
+        tp=1990.0,
+    )
+    fx = c.on_event("d1", manual, T0 + 3000)
+    assert fx.arms == [] and _kinds(fx) == ["external_found"]
+    assert {p.ticket: p.adopted for p in c.positions.values()} == {999: False, 1001: False}
+
+
+def test_a_found_position_with_the_engines_tag_is_watched_at_once() -> None:
+    """An open the engine gave up on (its answer lost, then not in a snapshot) that executed
+    after all is the user's approved trade: adopted and armed, not left unwatched."""
+    c = core()
+    fx = c.on_snapshot("d1", [_theirs(comment="tw:Pgone")], T0 + 1000)
+    [p] = c.positions.values()
+    assert p.origin.value == "external" and p.flags == ("was_ours",)
+    assert p.adopted and [a.position for a in fx.arms if isinstance(a, Arm)] == [p]
+
+
+def test_an_external_position_takes_no_command_until_adopted() -> None:
+    c = core()
+    c.on_snapshot("d1", [_theirs()], T0 + 1000)
+    [pid] = c.positions
+    for refused in (
+        lambda: c.close_position(pid, "manual", T0 + 2000),
+        lambda: c.partial_close(pid, 0.1, T0 + 2000),
+        lambda: c.modify_position(pid, LevelChanges(sl=1960.0), 1950.0, 1950.3, T0 + 2000),
+    ):
+        with pytest.raises(Conflict, match="adopt it first"):
+            refused()
+    # A critical drawdown closes what the engine holds, not the trader's own trades.
+    c.on_account(10_000.0, 10_000.0, "USD", T0 + 2000)
+    fx = c.on_account(10_000.0, 5_000.0, "USD", T0 + 3000)
+    assert c.guard.opens_blocked and fx.commands == []
+    assert c.positions[pid].state is PositionState.OPEN
+
+    adopted, fx = c.adopt(pid, T0 + 4000)
+    assert adopted.adopted and adopted.watched and c.positions[pid] == adopted
+    [arm] = fx.arms
+    assert isinstance(arm, Arm) and arm.position == adopted
+    assert _kinds(fx) == ["adopt"]
+    assert [r.position for r in fx.records if isinstance(r, PositionSaved)] == [adopted]
+    # Idempotent: adopting it again changes nothing and journals nothing.
+    again, fx = c.adopt(pid, T0 + 5000)
+    assert again == adopted and not fx.records and not fx.arms
+    # Now the engine's to act on: its broker levels differing are a divergence, and a
+    # trigger closes it.
+    fx = c.on_snapshot("d1", [_theirs(sl=1962.0)], T0 + 6000)
+    assert _kinds(fx) == ["levels_mismatch"] and c.positions[pid].sl == P(1965.0)
+    fx = fire(c, pid, price=1966.0)
+    [(_, close)] = fx.commands
+    assert isinstance(close, CloseCommand) and close.ticket == 999
+
+
+def test_adopting_a_closed_or_unknown_position_is_refused() -> None:
+    c = core()
+    c.on_snapshot("d1", [_theirs()], T0 + 1000)
+    [pid] = c.positions
+    closed = PositionEvent(
+        kind=EventKind.CLOSED_MANUAL,
+        ticket=999,
+        symbol="XAUUSD",
+        side=Side.SELL,
+        volume=0.5,
+        price=1950.0,
+        time_ms=T0 + 2000,
+        profit=250.0,
+    )
+    fx = c.on_event("d1", closed, T0 + 2000)
+    # The terminal's events are followed, adopted or not: closed, with its fill.
+    assert fx.arms == []  # never armed: nothing to disarm
+    done = c.recent_closed[pid]
+    assert done.state is PositionState.CLOSED and done.realized_pl == 250.0
+    with pytest.raises(Conflict, match="closed"):
+        c.adopt(pid, T0 + 3000)
+    with pytest.raises(NotFound):
+        c.adopt("X-none", T0 + 3000)
+
+
+def test_restore_keeps_an_unadopted_position_unarmed() -> None:
+    live = core()
+    live.on_snapshot("d1", [_theirs(), _theirs(ticket=1000)], T0 + 1000)
+    first, second = live.positions
+    live.adopt(first, T0 + 2000)
+    restored = core()
+    fx = restored.restore(list(live.positions.values()), [], [], None)
+    assert [a.position.id for a in fx.arms if isinstance(a, Arm)] == [first]
+    assert restored.positions[second].adopted is False
 
 
 def test_manual_close_of_unknown_position() -> None:

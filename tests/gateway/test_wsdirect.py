@@ -24,6 +24,7 @@ from wsproto.events import (
 
 from gateway.wsdirect import DirectWebSocket, parse_upgrade, serve_upgraded
 from protocol.closecodes import CloseCode
+from protocol.errors import FrameTooLarge
 
 
 class Client:
@@ -84,15 +85,24 @@ async def test_fragments_make_one_message_and_a_batch_leaves_as_separate_frames(
     assert all(isinstance(e, Message) and e.message_finished for e in got)
 
 
-async def test_an_oversized_message_is_closed_with_1009_before_it_is_whole() -> None:
+async def test_an_oversized_message_is_refused_to_the_handler_before_it_is_whole() -> None:
+    """Over the limit, ``receive`` raises ``FrameTooLarge`` with it (and keeps raising it), so
+    the handler can send its error frame before its close; the messages before it come first."""
     ws, client = await _pair(max_message=100)
+    await client.send(BytesMessage(data=b"whole"))
     await client.send(BytesMessage(data=b"x" * 80, message_finished=False))
     await client.send(BytesMessage(data=b"x" * 80, message_finished=False))
-    with pytest.raises(trio.BrokenResourceError):
-        await ws.receive()
+    assert await ws.receive() == b"whole"
+    for _ in range(2):
+        with pytest.raises(FrameTooLarge) as refused:
+            await ws.receive()
+        assert refused.value.details == {"size": 160, "limit": 100}
+    await ws.send('{"type":"error","code":"too_large"}')
+    await ws.close(CloseCode.MESSAGE_TOO_BIG, "too_large: over 100 bytes")
+    told = await client.next_event()
+    assert isinstance(told, Message) and told.data == '{"type":"error","code":"too_large"}'
     closed = await client.next_event()
     assert isinstance(closed, CloseConnection) and closed.code == CloseCode.MESSAGE_TOO_BIG
-    assert closed.reason == "too_large: over 100 bytes"  # the limit, for a peer without frames
     with pytest.raises(trio.ClosedResourceError):
         await ws.send(b"after the close")
 

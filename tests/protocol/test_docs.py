@@ -46,6 +46,7 @@ DECODERS: dict[str, Any] = {
     "client": codec.client_server_codec("json").decode,
     "to-client": codec.client_client_codec("json").decode,
     "feed": codec.feed_codec("json").decode,
+    "to-feed": msgspec.json.Decoder(feed.FeedError).decode,
     "hello-body": codec.decode_hello_body,
     "signal": lambda text: codec.decode_signal(text.encode()),
     "notification": notifications.decode_notification,
