@@ -158,7 +158,15 @@ async def serve_front(
                 await stream.aclose()
             return
         try:
-            ws = DirectWebSocket(stream, conn, request, address, max_message=max_message)
+            # Bytes after the head are frames wsproto already holds: it parses them all then.
+            ws = DirectWebSocket(
+                stream,
+                conn,
+                request,
+                address,
+                max_message=max_message,
+                fast_frames=head.endswith(b"\r\n\r\n"),
+            )
             await serve_upgraded(ws, handler, ping_interval_s=ping_s, log=log)
         finally:
             if edge is not None:
