@@ -386,6 +386,14 @@ async def serve_upgraded(
                 await handler(ws)
             except PEER_GONE as exc:
                 log.debug("websocket peer gone", error=repr(exc))
+            except ExceptionGroup as group:
+                # A handler's nursery (a client stream's reader beside its writer) reports the
+                # peer leaving as a group: that is no failure either.
+                if group.split(PEER_GONE)[1] is not None:
+                    log.exception("websocket handler failed")
+                    await _quiet(ws.close(CloseCode.INTERNAL_ERROR, "internal error"))
+                else:
+                    log.debug("websocket peer gone", error=repr(group))
             except Exception:
                 log.exception("websocket handler failed")
                 await _quiet(ws.close(CloseCode.INTERNAL_ERROR, "internal error"))

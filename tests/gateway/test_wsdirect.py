@@ -124,6 +124,24 @@ async def test_a_failing_handler_closes_with_1011_and_the_stream_is_closed() -> 
     assert end is None or (isinstance(end, CloseConnection) and end.code == 1006)
 
 
+@pytest.mark.parametrize("failure", ["peer gone", "bug"])
+async def test_a_handlers_nursery_reporting_the_peer_gone_is_no_failure(failure: str) -> None:
+    ws, client = await _pair()
+
+    async def handler(_ws: DirectWebSocket) -> None:
+        errors: list[Exception] = [trio.BrokenResourceError("the peer closed the websocket")]
+        if failure == "bug":
+            errors.append(ValueError("a bug"))
+        raise ExceptionGroup("from a nursery", errors)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(serve_upgraded, ws, handler, ping_interval_s=0))
+        closed = await client.next_event()
+        expected = CloseCode.INTERNAL_ERROR if failure == "bug" else CloseCode.NORMAL
+        assert isinstance(closed, CloseConnection) and closed.code == expected
+        await client.send(closed.response())
+
+
 async def _tcp_pair(nursery: trio.Nursery) -> tuple[DirectWebSocket, Client]:
     """The same over a real loopback socket (the only kind that can send without waiting)."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
