@@ -328,6 +328,17 @@ def _schedstat(pid: int) -> tuple[float, float, float]:
     return on_cpu / 1e9, waiting / 1e9, time.monotonic()
 
 
+def _cpu_s(pid: int) -> float:
+    """Seconds of CPU a process has used (user + system, every thread), from /proc/PID/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    # The command name (field 2) may hold spaces: count the fields after its closing paren.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _sched_delta(
     before: tuple[float, float, float], after: tuple[float, float, float]
 ) -> dict[str, float]:
@@ -441,6 +452,7 @@ async def run(args: Any) -> dict[str, Any]:
             pids = {"engine": engine.pid, **{w.config_file.stem: w.pid for w in workers}}
             pids["feeder"] = feeder.pid
             sched_before = {name: _schedstat(pid) for name, pid in pids.items()}
+            engine_cpu_before = _cpu_s(engine.pid)
             soak: list[dict[str, float]] = []
             run_for = len(quotes) / args.rate
             deadline = trio.current_time() + run_for + 1.0
@@ -458,6 +470,7 @@ async def run(args: Any) -> dict[str, Any]:
             fed = await feeder.stop()
             start_ns = fed["start_ns"]
             await trio.sleep(args.grace)
+            engine_cpu_s = _cpu_s(engine.pid) - engine_cpu_before
             engine_metrics = await _engine_metrics(http)  # while every peer is still there
             observed = [await w.stop() for w in workers]
             seen = (
@@ -478,6 +491,17 @@ async def run(args: Any) -> dict[str, Any]:
     )
     out["results"]["engine_metrics"] = engine_metrics
     out["results"]["cpu"] = sched
+    closes = out["results"]["closes"]
+    out["results"]["engine_cpu_s"] = round(engine_cpu_s, 2)
+    # The figure a change to the close path is judged by: the engine's CPU (every thread) from
+    # the first quote to the end of the grace, per close that reached a device. Load on the
+    # machine stretches latencies but hardly this.
+    out["results"]["engine_cpu_us_per_close"] = (
+        round(engine_cpu_s / closes * 1e6, 1) if closes else None
+    )
+    out["results"]["closes_per_engine_cpu_s"] = (
+        round(closes / engine_cpu_s, 1) if engine_cpu_s > 0 else None
+    )
     return out
 
 
@@ -585,6 +609,7 @@ def _results(
         "disconnect_reasons": by_reason,
         "unexpected_closes": unexpected,
         "expected_closes": len(expected),
+        "closes": len(arrival),
         "quotes": len(quotes),
         "bad_signatures": sum(p["bad_signatures"] for p in observed),
         "clients_dropped": seen["dropped"],
@@ -750,6 +775,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "CPU over the quotes (% of wall: on CPU / runnable but waiting): "
         + ", ".join(f"{k} {v['cpu_pct']}/{v['runqueue_wait_pct']}" for k, v in r["cpu"].items())
+    )
+    print(
+        f"engine CPU {r['engine_cpu_s']} s over the quotes and the grace: "
+        f"engine_cpu_us_per_close {r['engine_cpu_us_per_close']}  "
+        f"closes_per_engine_cpu_s {r['closes_per_engine_cpu_s']} ({r['closes']:,} closes)"
     )
     print(f"ratios {out['ratios']} (targets: p50 <= 3, p99 <= 10)")
     burst = r["burst_last_close_us"]

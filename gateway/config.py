@@ -157,8 +157,9 @@ SETTINGS_HELP: dict[str, str] = {
     "0 = no limit",
     "max_ws_per_address": "open WebSockets per client address (more upgrades: HTTP 429); "
     "0 = no limit",
-    "ws_direct": "serve /ws/device and /ws/feed straight on their sockets (wsproto), not "
-    "through Quart/Hypercorn: fewer task hops per frame; false falls back to the Quart routes",
+    "ws_direct": "serve /ws/device, /ws/feed and /ws/client straight on their sockets (wsproto), "
+    "not through Quart/Hypercorn: fewer task hops and writes per frame; false falls back to the "
+    "Quart routes",
     "gc_gen0": "allocations between young garbage collections (CPython's 700 promotes "
     "in-flight request state, and the older collections then pause the loop for tens of ms); "
     "0 turns automatic collection off",

@@ -2,15 +2,17 @@
 Hypercorn.
 
 Each accepted connection's first request head is read here. A WebSocket upgrade to one of the
-``direct`` paths (``/ws/device``, ``/ws/feed``) is served on its socket by
-:mod:`gateway.wsdirect`; anything else (REST, ``/ws/client``, the dashboard, HTTP/2) is handed
+``direct`` paths (``/ws/device``, ``/ws/feed``, ``/ws/client``) is served on its socket by
+:mod:`gateway.wsdirect`; anything else (REST, the dashboard, HTTP/2) is handed
 to Hypercorn's connection server with the bytes read so far put back in front of the stream,
 so it sees the connection as if it had accepted it. The per-address WebSocket limit of
 :class:`~gateway.edge.EdgeGuard` counts both kinds of WebSocket alike.
 
 Why: ``bench.e2e`` traced a close's hops, and through Quart-Trio and Hypercorn a quote's frame
 and each close command crossed several tasks, each crossing a turn of the scheduler (see
-``gateway.wsdirect``). The other endpoints keep everything Quart gives them.
+``gateway.wsdirect``). A client stream's deltas (a burst's, several a close) cost a Hypercorn
+send each that way; direct, a batch of them is one write. The other endpoints keep everything
+Quart gives them.
 
 What Hypercorn's own ``serve`` did is done here: the app's lifespan (Quart's startup and
 shutdown), TLS, a graceful stop on ``shutdown_trigger`` (connections get ``graceful_timeout``).
@@ -156,7 +158,15 @@ async def serve_front(
                 await stream.aclose()
             return
         try:
-            ws = DirectWebSocket(stream, conn, request, address, max_message=max_message)
+            # Bytes after the head are frames wsproto already holds: it parses them all then.
+            ws = DirectWebSocket(
+                stream,
+                conn,
+                request,
+                address,
+                max_message=max_message,
+                fast_frames=head.endswith(b"\r\n\r\n"),
+            )
             await serve_upgraded(ws, handler, ping_interval_s=ping_s, log=log)
         finally:
             if edge is not None:

@@ -29,6 +29,7 @@ from gateway.composition import Services, open_services
 from gateway.config import Settings, is_loopback
 from gateway.demo import DEMO_DEVICE, run_demo_strategy
 from gateway.front import serve_front
+from gateway.ws_client import serve_client
 from gateway.ws_device import serve_device
 from gateway.ws_feed import serve_feed
 from persistence.snapshotter import SnapshotProcess, take_snapshot
@@ -151,6 +152,7 @@ async def _start_http(
             direct={
                 "/ws/device": functools.partial(serve_device, ctx),
                 "/ws/feed": functools.partial(serve_feed, ctx),
+                "/ws/client": functools.partial(serve_client, ctx),
             },
             max_message=hypercorn.websocket_max_message_size,
             edge=services.edge,

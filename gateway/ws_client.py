@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from quart import websocket
 
 from gateway.closing import close_quietly, send_quietly
 from protocol.client import (
@@ -97,7 +96,7 @@ class _Stream:
 
 
 async def _close_with(
-    codec: WireCodec[Any, Any] | None, exc: TripwireError, code: int | None = None
+    websocket: Any, codec: WireCodec[Any, Any] | None, exc: TripwireError, code: int | None = None
 ) -> None:
     # A client that leaves as it reads the error races our close (gateway.closing): quietly.
     if codec is not None:
@@ -114,8 +113,15 @@ def _authenticate(ctx: GatewayContext, token: str | None, header: str | None) ->
     return identity
 
 
-async def serve_client(ctx: GatewayContext) -> None:
-    """The ``/ws/client`` handler."""
+def _quart_websocket() -> Any:
+    from quart import websocket
+
+    return websocket._get_current_object()  # type: ignore[attr-defined]
+
+
+async def serve_client(ctx: GatewayContext, ws: Any = None) -> None:
+    """The ``/ws/client`` handler, on ``ws`` (``gateway.wsdirect``) or Quart's ``websocket``."""
+    websocket = ws if ws is not None else _quart_websocket()
     log = structlog.get_logger().bind(endpoint="ws/client", remote=websocket.remote_addr)
     subprotocol = negotiate(websocket.requested_subprotocols)
     await websocket.accept(subprotocol=subprotocol)
@@ -137,7 +143,7 @@ async def serve_client(ctx: GatewayContext) -> None:
     except TripwireError as exc:
         if isinstance(exc, AuthError):
             ctx.counters.handshake("client_" + exc.code)
-        await _close_with(codec, exc)
+        await _close_with(websocket, codec, exc)
         return
     log = log.bind(user_id=identity.user_id)
     stream = _Stream(identity, ctx.settings.client_frame_rate, ctx.settings.client_frame_burst)
@@ -148,14 +154,14 @@ async def serve_client(ctx: GatewayContext) -> None:
     try:
         if not ctx.registry.is_active(identity.user_id):
             # Disabled while the subscribe was on its way: the disable found no stream to end.
-            await _close_with(codec, AuthError("the account is disabled"))
+            await _close_with(websocket, codec, AuthError("the account is disabled"))
             return
         _refuse_unknown(sub, hub.update(sub, symbols=request.symbols))
         await websocket.send(codec.encode(snapshot))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write, ctx, codec, sub, nursery.cancel_scope, log)
-            nursery.start_soon(_guard, codec, sub, stream, nursery.cancel_scope, log)
-            await _read(ctx, codec, sub, stream, log)
+            nursery.start_soon(_write, websocket, codec, sub, nursery.cancel_scope, log)
+            nursery.start_soon(_guard, websocket, codec, sub, stream, nursery.cancel_scope, log)
+            await _read(ctx, websocket, codec, sub, stream, log)
             nursery.cancel_scope.cancel()
     finally:
         ctx.counters.clients_connected -= 1
@@ -175,6 +181,7 @@ def _refuse_unknown(sub: Subscription, refused: list[str]) -> None:
 
 
 async def _guard(
+    websocket: Any,
     codec: WireCodec[Any, Any],
     sub: Subscription,
     stream: _Stream,
@@ -195,18 +202,23 @@ async def _guard(
         with trio.move_on_after(left):
             await sub.ended.wait()
     log.info("client stream ended", code=reason.code)
-    await _close_with(codec, reason)
+    await _close_with(websocket, codec, reason)
     scope.cancel()
 
 
 async def _write(
-    ctx: GatewayContext,
+    websocket: Any,
     codec: WireCodec[Any, Any],
     sub: Subscription,
     scope: trio.CancelScope,
     log: Any,
 ) -> None:
-    """Send what the hub buffered; drop the client when it falls behind."""
+    """Send what the hub buffered; drop the client when it falls behind.
+
+    On a direct socket (``gateway.wsdirect``) a batch (a burst's deltas) leaves in one write,
+    one frame per message; through Quart each message is a send of its own.
+    """
+    send_many = getattr(websocket, "send_many", None)
     while True:
         batch = await sub.buffer.get_batch()
         if sub.dropped:
@@ -214,17 +226,19 @@ async def _write(
             await close_quietly(websocket, CloseCode.TRY_AGAIN_LATER, "too slow: reconnect", log)
             scope.cancel()
             return
-        for message in batch:
-            with trio.move_on_after(SEND_TIMEOUT_S) as stalled:
-                await websocket.send(codec.encode(message))
-            if stalled.cancelled_caught:
-                sub.buffer.closed = True
-                log.info("stalled client dropped")
-                await close_quietly(
-                    websocket, CloseCode.TRY_AGAIN_LATER, "too slow: reconnect", log
-                )
-                scope.cancel()
-                return
+        with trio.move_on_after(SEND_TIMEOUT_S) as stalled:
+            if send_many is not None:
+                await send_many([codec.encode(message) for message in batch])
+            else:
+                for message in batch:
+                    await websocket.send(codec.encode(message))
+                    stalled.deadline = trio.current_time() + SEND_TIMEOUT_S
+        if stalled.cancelled_caught:
+            sub.buffer.closed = True
+            log.info("stalled client dropped")
+            await close_quietly(websocket, CloseCode.TRY_AGAIN_LATER, "too slow: reconnect", log)
+            scope.cancel()
+            return
 
 
 def _renew(ctx: GatewayContext, stream: _Stream, token: str) -> Authenticated:
@@ -246,7 +260,12 @@ def _renew(ctx: GatewayContext, stream: _Stream, token: str) -> Authenticated:
 
 
 async def _read(
-    ctx: GatewayContext, codec: WireCodec[Any, Any], sub: Subscription, stream: _Stream, log: Any
+    ctx: GatewayContext,
+    websocket: Any,
+    codec: WireCodec[Any, Any],
+    sub: Subscription,
+    stream: _Stream,
+    log: Any,
 ) -> None:
     """Serve pings, (un)subscriptions and renewals until the client goes away."""
     hub = ctx.node.hub
@@ -259,14 +278,14 @@ async def _read(
                 "too many frames: reconnect and send fewer",
                 limit=ctx.settings.client_frame_burst,
             )
-            await _close_with(codec, limit, CloseCode.TRY_AGAIN_LATER)
+            await _close_with(websocket, codec, limit, CloseCode.TRY_AGAIN_LATER)
             return
         try:
             message = codec.decode(frame)
         except ProtocolError as exc:
             ctx.counters.bad_frame("client_" + exc.code)
             log.info("bad client frame", code=exc.code)
-            await _close_with(codec, exc)
+            await _close_with(websocket, codec, exc)
             return
         if isinstance(message, ClientPing):
             pong = Pong(seq=message.seq, time_ms=ctx.clock.now_ms())

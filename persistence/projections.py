@@ -15,7 +15,7 @@ instrument's digits); times as ``timestamptz``.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -167,6 +167,24 @@ def _position_row(instruments: Mapping[str, Instrument], p: Position) -> tuple[A
     )
 
 
+def _inserted(p: Position) -> tuple[Any, ...]:
+    """The columns of ``p``'s row that only its INSERT sets (``_POSITION``)."""
+    return (p.user_id, p.device_id, p.symbol, p.side, p.origin, p.signal_id, p.approval_id)
+
+
+def _position_rows(
+    instruments: Mapping[str, Instrument], saved: Iterable[tuple[Position, Position]]
+) -> list[tuple[Any, ...]]:
+    """The rows of each position's first and last save in a batch: the last's alone unless
+    the first's INSERT would set a column differently (see ``make_projection``)."""
+    rows = []
+    for first, last in saved:
+        if first is not last and _inserted(first) != _inserted(last):
+            rows.append(_position_row(instruments, first))
+        rows.append(_position_row(instruments, last))
+    return rows
+
+
 def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Record]], Statements]:
     """The projection of a batch of records, for ``JournalWriter(project=...)``."""
 
@@ -176,6 +194,11 @@ def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Rec
 
     def project(records: list[Record]) -> Statements:
         rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _ORDER}
+        # A position's saves in one batch (a close's CLOSING and CLOSED, under a burst) are
+        # upserts, run in order before any other statement touches the row: the last one alone
+        # leaves the same row (one row built and written instead of several) unless a column
+        # that only the INSERT sets differs from the first's.
+        saved: dict[str, tuple[Position, Position]] = {}
         for r in records:
             if isinstance(r, PositionSaved):
                 p = r.position
@@ -183,7 +206,8 @@ def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Rec
                     symbols.pop(p.id, None)
                 else:
                     symbols[p.id] = p.symbol
-                rows[_POSITION].append(_position_row(instruments, p))
+                first = saved.get(p.id)
+                saved[p.id] = (p, p) if first is None else (first[0], p)
             elif isinstance(r, LevelsMoved):
                 symbol = symbols.get(r.position_id, "")
                 rows[_LEVELS].append(
@@ -289,6 +313,7 @@ def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Rec
                 )
             elif isinstance(r, GuardSaved):
                 pass  # engine state only (in snapshots); nothing to query
+        rows[_POSITION] = _position_rows(instruments, saved.values())
         return [(sql, rows[sql]) for sql in _ORDER if rows[sql]]
 
     return project

@@ -134,6 +134,24 @@ async def test_a_failing_handler_closes_with_1011_and_the_stream_is_closed() -> 
     assert end is None or (isinstance(end, CloseConnection) and end.code == 1006)
 
 
+@pytest.mark.parametrize("failure", ["peer gone", "bug"])
+async def test_a_handlers_nursery_reporting_the_peer_gone_is_no_failure(failure: str) -> None:
+    ws, client = await _pair()
+
+    async def handler(_ws: DirectWebSocket) -> None:
+        errors: list[Exception] = [trio.BrokenResourceError("the peer closed the websocket")]
+        if failure == "bug":
+            errors.append(ValueError("a bug"))
+        raise ExceptionGroup("from a nursery", errors)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(serve_upgraded, ws, handler, ping_interval_s=0))
+        closed = await client.next_event()
+        expected = CloseCode.INTERNAL_ERROR if failure == "bug" else CloseCode.NORMAL
+        assert isinstance(closed, CloseConnection) and closed.code == expected
+        await client.send(closed.response())
+
+
 async def _tcp_pair(nursery: trio.Nursery) -> tuple[DirectWebSocket, Client]:
     """The same over a real loopback socket (the only kind that can send without waiting)."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -188,3 +206,92 @@ async def test_a_send_without_waiting_keeps_order_even_when_the_kernel_is_full(
             await trio.sleep(0.01)
     assert received == [chunk] * sent + [b"after"]
     assert ws.can_send_nowait()
+
+
+async def _received_in_chunks(fast: bool, wire: bytes, chunk: int, count: int) -> list[Any]:
+    """What ``count`` receives return when ``wire`` arrives ``chunk`` bytes at a time."""
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    client = Client(client_stream)
+    head = client.conn.send(Request(host="127.0.0.1", target="/ws/feed"))
+    upgrade = parse_upgrade(head)
+    assert upgrade is not None
+    ws = DirectWebSocket(
+        server_stream, *upgrade, "127.0.0.1", max_message=1 << 20, fast_frames=fast
+    )
+    await ws.accept()
+    assert isinstance(await client.next_event(), AcceptConnection)
+    for at in range(0, len(wire), chunk):
+        await client_stream.send_all(wire[at : at + chunk])
+    with trio.fail_after(5):
+        return [await ws.receive() for _ in range(count)]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
+async def test_frames_parsed_here_are_the_messages_wsproto_makes_split_anywhere(
+    chunk: int,
+) -> None:
+    # Every payload length class (7-bit, 16-bit, 64-bit), text and binary, a fragmented
+    # message and a ping between them: the fast path and wsproto alone agree at any split.
+    from wsproto.connection import Connection  # frames as a client sends them, once open
+
+    frames = Connection(ConnectionType.CLIENT)
+    events = [
+        TextMessage(data="quote é"),
+        BytesMessage(data=b""),
+        BytesMessage(data=bytes(range(256)) * 2),
+        TextMessage(data="x" * 70_000),
+        Ping(payload=b"hi"),
+        TextMessage(data="first ", message_finished=False),
+        TextMessage(data="second", message_finished=True),
+        BytesMessage(data=b"\x00\x01\x02"),
+    ]
+    wire = b"".join(frames.send(e) for e in events)
+    expected = [
+        "quote é",
+        b"",
+        bytes(range(256)) * 2,
+        "x" * 70_000,
+        "first second",
+        b"\x00\x01\x02",
+    ]
+    assert await _received_in_chunks(False, wire, chunk, len(expected)) == expected
+    assert await _received_in_chunks(True, wire, chunk, len(expected)) == expected
+
+
+async def _refused(fast: bool, wire: bytes) -> tuple[Any, ...]:
+    """What ``receive`` raises for ``wire``, the connection's state then, and what the peer
+    got meanwhile."""
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    client = Client(client_stream)
+    upgrade = parse_upgrade(client.conn.send(Request(host="h", target="/ws/feed")))
+    assert upgrade is not None
+    ws = DirectWebSocket(server_stream, *upgrade, "127.0.0.1", max_message=1024, fast_frames=fast)
+    await ws.accept()
+    assert isinstance(await client.next_event(), AcceptConnection)
+    await client_stream.send_all(wire)
+    raised: type[BaseException] | None = None
+    try:
+        with trio.fail_after(5):
+            await ws.receive()
+    except trio.BrokenResourceError as exc:
+        raised = type(exc)
+    sent = []
+    with trio.move_on_after(0.2):  # a close frame, if the failure sent one
+        sent.append(await client.next_event())
+    closes = [(e.code, e.reason) for e in sent if isinstance(e, CloseConnection)]
+    return raised, ws.closed, ws.conn.state, closes
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"\x81\x82" + b"\x00\x00\x00\x00" + b"\xff\xfe",  # text that is not UTF-8
+        b"\x82\x02ab",  # a client frame without a mask
+        b"\xc2\x82" + b"\x00\x00\x00\x00" + b"ab",  # a reserved bit set
+        b"\x82\xfe\x08\x00" + b"\x00" * 4 + b"x" * 2048,  # over max_message in one frame
+    ],
+)
+async def test_a_frame_the_fast_path_does_not_take_fails_as_wsproto_fails_it(wire: bytes) -> None:
+    refused = await _refused(False, wire)
+    assert refused[0] is trio.BrokenResourceError
+    assert await _refused(True, wire) == refused

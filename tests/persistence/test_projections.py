@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import msgspec
 import trio
 
 from engine.instruments import DEFAULT_INSTRUMENTS
-from engine.records import AuditEntry, AuditRecorded, SignalSaved, encode_batch
+from engine.records import (
+    AuditEntry,
+    AuditRecorded,
+    PositionSaved,
+    Record,
+    SignalSaved,
+    encode_batch,
+)
 from engine.trailing import LevelMove
 from engine.triggers import Trigger, TriggerKind
 from engine.user import DeviceInfo, UserCore
@@ -19,14 +27,9 @@ T0 = 1_700_000_000_000
 GOLD = DEFAULT_INSTRUMENTS["XAUUSD"]
 
 
-async def test_a_position_life_lands_in_every_table(db) -> None:
-    await db.execute("INSERT INTO users (id, username, password_hash) VALUES ('u1', 'u1', 'x')")
-    await db.execute(
-        "INSERT INTO devices (id, user_id, name, account_login, broker) "
-        "VALUES ('d1', 'u1', 't', '42', 'b')"
-    )
-    journal = JournalWriter(db, encode_batch, make_projection(DEFAULT_INSTRUMENTS))
-    records = []
+def _life() -> tuple[str, list[Record]]:
+    """A position's records from its signal to its close, and its id."""
+    records: list[Record] = []
     signal = Signal(
         strategy_id="s1",
         signal_id="g1",
@@ -86,6 +89,17 @@ async def test_a_position_life_lands_in_every_table(db) -> None:
             )
         )
     )
+    return pid, records
+
+
+async def test_a_position_life_lands_in_every_table(db) -> None:
+    await db.execute("INSERT INTO users (id, username, password_hash) VALUES ('u1', 'u1', 'x')")
+    await db.execute(
+        "INSERT INTO devices (id, user_id, name, account_login, broker) "
+        "VALUES ('d1', 'u1', 't', '42', 'b')"
+    )
+    journal = JournalWriter(db, encode_batch, make_projection(DEFAULT_INSTRUMENTS))
+    pid, records = _life()
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         for r in records:
@@ -106,3 +120,20 @@ async def test_a_position_life_lands_in_every_table(db) -> None:
     assert tuple(row) == ("approve", "10.1.2.3", "ua/1")
     audit = await db.fetchrow("SELECT action, outcome FROM audit_log")
     assert tuple(audit) == ("approval.approve", "201")
+
+
+def test_a_positions_saves_in_one_batch_project_as_its_last_unless_an_inserted_column_differs():
+    _, records = _life()
+    saves = [r for r in records if isinstance(r, PositionSaved)]
+    assert len({r.position.id for r in saves}) == 1 and len(saves) >= 3
+    project = make_projection(DEFAULT_INSTRUMENTS)
+    [rows] = [rows for sql, rows in project(records) if "INSERT INTO positions" in sql]
+    assert [row[5] for row in rows] == ["closed"]  # the state column: the last save's row only
+    first = saves[0].position
+    other = PositionSaved(position=msgspec.structs.replace(saves[-1].position, approval_id="b"))
+    [rows] = [rows for sql, rows in project([*saves, other]) if "INSERT INTO positions" in sql]
+    # The first save INSERTs the columns nothing updates: its row goes first, then the last's.
+    assert [(row[5], row[20]) for row in rows] == [
+        (first.state.value, first.approval_id),
+        ("closed", "b"),
+    ]
