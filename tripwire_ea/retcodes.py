@@ -3,7 +3,8 @@
 The server classifies the raw ``retcode`` of every ack itself (``protocol.results``); the
 bridge's own reading matters for two things it decides alone: whether the request executed
 (``Ack.executed``: ``false`` only with proof) and the ``category`` text it writes into the ack
-for the logs of both ends. The numbers are MetaTrader 5's ``TRADE_RETCODE_*`` constants.
+for the logs of both ends. The codes and their names are the server's MT5 table
+(``protocol.results.RESULT_CODES``): the bridge refines only the refusals it tells apart.
 """
 
 from __future__ import annotations
@@ -12,49 +13,15 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
+from protocol.results import RESULT_CODES, ResultCategory
+
 __all__ = ["EA_BAD_SIGNATURE", "EA_REJECTED", "RETCODES", "Outcome", "Retcode", "outcome"]
 
-TRADE_RETCODE_REQUOTE: Final = 10004
-TRADE_RETCODE_REJECT: Final = 10006
-TRADE_RETCODE_CANCEL: Final = 10007
+# The codes the bridge itself writes into an ack (MetaTrader 5's ``TRADE_RETCODE_*`` numbers).
 TRADE_RETCODE_PLACED: Final = 10008
 TRADE_RETCODE_DONE: Final = 10009
-TRADE_RETCODE_DONE_PARTIAL: Final = 10010
-TRADE_RETCODE_ERROR: Final = 10011
 TRADE_RETCODE_TIMEOUT: Final = 10012
-TRADE_RETCODE_INVALID: Final = 10013
-TRADE_RETCODE_INVALID_VOLUME: Final = 10014
-TRADE_RETCODE_INVALID_PRICE: Final = 10015
-TRADE_RETCODE_INVALID_STOPS: Final = 10016
-TRADE_RETCODE_TRADE_DISABLED: Final = 10017
-TRADE_RETCODE_MARKET_CLOSED: Final = 10018
-TRADE_RETCODE_NO_MONEY: Final = 10019
-TRADE_RETCODE_PRICE_CHANGED: Final = 10020
-TRADE_RETCODE_PRICE_OFF: Final = 10021
-TRADE_RETCODE_INVALID_EXPIRATION: Final = 10022
-TRADE_RETCODE_ORDER_CHANGED: Final = 10023
-TRADE_RETCODE_TOO_MANY_REQUESTS: Final = 10024
-TRADE_RETCODE_NO_CHANGES: Final = 10025
-TRADE_RETCODE_SERVER_DISABLES_AT: Final = 10026
-TRADE_RETCODE_CLIENT_DISABLES_AT: Final = 10027
-TRADE_RETCODE_LOCKED: Final = 10028
-TRADE_RETCODE_FROZEN: Final = 10029
-TRADE_RETCODE_INVALID_FILL: Final = 10030
-TRADE_RETCODE_CONNECTION: Final = 10031
-TRADE_RETCODE_ONLY_REAL: Final = 10032
-TRADE_RETCODE_LIMIT_ORDERS: Final = 10033
-TRADE_RETCODE_LIMIT_VOLUME: Final = 10034
-TRADE_RETCODE_INVALID_ORDER: Final = 10035
 TRADE_RETCODE_POSITION_CLOSED: Final = 10036
-TRADE_RETCODE_INVALID_CLOSE_VOLUME: Final = 10038
-TRADE_RETCODE_CLOSE_ORDER_EXIST: Final = 10039
-TRADE_RETCODE_LIMIT_POSITIONS: Final = 10040
-TRADE_RETCODE_REJECT_CANCEL: Final = 10041
-TRADE_RETCODE_LONG_ONLY: Final = 10042
-TRADE_RETCODE_SHORT_ONLY: Final = 10043
-TRADE_RETCODE_CLOSE_ONLY: Final = 10044
-TRADE_RETCODE_FIFO_CLOSE: Final = 10045
-TRADE_RETCODE_HEDGE_PROHIBITED: Final = 10046
 
 EA_BAD_SIGNATURE: Final = -1
 """The protocol's code for a command refused because its signature did not verify."""
@@ -93,54 +60,26 @@ class Retcode:
         return None if self.outcome is Outcome.UNKNOWN else False
 
 
-_O = Outcome
+# The server's category says what an answer means for the command; the bridge names the final
+# refusals a trader can act on (the market, the money, the stops, the volume).
+_BY_CATEGORY: Final = {
+    ResultCategory.DONE: Outcome.DONE,
+    ResultCategory.RETRYABLE: Outcome.RETRY,
+    ResultCategory.ALREADY_CLOSED: Outcome.ALREADY_CLOSED,
+    ResultCategory.UNKNOWN: Outcome.UNKNOWN,
+    ResultCategory.FINAL: Outcome.REJECTED,
+}
+_REFUSALS: Final = {
+    "MARKET_CLOSED": Outcome.MARKET_CLOSED,
+    "NO_MONEY": Outcome.NO_MONEY,
+    "INVALID_STOPS": Outcome.INVALID_STOPS,
+    "INVALID_VOLUME": Outcome.INVALID_VOLUME,
+    "LIMIT_VOLUME": Outcome.INVALID_VOLUME,
+    "INVALID_CLOSE_VOLUME": Outcome.INVALID_VOLUME,
+}
 RETCODES: Final[dict[int, Retcode]] = {
-    r.code: r
-    for r in (
-        Retcode(TRADE_RETCODE_REQUOTE, "REQUOTE", _O.RETRY),
-        Retcode(TRADE_RETCODE_REJECT, "REJECT", _O.REJECTED),
-        Retcode(TRADE_RETCODE_CANCEL, "CANCEL", _O.REJECTED),
-        Retcode(TRADE_RETCODE_PLACED, "PLACED", _O.DONE),
-        Retcode(TRADE_RETCODE_DONE, "DONE", _O.DONE),
-        Retcode(TRADE_RETCODE_DONE_PARTIAL, "DONE_PARTIAL", _O.DONE),
-        Retcode(TRADE_RETCODE_ERROR, "ERROR", _O.REJECTED),
-        Retcode(TRADE_RETCODE_TIMEOUT, "TIMEOUT", _O.UNKNOWN),
-        Retcode(TRADE_RETCODE_INVALID, "INVALID", _O.REJECTED),
-        Retcode(TRADE_RETCODE_INVALID_VOLUME, "INVALID_VOLUME", _O.INVALID_VOLUME),
-        Retcode(TRADE_RETCODE_INVALID_PRICE, "INVALID_PRICE", _O.REJECTED),
-        Retcode(TRADE_RETCODE_INVALID_STOPS, "INVALID_STOPS", _O.INVALID_STOPS),
-        Retcode(TRADE_RETCODE_TRADE_DISABLED, "TRADE_DISABLED", _O.REJECTED),
-        Retcode(TRADE_RETCODE_MARKET_CLOSED, "MARKET_CLOSED", _O.MARKET_CLOSED),
-        Retcode(TRADE_RETCODE_NO_MONEY, "NO_MONEY", _O.NO_MONEY),
-        Retcode(TRADE_RETCODE_PRICE_CHANGED, "PRICE_CHANGED", _O.RETRY),
-        Retcode(TRADE_RETCODE_PRICE_OFF, "PRICE_OFF", _O.RETRY),
-        Retcode(TRADE_RETCODE_INVALID_EXPIRATION, "INVALID_EXPIRATION", _O.REJECTED),
-        Retcode(TRADE_RETCODE_ORDER_CHANGED, "ORDER_CHANGED", _O.REJECTED),
-        Retcode(TRADE_RETCODE_TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", _O.RETRY),
-        Retcode(TRADE_RETCODE_NO_CHANGES, "NO_CHANGES", _O.DONE),
-        Retcode(TRADE_RETCODE_SERVER_DISABLES_AT, "SERVER_DISABLES_AT", _O.REJECTED),
-        Retcode(TRADE_RETCODE_CLIENT_DISABLES_AT, "CLIENT_DISABLES_AT", _O.REJECTED),
-        Retcode(TRADE_RETCODE_LOCKED, "LOCKED", _O.UNKNOWN),
-        Retcode(TRADE_RETCODE_FROZEN, "FROZEN", _O.REJECTED),
-        Retcode(TRADE_RETCODE_INVALID_FILL, "INVALID_FILL", _O.REJECTED),
-        Retcode(TRADE_RETCODE_CONNECTION, "CONNECTION", _O.UNKNOWN),
-        Retcode(TRADE_RETCODE_ONLY_REAL, "ONLY_REAL", _O.REJECTED),
-        Retcode(TRADE_RETCODE_LIMIT_ORDERS, "LIMIT_ORDERS", _O.REJECTED),
-        Retcode(TRADE_RETCODE_LIMIT_VOLUME, "LIMIT_VOLUME", _O.INVALID_VOLUME),
-        Retcode(TRADE_RETCODE_INVALID_ORDER, "INVALID_ORDER", _O.REJECTED),
-        Retcode(TRADE_RETCODE_POSITION_CLOSED, "POSITION_CLOSED", _O.ALREADY_CLOSED),
-        Retcode(TRADE_RETCODE_INVALID_CLOSE_VOLUME, "INVALID_CLOSE_VOLUME", _O.INVALID_VOLUME),
-        Retcode(TRADE_RETCODE_CLOSE_ORDER_EXIST, "CLOSE_ORDER_EXIST", _O.REJECTED),
-        Retcode(TRADE_RETCODE_LIMIT_POSITIONS, "LIMIT_POSITIONS", _O.REJECTED),
-        Retcode(TRADE_RETCODE_REJECT_CANCEL, "REJECT_CANCEL", _O.REJECTED),
-        Retcode(TRADE_RETCODE_LONG_ONLY, "LONG_ONLY", _O.REJECTED),
-        Retcode(TRADE_RETCODE_SHORT_ONLY, "SHORT_ONLY", _O.REJECTED),
-        Retcode(TRADE_RETCODE_CLOSE_ONLY, "CLOSE_ONLY", _O.REJECTED),
-        Retcode(TRADE_RETCODE_FIFO_CLOSE, "FIFO_CLOSE", _O.REJECTED),
-        Retcode(TRADE_RETCODE_HEDGE_PROHIBITED, "HEDGE_PROHIBITED", _O.REJECTED),
-        Retcode(EA_BAD_SIGNATURE, "EA_BAD_SIGNATURE", _O.REJECTED),
-        Retcode(EA_REJECTED, "EA_REJECTED", _O.REJECTED),
-    )
+    code: Retcode(code, row.name, _REFUSALS.get(row.name, _BY_CATEGORY[row.category]))
+    for code, row in RESULT_CODES["mt5"].items()
 }
 
 
