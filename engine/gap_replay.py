@@ -15,6 +15,14 @@ exactly what the live book would have fired had it watched. The caller hands the
 positions' user actors and arms what did not fire in the live book, with the levels the trailing
 rules moved them to.
 
+Each position is judged only from its last change on: the gap starts at the old owner's last
+checkpoint, which may be older than the position (opened, or its levels changed, after it). A
+quote stamped (by the stream, on arrival) at or before ``updated_ms`` was judged by the old owner
+against the position as it then was, and the change was journaled after it; judging it again
+against the new levels could fire what never touched. A position is armed just before the first
+quote stamped after its change, against the price the book holds then, as the live book arms a
+position against its last quote (a level that price had already crossed fires at once).
+
 Pure: no clock, no I/O; time is each quote's own.
 """
 
@@ -58,13 +66,13 @@ class GapOutcome(NamedTuple):
 def replay_gap(
     instrument: Instrument,
     positions: Iterable[Position],
-    quotes: Iterable[Quote],
+    quotes: Iterable[tuple[Quote, int]],
     *,
     quote_limits: QuoteLimits | None = None,
     market_limits: MarketLimits | None = None,
 ) -> GapOutcome:
-    """Judge ``quotes`` (one symbol's, in stream order) against the OPEN ``positions`` of
-    that symbol; see the module docstring. Other positions are ignored."""
+    """Judge ``quotes`` (one symbol's ``(quote, stamp_ms)`` in stream order) against the OPEN
+    ``positions`` of that symbol; see the module docstring. Other positions are ignored."""
     core = SymbolCore(instrument, quote_limits, market_limits)
     watched = [
         p
@@ -73,14 +81,20 @@ def replay_gap(
         and p.state is PositionState.OPEN
         and p.open_price is not None
     ]
+    watched.sort(key=lambda p: p.updated_ms)
     fired: list[GapFire] = []
-    # Armed against no quote yet: nothing fires at arming (the book has no price).
-    for user_id, trigger in core.arm_many(watched):
-        fired.append(GapFire(user_id, trigger, -1))
     moved: dict[str, tuple[str, LevelMove]] = {}
     rejected = 0
-    for index, quote in enumerate(quotes):
-        if not len(core):
+    waiting = 0  # watched[waiting:] are not armed yet
+    for index, (quote, stamp_ms) in enumerate(quotes):
+        armed_now = waiting
+        while waiting < len(watched) and watched[waiting].updated_ms < stamp_ms:
+            waiting += 1
+        if waiting > armed_now:
+            # Fired at arming: by the last price, the previous quote's.
+            for user_id, trigger in core.arm_many(watched[armed_now:waiting]):
+                fired.append(GapFire(user_id, trigger, index - 1))
+        if not len(core) and waiting == len(watched):
             break  # everything fired: the rest of the gap cannot touch anything
         outcome = core.on_quote(quote.bid, quote.ask, quote.time_ms, quote.time_ms)
         if outcome.rejected is not None:

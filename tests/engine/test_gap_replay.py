@@ -21,26 +21,29 @@ SCALE = GOLD.scale
 START = 1950.0
 
 
-def _path(steps: list[int]) -> list[Quote]:
+def _path(steps: list[int]) -> list[tuple[Quote, int]]:
     """Quotes a few points apart (well inside the validator's jump limit), 100 ms apart."""
     quotes, mid = [], round(START * SCALE)
     for i, step in enumerate(steps):
         mid += step
-        quotes.append(
-            Quote(
-                symbol="XAUUSD",
-                bid=(mid - 5) / SCALE,
-                ask=(mid + 5) / SCALE,
-                time_ms=1000 + i * 100,
-            )
+        quote = Quote(
+            symbol="XAUUSD", bid=(mid - 5) / SCALE, ask=(mid + 5) / SCALE, time_ms=1000 + i * 100
         )
+        quotes.append((quote, quote.time_ms))  # stamped on arrival, at its own time here
     return quotes
 
 
 def _first_touch(
-    side: Side, sl: int | None, tp: int | None, quotes: list[Quote]
+    side: Side, sl: int | None, tp: int | None, quotes: list[tuple[Quote, int]], since: int = 0
 ) -> tuple[int, TriggerKind] | None:
-    for i, q in enumerate(quotes):
+    """The brute force: armed at quote ``since`` against the last price (the quote before),
+    then judged by every later quote; never armed if the gap ends first (the live book arms it
+    after the replay, against the same last price)."""
+    if since >= len(quotes):
+        return None
+    for i, (q, _) in enumerate(quotes):
+        if i < since - 1:
+            continue
         price = round((q.bid if side is Side.BUY else q.ask) * SCALE)
         if sl is not None and (price <= sl if side is Side.BUY else price >= sl):
             return i, TriggerKind.SL
@@ -53,29 +56,44 @@ def _first_touch(
 @given(
     steps=st.lists(st.integers(-40, 40), min_size=1, max_size=60),
     levels=st.lists(
-        st.tuples(st.sampled_from([Side.BUY, Side.SELL]), st.integers(1, 400), st.integers(1, 400)),
+        st.tuples(
+            st.sampled_from([Side.BUY, Side.SELL]),
+            st.integers(1, 400),
+            st.integers(1, 400),
+            st.integers(0, 20),
+        ),
         min_size=1,
         max_size=12,
     ),
 )
-def test_each_position_fires_at_its_first_touch(
-    steps: list[int], levels: list[tuple[Side, int, int]]
+def test_each_position_fires_at_its_first_touch_after_its_last_change(
+    steps: list[int], levels: list[tuple[Side, int, int, int]]
 ) -> None:
+    """A position changed (opened, moved) at some point of the gap is judged from there on:
+    armed against the last price, then every later quote."""
     quotes = _path(steps)
     mid = round(START * SCALE)
     positions = []
-    for i, (side, sl_off, tp_off) in enumerate(levels):
+    since: dict[str, int] = {}
+    for i, (side, sl_off, tp_off, k) in enumerate(levels):
         sign = 1 if side is Side.BUY else -1
+        # Changed just before quote k was stamped (quotes are stamped 1000 + 100 i).
         positions.append(
             make_position(
-                i, side=side, open_price=mid, sl=mid - sign * sl_off, tp=mid + sign * tp_off
+                i,
+                side=side,
+                open_price=mid,
+                sl=mid - sign * sl_off,
+                tp=mid + sign * tp_off,
+                updated_ms=1000 + k * 100 - 50,
             )
         )
+        since[f"p{i}"] = k
     outcome = replay_gap(GOLD, positions, quotes)
     got = {f.trigger.position_id: (f.quote_index, f.trigger.kind) for f in outcome.fired}
     assert len(got) == len(outcome.fired), "a position fired twice"
     for p in positions:
-        assert got.get(p.id) == _first_touch(p.side, p.sl, p.tp, quotes), p
+        assert got.get(p.id) == _first_touch(p.side, p.sl, p.tp, quotes, since[p.id]), p
     assert [f.quote_index for f in outcome.fired] == sorted(f.quote_index for f in outcome.fired)
     assert outcome.rejected == 0
 
