@@ -13,6 +13,7 @@ and exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import errno
 import os
 import sys
@@ -157,7 +158,13 @@ def _run(args: argparse.Namespace) -> int:
         environ.update({env_name(k): v for k, v in raw.items()})
         settings = load_settings(environ)
         configure_logging(settings.log_format, settings.log_level)
-        trio.run(run, settings)
+        if settings.nodes > 1:
+            from gateway.launcher import launch
+            from gateway.runtime import wait_for_signal
+
+            trio.run(functools.partial(launch, settings, shutdown_trigger=wait_for_signal))
+        else:
+            trio.run(run, settings)
     except ConfigError as exc:
         print(f"tripwire run: configuration error: {exc.message}", file=sys.stderr)
         return 1

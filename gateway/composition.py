@@ -60,7 +60,7 @@ from persistence.snapshot_store import SnapshotStore
 from protocol.common import Alert
 from protocol.nonces import MemoryNonceCache
 
-__all__ = ["AlertRelay", "Services", "open_services", "timing_of"]
+__all__ = ["AlertRelay", "Services", "open_services", "postgres_dsn", "secret_file", "timing_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,7 @@ def timing_of(settings: Settings) -> Timing:
     )
 
 
-def _secret_file(path: Path, nbytes: int = 48) -> bytes:
+def secret_file(path: Path, nbytes: int = 48) -> bytes:
     """A secret kept in the state dir (created once, readable by the owner only)."""
     if path.exists():
         return path.read_bytes().strip()
@@ -132,7 +132,7 @@ def _secret_file(path: Path, nbytes: int = 48) -> bytes:
 
 
 @asynccontextmanager
-async def _postgres(settings: Settings, state_dir: Path) -> AsyncIterator[str]:
+async def postgres_dsn(settings: Settings, state_dir: Path) -> AsyncIterator[str]:
     """The DSN of ``DATABASE_URL``, or of an embedded server started (and stopped) here."""
     if settings.database_url is not None:
         yield settings.database_url
@@ -202,7 +202,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     await trio.Path(state_dir).mkdir(parents=True, exist_ok=True)
     clock = WallClock()
     async with (
-        _postgres(settings, state_dir) as dsn,
+        postgres_dsn(settings, state_dir) as dsn,
         open_bridge() as bridge,
         open_database(bridge, dsn) as db,
     ):
@@ -219,12 +219,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await registry.load()
         strategies = parse_strategies(settings.strategies)
         if settings.demo_strategy:
-            strategies.setdefault(DEMO_STRATEGY, [_secret_file(state_dir / "demo-strategy.key")])
+            strategies.setdefault(DEMO_STRATEGY, [secret_file(state_dir / "demo-strategy.key")])
         demo = await ensure_demo(registry, settings)
         jwt_secret = (
             settings.jwt_secret.encode()
             if settings.jwt_secret
-            else _secret_file(state_dir / "jwt.key")
+            else secret_file(state_dir / "jwt.key")
         )
         async with _redis(settings, bridge, clock.now_ms()) as (nonces, cache, redis):
             node = Node(

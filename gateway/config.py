@@ -97,6 +97,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_backoff_ms: int = 200
     retry_backoff_max_ms: int = 5000
     csv_export_max_rows: int = 100_000
+    nodes: int = 1
+    node_url: str | None = None
+    node_id: str | None = None
+    partitions: int = 64
+    lease_s: float = 5.0
+    stream_keep_s: float = 300.0
 
 
 SETTINGS_HELP: dict[str, str] = {
@@ -185,6 +191,23 @@ SETTINGS_HELP: dict[str, str] = {
     "csv_export_max_rows": "rows one GET /api/v1/positions.csv may stream (the export ends with "
     "a comment line saying it was cut; narrow it by date or symbol)",
 }
+
+SETTINGS_HELP.update(
+    {
+        "nodes": "node processes `tripwire run` starts on this machine, sharing one Postgres and "
+        "one Redis (more than 1: cluster mode, docs/operations.md); about one per core",
+        "node_url": "this node's own public URL (TRIPWIRE_NODE_URL); set: run as one node of a "
+        "cluster, joining the others through DATABASE_URL and REDIS_URL; devices and REST calls "
+        "for users owned elsewhere are redirected to the owner's URL",
+        "node_id": "this node's name in the cluster (default: host and port)",
+        "partitions": "partitions users are spread over in cluster mode; every node of a "
+        "cluster must use the same count (it is stored in the database)",
+        "lease_s": "a partition lease, seconds: a hung node's partitions are claimed after this; "
+        "a killed node's at once",
+        "stream_keep_s": "seconds of quotes each symbol's Redis stream keeps (at least the lease "
+        "plus recovery plus the largest reader lag; older gaps replay from 1 s bars)",
+    }
+)
 
 _CONVENTIONAL = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
 
@@ -355,6 +378,16 @@ def _check(s: Settings) -> None:  # noqa: C901
         fail("retry_backoff_max_ms", "must be at least retry_backoff_ms and at most 600000 ms")
     if not 1 <= s.csv_export_max_rows <= 10_000_000:
         fail("csv_export_max_rows", "must be 1..10000000 rows")
+    if not 1 <= s.nodes <= 64:
+        fail("nodes", "must be 1..64")
+    if s.node_url is not None and not s.node_url.startswith(("http://", "https://")):
+        fail("node_url", "must be the node's http(s) URL")
+    if not 1 <= s.partitions <= 4096:
+        fail("partitions", "must be 1..4096")
+    if not 1 <= s.lease_s <= 300:
+        fail("lease_s", "must be 1..300 seconds")
+    if s.stream_keep_s < 3 * s.lease_s:
+        fail("stream_keep_s", "must be at least three leases (a claim replays the gap from it)")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     demo = s.paper_device or s.demo_strategy

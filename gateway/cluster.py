@@ -1,0 +1,471 @@
+"""One node of a cluster: the partitions it owns, the ticks it reads, where others' users live.
+
+``docs/architecture.md`` ("Scaling past one process") is the design; this module drives it.
+:class:`ClusterNode` sits between the lease manager (``persistence.leases``), the fenced
+partition journal (``persistence.partition_journal``), the tick streams
+(``persistence.tick_streams``, ``persistence.tick_reader``) and the node's actors
+(``actors.node``). It is the gateway's :class:`~gateway.placement.Ownership` (where a user
+lives) and the node's :class:`~actors.ports.CommandGate` (may this node command a device now).
+
+**Ticks.** Every feed of this node (``/ws/feed``, the replay, an upstream URL) hands its quotes to
+:meth:`ClusterNode.offer_quotes`, which only queues them for the appender: a quote is processed
+once it has its stream seq, never locally first. The reader delivers every symbol's stream to the
+node in seq order, and remembers the last seq it delivered per symbol.
+
+**Checkpoints.** Every ``checkpoint_every_s``, when the node has nothing pending (every quote
+delivered so far has been judged, its fires decided, their records appended), each ready partition
+records per symbol the seq delivered: the journal writes it with that partition's next batch, so a
+checkpoint never runs ahead of the records it vouches for. A busy node checkpoints later, never
+wrongly: a claimer then replays a little more, and replaying a quote its positions have already
+seen is harmless (their state already says what it did).
+
+**A claim** (:class:`~persistence.leases.Claimed`, committed) runs in order:
+
+1. read the partition (its snapshot and journal tail: only now, after the claim committed) and
+   open it in the journal writer after its last seq, with the previous owner's checkpoint;
+2. hold the live quotes (the reader's deliveries wait) and fetch, per symbol, the quotes after the
+   checkpoint up to the last one delivered (ring, stream, bars: ``StreamReader.replay``);
+3. judge them against the partition's open positions, in order (``engine.gap_replay``), each
+   position only from its last change on (a quote older than that was judged by the old owner);
+   trailing moves found there are applied to the state before it is armed;
+4. adopt the users (their actors re-arm the live book) and wait until every one is armed; hand
+   the gap's fires to their users; record the checkpoint; let the held quotes go.
+
+Commands of the adopted users then wait for each device's positions snapshot (``actors.node``,
+``Node.adopt``), and pass the lease check before every send (:meth:`may_send`).
+
+**A loss** (another node claimed the partition: a hang, a partition from Postgres) releases the
+users at once; the journal has fenced their writes already.
+
+**A handover** (balancing, or this node stopping) runs: stop firing (the positions leave the
+books; the checkpoint is the seq delivered at that moment), wait for the commands in flight to
+be answered (at most ``handover_ack_wait_s``), flush the partition with its checkpoint, release
+the actors, release the lease naming the next owner, and redirect the devices (``moved``).
+Nothing is sent twice: the next owner starts from the flushed journal, and its commands wait
+for each device's snapshot.
+
+**Postgres away for longer than a lease.** The leases lapse locally, so :meth:`may_send` refuses
+and commands are held, not sent; quotes go on being judged and fires decided and journaled in
+memory (the journal buffers), so nothing is forgotten, and the closes go out when the lease is
+renewed (Postgres is back and nobody else claimed it) or are redone by the new owner (from its
+snapshot of each device). The cluster does not trade blind through a Postgres outage: a node
+that cannot renew cannot know that nobody else owns its users, and two owners would close twice.
+A single node (no lease) keeps trading through it, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from actors.directory import partition_of
+from actors.messages import Fired
+from actors.node import Node
+from engine.gap_replay import replay_gap
+from engine.instruments import Instrument
+from engine.partitioning import record_user, split_state
+from engine.records import LevelsMoved, Record
+from engine.state import EngineState
+from gateway.placement import Elsewhere, Local, Placement, Unowned
+from persistence import lease_sql
+from persistence.db import Database
+from persistence.leases import Claimed, HandoverWanted, LeaseManager, Lost
+from persistence.partition_journal import PartitionJournalWriter
+from persistence.partition_store import compact_partition, load_partition, write_partition_snapshot
+from persistence.tick_reader import StreamReader
+from persistence.tick_streams import Stamped, TickAppender
+from protocol.errors import Fenced, StorageError
+from protocol.feed import Quote
+
+__all__ = ["ClusterConfig", "ClusterNode", "ClusterStats", "record_partition"]
+
+_log = structlog.get_logger(component="cluster")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    node_id: str
+    url: str
+    partitions: int = 64
+    checkpoint_every_s: float = 0.2
+    placements_every_s: float = 0.5
+    snapshot_every_s: float = 60.0
+    handover_ack_wait_s: float = 5.0
+    arm_wait_s: float = 10.0
+    retry_after_ms: int = 250
+    """What a ``moved`` frame for a partition nobody owns yet tells the client to wait."""
+
+
+@dataclass(slots=True)
+class ClusterStats:
+    """Counters for ``/metrics`` (the lease manager's and the streams' own are read there too)."""
+
+    claims_ready: int = 0
+    releases: int = 0
+    handovers_done: int = 0
+    gap_quotes: int = 0
+    gap_fires: int = 0
+    fenced_partitions: int = 0
+    quotes_appended: int = 0
+    last_claim_s: float = 0.0
+    by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def record_partition(
+    node: Node, partitions: int
+) -> functools.partial[int | None]:
+    """The journal's ``partition_of``: a record's user's partition, None for a global one."""
+    return functools.partial(_record_partition, node, partitions)
+
+
+def _record_partition(node: Node, partitions: int, record: Record) -> int | None:
+    def position_user(pid: str) -> str | None:
+        p = node.state.positions.get(pid)
+        return None if p is None else p.user_id
+
+    user = record_user(record, position_user, node.directory.device_owner)
+    return None if user is None else partition_of(user, partitions)
+
+
+class ClusterNode:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        db: Database,
+        node: Node,
+        journal: PartitionJournalWriter[Record],
+        leases: LeaseManager,
+        appender: TickAppender,
+        reader: StreamReader,
+        instruments: Mapping[str, Instrument],
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.node = node
+        self.journal = journal
+        self.leases = leases
+        self.appender = appender
+        self.reader = reader
+        self.instruments = dict(instruments)
+        self.stats = ClusterStats()
+        self.delivered: dict[str, int] = {}
+        """symbol -> the last stream seq handed to the node."""
+        self.ready: set[int] = set()
+        """Partitions adopted and armed: their users are served here."""
+        self._claiming: set[int] = set()
+        self._placements: dict[int, tuple[str | None, str | None, int]] = {}
+        self._to_append: list[Quote] = []
+        self._append_wanted = trio.Event()
+        self._held: list[list[Stamped]] | None = None
+        """Deliveries held while a claim replays its gap (None: deliver at once)."""
+        self._resume = trio.Event()
+        self._release_devices: dict[str, str | None] = {}
+        self._moved_sender: MovedSender | None = None
+
+    # -- ports ------------------------------------------------------------------------------
+
+    def partition(self, user_id: str) -> int:
+        return partition_of(user_id, self.config.partitions)
+
+    def locate(self, user_id: str) -> Placement:
+        """Where ``user_id`` is served (the gateway's Ownership port)."""
+        p = self.partition(user_id)
+        if p in self.ready and self.leases.holds(p):
+            return Local()
+        owner, url, epoch = self._placements.get(p, (None, None, 0))
+        if owner is not None and url is not None and owner != self.config.node_id:
+            return Elsewhere(url=url, partition=p, epoch=epoch)
+        return Unowned(partition=p, retry_after_ms=self.config.retry_after_ms)
+
+    def may_send(self, user_id: str) -> bool:
+        """The node's CommandGate: the user's partition is held and its deadline not passed."""
+        p = self.partition(user_id)
+        return p in self.ready and self.leases.holds(p)
+
+    def offer_quotes(self, quotes: Iterable[Quote], sent_ms: int | None = None) -> int:
+        """A feed's quotes: queued for the streams (never processed before they have a seq)."""
+        before = len(self._to_append)
+        self._to_append.extend(quotes)
+        added = len(self._to_append) - before
+        if added:
+            self._append_wanted.set()
+        return added
+
+    def bind_moved(self, sender: MovedSender) -> None:
+        """How a released device is told where to go (the gateway's sessions)."""
+        self._moved_sender = sender
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join, read the streams, claim and serve partitions until cancelled; then hand every
+        partition over in order (shielded, bounded)."""
+        for symbol in self.instruments:
+            self.reader.watch(symbol)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.leases.run)
+                nursery.start_soon(self._append_forever)
+                nursery.start_soon(self.appender.run)
+                nursery.start_soon(self._read_forever)
+                nursery.start_soon(self._placements_forever)
+                nursery.start_soon(self._checkpoints_forever)
+                nursery.start_soon(self._snapshots_forever)
+                nursery.start_soon(self._events_forever)
+                task_status.started()
+        finally:
+            _log.info("cluster node stopped", node_id=self.config.node_id)
+
+    async def hand_over_all(self) -> None:
+        """A planned stop: hand every ready partition over, one at a time (the others claim
+        them as they are released)."""
+        for p in sorted(self.ready):
+            await self._hand_over(p, None, reason="shutdown")
+
+    # -- ticks ------------------------------------------------------------------------------
+
+    async def _append_forever(self) -> None:
+        while True:
+            await self._append_wanted.wait()
+            self._append_wanted = trio.Event()
+            batch, self._to_append = self._to_append, []
+            if batch:
+                await self.appender.append(batch)
+                self.stats.quotes_appended += len(batch)
+
+    async def _read_forever(self) -> None:
+        async for batch in self.reader.batches():
+            if self._held is not None:
+                self._held.append(batch)
+                continue
+            self._deliver(batch)
+
+    def _deliver(self, batch: list[Stamped]) -> None:
+        node, delivered = self.node, self.delivered
+        for stamped in batch:
+            if stamped.synthetic:
+                continue  # bar quotes fill a claim's gap only; the live book sees real quotes
+            node.offer_quotes((stamped.quote,))
+            delivered[stamped.symbol] = stamped.seq
+
+    @contextlib.asynccontextmanager
+    async def _holding_quotes(self) -> AsyncIterator[None]:
+        """Hold the reader's deliveries (a claim replays its gap meanwhile), then deliver
+        them in order."""
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for batch in held:
+                self._deliver(batch)
+
+    # -- partitions -------------------------------------------------------------------------
+
+    async def _events_forever(self) -> None:
+        async for event in self.leases.events:
+            match event:
+                case Claimed():
+                    await self._claim(event)
+                case Lost(partition=p, reason=reason):
+                    await self._release(p, reason=f"lost: {reason}", next_url=None)
+                case HandoverWanted(partition=p, next_owner=next_owner):
+                    await self._hand_over(p, next_owner, reason="balance")
+
+    def _users_of(self, p: int) -> set[str]:
+        users = {u for u in self.node.users if self.partition(u) == p}
+        users |= {pos.user_id for pos in self.node.state.positions.values() if self.partition(pos.user_id) == p}
+        return users
+
+    async def _claim(self, event: Claimed) -> None:
+        p = event.partition
+        started = time.monotonic()
+        self._claiming.add(p)
+        try:
+            state, last_seq = await load_partition(self.db, p)
+            self.journal.open_partition(p, event.epoch, last_seq, event.checkpoint)
+            async with self._holding_quotes():
+                fires, moves = await self._replay_gap(state, event.checkpoint)
+                adopted = await self.node.adopt(state)
+                with trio.move_on_after(self.config.arm_wait_s):
+                    for user_id in adopted.user_ids:
+                        actor = self.node.users.get(user_id)
+                        if actor is not None:
+                            await actor.wait_ready()
+                if moves:
+                    self.node.record(moves)
+                for user_id, triggers in fires.items():
+                    self.node.user(user_id).deliver(Fired(triggers, 0, time.perf_counter()))
+                for symbol, seq in self.delivered.items():
+                    self.journal.set_checkpoint(p, symbol, seq)
+                self.ready.add(p)
+        except (StorageError, Fenced) as exc:
+            _log.error("claim failed; the partition is given up", partition=p, error=str(exc))
+            with contextlib.suppress(StorageError):
+                await self.leases.release(p, None)
+            return
+        finally:
+            self._claiming.discard(p)
+        self.stats.claims_ready += 1
+        self.stats.last_claim_s = time.monotonic() - started
+        _log.info(
+            "partition ready",
+            partition=p,
+            epoch=event.epoch,
+            previous_owner=event.previous_owner,
+            users=len(adopted.user_ids),
+            positions=adopted.positions,
+            gap_fires=sum(len(t) for t in fires.values()),
+            seconds=round(self.stats.last_claim_s, 3),
+            owned=sorted(self.ready),
+        )
+
+    async def _replay_gap(
+        self, state: EngineState, checkpoint: Mapping[str, int]
+    ) -> tuple[dict[str, list], list[LevelsMoved]]:
+        """The gap's fires by user, and the trailing moves to apply (see the module doc)."""
+        fires: dict[str, list] = defaultdict(list)
+        moves: list[LevelsMoved] = []
+        by_symbol: dict[str, list] = defaultdict(list)
+        for position in state.positions.values():
+            by_symbol[position.symbol].append(position)
+        for symbol, positions in by_symbol.items():
+            instrument = self.instruments.get(symbol)
+            after = checkpoint.get(symbol)
+            upto = self.delivered.get(symbol)
+            if instrument is None or after is None or upto is None or upto <= after:
+                continue
+            replayed = await self.reader.replay(symbol, after, upto)
+            quotes = [(s.quote, s.stream_id[0]) for s in replayed.quotes]
+            self.stats.gap_quotes += len(quotes)
+            outcome = replay_gap(
+                instrument,
+                positions,
+                quotes,
+                quote_limits=self.node.config.quote_limits,
+            )
+            for fire in outcome.fired:
+                fires[fire.user_id].append(fire.trigger)
+            self.stats.gap_fires += len(outcome.fired)
+            for pid, (_user, move) in outcome.moved.items():
+                position = state.positions[pid]
+                time_ms = self.node.clock.now_ms()
+                state.positions[pid] = position.with_changes(time_ms, sl=move.sl)
+                moves.append(LevelsMoved(position_id=pid, sl=move.sl, tp=position.tp, time_ms=time_ms))
+        return fires, moves
+
+    async def _release(self, p: int, *, reason: str, next_url: str | None) -> None:
+        self.ready.discard(p)
+        users = self._users_of(p)
+        await self.node.release(
+            users,
+            reason=reason,
+            on_device_released=functools.partial(self._moved, p, next_url),
+        )
+        with contextlib.suppress(StorageError):
+            await self.journal.close_partition(p)
+        self.stats.releases += 1
+        self.stats.by_reason[reason.split(":")[0]] += 1
+        _log.info("partition released", partition=p, reason=reason, owned=sorted(self.ready))
+
+    async def _hand_over(self, p: int, next_owner: str | None, *, reason: str) -> None:
+        """The ordered handover (module docstring)."""
+        if p not in self.ready:
+            return
+        users = self._users_of(p)
+        # 1. stop firing: the positions leave the books; the checkpoint is what was delivered.
+        self.ready.discard(p)
+        for actor in self.node.symbols.values():
+            actor.release(users, {pos.id for pos in self.node.state.positions.values() if pos.user_id in users and pos.symbol == actor.symbol})
+        stop_at = dict(self.delivered)
+        # 2. wait for the commands in flight, bounded.
+        with trio.move_on_after(self.config.handover_ack_wait_s):
+            while any(c.user_id in users for c in self.node.state.commands.values()):
+                await trio.sleep(0.02)
+        # 3. flush, with the checkpoint.
+        for symbol, seq in stop_at.items():
+            self.journal.set_checkpoint(p, symbol, seq)
+        next_url = self._placements.get(p, (None, None, 0))[1] if next_owner is None else await self._url_of(next_owner)
+        try:
+            await self.journal.flush_partition(p)
+        except Fenced:
+            await self._release(p, reason="fenced during handover", next_url=None)
+            return
+        # 4. the actors go, the lease goes (named for the next owner); 5. devices redirected.
+        await self.node.release(users, reason=reason, on_device_released=functools.partial(self._moved, p, next_url))
+        await self.journal.close_partition(p)
+        await self.leases.release(p, next_owner)
+        self.stats.handovers_done += 1
+        _log.info("partition handed over", partition=p, next_owner=next_owner, reason=reason, owned=sorted(self.ready))
+
+    async def _url_of(self, node_id: str) -> str | None:
+        with contextlib.suppress(StorageError):
+            return await self.db.run_with_connection(functools.partial(lease_sql.node_url, node_id=node_id))
+        return None
+
+    async def _moved(self, p: int, url: str | None, device_id: str) -> None:
+        sender = self._moved_sender
+        if sender is not None:
+            await sender(device_id, p, url)
+
+    # -- background -------------------------------------------------------------------------
+
+    async def _placements_forever(self) -> None:
+        """Who owns which partition, for redirects (read from Postgres twice a second)."""
+        while True:
+            with contextlib.suppress(StorageError):
+                rows = await self.db.run_with_connection(lease_sql.placements)
+                self._placements = {r.partition: (r.owner, r.url, r.epoch) for r in rows}
+            await trio.sleep(self.config.placements_every_s)
+
+    async def _checkpoints_forever(self) -> None:
+        while True:
+            await trio.sleep(self.config.checkpoint_every_s)
+            if self.node.pending() or self._held is not None:
+                continue
+            for p in self.ready:
+                for symbol, seq in self.delivered.items():
+                    self.journal.set_checkpoint(p, symbol, seq)
+
+    async def _snapshots_forever(self) -> None:
+        while True:
+            await trio.sleep(self.config.snapshot_every_s)
+            await self.snapshot_partitions()
+
+    async def snapshot_partitions(self) -> int:
+        """Snapshot every ready partition from the live state (fenced); how many were written."""
+        pieces = split_state(self.node.state, self.partition)
+        seqs = {p: self.journal.last_seq(p) for p in self.ready}
+        written = 0
+        for p, seq in seqs.items():
+            piece = pieces.get(p) or EngineState()
+            piece.seq = seq
+            epoch = self.leases.epoch(p)
+            if epoch is None or seq == 0:
+                continue
+            try:
+                await self.journal.flush_partition(p)
+                await write_partition_snapshot(self.db, p, epoch, seq, piece.encode_snapshot())
+                await compact_partition(self.db, p, epoch, seq)
+            except (Fenced, StorageError) as exc:
+                _log.warning("partition snapshot failed", partition=p, error=str(exc))
+                continue
+            written += 1
+        return written
+
+
+class MovedSender:
+    """Typing only: ``async (device_id, partition, url) -> None``."""
+
+    async def __call__(self, device_id: str, partition: int, url: str | None) -> None: ...
