@@ -422,6 +422,7 @@ def command_hash(command: Command) -> str:
         fields.pop(name, None)
     return hashlib.blake2b(_HASH_ENCODER.encode(fields), digest_size=8).hexdigest()
 
+
 ServerMessage = (
     Welcome | OpenCommand | CloseCommand | PartialCloseCommand | ModifyCommand | Ping | DeviceError
 )
