@@ -337,15 +337,16 @@ class Node:
     ) -> ReleasedUsers:
         """Give users away: from the return on, nothing of theirs runs or fires here.
 
-        In order: their positions leave every symbol actor's book (with their fires not yet
-        handed out and their queued arms: O(their positions) in each book, no scan of it);
-        each of their devices' sessions is handed to ``on_device_released(device_id)`` (the
-        gateway sends ``moved`` and closes the connection) or, without it, closed here with
-        ``SERVICE_RESTART``; their user and device actors are cancelled and awaited; their
-        records leave :attr:`state` (signals, which are global, stay). The caller has made
-        their partition durable first (the journal flushed, the lease released): nothing of
-        theirs is journaled here from then on. Until they are adopted again, asking for an
-        actor of theirs raises :class:`~protocol.errors.UsageError`.
+        In order: their records leave :attr:`state` (one pass over it; signals, which are
+        global, stay); their positions leave every symbol actor's book, with their fires not
+        yet handed out and their queued arms (O(their positions) in each book, no scan of it);
+        their user and device actors are cancelled, all at once (nothing of theirs is sent
+        from then on); each of their devices is handed to ``on_device_released(device_id)``
+        (the gateway sends ``moved`` on the connection and closes it) or, without it, its
+        session is closed here with ``SERVICE_RESTART``; the actors' tasks are awaited.
+        The caller has made their partition durable first (the journal flushed, the lease
+        released): nothing of theirs is journaled here from then on. Until they are adopted
+        again, asking for an actor of theirs raises :class:`~protocol.errors.UsageError`.
         """
         users = set(user_ids)
         self._released.update(users)
