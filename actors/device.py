@@ -9,6 +9,12 @@ Commands from user actors enter with :meth:`DeviceActor.submit_nowait`, synchron
 command is in this device's outbox when the call returns (the tick path's last step). Frames
 from the device enter with :meth:`DeviceActor.inbound` and are handled in the actor's task.
 The outbox never drops: past its limit the device is marked unhealthy and an alert is raised.
+
+Every command handed to the link is first allowed by the node's
+:class:`~actors.ports.CommandGate` (a cluster node's lease check; the single node's allows all):
+asked when the core would send (a submission, the flush after a snapshot, a tick once the gate
+has opened again) and again by the writer before it writes commands that waited in the
+session's outbox. A refused command is queued again in the core, never lost.
 """
 
 from __future__ import annotations
@@ -110,6 +116,9 @@ class DeviceActor:
         self.log = structlog.get_logger().bind(device_id=device_id, user_id=user_id)
         self._nursery: trio.Nursery | None = None
         self._started = trio.Event()
+        self._gate = node.gate
+        self._counted = (0, 0)
+        """The core's (held, hash mismatches) already added to the node's counters."""
 
     def _new_core(self) -> DeviceCore:
         node = self.node
@@ -155,12 +164,13 @@ class DeviceActor:
 
     def submit_nowait(self, command: Command) -> None:
         """Hand a command to this device: in the outbox on return, or queued if it is away."""
-        out = self.core.submit(command, self.node.clock.now_ms())
-        self._apply(out)
+        allowed = self._gate.may_send(self.user_id)
+        self._apply(self.core.submit(command, self.node.clock.now_ms(), allowed))
 
     def submit_many_nowait(self, commands: list[Command]) -> None:
         """:meth:`submit_nowait` for several commands, in order (one wake-up of the writer)."""
-        self._apply(self.core.submit_many(commands, self.node.clock.now_ms()))
+        allowed = self._gate.may_send(self.user_id)
+        self._apply(self.core.submit_many(commands, self.node.clock.now_ms(), allowed))
 
     # -- sessions (from the gateway or the paper device) -------------------------------------
 
@@ -264,6 +274,10 @@ class DeviceActor:
                         batch = cast(list[ServerMessage], queued)
                     if not batch:
                         continue
+                    if not self._gate.may_send(self.user_id):
+                        batch = self._hold_commands(session, batch)
+                        if not batch:
+                            continue
                     send_many = getattr(session.link, "send_many", None)
                     if send_many is not None:  # one hand-over for the batch (see the link)
                         await send_many(batch)
@@ -278,6 +292,17 @@ class DeviceActor:
             except Exception as exc:  # the connection broke: the reader will report the close
                 self.log.info("device link write failed", error=str(exc))
 
+    def _hold_commands(self, session: Session, batch: list[ServerMessage]) -> list[ServerMessage]:
+        """The gate closed while these frames waited in the outbox: its commands go back to
+        the core's queue (unless the session was replaced meanwhile: then the core returned
+        them as lost already); the other frames (pings) are still sent."""
+        held = [f.command_id for f in batch if isinstance(f, _COMMANDS)]
+        if held and session is self.session:
+            self.core.unsend(held)
+            self._count()
+            self.log.warning("commands held: the gate refused them", commands=len(held))
+        return [f for f in batch if not isinstance(f, _COMMANDS)]
+
     # -- the actor ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -290,6 +315,7 @@ class DeviceActor:
 
     async def _run(self) -> None:
         self.core = self._new_core()
+        self._counted = (0, 0)
         if self.session is not None:  # a restart: the old session cannot be trusted
             stale, self.session = self.session, None
             await self._end(stale, CloseCode.SERVICE_RESTART, "device actor restarted")
@@ -318,9 +344,16 @@ class DeviceActor:
                 self._apply(core.disconnect(now))
                 self.log.info("device session closed", session_id=session.session_id)
             case Ack():
+                mismatches = core.hash_mismatches
                 out = core.on_ack(message, now)
                 fault = out.fault
                 self._apply(out)
+                if core.hash_mismatches != mismatches:
+                    self.log.error(
+                        "ack refused: its command_hash is another command's",
+                        command_id=message.command_id,
+                        command_hash=message.command_hash,
+                    )
                 if fault is not None:
                     self._refuse(session, fault, now)
             case Heartbeat():
@@ -330,7 +363,7 @@ class DeviceActor:
                 positions, out = core.on_snapshot(message.positions, now)
                 self._apply(out)
                 user.deliver(TerminalSnapshot(self.device_id, positions))
-                self._apply(core.flush())
+                self._apply(core.flush(self._gate.may_send(self.user_id)))
             case DealsReport():
                 core.last_seen_ms = now
                 if message.deals:
@@ -382,11 +415,32 @@ class DeviceActor:
         # loop for ~45 ms once a second (bench.engine's tick-to-outbox p99).
         await trio.sleep(period * (zlib.crc32(self.device_id.encode()) % 1000) / 1000)
         while True:
-            self._apply(self.core.tick(self.node.clock.now_ms()))
+            core = self.core
+            self._apply(core.tick(self.node.clock.now_ms()))
+            if core.gate_held and self._gate.may_send(self.user_id):
+                self._apply(core.flush(True))  # the gate opened again: what it held goes
             await trio.sleep(period)
+
+    def retry_held(self) -> None:
+        """Send what the gate held, if it allows now (the node calls it when a lease is
+        renewed, so held commands need not wait for the next tick)."""
+        core = self.core
+        if core.gate_held and self._gate.may_send(self.user_id):
+            self._apply(core.flush(True))
+
+    def _count(self) -> None:
+        """Add what the core counted since the last call to the node's device counters."""
+        core = self.core
+        held, mismatches = self._counted
+        if core.held_no_lease != held or core.hash_mismatches != mismatches:
+            counts = self.node.device_counts
+            counts["commands_held_no_lease"] += core.held_no_lease - held
+            counts["ack_hash_mismatches"] += core.hash_mismatches - mismatches
+            self._counted = (core.held_no_lease, core.hash_mismatches)
 
     def _apply(self, out: DeviceOutput) -> None:
         node = self.node
+        self._count()
         if out.frames:
             session = self.session
             if session is not None:

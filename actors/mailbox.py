@@ -192,6 +192,20 @@ class QuoteInbox(Generic[C]):
         self._items.append(item)
         self._bell.ring()
 
+    def drop_controls(self, unwanted: Callable[[C], bool]) -> int:
+        """Take out the queued control items ``unwanted`` picks (quotes and the other items
+        keep their order); returns how many went. A scan of the inbox: for rare events only."""
+        kept: deque[QueuedQuote | C] = deque()
+        dropped = 0
+        for item in self._items:
+            if type(item) is not QueuedQuote and unwanted(item):
+                dropped += 1
+            else:
+                kept.append(item)
+        if dropped:
+            self._items = kept
+        return dropped
+
     def _coalesce(self) -> None:
         """Fold every queued quote into the sweep; control items keep their places."""
         sweep = self._sweep or [math.inf, -math.inf, math.inf, -math.inf, 0.0]

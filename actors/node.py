@@ -10,13 +10,19 @@ Start-up and crash recovery are one path: the node is built from an ``EngineStat
 loaded from snapshot + journal), every open position is re-armed by its user actor, and every
 command that was in flight is marked for reconciliation (its device must reconnect and send its
 positions snapshot before anything else is decided).
+
+In cluster mode a running node also takes users over and gives them away, a partition at a time
+(:meth:`Node.adopt`, :meth:`Node.release`): adopting is that same recovery path for the
+partition's users alone, releasing stops their actors and forgets them everywhere. Every command
+it sends passes the node's :class:`~actors.ports.CommandGate` (the lease check). A single node
+adopts and releases nothing, and its gate allows every send.
 """
 
 from __future__ import annotations
 
 import functools
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -29,12 +35,13 @@ from actors.device import DeviceActor
 from actors.directory import Directory, StaticDirectory
 from actors.hub import ClientHub
 from actors.messages import LinkLost
-from actors.ports import Probes
+from actors.ports import AllowAll, CommandGate, Probes
 from actors.prices import PriceBoard
 from actors.supervisor import Supervised, supervise
 from actors.symbol import SymbolActor
 from actors.tradelog import TradeLog
 from actors.user import UserActor
+from actors.views import AdoptedUsers, ReleasedUsers
 from engine.device import Classifier
 from engine.instruments import DEFAULT_INSTRUMENTS, Instrument
 from engine.notices import Notice
@@ -43,8 +50,9 @@ from engine.records import AlertRaised, Record
 from engine.state import EngineState, UserState
 from engine.user import DeviceInfo
 from protocol.client import DeviceView
+from protocol.closecodes import CloseCode
 from protocol.common import Alert
-from protocol.errors import UnknownPrincipal
+from protocol.errors import UnknownPrincipal, UsageError
 from protocol.feed import Quote
 
 __all__ = ["JournalSink", "MemoryJournal", "Node", "NodeConfig", "PriceBoard"]
@@ -83,6 +91,7 @@ class Node:
         state: EngineState | None = None,
         config: NodeConfig | None = None,
         classify: Classifier | None = None,
+        gate: CommandGate | None = None,
     ) -> None:
         self.journal: JournalSink = journal or MemoryJournal()
         self.directory: Directory = directory or StaticDirectory()
@@ -95,6 +104,9 @@ class Node:
 
             classify = broker_classify
         self.classify: Classifier = classify
+        self.gate: CommandGate = gate or AllowAll()
+        """Asked before every command a device actor hands to its link (cluster mode: the
+        lease check; by default every send is allowed)."""
         self.prices = PriceBoard()
         self.hub = ClientHub(self)
         self.probes = Probes()
@@ -111,6 +123,9 @@ class Node:
         self.command_outcomes: Counter[str] = Counter()
         """Device commands by how they ended: the ack's category, or ``lost`` (counted by the
         device actors, read at scrape time)."""
+        self.device_counts: Counter[str] = Counter()
+        """``commands_held_no_lease`` (sends the gate refused) and ``ack_hash_mismatches``
+        (acks refused as another command's answer), counted by the device actors."""
         self.feed_lag_ms = 0
         """How long the last quote batch stamped with ``sent_ms`` waited between its publisher
         and the node."""
@@ -121,6 +136,12 @@ class Node:
         self._on_alerts: list[Callable[[list[Alert]], None]] = []
         self._running = trio.Event()
         self._start_views: dict[str, UserState] | None = None
+        self._adopt_views: dict[str, UserState] = {}
+        """Adopted users' parts of the state, until their actors have restored from them."""
+        self._tasks: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
+        """Each supervised actor's cancel scope, and the event set once its task has ended."""
+        self._released: set[str] = set()
+        """Users given away (until adopted again): no actor of theirs may start here."""
 
     # -- running -----------------------------------------------------------------------------
 
@@ -178,7 +199,27 @@ class Node:
     def _start(self, name: str, run: Callable[[], Any], **context: Any) -> None:
         assert self._nursery is not None, "the node is not running"
         record = self.supervised.setdefault(name, Supervised(name))
-        self._nursery.start_soon(functools.partial(supervise, name, run, record, **context))
+        scope, done = trio.CancelScope(), trio.Event()
+        self._tasks[name] = (scope, done)
+        self._nursery.start_soon(
+            self._run_scoped,
+            name,
+            scope,
+            done,
+            functools.partial(supervise, name, run, record, **context),
+        )
+
+    async def _run_scoped(
+        self, name: str, scope: trio.CancelScope, done: trio.Event, run: Callable[[], Any]
+    ) -> None:
+        """Run a supervised actor in its own cancel scope (:meth:`_stop` ends it alone)."""
+        try:
+            with scope:
+                await run()
+        finally:
+            done.set()
+            if self._tasks.get(name) == (scope, done):
+                del self._tasks[name]
 
     def _spawn_symbol(self, instrument: Instrument) -> SymbolActor:
         actor = SymbolActor(self, instrument)
@@ -193,6 +234,8 @@ class Node:
         """The user's actor, started on first use."""
         actor = self.users.get(user_id)
         if actor is None:
+            if user_id in self._released:
+                raise UsageError("this user was given away to another node", user_id=user_id)
             actor = UserActor(self, user_id)
             self.users[user_id] = actor
             self._start(f"user:{user_id}", actor.run, user_id=user_id)
@@ -209,6 +252,10 @@ class Node:
             owner = self.directory.device_owner(device_id)
             if owner is None:
                 raise UnknownPrincipal("unknown device", device_id=device_id)
+            if owner in self._released:
+                raise UsageError(
+                    "this device's user was given away to another node", device_id=device_id
+                )
             actor = DeviceActor(self, device_id, owner)
             self.devices[device_id] = actor
             self._start(f"device:{device_id}", actor.run, device_id=device_id, user_id=owner)
@@ -227,6 +274,9 @@ class Node:
                 self._start_views = None
             if view is not None:
                 return view, True
+        adopted = self._adopt_views.pop(user_id, None)
+        if adopted is not None:  # a later start, indexed by adopt(): the actor re-arms
+            return adopted, False
         return self.state.user_view(user_id), False
 
     def device_infos(self, user_id: str) -> list[DeviceInfo]:
@@ -234,6 +284,136 @@ class Node:
 
     def device_views(self, user_id: str) -> list[DeviceView]:
         return [d.view() for d in self.devices.values() if d.user_id == user_id]
+
+    # -- partitions (cluster mode) ---------------------------------------------------------
+
+    async def adopt(self, state: EngineState) -> AdoptedUsers:
+        """Take over the users of ``state``: a claimed partition's recovered state (snapshot
+        plus journal tail; its positions, commands, approvals, guards and signals).
+
+        The node must be running (quotes may flow meanwhile). The state is merged into
+        :attr:`state`, and each user's actor starts from its part as a restarted actor does:
+        it re-arms its positions in the symbol books (a level the last quote already crossed
+        fires at once). Every command in flight has lost its link, as at the node's start: its
+        position goes UNKNOWN until its device's positions snapshot settles it. A device actor
+        of these users is always new here (one found running is restarted), and a new device
+        actor sends nothing before the snapshot of a session opened after this call (the
+        snapshot shows whether the old owner's last command ran). Async: an actor of these
+        users found running (a user adopted twice without a release) is stopped first and
+        restarted from the merged state.
+
+        Raises:
+            UsageError: the node is not running.
+        """
+        if self._nursery is None or not self._running.is_set():
+            raise UsageError("adopt needs a running node")
+        views = state.by_user()
+        users = set(views)
+        # Devices go too: a device actor's core must be new (no snapshot yet) after the adopt.
+        await self._stop_actors(users)
+        self._released.difference_update(users)
+        self.state.merge(state)
+        self._adopt_views.update(views)
+        for user_id in views:
+            self.user(user_id)
+        lost: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for cid, c in state.commands.items():
+            lost[(c.user_id, c.device_id)].append(cid)
+        for (user_id, device_id), ids in lost.items():
+            self.user(user_id).deliver(LinkLost(device_id, ids))
+        self.log.info("users adopted", users=len(users), positions=len(state.positions))
+        return AdoptedUsers(
+            user_ids=frozenset(users),
+            positions=len(state.positions),
+            in_flight=len(state.commands),
+        )
+
+    async def release(
+        self,
+        user_ids: Collection[str],
+        *,
+        reason: str,
+        on_device_released: Callable[[str], Awaitable[None]] | None = None,
+    ) -> ReleasedUsers:
+        """Give users away: from the return on, nothing of theirs runs or fires here.
+
+        In order: their records leave :attr:`state` (one pass over it; signals, which are
+        global, stay); their positions leave every symbol actor's book, with their fires not
+        yet handed out and their queued arms (O(their positions) in each book, no scan of it);
+        their user and device actors are cancelled, all at once (nothing of theirs is sent
+        from then on); each of their devices is handed to ``on_device_released(device_id)``
+        (the gateway sends ``moved`` on the connection and closes it) or, without it, its
+        session is closed here with ``SERVICE_RESTART``; the actors' tasks are awaited.
+        The caller has made their partition durable first (the journal flushed, the lease
+        released): nothing of theirs is journaled here from then on. Until they are adopted
+        again, asking for an actor of theirs raises :class:`~protocol.errors.UsageError`.
+        """
+        users = set(user_ids)
+        self._released.update(users)
+        dropped = self.state.drop_users(users)
+        by_symbol: dict[str, set[str]] = defaultdict(set)
+        for p in dropped.positions.values():
+            by_symbol[p.symbol].add(p.id)
+        for user_id in users:  # what the actors hold and the fold may not yet (never, today)
+            actor = self.users.get(user_id)
+            if actor is not None:
+                for p in actor.core.positions.values():
+                    by_symbol[p.symbol].add(p.id)
+        disarmed = 0
+        for symbol_actor in self.symbols.values():
+            disarmed += symbol_actor.release(users, by_symbol.get(symbol_actor.symbol, ()))
+        device_ids = await self._stop_actors(users, on_device_released)
+        for user_id in users:
+            self._adopt_views.pop(user_id, None)
+        self.log.info(
+            "users released",
+            reason=reason,
+            users=len(users),
+            positions=disarmed,
+            devices=len(device_ids),
+        )
+        return ReleasedUsers(
+            user_ids=frozenset(users), device_ids=device_ids, positions_disarmed=disarmed
+        )
+
+    async def _stop_actors(
+        self,
+        users: Collection[str],
+        on_device_released: Callable[[str], Awaitable[None]] | None = None,
+    ) -> tuple[str, ...]:
+        """Stop the user and device actors of ``users``; returns the devices' ids.
+
+        Every task is cancelled at once, before any wait (neither kind can then start the
+        other, nor send anything); each live session is then handed to ``on_device_released``
+        or closed here (``SERVICE_RESTART``: the EA reconnects, and is routed); the tasks are
+        awaited, and the actors leave the node's tables.
+        """
+        devices = [a for a in self.devices.values() if a.user_id in users]
+        names = [f"device:{a.device_id}" for a in devices]
+        names += [f"user:{u}" for u in users if u in self.users]
+        for actor in devices:
+            del self.devices[actor.device_id]
+        for user_id in users:
+            self.users.pop(user_id, None)
+        stopping = [task for name in names if (task := self._tasks.get(name)) is not None]
+        for scope, _ in stopping:
+            scope.cancel()
+        for actor in devices:
+            if on_device_released is not None:
+                await on_device_released(actor.device_id)
+            else:
+                await actor.end_session(CloseCode.SERVICE_RESTART, "the user moved to another node")
+        for _, done in stopping:
+            await done.wait()
+        for name in names:
+            self.supervised.pop(name, None)
+        return tuple(a.device_id for a in devices)
+
+    def retry_held(self) -> None:
+        """Send the commands the gate held, where it allows now (call it after a lease
+        renewal; without it they go at their device's next tick)."""
+        for actor in self.devices.values():
+            actor.retry_held()
 
     # -- quotes ------------------------------------------------------------------------------
 
@@ -331,6 +511,8 @@ class Node:
             "clients_dropped": self.hub.dropped,
             "alerts": self.alerts_raised,
             "command_outcomes": dict(self.command_outcomes),
+            "commands_held_no_lease": self.device_counts["commands_held_no_lease"],
+            "ack_hash_mismatches": self.device_counts["ack_hash_mismatches"],
             "restarts": {k: v.restarts for k, v in self.supervised.items() if v.restarts},
             "mailbox_depth": {
                 "symbol": max((len(s.inbox) for s in self.symbols.values()), default=0),

@@ -29,6 +29,8 @@ from protocol.common import Alert
 from protocol.device import Command
 
 __all__ = [
+    "AllowAll",
+    "CommandGate",
     "DeviceInbox",
     "DeviceNode",
     "HubNode",
@@ -59,6 +61,29 @@ class Probes:
         moment (the production latency histogram)."""
         self.quote_done: Callable[[int], None] | None = None
         """Called with a symbol actor's quote seq once the quote is processed."""
+
+
+class CommandGate(Protocol):
+    """Whether this node may send a command to a device of ``user_id`` now.
+
+    A cluster node wires its lease manager here: the local deadline of the lease on the user's
+    partition (the monotonic time the renewal was sent, plus the lease, minus a margin) has not
+    passed. The device actor asks before every command it hands to a link (first sends, closes,
+    resends alike); a refused command stays queued, as if the link were down, and goes out once
+    the gate allows again. It must answer at once and never block (it is asked on the tick
+    path).
+    """
+
+    def may_send(self, user_id: str) -> bool: ...
+
+
+class AllowAll:
+    """The single node's gate: it owns every user for good, so every send is allowed."""
+
+    __slots__ = ()
+
+    def may_send(self, user_id: str) -> bool:
+        return True
 
 
 # -- the actors, as their peers see them -----------------------------------------------------
@@ -175,6 +200,13 @@ class DeviceNode(_Shared, _Recorder, Protocol):
 
     @property
     def command_outcomes(self) -> Counter[str]: ...
+
+    @property
+    def device_counts(self) -> Counter[str]:
+        """Node-wide device counters (``commands_held_no_lease``, ``ack_hash_mismatches``)."""
+
+    @property
+    def gate(self) -> CommandGate: ...
 
 
 class HubNode(_Shared, Protocol):

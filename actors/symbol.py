@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict, deque
+from collections.abc import Collection, Iterable
 from typing import assert_never, final
 
 import structlog
@@ -143,6 +144,25 @@ class SymbolActor:
     def control(self, op: SymbolControl) -> None:
         """An arm/move/disarm from a user actor."""
         self.inbox.put_control(op)
+
+    def release(self, user_ids: Collection[str], position_ids: Iterable[str]) -> int:
+        """Forget users that leave this node, at once: their positions leave the book (and a
+        storm's pending levels of theirs are skipped), their fires not yet handed out and their
+        arms and moves still queued are dropped. From the return on, no quote fires anything of
+        theirs here. Synchronous, like :meth:`offer`'s fast path: trio runs every task on one
+        thread and the core is synchronous, so nothing interleaves. Returns how many positions
+        left the book.
+        """
+        removed = self.core.disarm_many(position_ids)
+        self.inbox.drop_controls(
+            lambda item: type(item) in (Arm, MoveLevels) and item.position.user_id in user_ids  # type: ignore[union-attr]
+        )
+        backlog = self._backlog
+        if backlog:  # in place: the task handing it out holds this very deque
+            kept = [(user_id, fired) for user_id, fired in backlog if user_id not in user_ids]
+            backlog.clear()
+            backlog.extend(kept)
+        return removed
 
     # -- views (read-only, for the edge) -----------------------------------------------------
 

@@ -13,7 +13,13 @@ from typing import NamedTuple
 from engine.guards import DrawdownLimits, GuardLevel
 from engine.positions import Position
 
-__all__ = ["DrawdownStatus", "LedgerStatus", "MarketGuardStatus"]
+__all__ = [
+    "AdoptedUsers",
+    "DrawdownStatus",
+    "LedgerStatus",
+    "MarketGuardStatus",
+    "ReleasedUsers",
+]
 
 
 class DrawdownStatus(NamedTuple):
@@ -46,3 +52,24 @@ class MarketGuardStatus(NamedTuple):
     alerting: frozenset[str]
     """The market conditions alerting now (``spread``, ``price_jump``...)."""
     last_quote_ms: int | None
+
+
+class AdoptedUsers(NamedTuple):
+    """What :meth:`actors.node.Node.adopt` took over."""
+
+    user_ids: frozenset[str]
+    """The users whose actors now run here (every user with a part of the adopted state)."""
+    positions: int
+    """Positions merged in (live ones, and closes still waiting for their fill)."""
+    in_flight: int
+    """Commands that were in flight: each lost its link, until its device's snapshot."""
+
+
+class ReleasedUsers(NamedTuple):
+    """What :meth:`actors.node.Node.release` gave away."""
+
+    user_ids: frozenset[str]
+    device_ids: tuple[str, ...]
+    """The devices whose actors (and sessions) were stopped here."""
+    positions_disarmed: int
+    """Positions that left a symbol actor's book."""

@@ -9,14 +9,24 @@ Rules of operation
 ------------------
 * A command is *queued* while the device is away or has not yet sent its positions snapshot
   after connecting, and *sent* after that, in submission order. Nothing is ever dropped: past
-  ``outbox_limit`` commands the device is marked unhealthy and an alert is raised.
+  ``outbox_limit`` commands the device is marked unhealthy and an alert is raised. The snapshot
+  rule is what makes a partition move safe (docs/architecture.md): a device core is new on the
+  node that adopts its user, so nothing goes to it, first sends, closes and resends alike,
+  before its snapshot reached that node (which shows whether the old owner's last close ran).
+* A send is also *held* while the caller's gate refuses it (``allowed=False``: a cluster node
+  whose lease on the user's partition may have run out). A held command stays queued as if the
+  link were down, is counted (:attr:`DeviceCore.held_no_lease`), and goes out with the first
+  :meth:`DeviceCore.flush` the gate allows. Commands handed to the link but not yet written
+  when the gate closes come back with :meth:`DeviceCore.unsend`.
 * A close acked *done* without a ``fill_price`` is refused (``malformed``, reason
   ``fill_missing``): the session is ended and the command treated as lost with the link, so
   its position goes UNKNOWN and the next positions snapshot (and ``deals``) settles it. Taking
   such an ack would close the position with no price and no P&L for good; leaving it CLOSING
   would wait for an answer that cannot come (the EA answers a repeat with the same ack).
 * An ack settles a sent command once. A second ack for it (a duplicate, or the EA's ``repeat``
-  answer) is counted and ignored; an ack for an id never sent here is reported.
+  answer) is counted and ignored; an ack for an id never sent here is reported. An ack that
+  carries a ``command_hash`` other than the hash of the command sent under its id answers some
+  other command that had the id: it settles nothing, and is counted, alerted and recorded.
 * On disconnect, sent commands without an ack are returned as *lost* (the user core moves their
   positions to UNKNOWN); queued ones stay queued for the next session.
 * A sent command past its deadline raises one ``command_overdue`` alert (it stays out: an ack
@@ -47,6 +57,7 @@ from protocol.device import (
     Platform,
     PositionEvent,
     TerminalPosition,
+    command_hash,
 )
 from protocol.errors import DecodeError, PeerError
 from protocol.results import CATEGORY, Category, ResultCategory
@@ -146,6 +157,13 @@ class DeviceCore:
         self._resolved: OrderedDict[str, str] = OrderedDict()
         self.duplicate_acks = 0
         self.unknown_acks = 0
+        self.hash_mismatches = 0
+        """Acks refused because their ``command_hash`` is not their command's."""
+        self.held_no_lease = 0
+        """Sends the gate refused (a command refused at submission and again at a flush
+        counts twice)."""
+        self.gate_held = False
+        """Some queued command waits only for the gate: the next allowed :meth:`flush` sends."""
 
     # -- session -----------------------------------------------------------------------------
 
@@ -215,15 +233,19 @@ class DeviceCore:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def submit(self, command: Command, now_ms: int) -> DeviceOutput:
-        """Take a command (canonical symbol). It is sent now if the session is ready."""
-        return self.submit_many((command,), now_ms)
+    def submit(self, command: Command, now_ms: int, allowed: bool = True) -> DeviceOutput:
+        """Take a command (canonical symbol). It is sent now if the session is ready and the
+        gate ``allowed`` it."""
+        return self.submit_many((command,), now_ms, allowed)
 
-    def submit_many(self, commands: Iterable[Command], now_ms: int) -> DeviceOutput:
+    def submit_many(
+        self, commands: Iterable[Command], now_ms: int, allowed: bool = True
+    ) -> DeviceOutput:
         """:meth:`submit` for several commands at once, in order (a burst of closes: one
         output, so the actor queues all the frames with one wake-up of the writer)."""
         out = DeviceOutput()
-        sendable = self.connected and self.ready
+        ready = self.connected and self.ready
+        sendable = ready and allowed
         outbox, frames, to_wire = self._out, out.frames, self._to_wire
         brokers: dict[str, str | None] = {}  # a burst is mostly one symbol: look it up once
         next_due = self._next_due
@@ -242,6 +264,9 @@ class DeviceCore:
             next_due = min(next_due, command.deadline_ms)
             if sendable:
                 frames.append(to_wire(command, broker))
+            elif ready:
+                self.held_no_lease += 1
+                self.gate_held = True
         self._next_due = next_due
         if len(self._out) > self.outbox_limit and self.healthy:
             self.healthy = False
@@ -268,6 +293,19 @@ class DeviceCore:
                 out.records.append(
                     self._recon(now_ms, "unknown_ack", f"ack for {cid} (retcode {ack.retcode})")
                 )
+            return out
+        if ack.command_hash is not None and ack.command_hash != command_hash(
+            self._to_wire(item.command)
+        ):
+            # Not this command's answer: settling it would act on another command's result.
+            # The command stays out (its own answer may still come; its deadline alerts).
+            self.hash_mismatches += 1
+            text = (
+                f"ack for {cid} carries the hash of another command "
+                f"({ack.command_hash}, retcode {ack.retcode}): not taken as its answer"
+            )
+            self._alert(out, "ack_hash_mismatch", AlertLevel.CRITICAL, now_ms, text)
+            out.records.append(self._recon(now_ms, "ack_hash_mismatch", text))
             return out
         category = CATEGORY[self.classify(self.platform, ack.retcode, ack.executed)]
         if category == "done" and ack.fill_price is None and isinstance(item.command, CloseCommand):
@@ -306,16 +344,40 @@ class DeviceCore:
         self.ready = True
         return canonical, out
 
-    def flush(self) -> DeviceOutput:
-        """Send what was queued (called once the user core has reconciled the snapshot)."""
+    def flush(self, allowed: bool = True) -> DeviceOutput:
+        """Send what was queued, if the session is ready (its snapshot is in) and the gate
+        ``allowed`` it; a refusal keeps it queued and counts it."""
         out = DeviceOutput()
         if not (self.connected and self.ready):
             return out
+        if not allowed:
+            held = sum(1 for item in self._out.values() if not item.sent)
+            self.held_no_lease += held
+            self.gate_held = self.gate_held or held > 0
+            return out
+        self.gate_held = False
         for cid, item in self._out.items():
             if not item.sent:
                 self._out[cid] = _Out(item.command, True, item.overdue)
                 out.frames.append(self._to_wire(item.command))
         return out
+
+    def unsend(self, command_ids: Iterable[str]) -> int:
+        """Commands handed to the link that were never written (the gate closed before the
+        writer reached them): queued again, counted as held; returns how many."""
+        held = 0
+        for cid in command_ids:
+            item = self._out.get(cid)
+            if item is not None and item.sent:
+                self._out[cid] = _Out(item.command, False, item.overdue)
+                held += 1
+        self.held_no_lease += held
+        self.gate_held = self.gate_held or held > 0
+        return held
+
+    def queued(self) -> list[str]:
+        """Ids of the commands waiting to be sent (device away, no snapshot yet, or held)."""
+        return [cid for cid, item in self._out.items() if not item.sent]
 
     def on_event(self, event: PositionEvent, now_ms: int) -> PositionEvent | None:
         """The terminal's own event with a canonical symbol (None if the symbol is not ours)."""

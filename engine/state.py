@@ -14,7 +14,7 @@ history lives in Postgres projections).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
@@ -146,6 +146,37 @@ class EngineState:
             if a.position_id not in self.positions and (a.expires_at_ms or a.decided_ms) < horizon
         ]:
             del self.approvals[pair]
+
+    # -- partitions (cluster mode) -----------------------------------------------------------
+
+    def merge(self, other: EngineState) -> None:
+        """Take in ``other``, the recovered state of users this state had no part of (a
+        partition a node adopts). Where both hold an entry, ``other``'s wins: it is the
+        partition's durable record. Signals are global: both sides' are kept. ``seq`` is left
+        alone (a partition's journal has its own sequence)."""
+        self.positions.update(other.positions)
+        self.commands.update(other.commands)
+        self.signals.update(other.signals)
+        self.approvals.update(other.approvals)
+        self.guards.update(other.guards)
+
+    def drop_users(self, user_ids: Collection[str]) -> EngineState:
+        """Take out everything of ``user_ids`` (positions, commands, approvals, guards: a
+        partition a node gives away) and return it as a state of its own. Signals are global
+        and stay. One pass over the state, whatever the number of users."""
+        out = EngineState()
+        out.seq = self.seq
+        for name in ("positions", "commands"):
+            table: dict[str, Any] = getattr(self, name)
+            taken = {k: v for k, v in table.items() if v.user_id in user_ids}
+            for k in taken:
+                del table[k]
+            setattr(out, name, taken)
+        out.approvals = {k: a for k, a in self.approvals.items() if k[0] in user_ids}
+        for pair in out.approvals:
+            del self.approvals[pair]
+        out.guards = {u: self.guards.pop(u) for u in list(self.guards) if u in user_ids}
+        return out
 
     # -- views -------------------------------------------------------------------------------
 

@@ -156,6 +156,15 @@ class SymbolCore:
         self.trailing.remove(position_id)
         return True
 
+    def disarm_many(self, position_ids: Iterable[str]) -> int:
+        """Stop watching several positions at once (their user left this node): O(their
+        number), whatever the size of the book. Returns how many were watched."""
+        ids = list(position_ids)
+        removed = self.book.cancel_many(ids)
+        if removed and len(self.trailing):
+            self.trailing.remove_many(ids)
+        return removed
+
     # -- quotes ------------------------------------------------------------------------------
 
     def on_quote(

@@ -21,6 +21,7 @@ the one it was given at :meth:`TrailingBook.add` and the ones it produced since.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -103,6 +104,19 @@ class TrailingBook:
 
     def remove(self, position_id: str) -> bool:
         """Stop watching a position (it closed). Returns False if it was not here."""
+        if not self._drop(position_id):
+            return False
+        self._refresh_thresholds()
+        return True
+
+    def remove_many(self, position_ids: Iterable[str]) -> int:
+        """:meth:`remove` several positions, refreshing the thresholds once; how many were here."""
+        removed = sum(1 for pid in position_ids if self._drop(pid))
+        if removed:
+            self._refresh_thresholds()
+        return removed
+
+    def _drop(self, position_id: str) -> bool:
         i = self._index.pop(position_id, None)
         if i is None:
             return False
@@ -115,7 +129,6 @@ class TrailingBook:
             self._index[moved] = i
         self._ids.pop()
         self._n = last
-        self._refresh_thresholds()
         return True
 
     def set_sl(self, position_id: str, sl: int | None) -> None:

@@ -258,6 +258,24 @@ class TriggerBook:
         self._maybe_compact()
         return True
 
+    def cancel_many(self, position_ids: Iterable[str]) -> int:
+        """Disarm several positions (their user moved to another node); how many were here.
+
+        O(len(position_ids)) plus at most one compaction: each removal is the lazy deletion of
+        :meth:`cancel`, and a level still pending from a storm is skipped when its turn comes.
+        """
+        entries, forget = self._entries, self._forget
+        removed = 0
+        for pid in position_ids:
+            entry = entries.pop(pid, None)
+            if entry is not None:
+                forget(entry, _SL_SEQ)
+                forget(entry, _TP_SEQ)
+                removed += 1
+        if removed and not self._maybe_compact():
+            self._refresh_tops()
+        return removed
+
     # -- quotes ------------------------------------------------------------------------------
 
     def on_quote(self, bid: int, ask: int, max_fired: int | None = None) -> list[Trigger]:

@@ -20,6 +20,7 @@ A session, as the device sees it::
 from __future__ import annotations
 
 import enum
+import hashlib
 from typing import Annotated, Literal
 
 import msgspec
@@ -48,6 +49,7 @@ from protocol.types import (
 )
 
 __all__ = [
+    "COMMAND_HASH_OMITS",
     "AccountState",
     "Ack",
     "CloseCommand",
@@ -71,6 +73,7 @@ __all__ = [
     "SymbolSpec",
     "TerminalPosition",
     "Welcome",
+    "command_hash",
 ]
 
 Platform = Literal["mt4", "mt5"]
@@ -230,6 +233,11 @@ class Ack(_Msg, tag="ack", frozen=True, kw_only=True):
     entry and exit commissions together), signed; null when not reported."""
     swap: Money | None = None
     """The position's total swap after this deal, signed; null when not reported."""
+    command_hash: ShortText | None = None
+    """:func:`command_hash` of the command this answers, as the EA received it (a repeat: the
+    command it executed under this id). The server refuses an ack whose hash is not that of the
+    command it holds under the id (an id reused with other parameters); null (an older EA): not
+    checked."""
 
 
 class EventKind(enum.StrEnum):
@@ -392,6 +400,28 @@ class DeviceError(_Msg, tag="error", frozen=True, kw_only=True):
 
 Command = OpenCommand | CloseCommand | PartialCloseCommand | ModifyCommand
 """The messages that ask the terminal to trade; each carries a ``command_id`` and a ``sig``."""
+
+COMMAND_HASH_OMITS = ("sig", "deadline_ms", "reason")
+"""Members left out of :func:`command_hash`: the signature and the deadline (a resend of the
+same command carries new ones) and a close's ``reason`` (the EA's log only): none of them
+changes what the terminal does."""
+
+_HASH_ENCODER = msgspec.json.Encoder()
+
+
+def command_hash(command: Command) -> str:
+    """The short hash an ack carries of the command it answers (docs/protocol.md, "ack").
+
+    The command's JSON object as the server sends it (members in that order, no whitespace)
+    without the members of :data:`COMMAND_HASH_OMITS`, hashed with BLAKE2b to 8 bytes, in
+    lower-case hex (16 digits). Two commands with one id and the same hash ask the terminal
+    for the same thing.
+    """
+    fields = msgspec.to_builtins(command)
+    for name in COMMAND_HASH_OMITS:
+        fields.pop(name, None)
+    return hashlib.blake2b(_HASH_ENCODER.encode(fields), digest_size=8).hexdigest()
+
 
 ServerMessage = (
     Welcome | OpenCommand | CloseCommand | PartialCloseCommand | ModifyCommand | Ping | DeviceError

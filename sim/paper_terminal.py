@@ -56,6 +56,7 @@ from protocol.device import (
     SymbolSpec,
     TerminalPosition,
     Welcome,
+    command_hash,
 )
 
 if TYPE_CHECKING:
@@ -200,7 +201,10 @@ class PaperTerminal:
         earlier = self.executed.get(message.command_id)
         if earlier is not None:  # the idempotency rule: a repeat gets the earlier answer
             return [msgspec.structs.replace(earlier, repeat=True)]
-        ack = self._execute(message, now_ms)
+        # The hash of the command executed goes with its ack, and with every repeat of it.
+        ack = msgspec.structs.replace(
+            self._execute(message, now_ms), command_hash=command_hash(message)
+        )
         if ack.retcode != REQUOTE:  # a requote did nothing: the same id may be tried again
             self.executed[message.command_id] = ack
             while len(self.executed) > self.config.window:

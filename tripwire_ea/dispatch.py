@@ -30,6 +30,7 @@ from protocol.device import (
     Ping,
     ServerMessage,
     TerminalPosition,
+    command_hash,
 )
 from protocol.errors import BadSignature, TripwireError
 from protocol.session import verify_command
@@ -130,7 +131,9 @@ class Dispatcher:
                        category=rc.Outcome.REJECTED.value)  # fmt: skip
         entry = self.window.get(cid)
         if entry is not None and entry.ack is None:  # we died inside its order_send
-            ack = self.terminal.resolve(entry, command)
+            ack = msgspec.structs.replace(
+                self.terminal.resolve(entry, command), command_hash=command_hash(command)
+            )
             self.window.finish(cid, ack)
             self._after(command, ack)
             return msgspec.structs.replace(ack, repeat=True)
@@ -140,6 +143,8 @@ class Dispatcher:
         client_id = command.client_id if isinstance(command, OpenCommand) else None
         self.window.start(cid, _kind(command), self.clock(), ticket=ticket, client_id=client_id)
         ack = self.terminal.execute(command)  # TerminalUnavailable leaves it started
+        # Stored with the hash of the command it answers: a repeat carries the same one.
+        ack = msgspec.structs.replace(ack, command_hash=command_hash(command))
         self.window.finish(cid, ack)
         log.info("command executed", command_id=cid, retcode=ack.retcode,
                  fill_price=ack.fill_price, ticket=ack.ticket)  # fmt: skip
