@@ -210,3 +210,32 @@ async def test_a_dead_nodes_partitions_are_claimed_without_waiting_for_its_lease
         await _wait_until(lambda: len(victim_runtime.of(Lost)) == len(taken), timeout_s=10.0)
         assert {e.partition for e in victim_runtime.of(Lost)} == taken and not victim.owned()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_whose_lock_connection_drops_takes_its_lock_again_and_rejoins(
+    db: Database,
+) -> None:
+    """A network blip on the lock connection alone: the others may take the node for dead
+    meanwhile, but it takes a lock again, registers again, and the cluster balances again
+    with it in."""
+    a, b = _manager(db, "a"), _manager(db, "b")
+    await a.join()
+    await b.join()
+    async with trio.open_nursery() as nursery:
+        await _start(nursery, a)
+        await _start(nursery, b)
+        await _wait_until(lambda: _balanced([a, b]))
+        old_pid = b.lock_pid
+        await db.execute("SELECT pg_terminate_backend($1)", old_pid)
+        await _wait_until(lambda: b.lock_pid not in (None, old_pid))
+        await _wait_until(lambda: _balanced([a, b]) and min(a.owned_count, b.owned_count) >= 31)
+        # Its row names the key its new lock connection holds (the old key, or a fresh one if
+        # "a" reaped the row meanwhile).
+        holder = await db.fetchval(
+            "SELECT l.pid FROM pg_locks l JOIN cluster_nodes n ON n.node_id = 'b'"
+            " AND l.locktype = 'advisory' AND l.granted"
+            " AND ((l.classid::bigint << 32) | l.objid::bigint) = n.lock_key"
+            " WHERE n.expires_at > now()"
+        )
+        assert holder == b.lock_pid
+        nursery.cancel_scope.cancel()
