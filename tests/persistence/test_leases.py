@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import msgspec
 import pytest
 import trio
 
-from persistence import Database
+from persistence import Database, open_bridge, open_database
 from persistence.leases import Claimed, HandoverWanted, LeaseEvent, LeaseManager, Lost
 from persistence.partition_journal import PartitionJournalWriter
 from protocol.errors import ConfigError, Fenced
@@ -239,3 +240,51 @@ async def test_a_node_whose_lock_connection_drops_takes_its_lock_again_and_rejoi
         )
         assert holder == b.lock_pid
         nursery.cancel_scope.cancel()
+
+
+def test_a_wedged_trio_loop_stops_renewing_and_loses_its_leases(pg_dsn: str) -> None:
+    """Node "b" runs in a thread of its own (its trio loop, its bridge), then its trio loop
+    blocks. Its asyncio renewal loop keeps running, but the heartbeat it checks goes stale, so
+    it renews nothing: "a" takes every partition. Unblocked, "b" learns it lost them."""
+    wedged, unwedge = threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    async def node_b() -> None:
+        async with open_bridge() as bridge, open_database(bridge, pg_dsn) as db:
+            b = _manager(db, "b")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(b.run)
+                await _wait_until(lambda: b.owned_count == 64)
+                seen["owned"] = b.owned()
+                wedged.set()
+                unwedge.wait(timeout=60)  # blocks the trio loop: the point of the test
+                seen["held_after_wedge"] = [p for p in seen["owned"] if b.holds(p)]
+                await _wait_until(lambda: b.losses == 64)
+                seen["owned_after"] = b.owned()
+                nursery.cancel_scope.cancel()
+
+    async def node_a() -> None:
+        async with open_bridge() as bridge, open_database(bridge, pg_dsn) as db:
+            await trio.to_thread.run_sync(wedged.wait, 60)
+            a = _manager(db, "a")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(a.run)
+                try:
+                    await _wait_until(lambda: a.owned_count == 64)
+                    seen["epochs"] = {a.epoch(p) for p in a.owned()}
+                finally:
+                    unwedge.set()
+                nursery.cancel_scope.cancel()
+
+    thread = threading.Thread(target=trio.run, args=(node_b,))
+    thread.start()
+    try:
+        trio.run(node_a)
+    finally:
+        unwedge.set()
+        wedged.set()
+        thread.join(60)
+    assert seen["owned"] == frozenset(range(64))
+    assert seen["epochs"] == {2}  # every one claimed from "b"
+    assert seen["held_after_wedge"] == []  # its deadlines had passed
+    assert seen["owned_after"] == frozenset()
