@@ -51,7 +51,8 @@ import trio
 
 from persistence import journal_sql, partition_sql
 from persistence.db import Database
-from protocol.common import Alert, AlertLevel
+from persistence.write_health import WriteHealth
+from protocol.common import Alert
 from protocol.errors import Fenced, StorageError, UsageError
 
 __all__ = ["PartitionJournalWriter"]
@@ -107,8 +108,9 @@ class PartitionJournalWriter(Generic[T]):
         checkpoint_every_s: the longest a changed checkpoint waits for a batch to carry it.
 
     Metrics: ``pending``, ``lag_ms``, ``batches_written``, ``records_written``,
-    ``write_errors``, ``projection_errors``, ``fenced_batches`` (partition writes refused by
-    their fence), ``healthy``; ``fenced`` is the set of partitions fenced since last opened.
+    ``fenced_batches`` (partition writes refused by their fence), ``health``
+    (:class:`~persistence.write_health.WriteHealth`: ``healthy``, ``write_errors``,
+    ``projection_errors``); ``fenced`` is the set of partitions fenced since last opened.
     """
 
     def __init__(
@@ -143,7 +145,6 @@ class PartitionJournalWriter(Generic[T]):
         self._encode = encode_batch
         self._project = project
         self._partition_of = partition_of
-        self._on_alert = on_alert
         self._on_fenced = on_fenced
         self._parts: dict[int, _Partition] = {}
         self.fenced: set[int] = set()
@@ -164,13 +165,9 @@ class PartitionJournalWriter(Generic[T]):
         self._batch_done = trio.Event()
         self._waiters: list[tuple[int, int, trio.Event]] = []
         self._waiter_ids = itertools.count()
-        self._outage_since: float | None = None
-        self._projection_failing = False
-        self.healthy = True
+        self.health = WriteHealth(_log, on_alert)
         self.batches_written = 0
         self.records_written = 0
-        self.write_errors = 0
-        self.projection_errors = 0
         self.fenced_batches = 0
 
     # -- metrics ------------------------------------------------------------------------------
@@ -180,6 +177,19 @@ class PartitionJournalWriter(Generic[T]):
         """Records appended and neither committed nor dropped."""
         inflight = 0 if self._inflight is None else len(self._inflight.entries)
         return len(self._buffer) + inflight
+
+    @property
+    def healthy(self) -> bool:
+        """False while writes are failing (an outage)."""
+        return self.health.healthy
+
+    @property
+    def write_errors(self) -> int:
+        return self.health.write_errors
+
+    @property
+    def projection_errors(self) -> int:
+        return self.health.projection_errors
 
     @property
     def lag_ms(self) -> float:
@@ -470,7 +480,7 @@ class PartitionJournalWriter(Generic[T]):
         try:
             return self._project(records)
         except Exception as exc:
-            self._projection_failed(repr(exc))
+            self.health.projection_failed(repr(exc), self.pending)
             return []
 
     async def _write_inflight(self) -> None:
@@ -491,17 +501,16 @@ class PartitionJournalWriter(Generic[T]):
             try:
                 outcome = await self.db.run_with_connection(write)
             except StorageError as exc:
-                self._write_failed(exc)
+                self.health.write_failed(repr(exc), self.pending)
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
                 continue
             break
-        self._write_recovered()
+        self.health.write_succeeded()
         if outcome.projection_error is not None:
-            self._projection_failed(outcome.projection_error)
-        elif self._projection_failing:
-            self._projection_failing = False
-            _log.info("partition journal projection succeeds again")
+            self.health.projection_failed(outcome.projection_error, self.pending)
+        else:
+            self.health.projection_succeeded()
         self._inflight = None
         self._committed(batch, outcome)
 
@@ -570,60 +579,3 @@ class PartitionJournalWriter(Generic[T]):
                 raise Fenced("partition fenced", partition=partition)
             raise UsageError("partition is not open on this node", partition=partition)
         return part
-
-    # -- alerts -------------------------------------------------------------------------------
-
-    def _write_failed(self, exc: StorageError) -> None:
-        self.write_errors += 1
-        if self._outage_since is None:
-            self._outage_since = trio.current_time()
-            self.healthy = False
-            _log.error("partition journal writes failing; buffering", error=repr(exc))
-            self._alert(
-                "journal_unavailable",
-                AlertLevel.CRITICAL,
-                "Postgres is unavailable: journal writes are failing and records are buffered"
-                " in memory",
-            )
-
-    def _write_recovered(self) -> None:
-        if self._outage_since is None:
-            return
-        outage_s = trio.current_time() - self._outage_since
-        self._outage_since = None
-        self.healthy = True
-        _log.info("partition journal writes recovered", outage_s=round(outage_s, 3))
-        self._alert(
-            "journal_recovered",
-            AlertLevel.INFO,
-            f"Postgres is back after {outage_s:.1f} s; the journal is catching up",
-            value=outage_s,
-        )
-
-    def _projection_failed(self, error: str) -> None:
-        self.projection_errors += 1
-        _log.error("partition journal projection failed", error=error)
-        if not self._projection_failing:
-            self._projection_failing = True
-            self._alert(
-                "journal_projection_failed",
-                AlertLevel.WARNING,
-                f"a projection of journal records failed; the journal is intact: {error}",
-            )
-
-    def _alert(
-        self, kind: str, level: AlertLevel, message: str, value: float | None = None
-    ) -> None:
-        if self._on_alert is None:
-            return
-        alert = Alert(
-            kind=kind,
-            level=level,
-            message=message,
-            time_ms=time.time_ns() // 1_000_000,
-            value=float(self.pending) if value is None else value,
-        )
-        try:
-            self._on_alert(alert)
-        except Exception as exc:  # an alert sink must never stop the journal
-            _log.error("journal alert callback failed", error=repr(exc), kind=kind)
