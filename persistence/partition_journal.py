@@ -331,6 +331,9 @@ class PartitionJournalWriter(Generic[T]):
         """Return once the record of ``ticket`` has committed (and every record appended
         before it has committed or been dropped).
 
+        The tickets of dropped records are remembered for the life of the writer (a few
+        bytes each; only a fenced partition drops any), so a late wait still learns the truth.
+
         Raises:
             Fenced: that record was dropped: its partition was fenced.
         """

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from persistence import Database, open_bridge, open_database, partition_sql
 from persistence.partition_journal import PartitionJournalWriter
+from protocol.common import Alert
 from protocol.errors import Fenced, UsageError
+from tests.fixtures.postgres import PrivatePg
 
 
 class Rec(msgspec.Struct, frozen=True, kw_only=True):
@@ -328,3 +330,41 @@ async def _wait_all(
             refused.add(ticket)
         else:
             acked[ticket] = record
+
+
+@pytest.mark.slow
+async def test_postgres_stopped_mid_run_buffers_and_catches_up_exactly_once(
+    private_pg: PrivatePg, bridge: Any
+) -> None:
+    alerts: list[Alert] = []
+    async with open_database(bridge, private_pg.dsn) as db:
+        await _seed(db)
+        journal = _writer(db, window_ms=2, max_backoff_s=0.2, on_alert=alerts.append)
+        sent: dict[int, Rec] = {}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            journal.open_partition(1, 1, 0, {})
+            journal.open_partition(2, 1, 0, {})
+
+            async def produce(count: int) -> None:
+                for n in range(count):
+                    record = Rec(partition=(1, 2, None)[n % 3], n=len(sent))
+                    sent[journal.append_nowait(record)] = record
+                    await trio.sleep(0.001)
+
+            await produce(100)
+            await journal.flush()
+            await trio.to_thread.run_sync(private_pg.server.stop, "immediate")
+            await produce(300)  # trading goes on: appends never wait, never fail
+            assert not journal.healthy and journal.pending >= 290
+            assert [a.kind for a in alerts] == ["journal_unavailable"]
+            await trio.to_thread.run_sync(private_pg.server.restart)
+            with trio.fail_after(30):
+                await journal.flush()
+            assert journal.healthy and journal.write_errors >= 1
+            nursery.cancel_scope.cancel()
+        assert [a.kind for a in alerts] == ["journal_unavailable", "journal_recovered"]
+        for p in (1, 2):
+            stored = [r for _, r in await _journal_of(db, p)]  # contiguous, checked there
+            assert stored == [r for r in sent.values() if r.partition == p]
+        assert await db.fetchval("SELECT count(*) FROM audit_log") == len(sent)  # once each
