@@ -11,6 +11,11 @@ public surface:
 * :class:`JournalWriter`: the write-behind journal with group commit, generic over the record
   type; :class:`JournalReader` reads it back; :class:`SnapshotStore` keeps the snapshots and
   compacts the journal behind them.
+* Cluster mode (issue #21): :class:`LeaseManager` (partition leases, crash detection,
+  balancing; its events :class:`Claimed`, :class:`Lost`, :class:`HandoverWanted`),
+  :class:`PartitionJournalWriter` (the journal fenced per partition by epoch);
+  :mod:`persistence.partition_store` reads a partition back and keeps its snapshots (imported
+  on its own: it brings the replay's numpy, which a single node's start-up need not load).
 * :class:`EmbeddedPostgres` / :func:`resolve_dsn`: a real Postgres from the ``pgserver``
   wheel when ``DATABASE_URL`` is unset.
 * :class:`RedisLink`, :class:`RedisNonceCache`, :class:`TickBus`, :class:`ReadCache`: Redis,
@@ -31,7 +36,9 @@ from persistence.db import (
 from persistence.embedded import DEFAULT_EMBEDDED_DIR, EmbeddedPostgres, resolve_dsn
 from persistence.journal_reader import JournalReader
 from persistence.journal_writer import JournalWriter
+from persistence.leases import Claimed, HandoverWanted, LeaseEvent, LeaseManager, Lost
 from persistence.migrator import Migration, MigrationStatus, migrate, migration_status
+from persistence.partition_journal import PartitionJournalWriter
 from persistence.redis_link import Degradation, RedisLink
 from persistence.redis_nonces import NonceCache, RedisNonceCache
 from persistence.snapshot_store import SnapshotStore
@@ -40,14 +47,20 @@ from persistence.tickbus import TickBus
 __all__ = [
     "DEFAULT_EMBEDDED_DIR",
     "Bridge",
+    "Claimed",
     "Database",
     "Degradation",
     "EmbeddedPostgres",
+    "HandoverWanted",
     "JournalReader",
     "JournalWriter",
+    "LeaseEvent",
+    "LeaseManager",
+    "Lost",
     "Migration",
     "MigrationStatus",
     "NonceCache",
+    "PartitionJournalWriter",
     "ReadCache",
     "RedisLink",
     "RedisNonceCache",

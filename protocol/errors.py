@@ -36,6 +36,7 @@ The tree keeps "you misused the API" apart from "the peer misbehaved" (as h11 do
     ├── NotFound                       not_found
     ├── Conflict                       conflict
     └── StorageError                   storage_unavailable
+        └── Fenced                     fenced
 
 Codes are part of the wire contract: never rename one, only add.
 """
@@ -50,6 +51,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "DecodeError",
+    "Fenced",
     "Forbidden",
     "FrameTooLarge",
     "FutureTimestamp",
@@ -294,3 +296,16 @@ class StorageError(TripwireError):
     """Raised when the durable store cannot accept or return data right now."""
 
     code = "storage_unavailable"
+
+
+class Fenced(StorageError):
+    """Raised when a write for a partition was refused because this node no longer holds it.
+
+    Cluster mode: every journal batch, snapshot and compaction of a partition is conditional on
+    the epoch its owner claimed at; another node has claimed it since (this node's lease lapsed,
+    or it was declared dead). The write changed nothing and is never retried: the partition's
+    unwritten records are dropped (none was acknowledged). ``details`` has ``partition`` and
+    ``epoch`` (the stale one).
+    """
+
+    code = "fenced"
