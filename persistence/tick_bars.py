@@ -29,7 +29,10 @@ rarely travels the long way round within one second), and to the low first when 
 equally near or no price is known. A position whose SL and TP both lie inside one bar's range
 therefore closes at whichever the path meets first, which may not be what the market did:
 every replay that used bars raises an alert, and the quotes carry ``synthetic=True`` so the
-engine can apply a per-position rule (adverse first) where it prefers.
+engine can apply a per-position rule (adverse first) where it prefers. A bar is kept per
+second, not per seq: one that only partly lies in the replayed range is replayed with its
+whole second's bounds, which may include prices of quotes just outside the range (already
+processed, or about to be): conservative, a touch is never missed, at worst met early.
 """
 
 from __future__ import annotations

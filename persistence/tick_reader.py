@@ -27,7 +27,7 @@ import asyncio
 import bisect
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -279,7 +279,7 @@ class StreamReader:
         """
         return await self._replay(symbol, after_seq, upto_seq, before=None)
 
-    async def batches(self) -> AsyncIterator[list[Stamped]]:
+    async def batches(self) -> AsyncGenerator[list[Stamped], None]:
         """Yield what each read delivered (per-symbol seq order, gaps filled), forever."""
         while True:
             if self._changes:
@@ -300,7 +300,7 @@ class StreamReader:
             if out:
                 yield out
 
-    async def __aiter__(self) -> AsyncIterator[Stamped]:
+    async def __aiter__(self) -> AsyncGenerator[Stamped, None]:
         async for batch in self.batches():
             for stamped in batch:
                 yield stamped
