@@ -20,6 +20,9 @@ public surface:
   wheel when ``DATABASE_URL`` is unset.
 * :class:`RedisLink`, :class:`RedisNonceCache`, :class:`TickBus`, :class:`ReadCache`: Redis,
   optional for one node, degrading (never failing) when it is down.
+* :class:`TickAppender`, :class:`StreamReader`, :class:`TickRing`, :class:`TickBarStore`: the
+  cluster's tick path (per-symbol streams with contiguous seqs, replays, 1 s bars); a single
+  node never builds them.
 """
 
 from __future__ import annotations
@@ -42,10 +45,14 @@ from persistence.partition_journal import PartitionJournalWriter
 from persistence.redis_link import Degradation, RedisLink
 from persistence.redis_nonces import NonceCache, RedisNonceCache
 from persistence.snapshot_store import SnapshotStore
+from persistence.tick_bars import TickBar, TickBarStore
+from persistence.tick_reader import ReaderStats, StreamReader, TickRing
+from persistence.tick_streams import AppenderStats, Replayed, Stamped, TickAppender
 from persistence.tickbus import TickBus
 
 __all__ = [
     "DEFAULT_EMBEDDED_DIR",
+    "AppenderStats",
     "Bridge",
     "Claimed",
     "Database",
@@ -62,10 +69,18 @@ __all__ = [
     "NonceCache",
     "PartitionJournalWriter",
     "ReadCache",
+    "ReaderStats",
     "RedisLink",
     "RedisNonceCache",
+    "Replayed",
     "SnapshotStore",
+    "Stamped",
+    "StreamReader",
+    "TickAppender",
+    "TickBar",
+    "TickBarStore",
     "TickBus",
+    "TickRing",
     "dsn_with_database",
     "is_unavailable",
     "migrate",
