@@ -7,7 +7,7 @@ way round (docs/protocol.md, "Compatibility").
 A session, as the device sees it::
 
     connect /ws/device (subprotocol tripwire.v1.json or tripwire.v1.msgpack)
-    -> hello (signed)                  <- welcome, or error + close
+    -> hello (signed)                  <- welcome, or error + close, or moved + close
     -> positions (full snapshot)       on every (re)connect, before any command is trusted
     -> deals                           the fills of positions closed since the last acked state
     -> account
@@ -26,6 +26,7 @@ import msgspec
 from msgspec import Meta
 
 from protocol.common import Side
+from protocol.redirects import Moved
 from protocol.types import (
     ClientId,
     Count,
@@ -61,6 +62,7 @@ __all__ = [
     "Hello",
     "HelloBody",
     "ModifyCommand",
+    "Moved",
     "OpenCommand",
     "OrderType",
     "PartialCloseCommand",
@@ -394,6 +396,13 @@ Command = OpenCommand | CloseCommand | PartialCloseCommand | ModifyCommand
 """The messages that ask the terminal to trade; each carries a ``command_id`` and a ``sig``."""
 
 ServerMessage = (
-    Welcome | OpenCommand | CloseCommand | PartialCloseCommand | ModifyCommand | Ping | DeviceError
+    Welcome
+    | OpenCommand
+    | CloseCommand
+    | PartialCloseCommand
+    | ModifyCommand
+    | Ping
+    | DeviceError
+    | Moved
 )
 """Everything the server may send to a device."""
