@@ -32,7 +32,7 @@ from msgspec import Meta
 
 from protocol.types import Count
 
-__all__ = ["MAX_HOPS", "MAX_WAIT_MS", "Epoch", "Moved", "Redirects", "WebSocketUrl"]
+__all__ = ["MAX_HOPS", "MAX_WAIT_MS", "Moved", "Redirects", "WebSocketUrl"]
 
 MAX_HOPS: Final = 3
 """``moved`` frames a client follows in a row (without a welcome between) before it gives up."""
@@ -42,9 +42,6 @@ MAX_WAIT_MS: Final = 60_000
 
 WebSocketUrl = Annotated[str, Meta(min_length=6, max_length=2048, pattern=r"^wss?://[^\s]+$")]
 """An absolute ``ws://`` or ``wss://`` URL, without white space."""
-
-Epoch = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-"""A partition's lease epoch (a Postgres ``bigint``): it grows with every change of owner."""
 
 
 class Moved(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="moved"):
@@ -59,8 +56,8 @@ class Moved(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="mo
     client's ``token``); null: nobody owns the partition yet."""
     partition: Count
     """Your user's partition (for logs and support)."""
-    epoch: Epoch = 0
-    """The owner's lease epoch (0 when nobody owns it)."""
+    epoch: Count = 0
+    """The owner's lease epoch: it grows with every change of owner (0 when nobody owns it)."""
     retry_after_ms: Count = 0
     """With ``url`` null: how long to wait before connecting again."""
 
