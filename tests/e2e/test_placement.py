@@ -11,6 +11,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from bench.e2e_workers import DeviceSpec, _keep_connected
 from engine.instruments import DEFAULT_INSTRUMENTS
 from gateway.placement import Elsewhere, Unowned
 from protocol.client import Subscribe
@@ -132,9 +133,10 @@ async def test_a_client_of_a_user_served_elsewhere_is_moved_after_its_token(
     # A bad token: unauthorized, as ever.
     bad = f"{node_a.ws_url}/ws/client?token=not-a-token"
     async with open_websocket_url(bad, subprotocols=["tripwire.v1.json"]) as ws:
-        await ws.send_message(subscribe)
         with pytest.raises(ConnectionClosed) as closed, trio.fail_after(10):
-            await ws.get_message()  # closed before any frame: the token did not verify
+            # Closed before any frame (the token did not verify): the send may already fail.
+            await ws.send_message(subscribe)
+            await ws.get_message()
     assert closed.value.reason.code == CloseCode.POLICY_VIOLATION
 
 
@@ -245,3 +247,27 @@ async def test_an_unowned_answer_is_waited_for_then_the_configured_url_is_tried_
     assert ea.welcomed_at == f"{node_a.ws_url}/ws/device"
     assert ea.moved[0] == Moved(url=None, partition=2, retry_after_ms=200)
     assert ea.connections >= 2
+
+
+async def test_the_harness_devices_follow_moved(
+    nursery: trio.Nursery, node_a: Engine, pg_dsn_b: str, tmp_path: Path
+) -> None:
+    node_b = await start_engine(nursery, pg_dsn_b, tmp_path / "b")
+    user_id, device_id, secret = await _device(node_a)
+    await mirror_device(node_a, node_b, user_id, device_id)
+    placed(node_a).placements[user_id] = Elsewhere(url=node_b.base_url, partition=8, epoch=3)
+    eas: list[SimulatedEA] = []
+    gone: list[tuple[str, int | None, str | None]] = []
+    spec = DeviceSpec(device_id, secret, [])
+    with trio.fail_after(20):
+        await nursery.start(
+            _keep_connected,
+            f"{node_a.ws_url}/ws/device",
+            spec,
+            _terminal(device_id),
+            None,
+            eas,
+            gone,
+        )
+    assert eas[0].welcomed_at == f"{node_b.ws_url}/ws/device" and gone == []
+    assert node_b.ctx.counters.handshakes["ok"] == 1
