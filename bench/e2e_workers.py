@@ -158,7 +158,11 @@ async def _keep_connected(
 ) -> None:
     """One terminal, connected as an EA stays connected: when the server closes the session,
     note why and connect again after a second (same terminal: same positions, same window of
-    executed command ids, so a close resent under its old id is answered, not executed)."""
+    executed command ids, so a close resent under its old id is answered, not executed).
+
+    A node that does not serve the device's user answers ``moved``: the EA follows it at once
+    to the node that does (``sim.ea``, ``protocol.redirects``); after more than three in a row
+    it gives up, which is noted like a close, and this loop starts again at ``url``."""
     first = True
     while True:
         ea = SimulatedEA(url, spec.device_id, spec.secret, terminal, on_command=on_command)
@@ -175,6 +179,8 @@ async def _keep_connected(
                 raise  # the engine is not there at all: the harness cannot start
             refused = True
         code, reason = (None, "reconnect refused") if refused else (ea.closed or (None, None))
+        if ea.gave_up:
+            code, reason = 4301, "too many redirects in a row"
         gone.append((spec.device_id, code, reason))
         await trio.sleep(1.0)
 

@@ -44,6 +44,7 @@ from gateway.memory_nonces import MemoryNonces
 from gateway.metrics import Metrics
 from gateway.notifications import NotificationStore
 from gateway.notifier import Notifier, NotifierConfig
+from gateway.placement import AllLocal, Ownership
 from gateway.registry import Registry
 from persistence.bridge import Bridge, open_bridge
 from persistence.cache import ReadCache
@@ -195,9 +196,14 @@ async def _notifier(settings: Settings, db: Database, node: Node, clock: WallClo
 
 
 @asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, ownership: Ownership | None = None
+) -> AsyncIterator[Services]:
     """Build every part of the engine from ``settings``; nothing runs yet (see
-    :func:`gateway.runtime.serve`). Leaving the block releases what was opened here."""
+    :func:`gateway.runtime.serve`). Leaving the block releases what was opened here.
+
+    ``ownership`` says which node serves each user (``gateway.placement``); None: this one
+    serves everyone (a single node)."""
     state_dir = Path(settings.state_dir)
     await trio.Path(state_dir).mkdir(parents=True, exist_ok=True)
     clock = WallClock()
@@ -267,6 +273,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 metrics=metrics,
                 journal_writer=journal,
                 notifier=notifier,
+                ownership=ownership if ownership is not None else AllLocal(),
             )
             app = create_app(ctx)
             yield Services(

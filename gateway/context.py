@@ -17,6 +17,7 @@ from quart import current_app
 from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings
 from gateway.metrics import Metrics
+from gateway.placement import AllLocal, Ownership
 from protocol.errors import StorageError
 
 if TYPE_CHECKING:
@@ -107,6 +108,9 @@ class GatewayContext:
     """The chart renderers (made on the first chart, ``gateway.rest.charts``)."""
     local_cache: ReadCache | None = None
     """The in-process read cache when there is no Redis (made on first use)."""
+    ownership: Ownership = field(default_factory=AllLocal)
+    """Which node serves a user (``gateway.placement``): on one node, this one for everyone;
+    in cluster mode the partition leases say, and the edge redirects the rest."""
 
     @property
     def database(self) -> Database:

@@ -2,9 +2,10 @@
 
 The client authenticates with a JWT (``?token=`` or ``Authorization: Bearer``), sends a
 ``subscribe``, gets a ``snapshot`` of its positions, account and devices, then coalesced deltas,
-prices a few times a second and guard alerts. Each client has its own bounded buffer: a client
-that cannot keep up (its buffer overruns repeatedly, or a send stalls past ``SEND_TIMEOUT_S``)
-is closed with 1013 "try again later"; nobody else notices.
+prices a few times a second and guard alerts. A user another node serves gets a ``moved``
+frame and close 4301 instead of the snapshot (``protocol.redirects``). Each client has its own
+bounded buffer: a client that cannot keep up (its buffer overruns repeatedly, or a send stalls
+past ``SEND_TIMEOUT_S``) is closed with 1013 "try again later"; nobody else notices.
 
 What a connection may cost is bounded (docs/operations.md, "Limits"):
 
@@ -29,6 +30,7 @@ import structlog
 import trio
 
 from gateway.closing import close_quietly, send_quietly
+from gateway.placement import Local, moved_frame
 from protocol.client import (
     Authenticated,
     ClientAuth,
@@ -64,7 +66,9 @@ if TYPE_CHECKING:
 
 _LOG = structlog.get_logger().bind(endpoint="ws/client")
 
-__all__ = ["SEND_TIMEOUT_S", "serve_client"]
+__all__ = ["CLIENT_PATH", "SEND_TIMEOUT_S", "serve_client"]
+
+CLIENT_PATH = "/ws/client"
 
 SEND_TIMEOUT_S = 5.0
 SUBSCRIBE_TIMEOUT_S = 10.0
@@ -146,6 +150,16 @@ async def serve_client(ctx: GatewayContext, ws: Any = None) -> None:
         await _close_with(websocket, codec, exc)
         return
     log = log.bind(user_id=identity.user_id)
+    placement = ctx.ownership.locate(identity.user_id)
+    if not isinstance(placement, Local):
+        # After the token verified (a stranger learns nothing of placement); the frame is in
+        # the encoding the subscribe chose.
+        ctx.counters.handshake("client_moved")
+        frame = moved_frame(placement, CLIENT_PATH)
+        log.info("client moved", url=frame.url, partition=frame.partition, epoch=frame.epoch)
+        await send_quietly(websocket, codec.encode(frame), log)
+        await close_quietly(websocket, CloseCode.MOVED, "moved", log)
+        return
     stream = _Stream(identity, ctx.settings.client_frame_rate, ctx.settings.client_frame_burst)
     hub = ctx.node.hub
     sub, snapshot = await hub.subscribe(identity.user_id, request.channels)

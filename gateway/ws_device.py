@@ -12,7 +12,9 @@ A session (docs/protocol.md has the whole story for EA authors):
    get the same answer).
    A hello signed before the nonce memory could have seen it (a restart without Redis, a
    Redis outage) is refused as ``stale_hello``: see ``protocol.nonces``.
-3. The device actor opens the session (replacing any other of the same device) and sends the
+3. If another node serves the device's user (``ctx.ownership``), the EA gets a ``moved`` frame
+   naming it and close 4301 (``protocol.redirects``), only now that the hello has verified.
+4. The device actor opens the session (replacing any other of the same device) and sends the
    ``welcome``; from then on frames are decoded and handed to the actor, commands leave signed
    with the session key, and, if the EA asked for it, every frame after the welcome is
    AES-GCM sealed.
@@ -32,6 +34,7 @@ import structlog
 import trio
 
 from gateway.closing import CLOSE_TIMEOUT_S, PEER_GONE, close_quietly, send_quietly
+from gateway.placement import Elsewhere, Local, Unowned, moved_frame
 from protocol.closecodes import CloseCode, close_code_for, close_reason
 from protocol.codec import (
     Frame,
@@ -61,7 +64,9 @@ from protocol.signing import verify_hello
 if TYPE_CHECKING:
     from gateway.context import GatewayContext
 
-__all__ = ["WebSocketDeviceLink", "serve_device"]
+__all__ = ["DEVICE_PATH", "WebSocketDeviceLink", "serve_device"]
+
+DEVICE_PATH = "/ws/device"
 
 _COMMANDS = Command.__args__
 
@@ -182,6 +187,21 @@ async def _refuse(
     await close_quietly(websocket, close_code_for(exc), close_reason(exc), log)
 
 
+async def _redirect(
+    ctx: GatewayContext,
+    websocket: Any,
+    codec: WireCodec[Any, Any],
+    placement: Elsewhere | Unowned,
+    log: Any,
+) -> None:
+    """Tell the EA which node serves its user (a ``moved`` frame), close with 4301, count it."""
+    ctx.counters.handshake("moved")
+    frame = moved_frame(placement, DEVICE_PATH)
+    log.info("device moved", url=frame.url, partition=frame.partition, epoch=frame.epoch)
+    await send_quietly(websocket, codec.encode(frame), log)
+    await close_quietly(websocket, CloseCode.MOVED, "moved", log)
+
+
 def _quart_websocket() -> Any:
     from quart import websocket
 
@@ -228,13 +248,19 @@ async def serve_device(ctx: GatewayContext, ws: Any = None) -> None:
         )
         if not fresh:
             raise ReplayDetected("this hello was already used")
-        if ctx.registry.device_owner(hello.device_id) is None:
+        owner = ctx.registry.device_owner(hello.device_id)
+        if owner is None:
             raise UnknownPrincipal("unknown device")
     except TripwireError as exc:
         await _refuse(ctx, websocket, codec, exc, log)
         return
     device_id = verified.device_id
     log = log.bind(device_id=device_id)
+    placement = ctx.ownership.locate(owner)
+    if not isinstance(placement, Local):
+        # Only now, after the signature and the nonce: a stranger learns nothing of placement.
+        await _redirect(ctx, websocket, codec, placement, log)
+        return
     ctx.counters.handshake("ok")
     await _run_session(ctx, websocket, codec, verified, log)
 

@@ -5,6 +5,14 @@ address, only a shared store can tell that a nonce was already used on another n
 check is ``SET <prefix><key> 1 NX PX <ttl>`` (set only if absent, expiring with the window),
 and "was absent" means fresh.
 
+Across nodes the TTL must also cover their clocks' disagreement. A hello signed at ``ts`` is
+accepted by a node whose clock reads within ``ts ± window``. If node A's clock is ``skew`` ahead
+of node B's, A accepts it from (true time) ``ts - window - skew`` on, and B still accepts it
+until ``ts + window``: a span of ``2 * window + skew``. The callers pass ``2 * window``
+(``protocol.nonces.replay_ttl_ms``); this cache adds ``max_clock_skew_ms``, the largest
+difference between two nodes' clocks (keep them NTP-disciplined; 1 s is generous). Redis
+expires keys by its own single clock, so the nodes' clocks matter only through the window.
+
 When Redis is down the cache degrades to the in-process cache it was given (the protocol
 package's ``MemoryNonceCache(max_entries)``, or anything with the same synchronous
 ``check_and_add(key, now_ms, ttl_ms) -> bool``): replays to this node are still refused,
@@ -52,6 +60,8 @@ class RedisNonceCache:
         local: the in-process cache used alongside Redis and instead of it when it is down.
         prefix: key prefix in Redis (one namespace per deployment).
         retry_after_s: how long to stay on the local cache after a Redis failure.
+        max_clock_skew_ms: the largest difference between two nodes' clocks; every nonce is
+            kept that much longer than asked (see the module docstring).
     """
 
     def __init__(
@@ -61,8 +71,12 @@ class RedisNonceCache:
         *,
         prefix: str = "tripwire:nonce:",
         retry_after_s: float = 2.0,
+        max_clock_skew_ms: int = 1000,
     ) -> None:
+        if max_clock_skew_ms < 0:
+            raise UsageError("max_clock_skew_ms must not be negative", value=max_clock_skew_ms)
         self.link = link
+        self.max_clock_skew_ms = max_clock_skew_ms
         self.local = local
         self.prefix = prefix
         self.state = Degradation("nonce_cache", retry_after_s)
@@ -81,10 +95,15 @@ class RedisNonceCache:
         """Checks answered by the local cache alone because Redis was unavailable."""
         return self.state.degraded_total
 
+    def ttl_for(self, ttl_ms: int) -> int:
+        """How long a nonce asked to be kept ``ttl_ms`` (twice the window) is kept."""
+        return ttl_ms + self.max_clock_skew_ms
+
     async def check_and_add(
         self, key: str, now_ms: int, ttl_ms: int, *, signed_ms: int | None = None
     ) -> bool:
-        """Record ``key`` for ``ttl_ms``; True if it is fresh, False if it is a replay.
+        """Record ``key`` for ``ttl_ms`` plus ``max_clock_skew_ms``; True if it is fresh, False
+        if it is a replay.
 
         Never raises for Redis trouble itself.
 
@@ -96,6 +115,7 @@ class RedisNonceCache:
         if ttl_ms <= 0:
             raise UsageError("nonce ttl must be positive", ttl_ms=ttl_ms)
         self.checks_total += 1
+        ttl_ms = self.ttl_for(ttl_ms)
         fresh = self.local.check_and_add(key, now_ms, ttl_ms)
         local_only = True
         if self.state.should_try():

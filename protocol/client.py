@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from protocol.common import Alert, Origin, Side
+from protocol.redirects import Moved
 from protocol.signals import BreakEvenSpec, TrailingSpec
 from protocol.types import (
     Count,
@@ -44,6 +45,7 @@ __all__ = [
     "ClientPing",
     "DeviceStatus",
     "DeviceView",
+    "Moved",
     "Pong",
     "PositionDelta",
     "PositionView",
@@ -238,5 +240,6 @@ ServerClientMessage = (
     | ClientError
     | Pong
     | Authenticated
+    | Moved
 )
 """Everything the server may send to a client."""

@@ -2,7 +2,8 @@
 
 The standard codes (RFC 6455, section 7.4.1) say what kind of end it is; the 4000-range codes
 (reserved by the RFC for applications) say what the EA must do differently: fix its clock, stop
-reconnecting until upgraded, or back off because another connection took its place. An error
+reconnecting until upgraded, back off because another connection took its place, or connect
+to the node that serves its user (4301, after a ``moved`` frame). An error
 frame (``type: error``, with the stable ``code`` of ``protocol.errors``) precedes every close
 that an error caused; the close reason repeats that code.
 
@@ -55,6 +56,9 @@ class CloseCode(enum.IntEnum):
     REPLACED = 4003
     HEARTBEAT_TIMEOUT = 4004
     HANDSHAKE_TIMEOUT = 4005
+    MOVED = 4301
+    """Another node serves this user: the ``moved`` frame before the close says which
+    (``protocol.redirects``); 43xx mirrors the REST API's 307 for the same case."""
 
 
 ADVICE: Final[dict[CloseCode, tuple[str, str]]] = {
@@ -100,6 +104,11 @@ ADVICE: Final[dict[CloseCode, tuple[str, str]]] = {
         "reconnect; heartbeat every `heartbeat_s` and answer every `ping`",
     ),
     CloseCode.HANDSHAKE_TIMEOUT: ("no valid hello in time after connecting", "reconnect"),
+    CloseCode.MOVED: (
+        "another node serves this device's user (a `moved` frame came first)",
+        "connect to the frame's `url` at once with a new hello; `url` null: wait "
+        "`retry_after_ms`; at most 3 in a row (see [Moved](#moved))",
+    ),
 }
 
 

@@ -7,7 +7,7 @@ way round (docs/protocol.md, "Compatibility").
 A session, as the device sees it::
 
     connect /ws/device (subprotocol tripwire.v1.json or tripwire.v1.msgpack)
-    -> hello (signed)                  <- welcome, or error + close
+    -> hello (signed)                  <- welcome, or error + close, or moved + close
     -> positions (full snapshot)       on every (re)connect, before any command is trusted
     -> deals                           the fills of positions closed since the last acked state
     -> account
@@ -27,6 +27,7 @@ import msgspec
 from msgspec import Meta
 
 from protocol.common import Side
+from protocol.redirects import Moved
 from protocol.types import (
     ClientId,
     Count,
@@ -63,6 +64,7 @@ __all__ = [
     "Hello",
     "HelloBody",
     "ModifyCommand",
+    "Moved",
     "OpenCommand",
     "OrderType",
     "PartialCloseCommand",
@@ -424,6 +426,13 @@ def command_hash(command: Command) -> str:
 
 
 ServerMessage = (
-    Welcome | OpenCommand | CloseCommand | PartialCloseCommand | ModifyCommand | Ping | DeviceError
+    Welcome
+    | OpenCommand
+    | CloseCommand
+    | PartialCloseCommand
+    | ModifyCommand
+    | Ping
+    | DeviceError
+    | Moved
 )
 """Everything the server may send to a device."""

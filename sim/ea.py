@@ -4,7 +4,8 @@ It does what docs/protocol.md asks of an EA: connects to ``/ws/device`` with a s
 sends a signed ``hello``, waits for the ``welcome``, sends its positions snapshot and account,
 heartbeats, verifies every command's signature with the session key, executes each command id
 once (a repeat is answered with the earlier ack, by the :class:`~sim.paper_terminal.PaperTerminal`)
-and acks with the broker's result code. After its positions snapshot it reports the terminal's
+and acks with the broker's result code. A ``moved`` answer to its hello is followed
+(``protocol.redirects``). After its positions snapshot it reports the terminal's
 closing deals (``send_deals``). End-to-end tests and the ``bench.e2e`` harness run it;
 ``on_command`` lets a harness time a command's arrival, and ``crash_before_ack`` makes it die
 between executing a command and acking it (the terminal keeps the trade; the ack is lost).
@@ -12,6 +13,7 @@ between executing a command and acking it (the terminal keeps the trade; the ack
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable
@@ -32,7 +34,8 @@ from protocol.device import (
     Ping,
     Welcome,
 )
-from protocol.errors import BadSignature
+from protocol.errors import BadSignature, TripwireError
+from protocol.redirects import Moved, Redirects
 from protocol.session import derive_session_key, verify_command
 from protocol.signing import sign_hello
 from sim.paper_terminal import PaperTerminal
@@ -83,32 +86,86 @@ class SimulatedEA:
         self.connected = trio.Event()
         self.closed: tuple[int | None, str | None] | None = None
         self._ws: Any = None
+        self.redirects = Redirects(url)
+        """Where the next connection goes (``moved`` frames followed: ``protocol.redirects``)."""
+        self.moved: list[Moved] = []
+        """Every ``moved`` frame received, in order."""
+        self.gave_up = False
+        """True once more than three ``moved`` came in a row: ``run`` returned without a session."""
+        self.connections = 0
+        """Connections opened (one per hello)."""
+        self.welcomed_at: str | None = None
+        """The URL of the connection that got the welcome."""
         self.log = structlog.get_logger().bind(device_id=device_id, component="ea-sim")
 
     async def run(
         self, *, task_status: trio.TaskStatus[SimulatedEA] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Connect once and serve until the connection closes."""
+        """Connect and serve until the connection closes.
+
+        A ``moved`` answer to the hello is followed as docs/protocol.md asks
+        (``protocol.redirects``): the next connection, with a new hello, goes to its ``url`` at
+        once (or, with none, to ``url`` after ``retry_after_ms``); after more than three in a
+        row the EA gives up (``gave_up``) and ``run`` returns.
+        """
+        started = False
+
+        def ready() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started(self)
+
+        while True:
+            moved = await self._session(self.redirects.target, ready)
+            if moved is None:
+                self.redirects.ended()
+                ready()
+                return
+            self.moved.append(moved)
+            wait_ms = self.redirects.moved(moved)
+            if wait_ms is None:
+                self.gave_up = True
+                self.log.warning("too many redirects in a row: giving up", hops=len(self.moved))
+                ready()
+                return
+            await trio.sleep(wait_ms / 1000)
+
+    async def _session(self, url: str, ready: Callable[[], None]) -> Moved | None:
+        """One connection with a new hello; the ``moved`` frame if the node sent one."""
         nonce = secrets.token_urlsafe(18)
         ts = self.now_ms()
         hello = sign_hello(self.device_id, self.secret, self.terminal.hello(ts), ts, nonce)
         key = derive_session_key(self.secret, device_id=self.device_id, nonce=nonce, ts_ms=ts)
+        self.connections += 1
         try:
             async with open_websocket_url(
-                self.url,
+                url,
                 subprotocols=[f"tripwire.v1.{self.encoding}"],
                 message_queue_size=4096,
                 max_message_size=4 * 1024 * 1024,
             ) as ws:
                 await ws.send_message(self.codec.encode(hello))
-                first = self.codec.decode(await ws.get_message())
+                try:
+                    first = self.codec.decode(await ws.get_message())
+                except TripwireError as exc:  # a broken answer: refused, as by an error
+                    self.log.warning("the answer to the hello did not decode", error=exc.message)
+                    ready()
+                    return None
+                if isinstance(first, Moved):
+                    # The server closes (4301) after its moved; leaving the block closes too.
+                    with trio.move_on_after(5), contextlib.suppress(ConnectionClosed):
+                        await ws.get_message()
+                    return first
                 if not isinstance(first, Welcome):
                     if isinstance(first, DeviceError):
                         self.errors.append(first)
-                    task_status.started(self)
+                    ready()
                     await ws.get_message()  # the server closes after its error
-                    return
+                    return None
+                self.redirects.welcomed()
                 self.welcome = first
+                self.welcomed_at = url
                 self._ws = ws
                 now = self.now_ms()
                 await ws.send_message(self.codec.encode(self.terminal.snapshot(now)))
@@ -116,7 +173,7 @@ class SimulatedEA:
                     await ws.send_message(self.codec.encode(self.terminal.deals(now)))
                 await ws.send_message(self.codec.encode(self.terminal.account(now)))
                 self.connected.set()
-                task_status.started(self)
+                ready()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._heartbeat, ws, float(first.heartbeat_s))
                     while True:
@@ -138,6 +195,7 @@ class SimulatedEA:
                 closed = closed.exceptions[0]
             reason = closed.reason if isinstance(closed, ConnectionClosed) else None
             self.closed = (reason.code, reason.reason) if reason else (None, None)
+        return None
 
     async def send(self, message: Any) -> None:
         """Send a device frame now (an ``account`` report, an event) on the live connection: a

@@ -4,7 +4,9 @@ One session, as docs/protocol.md ("The session") has it: a signed hello, the wel
 positions snapshot, the closing deals and the account; then commands in, acks out, a heartbeat
 every ``heartbeat_s``, the terminal polled for what it did on its own. When the session ends
 the bridge waits (exponential backoff with jitter, or what the close code asks: see
-:func:`reconnect_delay`) and starts a new one with a new hello. Every terminal call runs in one
+:func:`reconnect_delay`) and starts a new one with a new hello. A ``moved`` answer to the hello
+sends the next session, at once, to the node it names (at most three in a row:
+``protocol.redirects``). Every terminal call runs in one
 worker thread, one at a time: the ``MetaTrader5`` package blocks, and its calls must not
 interleave.
 """
@@ -23,6 +25,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from protocol.codec import WireCodec
 from protocol.device import DeviceError, DeviceMessage, Heartbeat, ServerMessage, Welcome
+from protocol.redirects import Moved, Redirects
 from protocol.session import derive_session_key
 from protocol.signing import sign_hello
 from tripwire_ea.dispatch import Dispatcher
@@ -98,6 +101,8 @@ class Bridge:
         self.offset_ms = 0
         """The server's clock minus ours, from the last welcome or error."""
         self.sessions = 0
+        self.redirects = Redirects(url)
+        """``moved`` frames followed (docs/protocol.md, "moved")."""
         self._limiter = trio.CapacityLimiter(1)
         self._send_lock = trio.Lock()
         self._terminal_up = False
@@ -106,9 +111,9 @@ class Bridge:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     def next_url(self) -> str:
-        """Where the next session connects. The one place a redirect (the scale-out issue's
-        ``moved``) changes the target once the protocol defines it."""
-        return self.url
+        """Where the next session connects: the configured URL, or the ``url`` of the
+        ``moved`` frame that ended the last connection (``protocol.redirects``)."""
+        return self.redirects.target
 
     async def run(self) -> None:
         """Serve, reconnecting after every end, until cancelled.
@@ -124,13 +129,26 @@ class Bridge:
                     await self._blocking(self.dispatcher.terminal.connect)
                     self._terminal_up = True
                     await self._blocking(self.dispatcher.resolve_pending)
-                welcomed, code = await self._session(self.next_url())
+                welcomed, code, moved = await self._session(self.next_url())
                 if welcomed:
                     attempt = 0
+                if moved is not None:
+                    wait_ms = self.redirects.moved(moved)
+                    if wait_ms is not None:
+                        # Another node serves our user: go there now (or, when nobody does
+                        # yet, after the wait it asks for), with a new hello. No backoff.
+                        log.info("moved", url=moved.url, partition=moved.partition, in_ms=wait_ms)
+                        await trio.sleep(wait_ms / 1000)
+                        continue
+                    log.warning("too many redirects in a row: back to the configured URL")
+                else:
+                    self.redirects.ended()
             except* TerminalUnavailable as group:
+                self.redirects.ended()
                 self._terminal_up = False
                 log.warning("the terminal is unavailable", error=str(group.exceptions[0]))
             except* (OSError, HandshakeError, trio.BrokenResourceError) as group:
+                self.redirects.ended()
                 log.warning("cannot reach the server", error=repr(group.exceptions[0])[:200])
             if code in STOP_CODES:
                 raise Stop(f"the server closed with {code}: upgrade tripwire-ea")
@@ -139,14 +157,14 @@ class Bridge:
             log.info("reconnecting", in_s=round(delay, 2), close_code=code)
             await trio.sleep(delay)
 
-    async def _session(self, url: str) -> tuple[bool, int | None]:
-        """One connection: ``(welcomed, close code)``."""
+    async def _session(self, url: str) -> tuple[bool, int | None, Moved | None]:
+        """One connection: ``(welcomed, close code, the moved frame if the node sent one)``."""
         body = await self._blocking(self.dispatcher.terminal.hello, self.ea_build)
         ts = self.clock() + self.offset_ms
         nonce = secrets.token_urlsafe(18)
         hello = sign_hello(self.device_id, self.secret, body, ts, nonce)
         key = derive_session_key(self.secret, device_id=self.device_id, nonce=nonce, ts_ms=ts)
-        welcomed, code = False, None
+        welcomed, code, moved = False, None, None
         try:
             async with open_websocket_url(
                 url,
@@ -158,11 +176,15 @@ class Bridge:
                 with trio.fail_after(15):
                     first = self.dispatcher.decode(await ws.get_message())
                 if not isinstance(first, Welcome):
-                    self._refused(first)
+                    if isinstance(first, Moved):
+                        moved = first
+                    else:
+                        self._refused(first)
                     with trio.move_on_after(5):
-                        await ws.get_message()  # the server closes after its error
-                    return False, (ws.closed.code if ws.closed else None)
+                        await ws.get_message()  # the server closes after its error or moved
+                    return False, (ws.closed.code if ws.closed else None), moved
                 welcomed = True
+                self.redirects.welcomed()
                 self.sessions += 1
                 self.offset_ms = first.server_time_ms - self.clock()
                 self.dispatcher.window.resize(first.command_window)
@@ -185,7 +207,7 @@ class Bridge:
             log.warning("no welcome in time")
         finally:
             self.dispatcher.session_key = None
-        return welcomed, code
+        return welcomed, code, moved
 
     def _refused(self, first: ServerMessage | None) -> None:
         if isinstance(first, DeviceError):

@@ -19,7 +19,8 @@
 :func:`register` also makes a JSON body that is not UTF-8 a 400 (``JsonRequest``), makes
 ``/openapi.json`` a complete document (components, examples, binary responses) and ``/docs``
 work offline (``gateway.rest.docs``), starts the candle book's
-sampler with the app (and stops it with it), and adds the API's counters to ``/metrics``.
+sampler with the app (and stops it with it), adds the API's counters to ``/metrics``, and
+answers a request for a user another node serves with 307 (``gateway.rest.placement``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from gateway.rest.docs import install_openapi
 from gateway.rest.examples import EXAMPLES
 from gateway.rest.market import candle_book
 from gateway.rest.metrics import RestCollector
+from gateway.rest.placement import install_redirects
 
 __all__ = ["BLUEPRINTS", "register"]
 
@@ -69,6 +71,7 @@ BLUEPRINTS = (
 
 def register(app: QuartTrio) -> None:
     app.request_class = JsonRequest
+    install_redirects(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     install_openapi(app, EXAMPLES)

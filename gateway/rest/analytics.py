@@ -46,6 +46,7 @@ from gateway.context import GatewayContext
 from gateway.rest.common import ctx, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
 from gateway.rest.market import candle_book, known_symbol
+from gateway.rest.placement import serve_here
 from gateway.rest.positions import live_positions, view_of
 from gateway.rest.reads import read_through
 from persistence import projection_reads
@@ -269,6 +270,7 @@ async def analytics(query_args: AnalyticsQuery) -> Any:
     context = ctx()
     user_id = scope_user(query_args.user_id, everyone=False)
     assert user_id is not None
+    serve_here(user_id)  # the user actor's ledger and live positions
     symbol = known_symbol(context, query_args.symbol)
     equity = await equity_of(context, user_id)
     views = [view_of(context, p) for p in live_positions(context, user_id)]

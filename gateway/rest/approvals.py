@@ -30,6 +30,7 @@ from actors.messages import DecideSignal, Reply
 from engine.records import Approval, signal_key
 from gateway.rest.common import Before, audited, caller, ctx, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
+from gateway.rest.placement import serve_here
 from gateway.rest.signals import find_signal
 from persistence import projection_reads
 from persistence.projection_reads import ApprovalRow
@@ -87,6 +88,7 @@ class ApprovalQuery(msgspec.Struct, frozen=True, kw_only=True):
 async def decide(strategy_id: str, signal_id: str, version: int, data: DecisionIn) -> Any:
     """Approve (open a position) or reject a signal, for the caller."""
     who, address, agent = caller()
+    serve_here(who.user_id)
     context = ctx()
     key = signal_key(strategy_id, signal_id, version)
     if data.volume is not None and data.decision != "approve":

@@ -41,6 +41,7 @@ from gateway.rest.analytics import Equity, curve_stats, equity_of
 from gateway.rest.common import ctx, identity, require_token
 from gateway.rest.docs import bearer, binary, errors
 from gateway.rest.market import CandleQuery, candle_book, known_symbol
+from gateway.rest.placement import serve_here
 from gateway.rest.reads import read_through
 from protocol.errors import RateLimited
 
@@ -309,6 +310,7 @@ async def equity_chart() -> Any:
     """The caller's equity curve as a PNG."""
     context = ctx()
     user_id = identity().user_id
+    serve_here(user_id)  # the user actor's ledger
 
     async def render() -> bytes:
         equity = await equity_of(context, user_id)

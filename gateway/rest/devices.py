@@ -23,6 +23,7 @@ from gateway.context import GatewayContext
 from gateway.registry import DeviceRecord
 from gateway.rest.common import Label, audited, ctx, identity, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
+from gateway.rest.placement import serve_here
 from protocol.closecodes import CloseCode
 from protocol.errors import NotFound
 from protocol.types import Id
@@ -142,7 +143,9 @@ async def register_device(data: NewDevice) -> Any:
 async def list_devices(query_args: DevicesQuery) -> Any:
     """The caller's devices with their live status (admins: every device)."""
     context = ctx()
-    records = devices_in_scope(context, scope_user(query_args.user_id))
+    user_id = scope_user(query_args.user_id)
+    serve_here(user_id)  # the device actors' live state
+    records = devices_in_scope(context, user_id)
     return json_response(DeviceList(devices=[device_out(context, d) for d in records]))
 
 
@@ -156,6 +159,7 @@ async def get_device(device_id: str) -> Any:
     record = context.registry.devices.get(device_id)
     if record is None or not identity().may_act_for(record.user_id):
         raise NotFound("no such device")
+    serve_here(record.user_id)  # the device actor's live state
     return json_response(device_out(context, record))
 
 
@@ -184,6 +188,7 @@ async def revoke_device(device_id: str) -> Any:
     context = ctx()
     async with audited("device.revoke", "device", device_id, "200") as note:
         record = _owned(context, device_id)
+        serve_here(record.user_id)  # ends the device actor's session
         await context.registry.revoke(device_id)
         actor = context.node.devices.get(device_id)
         if actor is not None:

@@ -28,6 +28,7 @@ from engine.positions import decode_position_documents
 from gateway.context import GatewayContext
 from gateway.rest.common import Before, ctx, require_token, scope_user
 from gateway.rest.docs import bearer, binary, errors
+from gateway.rest.placement import serve_here
 from gateway.rest.positions import history_page, live_positions, view_of
 from protocol.client import PositionView
 from protocol.types import Id, Symbol
@@ -184,6 +185,8 @@ async def export_positions(query_args: ExportQuery) -> Any:
     """The caller's positions as CSV (admins: everyone's, or one user's), streamed."""
     context = ctx()
     user_id = scope_user(query_args.user_id)
+    if query_args.state != "closed":  # the live part is the user actor's
+        serve_here(user_id)
     stamp = datetime.fromtimestamp(context.clock.now_ms() / 1000, UTC).strftime("%Y%m%d-%H%M%S")
     headers = {
         "Content-Disposition": f'attachment; filename="positions-{stamp}.csv"',

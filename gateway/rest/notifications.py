@@ -17,6 +17,7 @@ from gateway.notifications import NotificationsIn, NotificationsOut, check_webho
 from gateway.notifier import Notifier
 from gateway.rest.common import audited, ctx, identity, require_token
 from gateway.rest.docs import bearer, errors, json_response
+from gateway.rest.placement import serve_here
 from protocol.errors import StorageError
 
 __all__ = ["blueprint"]
@@ -38,6 +39,7 @@ def _notifier() -> Notifier:
 @errors(401)
 async def get_notifications() -> Any:
     """The caller's notification settings (secrets only as "set" flags)."""
+    serve_here(identity().user_id)
     return json_response(_notifier().store.of(identity().user_id).view())
 
 
@@ -49,6 +51,7 @@ async def get_notifications() -> Any:
 async def put_notifications(data: NotificationsIn) -> Any:
     """Replace the caller's notification settings; a new webhook secret is shown once."""
     who = identity()
+    serve_here(who.user_id)
     context = ctx()
     if data.webhook_url is not None:
         check_webhook_url(data.webhook_url, allow_internal=context.settings.notify_private_urls)

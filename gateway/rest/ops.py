@@ -24,6 +24,7 @@ from gateway.context import GatewayContext
 from gateway.rest.common import Label, ctx, identity, require_token, scope_user
 from gateway.rest.devices import devices_in_scope
 from gateway.rest.docs import bearer, errors, json_response, raw_json
+from gateway.rest.placement import serve_here
 from gateway.rest.reads import read_through
 from persistence import projection_reads
 from persistence.projection_reads import AlertRow, AuditRow, ReconciliationRow
@@ -146,6 +147,7 @@ async def reconciliation(query_args: LimitQuery) -> Any:
     """The caller's devices as the engine sees them now, and recent reconciliation entries."""
     context = ctx()
     user_id = scope_user(query_args.user_id)
+    serve_here(user_id)  # the device actors' live state
     records = devices_in_scope(context, user_id)
     devices = []
     for record in records:
@@ -184,6 +186,7 @@ async def guards(query_args: GuardsQuery) -> Any:
     context = ctx()
     user_id = scope_user(query_args.user_id, everyone=False)
     assert user_id is not None
+    serve_here(user_id)  # the user actor's drawdown guard
     market = [
         MarketGuardOut(
             symbol=symbol,

@@ -55,6 +55,7 @@ from engine.views import position_view
 from gateway.context import GatewayContext
 from gateway.rest.common import Before, audited, ctx, identity, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response, raw_json
+from gateway.rest.placement import serve_here
 from gateway.rest.reads import read_through
 from persistence import projection_reads
 from persistence.projections import to_time
@@ -315,6 +316,8 @@ async def list_positions(query_args: PositionsQuery) -> Any:
     q = query_args
     context = ctx()
     user_id = scope_user(q.user_id)
+    if q.state != "closed":  # the live part is the user actor's
+        serve_here(user_id)
     parts: list[bytes] = []
     next_cursor: str | None = None
     if q.state in ("open", "all"):
@@ -358,6 +361,7 @@ async def close_position(position_id: str) -> Any:
             raise NotFound("no such position")
         if p.state in FINAL_STATES:
             raise Conflict(f"position is {p.state.value}", state=p.state.value)
+        serve_here(p.user_id)
         closed: Reply[str | None] = Reply()
         context.node.user(p.user_id).deliver(ClosePosition(position_id, closed))
         command_id = await closed.wait()
@@ -385,6 +389,7 @@ async def modify_position(position_id: str, data: LevelChanges) -> Any:
             raise NotFound("no such position")
         if p.state in FINAL_STATES:
             raise Conflict(f"position is {p.state.value}", state=p.state.value)
+        serve_here(p.user_id)
         for name, value in data.given().items():
             note.detail[name] = msgspec.json.encode(value).decode()
         modified: Reply[Position | None] = Reply()
@@ -417,6 +422,7 @@ async def adopt_position(position_id: str) -> Any:
             raise Forbidden("only its owner may adopt a position")
         if p.state in FINAL_STATES:
             raise Conflict(f"position is {p.state.value}", state=p.state.value)
+        serve_here(p.user_id)
         adopted: Reply[Position] = Reply()
         context.node.user(p.user_id).deliver(AdoptPosition(position_id, adopted))
         updated = await adopted.wait()

@@ -29,6 +29,7 @@ from gateway.context import GatewayContext
 from gateway.rest.common import client_address, ctx, identity, require_token, user_agent
 from gateway.rest.docs import bearer, errors, json_response
 from gateway.rest.metrics import count_action
+from gateway.rest.placement import serve_here
 from gateway.services import accept_signal, audit
 from protocol.codec import MAX_SIGNAL_BYTES, decode_signal
 from protocol.common import Side
@@ -192,6 +193,7 @@ async def post_signal() -> Any:
 async def list_signals(query_args: SignalQuery) -> Any:
     """Signals for the caller (admins: every signal), newest first."""
     who = identity()
+    serve_here(who.user_id)  # the caller's decisions are its partition's state
     context = ctx()
     now = context.clock.now_ms()
     approvals = context.node.state.approvals
@@ -228,6 +230,7 @@ async def list_signals(query_args: SignalQuery) -> Any:
 async def get_signal(strategy_id: str, signal_id: str, version: int) -> Any:
     """One signal, if the caller is in its audience (otherwise 404: existence is not told)."""
     who = identity()
+    serve_here(who.user_id)  # the caller's decision is its partition's state
     context = ctx()
     saved = find_signal(context, signal_key(strategy_id, signal_id, version))
     if not _visible(who, saved.signal):

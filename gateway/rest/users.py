@@ -27,6 +27,7 @@ from gateway.context import GatewayContext
 from gateway.rest.auth import UserOut
 from gateway.rest.common import AuditNote, audited, ctx, identity, require_token
 from gateway.rest.docs import bearer, errors, json_response
+from gateway.rest.placement import serve_here
 from protocol.closecodes import CloseCode
 from protocol.errors import AuthError, Conflict, DecodeError
 
@@ -134,6 +135,7 @@ async def get_settings() -> Any:
 async def put_settings(data: UserSettings) -> Any:
     """Replace the caller's trading settings (stored, then applied to the live actor)."""
     who = identity()
+    serve_here(who.user_id)
     check_settings(data)
     context = ctx()
     async with audited("settings.update", "user", who.user_id, "200"):
@@ -183,6 +185,7 @@ async def disable_user(user_id: str) -> Any:
     device sessions are closed, and it cannot log in or connect a device until enabled."""
     who = identity()
     require_role(who, "admin")
+    serve_here(user_id)
     context = ctx()
     async with audited("user.disable", "user", user_id, "200") as note:
         if user_id == who.user_id:

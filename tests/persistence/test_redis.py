@@ -102,10 +102,34 @@ async def test_a_burst_larger_than_the_pool_waits_instead_of_degrading(
 
 
 async def test_nonces_expire_with_their_window(link: RedisLink) -> None:
-    cache = RedisNonceCache(link, DictNonces(), prefix=_prefix())
+    cache = RedisNonceCache(link, DictNonces(), prefix=_prefix(), max_clock_skew_ms=0)
     assert await cache.check_and_add("n", 0, 100)
     await trio.sleep(0.25)  # Redis expires on its own clock (PX)
     assert await cache.check_and_add("n", 10_000, 100)  # and so does the local cache
+
+
+async def test_nonces_outlive_the_window_by_the_clock_skew_between_nodes(link: RedisLink) -> None:
+    """Node A's clock runs ``skew`` ahead of B's: a hello A took at the start of its window is
+    still inside B's window 2 x window + skew later, so Redis must hold the nonce that long."""
+    window_ms, skew_ms = 100, 2_000
+    prefix = _prefix()
+    node_a = RedisNonceCache(link, DictNonces(), prefix=prefix, max_clock_skew_ms=skew_ms)
+    node_b = RedisNonceCache(link, DictNonces(), prefix=prefix, max_clock_skew_ms=skew_ms)
+    assert RedisNonceCache(link, DictNonces()).max_clock_skew_ms == 1_000  # the default
+    assert node_a.ttl_for(2 * window_ms) == 2 * window_ms + skew_ms
+    assert await node_a.check_and_add("skewed", 0, 2 * window_ms)
+    kept = await link.call(lambda r: r.pttl(prefix + "skewed"))
+    assert 2 * window_ms < kept <= 2 * window_ms + skew_ms
+    # Past twice the window, well inside the skew: the replay to B is still refused.
+    await trio.sleep(0.3)
+    assert not await node_b.check_and_add("skewed", 50, 2 * window_ms)
+    # Without the skew it would have been forgotten by then.
+    unskewed = RedisNonceCache(link, DictNonces(), prefix=_prefix(), max_clock_skew_ms=0)
+    assert await unskewed.check_and_add("plain", 0, 2 * window_ms)
+    await trio.sleep(0.3)
+    assert await unskewed.check_and_add("plain", 10_000, 2 * window_ms)
+    with pytest.raises(UsageError):
+        RedisNonceCache(link, DictNonces(), max_clock_skew_ms=-1)
 
 
 async def test_nonce_cache_degrades_and_recovers(
