@@ -45,6 +45,7 @@ from gateway.metrics import Metrics
 from gateway.notifications import NotificationStore
 from gateway.notifier import Notifier, NotifierConfig
 from gateway.registry import Registry
+from gateway.signal_source import SharedSignals
 from persistence.bridge import Bridge, open_bridge
 from persistence.cache import ReadCache
 from persistence.db import Database, open_database
@@ -56,6 +57,7 @@ from persistence.projections import make_projection
 from persistence.recovery import Recovered, load_state
 from persistence.redis_link import RedisLink
 from persistence.redis_nonces import RedisNonceCache
+from persistence.signal_store import SignalStore
 from persistence.snapshot_store import SnapshotStore
 from protocol.common import Alert
 from protocol.nonces import MemoryNonceCache
@@ -267,6 +269,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 metrics=metrics,
                 journal_writer=journal,
                 notifier=notifier,
+                # A cluster's nodes share signals through Postgres (gateway.signal_source).
+                # getattr: ``node_url`` arrives with the cluster settings (issue 21).
+                signal_source=(
+                    SharedSignals(node, SignalStore(db))
+                    if getattr(settings, "node_url", None)
+                    else None
+                ),
             )
             app = create_app(ctx)
             yield Services(

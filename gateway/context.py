@@ -17,6 +17,7 @@ from quart import current_app
 from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings
 from gateway.metrics import Metrics
+from gateway.signal_source import LocalSignals, SignalSource
 from protocol.errors import StorageError
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class GatewayContext:
     """The chart renderers (made on the first chart, ``gateway.rest.charts``)."""
     local_cache: ReadCache | None = None
     """The in-process read cache when there is no Redis (made on first use)."""
+    signal_source: SignalSource | None = None
+    """Where signals are recorded and found (see :attr:`signals`); None: this node's state."""
 
     @property
     def database(self) -> Database:
@@ -118,6 +121,15 @@ class GatewayContext:
         if self.db is None:
             raise StorageError("this node has no database")
         return self.db
+
+    @property
+    def signals(self) -> SignalSource:
+        """Where signals are recorded and found: ``signal_source``, by default this node's
+        state (``gateway.signal_source.LocalSignals``); in a cluster, Postgres
+        (``SharedSignals``, chosen by the composition)."""
+        if self.signal_source is None:
+            self.signal_source = LocalSignals(self.node)
+        return self.signal_source
 
     async def record_durably(self, record: Record) -> int:
         """Journal ``record`` (and fold it) and wait for it to be committed."""
