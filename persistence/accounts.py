@@ -188,23 +188,39 @@ async def _unique(
         raise Conflict(message, **details) from exc
 
 
+_USERNAME_LOCK = 0x7477_7573  # "twus": the advisory-lock namespace of usernames
+
+
 async def insert_user(db: Database, user: UserRow) -> None:
-    """Raises :class:`~protocol.errors.Conflict` if the id or the username is taken."""
-    await _unique(
-        db.execute,
-        "that username is taken",
-        _announced(
-            "user",
+    """Raises :class:`~protocol.errors.Conflict` if the id, or the username in any case, is
+    taken.
+
+    Names are unique whatever their case (``Carol`` is ``carol``), but the column's UNIQUE
+    constraint is case-sensitive, so two processes creating ``carol`` and ``Carol`` at once
+    are kept apart by a transaction-scoped advisory lock on the lower-cased name, held while
+    the name is checked and the row written.
+    """
+
+    async def insert(conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(lower($2)))", _USERNAME_LOCK, user.username
+        )
+        if await conn.fetchval(
+            "SELECT 1 FROM users WHERE lower(username) = lower($1)", user.username
+        ):
+            raise Conflict("that username is taken", username=user.username)
+        await conn.execute(
             "INSERT INTO users (id, username, role, password_hash, settings) "
-            "VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        ),
-        user.id,
-        user.username,
-        user.role,
-        user.password_hash,
-        msgspec.to_builtins(user.settings),
-        username=user.username,
-    )
+            "VALUES ($1, $2, $3, $4, $5)",
+            user.id,
+            user.username,
+            user.role,
+            user.password_hash,
+            msgspec.to_builtins(user.settings),
+        )
+        await _notify(conn, "user", user.id)
+
+    await _unique(db.run_in_transaction, "that user id is taken", insert, user_id=user.id)
 
 
 async def set_user_disabled(db: Database, user_id: str, disabled: bool) -> None:
