@@ -182,7 +182,9 @@ class Registry:
         between the two: a change whose notification was sent while nobody listened (a lost
         connection, a process that was starting) is found by that full reload. A lost
         connection, or a refresh that fails, is logged and retried with capped exponential
-        backoff (``retry_s`` doubling up to ``retry_cap_s``), forever.
+        backoff (``retry_s`` doubling up to ``retry_cap_s``), forever; the backoff starts over
+        only after a connection that lasted ``retry_cap_s``, so a flapping one does not cause
+        a full reload every ``retry_s``.
 
         ``nursery.start`` returns once the first listen and reload have succeeded, or once the
         first attempt has failed (Postgres down at start: the start is not held up; the cache
@@ -194,11 +196,12 @@ class Registry:
         delay = retry_s
         started = False
         while True:
+            following_since = None
             try:
                 async with listen(self.db, accounts.CHANNEL, ping_s=ping_s) as notes:
                     await self.load()
                     _log.info("following registry changes", reloads=self.loads)
-                    delay = retry_s
+                    following_since = trio.current_time()
                     if not started:
                         started = True
                         task_status.started()
@@ -214,6 +217,8 @@ class Registry:
             if not started:
                 started = True
                 task_status.started()
+            if following_since is not None and trio.current_time() - following_since > retry_cap_s:
+                delay = retry_s  # it had been working: a fresh outage starts from the shortest wait
             await trio.sleep(delay)
             delay = min(delay * 2, retry_cap_s)
 
