@@ -46,6 +46,7 @@ from gateway.notifications import NotificationStore
 from gateway.notifier import Notifier, NotifierConfig
 from gateway.placement import AllLocal, Ownership
 from gateway.registry import Registry
+from gateway.signal_source import SharedSignals
 from persistence.bridge import Bridge, open_bridge
 from persistence.cache import ReadCache
 from persistence.db import Database, open_database
@@ -57,6 +58,7 @@ from persistence.projections import make_projection
 from persistence.recovery import Recovered, load_state
 from persistence.redis_link import RedisLink
 from persistence.redis_nonces import RedisNonceCache
+from persistence.signal_store import SignalStore
 from persistence.snapshot_store import SnapshotStore
 from protocol.common import Alert
 from protocol.nonces import MemoryNonceCache
@@ -274,6 +276,12 @@ async def open_services(
                 journal_writer=journal,
                 notifier=notifier,
                 ownership=ownership if ownership is not None else AllLocal(),
+                # A cluster's nodes share signals through Postgres (gateway.signal_source).
+                signal_source=(
+                    SharedSignals(node, SignalStore(db))
+                    if settings.node_url is not None
+                    else None
+                ),
             )
             app = create_app(ctx)
             yield Services(

@@ -18,6 +18,7 @@ from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.placement import AllLocal, Ownership
+from gateway.signal_source import LocalSignals, SignalSource
 from protocol.errors import StorageError
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ class GatewayContext:
     ownership: Ownership = field(default_factory=AllLocal)
     """Which node serves a user (``gateway.placement``): on one node, this one for everyone;
     in cluster mode the partition leases say, and the edge redirects the rest."""
+    signal_source: SignalSource | None = None
+    """Where signals are recorded and found (see :attr:`signals`); None: this node's state."""
 
     @property
     def database(self) -> Database:
@@ -122,6 +125,15 @@ class GatewayContext:
         if self.db is None:
             raise StorageError("this node has no database")
         return self.db
+
+    @property
+    def signals(self) -> SignalSource:
+        """Where signals are recorded and found: ``signal_source``, by default this node's
+        state (``gateway.signal_source.LocalSignals``); in a cluster, Postgres
+        (``SharedSignals``, chosen by the composition)."""
+        if self.signal_source is None:
+            self.signal_source = LocalSignals(self.node)
+        return self.signal_source
 
     async def record_durably(self, record: Record) -> int:
         """Journal ``record`` (and fold it) and wait for it to be committed."""

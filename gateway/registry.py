@@ -6,6 +6,12 @@ rotated, a device revoked) are written to Postgres first and then to the cache, 
 acknowledged survives a restart. Without a database (tests, benchmarks) the registry lives in
 memory only.
 
+Other processes write the same tables: the other nodes of a cluster, and ``tripwire admin``.
+Every write sends a notification in its own transaction (``persistence.accounts``), and
+:meth:`Registry.follow` listens and re-reads what changed, so a device revoked or a user
+disabled anywhere is refused here within moments (a full reload covers the notifications a
+lost connection missed).
+
 Device secrets are generated here (32 random bytes, URL-safe), shown to the owner once at
 registration or rotation, and never returned or logged again. A rotation keeps the old secret
 valid for a grace period so a terminal can be updated without downtime.
@@ -20,15 +26,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
 import trio
 
 from engine.sizing import UserSettings
 from gateway.auth import Identity, Role, hash_password, verify_password
 from persistence import accounts
 from persistence.db import Database
-from protocol.errors import Conflict, NotFound
+from persistence.listener import listen
+from protocol.errors import Conflict, NotFound, StorageError
 
 __all__ = ["DeviceRecord", "Registry", "UserRecord"]
+
+_log = structlog.get_logger(component="registry")
 
 _DUMMY_HASH = None  # verify_password checks an unknown user against its dummy hash
 
@@ -69,6 +79,10 @@ class DeviceRecord:
         }
 
 
+def _user_record(row: accounts.UserRow) -> UserRecord:
+    return UserRecord(row.id, row.username, row.role, row.password_hash, row.settings, row.disabled)
+
+
 def _new_secret() -> str:
     return secrets.token_urlsafe(32)
 
@@ -81,25 +95,132 @@ class Registry:
         self.users: dict[str, UserRecord] = {}
         self.by_name: dict[str, str] = {}
         self.devices: dict[str, DeviceRecord] = {}
+        self.loads = 0
+        """Full loads from Postgres so far (the first, and one per reconnection of ``follow``)."""
+        self.refreshed = 0
+        """Single rows re-read on a change notification so far."""
 
     # -- loading -----------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Fill the cache from Postgres."""
+        """Fill the cache from Postgres (again: everything is re-read and replaced at once).
+
+        The runtime-only part of a device (its ``overrides``) is kept.
+        """
         if self.db is None:
             return
-        for u in await accounts.users(self.db):
-            self._cache_user(
-                UserRecord(u.id, u.username, u.role, u.password_hash, u.settings, u.disabled)
-            )
-        for d in await accounts.devices(self.db):
-            self.devices[d.id] = DeviceRecord(
-                d.id, d.user_id, d.name, d.account_login, d.broker, d.created_at, d.revoked
-            )
-        for secret in await accounts.secrets(self.db):
-            device = self.devices.get(secret.device_id)
+        found = await accounts.snapshot(self.db)
+        users = {u.id: _user_record(u) for u in found.users}
+        devices = {d.id: self._device_record(d, []) for d in found.devices}
+        for secret in found.secrets:
+            device = devices.get(secret.device_id)
             if device is not None:
                 device.secrets.append((secret.secret, secret.expires_at))
+        self.users = users
+        self.by_name = {u.username.lower(): u.id for u in users.values()}
+        self.devices = devices
+        self.loads += 1
+
+    async def refresh(self, change: str) -> None:
+        """Re-read the one row a notification names (``user:<id>`` or ``device:<id>``) into
+        the cache; anything else is logged and ignored.
+
+        Raises:
+            StorageError: Postgres cannot answer (the change is not applied).
+        """
+        kind, _, key = change.partition(":")
+        if self.db is None or not key:
+            _log.warning("registry change not understood", change=change[:200])
+            return
+        if kind == "user":
+            user = await accounts.user(self.db, key)
+            if user is not None:
+                previous = self.users.get(key)
+                if previous is not None and previous.username.lower() != user.username.lower():
+                    self.by_name.pop(previous.username.lower(), None)
+                self._cache_user(_user_record(user))
+        elif kind == "device":
+            found = await accounts.device(self.db, key)
+            if found is not None:
+                row, secrets_ = found
+                self.devices[key] = self._device_record(row, secrets_)
+        else:
+            _log.warning("registry change not understood", change=change[:200])
+            return
+        self.refreshed += 1
+
+    def _device_record(
+        self, row: accounts.DeviceRow, secrets_: list[accounts.SecretRow]
+    ) -> DeviceRecord:
+        previous = self.devices.get(row.id)
+        return DeviceRecord(
+            row.id,
+            row.user_id,
+            row.name,
+            row.account_login,
+            row.broker,
+            row.created_at,
+            row.revoked,
+            [(s.secret, s.expires_at) for s in secrets_],
+            previous.overrides if previous is not None else {},
+        )
+
+    async def follow(
+        self,
+        *,
+        retry_s: float = 0.2,
+        retry_cap_s: float = 10.0,
+        ping_s: float = 10.0,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the cache in step with Postgres, whoever writes it, until cancelled.
+
+        Run it with ``await nursery.start(registry.follow)``. It listens on a dedicated
+        connection to the notifications every write sends (``persistence.accounts``) and
+        re-reads just the row each one names. Each time listening starts (the first time
+        too), it re-reads everything *after* ``LISTEN`` is in place, so no change falls
+        between the two: a change whose notification was sent while nobody listened (a lost
+        connection, a process that was starting) is found by that full reload. A lost
+        connection, or a refresh that fails, is logged and retried with capped exponential
+        backoff (``retry_s`` doubling up to ``retry_cap_s``), forever; the backoff starts over
+        only after a connection that lasted ``retry_cap_s``, so a flapping one does not cause
+        a full reload every ``retry_s``.
+
+        ``nursery.start`` returns once the first listen and reload have succeeded, or once the
+        first attempt has failed (Postgres down at start: the start is not held up; the cache
+        loaded before serves, and the retries go on). Without a database it returns at once.
+        """
+        if self.db is None:
+            task_status.started()
+            return
+        delay = retry_s
+        started = False
+        while True:
+            following_since = None
+            try:
+                async with listen(self.db, accounts.CHANNEL, ping_s=ping_s) as notes:
+                    await self.load()
+                    _log.info("following registry changes", reloads=self.loads)
+                    following_since = trio.current_time()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    while True:
+                        await self.refresh(await notes.receive())
+            except StorageError as exc:
+                _log.warning(
+                    "registry changes not followed; full reload after reconnecting",
+                    error=exc.message,
+                    details=exc.details,
+                    retry_in_s=delay,
+                )
+            if not started:
+                started = True
+                task_status.started()
+            if following_since is not None and trio.current_time() - following_since > retry_cap_s:
+                delay = retry_s  # it had been working: a fresh outage starts from the shortest wait
+            await trio.sleep(delay)
+            delay = min(delay * 2, retry_cap_s)
 
     def _cache_user(self, user: UserRecord) -> None:
         self.users[user.id] = user
@@ -142,7 +263,8 @@ class Registry:
         role: Role = "user",
         settings: UserSettings | None = None,
     ) -> UserRecord:
-        """Raises :class:`Conflict` if the username is taken."""
+        """Raises :class:`Conflict` if the username is taken (here or, not yet followed, in
+        Postgres by another process)."""
         if username.lower() in self.by_name:
             raise Conflict("that username is taken", username=username)
         password_hash = await trio.to_thread.run_sync(hash_password, password)
@@ -182,17 +304,18 @@ class Registry:
         """Disable (or enable again) a user: stored first, then cached, so every later request
         sees it at once. A disabled user cannot log in, its tokens are refused and its devices
         cannot connect; ending what is already live is the caller's part (``gateway.rest``)."""
-        user = self.user(user_id)
+        self.user(user_id)
         if self.db is not None:
             await accounts.set_user_disabled(self.db, user_id, disabled)
+        user = self.user(user_id)  # the cached record now (``follow`` may have replaced it)
         user.disabled = disabled
         return user
 
     async def update_settings(self, user_id: str, settings: UserSettings) -> None:
-        user = self.user(user_id)
+        self.user(user_id)
         if self.db is not None:
             await accounts.set_user_settings(self.db, user_id, settings)
-        user.settings = settings
+        self.user(user_id).settings = settings
 
     # -- devices -------------------------------------------------------------------------------
 
@@ -242,13 +365,15 @@ class Registry:
         until = now + timedelta(seconds=grace_s)
         if self.db is not None:
             await accounts.rotate_device_secret(self.db, device_id, secret.encode(), now, until)
-        device.secrets = [
-            (s, until if e is None or e > until else e) for s, e in device.secrets
-        ] + [(secret.encode(), None)]
+        device = self.device(device_id)
+        if all(s != secret.encode() for s, _ in device.secrets):  # not yet re-read by follow
+            device.secrets = [
+                (s, until if e is None or e > until else e) for s, e in device.secrets
+            ] + [(secret.encode(), None)]
         return secret
 
     async def revoke(self, device_id: str) -> None:
-        device = self.device(device_id)
+        self.device(device_id)
         if self.db is not None:
             await accounts.revoke_device(self.db, device_id)
-        device.revoked = True
+        self.device(device_id).revoked = True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from engine.records import AuditEntry, AuditRecorded, SignalSaved, signal_key
+from engine.records import AuditEntry, AuditRecorded, SignalSaved
 from protocol.signals import Signal, check_signal_time
 
 if TYPE_CHECKING:
@@ -22,19 +22,19 @@ async def accept_signal(ctx: GatewayContext, signal: Signal) -> tuple[Signal, bo
     """Record a signal once: ``(the recorded signal, True if it is new)``.
 
     A repeat of the same ``(strategy_id, signal_id, version)`` returns the signal recorded the
-    first time (the body of the repeat is ignored): a retried POST is harmless.
+    first time (the body of the repeat is ignored): a retried POST is harmless. Which post was
+    the first is decided by ``ctx.signals`` (this node's state; in a cluster, Postgres, so a
+    signal posted to two nodes at once is new on exactly one).
 
     Raises:
         FutureTimestamp: the signal is stamped further ahead of the clock than the signature
             window (``check_signal_time``); nothing is recorded.
+        StorageError: it cannot be recorded now.
     """
     check_signal_time(signal, ctx.clock.now_ms(), ctx.settings.handshake_window_ms)
-    key = signal_key(signal.strategy_id, signal.signal_id, signal.version)
-    earlier = ctx.node.state.signals.get(key)
-    if earlier is not None:
-        return earlier.signal, False
-    await ctx.record_durably(SignalSaved(signal=signal, received_ms=ctx.clock.now_ms()))
-    return signal, True
+    received = SignalSaved(signal=signal, received_ms=ctx.clock.now_ms())
+    saved, new = await ctx.signals.accept(received)
+    return saved.signal, new
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

@@ -38,11 +38,11 @@ from engine.records import (
     SignalSaved,
 )
 
-__all__ = ["make_projection", "to_time"]
+__all__ = ["SIGNAL_INSERT", "make_projection", "signal_row", "to_time"]
 
 Statements = list[tuple[str, list[tuple[Any, ...]]]]
 
-_SIGNAL = """
+SIGNAL_INSERT = """
 INSERT INTO signals (strategy_id, signal_id, version, symbol, side, payload, received_at,
                      expires_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -95,7 +95,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"""
 
 # Dependency order: a row is written after everything it references.
 _ORDER = (
-    _SIGNAL,
+    SIGNAL_INSERT,
     _APPROVAL,
     _POSITION,
     _LEVELS,
@@ -112,6 +112,25 @@ _RESULT_CATEGORIES = {"done", "retryable", "final", "already_closed", "unknown"}
 def to_time(ms: int | None) -> datetime | None:
     """Epoch milliseconds as an aware UTC datetime (None stays None)."""
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def signal_row(saved: SignalSaved) -> tuple[Any, ...]:
+    """The ``signals`` row of a recorded signal, in ``SIGNAL_INSERT``'s column order.
+
+    ``payload`` is the whole :class:`~protocol.signals.Signal` (msgspec builtins), so the
+    record reads back exactly (``persistence.signal_store``).
+    """
+    s = saved.signal
+    return (
+        s.strategy_id,
+        s.signal_id,
+        s.version,
+        s.symbol,
+        s.side.value,
+        msgspec.to_builtins(s),
+        to_time(saved.received_ms),
+        to_time(s.expires_at_ms),
+    )
 
 
 def _inet(value: str) -> str | None:
@@ -240,19 +259,7 @@ def make_projection(instruments: Mapping[str, Instrument]) -> Callable[[list[Rec
                     (r.command_id, to_time(r.time_ms), r.retcode, category, r.outcome)
                 )
             elif isinstance(r, SignalSaved):
-                s = r.signal
-                rows[_SIGNAL].append(
-                    (
-                        s.strategy_id,
-                        s.signal_id,
-                        s.version,
-                        s.symbol,
-                        s.side.value,
-                        msgspec.to_builtins(s),
-                        to_time(r.received_ms),
-                        to_time(s.expires_at_ms),
-                    )
-                )
+                rows[SIGNAL_INSERT].append(signal_row(r))
             elif isinstance(r, ApprovalSaved):
                 a = r.approval
                 strategy, signal, version = _split_signal(a.signal)

@@ -94,7 +94,7 @@ async def decide(strategy_id: str, signal_id: str, version: int, data: DecisionI
     if data.volume is not None and data.decision != "approve":
         raise DecodeError("volume applies to an approval only", field="volume")
     async with audited("approval." + data.decision, "signal", key, "201") as note:
-        saved = find_signal(context, key)
+        saved = await find_signal(context, key)
         if not who.is_admin and who.user_id not in saved.signal.audience:
             raise NotFound("no such signal", signal=key[:200])  # as find_signal's
         decided: Reply[Approval] = Reply()

@@ -9,8 +9,9 @@ the signal recorded then for every repeat. A ``created_at_ms`` further ahead of 
 the signature window is refused (400 ``future_timestamp``, ``gateway.services.accept_signal``).
 
 Reads come from the engine's live state (signals stay there for a week after they stop
-mattering) and show a user only the signals whose ``audience`` names them; anything else is a
-404, so a signal's existence is not revealed. Admins see every signal.
+mattering; in a cluster, from Postgres, where every node's signals are) and show a user only
+the signals whose ``audience`` names them; anything else is a 404, so a signal's existence is
+not revealed. Admins see every signal.
 """
 
 from __future__ import annotations
@@ -120,13 +121,14 @@ def signal_out(saved: SignalSaved, user_id: str, context: GatewayContext) -> Sig
     )
 
 
-def find_signal(context: GatewayContext, key: str) -> SignalSaved:
-    """The recorded signal ``key``.
+async def find_signal(context: GatewayContext, key: str) -> SignalSaved:
+    """The recorded signal ``key`` (``context.signals``: in a cluster, one any node recorded).
 
     Raises:
         NotFound: no such signal (or it is older than the engine keeps).
+        StorageError: the record cannot be read now.
     """
-    saved = context.node.state.signals.get(key)
+    saved = await context.signals.get(key)
     if saved is None:
         raise NotFound("no such signal", signal=key[:200])
     return saved
@@ -181,7 +183,7 @@ async def post_signal() -> Any:
         user_agent=user_agent(),
         audience=len(signal.audience),
     )
-    saved = context.node.state.signals[key]
+    saved = await find_signal(context, key)
     return json_response(signal_out(saved, "", context), status)
 
 
@@ -198,8 +200,9 @@ async def list_signals(query_args: SignalQuery) -> Any:
     now = context.clock.now_ms()
     approvals = context.node.state.approvals
     chosen: dict[str, SignalSaved] = {}
-    for key, saved in context.node.state.signals.items():
+    for saved in await context.signals.recent(now, None if who.is_admin else who.user_id):
         signal = saved.signal
+        key = signal_key(signal.strategy_id, signal.signal_id, signal.version)
         if not _visible(who, signal):
             continue
         decided = (who.user_id, decision_key(key)) in approvals
@@ -232,7 +235,7 @@ async def get_signal(strategy_id: str, signal_id: str, version: int) -> Any:
     who = identity()
     serve_here(who.user_id)  # the caller's decision is its partition's state
     context = ctx()
-    saved = find_signal(context, signal_key(strategy_id, signal_id, version))
+    saved = await find_signal(context, signal_key(strategy_id, signal_id, version))
     if not _visible(who, saved.signal):
         raise NotFound("no such signal")
     return json_response(signal_out(saved, who.user_id, context))
