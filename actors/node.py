@@ -321,7 +321,8 @@ class Node:
             lost[(c.user_id, c.device_id)].append(cid)
         for (user_id, device_id), ids in lost.items():
             self.user(user_id).deliver(LinkLost(device_id, ids))
-        self.log.info("users adopted", users=len(users), positions=len(state.positions))
+        if users:
+            self.log.info("users adopted", users=len(users), positions=len(state.positions))
         return AdoptedUsers(
             user_ids=frozenset(users),
             positions=len(state.positions),
@@ -333,7 +334,7 @@ class Node:
         user_ids: Collection[str],
         *,
         reason: str,
-        on_device_released: Callable[[str], Awaitable[None]] | None = None,
+        on_device_released: Callable[[DeviceActor], Awaitable[None]] | None = None,
     ) -> ReleasedUsers:
         """Give users away: from the return on, nothing of theirs runs or fires here.
 
@@ -341,7 +342,7 @@ class Node:
         global, stay); their positions leave every symbol actor's book, with their fires not
         yet handed out and their queued arms (O(their positions) in each book, no scan of it);
         their user and device actors are cancelled, all at once (nothing of theirs is sent
-        from then on); each of their devices is handed to ``on_device_released(device_id)``
+        from then on); each of their device actors is handed to ``on_device_released(actor)``
         (the gateway sends ``moved`` on the connection and closes it) or, without it, its
         session is closed here with ``SERVICE_RESTART``; the actors' tasks are awaited.
         The caller has made their partition durable first (the journal flushed, the lease
@@ -365,7 +366,7 @@ class Node:
         device_ids = await self._stop_actors(users, on_device_released)
         for user_id in users:
             self._adopt_views.pop(user_id, None)
-        self.log.info(
+        (self.log.info if users else self.log.debug)(
             "users released",
             reason=reason,
             users=len(users),
@@ -379,7 +380,7 @@ class Node:
     async def _stop_actors(
         self,
         users: Collection[str],
-        on_device_released: Callable[[str], Awaitable[None]] | None = None,
+        on_device_released: Callable[[DeviceActor], Awaitable[None]] | None = None,
     ) -> tuple[str, ...]:
         """Stop the user and device actors of ``users``; returns the devices' ids.
 
@@ -400,7 +401,7 @@ class Node:
             scope.cancel()
         for actor in devices:
             if on_device_released is not None:
-                await on_device_released(actor.device_id)
+                await on_device_released(actor)
             else:
                 await actor.end_session(CloseCode.SERVICE_RESTART, "the user moved to another node")
         for _, done in stopping:

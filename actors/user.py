@@ -183,6 +183,11 @@ class UserActor:
             self._ready.set()
             await self._serve()
 
+    async def wait_ready(self) -> None:
+        """Return once the actor has restored its state and re-armed its positions (their arms
+        are queued in the symbol actors ahead of any later quote)."""
+        await self._ready.wait()
+
     def _deadline(self, due_ms: int | None) -> float:
         """The trio deadline of the core's next due time (``due_ms``, node clock)."""
         if due_ms is None:

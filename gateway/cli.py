@@ -13,8 +13,8 @@ and exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
-import functools
 import errno
+import functools
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version

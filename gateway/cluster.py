@@ -57,35 +57,60 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
 
+from actors.device import DeviceActor
 from actors.directory import partition_of
 from actors.messages import Fired
 from actors.node import Node
 from engine.gap_replay import replay_gap
 from engine.instruments import Instrument
 from engine.partitioning import record_user, split_state
+from engine.positions import Position
 from engine.records import LevelsMoved, Record
 from engine.state import EngineState
-from gateway.placement import Elsewhere, Local, Placement, Unowned
-from persistence import lease_sql
+from engine.triggers import Trigger
+from gateway.config import Settings
+from gateway.placement import Elsewhere, Local, Placement, Unowned, moved_frame
 from persistence.db import Database
-from persistence.leases import Claimed, HandoverWanted, LeaseManager, Lost
+from persistence.leases import (
+    Claimed,
+    HandoverWanted,
+    LeaseManager,
+    Lost,
+    read_node_url,
+    read_placements,
+)
 from persistence.partition_journal import PartitionJournalWriter
 from persistence.partition_store import compact_partition, load_partition, write_partition_snapshot
+from persistence.redis_link import RedisLink
+from persistence.tick_bars import TickBarStore
 from persistence.tick_reader import StreamReader
 from persistence.tick_streams import Stamped, TickAppender
+from protocol.closecodes import CloseCode
+from protocol.common import Alert
 from protocol.errors import Fenced, StorageError
 from protocol.feed import Quote
 
-__all__ = ["ClusterConfig", "ClusterNode", "ClusterStats", "record_partition"]
+__all__ = [
+    "ClusterConfig",
+    "ClusterNode",
+    "ClusterStats",
+    "MovedSender",
+    "RecordRouter",
+    "open_cluster",
+]
+
+if TYPE_CHECKING:
+    from gateway.context import GatewayContext
 
 _log = structlog.get_logger(component="cluster")
 
@@ -119,20 +144,101 @@ class ClusterStats:
     by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def record_partition(
-    node: Node, partitions: int
-) -> functools.partial[int | None]:
-    """The journal's ``partition_of``: a record's user's partition, None for a global one."""
-    return functools.partial(_record_partition, node, partitions)
+class RecordRouter:
+    """The partition journal's ``partition_of``: a record's user's partition, None for a
+    global record (``engine.partitioning``). Bound to the node once it exists (the journal is
+    built first)."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._node: Node | None = None
+
+    def bind(self, node: Node) -> None:
+        self._node = node
+
+    def __call__(self, record: Record) -> int | None:
+        node = self._node
+        assert node is not None, "the record router is not bound to its node"
+        positions = node.state.positions
+
+        def position_user(pid: str) -> str | None:
+            p = positions.get(pid)
+            return None if p is None else p.user_id
+
+        user = record_user(record, position_user, node.directory.device_owner)
+        return None if user is None else partition_of(user, self.partitions)
 
 
-def _record_partition(node: Node, partitions: int, record: Record) -> int | None:
-    def position_user(pid: str) -> str | None:
-        p = node.state.positions.get(pid)
-        return None if p is None else p.user_id
+class MovedSender(Protocol):
+    """Tells a released device where its user went: sends ``moved`` and closes."""
 
-    user = record_user(record, position_user, node.directory.device_owner)
-    return None if user is None else partition_of(user, partitions)
+    async def __call__(self, actor: DeviceActor, placement: Elsewhere | Unowned) -> None: ...
+
+
+async def send_moved(
+    ctx: GatewayContext, actor: DeviceActor, placement: Elsewhere | Unowned
+) -> None:
+    """The gateway's :class:`MovedSender`: the ``moved`` frame on the device's live session
+    (bounded: a stalled socket does not hold the release), then the close with its code."""
+    session = actor.session
+    if session is not None:
+        with trio.move_on_after(1):
+            try:
+                await session.link.send(moved_frame(placement, "/ws/device"))
+            except Exception as exc:  # the connection is gone already: nothing to tell
+                _log.debug("moved frame not sent", device_id=actor.device_id, error=str(exc))
+    ctx.counters.handshake("moved_on_release")
+    await actor.end_session(CloseCode.MOVED, "moved")
+
+
+@asynccontextmanager
+async def open_cluster(
+    settings: Settings,
+    db: Database,
+    redis: RedisLink,
+    node: Node,
+    journal: PartitionJournalWriter[Record],
+    on_alert: Callable[[Alert], None],
+) -> AsyncIterator[ClusterNode]:
+    """This node's cluster parts from ``settings`` (the reader's connection closes on exit)."""
+    assert settings.node_url is not None
+    node_id = settings.node_id or settings.node_url.split("://", 1)[-1]
+    lease_s = settings.lease_s
+    leases = LeaseManager(
+        db,
+        node_id,
+        settings.node_url,
+        partitions=settings.partitions,
+        lease_s=lease_s,
+        renew_every_s=lease_s / 5,
+        margin_s=lease_s / 5,
+        move_every_s=min(0.5, lease_s / 4),
+    )
+    bars = TickBarStore(db)
+    appender = TickAppender(
+        redis, keep_ms=int(settings.stream_keep_s * 1000), bars=bars, on_alert=on_alert
+    )
+    reader = await StreamReader.open(redis, bars=bars, on_alert=on_alert)
+    try:
+        yield ClusterNode(
+            ClusterConfig(
+                node_id=node_id,
+                url=settings.node_url,
+                partitions=settings.partitions,
+                snapshot_every_s=settings.snapshot_interval_s,
+            ),
+            db=db,
+            node=node,
+            journal=journal,
+            leases=leases,
+            appender=appender,
+            reader=reader,
+            bars=bars,
+            instruments=node.instruments,
+        )
+    finally:
+        with trio.CancelScope(shield=True):
+            await reader.aclose()
 
 
 class ClusterNode:
@@ -148,6 +254,7 @@ class ClusterNode:
         leases: LeaseManager,
         appender: TickAppender,
         reader: StreamReader,
+        bars: TickBarStore,
         instruments: Mapping[str, Instrument],
     ) -> None:
         self.config = config
@@ -157,6 +264,7 @@ class ClusterNode:
         self.leases = leases
         self.appender = appender
         self.reader = reader
+        self.bars = bars
         self.instruments = dict(instruments)
         self.stats = ClusterStats()
         self.delivered: dict[str, int] = {}
@@ -188,6 +296,10 @@ class ClusterNode:
             return Elsewhere(url=url, partition=p, epoch=epoch)
         return Unowned(partition=p, retry_after_ms=self.config.retry_after_ms)
 
+    def serves(self, user_id: str) -> bool:
+        """Whether this node serves ``user_id`` now (its partition is ready and held)."""
+        return isinstance(self.locate(user_id), Local)
+
     def may_send(self, user_id: str) -> bool:
         """The node's CommandGate: the user's partition is held and its deadline not passed."""
         p = self.partition(user_id)
@@ -201,6 +313,79 @@ class ClusterNode:
         if added:
             self._append_wanted.set()
         return added
+
+    def metrics(self) -> dict[str, tuple[str, str, float]]:
+        """This node's cluster figures for ``/metrics`` (read at scrape time)."""
+        leases, journal, appender, reader = self.leases, self.journal, self.appender, self.reader
+        streams = reader.stats()
+        return {
+            "tripwire_partitions_owned": (
+                "gauge",
+                "Partitions this node serves (claimed, recovered and armed)",
+                len(self.ready),
+            ),
+            "tripwire_partition_claims": ("counter", "Partition claims committed", leases.claims),
+            "tripwire_partition_losses": (
+                "counter",
+                "Partitions lost to another node's claim (a hang, a network partition)",
+                leases.losses,
+            ),
+            "tripwire_partition_handovers": (
+                "counter",
+                "Partitions handed over in order (balancing, shutdown)",
+                self.stats.handovers_done,
+            ),
+            "tripwire_lease_renew_failures": (
+                "counter",
+                "Lease renewals that failed or timed out",
+                leases.renew_failures,
+            ),
+            "tripwire_journal_fenced_batches": (
+                "counter",
+                "Partition journal writes refused by their fence (another node owns it)",
+                journal.fenced_batches,
+            ),
+            "tripwire_stream_quotes_appended": (
+                "counter",
+                "Quotes this node's feeds stamped onto the tick streams",
+                appender.appended_total,
+            ),
+            "tripwire_stream_swept_quotes": (
+                "counter",
+                "Quotes held while Redis was down, stamped when it came back",
+                appender.swept_total,
+            ),
+            "tripwire_stream_dropped_quotes": (
+                "counter",
+                "Quotes dropped from a full backlog during a Redis outage (alerted)",
+                appender.dropped_total,
+            ),
+            "tripwire_stream_backlog": (
+                "gauge",
+                "Quotes waiting for Redis",
+                appender.backlog,
+            ),
+            "tripwire_stream_lag_seconds": (
+                "gauge",
+                "Age of the newest stream entry this node has read",
+                streams.lag_ms / 1000,
+            ),
+            "tripwire_stream_gaps": (
+                "counter",
+                "Gaps in a symbol's seqs detected by the reader (filled by replay)",
+                streams.gaps_detected,
+            ),
+            "tripwire_claim_gap_quotes": (
+                "counter",
+                "Quotes replayed into claimed partitions (their gap since the checkpoint)",
+                self.stats.gap_quotes,
+            ),
+            "tripwire_claim_gap_fires": (
+                "counter",
+                "Levels the replay of a claim's gap fired",
+                self.stats.gap_fires,
+            ),
+        }
 
     def bind_moved(self, sender: MovedSender) -> None:
         """How a released device is told where to go (the gateway's sessions)."""
@@ -218,6 +403,7 @@ class ClusterNode:
                 await nursery.start(self.leases.run)
                 nursery.start_soon(self._append_forever)
                 nursery.start_soon(self.appender.run)
+                nursery.start_soon(self.bars.run)
                 nursery.start_soon(self._read_forever)
                 nursery.start_soon(self._placements_forever)
                 nursery.start_soon(self._checkpoints_forever)
@@ -285,7 +471,11 @@ class ClusterNode:
 
     def _users_of(self, p: int) -> set[str]:
         users = {u for u in self.node.users if self.partition(u) == p}
-        users |= {pos.user_id for pos in self.node.state.positions.values() if self.partition(pos.user_id) == p}
+        users |= {
+            pos.user_id
+            for pos in self.node.state.positions.values()
+            if self.partition(pos.user_id) == p
+        }
         return users
 
     async def _claim(self, event: Claimed) -> None:
@@ -333,11 +523,11 @@ class ClusterNode:
 
     async def _replay_gap(
         self, state: EngineState, checkpoint: Mapping[str, int]
-    ) -> tuple[dict[str, list], list[LevelsMoved]]:
+    ) -> tuple[dict[str, list[Trigger]], list[LevelsMoved]]:
         """The gap's fires by user, and the trailing moves to apply (see the module doc)."""
-        fires: dict[str, list] = defaultdict(list)
+        fires: dict[str, list[Trigger]] = defaultdict(list)
         moves: list[LevelsMoved] = []
-        by_symbol: dict[str, list] = defaultdict(list)
+        by_symbol: dict[str, list[Position]] = defaultdict(list)
         for position in state.positions.values():
             by_symbol[position.symbol].append(position)
         for symbol, positions in by_symbol.items():
@@ -362,7 +552,9 @@ class ClusterNode:
                 position = state.positions[pid]
                 time_ms = self.node.clock.now_ms()
                 state.positions[pid] = position.with_changes(time_ms, sl=move.sl)
-                moves.append(LevelsMoved(position_id=pid, sl=move.sl, tp=position.tp, time_ms=time_ms))
+                moves.append(
+                    LevelsMoved(position_id=pid, sl=move.sl, tp=position.tp, time_ms=time_ms)
+                )
         return fires, moves
 
     async def _release(self, p: int, *, reason: str, next_url: str | None) -> None:
@@ -376,7 +568,7 @@ class ClusterNode:
         with contextlib.suppress(StorageError):
             await self.journal.close_partition(p)
         self.stats.releases += 1
-        self.stats.by_reason[reason.split(":")[0]] += 1
+        self.stats.by_reason[reason.split(":", maxsplit=1)[0]] += 1
         _log.info("partition released", partition=p, reason=reason, owned=sorted(self.ready))
 
     async def _hand_over(self, p: int, next_owner: str | None, *, reason: str) -> None:
@@ -387,37 +579,64 @@ class ClusterNode:
         # 1. stop firing: the positions leave the books; the checkpoint is what was delivered.
         self.ready.discard(p)
         for actor in self.node.symbols.values():
-            actor.release(users, {pos.id for pos in self.node.state.positions.values() if pos.user_id in users and pos.symbol == actor.symbol})
+            actor.release(
+                users,
+                {
+                    pos.id
+                    for pos in self.node.state.positions.values()
+                    if pos.user_id in users and pos.symbol == actor.symbol
+                },
+            )
         stop_at = dict(self.delivered)
         # 2. wait for the commands in flight, bounded.
         with trio.move_on_after(self.config.handover_ack_wait_s):
-            while any(c.user_id in users for c in self.node.state.commands.values()):
+            # Polled: a handover is rare, bounded, and acks arrive on many devices at once.
+            while any(c.user_id in users for c in self.node.state.commands.values()):  # noqa: ASYNC110
                 await trio.sleep(0.02)
         # 3. flush, with the checkpoint.
         for symbol, seq in stop_at.items():
             self.journal.set_checkpoint(p, symbol, seq)
-        next_url = self._placements.get(p, (None, None, 0))[1] if next_owner is None else await self._url_of(next_owner)
+        next_url = (
+            self._placements.get(p, (None, None, 0))[1]
+            if next_owner is None
+            else await self._url_of(next_owner)
+        )
         try:
             await self.journal.flush_partition(p)
         except Fenced:
             await self._release(p, reason="fenced during handover", next_url=None)
             return
         # 4. the actors go, the lease goes (named for the next owner); 5. devices redirected.
-        await self.node.release(users, reason=reason, on_device_released=functools.partial(self._moved, p, next_url))
+        await self.node.release(
+            users, reason=reason, on_device_released=functools.partial(self._moved, p, next_url)
+        )
         await self.journal.close_partition(p)
         await self.leases.release(p, next_owner)
         self.stats.handovers_done += 1
-        _log.info("partition handed over", partition=p, next_owner=next_owner, reason=reason, owned=sorted(self.ready))
+        _log.info(
+            "partition handed over",
+            partition=p,
+            next_owner=next_owner,
+            reason=reason,
+            owned=sorted(self.ready),
+        )
 
     async def _url_of(self, node_id: str) -> str | None:
         with contextlib.suppress(StorageError):
-            return await self.db.run_with_connection(functools.partial(lease_sql.node_url, node_id=node_id))
+            return await read_node_url(self.db, node_id)
         return None
 
-    async def _moved(self, p: int, url: str | None, device_id: str) -> None:
+    async def _moved(self, p: int, url: str | None, actor: DeviceActor) -> None:
         sender = self._moved_sender
         if sender is not None:
-            await sender(device_id, p, url)
+            placement: Elsewhere | Unowned = (
+                Unowned(partition=p, retry_after_ms=self.config.retry_after_ms)
+                if url is None
+                else Elsewhere(url=url, partition=p, epoch=(self.leases.epoch(p) or 0) + 1)
+            )
+            await sender(actor, placement)
+        else:
+            await actor.end_session(CloseCode.MOVED, "the user moved to another node")
 
     # -- background -------------------------------------------------------------------------
 
@@ -425,7 +644,7 @@ class ClusterNode:
         """Who owns which partition, for redirects (read from Postgres twice a second)."""
         while True:
             with contextlib.suppress(StorageError):
-                rows = await self.db.run_with_connection(lease_sql.placements)
+                rows = await read_placements(self.db)
                 self._placements = {r.partition: (r.owner, r.url, r.epoch) for r in rows}
             await trio.sleep(self.config.placements_every_s)
 
@@ -463,9 +682,3 @@ class ClusterNode:
                 continue
             written += 1
         return written
-
-
-class MovedSender:
-    """Typing only: ``async (device_id, partition, url) -> None``."""
-
-    async def __call__(self, device_id: str, partition: int, url: str | None) -> None: ...

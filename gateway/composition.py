@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +33,11 @@ from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.journal_index import encode_indexed_batch
 from engine.quotes import QuoteLimits
 from engine.records import Record
+from engine.state import EngineState
 from engine.user import Timing
 from gateway.app import TripwireApp, create_app
 from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
+from gateway.cluster import ClusterNode, RecordRouter, open_cluster
 from gateway.config import Settings, parse_strategies
 from gateway.context import GatewayContext, NonceStore
 from gateway.demo import DEMO_STRATEGY, Demo, ensure_demo
@@ -54,6 +56,7 @@ from persistence.embedded import EmbeddedPostgres
 from persistence.journal_reader import JournalReader
 from persistence.journal_writer import JournalWriter
 from persistence.migrator import migrate
+from persistence.partition_journal import PartitionJournalWriter
 from persistence.projections import make_projection
 from persistence.recovery import Recovered, load_state
 from persistence.redis_link import RedisLink
@@ -61,6 +64,7 @@ from persistence.redis_nonces import RedisNonceCache
 from persistence.signal_store import SignalStore
 from persistence.snapshot_store import SnapshotStore
 from protocol.common import Alert
+from protocol.errors import ConfigError
 from protocol.nonces import MemoryNonceCache
 
 __all__ = ["AlertRelay", "Services", "open_services", "postgres_dsn", "secret_file", "timing_of"]
@@ -75,15 +79,19 @@ class Services:
     dsn: str
     """The database's DSN (the snapshotter process connects to it on its own)."""
     database: Database
-    journal: JournalWriter[Record]
+    journal: JournalWriter[Record] | PartitionJournalWriter[Record]
+    """The single node's journal, or a cluster node's fenced partition journal."""
     journal_reader: JournalReader
-    snapshots: SnapshotStore
+    snapshots: SnapshotStore | None
+    """The single node's snapshots (None in a cluster: each partition snapshots itself)."""
     recovered: Recovered
     registry: Registry
     demo: Demo | None
     """The demo user and its paper device; None when the demo is off."""
     redis: RedisLink | None
     node: Node
+    cluster: ClusterNode | None
+    """This node's part of a cluster (None: a single node serving every user)."""
     notifier: Notifier
     gateway: GatewayContext
     app: TripwireApp
@@ -209,6 +217,7 @@ async def open_services(
     state_dir = Path(settings.state_dir)
     await trio.Path(state_dir).mkdir(parents=True, exist_ok=True)
     clock = WallClock()
+    cluster_mode = settings.node_url is not None
     async with (
         postgres_dsn(settings, state_dir) as dsn,
         open_bridge() as bridge,
@@ -217,12 +226,24 @@ async def open_services(
         await migrate(db)
         instruments = DEFAULT_INSTRUMENTS
         alerts = AlertRelay()
-        journal: JournalWriter[Record] = JournalWriter(
-            db, encode_indexed_batch, make_projection(instruments), on_alert=alerts
-        )
-        reader = JournalReader(db)
-        snapshots = SnapshotStore(db, writer=journal)
-        recovered = await load_state(reader, snapshots)
+        router = RecordRouter(settings.partitions)
+        journal: JournalWriter[Record] | PartitionJournalWriter[Record]
+        if cluster_mode:
+            # Each partition is recovered when this node claims it (gateway.cluster): the
+            # node starts empty, and its records go to the fenced partition journal.
+            journal = PartitionJournalWriter(
+                db, encode_indexed_batch, make_projection(instruments), router, on_alert=alerts
+            )
+            reader = JournalReader(db)
+            snapshots = None
+            recovered = Recovered(EngineState(), 0, 0, 0.0)
+        else:
+            journal = JournalWriter(
+                db, encode_indexed_batch, make_projection(instruments), on_alert=alerts
+            )
+            reader = JournalReader(db)
+            snapshots = SnapshotStore(db, writer=journal)
+            recovered = await load_state(reader, snapshots)
         registry = Registry(db)
         await registry.load()
         strategies = parse_strategies(settings.strategies)
@@ -234,7 +255,10 @@ async def open_services(
             if settings.jwt_secret
             else secret_file(state_dir / "jwt.key")
         )
-        async with _redis(settings, bridge, clock.now_ms()) as (nonces, cache, redis):
+        async with (
+            _redis(settings, bridge, clock.now_ms()) as (nonces, cache, redis),
+            AsyncExitStack() as stack,
+        ):
             node = Node(
                 journal=journal,
                 directory=registry,
@@ -251,6 +275,20 @@ async def open_services(
                 ),
             )
             alerts.bind(node.publish_alerts)
+            router.bind(node)
+            cluster = None
+            if cluster_mode:
+                if redis is None:
+                    raise ConfigError(
+                        "cluster mode (TRIPWIRE_NODE_URL) needs Redis: set REDIS_URL",
+                        variable="REDIS_URL",
+                    )
+                assert isinstance(journal, PartitionJournalWriter)
+                cluster = await stack.enter_async_context(
+                    open_cluster(settings, db, redis, node, journal, alerts)
+                )
+                node.gate = cluster
+                ownership = cluster
             notifier = await _notifier(settings, db, node, clock)
             metrics = Metrics()
             node.probes.fire_latency = metrics.observe_fire
@@ -277,10 +315,10 @@ async def open_services(
                 notifier=notifier,
                 ownership=ownership if ownership is not None else AllLocal(),
                 # A cluster's nodes share signals through Postgres (gateway.signal_source).
+                quote_sink=None if cluster is None else cluster.offer_quotes,
+                cluster_metrics=None if cluster is None else cluster.metrics,
                 signal_source=(
-                    SharedSignals(node, SignalStore(db))
-                    if settings.node_url is not None
-                    else None
+                    SharedSignals(node, SignalStore(db)) if settings.node_url is not None else None
                 ),
             )
             app = create_app(ctx)
@@ -297,6 +335,7 @@ async def open_services(
                 demo=demo,
                 redis=redis,
                 node=node,
+                cluster=cluster,
                 notifier=notifier,
                 gateway=ctx,
                 app=app,

@@ -9,6 +9,7 @@ integers bumped on the request path and read by the Prometheus collector at scra
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -32,9 +33,30 @@ if TYPE_CHECKING:
     from gateway.rest.charts import ChartPool
     from persistence.cache import ReadCache
     from persistence.db import Database
-    from persistence.journal_writer import JournalWriter
+    from protocol.feed import Quote
 
 __all__ = ["Counters", "GatewayContext", "NonceStore", "current_context"]
+
+
+class JournalHealth(Protocol):
+    """What ``/metrics`` reads of a journal writer (the single node's or a cluster node's)."""
+
+    @property
+    def pending(self) -> int: ...
+    @property
+    def lag_ms(self) -> float: ...
+    @property
+    def records_written(self) -> int: ...
+    @property
+    def write_errors(self) -> int: ...
+    @property
+    def healthy(self) -> bool: ...
+
+
+class QuoteSink(Protocol):
+    """Takes a feed's quotes and their batch's ``sent_ms``; never blocks."""
+
+    def __call__(self, quotes: Iterable[Quote], sent_ms: int | None = None) -> int: ...
 
 
 class NonceStore(Protocol):
@@ -97,7 +119,7 @@ class GatewayContext:
     counters: Counters = field(default_factory=Counters)
     ready: bool = False
     metrics: Metrics = field(default_factory=Metrics)
-    journal_writer: JournalWriter[Record] | None = None
+    journal_writer: JournalHealth | None = None
     """The journal's writer, for its health metrics (None: an in-memory journal)."""
     notifier: Notifier | None = None
     """None in tests that deliver no notifications."""
@@ -114,6 +136,17 @@ class GatewayContext:
     in cluster mode the partition leases say, and the edge redirects the rest."""
     signal_source: SignalSource | None = None
     """Where signals are recorded and found (see :attr:`signals`); None: this node's state."""
+
+    cluster_metrics: Callable[[], dict[str, tuple[str, str, float]]] | None = None
+    """A cluster node's figures for ``/metrics``: name -> (counter or gauge, help, value)."""
+    quote_sink: QuoteSink | None = None
+    """Where feeds hand their quotes: None, the node itself; in a cluster, the tick streams
+    (``gateway.cluster``), so that every node judges them."""
+
+    def offer_quotes(self, quotes: Iterable[Quote], sent_ms: int | None = None) -> int:
+        """Hand a feed's quotes on (never blocks); how many were taken."""
+        sink = self.quote_sink
+        return (sink or self.node.offer_quotes)(quotes, sent_ms)
 
     @property
     def database(self) -> Database:

@@ -29,7 +29,7 @@ from engine.records import Approval
 from engine.sizing import UserSettings
 from gateway.services import accept_signal, audit
 from protocol.common import Side
-from protocol.errors import Refused
+from protocol.errors import Conflict, Refused
 from protocol.signals import Signal
 
 if TYPE_CHECKING:
@@ -57,7 +57,19 @@ class Demo(NamedTuple):
 
 
 async def ensure_demo(registry: Registry, settings: Settings) -> Demo | None:
-    """Create the demo user, its paper device and the admin if they do not exist yet."""
+    """Create the demo user, its paper device and the admin if they do not exist yet.
+
+    Several nodes of a cluster start at once: one that finds a name or id just taken by
+    another reloads the registry and takes what the other created.
+    """
+    try:
+        return await _ensure_demo(registry, settings)
+    except Conflict:
+        await registry.load()
+        return await _ensure_demo(registry, settings)
+
+
+async def _ensure_demo(registry: Registry, settings: Settings) -> Demo | None:
     if settings.admin_password and settings.admin_user.lower() not in registry.by_name:
         await registry.create_user(settings.admin_user, settings.admin_password, role="admin")
     if not (settings.paper_device or settings.demo_strategy):

@@ -120,7 +120,9 @@ async def _keep_running(index: int, env: dict[str, str], stopping: trio.Event) -
     pause = _RESTART_FIRST_S
     command = [sys.executable, "-m", "gateway.cli", "run"]
     while not stopping.is_set():
-        process = await trio.lowlevel.open_process(command, env=env)
+        # Its own session: a Ctrl-C at the terminal reaches the launcher alone, which stops
+        # the nodes in order (a node signalled twice would die before handing over).
+        process = await trio.lowlevel.open_process(command, env=env, start_new_session=True)
         _log.info("node started", node=index, pid=process.pid, url=env[env_name("node_url")])
         async with trio.open_nursery() as watch:
 

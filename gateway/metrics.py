@@ -177,6 +177,7 @@ class _Collector:
             "Device sessions closed with 4004: no frame within stale_after_s",
             c.device_timeouts,
         )
+        yield from _cluster_metrics(ctx)
         yield from _notifier_metrics(ctx)
         cache = ctx.cache
         if cache is not None:
@@ -188,6 +189,18 @@ class _Collector:
 
 
 # -- notifications (gateway/notifier.py): plain counters read here ---------------------------
+
+
+def _cluster_metrics(ctx: GatewayContext) -> Iterator[Metric]:
+    """A cluster node's partitions, fences and tick streams (nothing on a single node)."""
+    figures = ctx.cluster_metrics
+    if figures is None:
+        return
+    for name, (kind, doc, value) in figures().items():
+        if kind == "counter":
+            yield CounterMetricFamily(name, doc, value=value)
+        else:
+            yield GaugeMetricFamily(name, doc, value=value)
 
 
 def _notifier_metrics(ctx: GatewayContext) -> Iterator[Metric]:

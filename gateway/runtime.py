@@ -12,6 +12,7 @@ actors drain, flush the journal, take a final snapshot, stop.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 from collections.abc import Awaitable, Callable
@@ -25,8 +26,10 @@ from actors import gc_policy
 from actors.clock import WallClock
 from actors.node import Node
 from actors.upstream_feed import websocket_feed
+from gateway.cluster import ClusterNode, send_moved
 from gateway.composition import Services, open_services
 from gateway.config import Settings, is_loopback
+from gateway.context import QuoteSink
 from gateway.demo import DEMO_DEVICE, run_demo_strategy
 from gateway.front import serve_front
 from gateway.ws_client import serve_client
@@ -79,13 +82,16 @@ async def serve(
 ) -> None:
     """Run ``services`` until ``shutdown_trigger`` returns, then shut them down in order."""
     settings = services.settings
-    async with (
-        # The snapshotter process ends with this block, however it ends.
-        SnapshotProcess(
-            services.dsn, log_format=settings.log_format, log_level=settings.log_level
-        ) as snapshotter,
-        trio.open_nursery() as storage,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        snapshotter = None
+        if services.cluster is None:  # a cluster node snapshots each partition itself
+            # The snapshotter process ends with this block, however it ends.
+            snapshotter = await stack.enter_async_context(
+                SnapshotProcess(
+                    services.dsn, log_format=settings.log_format, log_level=settings.log_level
+                )
+            )
+        storage = await stack.enter_async_context(trio.open_nursery())
         await storage.start(services.journal.run)
         async with trio.open_nursery() as engine:
             await _start_engine(engine, services, snapshotter, shutdown_trigger, task_status)
@@ -96,22 +102,35 @@ async def serve(
 async def _start_engine(
     engine: trio.Nursery,
     services: Services,
-    snapshotter: SnapshotProcess,
+    snapshotter: SnapshotProcess | None,
     shutdown_trigger: ShutdownTrigger,
     task_status: trio.TaskStatus[None],
 ) -> None:
-    settings, node, ctx = services.settings, services.node, services.gateway
+    settings, node, ctx, cluster = (
+        services.settings,
+        services.node,
+        services.gateway,
+        services.cluster,
+    )
     await engine.start(node.run)
     await engine.start(services.notifier.run)
+    await engine.start(services.registry.follow)
     gc_policy.settle(settings.gc_gen0)  # the recovered state is long-lived (gc_policy)
-    _start_feed(engine, settings, node, services.clock)
+    if cluster is not None:
+        cluster.bind_moved(functools.partial(send_moved, ctx))
+        await engine.start(cluster.run)
+    _start_feed(engine, settings, ctx.offer_quotes, services.clock)
     demo = services.demo
     if settings.paper_device and demo is not None:
-        engine.start_soon(run_paper_device, node, DEMO_DEVICE)
+        if cluster is None:
+            engine.start_soon(run_paper_device, node, DEMO_DEVICE)
+        else:
+            engine.start_soon(_paper_device_where_owned, cluster, node, demo.user_id)
     if settings.demo_strategy and demo is not None:
         engine.start_soon(run_demo_strategy, ctx, demo)
     periodic = trio.CancelScope()
-    engine.start_soon(_snapshots, snapshotter, settings.snapshot_interval_s, periodic)
+    if snapshotter is not None:
+        engine.start_soon(_snapshots, snapshotter, settings.snapshot_interval_s, periodic)
     stop_serving = trio.Event()
     await _start_http(engine, services, stop_serving.wait)
     ctx.ready = True
@@ -120,12 +139,31 @@ async def _start_engine(
     await shutdown_trigger()
     ctx.ready = False
     stop_serving.set()  # stop intake first
+    if cluster is not None:
+        # Hand every partition over in order (the others claim them), bounded.
+        with trio.move_on_after(max(10.0, 2 * settings.lease_s)):
+            await cluster.hand_over_all()
     await node.shutdown()
     with trio.move_on_after(10):
         await services.journal.flush()
         periodic.cancel()
-        await _final_snapshot(snapshotter, services)
+        if snapshotter is not None:
+            await _final_snapshot(snapshotter, services)
     engine.cancel_scope.cancel()
+
+
+async def _paper_device_where_owned(cluster: ClusterNode, node: Node, user_id: str) -> None:
+    """The demo's paper device runs on whichever node serves the demo user (it is an
+    in-process terminal): started when this node adopts the user, stopped before it lets the
+    user go (polled: the partition moves seldom)."""
+    while True:
+        while not cluster.serves(user_id):  # noqa: ASYNC110
+            await trio.sleep(0.5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_paper_device, node, DEMO_DEVICE)
+            while cluster.serves(user_id):  # noqa: ASYNC110
+                await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
 
 
 async def _start_http(
@@ -207,6 +245,7 @@ async def _final_snapshot(snapshots: SnapshotProcess, services: Services) -> Non
         await snapshots.take()
     except (OSError, StorageError) as exc:
         _log.warning("the snapshotter failed at shutdown; snapshotting here", error=str(exc))
+        assert services.snapshots is not None  # a single node's (a cluster has no snapshotter)
         await take_snapshot(services.journal_reader, services.snapshots)
 
 
@@ -223,13 +262,15 @@ def _hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
-def _start_feed(nursery: trio.Nursery, settings: Settings, node: Node, clock: WallClock) -> None:
+def _start_feed(
+    nursery: trio.Nursery, settings: Settings, sink: QuoteSink, clock: WallClock
+) -> None:
     feed = settings.feed
     if feed == "replay":
         nursery.start_soon(
             functools.partial(
                 replay,
-                node.offer_quotes,
+                sink,
                 clock,
                 speed=settings.replay_speed,
                 loop=True,
@@ -239,14 +280,10 @@ def _start_feed(nursery: trio.Nursery, settings: Settings, node: Node, clock: Wa
         )
     elif feed == "random":
         nursery.start_soon(
-            functools.partial(
-                random_walk, node.offer_quotes, clock, "XAUUSD", 1950.0, 0.3, digits=3
-            )
+            functools.partial(random_walk, sink, clock, "XAUUSD", 1950.0, 0.3, digits=3)
         )
         nursery.start_soon(
-            functools.partial(
-                random_walk, node.offer_quotes, clock, "EURUSD", 1.1, 0.00012, digits=5, seed=2
-            )
+            functools.partial(random_walk, sink, clock, "EURUSD", 1.1, 0.00012, digits=5, seed=2)
         )
     elif feed.startswith(("ws://", "wss://")):
-        nursery.start_soon(websocket_feed, node.offer_quotes, feed)
+        nursery.start_soon(websocket_feed, sink, feed)

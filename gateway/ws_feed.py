@@ -106,4 +106,4 @@ async def serve_feed(ctx: GatewayContext, ws: Any = None) -> None:
             await close_quietly(websocket, close_code_for(exc), _feed_reason(exc), log)
             return
         if isinstance(batch, QuoteBatch):
-            ctx.counters.feed_quotes += ctx.node.offer_quotes(batch.quotes, batch.sent_ms)
+            ctx.counters.feed_quotes += ctx.offer_quotes(batch.quotes, batch.sent_ms)

@@ -26,10 +26,13 @@ from protocol.errors import ConfigError
 __all__ = [
     "ClaimedRow",
     "ClusterView",
+    "Placement",
     "acquire_node_lock",
     "claim_partitions",
     "cluster_view",
     "ensure_cluster",
+    "node_url",
+    "placements",
     "reap_dead_nodes",
     "register_node",
     "release_partition",
@@ -277,3 +280,30 @@ async def release_partition(
         float(lease_s),
     )
     return str(status).endswith(" 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Who owns a partition now, for redirects (owner None: nobody, or a lapsed lease)."""
+
+    partition: int
+    owner: str | None
+    url: str | None
+    epoch: int
+
+
+async def placements(conn: asyncpg.Connection) -> list[Placement]:
+    """Every partition's owner, URL and epoch; a lapsed lease reads as unowned."""
+    rows = await conn.fetch(
+        "SELECT id, owner, url, epoch, (expires_at > clock_timestamp()) AS live"
+        " FROM partitions ORDER BY id"
+    )
+    return [
+        Placement(r["id"], r["owner"] if r["live"] else None, r["url"], r["epoch"]) for r in rows
+    ]
+
+
+async def node_url(conn: asyncpg.Connection, node_id: str) -> str | None:
+    """The URL a node registered with (None: no such live node)."""
+    url = await conn.fetchval("SELECT url FROM cluster_nodes WHERE node_id = $1", node_id)
+    return None if url is None else str(url)

@@ -65,7 +65,15 @@ from persistence import lease_sql
 from persistence.db import Database, is_unavailable
 from protocol.errors import ConfigError, StorageError, UsageError
 
-__all__ = ["Claimed", "HandoverWanted", "LeaseEvent", "LeaseManager", "Lost"]
+__all__ = [
+    "Claimed",
+    "HandoverWanted",
+    "LeaseEvent",
+    "LeaseManager",
+    "Lost",
+    "read_node_url",
+    "read_placements",
+]
 
 T = TypeVar("T")
 
@@ -488,3 +496,21 @@ class LeaseManager:
 def _call_trio(token: trio.lowlevel.TrioToken, fn: Callable[..., object], *args: Any) -> None:
     with contextlib.suppress(trio.RunFinishedError):  # the trio run ended first
         token.run_sync_soon(fn, *args)
+
+
+async def read_placements(db: Database) -> list[lease_sql.Placement]:
+    """Every partition's owner, URL and epoch, for redirects (a lapsed lease: no owner).
+
+    Raises:
+        StorageError: Postgres is unavailable.
+    """
+    return await db.run_with_connection(lease_sql.placements)
+
+
+async def read_node_url(db: Database, node_id: str) -> str | None:
+    """The URL ``node_id`` registered with (None: no such node).
+
+    Raises:
+        StorageError: Postgres is unavailable.
+    """
+    return await db.run_with_connection(functools.partial(lease_sql.node_url, node_id=node_id))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from actors.device import DeviceActor
 from engine.lifecycle import PositionState
 from engine.records import CommandIssued
 from engine.state import EngineState
@@ -165,8 +166,8 @@ async def test_release_forgets_everything_and_a_later_adopt_works(
     assert symbol.armed == 1
     released_devices: list[str] = []
 
-    async def moved(device_id: str) -> None:
-        released_devices.append(device_id)
+    async def moved(actor: DeviceActor) -> None:
+        released_devices.append(actor.device_id)
         await link.close(4010, "moved")
 
     released = await node.release(["u1"], reason="rebalance", on_device_released=moved)
