@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -104,6 +105,7 @@ __all__ = [
     "ClusterConfig",
     "ClusterNode",
     "ClusterStats",
+    "FenceRelay",
     "MovedSender",
     "RecordRouter",
     "open_cluster",
@@ -167,6 +169,27 @@ class RecordRouter:
 
         user = record_user(record, position_user, node.directory.device_owner)
         return None if user is None else partition_of(user, self.partitions)
+
+
+class FenceRelay:
+    """The partition journal's ``on_fenced``, built before the cluster node that acts on it
+    (the journal comes first): a fence found before :meth:`bind` is kept and handed over."""
+
+    def __init__(self) -> None:
+        self._handler: Callable[[int], None] | None = None
+        self._early: list[int] = []
+
+    def __call__(self, partition: int) -> None:
+        if self._handler is None:
+            self._early.append(partition)
+        else:
+            self._handler(partition)
+
+    def bind(self, handler: Callable[[int], None]) -> None:
+        self._handler = handler
+        early, self._early = self._early, []
+        for partition in early:
+            handler(partition)
 
 
 class MovedSender(Protocol):
@@ -280,6 +303,7 @@ class ClusterNode:
         self._resume = trio.Event()
         self._release_devices: dict[str, str | None] = {}
         self._moved_sender: MovedSender | None = None
+        self._fenced_send, self._fenced = trio.open_memory_channel[int](math.inf)
 
     # -- ports ------------------------------------------------------------------------------
 
@@ -387,6 +411,12 @@ class ClusterNode:
             ),
         }
 
+    def on_fenced(self, partition: int) -> None:
+        """The journal found ``partition`` fenced (another node claimed it): its users go, as
+        for a lost lease (the lease manager may not have noticed yet)."""
+        self.ready.discard(partition)
+        self._fenced_send.send_nowait(partition)
+
     def bind_moved(self, sender: MovedSender) -> None:
         """How a released device is told where to go (the gateway's sessions)."""
         self._moved_sender = sender
@@ -409,6 +439,7 @@ class ClusterNode:
                 nursery.start_soon(self._checkpoints_forever)
                 nursery.start_soon(self._snapshots_forever)
                 nursery.start_soon(self._events_forever)
+                nursery.start_soon(self._fences_forever)
                 task_status.started()
         finally:
             _log.info("cluster node stopped", node_id=self.config.node_id)
@@ -468,6 +499,12 @@ class ClusterNode:
                     await self._release(p, reason=f"lost: {reason}", next_url=None)
                 case HandoverWanted(partition=p, next_owner=next_owner):
                     await self._hand_over(p, next_owner, reason="balance")
+
+    async def _fences_forever(self) -> None:
+        async for p in self._fenced:
+            if p in self.journal.open_partitions() or self._users_of(p):
+                self.stats.fenced_partitions += 1
+                await self._release(p, reason="fenced", next_url=None)
 
     def _users_of(self, p: int) -> set[str]:
         users = {u for u in self.node.users if self.partition(u) == p}
@@ -596,11 +633,7 @@ class ClusterNode:
         # 3. flush, with the checkpoint.
         for symbol, seq in stop_at.items():
             self.journal.set_checkpoint(p, symbol, seq)
-        next_url = (
-            self._placements.get(p, (None, None, 0))[1]
-            if next_owner is None
-            else await self._url_of(next_owner)
-        )
+        next_url = None if next_owner is None else await self._url_of(next_owner)
         try:
             await self.journal.flush_partition(p)
         except Fenced:
@@ -653,7 +686,8 @@ class ClusterNode:
             await trio.sleep(self.config.checkpoint_every_s)
             if self.node.pending() or self._held is not None:
                 continue
-            for p in self.ready:
+            open_now = self.journal.open_partitions()
+            for p in self.ready & open_now:
                 for symbol, seq in self.delivered.items():
                     self.journal.set_checkpoint(p, symbol, seq)
 

@@ -37,7 +37,7 @@ from engine.state import EngineState
 from engine.user import Timing
 from gateway.app import TripwireApp, create_app
 from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
-from gateway.cluster import ClusterNode, RecordRouter, open_cluster
+from gateway.cluster import ClusterNode, FenceRelay, RecordRouter, open_cluster
 from gateway.config import Settings, parse_strategies
 from gateway.context import GatewayContext, NonceStore
 from gateway.demo import DEMO_STRATEGY, Demo, ensure_demo
@@ -227,12 +227,18 @@ async def open_services(
         instruments = DEFAULT_INSTRUMENTS
         alerts = AlertRelay()
         router = RecordRouter(settings.partitions)
+        fences = FenceRelay()
         journal: JournalWriter[Record] | PartitionJournalWriter[Record]
         if cluster_mode:
             # Each partition is recovered when this node claims it (gateway.cluster): the
             # node starts empty, and its records go to the fenced partition journal.
             journal = PartitionJournalWriter(
-                db, encode_indexed_batch, make_projection(instruments), router, on_alert=alerts
+                db,
+                encode_indexed_batch,
+                make_projection(instruments),
+                router,
+                on_alert=alerts,
+                on_fenced=fences,
             )
             reader = JournalReader(db)
             snapshots = None
@@ -288,6 +294,7 @@ async def open_services(
                     open_cluster(settings, db, redis, node, journal, alerts)
                 )
                 node.gate = cluster
+                fences.bind(cluster.on_fenced)
                 ownership = cluster
             notifier = await _notifier(settings, db, node, clock)
             metrics = Metrics()

@@ -40,13 +40,18 @@ from protocol.session import derive_session_key, verify_command
 from protocol.signing import sign_hello
 from sim.paper_terminal import PaperTerminal
 
-__all__ = ["SimulatedCrash", "SimulatedEA"]
+__all__ = ["ServerSilent", "SimulatedCrash", "SimulatedEA"]
 
 _COMMANDS = (OpenCommand, CloseCommand, PartialCloseCommand, ModifyCommand)
 
 
 class SimulatedCrash(Exception):
     """The EA died between executing a command and sending its ack (``crash_before_ack``)."""
+
+
+class ServerSilent(Exception):
+    """The server answered no WebSocket ping within ``stale_after_s``: a hung node (docs/
+    protocol.md, "A silent server"); the session is dropped and the EA connects again."""
 
 
 class SimulatedEA:
@@ -176,6 +181,9 @@ class SimulatedEA:
                 ready()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._heartbeat, ws, float(first.heartbeat_s))
+                    nursery.start_soon(
+                        self._server_alive, ws, float(first.heartbeat_s), float(first.stale_after_s)
+                    )
                     while True:
                         message = self.codec.decode(await ws.get_message())
                         if isinstance(message, _COMMANDS):
@@ -188,6 +196,8 @@ class SimulatedEA:
                             self.errors.append(message)
         except* SimulatedCrash:
             self.crashed = True  # the connection is gone without a word, as after kill -9
+        except* ServerSilent:
+            self.closed = (None, "server silent")
         except* ConnectionClosed as group:
             # The close surfaces from the reader or the heartbeat, inside a nursery's group.
             closed: BaseException = group
@@ -222,6 +232,16 @@ class SimulatedEA:
             raise SimulatedCrash(command.command_id)  # executed; its ack never leaves
         for reply in replies:
             await ws.send_message(self.codec.encode(reply))
+
+    async def _server_alive(self, ws: Any, every_s: float, stale_s: float) -> None:
+        """A WebSocket ping every ``every_s``; no pong within ``stale_s``: the server is hung
+        (a frozen process keeps its sockets open, so no close ever comes): drop the session."""
+        while True:
+            await trio.sleep(every_s)
+            with trio.move_on_after(stale_s):
+                await ws.ping()
+                continue
+            raise ServerSilent(self.redirects.target)
 
     async def _heartbeat(self, ws: Any, every_s: float) -> None:
         seq = 0

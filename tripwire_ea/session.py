@@ -194,6 +194,9 @@ class Bridge:
                     await self._send(ws, message)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._heartbeat, ws, float(first.heartbeat_s))
+                    nursery.start_soon(
+                        self._server_alive, ws, float(first.heartbeat_s), float(first.stale_after_s)
+                    )
                     nursery.start_soon(self._poll, ws)
                     while True:
                         frame = await ws.get_message()
@@ -205,6 +208,8 @@ class Bridge:
             log.warning("disconnected", code=code, reason=reason.reason if reason else None)
         except* trio.TooSlowError:
             log.warning("no welcome in time")
+        except* ServerSilent:
+            log.warning("the server answered no ping: reconnecting", url=url)
         finally:
             self.dispatcher.session_key = None
         return welcomed, code, moved
@@ -223,6 +228,17 @@ class Bridge:
         async with self._send_lock:
             await ws.send_message(self.codec.encode(message))
 
+    async def _server_alive(self, ws: Any, every_s: float, stale_s: float) -> None:
+        """A WebSocket ping every ``every_s``; no pong within ``stale_s`` means a hung server
+        (a frozen process keeps its sockets open, so no close comes): drop the session, and
+        the loop connects again (docs/protocol.md, "A silent server")."""
+        while True:
+            await trio.sleep(every_s)
+            with trio.move_on_after(stale_s):
+                await ws.ping()
+                continue
+            raise ServerSilent()
+
     async def _heartbeat(self, ws: Any, every_s: float) -> None:
         seq = 0
         while True:
@@ -235,6 +251,10 @@ class Bridge:
             await trio.sleep(self.poll_s)
             for message in await self._blocking(self.dispatcher.poll):
                 await self._send(ws, message)
+
+
+class ServerSilent(Exception):
+    """No pong within ``stale_after_s`` (see ``_server_alive``)."""
 
 
 def _closed(group: BaseException) -> ConnectionClosed:
