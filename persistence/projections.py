@@ -114,6 +114,10 @@ def to_time(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+_LAST_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()) * 1000
+"""The last whole second :func:`to_time` can represent, in milliseconds."""
+
+
 def signal_row(saved: SignalSaved) -> tuple[Any, ...]:
     """The ``signals`` row of a recorded signal, in ``SIGNAL_INSERT``'s column order.
 
@@ -129,7 +133,9 @@ def signal_row(saved: SignalSaved) -> tuple[Any, ...]:
         s.side.value,
         msgspec.to_builtins(s),
         to_time(saved.received_ms),
-        to_time(s.expires_at_ms),
+        # The wire allows any time up to 2**53 ms, past the last one Python's datetime holds:
+        # an expiry that far is "never", stored as the last representable second.
+        to_time(None if s.expires_at_ms is None else min(s.expires_at_ms, _LAST_MS)),
     )
 
 
