@@ -181,6 +181,7 @@ class LeaseManager:
         self._lock_key: int | None = None
         self._registered = False
         self._handover: tuple[int, float] | None = None  # (partition, monotonic asked at)
+        self._releasing: set[int] = set()
         self._send_event, self.events = trio.open_memory_channel[LeaseEvent](math.inf)
         self.claims = 0
         self.losses = 0
@@ -273,16 +274,21 @@ class LeaseManager:
         if epoch is None:
             return False
         self._changed()
-        released = await self.db.run_with_connection(
-            functools.partial(
-                lease_sql.release_partition,
-                node_id=self.node_id,
-                partition=partition,
-                epoch=epoch,
-                next_owner=next_owner,
-                lease_s=self.lease_s,
+        # Meanwhile a balancing round must not take it back as "ours from a previous life".
+        self._releasing.add(partition)
+        try:
+            released = await self.db.run_with_connection(
+                functools.partial(
+                    lease_sql.release_partition,
+                    node_id=self.node_id,
+                    partition=partition,
+                    epoch=epoch,
+                    next_owner=next_owner,
+                    lease_s=self.lease_s,
+                )
             )
-        )
+        finally:
+            self._releasing.discard(partition)
         if released and next_owner is not None:
             self.handovers += 1
         _log.info("partition released", partition=partition, next_owner=next_owner, ok=released)
@@ -333,7 +339,7 @@ class LeaseManager:
                 node_id=self.node_id,
                 url=self.url,
                 lease_s=self.lease_s,
-                owned=sorted(self._epochs),
+                owned=sorted(self._epochs.keys() | self._releasing),
                 want=want,
             )
         )
@@ -367,11 +373,12 @@ class LeaseManager:
             for node in view.live_nodes
             if node != self.node_id and view.owned_by.get(node, 0) < target
         ]
-        if not below or mine <= target:
+        held = [p for p in self._epochs if self.holds(p)]  # never offer a lapsed lease
+        if not below or not held or mine <= target:
             return
         if mine <= target + self.hysteresis and min(below)[0] >= target - self.hysteresis:
             return  # within the hysteresis band on both sides: not worth a move
-        partition = max(self._epochs)
+        partition = max(held)
         self._handover = (partition, now)
         self._send_event.send_nowait(HandoverWanted(partition=partition, next_owner=min(below)[1]))
 

@@ -16,11 +16,13 @@ from persistence.leases import Claimed, HandoverWanted, LeaseEvent, LeaseManager
 from persistence.partition_journal import PartitionJournalWriter
 from protocol.errors import ConfigError, Fenced
 
+# Short enough for quick tests, long enough that a loaded machine (a full suite on two cores
+# beside other work) does not lose a lease to a slow scheduler.
 FAST: dict[str, Any] = {
-    "lease_s": 1.5,
+    "lease_s": 3.0,
     "renew_every_s": 0.1,
-    "margin_s": 0.3,
-    "loop_stale_s": 0.5,
+    "margin_s": 0.5,
+    "loop_stale_s": 1.0,
     "move_every_s": 0.05,
 }
 
