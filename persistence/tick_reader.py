@@ -134,7 +134,8 @@ class ReaderStats(msgspec.Struct, frozen=True, kw_only=True):
     replayed_from_stream: int
     replayed_from_bars: int
     missing: int
-    """Seqs replays could not find anywhere (a counter)."""
+    """Seqs replays could not find anywhere (a counter). A Redis that restarted empty adds its
+    whole seq jump (see :mod:`persistence.tick_streams`): watch the alerts, not the size."""
     lag_ms: int
     degraded: bool
 
