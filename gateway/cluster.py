@@ -304,6 +304,7 @@ class ClusterNode:
         self._release_devices: dict[str, str | None] = {}
         self._moved_sender: MovedSender | None = None
         self._fenced_send, self._fenced = trio.open_memory_channel[int](math.inf)
+        self._draining = False
 
     # -- ports ------------------------------------------------------------------------------
 
@@ -445,8 +446,10 @@ class ClusterNode:
             _log.info("cluster node stopped", node_id=self.config.node_id)
 
     async def hand_over_all(self) -> None:
-        """A planned stop: hand every ready partition over, one at a time (the others claim
-        them as they are released)."""
+        """A planned stop: claim nothing more, and hand every ready partition over, one at a
+        time (the others claim them as they are released)."""
+        self.leases.drain()
+        self._draining = True
         for p in sorted(self.ready):
             await self._hand_over(p, None, reason="shutdown")
 
@@ -493,6 +496,10 @@ class ClusterNode:
     async def _events_forever(self) -> None:
         async for event in self.leases.events:
             match event:
+                case Claimed() if self._draining:
+                    # Claimed just before the drain began: given straight back, untouched.
+                    with contextlib.suppress(StorageError):
+                        await self.leases.release(event.partition, None)
                 case Claimed():
                     await self._claim(event)
                 case Lost(partition=p, reason=reason):

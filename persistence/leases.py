@@ -188,6 +188,12 @@ class LeaseManager:
         self.handovers = 0
         self.renew_failures = 0
         self.renew_ok_at = -math.inf
+        self._draining = False
+
+    def drain(self) -> None:
+        """This node is leaving (a planned stop): from now on it claims nothing and asks for no
+        handover; it keeps renewing what it holds until the runtime has released each one."""
+        self._draining = True
 
     # -- what the runtime reads ---------------------------------------------------------------
 
@@ -324,6 +330,8 @@ class LeaseManager:
             raise
         if dead:
             _log.warning("nodes found dead", nodes=dead)
+        if self._draining:
+            return  # leaving: claim nothing more, offer nothing (the runtime hands all over)
         view = await self.db.run_with_connection(lease_sql.cluster_view)
         live = len(set(view.live_nodes) | {self.node_id})
         target = math.ceil(self.partitions / live)
