@@ -104,6 +104,8 @@ class Node:
 
             classify = broker_classify
         self.classify: Classifier = classify
+        self.speaks_for_market: Callable[[], bool] = lambda: True
+        """Whether this node raises the market's alerts (a cluster names one node)."""
         self.gate: CommandGate = gate or AllowAll()
         """Asked before every command a device actor hands to its link (cluster mode: the
         lease check; by default every send is allowed)."""
@@ -491,6 +493,12 @@ class Node:
         """Journal and publish alerts that no core has journaled (market alerts)."""
         self.record(AlertRaised(alert=a) for a in alerts)
         self.publish_alerts(alerts)
+
+    def raise_market_alerts(self, alerts: list[Alert]) -> None:
+        """A symbol's alerts (a price jump, a silent feed): raised by one node of a cluster
+        only (every node judges every quote), the one :attr:`speaks_for_market` names."""
+        if self.speaks_for_market():
+            self.raise_alerts(alerts)
 
     # -- introspection -----------------------------------------------------------------------
 

@@ -181,6 +181,8 @@ class SymbolNode(_Shared, Protocol):
 
     def raise_alerts(self, alerts: list[Alert]) -> None: ...
 
+    def raise_market_alerts(self, alerts: list[Alert]) -> None: ...
+
 
 class DeviceNode(_Shared, _Recorder, Protocol):
     @property

@@ -258,7 +258,7 @@ class SymbolActor:
         if outcome.moved:
             self._dispatch_moved(outcome.moved)
         if outcome.alerts:
-            self.node.raise_alerts(outcome.alerts)
+            self.node.raise_market_alerts(outcome.alerts)
 
     def _sweep(self, sweep: Sweep, now_ms: int) -> None:
         """Quotes coalesced away under load: fire what their extremes crossed."""
@@ -379,4 +379,4 @@ class SymbolActor:
             await trio.sleep(interval)
             alerts = self.core.check_silence(self.node.clock.now_ms())
             if alerts:
-                self.node.raise_alerts(alerts)
+                self.node.raise_market_alerts(alerts)

@@ -2,9 +2,10 @@
 
 Users and devices are written to the engine's database (``DATABASE_URL``, or the embedded
 Postgres under ``TRIPWIRE_STATE_DIR/pg``), through the same :class:`~gateway.registry.Registry`
-the engine uses. A running engine keeps its registry in memory, loaded at start: what these
-commands change takes effect at its **next start**. (To act on a running engine at once, use
-the admin REST API: ``POST /api/v1/users``, ``PATCH /api/v1/users/{id}``, the device routes.)
+the engine uses. Every write notifies (``pg_notify``), and every running engine, each node of a
+cluster, re-reads the changed row within moments (``Registry.follow``): a disabled user or a
+revoked device is refused at its next handshake or request. A session already open stays
+open until it reconnects; end it at once with the admin REST API (the device routes).
 
 A secret (a device's, a strategy's, a generated password) is printed once, on standard output,
 and never logged. Strategies are configuration, not data (``TRIPWIRE_STRATEGIES``):
@@ -28,7 +29,9 @@ ADMIN_COMMANDS = ("user", "device", "strategy")
 
 def add_admin_commands(commands: Any) -> None:
     """Add the admin sub-commands to the ``tripwire`` parser's sub-parsers."""
-    user = commands.add_parser("user", help="add or disable a user (database; next start)")
+    user = commands.add_parser(
+        "user", help="add or disable a user (database; running engines follow)"
+    )
     users = user.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = users.add_parser("add", help="create a user; prints its password if generated")
     add.add_argument("username")
@@ -141,7 +144,7 @@ async def _user_add(registry: Any, args: argparse.Namespace, password: str | Non
 async def _user_disable(registry: Any, args: argparse.Namespace, _: str | None) -> None:
     user = await registry.set_disabled(_user_id(registry, args.username), not args.enable)
     state = "disabled" if user.disabled else "enabled"
-    print(f"user {user.username} {state} (a running engine sees it at its next start)")
+    print(f"user {user.username} {state} (running engines follow at once)")
 
 
 async def _device_add(registry: Any, args: argparse.Namespace, _: str | None) -> None:
@@ -164,7 +167,7 @@ async def _device_rotate(registry: Any, args: argparse.Namespace, _: str | None)
 async def _device_revoke(registry: Any, args: argparse.Namespace, _: str | None) -> None:
     registry.device(args.device_id)  # NotFound for an unknown id
     await registry.revoke(args.device_id)
-    print(f"device {args.device_id} revoked (a running engine sees it at its next start)")
+    print(f"device {args.device_id} revoked (running engines follow at once)")
 
 
 _ACTIONS: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {

@@ -97,7 +97,7 @@ from persistence.tick_bars import TickBarStore
 from persistence.tick_reader import StreamReader
 from persistence.tick_streams import Stamped, TickAppender
 from protocol.closecodes import CloseCode
-from protocol.common import Alert
+from protocol.common import Alert, AlertLevel
 from protocol.errors import Fenced, StorageError
 from protocol.feed import Quote
 
@@ -418,6 +418,11 @@ class ClusterNode:
         self.ready.discard(partition)
         self._fenced_send.send_nowait(partition)
 
+    def speaks_for_market(self) -> bool:
+        """Every node judges every quote; the one serving partition 0 raises the market's
+        alerts (a price jump, a silent feed), so an operator gets each once."""
+        return 0 in self.ready
+
     def bind_moved(self, sender: MovedSender) -> None:
         """How a released device is told where to go (the gateway's sessions)."""
         self._moved_sender = sender
@@ -441,6 +446,7 @@ class ClusterNode:
                 nursery.start_soon(self._snapshots_forever)
                 nursery.start_soon(self._events_forever)
                 nursery.start_soon(self._fences_forever)
+                nursery.start_soon(self._leases_watched)
                 task_status.started()
         finally:
             _log.info("cluster node stopped", node_id=self.config.node_id)
@@ -687,6 +693,46 @@ class ClusterNode:
                 rows = await read_placements(self.db)
                 self._placements = {r.partition: (r.owner, r.url, r.epoch) for r in rows}
             await trio.sleep(self.config.placements_every_s)
+
+    async def _leases_watched(self) -> None:
+        """Closes held for want of a lease are never silent: a CRITICAL alert when the leases
+        of ready partitions lapse (renewals failing: Postgres unreachable for longer than a
+        lease), an INFO one when they are held again; and the held commands go out then."""
+        lapsed_since: float | None = None
+        while True:
+            await trio.sleep(0.25)
+            lapsed = [p for p in self.ready if not self.leases.holds(p)]
+            now_ms = self.node.clock.now_ms()
+            if lapsed and lapsed_since is None:
+                lapsed_since = time.monotonic()
+                self.node.raise_alerts(
+                    [
+                        Alert(
+                            kind="leases_lapsed",
+                            level=AlertLevel.CRITICAL,
+                            message=f"{len(lapsed)} partitions' leases could not be renewed"
+                            " (Postgres unreachable?): their closes are held, not sent, until"
+                            " a renewal succeeds or another node claims them",
+                            time_ms=now_ms,
+                            value=float(len(lapsed)),
+                        )
+                    ]
+                )
+            elif not lapsed and lapsed_since is not None:
+                held_s = time.monotonic() - lapsed_since
+                lapsed_since = None
+                self.node.retry_held()
+                self.node.raise_alerts(
+                    [
+                        Alert(
+                            kind="leases_renewed",
+                            level=AlertLevel.INFO,
+                            message=f"leases renewed after {held_s:.1f} s; held closes are sent",
+                            time_ms=now_ms,
+                            value=held_s,
+                        )
+                    ]
+                )
 
     async def _checkpoints_forever(self) -> None:
         while True:

@@ -294,6 +294,7 @@ async def open_services(
                     open_cluster(settings, db, redis, node, journal, alerts)
                 )
                 node.gate = cluster
+                node.speaks_for_market = cluster.speaks_for_market
                 fences.bind(cluster.on_fenced)
                 ownership = cluster
             notifier = await _notifier(settings, db, node, clock)
