@@ -90,6 +90,16 @@ class _Collector:
             "tripwire_armed_positions", "Positions watched by trigger books", stats["armed"]
         )
         yield counter("tripwire_alerts", "Alerts raised", stats["alerts"])
+        yield counter(
+            "tripwire_commands_held_no_lease",
+            "Device sends held because this node's lease on the user's partition had lapsed",
+            stats["commands_held_no_lease"],
+        )
+        yield counter(
+            "tripwire_ack_hash_mismatches",
+            "Acks refused: their command_hash names another command than the id's",
+            stats["ack_hash_mismatches"],
+        )
         yield gauge(
             "tripwire_devices_connected", "Devices with a live session", stats["devices_connected"]
         )

@@ -18,7 +18,7 @@ public surface:
   on its own: it brings the replay's numpy, which a single node's start-up need not load).
 * :class:`EmbeddedPostgres` / :func:`resolve_dsn`: a real Postgres from the ``pgserver``
   wheel when ``DATABASE_URL`` is unset.
-* :class:`RedisLink`, :class:`RedisNonceCache`, :class:`TickBus`, :class:`ReadCache`: Redis,
+* :class:`RedisLink`, :class:`RedisNonceCache`, :class:`ReadCache`: Redis,
   optional for one node, degrading (never failing) when it is down.
 * :class:`TickAppender`, :class:`StreamReader`, :class:`TickRing`, :class:`TickBarStore`: the
   cluster's tick path (per-symbol streams with contiguous seqs, replays, 1 s bars); a single
@@ -48,7 +48,6 @@ from persistence.snapshot_store import SnapshotStore
 from persistence.tick_bars import TickBar, TickBarStore
 from persistence.tick_reader import ReaderStats, StreamReader, TickRing
 from persistence.tick_streams import AppenderStats, Replayed, Stamped, TickAppender
-from persistence.tickbus import TickBus
 
 __all__ = [
     "DEFAULT_EMBEDDED_DIR",
@@ -79,7 +78,6 @@ __all__ = [
     "TickAppender",
     "TickBar",
     "TickBarStore",
-    "TickBus",
     "TickRing",
     "dsn_with_database",
     "is_unavailable",

@@ -2,7 +2,7 @@
 
 Redis is optional for one node and required for several; either way it is never allowed to
 take the engine down. Two pieces make that easy for the modules built on it
-(:mod:`~persistence.redis_nonces`, :mod:`~persistence.tickbus`, :mod:`~persistence.cache`):
+(:mod:`~persistence.redis_nonces`, :mod:`~persistence.tick_streams`, :mod:`~persistence.cache`):
 
 * :class:`RedisLink` owns a redis-py asyncio client living on the bridge's loop and runs
   commands with a timeout. Every failure (refused, reset, timeout, Redis loading or

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import trio
 
-from persistence import Bridge, ReadCache, RedisLink, RedisNonceCache, TickBus
+from persistence import Bridge, ReadCache, RedisLink, RedisNonceCache
 from protocol.errors import ConfigError, StaleHello, UsageError
 from protocol.feed import Quote, QuoteBatch
 from tests.fixtures.redis import RedisProcess
@@ -190,94 +190,6 @@ async def test_without_redis_only_hellos_signed_since_the_outage_are_vouched_for
 
 
 # -- the tick bus ---------------------------------------------------------------------------
-
-
-async def test_every_subscriber_sees_every_batch_in_order(link: RedisLink) -> None:
-    stream = _prefix() + "ticks"
-    publisher = TickBus(link, stream=stream, maxlen=1000)
-    received: dict[str, list[QuoteBatch]] = {"a": [], "b": []}
-
-    async def node(
-        name: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        bus = TickBus(link, stream=stream)
-        task_status.started()
-        async for batch in bus.subscribe(block_ms=100):
-            received[name].append(batch)
-
-    await publisher.publish(_batch(0))  # before anyone listens: "$" skips it
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node, "a")
-        await nursery.start(node, "b")
-        await _wait_for_blocked_readers(link, 2)  # both have resolved "$"
-        sent = [_batch(n) for n in range(1, 51)]
-        for batch in sent:
-            assert await publisher.publish(batch)
-        await _wait_until(lambda: len(received["a"]) == len(received["b"]) == 50)
-        nursery.cancel_scope.cancel()
-    assert received["a"] == received["b"] == sent
-    assert publisher.published_total == 51
-
-
-async def test_tick_bus_skips_garbage_and_can_replay_from_the_start(link: RedisLink) -> None:
-    stream = _prefix() + "ticks"
-    bus = TickBus(link, stream=stream)
-    await bus.publish(_batch(1))
-    await link.call(lambda r: r.xadd(stream, {b"q": b"\xc1not msgpack"}))
-    await link.call(lambda r: r.xadd(stream, {b"other": b"field"}))
-    await bus.publish(_batch(2))
-    got: list[QuoteBatch] = []
-    with trio.move_on_after(2):
-        async for batch in bus.subscribe(from_id="0-0", block_ms=50):
-            got.append(batch)
-            if len(got) == 2:
-                break
-    assert got == [_batch(1), _batch(2)]
-    assert bus.decode_errors == 2
-
-
-async def test_tick_bus_degrades_and_resumes(bridge: Bridge, redis_server: RedisProcess) -> None:
-    link = await RedisLink.open(bridge, redis_server.url)
-    publisher = TickBus(link, retry_after_s=0.1)
-    subscriber = TickBus(link, retry_after_s=0.1)
-    got: list[QuoteBatch] = []
-    try:
-        async with trio.open_nursery() as nursery:
-
-            async def listen() -> None:
-                async for batch in subscriber.subscribe(block_ms=100):
-                    got.append(batch)
-
-            nursery.start_soon(listen)
-            await trio.sleep(0.2)
-            assert await publisher.publish(_batch(1))
-            await _wait_until(lambda: len(got) == 1)
-
-            redis_server.kill()
-            assert not await publisher.publish(_batch(2))  # dropped, counted, not raised
-            assert not await publisher.publish(_batch(3))
-            assert publisher.degraded and publisher.dropped_total == 2
-            await _wait_until(lambda: subscriber.degraded)
-
-            redis_server.start()
-            await trio.sleep(0.3)  # past retry_after_s: both sides try again
-            await _wait_until(lambda: not subscriber.degraded)
-            for n in range(4, 8):
-                for _attempt in range(40):  # the first try after the outage may be paced
-                    if await publisher.publish(_batch(n)):
-                        break
-                    await trio.sleep(0.05)
-                else:
-                    pytest.fail("the tick bus did not recover")
-            await _wait_until(lambda: len(got) == 5)
-            nursery.cancel_scope.cancel()
-        assert got == [_batch(n) for n in (1, 4, 5, 6, 7)]
-        assert not publisher.degraded
-    finally:
-        await link.aclose()
-
-
-# -- the read cache -------------------------------------------------------------------------
 
 
 async def test_read_through_and_coalescing(link: RedisLink) -> None:
