@@ -305,6 +305,8 @@ class ClusterNode:
         self._moved_sender: MovedSender | None = None
         self._fenced_send, self._fenced = trio.open_memory_channel[int](math.inf)
         self._draining = False
+        self._snapshot_seqs: dict[int, int] = {}
+        """partition -> the seq of the last snapshot this node wrote of it."""
 
     # -- ports ------------------------------------------------------------------------------
 
@@ -617,6 +619,7 @@ class ClusterNode:
         )
         with contextlib.suppress(StorageError):
             await self.journal.close_partition(p)
+        self._snapshot_seqs.pop(p, None)
         self.stats.releases += 1
         self.stats.by_reason[reason.split(":", maxsplit=1)[0]] += 1
         _log.info("partition released", partition=p, reason=reason, owned=sorted(self.ready))
@@ -657,6 +660,7 @@ class ClusterNode:
             users, reason=reason, on_device_released=functools.partial(self._moved, p, next_url)
         )
         await self.journal.close_partition(p)
+        self._snapshot_seqs.pop(p, None)
         await self.leases.release(p, next_owner)
         self.stats.handovers_done += 1
         _log.info(
@@ -750,22 +754,28 @@ class ClusterNode:
             await self.snapshot_partitions()
 
     async def snapshot_partitions(self) -> int:
-        """Snapshot every ready partition from the live state (fenced); how many were written."""
+        """Snapshot every ready partition that changed, from the live state (fenced), then
+        compact its journal up to its previous snapshot (as a single node does: the newest
+        snapshot always has the journal since the one before behind it); how many were
+        written."""
         pieces = split_state(self.node.state, self.partition)
-        seqs = {p: self.journal.last_seq(p) for p in self.ready}
+        seqs = {p: self.journal.last_seq(p) for p in self.ready & self.journal.open_partitions()}
         written = 0
         for p, seq in seqs.items():
+            epoch = self.leases.epoch(p)
+            previous = self._snapshot_seqs.get(p, 0)
+            if epoch is None or seq <= previous:
+                continue
             piece = pieces.get(p) or EngineState()
             piece.seq = seq
-            epoch = self.leases.epoch(p)
-            if epoch is None or seq == 0:
-                continue
             try:
                 await self.journal.flush_partition(p)
                 await write_partition_snapshot(self.db, p, epoch, seq, piece.encode_snapshot())
-                await compact_partition(self.db, p, epoch, seq)
+                if previous:
+                    await compact_partition(self.db, p, epoch, previous)
             except (Fenced, StorageError) as exc:
                 _log.warning("partition snapshot failed", partition=p, error=str(exc))
                 continue
+            self._snapshot_seqs[p] = seq
             written += 1
         return written

@@ -114,6 +114,9 @@ class Nodes:
             "TRIPWIRE_JWT_SECRET": JWT_SECRET,
             "TRIPWIRE_LEASE_S": str(self.lease_s),
             "TRIPWIRE_STREAM_KEEP_S": "60",
+            # Partition snapshots and compaction run during the test: a claim then recovers
+            # from a snapshot and the journal after it, not from the journal alone.
+            "TRIPWIRE_SNAPSHOT_INTERVAL_S": "2",
             "TRIPWIRE_DEVICE_HEARTBEAT_S": "1",
             "TRIPWIRE_DEVICE_STALE_AFTER_S": "3",
             "TRIPWIRE_MAX_WS_PER_ADDRESS": "0",
