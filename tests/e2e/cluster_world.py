@@ -45,7 +45,7 @@ from sim.ea import SimulatedEA
 from sim.paper_terminal import PaperConfig, PaperTerminal
 from tests.e2e.conftest import FEED_TOKEN, free_port
 
-__all__ = ["Close", "Nodes", "World"]
+__all__ = ["JWT_SECRET", "Close", "Nodes", "World", "rest"]
 
 JWT_SECRET = "cluster-test-jwt-secret-0123456789abcdef"
 SYMBOL = "XAUUSD"
@@ -199,6 +199,32 @@ class Nodes:
             for line in text.splitlines()
             if line.startswith((name + " ", name + "{"))
         )
+
+
+async def rest(
+    nodes: Nodes,
+    token: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    node: int | None = None,
+) -> httpx.Response:
+    """A REST call to ``node`` (default: a random live one) that follows a ``307`` to the
+    node serving the user, sending the bearer token again (clients drop it across hosts), and
+    waits out a ``503`` while nobody serves the partition (bounded)."""
+    url = nodes.http(random.choice(nodes.live()) if node is None else node) + path
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        with trio.fail_after(30):
+            while True:
+                response = await http.request(method, url, json=body, headers=headers)
+                if response.status_code == 307:
+                    url = response.headers["Location"]
+                elif response.status_code == 503 and "Retry-After" in response.headers:
+                    await trio.sleep(0.2)
+                else:
+                    return response
 
 
 @dataclass(frozen=True)

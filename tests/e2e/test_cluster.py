@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.auth import TokenIssuer
 from persistence.db import Database
-from tests.e2e.cluster_world import Nodes, World
+from protocol.common import Side
+from tests.e2e.cluster_world import JWT_SECRET, Nodes, World, rest
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +79,33 @@ def _check_exactly_once(world: World, failover: tuple[float, float] | None) -> l
     return problems
 
 
+async def _widen_a_take_profit(
+    nodes: Nodes, world: World, devices: set[str]
+) -> dict[str, tuple[str, float]]:
+    """For each of ``devices``' users, move the take-profit of one position the path never
+    crosses 0.5 further away (a REST PATCH answered 200); position id -> (token, new tp)."""
+    issuer = TokenIssuer(JWT_SECRET.encode(), 3600)
+    changed: dict[str, tuple[str, float]] = {}
+    for device in sorted(devices):
+        token = issuer.issue(world.user_of(device), "user")[0]
+        listed = await rest(nodes, token, "GET", "/api/v1/positions?state=open")
+        assert listed.status_code == 200, listed.text
+        for row in listed.json()["positions"]:
+            key = (device, row["ticket"])
+            if key in world.oracle or row["tp"] is None:
+                continue
+            side, _sl, tp = world.positions[key]
+            new_tp = round(tp + (0.5 if side is Side.BUY else -0.5), 3)
+            patched = await rest(
+                nodes, token, "PATCH", f"/api/v1/positions/{row['id']}", {"tp": new_tp}
+            )
+            assert patched.status_code == 200, patched.text
+            changed[row["id"]] = (token, new_tp)
+            break
+    assert changed, "no position of the victim's users to change"
+    return changed
+
+
 async def test_kill_9_mid_run_every_position_closes_exactly_once(
     db: Database, pg_dsn: str, redis_url: str, tmp_path: Path
 ) -> None:
@@ -102,6 +131,9 @@ async def test_kill_9_mid_run_every_position_closes_exactly_once(
                 d for d in world.device_ids if await nodes.owner_node(world.user_of(d)) == victim
             }
             await world.feed(nodes, 0, until=world.quotes // 3)
+            # Acknowledged just before the kill, on the victim (through its redirect): must
+            # survive it. A position the path never crosses gets a take-profit further away.
+            changed = await _widen_a_take_profit(nodes, world, victims_devices)
             killed_at = trio.current_time()
             nodes.signal(victim, signal.SIGKILL)
             await nodes.wait_exit(victim)
@@ -121,6 +153,10 @@ async def test_kill_9_mid_run_every_position_closes_exactly_once(
             recovered_at = max(back.values(), default=killed_at)
             problems = _check_exactly_once(world, (killed_at, recovered_at))
             assert not problems, "\n".join(problems)
+            for position_id, (token, tp) in changed.items():
+                after = await rest(nodes, token, "GET", f"/api/v1/positions/{position_id}")
+                assert after.status_code == 200, after.text
+                assert abs(after.json()["tp"] - tp) < 1e-6, after.text
             gap = [await nodes.metric(i, "tripwire_claim_gap_quotes_total") for i in survivors]
             assert sum(gap) > 0, "the claimers replayed no quote of the gap"
             nursery.cancel_scope.cancel()
