@@ -25,8 +25,9 @@ the journal lag and the stream lag sampled from every node's ``/metrics`` stay <
 no position the oracle says must close went without a close (``lost``) or got two different
 close commands (``duplicated``) (over the whole step). It is **invalid** (neither passed nor
 failed) when the feeder's p99 lateness exceeds ``--feeder-late-ms``: the load was not offered.
-**Capacity** is the rate of the last step passed before the first that was not; after that an
-arm's higher steps are skipped in that run. Every run is reported.
+**Capacity** is the rate of the last step passed before the first that failed; an arm's higher
+steps are then skipped in that run. An invalid step says nothing either way: the next step runs,
+and the capacity lists it under ``invalid_steps``. Every run is reported.
 
 ``closes_per_engine_cpu_s``: closes of the measured quotes per CPU second (user + system,
 ``/proc/PID/stat``) of the arm's node processes, from the end of the warm-up to the end of the
@@ -148,7 +149,8 @@ async def _prepared(
     spawned: list[Worker] = []
     try:
         device_ids, device_secrets, _ = await _seed(dsn, workload.devices, 0)
-        async with open_arm(name, dsn, folder, pin=args.pin) as arm:
+        level = "info" if tag == "failover" else "warning"  # the claims' log explains failover_s
+        async with open_arm(name, dsn, folder, tag=tag, pin=args.pin, log_level=level) as arm:
             began = time.monotonic()
             await arm.wait_partitions(args.settle_timeout)
             shards = np.array_split(np.arange(workload.devices), args.device_workers)
@@ -378,6 +380,7 @@ async def measure_failover(
         "duration_s": args.failover_s,
         "kill_at_s": args.failover_kill_at,
         "killed": "node1",
+        "pinned": arm.pinned,
         "devices": workload.devices,
         "devices_on_killed_node": len(affected),
         "devices_not_served_again": len(missing),
@@ -459,7 +462,7 @@ async def run(args: Any) -> dict[str, Any]:
                     row = await measure_step(args, dbs, name, rate, r, workload, folder)
                     rows.append(row)
                     _progress(row)
-                    if row["verdict"] != "pass":
+                    if row["verdict"] == "fail":
                         stopped.add(name)
         if args.failover:
             failover = await measure_failover(args, dbs, workload, folder)
@@ -487,14 +490,18 @@ def report(
     for name in args.arms:
         capacity[name] = []
         for r in runs:
-            cap, stop = 0.0, None
+            cap, stop, invalid = 0.0, None, []
             for row in (x for x in rows if x["run"] == r and x["arm"] == name):
                 if row["verdict"] == "pass":
                     cap = row["rate"]
-                elif row["verdict"] != "skipped":
-                    stop = f"{row['rate']:g}/s {row['verdict']}: {'; '.join(row['reasons'])}"
+                elif row["verdict"] == "invalid":
+                    invalid.append(row["rate"])
+                elif row["verdict"] == "fail":
+                    stop = f"{row['rate']:g}/s: {'; '.join(row['reasons'])}"
                     break
-            capacity[name].append({"run": r, "capacity": cap, "stopped_by": stop})
+            capacity[name].append(
+                {"run": r, "capacity": cap, "stopped_by": stop, "invalid_steps": invalid}
+            )
     by = {(x["run"], x["arm"], x["rate"]): x for x in rows if x["verdict"] != "skipped"}
     efficiency = []
     for (r, arm, rate), row in sorted(by.items()):
@@ -509,9 +516,8 @@ def report(
         for one, two in zip(capacity["cluster1"], capacity["cluster2"], strict=True):
             ratios.append(round(two["capacity"] / one["capacity"], 3) if one["capacity"] else None)
     cores = len(os.sched_getaffinity(0))
-    pinned = next(
-        (x["pinned"] for x in rows if x.get("arm") == "cluster2" and x.get("pinned")), None
-    )
+    two = [x for x in rows if x.get("arm") == "cluster2"] + ([failover] if failover else [])
+    pinned = next((x["pinned"] for x in two if x.get("pinned")), None)
     note = TWO_CORES_NOTE.format(
         cores=cores,
         pin=f"the nodes were pinned one per core ({pinned})"

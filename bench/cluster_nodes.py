@@ -8,7 +8,7 @@
 
 Every node is ``bench.e2e_engine`` (the real runtime; node 0 also runs the raw echo server), in
 the environment ``tripwire run --nodes N`` gives its nodes (``gateway.launcher``), each with its
-own port, state folder and log (``<folder>/<arm>-node<i>.log``). Where the machine has a core per
+own port, state folder and log (``<folder>/<tag>-node<i>.log``). Where the machine has a core per
 node, node ``i`` is pinned to the ``i``-th core this process may use.
 """
 
@@ -184,12 +184,20 @@ async def scrape(node: Node) -> dict[str, float]:
 
 @contextlib.asynccontextmanager
 async def open_arm(
-    name: str, dsn: str, folder: Path, *, pin: bool, ready_timeout_s: float = 120
+    name: str,
+    dsn: str,
+    folder: Path,
+    *,
+    tag: str,
+    pin: bool,
+    log_level: str = "warning",
+    ready_timeout_s: float = 120,
 ) -> AsyncIterator[Arm]:
-    """Start arm ``name``'s nodes (and its Redis) on ``dsn``; stop them all on the way out,
-    whatever happened (SIGTERM, SIGKILL after a short grace: the database is thrown away)."""
+    """Start arm ``name``'s nodes (and its Redis) on ``dsn``, their files named after ``tag``;
+    stop them all on the way out, whatever happened (SIGTERM, SIGKILL after a short grace: the
+    database is thrown away)."""
     count = ARMS[name]
-    redis = PrivateRedis(folder / f"{name}-redis") if name != "single" else None
+    redis = PrivateRedis(folder / f"{tag}-redis") if name != "single" else None
     nodes: list[Node] = []
     arm = Arm(name, nodes, free_loopback_port(), redis)
     try:
@@ -199,7 +207,7 @@ async def open_arm(
             arm.pinned = {}
         for i in range(count):
             port = free_loopback_port()
-            env = {"TRIPWIRE_FEED_TOKEN": FEED_TOKEN}
+            env = {"TRIPWIRE_FEED_TOKEN": FEED_TOKEN, "TRIPWIRE_LOG_LEVEL": log_level}
             if redis is not None:  # the environment gateway.launcher gives each node
                 env.update(
                     REDIS_URL=redis_url,
@@ -207,7 +215,7 @@ async def open_arm(
                     TRIPWIRE_NODE_URL=f"http://127.0.0.1:{port}",
                     TRIPWIRE_NODE_ID=f"bench-{i}",
                 )
-            node_name = f"{name}-node{i}"
+            node_name = f"{tag}-node{i}"
             process = await start_engine(
                 dsn, folder, port, arm.echo_port if i == 0 else 0, None, name=node_name, **env
             )
@@ -217,7 +225,7 @@ async def open_arm(
             if arm.pinned is not None:
                 node.cpu = cores[i]
                 os.sched_setaffinity(process.pid, {cores[i]})
-                arm.pinned[node_name] = cores[i]
+                arm.pinned[f"node{i}"] = cores[i]
         for node in nodes:
             await _wait_up(node, ready_timeout_s)
         yield arm
