@@ -516,8 +516,8 @@ def report(
         for one, two in zip(capacity["cluster1"], capacity["cluster2"], strict=True):
             ratios.append(round(two["capacity"] / one["capacity"], 3) if one["capacity"] else None)
     cores = len(os.sched_getaffinity(0))
-    two = [x for x in rows if x.get("arm") == "cluster2"] + ([failover] if failover else [])
-    pinned = next((x["pinned"] for x in two if x.get("pinned")), None)
+    both = [x for x in rows if x.get("arm") == "cluster2"] + ([failover] if failover else [])
+    pinned = next((x["pinned"] for x in both if x.get("pinned")), None)
     note = TWO_CORES_NOTE.format(
         cores=cores,
         pin=f"the nodes were pinned one per core ({pinned})"
