@@ -25,13 +25,14 @@ the journal lag and the stream lag sampled from every node's ``/metrics`` stay <
 no position the oracle says must close went without a close (``lost``) or got two different
 close commands (``duplicated``) (over the whole step). It is **invalid** (neither passed nor
 failed) when the feeder's p99 lateness exceeds ``--feeder-late-ms``: the load was not offered.
-**Capacity** is the rate of the last step passed before the first that failed; an arm's higher
-steps are then skipped in that run. An invalid step says nothing either way: the next step runs,
+**Capacity** is the rate of the last step passed before the first that failed (None when none
+passed: below the lowest step, or unknown); an arm's higher steps are then skipped in that run. An invalid step says nothing either way: the next step runs,
 and the capacity lists it under ``invalid_steps``. Every run is reported.
 
 ``closes_per_engine_cpu_s``: closes of the measured quotes per CPU second (user + system,
 ``/proc/PID/stat``) of the arm's node processes, from the end of the warm-up to the end of the
-grace. ``cluster_efficiency`` = cluster1's over single's at the same step (target >= 0.8);
+grace; ``idle_engine_cpu_pct``, their CPU in the ``--idle-s`` before the feed (every device
+connected, no quote), says how much of it is fixed cost. ``cluster_efficiency`` = cluster1's over single's at the same step (target >= 0.8);
 ``capacity_ratio`` = capacity of cluster2 over cluster1.
 
 **Failover** (``--no-failover`` skips it): two nodes under ``--failover-rate``; ``kill -9`` of
@@ -85,11 +86,15 @@ except ImportError:
 
 __all__ = ["main"]
 
-TWO_CORES_NOTE = (
-    "On a machine with {cores} cores the nodes share them with Postgres, Redis, the simulated "
-    "EAs and the feeder; {pin}. capacity_ratio here shows what splitting the users costs and "
-    "whether a second node adds anything when there is no idle core to give it: it cannot show "
-    "linear scaling, which needs a free core (or machine) per node and for the rest."
+FEW_CORES_NOTE = (
+    "{cores} cores: the nodes share them with Postgres, Redis, the simulated EAs and the "
+    "feeder; {pin}. capacity_ratio here shows what splitting the users costs and whether a "
+    "second node adds anything when there is no idle core to give it: it cannot show linear "
+    "scaling, which needs a core (or machine) per node plus room for the rest."
+)
+MANY_CORES_NOTE = (
+    "{cores} cores: {pin}; Postgres, Redis, the simulated EAs and the feeder share the others. "
+    "capacity_ratio near 2 is linear scaling, as far as those shared services keep up."
 )
 
 ECHO_ROUNDS = 300
@@ -230,6 +235,11 @@ async def measure_step(
     tag = f"r{run}-{name}-{rate:g}"
     async with _prepared(args, dbs, name, workload, expected, folder, tag) as prep:
         arm = prep.arm
+        # What the nodes burn with every device connected and no quote: the fixed part of
+        # their CPU (leases, stream reads, checkpoints), which a close per CPU s includes.
+        idle_before, idle_from = arm.cpu_s(), time.monotonic()
+        await trio.sleep(args.idle_s)
+        idle_pct = (arm.cpu_s() - idle_before) / (time.monotonic() - idle_from) * 100
         feeder, start_ns = await _start_feeder(args, prep, quotes, rate, folder, tag)
         warm_ns = start_ns + int(args.warmup * 1e9)
         end_ns = start_ns + int(n * 1e9 / rate)
@@ -269,6 +279,7 @@ async def measure_step(
         "closes": len(measured),
         "tick_to_close_ms": _ms(measured),
         "engine_cpu_s": round(cpu_s, 3),
+        "idle_engine_cpu_pct": round(idle_pct, 1),
         "closes_per_engine_cpu_s": round(len(measured) / cpu_s, 1) if cpu_s > 0 else None,
         "journal_lag_s_max": lags.get("journal_lag_s"),
         "stream_lag_s_max": lags.get("stream_lag_s"),
@@ -490,7 +501,8 @@ def report(
     for name in args.arms:
         capacity[name] = []
         for r in runs:
-            cap, stop, invalid = 0.0, None, []
+            cap: float | None = None  # no step passed: unknown (every one invalid, or failed)
+            stop, invalid = None, []
             for row in (x for x in rows if x["run"] == r and x["arm"] == name):
                 if row["verdict"] == "pass":
                     cap = row["rate"]
@@ -514,11 +526,13 @@ def report(
     ratios = []
     if "cluster1" in capacity and "cluster2" in capacity:
         for one, two in zip(capacity["cluster1"], capacity["cluster2"], strict=True):
-            ratios.append(round(two["capacity"] / one["capacity"], 3) if one["capacity"] else None)
+            known = one["capacity"] and two["capacity"] is not None
+            ratios.append(round(two["capacity"] / one["capacity"], 3) if known else None)
     cores = len(os.sched_getaffinity(0))
     both = [x for x in rows if x.get("arm") == "cluster2"] + ([failover] if failover else [])
     pinned = next((x["pinned"] for x in both if x.get("pinned")), None)
-    note = TWO_CORES_NOTE.format(
+    # Two nodes pinned to two cores, plus Postgres, Redis, the EAs and the feeder: 4 at least.
+    note = (FEW_CORES_NOTE if cores < 4 else MANY_CORES_NOTE).format(
         cores=cores,
         pin=f"the nodes were pinned one per core ({pinned})"
         if pinned
@@ -604,6 +618,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=3.0, help="seconds for the last closes")
     p.add_argument("--frame-ms", type=float, default=1.0)
     p.add_argument("--sample-s", type=float, default=1.0, help="how often /metrics is read")
+    p.add_argument(
+        "--idle-s", type=float, default=2.0, help="nodes' idle CPU measured this long first"
+    )
     p.add_argument("--settle-timeout", type=float, default=180.0)
     p.add_argument(
         "--reconnect-s", type=float, default=0.2, help="a simulated EA's pause before reconnecting"
@@ -643,6 +660,7 @@ def _summary(args: Any, out: dict[str, Any]) -> None:
                 "p99_ms": x["tick_to_close_ms"]["p99"],
                 "cpu_s": x["engine_cpu_s"],
                 "closes/cpu_s": x["closes_per_engine_cpu_s"],
+                "idle_cpu%": x["idle_engine_cpu_pct"],
                 "jlag_s": x["journal_lag_s_max"],
                 "slag_s": x["stream_lag_s_max"],
                 "feed_p99_ms": x["feeder_late_ms"]["p99"],
@@ -652,7 +670,8 @@ def _summary(args: Any, out: dict[str, Any]) -> None:
             }
         )
     columns = ["run", "arm", "rate", "verdict", "closes", "p50_ms", "p99_ms", "cpu_s"]
-    columns += ["closes/cpu_s", "jlag_s", "slag_s", "feed_p99_ms", "lost", "dup", "settle_s"]
+    columns += ["closes/cpu_s", "idle_cpu%", "jlag_s", "slag_s", "feed_p99_ms", "lost", "dup"]
+    columns += ["settle_s"]
     print_table(
         f"cluster steps: {args.devices} devices, {args.positions:,} positions, warm-up "
         f"{args.warmup:g} s + {args.step_s:g} s per step (p99 bound {args.p99_bound_ms:g} ms, "

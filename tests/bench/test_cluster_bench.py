@@ -24,6 +24,7 @@ STEP_KEYS = {
     "closes",
     "tick_to_close_ms",
     "engine_cpu_s",
+    "idle_engine_cpu_pct",
     "closes_per_engine_cpu_s",
     "journal_lag_s_max",
     "stream_lag_s_max",
@@ -70,6 +71,8 @@ def test_cluster_harness_tiny(tmp_path: Path) -> None:
     assert sum(owned["cluster1"]) == 64 and len(owned["cluster2"]) == 2
     assert sum(owned["cluster2"]) == 64 and min(owned["cluster2"]) >= 31
     assert set(report["capacity"]) == {"single", "cluster1", "cluster2"}
+    for caps in report["capacity"].values():
+        assert set(caps["runs"][0]) == {"run", "capacity", "stopped_by", "invalid_steps"}
     assert [e["rate"] for e in report["cluster_efficiency"]["runs"]] == [100.0]
     assert len(report["capacity_ratio"]["runs"]) == 1
     failover = report["failover"]
