@@ -26,14 +26,16 @@ no position the oracle says must close went without a close (``lost``) or got tw
 close commands (``duplicated``) (over the whole step). It is **invalid** (neither passed nor
 failed) when the feeder's p99 lateness exceeds ``--feeder-late-ms``: the load was not offered.
 **Capacity** is the rate of the last step passed before the first that failed (None when none
-passed: below the lowest step, or unknown); an arm's higher steps are then skipped in that run. An invalid step says nothing either way: the next step runs,
-and the capacity lists it under ``invalid_steps``. Every run is reported.
+passed: below the lowest step, or unknown); an arm's higher steps are then skipped in that run.
+An invalid step says nothing either way: the next step runs, and the capacity lists it under
+``invalid_steps``. Every run is reported.
 
 ``closes_per_engine_cpu_s``: closes of the measured quotes per CPU second (user + system,
 ``/proc/PID/stat``) of the arm's node processes, from the end of the warm-up to the end of the
 grace; ``idle_engine_cpu_pct``, their CPU in the ``--idle-s`` before the feed (every device
-connected, no quote), says how much of it is fixed cost. ``cluster_efficiency`` = cluster1's over single's at the same step (target >= 0.8);
-``capacity_ratio`` = capacity of cluster2 over cluster1.
+connected, no quote), says how much of it is fixed cost. ``cluster_efficiency`` = cluster1's
+over single's at the same step (target >= 0.8); ``capacity_ratio`` = capacity of cluster2 over
+cluster1.
 
 **Failover** (``--no-failover`` skips it): two nodes under ``--failover-rate``; ``kill -9`` of
 node 1 (node 0 keeps the feed) ``--failover-kill-at`` seconds in. ``failover_s``: from the kill
