@@ -256,6 +256,22 @@ class _Device:
             await trio.sleep(self.reconnect_s)
 
 
+async def _keep_connected(
+    url: str,
+    spec: DeviceSpec,
+    terminal: PaperTerminal,
+    on_command: Any,
+    eas: list[SimulatedEA],
+    gone: list[tuple[str, int | None, str | None]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """One terminal kept connected to ``url`` alone, reconnecting after a second
+    (:meth:`_Device.keep_connected`)."""
+    device = _Device(spec, terminal, [url], on_command, lambda _url: None, 1.0)
+    await device.keep_connected(eas, gone, task_status=task_status)
+
+
 async def run_clients(config: WorkerConfig) -> dict[str, Any]:
     deltas: list[tuple[str, int, int, str, int]] = []  # device, ticket, arrival ns, state, lag ms
     price_lag_ms: list[int] = []
