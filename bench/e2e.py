@@ -218,16 +218,29 @@ async def _seed(dsn: str, devices: int, clients: int) -> tuple[list[str], list[s
     return device_ids, device_secrets, users[:clients]
 
 
+_CLUSTER_ENV = ("REDIS_URL", "TRIPWIRE_NODE_URL", "TRIPWIRE_NODE_ID", "TRIPWIRE_NODES")
+"""Settings an engine never inherits from the harness's environment, only from ``env``: a stray
+``TRIPWIRE_NODE_URL`` would silently make the single-node baseline a cluster node."""
+
+
 async def start_engine(
-    dsn: str, folder: Path, port: int, echo_port: int, trace: Path | None = None, **env: str
+    dsn: str,
+    folder: Path,
+    port: int,
+    echo_port: int = 0,
+    trace: Path | None = None,
+    *,
+    name: str = "engine",
+    **env: str,
 ) -> trio.Process:
     """The engine process (``bench.e2e_engine``) on ``dsn``: no built-in feed, paper device or
-    demo strategy, quiet logs, no snapshot during a run; ``env`` adds settings. With ``trace``
-    it stamps every close's hops and writes them there when it stops."""
+    demo strategy, quiet logs, no snapshot during a run; ``env`` adds settings. With
+    ``echo_port`` it also runs the raw echo server there; with ``trace`` it stamps every close's
+    hops and writes them there when it stops. Its log is ``folder/NAME.log``."""
     settings = {
         "DATABASE_URL": dsn,
         "TRIPWIRE_PORT": str(port),
-        "TRIPWIRE_STATE_DIR": str(folder / "state"),
+        "TRIPWIRE_STATE_DIR": str(folder / ("state" if name == "engine" else f"{name}-state")),
         "TRIPWIRE_FEED": "none",
         "TRIPWIRE_PAPER_DEVICE": "false",
         "TRIPWIRE_DEMO_STRATEGY": "false",
@@ -239,14 +252,17 @@ async def start_engine(
         "TRIPWIRE_MAX_HTTP_PER_ADDRESS": "0",
         **env,
     }
-    argv = [sys.executable, "-m", "bench.e2e_engine", "--echo-port", str(echo_port)]
+    argv = [sys.executable, "-m", "bench.e2e_engine"]
+    if echo_port:
+        argv += ["--echo-port", str(echo_port)]
     if trace is not None:
         argv += ["--trace", str(trace)]
+    inherited = {k: v for k, v in os.environ.items() if k not in _CLUSTER_ENV}
     # Its log goes to a file: warnings on the terminal would bury the harness's table.
-    log = os.open(folder / "engine.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = os.open(folder / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         return await trio.lowlevel.open_process(
-            argv, env={**os.environ, **settings}, stdout=log, stderr=log
+            argv, env={**inherited, **settings}, stdout=log, stderr=log
         )
     finally:
         os.close(log)  # the engine has its own copy
@@ -281,6 +297,8 @@ class Worker:
         self.out = folder / f"{name}.out"
         self.config_file.write_bytes(msgspec.msgpack.encode(config))
         self.process: trio.Process | None = None
+        self.banner = ""
+        """What the worker printed before ``ready`` (the feeder: ``start_ns N``)."""
 
     @property
     def pid(self) -> int:
@@ -310,6 +328,12 @@ class Worker:
                 if not chunk:
                     raise RuntimeError(f"{self.role} worker exited before it was ready")
                 line += chunk
+        self.banner = line.decode().removesuffix("ready\n")
+
+    def kill(self) -> None:
+        """SIGKILL, if it still runs (a harness's ``finally``: no worker outlives it)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
 
     async def stop(self) -> dict[str, Any]:
         assert self.process is not None and self.process.stdin is not None
@@ -531,6 +555,25 @@ async def _engine_metrics(http: httpx.AsyncClient) -> dict[str, float]:
     return out
 
 
+def tally_closes(
+    observed: list[dict[str, Any]], index: dict[str, int]
+) -> tuple[dict[tuple[int, int], set[str]], dict[tuple[int, int], int], int]:
+    """The close commands the device workers saw, by (device index, ticket): each position's
+    distinct command ids, its first arrival (ns), and how many arrived again under an id
+    already seen (the protocol's resend after a reconnect)."""
+    closes: dict[tuple[int, int], set[str]] = {}
+    arrival: dict[tuple[int, int], int] = {}
+    repeats = 0
+    for part in observed:
+        for device, command_id, ticket, arrived in part["arrivals"]:
+            key = (index[device], ticket)
+            if command_id in closes.setdefault(key, set()):
+                repeats += 1  # the same close again: a resend after a reconnect, by protocol
+            closes[key].add(command_id)
+            arrival.setdefault(key, arrived)
+    return closes, arrival, repeats
+
+
 def _results(
     args: Any,
     quotes: list[Any],
@@ -543,16 +586,7 @@ def _results(
 ) -> dict[str, Any]:
     period_ns = 1e9 / args.rate
     index = {d: i for i, d in enumerate(device_ids)}
-    closes: dict[tuple[int, int], set[str]] = {}
-    arrival: dict[tuple[int, int], int] = {}
-    repeats = 0
-    for part in observed:
-        for device, command_id, ticket, arrived in part["arrivals"]:
-            key = (index[device], ticket)
-            if command_id in closes.setdefault(key, set()):
-                repeats += 1  # the same close again: a resend after a reconnect, by protocol
-            closes[key].add(command_id)
-            arrival.setdefault(key, arrived)
+    closes, arrival, repeats = tally_closes(observed, index)
     disconnects = [row for part in observed for row in part.get("disconnects", [])]
     by_reason: dict[str, int] = {}
     for _device, code, reason in disconnects:

@@ -4,7 +4,7 @@ The echo server (trio-websocket, no Quart, no protocol) runs in the same trio ru
 engine, so the harness measures the bare cost of a WebSocket round trip between the same
 processes as the engine's own traffic: the baseline every latency is divided by.
 
-    python -m bench.e2e_engine --echo-port PORT [--trace PATH]   (settings: TRIPWIRE_*)
+    python -m bench.e2e_engine [--echo-port PORT] [--trace PATH]   (settings: TRIPWIRE_*)
 
 ``--trace PATH`` turns on hop tracing (``actors.tracing``) and writes, once the engine has
 stopped, every traced close command's stamps to PATH (msgpack: command id -> stamps in the
@@ -42,14 +42,15 @@ async def _run(echo_port: int) -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve_websocket, _echo, "127.0.0.1", echo_port, None)
+        if echo_port:
+            nursery.start_soon(serve_websocket, _echo, "127.0.0.1", echo_port, None)
         await run(settings)
         nursery.cancel_scope.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Tripwire plus a raw echo WebSocket server.")
-    parser.add_argument("--echo-port", type=int, required=True)
+    parser.add_argument("--echo-port", type=int, default=0, help="0: no echo server")
     parser.add_argument("--trace", metavar="PATH", help="trace every close's hops into PATH")
     args = parser.parse_args(argv)
     trace = tracing.enable() if args.trace else None

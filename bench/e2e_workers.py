@@ -9,8 +9,11 @@ every process of the machine, so a quote's scheduled time (feeder) and a command
 ``devices``  simulated EAs (``sim.ea``), each holding ``positions_per_device``
              positions it reports in its snapshot, tagged as the engine's own (``tw:``), so
              the engine adopts and arms them at once, as after a restart that lost them; records
-             every command's arrival, and first measures the raw WebSocket echo round trip
-             against the engine process (the same-run baseline).
+             every command's arrival and every welcome (when, and by which node), and first
+             measures the raw WebSocket echo round trip against the engine process (the
+             same-run baseline). With ``urls`` (several nodes of a cluster) each device starts
+             at one of them picked at random, follows ``moved`` to the node that serves its
+             user, and moves on to the next URL when a node refuses the connection.
 ``clients``  ``/ws/client`` subscribers (a JWT each); record when each position delta arrives.
 ``feeder``   sends quotes through ``/ws/feed`` at a constant rate, each at its scheduled time
              (a thread sleeps with the kernel's precision and hands each due quote to trio).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import random
 import sys
 import threading
 import time
@@ -36,6 +40,7 @@ from protocol.common import Side
 from protocol.device import CloseCommand, TerminalPosition
 from protocol.feed import MAX_QUOTES_PER_BATCH, Quote, QuoteBatch
 from protocol.ids import client_id
+from protocol.redirects import Redirects
 from sim.ea import SimulatedEA
 from sim.paper_terminal import PaperConfig, PaperTerminal
 
@@ -61,6 +66,12 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     frame_ms: float = 1.0
     """The feeder sends at most one frame per ``frame_ms``, with every quote due by then."""
     echo_rounds: int = 2000
+    urls: list[str] = msgspec.field(default_factory=list)
+    """Devices: the nodes to start at (one picked at random per device; empty: ``url``)."""
+    seed: int = 0
+    """Devices: the seed of that random pick."""
+    reconnect_s: float = 1.0
+    """Devices: the pause before connecting again after a session ended or was refused."""
 
 
 async def _until_stdin_closes() -> None:
@@ -91,10 +102,25 @@ async def _loop_lag(samples: list[int], period_ns: int = 1_000_000) -> None:
         samples.append(max(0, time.monotonic_ns() - due))
 
 
+class _StampedRedirects(Redirects):
+    """The EA's redirect state, noting each welcome: when, and the URL that gave it."""
+
+    def __init__(self, home: str, on_welcome: Any) -> None:
+        super().__init__(home)
+        self._on_welcome = on_welcome
+
+    def welcomed(self) -> None:
+        super().welcomed()
+        self._on_welcome(self.target)
+
+
 async def run_devices(config: WorkerConfig) -> dict[str, Any]:
     arrivals: list[tuple[str, str, int, int]] = []  # device, command id, ticket, arrival ns
+    welcomes: list[tuple[str, str, int]] = []  # device, URL of the welcoming node, arrival ns
     echo = await _echo_rtt(config.echo_url, config.echo_rounds) if config.echo_url else []
     lag_ns: list[int] = []
+    homes = config.urls or [config.url]
+    pick = random.Random(config.seed)
 
     def quote_of(terminal_prices: dict[str, tuple[float, float]]) -> Any:
         return terminal_prices.get
@@ -132,18 +158,102 @@ async def run_devices(config: WorkerConfig) -> dict[str, Any]:
                         (device, command.command_id, command.ticket, time.monotonic_ns())
                     )
 
-            await nursery.start(_keep_connected, config.url, spec, terminal, on_command, eas, gone)
+            def on_welcome(url: str, device: str = spec.device_id) -> None:
+                welcomes.append((device, url, time.monotonic_ns()))
+
+            first = pick.randrange(len(homes))
+            order = homes[first:] + homes[:first]
+            device = _Device(spec, terminal, order, on_command, on_welcome, config.reconnect_s)
+            await nursery.start(device.keep_connected, eas, gone)
         nursery.start_soon(_loop_lag, lag_ns)
         print("ready", flush=True)
         await _until_stdin_closes()
         nursery.cancel_scope.cancel()
     return {
         "arrivals": arrivals,
+        "welcomes": welcomes,
         "echo_ns": echo,
         "lag_ns": lag_ns,
         "bad_signatures": sum(ea.bad_signatures for ea in eas),
         "disconnects": gone,
     }
+
+
+class _Device:
+    """One terminal, connected as an EA stays connected (see :meth:`keep_connected`)."""
+
+    def __init__(
+        self,
+        spec: DeviceSpec,
+        terminal: PaperTerminal,
+        homes: list[str],
+        on_command: Any,
+        on_welcome: Any,
+        reconnect_s: float,
+    ) -> None:
+        self.spec = spec
+        self.terminal = terminal
+        self.homes = homes
+        """The nodes to connect to, the current one first."""
+        self.on_command = on_command
+        self.on_welcome = on_welcome
+        self.reconnect_s = reconnect_s
+
+    def _next_home(self) -> None:
+        self.homes = self.homes[1:] + self.homes[:1]
+
+    async def keep_connected(
+        self,
+        eas: list[SimulatedEA],
+        gone: list[tuple[str, int | None, str | None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """When the server closes the session, note why and connect again after
+        ``reconnect_s`` (same terminal: same positions, same window of executed command ids,
+        so a close resent under its old id is answered, not executed). A refused connection
+        (the node is down) moves on to the next node.
+
+        A node that does not serve the device's user answers ``moved``: the EA follows it at
+        once to the node that does (``sim.ea``, ``protocol.redirects``); after more than three
+        in a row it gives up, which is noted like a close, and this loop starts again at its
+        current node."""
+        first = True
+        refusals = 0
+        while True:
+            ea = SimulatedEA(
+                self.homes[0],
+                self.spec.device_id,
+                self.spec.secret,
+                self.terminal,
+                on_command=self.on_command,
+            )
+            ea.redirects = _StampedRedirects(self.homes[0], self.on_welcome)
+            eas.append(ea)
+            refused = False
+            try:
+                async with trio.open_nursery() as inner:
+                    await inner.start(ea.run)
+                    if first:
+                        task_status.started()
+                        first = False
+            except* (OSError, HandshakeError):
+                refusals += 1
+                if first and refusals >= len(self.homes):
+                    raise  # no node is there at all: the harness cannot start
+                refused = True
+            code: int | None
+            reason: str | None
+            if refused:
+                self._next_home()
+                code, reason = None, "reconnect refused"
+            else:
+                code, reason = ea.closed or (None, None)
+            if ea.gave_up:
+                code, reason = 4301, "too many redirects in a row"
+            if not first:
+                gone.append((self.spec.device_id, code, reason))
+            await trio.sleep(self.reconnect_s)
 
 
 async def _keep_connected(
@@ -156,33 +266,10 @@ async def _keep_connected(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """One terminal, connected as an EA stays connected: when the server closes the session,
-    note why and connect again after a second (same terminal: same positions, same window of
-    executed command ids, so a close resent under its old id is answered, not executed).
-
-    A node that does not serve the device's user answers ``moved``: the EA follows it at once
-    to the node that does (``sim.ea``, ``protocol.redirects``); after more than three in a row
-    it gives up, which is noted like a close, and this loop starts again at ``url``."""
-    first = True
-    while True:
-        ea = SimulatedEA(url, spec.device_id, spec.secret, terminal, on_command=on_command)
-        eas.append(ea)
-        refused = False
-        try:
-            async with trio.open_nursery() as inner:
-                await inner.start(ea.run)
-                if first:
-                    task_status.started()
-                    first = False
-        except* (OSError, HandshakeError):
-            if first:
-                raise  # the engine is not there at all: the harness cannot start
-            refused = True
-        code, reason = (None, "reconnect refused") if refused else (ea.closed or (None, None))
-        if ea.gave_up:
-            code, reason = 4301, "too many redirects in a row"
-        gone.append((spec.device_id, code, reason))
-        await trio.sleep(1.0)
+    """One terminal kept connected to ``url`` alone, reconnecting after a second
+    (:meth:`_Device.keep_connected`)."""
+    device = _Device(spec, terminal, [url], on_command, lambda _url: None, 1.0)
+    await device.keep_connected(eas, gone, task_status=task_status)
 
 
 async def run_clients(config: WorkerConfig) -> dict[str, Any]:
@@ -257,6 +344,8 @@ async def run_feeder(config: WorkerConfig) -> dict[str, Any]:
     url = f"{config.url}/ws/feed?token={config.feed_token}"
     try:
         async with open_websocket_url(url, subprotocols=["tripwire.v1.msgpack"]) as ws:
+            # The schedule's origin first: a harness measures windows of the run from it.
+            print(f"start_ns {start_ns}", flush=True)
             print("ready", flush=True)
             thread = threading.Thread(target=pace, daemon=True)
             thread.start()
