@@ -502,18 +502,31 @@ class ClusterNode:
     # -- partitions -------------------------------------------------------------------------
 
     async def _events_forever(self) -> None:
-        async for event in self.leases.events:
-            match event:
-                case Claimed() if self._draining:
-                    # Claimed just before the drain began: given straight back, untouched.
-                    with contextlib.suppress(StorageError):
-                        await self.leases.release(event.partition, None)
-                case Claimed():
-                    await self._claim(event)
-                case Lost(partition=p, reason=reason):
-                    await self._release(p, reason=f"lost: {reason}", next_url=None)
-                case HandoverWanted(partition=p, next_owner=next_owner):
-                    await self._hand_over(p, next_owner, reason="balance")
+        events = self.leases.events
+        async for first in events:
+            # Claims that arrive together (a failover: a dead node's whole share) are
+            # recovered together: loaded concurrently, armed under one hold of the quotes.
+            batch = [first]
+            while True:
+                try:
+                    batch.append(events.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            claims: list[Claimed] = []
+            for event in batch:
+                if isinstance(event, Claimed):
+                    claims.append(event)
+                    continue
+                if claims:
+                    await self._claim_all(claims)
+                    claims = []
+                match event:
+                    case Lost(partition=p, reason=reason):
+                        await self._release(p, reason=f"lost: {reason}", next_url=None)
+                    case HandoverWanted(partition=p, next_owner=next_owner):
+                        await self._hand_over(p, next_owner, reason="balance")
+            if claims:
+                await self._claim_all(claims)
 
     async def _fences_forever(self) -> None:
         async for p in self._fenced:
@@ -530,18 +543,49 @@ class ClusterNode:
         }
         return users
 
-    async def _claim(self, event: Claimed) -> None:
-        p = event.partition
+    async def _claim_all(self, claims: list[Claimed]) -> None:
+        """Recover claimed partitions (see the module docstring, "A claim"), several at once."""
+        if self._draining:  # claimed just before the drain began: given straight back
+            for event in claims:
+                with contextlib.suppress(StorageError):
+                    await self.leases.release(event.partition, None)
+            return
         started = time.monotonic()
-        self._claiming.add(p)
+        loaded: dict[int, tuple[Claimed, EngineState]] = {}
+
+        async def load(event: Claimed) -> None:
+            p = event.partition
+            try:
+                state, last_seq = await load_partition(self.db, p)
+                self.journal.open_partition(p, event.epoch, last_seq, event.checkpoint)
+            except StorageError as exc:  # Fenced included: given up, another node claims it
+                _log.error("claim failed; the partition is given up", partition=p, error=str(exc))
+                with contextlib.suppress(StorageError):
+                    await self.leases.release(p, None)
+                return
+            loaded[p] = (event, state)
+
+        self._claiming.update(e.partition for e in claims)
         try:
-            state, last_seq = await load_partition(self.db, p)
-            self.journal.open_partition(p, event.epoch, last_seq, event.checkpoint)
+            async with trio.open_nursery() as nursery:
+                for event in claims:
+                    nursery.start_soon(load, event)
             async with self._holding_quotes():
-                fires, moves = await self._replay_gap(state, event.checkpoint)
-                adopted = await self.node.adopt(state)
+                fires: dict[str, list[Trigger]] = defaultdict(list)
+                moves: list[LevelsMoved] = []
+                users: set[str] = set()
+                positions = 0
+                for event, state in loaded.values():
+                    gap_fires, gap_moves = await self._replay_gap(state, event.checkpoint)
+                    for user_id, triggers in gap_fires.items():
+                        fires[user_id] += triggers
+                    moves += gap_moves
+                for _event, state in loaded.values():
+                    adopted = await self.node.adopt(state)
+                    users |= adopted.user_ids
+                    positions += adopted.positions
                 with trio.move_on_after(self.config.arm_wait_s):
-                    for user_id in adopted.user_ids:
+                    for user_id in users:
                         actor = self.node.users.get(user_id)
                         if actor is not None:
                             await actor.wait_ready()
@@ -549,25 +593,20 @@ class ClusterNode:
                     self.node.record(moves)
                 for user_id, triggers in fires.items():
                     self.node.user(user_id).deliver(Fired(triggers, 0, time.perf_counter()))
-                for symbol, seq in self.delivered.items():
-                    self.journal.set_checkpoint(p, symbol, seq)
-                self.ready.add(p)
-        except (StorageError, Fenced) as exc:
-            _log.error("claim failed; the partition is given up", partition=p, error=str(exc))
-            with contextlib.suppress(StorageError):
-                await self.leases.release(p, None)
-            return
+                for p in loaded:
+                    for symbol, seq in self.delivered.items():
+                        self.journal.set_checkpoint(p, symbol, seq)
+                self.ready.update(loaded)
         finally:
-            self._claiming.discard(p)
-        self.stats.claims_ready += 1
+            self._claiming.difference_update(e.partition for e in claims)
+        self.stats.claims_ready += len(loaded)
         self.stats.last_claim_s = time.monotonic() - started
         _log.info(
-            "partition ready",
-            partition=p,
-            epoch=event.epoch,
-            previous_owner=event.previous_owner,
-            users=len(adopted.user_ids),
-            positions=adopted.positions,
+            "partitions ready",
+            partitions=sorted(loaded),
+            previous_owners=sorted({e.previous_owner or "" for e, _ in loaded.values()}),
+            users=len(users),
+            positions=positions,
             gap_fires=sum(len(t) for t in fires.values()),
             seconds=round(self.stats.last_claim_s, 3),
             owned=sorted(self.ready),
