@@ -480,11 +480,12 @@ class ClusterNode:
             self._deliver(batch)
 
     def _deliver(self, batch: list[Stamped]) -> None:
-        node, delivered = self.node, self.delivered
-        for stamped in batch:
-            if stamped.synthetic:
-                continue  # bar quotes fill a claim's gap only; the live book sees real quotes
-            node.offer_quotes((stamped.quote,))
+        # Bar quotes fill a claim's gap only; the live book sees real quotes. One offer for
+        # the read (it keeps their order), then where each symbol stands.
+        real = [stamped for stamped in batch if not stamped.synthetic]
+        self.node.offer_quotes([stamped.quote for stamped in real])
+        delivered = self.delivered
+        for stamped in real:
             delivered[stamped.symbol] = stamped.seq
 
     @contextlib.asynccontextmanager
