@@ -100,7 +100,17 @@ async def test_three_nodes_share_the_partitions_and_a_fourth_joins_by_handovers(
         late = _manager(db, "n3")
         managers.append(late)
         late_runtime = await _start(nursery, late)
-        await _wait_until(lambda: _balanced(managers) and late.owned_count >= 15)
+        # Settled, not just balanced: a release counts its handover before the claim's event
+        # reaches the late node's pump, so the counts are compared once they agree or time out.
+        await _wait_until(
+            lambda: (
+                _balanced(managers)
+                and late.owned_count >= 15
+                and len(late_runtime.of(Claimed))
+                == late.owned_count
+                == sum(m.handovers for m in managers)
+            )
+        )
         moved = late_runtime.of(Claimed)
         # Every partition it got was handed over (released, so no owner, reserved for it) by
         # a live owner, one at a time.
