@@ -23,9 +23,7 @@ this host and Redis.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
@@ -35,6 +33,7 @@ import structlog
 import trio
 
 from persistence.redis_link import Degradation, RedisLink
+from persistence.resp import RespConnection
 from persistence.tick_bars import TickBar, TickBarStore, bar_path
 from persistence.tick_streams import (
     FIELD_QUOTE,
@@ -152,11 +151,13 @@ class _Cursor:
 class StreamReader:
     """Follows symbols' tick streams on a dedicated connection (see the module docstring).
 
-    Open it with :meth:`open` (it builds its own redis-py client from ``link.url`` on the
-    link's bridge), close it with :meth:`aclose`.
+    Open it with :meth:`open` (its own :class:`~persistence.resp.RespConnection` to
+    ``link.url``: trio sockets, no asyncio bridge on the read path), close it with
+    :meth:`aclose`.
 
     Args:
         link: the shared link (replays' ``XREVRANGE`` pages go through its pool).
+        conn: the dedicated connection the ``XREAD`` runs on.
         ring: the ring to fill and replay from (a new one of 10,000 per symbol if None).
         bars: the 1 s bars to fall back to (None: what the stream lost is reported missing).
         block_ms: the ``XREAD BLOCK``; also the longest a watch change waits to apply.
@@ -170,7 +171,7 @@ class StreamReader:
     def __init__(
         self,
         link: RedisLink,
-        client: Any,
+        conn: RespConnection,
         *,
         ring: TickRing | None = None,
         bars: TickBarStore | None = None,
@@ -184,7 +185,7 @@ class StreamReader:
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.link = link
-        self._client = client
+        self.conn = conn
         self.ring = ring if ring is not None else TickRing()
         self.bars = bars
         self.block_ms = block_ms
@@ -213,32 +214,14 @@ class StreamReader:
 
     @classmethod
     async def open(cls, link: RedisLink, **options: Any) -> StreamReader:
-        """A reader with a single-connection client of its own (connects lazily)."""
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        async def build() -> Any:
-            return aioredis.Redis.from_url(
-                link.url,
-                single_connection_client=True,
-                socket_connect_timeout=link.op_timeout_s,
-                socket_timeout=None,  # the call's own timeout covers BLOCK + op timeout
-                retry=Retry(NoBackoff(), 0),
-            )
-
-        return cls(link, await link.bridge.run(build), **options)
+        """A reader with a connection of its own (it connects at the first read)."""
+        conn = RespConnection(
+            link.url, op_timeout_s=link.op_timeout_s, client_name="tripwire-reader"
+        )
+        return cls(link, conn, **options)
 
     async def aclose(self) -> None:
-        client = self._client
-
-        async def close() -> None:
-            await client.aclose()
-
-        from redis.exceptions import RedisError
-
-        with contextlib.suppress(OSError, RedisError):  # a dead server: nothing to release
-            await self.link.bridge.run(close)
+        await self.conn.aclose()
 
     def stats(self) -> ReaderStats:
         return ReaderStats(
@@ -308,23 +291,6 @@ class StreamReader:
 
     # -- the read loop -------------------------------------------------------------------
 
-    async def _dedicated(self, fn: Callable[[Any], Any], timeout_s: float) -> Any:
-        client = self._client
-
-        async def run() -> Any:
-            return await asyncio.wait_for(fn(client), timeout_s)
-
-        try:
-            return await self.link.bridge.run(run)
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            raise StorageError("redis unavailable", error=repr(exc)) from exc
-        except Exception as exc:
-            from redis.exceptions import RedisError
-
-            if isinstance(exc, RedisError):
-                raise StorageError("redis unavailable", error=repr(exc)) from exc
-            raise
-
     async def _apply_changes(self) -> list[Stamped]:
         delivered: list[Stamped] = []
         for symbol, (watching, after) in list(self._changes.items()):
@@ -360,27 +326,31 @@ class StreamReader:
         return None
 
     async def _read_once(self) -> list[Stamped]:
-        streams = {c.key: format_stream_id(c.last_id) for c in self._cursors.values()}
-        count, block = self.count, self.block_ms
+        cursors = list(self._cursors.values())
+        command: list[str | bytes | int] = ["XREAD", "COUNT", self.count]
+        command += ("BLOCK", self.block_ms, "STREAMS")
+        command += [c.key for c in cursors]
+        command += [format_stream_id(c.last_id) for c in cursors]
         try:
-            reply = await self._dedicated(
-                lambda c: c.xread(streams, count=count, block=block),
-                block / 1000 + self.link.op_timeout_s,
+            reply = await self.conn.execute(
+                *command, timeout_s=self.block_ms / 1000 + self.link.op_timeout_s
             )
         except StorageError as exc:
-            self.state.failed(exc, symbols=len(streams))
+            self.state.failed(exc, symbols=len(cursors))
             return []
         self.state.succeeded()
         out: list[Stamped] = []
         newest_ms = 0
+        # RESP2: [[key, [[id, [field, value, ...]], ...]], ...], or nil when BLOCK ran out.
         for raw_key, entries in reply or ():
             symbol = self._by_key.get(raw_key)
             cursor = self._cursors.get(symbol) if symbol is not None else None
             if cursor is None:
                 continue  # unwatched meanwhile
-            for raw_id, fields in entries:
+            for raw_id, flat in entries:
                 cursor.last_id = parse_stream_id(raw_id)
                 newest_ms = max(newest_ms, cursor.last_id[0])
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 stamped = self._decode(symbol, cursor.last_id, fields)
                 if stamped is not None:
                     await self._deliver(cursor, stamped, out)

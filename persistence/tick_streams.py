@@ -43,6 +43,7 @@ its quotes appear twice, with two seqs: at least once, never lost.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -52,9 +53,10 @@ import msgspec
 import trio
 
 from persistence.redis_link import Degradation, RedisLink
+from persistence.resp import RespConnection
 from persistence.tick_bars import TickBarStore
 from protocol.common import Alert, AlertLevel
-from protocol.errors import StorageError
+from protocol.errors import RedisReplyError, StorageError
 from protocol.feed import Quote
 
 __all__ = [
@@ -172,13 +174,17 @@ for i = 1, #ARGV - 1 do
 end
 return out
 """
+_APPEND_SHA = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
 
 
 class TickAppender:
     """Stamps quotes onto the per-symbol streams (see the module docstring).
 
+    The script goes out on a connection of the appender's own (:class:`RespConnection`: trio
+    sockets, no asyncio bridge), one ``EVALSHA`` per batch; close it with :meth:`aclose`.
+
     Args:
-        link: the shared Redis link.
+        link: the shared Redis link (its URL and operation timeout are the connection's).
         keep_ms: how long the streams keep entries: lease + recovery + largest reader lag.
         bars: where each stamped quote's 1 s bar goes (None: no bars; replays then cannot fall
             back past the stream).
@@ -207,6 +213,9 @@ class TickAppender:
         if keep_ms <= 0 or backlog_limit <= 0 or max_batch <= 0:
             raise ValueError("keep_ms, backlog_limit and max_batch must be positive")
         self.link = link
+        self.conn = RespConnection(
+            link.url, op_timeout_s=link.op_timeout_s, client_name="tripwire-appender"
+        )
         self.keep_ms = keep_ms
         self.bars = bars
         self.backlog_limit = backlog_limit
@@ -216,7 +225,6 @@ class TickAppender:
         self._on_alert = on_alert
         self._clock_ms = clock_ms
         self._encoder = msgspec.msgpack.Encoder()
-        self._script: Any = None
         # Arrival order; the first ``_held`` quotes have waited through a failed attempt.
         self._backlog: deque[Quote] = deque()
         self._held = 0
@@ -237,6 +245,10 @@ class TickAppender:
             outages=self.state.outages_total,
             script_calls=self.script_calls,
         )
+
+    async def aclose(self) -> None:
+        """Close the appender's connection (quotes still in the backlog stay there)."""
+        await self.conn.aclose()
 
     @property
     def backlog(self) -> int:
@@ -320,13 +332,13 @@ class TickAppender:
         for quote in chunk:
             keys += (self.keys.seq(quote.symbol), self.keys.stream(quote.symbol))
             args.append(self._encoder.encode(quote))
-
-        async def run(client: Any) -> Any:
-            if self._script is None:  # registered once (a local SHA1, no round trip)
-                self._script = client.register_script(_APPEND_LUA)
-            return await self._script(keys=keys, args=args)
-
-        reply = await self.link.call(run)
+        try:
+            reply: Any = await self.conn.execute("EVALSHA", _APPEND_SHA, len(keys), *keys, *args)
+        except RedisReplyError as exc:
+            if not exc.details.get("reply", "").startswith("NOSCRIPT"):
+                raise
+            # Redis restarted (or flushed its scripts): EVAL runs it and caches it again.
+            reply = await self.conn.execute("EVAL", _APPEND_LUA, len(keys), *keys, *args)
         self.script_calls += 1
         self.state.succeeded()
         done: list[Stamped] = []

@@ -64,6 +64,7 @@ __all__ = [
     "PriceDeviation",
     "ProtocolError",
     "RateLimited",
+    "RedisReplyError",
     "Refused",
     "ReplayDetected",
     "SignatureExpired",
@@ -296,6 +297,15 @@ class StorageError(TripwireError):
     """Raised when the durable store cannot accept or return data right now."""
 
     code = "storage_unavailable"
+
+
+class RedisReplyError(StorageError):
+    """Raised when Redis answered a command with an error reply (``NOSCRIPT``, ``LOADING``...).
+
+    A subclass of :class:`StorageError` because to most callers it means the same (Redis cannot
+    serve this now); the few that can recover (a script cache emptied by a restart) match on
+    ``details["reply"]``, Redis's own message.
+    """
 
 
 class Fenced(StorageError):

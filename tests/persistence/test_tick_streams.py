@@ -46,6 +46,20 @@ async def link(bridge: Bridge, redis_url: str) -> AsyncIterator[RedisLink]:
     await opened.aclose()
 
 
+@pytest.fixture
+async def appenders() -> AsyncIterator[Callable[..., TickAppender]]:
+    """Builds appenders and closes their connections after the test."""
+    made: list[TickAppender] = []
+
+    def make(link: RedisLink, **options: Any) -> TickAppender:
+        made.append(TickAppender(link, **options))
+        return made[-1]
+
+    yield make
+    for appender in made:
+        await appender.aclose()
+
+
 async def _wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     with trio.fail_after(seconds):
         while not condition():
@@ -129,16 +143,18 @@ def test_ring_keeps_the_newest_in_seq_order() -> None:
 # -- appending ------------------------------------------------------------------------------
 
 
-async def test_concurrent_appenders_get_contiguous_seqs(bridge: Bridge, redis_url: str) -> None:
+async def test_concurrent_appenders_get_contiguous_seqs(
+    bridge: Bridge, redis_url: str, appenders: Callable[..., TickAppender]
+) -> None:
     prefix = _prefix()
     links = [await RedisLink.open(bridge, redis_url) for _ in range(2)]  # two nodes
-    appenders = [TickAppender(link, keep_ms=600_000, prefix=prefix) for link in links]
+    nodes = [appenders(link, keep_ms=600_000, prefix=prefix) for link in links]
     results: dict[int, list[Stamped]] = {0: [], 1: []}
 
     async def node(i: int) -> None:
         for n in range(40):
             batch = [_quote(i * 1000 + n * 3 + k, ("XAUUSD", "EURUSD")[k % 2]) for k in range(3)]
-            results[i] += await appenders[i].append(batch)
+            results[i] += await nodes[i].append(batch)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -158,11 +174,13 @@ async def test_concurrent_appenders_get_contiguous_seqs(bridge: Bridge, redis_ur
         for i in (0, 1):  # each node's quotes of a symbol keep their call order
             own = [s.quote for s in by_seq if s in results[i]]
             assert own == [s.quote for s in results[i] if s.symbol == symbol]
-    assert appenders[0].stats().appended == appenders[1].stats().appended == 120
+    assert nodes[0].stats().appended == nodes[1].stats().appended == 120
 
 
-async def test_one_batch_is_one_round_trip(link: RedisLink) -> None:
-    appender = TickAppender(link, keep_ms=600_000, prefix=_prefix())
+async def test_one_batch_is_one_round_trip(
+    link: RedisLink, appenders: Callable[..., TickAppender]
+) -> None:
+    appender = appenders(link, keep_ms=600_000, prefix=_prefix())
     await appender.append([_quote(0)])  # loads the script once (NOSCRIPT on a fresh server)
 
     async def commandstats() -> dict[str, int]:
@@ -170,10 +188,11 @@ async def test_one_batch_is_one_round_trip(link: RedisLink) -> None:
         return {name: stats["calls"] for name, stats in info.items()}
 
     before = await commandstats()
-    calls_before = link.bridge.calls_total
+    calls_before, bridged_before = appender.conn.commands, link.bridge.calls_total
     batch = [_quote(n, ("XAUUSD", "EURUSD", "GBPUSD")[n % 3]) for n in range(90)]
     stamped = await appender.append(batch)
-    assert link.bridge.calls_total - calls_before == 1  # one call on the bridge...
+    assert appender.conn.commands - calls_before == 1  # one command on its own connection...
+    assert link.bridge.calls_total == bridged_before  # ...none through the asyncio bridge...
     after = await commandstats()
     assert after["cmdstat_evalsha"] - before.get("cmdstat_evalsha", 0) == 1  # ...one EVALSHA
     changed = {name for name in after if after[name] != before.get(name)}
@@ -187,9 +206,11 @@ async def test_one_batch_is_one_round_trip(link: RedisLink) -> None:
     assert appender.stats().script_calls == 2
 
 
-async def test_streams_are_trimmed_by_time(link: RedisLink) -> None:
+async def test_streams_are_trimmed_by_time(
+    link: RedisLink, appenders: Callable[..., TickAppender]
+) -> None:
     prefix = _prefix()
-    appender = TickAppender(link, keep_ms=1, prefix=prefix)
+    appender = appenders(link, keep_ms=1, prefix=prefix)
     key = TickKeys(prefix).stream("XAUUSD")
     appended = 0
     for n in range(200):  # bounded: MINID ~ drops whole macro nodes (100 entries) once old
@@ -207,12 +228,14 @@ async def test_streams_are_trimmed_by_time(link: RedisLink) -> None:
 # -- reading: gaps --------------------------------------------------------------------------
 
 
-async def test_reader_detects_gaps_exactly_and_fills_them(link: RedisLink, db: Database) -> None:
+async def test_reader_detects_gaps_exactly_and_fills_them(
+    link: RedisLink, db: Database, appenders: Callable[..., TickAppender]
+) -> None:
     prefix = _prefix()
     bars = TickBarStore(db)
     alerts: list[Alert] = []
     gaps: list[tuple[str, int, int]] = []
-    appender = TickAppender(link, keep_ms=600_000, prefix=prefix, bars=bars)
+    appender = appenders(link, keep_ms=600_000, prefix=prefix, bars=bars)
     reader = await StreamReader.open(
         link,
         prefix=prefix,
@@ -269,9 +292,11 @@ async def test_reader_detects_gaps_exactly_and_fills_them(link: RedisLink, db: D
         await reader.aclose()
 
 
-async def test_watch_from_a_checkpoint_replays_then_follows(link: RedisLink) -> None:
+async def test_watch_from_a_checkpoint_replays_then_follows(
+    link: RedisLink, appenders: Callable[..., TickAppender]
+) -> None:
     prefix = _prefix()
-    appender = TickAppender(link, keep_ms=600_000, prefix=prefix)
+    appender = appenders(link, keep_ms=600_000, prefix=prefix)
     reader = await StreamReader.open(link, prefix=prefix)
     stamped = await appender.append([_quote(n) for n in range(6)])
     reader.watch("XAUUSD", after_seq=stamped[1].seq)
@@ -296,12 +321,12 @@ async def test_watch_from_a_checkpoint_replays_then_follows(link: RedisLink) -> 
 
 
 async def test_replay_takes_ring_then_stream_then_bars_in_order(
-    link: RedisLink, db: Database
+    link: RedisLink, db: Database, appenders: Callable[..., TickAppender]
 ) -> None:
     prefix = _prefix()
     bars = TickBarStore(db)
     alerts: list[Alert] = []
-    appender = TickAppender(link, keep_ms=600_000, prefix=prefix, bars=bars)
+    appender = appenders(link, keep_ms=600_000, prefix=prefix, bars=bars)
     ring = TickRing(capacity=10)
     reader = await StreamReader.open(
         link, prefix=prefix, bars=bars, ring=ring, on_alert=alerts.append
@@ -412,12 +437,12 @@ async def test_bars_from_several_nodes_merge_and_old_ones_are_trimmed(db: Databa
 
 
 async def test_redis_outage_holds_alerts_and_sweeps_in_order(
-    bridge: Bridge, redis_server: RedisProcess
+    bridge: Bridge, redis_server: RedisProcess, appenders: Callable[..., TickAppender]
 ) -> None:
     prefix = _prefix()
     link = await RedisLink.open(bridge, redis_server.url, op_timeout_s=0.3)
     alerts: list[Alert] = []
-    appender = TickAppender(
+    appender = appenders(
         link,
         keep_ms=600_000,
         prefix=prefix,

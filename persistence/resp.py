@@ -1,0 +1,169 @@
+"""One Redis connection on trio's own sockets, for the tick path of a cluster node.
+
+Why not the shared :class:`~persistence.redis_link.RedisLink` here: that client lives on the
+asyncio bridge, so every command crosses threads twice (trio -> asyncio loop -> trio), each
+crossing a self-pipe write and a GIL hand-over. Profiled on a cluster node at 100 quotes/s
+(`docs/benchmarks.md`), those hops and redis-py's command machinery were about half of the
+node's CPU for two commands a quote (the append script, the ``XREAD`` that brings it back).
+This connection speaks RESP2 directly on a trio socket: ``hiredis`` packs the command and
+parses the reply (its C reader, the parser redis-py itself prefers), nothing else runs.
+
+It is deliberately small: one command at a time (a lock keeps replies in order), connected
+lazily, and thrown away on any doubt. A timeout, a cancellation mid-command, a reset or a
+protocol error close the socket, because the next reply on it could belong to the command
+that was abandoned; the next call connects again. Every failure comes out as
+:class:`~protocol.errors.StorageError` (the same contract as ``RedisLink.call``), an error
+*reply* as its subclass :class:`~protocol.errors.RedisReplyError` carrying Redis's message
+(``NOSCRIPT ...``, ``LOADING ...``).
+
+URLs are parsed by redis-py (``redis://``, ``rediss://`` with the default TLS context,
+``unix://``; user, password and db are applied at connect).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, cast
+
+import hiredis
+import trio
+
+from protocol.errors import ConfigError, RedisReplyError, StorageError
+
+__all__ = ["RespConnection"]
+
+_SCHEMES = ("redis://", "rediss://", "unix://")
+_FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, hiredis.ProtocolError)
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    # hiredis packs a tuple of str/bytes/numbers (its stub types the result loosely).
+    return cast(bytes, hiredis.pack_command(args))
+
+
+class RespConnection:
+    """A single lazily connected Redis connection (see the module docstring).
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://``.
+        op_timeout_s: the default bound of one command, connecting included.
+        client_name: sent with ``CLIENT SETNAME`` so ``CLIENT LIST`` tells the connections apart.
+
+    Attributes:
+        commands: commands answered (a counter).
+        connects: connections opened (a counter; more than one means some were thrown away).
+    """
+
+    def __init__(self, url: str, *, op_timeout_s: float = 0.5, client_name: str = "") -> None:
+        if not url.startswith(_SCHEMES):
+            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://", key=url)
+        from redis.connection import parse_url  # the library's reading of its own URLs
+
+        self._target: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        self._tls = url.startswith("rediss://")
+        self.op_timeout_s = op_timeout_s
+        self.client_name = client_name
+        self._stream: trio.abc.Stream | None = None
+        self._socket: trio.socket.SocketType | None = None
+        self._reader = hiredis.Reader()
+        self._lock = trio.Lock()
+        self.commands = 0
+        self.connects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._stream is not None
+
+    async def execute(
+        self, *args: str | bytes | int | float, timeout_s: float | None = None
+    ) -> Any:
+        """Send one command and return its reply (bytes, int, list, None).
+
+        Raises:
+            RedisReplyError: Redis answered with an error (the connection stays usable).
+            StorageError: not connected, reset, timed out (``timed_out`` in ``details``).
+        """
+        limit = self.op_timeout_s if timeout_s is None else timeout_s
+        async with self._lock:
+            try:
+                with trio.fail_after(limit):
+                    stream = self._stream or await self._connect()
+                    await stream.send_all(_pack(args))
+                    reply = await self._receive(stream)
+            except trio.TooSlowError as exc:
+                self._discard()
+                raise StorageError(
+                    "redis did not answer in time", command=str(args[0]), timed_out=True
+                ) from exc
+            except _FAILURES as exc:
+                self._discard()
+                raise StorageError("redis unavailable", error=repr(exc)) from exc
+            except BaseException:
+                self._discard()  # cancelled mid-command: its reply would answer the next one
+                raise
+        self.commands += 1
+        if isinstance(reply, hiredis.ReplyError):
+            raise RedisReplyError(str(reply), reply=str(reply))
+        return reply
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            self._discard()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _receive(self, stream: trio.abc.Stream) -> Any:
+        reply = self._reader.gets()
+        while reply is False:  # hiredis: "not enough data yet"
+            data = await stream.receive_some(65_536)
+            if not data:
+                raise trio.BrokenResourceError("redis closed the connection")
+            self._reader.feed(data)  # type: ignore[arg-type]  # any buffer will do
+            reply = self._reader.gets()
+        return reply
+
+    async def _connect(self) -> trio.abc.Stream:
+        target = self._target
+        stream: trio.abc.Stream
+        if "path" in target:
+            stream = await trio.open_unix_socket(target["path"])
+            self._socket = stream.socket
+        else:
+            tcp = await trio.open_tcp_stream(
+                target.get("host", "localhost"), target.get("port", 6379)
+            )
+            self._socket = tcp.socket  # TCP_NODELAY is on: trio sets it for every SocketStream
+            stream = tcp
+            if self._tls:
+                stream = trio.SSLStream(
+                    tcp, ssl.create_default_context(), server_hostname=target.get("host")
+                )
+                await stream.do_handshake()
+        self._stream = stream
+        self._reader = hiredis.Reader()
+        self.connects += 1
+        setup: list[tuple[Any, ...]] = []
+        if target.get("password") is not None:
+            user = target.get("username")
+            setup.append(
+                ("AUTH", user, target["password"]) if user else ("AUTH", target["password"])
+            )
+        if target.get("db"):
+            setup.append(("SELECT", int(target["db"])))
+        if self.client_name:
+            setup.append(("CLIENT", "SETNAME", self.client_name))
+        for command in setup:
+            await stream.send_all(_pack(command))
+            reply = await self._receive(stream)
+            if isinstance(reply, hiredis.ReplyError):
+                self._discard()
+                raise RedisReplyError(f"{command[0]} refused: {reply}", reply=str(reply))
+        return stream
+
+    def _discard(self) -> None:
+        """Drop the connection at once (no goodbye: it may be mid-reply or dead)."""
+        if self._socket is not None:
+            self._socket.close()
+        self._socket = None
+        self._stream = None
+        self._reader = hiredis.Reader()
