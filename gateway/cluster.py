@@ -10,7 +10,11 @@ lives) and the node's :class:`~actors.ports.CommandGate` (may this node command 
 **Ticks.** Every feed of this node (``/ws/feed``, the replay, an upstream URL) hands its quotes to
 :meth:`ClusterNode.offer_quotes`, which only queues them for the appender: a quote is processed
 once it has its stream seq, never locally first. The reader delivers every symbol's stream to the
-node in seq order, and remembers the last seq it delivered per symbol.
+node in seq order, and the node remembers the last seq delivered per symbol. A node's own quotes
+need not wait for the read that brings them back: once the append returns their seqs, each one
+that directly follows the last seq delivered for its symbol is delivered at once (the read then
+skips it); one behind a quote only the stream has yet (another node's) waits for the read, so
+the order per symbol is the stream's either way.
 
 **Checkpoints.** Every ``checkpoint_every_s``, when the node has nothing pending (every quote
 delivered so far has been judged, its fires decided, their records appended), each ready partition
@@ -105,6 +109,7 @@ __all__ = [
     "ClusterConfig",
     "ClusterNode",
     "ClusterStats",
+    "DeliveryOrder",
     "FenceRelay",
     "MovedSender",
     "RecordRouter",
@@ -142,8 +147,40 @@ class ClusterStats:
     gap_fires: int = 0
     fenced_partitions: int = 0
     quotes_appended: int = 0
+    quotes_delivered_own: int = 0
+    """Own quotes delivered when their append returned, before the read brought them back."""
     last_claim_s: float = 0.0
     by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class DeliveryOrder:
+    """Which quotes of a batch go to the node: each seq once, in seq order per symbol.
+
+    The reader's batches arrive in per-symbol seq order with gaps filled; this node's own
+    appends come back from the appender (see the module docstring, "Ticks").
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        """symbol -> the last stream seq handed to the node."""
+
+    def fresh(self, batch: Iterable[Stamped], *, own: bool) -> list[Quote]:
+        """The real quotes of ``batch`` not delivered yet, recorded as delivered. Bar quotes
+        fill a claim's gap only; the live book sees real quotes. ``own``: this node's appends,
+        taken only where they directly follow the last seq delivered for their symbol."""
+        last_of = self.last
+        fresh: list[Quote] = []
+        for stamped in batch:
+            if stamped.synthetic:
+                continue
+            last = last_of.get(stamped.symbol)
+            if last is not None and stamped.seq <= last:
+                continue  # delivered already: an own quote, before the read brought it back
+            if own and (last is None or stamped.seq != last + 1):
+                continue  # behind a quote only the stream has yet: the read delivers both
+            last_of[stamped.symbol] = stamped.seq
+            fresh.append(stamped.quote)
+        return fresh
 
 
 class RecordRouter:
@@ -223,7 +260,8 @@ async def open_cluster(
     journal: PartitionJournalWriter[Record],
     on_alert: Callable[[Alert], None],
 ) -> AsyncIterator[ClusterNode]:
-    """This node's cluster parts from ``settings`` (the reader's connection closes on exit)."""
+    """This node's cluster parts from ``settings`` (the reader's and the appender's connections
+    close on exit)."""
     assert settings.node_url is not None
     node_id = settings.node_id or settings.node_url.split("://", 1)[-1]
     lease_s = settings.lease_s
@@ -262,6 +300,7 @@ async def open_cluster(
     finally:
         with trio.CancelScope(shield=True):
             await reader.aclose()
+            await appender.aclose()
 
 
 class ClusterNode:
@@ -290,7 +329,8 @@ class ClusterNode:
         self.bars = bars
         self.instruments = dict(instruments)
         self.stats = ClusterStats()
-        self.delivered: dict[str, int] = {}
+        self._order = DeliveryOrder()
+        self.delivered = self._order.last
         """symbol -> the last stream seq handed to the node."""
         self.ready: set[int] = set()
         """Partitions adopted and armed: their users are served here."""
@@ -376,6 +416,11 @@ class ClusterNode:
                 "counter",
                 "Quotes this node's feeds stamped onto the tick streams",
                 appender.appended_total,
+            ),
+            "tripwire_stream_quotes_delivered_own": (
+                "counter",
+                "Own quotes delivered when their append returned, before the stream read",
+                self.stats.quotes_delivered_own,
             ),
             "tripwire_stream_swept_quotes": (
                 "counter",
@@ -469,8 +514,10 @@ class ClusterNode:
             self._append_wanted = trio.Event()
             batch, self._to_append = self._to_append, []
             if batch:
-                await self.appender.append(batch)
+                stamped = await self.appender.append(batch)
                 self.stats.quotes_appended += len(batch)
+                if self._held is None:  # a claim holds deliveries: the read brings them later
+                    self.stats.quotes_delivered_own += self._deliver(stamped, own=True)
 
     async def _read_forever(self) -> None:
         async for batch in self.reader.batches():
@@ -479,14 +526,12 @@ class ClusterNode:
                 continue
             self._deliver(batch)
 
-    def _deliver(self, batch: list[Stamped]) -> None:
-        # Bar quotes fill a claim's gap only; the live book sees real quotes. One offer for
-        # the read (it keeps their order), then where each symbol stands.
-        real = [stamped for stamped in batch if not stamped.synthetic]
-        self.node.offer_quotes([stamped.quote for stamped in real])
-        delivered = self.delivered
-        for stamped in real:
-            delivered[stamped.symbol] = stamped.seq
+    def _deliver(self, batch: list[Stamped], *, own: bool = False) -> int:
+        """Offer what ``batch`` has not delivered yet, in one call (it keeps their order)."""
+        fresh = self._order.fresh(batch, own=own)
+        if fresh:
+            self.node.offer_quotes(fresh)
+        return len(fresh)
 
     @contextlib.asynccontextmanager
     async def _holding_quotes(self) -> AsyncIterator[None]:
