@@ -5,8 +5,9 @@ asyncio bridge, so every command crosses threads twice (trio -> asyncio loop -> 
 crossing a self-pipe write and a GIL hand-over. Profiled on a cluster node at 100 quotes/s
 (`docs/benchmarks.md`), those hops and redis-py's command machinery were about half of the
 node's CPU for two commands a quote (the append script, the ``XREAD`` that brings it back).
-This connection speaks RESP2 directly on a trio socket: ``hiredis`` packs the command and
-parses the reply (its C reader, the parser redis-py itself prefers), nothing else runs.
+This connection speaks RESP2 directly on a non-blocking socket that trio waits on
+(``wait_readable``): ``hiredis`` packs the command and parses the reply (its C reader, the
+parser redis-py itself prefers), nothing else runs.
 
 It is deliberately small: one command at a time (a lock keeps replies in order), connected
 lazily, and thrown away on any doubt. A timeout, a cancellation mid-command, a reset or a
@@ -22,6 +23,7 @@ URLs are parsed by redis-py (``redis://``, ``rediss://`` with the default TLS co
 
 from __future__ import annotations
 
+import socket
 import ssl
 from typing import Any, cast
 
@@ -33,6 +35,7 @@ from protocol.errors import ConfigError, RedisReplyError, StorageError
 __all__ = ["RespConnection"]
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
+_CHUNK = 65_536
 _FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, hiredis.ProtocolError)
 
 
@@ -60,11 +63,13 @@ class RespConnection:
         from redis.connection import parse_url  # the library's reading of its own URLs
 
         self._target: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-        self._tls = url.startswith("rediss://")
+        self._tls_wanted = url.startswith("rediss://")
         self.op_timeout_s = op_timeout_s
         self.client_name = client_name
-        self._stream: trio.abc.Stream | None = None
-        self._socket: trio.socket.SocketType | None = None
+        self._sock: socket.socket | None = None
+        """The plain (TCP or unix) connection, driven with non-blocking calls."""
+        self._tls: trio.SSLStream[trio.SocketStream] | None = None
+        """A ``rediss://`` connection (trio's stream does the TLS)."""
         self._reader = hiredis.Reader()
         self._lock = trio.Lock()
         self.commands = 0
@@ -72,7 +77,7 @@ class RespConnection:
 
     @property
     def connected(self) -> bool:
-        return self._stream is not None
+        return self._sock is not None or self._tls is not None
 
     async def execute(
         self, *args: str | bytes | int | float, timeout_s: float | None = None
@@ -84,23 +89,30 @@ class RespConnection:
             StorageError: not connected, reset, timed out (``timed_out`` in ``details``).
         """
         limit = self.op_timeout_s if timeout_s is None else timeout_s
-        async with self._lock:
-            try:
-                with trio.fail_after(limit):
-                    stream = self._stream or await self._connect()
-                    await stream.send_all(_pack(args))
-                    reply = await self._receive(stream)
-            except trio.TooSlowError as exc:
-                self._discard()
-                raise StorageError(
-                    "redis did not answer in time", command=str(args[0]), timed_out=True
-                ) from exc
-            except _FAILURES as exc:
-                self._discard()
-                raise StorageError("redis unavailable", error=repr(exc)) from exc
-            except BaseException:
-                self._discard()  # cancelled mid-command: its reply would answer the next one
-                raise
+        # Uncontended (the usual case: one task per connection), the lock costs no trip
+        # through the scheduler; contended, callers queue in order.
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        try:
+            with trio.fail_after(limit):
+                if not self.connected:
+                    await self._connect()
+                reply = await self._round_trip(_pack(args))
+        except trio.TooSlowError as exc:
+            self._discard()
+            raise StorageError(
+                "redis did not answer in time", command=str(args[0]), timed_out=True
+            ) from exc
+        except _FAILURES as exc:
+            self._discard()
+            raise StorageError("redis unavailable", error=repr(exc)) from exc
+        except BaseException:
+            self._discard()  # cancelled mid-command: its reply would answer the next one
+            raise
+        finally:
+            self._lock.release()
         self.commands += 1
         if isinstance(reply, hiredis.ReplyError):
             raise RedisReplyError(str(reply), reply=str(reply))
@@ -112,34 +124,70 @@ class RespConnection:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _receive(self, stream: trio.abc.Stream) -> Any:
+    async def _round_trip(self, packed: bytes) -> Any:
+        """Send ``packed``, return the next reply.
+
+        On a plain socket this calls ``send``/``recv`` directly and parks only in
+        ``wait_readable`` (and ``wait_writable`` if the send buffer is full): trio's
+        ``SocketStream`` adds a pass through the scheduler to every call that did not wait,
+        two or three per command, each an ``epoll_wait`` and a task switch, which at one
+        command per quote was a large part of a cluster node's CPU.
+        """
+        if self._tls is not None:
+            await self._tls.send_all(packed)
+            reply = self._reader.gets()
+            while reply is False:
+                data = await self._tls.receive_some(_CHUNK)
+                if not data:
+                    raise trio.BrokenResourceError("redis closed the connection")
+                self._reader.feed(data)  # type: ignore[arg-type]  # any buffer will do
+                reply = self._reader.gets()
+            return reply
+        sock = self._sock
+        assert sock is not None
+        view = memoryview(packed)
+        while view:
+            try:
+                view = view[sock.send(view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
         reply = self._reader.gets()
+        waited = False
         while reply is False:  # hiredis: "not enough data yet"
-            data = await stream.receive_some(65_536)
+            # The reply cannot be there yet right after the send: wait first, then read.
+            await trio.lowlevel.wait_readable(sock)
+            waited = True
+            try:
+                data = sock.recv(_CHUNK)
+            except BlockingIOError:
+                continue
             if not data:
                 raise trio.BrokenResourceError("redis closed the connection")
-            self._reader.feed(data)  # type: ignore[arg-type]  # any buffer will do
+            self._reader.feed(data)
             reply = self._reader.gets()
+        if not waited:
+            await trio.lowlevel.checkpoint()  # an async call always checkpoints (trio's rule)
         return reply
 
-    async def _connect(self) -> trio.abc.Stream:
+    async def _connect(self) -> None:
         target = self._target
-        stream: trio.abc.Stream
         if "path" in target:
-            stream = await trio.open_unix_socket(target["path"])
-            self._socket = stream.socket
+            opened = await trio.open_unix_socket(target["path"])
         else:
-            tcp = await trio.open_tcp_stream(
+            # TCP_NODELAY is on: trio sets it for every SocketStream it opens.
+            opened = await trio.open_tcp_stream(
                 target.get("host", "localhost"), target.get("port", 6379)
             )
-            self._socket = tcp.socket  # TCP_NODELAY is on: trio sets it for every SocketStream
-            stream = tcp
-            if self._tls:
-                stream = trio.SSLStream(
-                    tcp, ssl.create_default_context(), server_hostname=target.get("host")
-                )
-                await stream.do_handshake()
-        self._stream = stream
+        if self._tls_wanted:
+            tls = trio.SSLStream(
+                opened, ssl.create_default_context(), server_hostname=target.get("host")
+            )
+            self._tls = tls
+            await tls.do_handshake()
+        else:
+            sock = socket.socket(fileno=opened.socket.detach())
+            sock.setblocking(False)
+            self._sock = sock
         self._reader = hiredis.Reader()
         self.connects += 1
         setup: list[tuple[Any, ...]] = []
@@ -153,17 +201,18 @@ class RespConnection:
         if self.client_name:
             setup.append(("CLIENT", "SETNAME", self.client_name))
         for command in setup:
-            await stream.send_all(_pack(command))
-            reply = await self._receive(stream)
+            reply = await self._round_trip(_pack(command))
             if isinstance(reply, hiredis.ReplyError):
                 self._discard()
                 raise RedisReplyError(f"{command[0]} refused: {reply}", reply=str(reply))
-        return stream
 
     def _discard(self) -> None:
         """Drop the connection at once (no goodbye: it may be mid-reply or dead)."""
-        if self._socket is not None:
-            self._socket.close()
-        self._socket = None
-        self._stream = None
+        if self._sock is not None:
+            trio.lowlevel.notify_closing(self._sock)  # wakes a task parked on it
+            self._sock.close()
+        if self._tls is not None:
+            self._tls.transport_stream.socket.close()
+        self._sock = None
+        self._tls = None
         self._reader = hiredis.Reader()

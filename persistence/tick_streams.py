@@ -261,10 +261,16 @@ class TickAppender:
         its seq and stream id; quotes Redis could not take stay in the backlog and are left
         out (they come back from a later call, or from :meth:`run`). Never raises for Redis.
         """
-        async with self._lock:
+        try:  # uncontended (one append at a time per node), no trip through the scheduler
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        try:
             self._backlog.extend(quotes)
             self._bound_backlog()
             return await self._drain()
+        finally:
+            self._lock.release()
 
     async def sweep(self) -> list[Stamped]:
         """Try to stamp the backlog now (if the pacing allows); return what was stamped."""
@@ -304,8 +310,10 @@ class TickAppender:
     async def _drain(self) -> list[Stamped]:
         stamped: list[Stamped] = []
         if not self._backlog:
+            await trio.lowlevel.checkpoint()  # nothing to send: still a checkpoint (trio's rule)
             return stamped
         if not self.state.should_try():
+            await trio.lowlevel.checkpoint()
             self.state.served_degraded()
             self._held = len(self._backlog)
             return stamped
