@@ -201,7 +201,10 @@ async def open_arm(
     nodes: list[Node] = []
     arm = Arm(name, nodes, free_loopback_port(), redis)
     try:
-        redis_url = await trio.to_thread.run_sync(redis.start) if redis is not None else ""
+        redis_url = ""
+        if redis is not None:  # as gateway.launcher: the unix socket, the nodes are local
+            await trio.to_thread.run_sync(redis.start)
+            redis_url = redis.local_url
         cores = sorted(os.sched_getaffinity(0))
         if pin and len(cores) >= count:
             arm.pinned = {}

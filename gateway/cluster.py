@@ -127,7 +127,7 @@ class ClusterConfig:
     node_id: str
     url: str
     partitions: int = 64
-    checkpoint_every_s: float = 0.2
+    checkpoint_every_s: float = 1.0  # the journal writes them every 2 s at most anyway
     placements_every_s: float = 0.5
     snapshot_every_s: float = 60.0
     handover_ack_wait_s: float = 5.0

@@ -93,7 +93,8 @@ async def launch(
             redis_url = settings.redis_url
         else:
             redis = PrivateRedis(state_dir / "redis")
-            redis_url = await trio.to_thread.run_sync(redis.start)
+            await trio.to_thread.run_sync(redis.start)
+            redis_url = redis.local_url  # its unix socket: the nodes run on this machine
             _log.info("started a private Redis", url=redis_url)
         try:
             base = dict(os.environ if environ is None else environ)

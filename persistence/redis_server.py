@@ -5,6 +5,11 @@ No persistence (``--save "" --appendonly no``): the cluster's durable record is 
 tick streams are a recent window that a restarted Redis rebuilds as quotes arrive (a gap it
 leaves is replayed from the 1 s bars in Postgres). ``kill()`` is SIGKILL, ``start()`` brings the
 server back empty on the same port.
+
+It also listens on a unix socket in its directory (when the path fits the 107 bytes a socket
+path may have): ``local_url`` is what processes on the same machine should use. A round trip
+over it costs the client about a quarter less CPU than over loopback TCP (measured here: 27
+against 37 us a PING through trio), and a cluster node makes one or two per quote.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class PrivateRedis:
         self.directory = directory
         self.port = port or free_loopback_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        sock = directory / "redis.sock"
+        self.socket_path: Path | None = sock if len(str(sock.absolute())) < 100 else None
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
@@ -75,6 +82,8 @@ class PrivateRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port)]
         args += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        if self.socket_path is not None:
+            args += ["--unixsocket", str(self.socket_path.absolute()), "--unixsocketperm", "700"]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not _answers(self.port):
@@ -101,6 +110,13 @@ class PrivateRedis:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=_START_TIMEOUT_S)
+
+    @property
+    def local_url(self) -> str:
+        """The unix socket's URL where there is one, else the TCP URL."""
+        if self.socket_path is None:
+            return self.url
+        return f"unix://{self.socket_path.absolute()}?db=0"
 
     @property
     def running(self) -> bool:
