@@ -42,6 +42,7 @@ from protocol.client import (
 )
 from protocol.common import Alert
 from protocol.errors import TripwireError
+from protocol.redirects import Moved
 
 __all__ = ["ClientHub", "Subscription"]
 
@@ -65,6 +66,8 @@ class Subscription:
         self.ended = trio.Event()
         self.ended_by: TripwireError | None = None
         """Why the stream was ended from outside (set with ``ended``)."""
+        self.moved: Moved | None = None
+        """Where the user went, when this node stopped serving it (set with ``ended``)."""
 
     @property
     def dropped(self) -> bool:
@@ -73,8 +76,14 @@ class Subscription:
 
     def end(self, reason: TripwireError) -> None:
         """Ask the connection to close with ``reason`` (its error frame and close code)."""
-        if self.ended_by is None:
+        if not self.ended.is_set():
             self.ended_by = reason
+            self.ended.set()
+
+    def move(self, frame: Moved) -> None:
+        """Ask the connection to send ``frame`` and close with 4301 (the user left this node)."""
+        if not self.ended.is_set():
+            self.moved = frame
             self.ended.set()
 
 
@@ -179,6 +188,14 @@ class ClientHub:
         subs = self.subscriptions(user_id)
         for sub in subs:
             sub.end(reason)
+        return len(subs)
+
+    def move_user(self, user_id: str, frame: Moved) -> int:
+        """Send every live stream of ``user_id`` to ``frame``'s node (cluster mode: its
+        partition was handed over or lost); returns how many."""
+        subs = self.subscriptions(user_id)
+        for sub in subs:
+            sub.move(frame)
         return len(subs)
 
     # -- fan-out -----------------------------------------------------------------------------

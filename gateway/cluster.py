@@ -85,6 +85,7 @@ from engine.state import EngineState
 from engine.triggers import Trigger
 from gateway.config import Settings
 from gateway.placement import Elsewhere, Local, Placement, Unowned, moved_frame
+from gateway.ws_client import CLIENT_PATH
 from persistence.db import Database
 from persistence.leases import (
     Claimed,
@@ -702,6 +703,7 @@ class ClusterNode:
             reason=reason,
             on_device_released=functools.partial(self._moved, p, next_url),
         )
+        self._move_clients(p, users, next_url)
         with contextlib.suppress(StorageError):
             await self.journal.close_partition(p)
         self._snapshot_seqs.pop(p, None)
@@ -744,6 +746,7 @@ class ClusterNode:
         await self.node.release(
             users, reason=reason, on_device_released=functools.partial(self._moved, p, next_url)
         )
+        self._move_clients(p, users, next_url)
         await self.journal.close_partition(p)
         self._snapshot_seqs.pop(p, None)
         await self.leases.release(p, next_owner)
@@ -761,15 +764,23 @@ class ClusterNode:
             return await read_node_url(self.db, node_id)
         return None
 
+    def _move_clients(self, p: int, users: set[str], url: str | None) -> None:
+        """The users' client streams (dashboards) follow them: a ``moved`` frame and 4301, as
+        a client connecting now would get; left open they would stay silent."""
+        frame = moved_frame(self._placement_after(p, url), CLIENT_PATH)
+        for user_id in users:
+            self.node.hub.move_user(user_id, frame)
+
+    def _placement_after(self, p: int, url: str | None) -> Elsewhere | Unowned:
+        """Where partition ``p``'s users are served once this node let it go."""
+        if url is None:
+            return Unowned(partition=p, retry_after_ms=self.config.retry_after_ms)
+        return Elsewhere(url=url, partition=p, epoch=(self.leases.epoch(p) or 0) + 1)
+
     async def _moved(self, p: int, url: str | None, actor: DeviceActor) -> None:
         sender = self._moved_sender
         if sender is not None:
-            placement: Elsewhere | Unowned = (
-                Unowned(partition=p, retry_after_ms=self.config.retry_after_ms)
-                if url is None
-                else Elsewhere(url=url, partition=p, epoch=(self.leases.epoch(p) or 0) + 1)
-            )
-            await sender(actor, placement)
+            await sender(actor, self._placement_after(p, url))
         else:
             await actor.end_session(CloseCode.MOVED, "the user moved to another node")
 

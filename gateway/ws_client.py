@@ -206,6 +206,12 @@ async def _guard(
     user). A renewal only moves the expiry later, so sleeping until the one seen is enough."""
     reason: TripwireError
     while True:
+        if sub.moved is not None:  # the user left this node: where to reconnect, then 4301
+            log.info("client moved", url=sub.moved.url, partition=sub.moved.partition)
+            await send_quietly(websocket, codec.encode(sub.moved), log)
+            await close_quietly(websocket, CloseCode.MOVED, "moved", log)
+            scope.cancel()
+            return
         if sub.ended_by is not None:
             reason = sub.ended_by
             break

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import trio
 
+from actors.hub import Subscription
 from protocol.client import PositionDelta, Snapshot
+from protocol.errors import AuthError
+from protocol.redirects import Moved
 from tests.actors.test_commands import open_position
 
 
@@ -50,3 +53,17 @@ async def test_snapshot_then_coalesced_deltas_and_slow_client_dropped(
         nursery.cancel_scope.cancel()
     hub.unsubscribe(slow)
     assert hub.dropped == 1
+
+
+def test_a_moved_user_s_streams_get_the_frame_once_and_an_earlier_end_stands() -> None:
+    frame = Moved(url="ws://127.0.0.1:9/ws/client", partition=3, epoch=2)
+    moved = Subscription("u1", ["positions"], capacity=8, max_overruns=1)
+    moved.move(frame)
+    moved.move(Moved(url=None, partition=3, retry_after_ms=500))  # the first answer stands
+    moved.end(AuthError("disabled"))
+    assert moved.ended.is_set() and moved.moved == frame and moved.ended_by is None
+
+    ended = Subscription("u1", ["positions"], capacity=8, max_overruns=1)
+    ended.end(AuthError("disabled"))
+    ended.move(frame)  # already ending for another reason: it is not sent elsewhere
+    assert ended.moved is None and ended.ended_by is not None

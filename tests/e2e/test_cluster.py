@@ -22,10 +22,15 @@ from pathlib import Path
 
 import pytest
 import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from gateway.auth import TokenIssuer
 from persistence.db import Database
+from protocol.client import Subscribe
+from protocol.closecodes import CloseCode
+from protocol.codec import client_client_codec
 from protocol.common import Side
+from protocol.redirects import Moved
 from tests.e2e.cluster_world import JWT_SECRET, Nodes, World, rest
 
 pytestmark = pytest.mark.slow
@@ -104,6 +109,29 @@ async def _widen_a_take_profit(
             break
     assert changed, "no position of the victim's users to change"
     return changed
+
+
+async def _client_stream(
+    nodes: Nodes, node: int, user_id: str, subscribed: trio.Event
+) -> tuple[Moved | None, int | None]:
+    """A ``/ws/client`` stream of ``user_id`` on ``node``: the ``moved`` frame it was sent (None
+    if none) and the close code that ended it."""
+    codec = client_client_codec("json")
+    token = TokenIssuer(JWT_SECRET.encode(), 3600).issue(user_id, "user")[0]
+    url = f"{nodes.ws(node)}/ws/client?token={token}"
+    moved: Moved | None = None
+    async with open_websocket_url(url, subprotocols=["tripwire.v1.json"]) as ws:
+        await ws.send_message(codec.encode(Subscribe(channels=["positions"])))
+        await ws.get_message()  # the snapshot: the stream is served here
+        subscribed.set()
+        try:
+            while True:
+                message = codec.decode(await ws.get_message())
+                if isinstance(message, Moved):
+                    moved = message
+        except ConnectionClosed as closed:
+            return moved, closed.reason.code
+    return moved, None
 
 
 async def test_kill_9_mid_run_every_position_closes_exactly_once(
@@ -213,6 +241,18 @@ async def test_a_planned_handover_sends_nothing_twice(
             for d in range(world.devices):
                 nursery.start_soon(world.run_device, nodes, d, rng)
             await _armed(nodes, world)
+            # A dashboard of a user node 2 serves: the handover sends it on with the user.
+            served_by_2 = [u for u in world.users if await nodes.owner_node(u) == 2]
+            assert served_by_2, "node 2 serves nobody"
+            streams: list[tuple[Moved | None, int | None]] = []
+            subscribed = trio.Event()
+
+            async def dashboard() -> None:
+                streams.append(await _client_stream(nodes, 2, served_by_2[0], subscribed))
+
+            nursery.start_soon(dashboard)
+            with trio.fail_after(30):
+                await subscribed.wait()
             await world.feed(nodes, 0, until=world.quotes // 3)
             stopped_at = trio.current_time()
             nodes.signal(2, signal.SIGTERM)
@@ -238,6 +278,9 @@ async def test_a_planned_handover_sends_nothing_twice(
             assert not twice, f"commands sent twice: {twice}"
             handed = await nodes.metric(0, "tripwire_partition_claims_total")
             assert handed > 0
+            [(moved, code)] = streams  # the dashboard was told where its user went
+            assert moved is not None and code == CloseCode.MOVED, (moved, code)
+            assert moved.url is None or moved.url.startswith((nodes.ws(0), nodes.ws(1)))
             nursery.cancel_scope.cancel()
     finally:
         await nodes.close()
