@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,6 +51,11 @@ class UserRecord:
     password_hash: str
     settings: UserSettings = field(default_factory=UserSettings)
     disabled: bool = False
+
+
+AccessEnded = Callable[[str, str], Awaitable[None]]
+"""``await handler(kind, id)``: ``("device", device_id)`` revoked or ``("user", user_id)``
+disabled by a change this node read from Postgres (see :meth:`Registry.on_access_ended`)."""
 
 
 @dataclass
@@ -99,6 +104,7 @@ class Registry:
         """Full loads from Postgres so far (the first, and one per reconnection of ``follow``)."""
         self.refreshed = 0
         """Single rows re-read on a change notification so far."""
+        self._access_ended: AccessEnded | None = None
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -116,10 +122,31 @@ class Registry:
             device = devices.get(secret.device_id)
             if device is not None:
                 device.secrets.append((secret.secret, secret.expires_at))
+        ended = [("user", u.id) for u in users.values() if u.disabled and self.is_active(u.id)]
+        ended += [
+            ("device", d.id)
+            for d in devices.values()
+            if d.revoked and d.id in self.devices and not self.devices[d.id].revoked
+        ]
         self.users = users
         self.by_name = {u.username.lower(): u.id for u in users.values()}
         self.devices = devices
         self.loads += 1
+        for kind, key in ended:
+            await self._ended(kind, key)
+
+    def on_access_ended(self, handler: AccessEnded) -> None:
+        """Have ``await handler(kind, id)`` called when a change read from Postgres (a
+        notification, or the full reload after a lost one) revokes a device (``"device"``) or
+        disables a user (``"user"``) that this cache still had as usable: a change made by
+        another node or by ``tripwire admin``, whose live sessions and streams on this node
+        must close as the node's own REST call would close them."""
+        self._access_ended = handler
+
+    async def _ended(self, kind: str, key: str) -> None:
+        if self._access_ended is not None:
+            _log.info("access ended elsewhere: closing what is open here", kind=kind, id=key)
+            await self._access_ended(kind, key)
 
     async def refresh(self, change: str) -> None:
         """Re-read the one row a notification names (``user:<id>`` or ``device:<id>``) into
@@ -132,22 +159,28 @@ class Registry:
         if self.db is None or not key:
             _log.warning("registry change not understood", change=change[:200])
             return
+        ended = False
         if kind == "user":
             user = await accounts.user(self.db, key)
             if user is not None:
                 previous = self.users.get(key)
                 if previous is not None and previous.username.lower() != user.username.lower():
                     self.by_name.pop(previous.username.lower(), None)
+                ended = previous is not None and not previous.disabled and user.disabled
                 self._cache_user(_user_record(user))
         elif kind == "device":
             found = await accounts.device(self.db, key)
             if found is not None:
                 row, secrets_ = found
+                known = self.devices.get(key)
+                ended = known is not None and not known.revoked and row.revoked
                 self.devices[key] = self._device_record(row, secrets_)
         else:
             _log.warning("registry change not understood", change=change[:200])
             return
         self.refreshed += 1
+        if ended:
+            await self._ended(kind, key)
 
     def _device_record(
         self, row: accounts.DeviceRow, secrets_: list[accounts.SecretRow]

@@ -26,6 +26,7 @@ from actors import gc_policy
 from actors.clock import WallClock
 from actors.node import Node
 from actors.upstream_feed import websocket_feed
+from gateway.access import on_access_ended
 from gateway.cluster import ClusterNode, send_moved
 from gateway.composition import Services, open_services
 from gateway.config import Settings, is_loopback
@@ -114,6 +115,8 @@ async def _start_engine(
     )
     await engine.start(node.run)
     await engine.start(services.notifier.run)
+    # Revocations and disables made elsewhere (another node, tripwire admin) close here too.
+    services.registry.on_access_ended(functools.partial(on_access_ended, ctx))
     await engine.start(services.registry.follow)
     gc_policy.settle(settings.gc_gen0)  # the recovered state is long-lived (gc_policy)
     if cluster is not None:

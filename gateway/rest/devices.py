@@ -19,12 +19,12 @@ from msgspec import Meta
 from quart import Blueprint
 from quart_schema import document_response, validate_querystring, validate_request
 
+from gateway.access import close_device
 from gateway.context import GatewayContext
 from gateway.registry import DeviceRecord
 from gateway.rest.common import Label, audited, ctx, identity, require_token, scope_user
 from gateway.rest.docs import bearer, errors, json_response
 from gateway.rest.placement import serve_here
-from protocol.closecodes import CloseCode
 from protocol.errors import NotFound
 from protocol.types import Id
 
@@ -190,9 +190,6 @@ async def revoke_device(device_id: str) -> Any:
         record = _owned(context, device_id)
         serve_here(record.user_id)  # ends the device actor's session
         await context.registry.revoke(device_id)
-        actor = context.node.devices.get(device_id)
-        if actor is not None:
-            note.detail["session_closed"] = await actor.end_session(
-                CloseCode.POLICY_VIOLATION, "device revoked"
-            )
+        if context.node.devices.get(device_id) is not None:
+            note.detail["session_closed"] = await close_device(context, device_id, "device revoked")
     return json_response(device_out(context, record))

@@ -22,14 +22,14 @@ from quart_schema import document_response, validate_request
 
 from actors.messages import ApplySettings, Reply
 from engine.sizing import UserSettings
+from gateway.access import close_user
 from gateway.auth import require_role
 from gateway.context import GatewayContext
 from gateway.rest.auth import UserOut
 from gateway.rest.common import AuditNote, audited, ctx, identity, require_token
 from gateway.rest.docs import bearer, errors, json_response
 from gateway.rest.placement import serve_here
-from protocol.closecodes import CloseCode
-from protocol.errors import AuthError, Conflict, DecodeError
+from protocol.errors import Conflict, DecodeError
 
 __all__ = ["blueprint", "check_settings"]
 
@@ -163,16 +163,8 @@ async def create_user(data: NewUser) -> Any:
 
 async def _end_live(context: GatewayContext, user_id: str, note: AuditNote) -> None:
     """Close what a disabled user still has open: client streams, then device sessions."""
-    note.detail["streams_closed"] = context.node.hub.end_user(
-        user_id, AuthError("the account is disabled")
-    )
-    sessions = 0
-    for device in context.registry.devices_of(user_id):
-        actor = context.node.devices.get(device.id)
-        if actor is not None and await actor.end_session(
-            CloseCode.POLICY_VIOLATION, "user disabled"
-        ):
-            sessions += 1
+    streams, sessions = await close_user(context, user_id)
+    note.detail["streams_closed"] = streams
     note.detail["sessions_closed"] = sessions
 
 

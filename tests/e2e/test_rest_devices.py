@@ -1,5 +1,6 @@
 """Devices over REST with a real EA on ``/ws/device``: the secret is shown once, a rotated
-secret works alongside the old one, a revoke closes the live session and refuses the next."""
+secret works alongside the old one, a revoke closes the live session and refuses the next, also
+when it was made outside the engine."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import trio
 
+from gateway.registry import Registry
 from protocol.closecodes import CloseCode
 from sim.ea import SimulatedEA
 from sim.paper_terminal import PaperTerminal
@@ -103,3 +105,21 @@ async def test_register_rotate_revoke(engine, nursery: trio.Nursery) -> None:
     ]
     for row in rows:
         assert secret not in row["detail"] and new_secret not in row["detail"]
+
+
+async def test_a_revoke_made_outside_this_engine_closes_the_live_session(
+    engine, nursery: trio.Nursery
+) -> None:
+    """``tripwire admin`` (or another node) revokes in its own process: the running engine
+    hears of it through Postgres and closes the session, as its own REST call would."""
+    alice, _ = await engine.user("alice")
+    device, secret = await engine.ctx.registry.register_device(alice, "MT5")
+    ea = simulated_ea(engine, device.id, secret)
+    await nursery.start(ea.run)
+    assert ea.welcome is not None, ea.errors
+
+    elsewhere = Registry(engine.ctx.db)  # not the engine's cache: another writer's
+    await elsewhere.load()
+    await elsewhere.revoke(device.id)
+    await wait_for(lambda: ea.closed)
+    assert ea.closed[0] == CloseCode.POLICY_VIOLATION

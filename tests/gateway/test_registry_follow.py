@@ -222,3 +222,41 @@ async def test_notifications_arrive_in_commit_order_and_only_when_committed(
         with trio.fail_after(10):
             assert [await notes.receive() for _ in range(3)] == ["0", "1", "2"]
         assert notes.received == 3
+
+
+async def test_a_revoke_or_disable_made_elsewhere_reaches_the_handler_once(
+    db: Database, other_db: Database
+) -> None:
+    """What the node closes on (``gateway.access``): a device revoked and a user disabled by
+    another writer, through a notification or through the full reload, each reported once;
+    other changes (a rotation, an enable) are not."""
+    a, b = Registry(db), Registry(other_db)
+    await a.load()
+    user = await a.create_user("carol", "password-0123")
+    device, _ = await a.register_device(user.id, "MT5")
+    spare, _ = await a.register_device(user.id, "MT4")
+    await b.load()
+    ended: list[tuple[str, str]] = []
+
+    async def handler(kind: str, key: str) -> None:
+        ended.append((kind, key))
+
+    b.on_access_ended(handler)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b.follow)
+        await a.rotate_secret(device.id, grace_s=60)
+        await a.revoke(device.id)
+        await eventually(lambda: bool(ended))
+        await a.set_disabled(user.id, True)
+        await eventually(lambda: len(ended) == 2)
+        await a.set_disabled(user.id, False)
+        await eventually(lambda: not b.users[user.id].disabled)
+        nursery.cancel_scope.cancel()
+    assert ended == [("device", device.id), ("user", user.id)]
+
+    await a.revoke(spare.id)  # B is not listening: its full reload finds it
+    await a.set_disabled(user.id, True)
+    await b.load()
+    assert ended[2:] == [("user", user.id), ("device", spare.id)]
+    await b.load()  # nothing changed since: nothing reported again
+    assert len(ended) == 4
