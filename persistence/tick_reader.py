@@ -350,7 +350,8 @@ class StreamReader:
             for raw_id, flat in entries:
                 cursor.last_id = parse_stream_id(raw_id)
                 newest_ms = max(newest_ms, cursor.last_id[0])
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                # A foreign entry's fields may not pair up: it then fails in _decode, counted.
+                fields = dict(zip(flat[::2], flat[1::2], strict=False))
                 stamped = self._decode(symbol, cursor.last_id, fields)
                 if stamped is not None:
                     await self._deliver(cursor, stamped, out)

@@ -499,3 +499,37 @@ async def test_redis_outage_holds_alerts_and_sweeps_in_order(
     finally:
         await reader.aclose()
         await link.aclose()
+
+
+async def test_foreign_entries_on_a_stream_are_counted_and_skipped(
+    link: RedisLink, appenders: Callable[..., TickAppender]
+) -> None:
+    """Entries nobody of ours wrote (a bad seq, a missing field, a quote that does not decode)
+    are counted as decode errors; the reader goes on."""
+    prefix = _prefix()
+    appender = appenders(link, keep_ms=600_000, prefix=prefix)
+    reader = await StreamReader.open(link, prefix=prefix)
+    stream = TickKeys(prefix).stream("XAUUSD")
+    reader.watch("XAUUSD")
+    got: list[Stamped] = []
+    async with trio.open_nursery() as nursery:
+
+        async def consume() -> None:
+            async for item in reader:
+                got.append(item)
+
+        nursery.start_soon(consume)
+        await _wait_until(lambda: reader.symbols == {"XAUUSD"})
+        for fields in (
+            {"s": "not-a-number", "q": b"\x80"},
+            {"s": "7"},
+            {"q": b"\xc1\xc1"},
+            {"s": "8", "q": b"\xc1 not msgpack"},
+        ):
+            await link.call(lambda r, f=fields: r.xadd(stream, f))
+        ours = await appender.append([_quote(1)])
+        await _wait_until(lambda: len(got) == 1)
+        nursery.cancel_scope.cancel()
+    await reader.aclose()
+    assert got == ours
+    assert reader.stats().decode_errors == 4
