@@ -60,6 +60,11 @@ async def appenders() -> AsyncIterator[Callable[..., TickAppender]]:
         await appender.aclose()
 
 
+async def _collect(reader: StreamReader, into: list[Stamped]) -> None:
+    async for item in reader:
+        into.append(item)
+
+
 async def _wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     with trio.fail_after(seconds):
         while not condition():
@@ -302,12 +307,7 @@ async def test_watch_from_a_checkpoint_replays_then_follows(
     reader.watch("XAUUSD", after_seq=stamped[1].seq)
     got: list[Stamped] = []
     async with trio.open_nursery() as nursery:
-
-        async def consume() -> None:
-            async for item in reader:
-                got.append(item)
-
-        nursery.start_soon(consume)
+        nursery.start_soon(_collect, reader, got)
         await _wait_until(lambda: len(got) == 4)
         more = await appender.append([_quote(n) for n in range(6, 9)])
         await _wait_until(lambda: len(got) == 7)
@@ -513,12 +513,7 @@ async def test_foreign_entries_on_a_stream_are_counted_and_skipped(
     reader.watch("XAUUSD")
     got: list[Stamped] = []
     async with trio.open_nursery() as nursery:
-
-        async def consume() -> None:
-            async for item in reader:
-                got.append(item)
-
-        nursery.start_soon(consume)
+        nursery.start_soon(_collect, reader, got)
         await _wait_until(lambda: reader.symbols == {"XAUUSD"})
         for fields in (
             {"s": "not-a-number", "q": b"\x80"},
