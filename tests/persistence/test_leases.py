@@ -259,6 +259,7 @@ def test_a_wedged_trio_loop_stops_renewing_and_loses_its_leases(pg_dsn: str) -> 
     blocks. Its asyncio renewal loop keeps running, but the heartbeat it checks goes stale, so
     it renews nothing: "a" takes every partition. Unblocked, "b" learns it lost them."""
     wedged, unwedge = threading.Event(), threading.Event()
+    checked = threading.Event()  # "a" stays up until then: gone, its partitions come back to "b"
     seen: dict[str, Any] = {}
 
     async def node_b() -> None:
@@ -273,6 +274,7 @@ def test_a_wedged_trio_loop_stops_renewing_and_loses_its_leases(pg_dsn: str) -> 
                 seen["held_after_wedge"] = [p for p in seen["owned"] if b.holds(p)]
                 await _wait_until(lambda: b.losses == 64)
                 seen["owned_after"] = b.owned()
+                checked.set()
                 nursery.cancel_scope.cancel()
 
     async def node_a() -> None:
@@ -286,6 +288,7 @@ def test_a_wedged_trio_loop_stops_renewing_and_loses_its_leases(pg_dsn: str) -> 
                     seen["epochs"] = {a.epoch(p) for p in a.owned()}
                 finally:
                     unwedge.set()
+                await trio.to_thread.run_sync(checked.wait, 60)
                 nursery.cancel_scope.cancel()
 
     thread = threading.Thread(target=trio.run, args=(node_b,))
@@ -295,6 +298,7 @@ def test_a_wedged_trio_loop_stops_renewing_and_loses_its_leases(pg_dsn: str) -> 
     finally:
         unwedge.set()
         wedged.set()
+        checked.set()
         thread.join(60)
     assert seen["owned"] == frozenset(range(64))
     assert seen["epochs"] == {2}  # every one claimed from "b"
