@@ -197,6 +197,23 @@ async def _start_feeder(
     return feeder, int(feeder.banner.split()[-1])
 
 
+def _outcome(
+    expected: dict[Key, int],
+    arrival: dict[Key, int],
+    closes: dict[Key, set[str]],
+    resent: int,
+    observed: list[dict[str, Any]],
+) -> dict[str, int]:
+    """What the oracle says of the closes the devices saw (a step's and the failover's)."""
+    return {
+        "lost": sum(1 for k in expected if k not in arrival),
+        "duplicated": sum(1 for ids in closes.values() if len(ids) > 1),
+        "unexpected_closes": sum(1 for k in arrival if k not in expected),
+        "resent": resent,
+        "disconnects": sum(len(part["disconnects"]) for part in observed),
+    }
+
+
 def _ms(values_us: list[float]) -> dict[str, float | int | None]:
     """p50/p99/max in ms (None without values) and the count."""
     h = _hist(values_us)
@@ -276,11 +293,7 @@ async def measure_step(
         "stream_lag_s_max": lags.get("stream_lag_s"),
         "stream_backlog_max": lags.get("stream_backlog"),
         "feeder_late_ms": _ms(late),
-        "lost": sum(1 for k in expected if k not in arrival),
-        "duplicated": sum(1 for ids in closes.values() if len(ids) > 1),
-        "unexpected_closes": sum(1 for k in arrival if k not in expected),
-        "resent": resent,
-        "disconnects": sum(len(part["disconnects"]) for part in observed),
+        **_outcome(expected, arrival, closes, resent, observed),
         "echo_rtt_us_p50": _hist([ns / 1000 for p in observed for ns in p["echo_ns"]])["p50"],
         "nodes_alive": alive,
         "pinned": arm.pinned,
@@ -374,11 +387,7 @@ async def measure_failover(
         "closes": len(arrival),
         "closed_after_failover": in_gap,
         "tick_to_close_ms": _ms(normal),
-        "lost": sum(1 for k in expected if k not in arrival),
-        "duplicated": sum(1 for ids in closes.values() if len(ids) > 1),
-        "unexpected_closes": sum(1 for k in arrival if k not in expected),
-        "resent": resent,
-        "disconnects": sum(len(part["disconnects"]) for part in observed),
+        **_outcome(expected, arrival, closes, resent, observed),
         "feeder_late_ms": _ms([ns / 1000 for ns in fed["late_ns"]]),
         "survivor_metrics": {k: end_metrics[k] for k in _FAILOVER_COUNTERS if k in end_metrics},
     }

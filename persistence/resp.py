@@ -40,7 +40,8 @@ _FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, hiredi
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
-    # hiredis packs a tuple of str/bytes/numbers (its stub types the result loosely).
+    # hiredis's stub declares the argument a 1-tuple and no return type; it takes any tuple
+    # of str/bytes/numbers and returns bytes.
     return cast(bytes, hiredis.pack_command(args))
 
 
