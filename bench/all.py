@@ -182,8 +182,26 @@ HARNESSES: list[tuple[str, list[str], list[Metric]]] = [
                 _times_echo(10),
             ),
             Metric(
+                "results.node_to_device_us.p50",
+                "node_to_device p50 (us)",
+                "<= 3x echo p50",
+                _times_echo(3),
+            ),
+            Metric(
+                "results.node_to_device_us.p99",
+                "node_to_device p99 (us)",
+                "<= 10x echo p50",
+                _times_echo(10),
+            ),
+            Metric(
                 "results.burst_last_close_us.p50",
                 "burst_last_close p50 (us)",
+                "<= 2,000",
+                _at_most(2000),
+            ),
+            Metric(
+                "results.burst_last_close_node_us.p50",
+                "burst_last_close_node p50 (us)",
                 "<= 2,000",
                 _at_most(2000),
             ),

@@ -21,7 +21,17 @@ What is measured (``time.monotonic_ns``, one clock for every process of the mach
 
 ``tick_to_close_us``    from a quote's SCHEDULED send time to the close command it causes
                         arriving at the device (the oracle below says which quote crosses each
-                        position first: no coordinated omission, a late send counts);
+                        position first: no coordinated omission, a late send counts); a
+                        command has arrived when the simulated EA has taken its frame from the
+                        connection (``sim.ea``: before it executes and acks, and before the
+                        other EAs of its process execute theirs);
+``node_to_device_us``   the ends the latency targets are set on: from the quote's arrival at the
+                        node (the feeder's send returned: loopback delivers in the call) to the
+                        command's arrival at the device; the feeder's own lateness (the harness
+                        sharing the cores) is left out; ``ratios`` has both;
+``burst_last_close_us`` per quote that closes at least ``BURST_MIN`` positions, its scheduled
+                        time to its last close's arrival (``..._node_us``: from its arrival at
+                        the node);
 ``close_to_client_ms``  from the close command at the device to the CLOSED state arriving on
                         the owner's client stream (command -> ack -> journal -> delta);
 ``client_lag_ms``       a position delta's age when a client receives it;
@@ -507,7 +517,9 @@ async def run(args: Any) -> dict[str, Any]:
         # The database (~120 MB) goes; the engine's log and the traces stay for a look.
         shutil.rmtree(folder / "pg", ignore_errors=True)
     stamps = msgspec.msgpack.decode(trace.read_bytes()) if trace.exists() else {}
-    out = _results(args, quotes, expected, observed, seen, soak, start_ns, device_ids)
+    out = _results(
+        args, quotes, expected, observed, seen, soak, start_ns, device_ids, fed["late_ns"]
+    )
     out["results"]["feeder_late_us"] = _hist([ns / 1000 for ns in fed["late_ns"]])
     out["results"]["hop_us"] = _hops(args, expected, observed, stamps, fed, device_ids)
     out["results"]["device_worker_lag_us"] = _hist(
@@ -583,8 +595,14 @@ def _results(
     soak: list[dict[str, float]],
     start_ns: int,
     device_ids: list[str],
+    late_ns: list[int],
 ) -> dict[str, Any]:
     period_ns = 1e9 / args.rate
+
+    def at_node(q: int) -> float:
+        """When quote ``q`` reached the node: its scheduled time plus the feeder's lateness."""
+        return start_ns + q * period_ns + (late_ns[q] if q < len(late_ns) else 0)
+
     index = {d: i for i, d in enumerate(device_ids)}
     closes, arrival, repeats = tally_closes(observed, index)
     disconnects = [row for part in observed for row in part.get("disconnects", [])]
@@ -597,6 +615,7 @@ def _results(
         for k, q in expected.items()
         if k in arrival
     ]
+    node_to_device = [(arrival[k] - at_node(q)) / 1000 for k, q in expected.items() if k in arrival]
     lost = sum(1 for k in expected if k not in arrival)
     unexpected = sum(1 for k in arrival if k not in expected)
     # Per second of the run (by the quote's scheduled time), so that the burst of the first
@@ -613,11 +632,13 @@ def _results(
         {"t_s": t, **{p: h[p] for p in ("count", "p50", "p99", "max")}}
         for t, h in ((t, _hist(v)) for t, v in sorted(by_second.items()))
     ]
-    burst_last = [
-        (max(a for a in got if a is not None) - (start_ns + q * period_ns)) / 1e3
+    bursts = [
+        (q, max(a for a in got if a is not None))
         for q, got in by_quote.items()
         if len(got) >= BURST_MIN and all(a is not None for a in got)
     ]
+    burst_last = [(last - (start_ns + q * period_ns)) / 1e3 for q, last in bursts]
+    burst_last_node = [(last - at_node(q)) / 1e3 for q, last in bursts]
     # Two different close commands for one position is a duplicate; one command id arriving
     # again is the protocol's resend after a reconnect (the terminal answers it from its window
     # of executed ids), counted apart. Without a reconnect a resend would still be suspect:
@@ -631,10 +652,12 @@ def _results(
     echo = [ns / 1000 for part in observed for ns in part["echo_ns"]]
     results = {
         "tick_to_close_us": _hist(tick_to_close),
+        "node_to_device_us": _hist(node_to_device),
         "close_to_client_ms": _hist([v * 1000 for v in to_client]),
         "client_lag_ms": _hist([max(0, row[4]) * 1000 for row in seen["deltas"]]),
         "echo_rtt_us": _hist(echo),
         "burst_last_close_us": _hist(burst_last),
+        "burst_last_close_node_us": _hist(burst_last_node),
         "tick_to_close_per_second": per_second,
         "lost": lost,
         "duplicated": duplicated,
@@ -656,6 +679,16 @@ def _results(
         if echo_p50
         else None,
         "tick_to_close_p99_over_echo_p50": round(results["tick_to_close_us"]["p99"] / echo_p50, 2)
+        if echo_p50
+        else None,
+        "node_to_device_p50_over_echo_p50": round(
+            results["node_to_device_us"]["p50"] / echo_p50, 2
+        )
+        if echo_p50
+        else None,
+        "node_to_device_p99_over_echo_p50": round(
+            results["node_to_device_us"]["p99"] / echo_p50, 2
+        )
         if echo_p50
         else None,
     }
@@ -816,11 +849,12 @@ def main(argv: list[str] | None = None) -> int:
         f"closes_per_engine_cpu_s {r['closes_per_engine_cpu_s']} ({r['closes']:,} closes)"
     )
     print(f"ratios {out['ratios']} (targets: p50 <= 3, p99 <= 10)")
-    burst = r["burst_last_close_us"]
-    print(
-        f"burst_last_close_us p50 {burst['p50']} p99 {burst['p99']} over {burst['count']} "
-        f"quotes closing >= {BURST_MIN} (target p50 <= 2,000)"
-    )
+    for name in ("burst_last_close_us", "burst_last_close_node_us"):
+        burst = r[name]
+        print(
+            f"{name} p50 {burst['p50']} p99 {burst['p99']} over {burst['count']} "
+            f"quotes closing >= {BURST_MIN} (target p50 <= 2,000)"
+        )
     if "soak" in r:
         print(f"soak: RSS growth {r['soak']['rss_growth_pct']} % (target <= 5 %)")
     config = {k: v for k, v in vars(args).items() if k not in {"json", "plot"}}

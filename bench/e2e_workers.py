@@ -152,11 +152,9 @@ async def run_devices(config: WorkerConfig) -> dict[str, Any]:
                 )
                 prices[symbol] = (open_price, open_price)  # fills at the open: P&L is not measured
 
-            def on_command(command: Any, arrived: float, device: str = spec.device_id) -> None:
+            def on_command(command: Any, arrived_ns: int, device: str = spec.device_id) -> None:
                 if isinstance(command, CloseCommand):
-                    arrivals.append(
-                        (device, command.command_id, command.ticket, time.monotonic_ns())
-                    )
+                    arrivals.append((device, command.command_id, command.ticket, arrived_ns))
 
             def on_welcome(url: str, device: str = spec.device_id) -> None:
                 welcomes.append((device, url, time.monotonic_ns()))

@@ -9,6 +9,12 @@ and acks with the broker's result code. A ``moved`` answer to its hello is follo
 closing deals (``send_deals``). End-to-end tests and the ``bench.e2e`` harness run it;
 ``on_command`` lets a harness time a command's arrival, and ``crash_before_ack`` makes it die
 between executing a command and acking it (the terminal keeps the trade; the ack is lost).
+
+A harness runs many EAs in one process, where a real one has its own: a command's arrival is
+stamped (``time.monotonic_ns()``) as soon as its frame is taken from the connection, and the EA
+then lets the others of its process take theirs before it verifies, executes and acks. Without
+that, the last command of a burst across fifty EAs was stamped after the forty-nine before it
+had all been executed and acked (``bench.e2e`` counted the harness's own work as wire time).
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ class SimulatedEA:
         *,
         encoding: str = "msgpack",
         now_ms: Callable[[], int] | None = None,
-        on_command: Callable[[Any, float], None] | None = None,
+        on_command: Callable[[Any, int], None] | None = None,
         latency_ms: float = 0.0,
         send_deals: bool = True,
         crash_before_ack: Callable[[Any], bool] | None = None,
@@ -185,9 +191,13 @@ class SimulatedEA:
                         self._server_alive, ws, float(first.heartbeat_s), float(first.stale_after_s)
                     )
                     while True:
-                        message = self.codec.decode(await ws.get_message())
+                        frame = await ws.get_message()
+                        arrived_ns = time.monotonic_ns()
+                        message = self.codec.decode(frame)
                         if isinstance(message, _COMMANDS):
-                            await self._command(ws, message, key)
+                            # The other EAs of this process stamp their frames first (above).
+                            await trio.lowlevel.checkpoint()
+                            await self._command(ws, message, key, arrived_ns)
                         elif isinstance(message, Ping):
                             await ws.send_message(
                                 self.codec.encode(Heartbeat(seq=message.seq, time_ms=self.now_ms()))
@@ -214,8 +224,7 @@ class SimulatedEA:
             raise RuntimeError("the EA is not connected")
         await self._ws.send_message(self.codec.encode(message))
 
-    async def _command(self, ws: Any, command: Any, key: bytes) -> None:
-        arrived = time.perf_counter()
+    async def _command(self, ws: Any, command: Any, key: bytes, arrived_ns: int) -> None:
         try:
             verify_command(command, key)
         except BadSignature:
@@ -224,7 +233,7 @@ class SimulatedEA:
             return
         self.commands.append(command)
         if self.on_command is not None:
-            self.on_command(command, arrived)
+            self.on_command(command, arrived_ns)
         if self.latency_ms:
             await trio.sleep(self.latency_ms / 1000)
         replies = self.terminal.handle(command, self.now_ms())

@@ -46,12 +46,21 @@ def test_e2e_harness_tiny(tmp_path: Path) -> None:
     assert results["engine_metrics"]["tripwire_devices_connected"] == 4
     assert results["bad_signatures"] == 0
     assert report["ratios"]["tick_to_close_p50_over_echo_p50"] > 0
+    assert report["ratios"]["node_to_device_p50_over_echo_p50"] > 0
+    # The same closes from the quote's arrival at the node: never longer than from its schedule.
+    node, tick = results["node_to_device_us"], results["tick_to_close_us"]
+    assert node["count"] == tick["count"] and node["p50"] <= tick["p50"]
     # Each hop of the traced closes (the engine stamps them, the EA adds its arrival).
     hops = results["hop_us"]
     assert set(hops) == set(e2e.HOP_NAMES)
     assert all(hops[name]["count"] > 0 for name in e2e.HOP_NAMES), hops
     assert hops["total"]["count"] == results["tick_to_close_us"]["count"]
-    for key in ("burst_last_close_us", "device_worker_lag_us", "feeder_late_us"):
+    for key in (
+        "burst_last_close_us",
+        "burst_last_close_node_us",
+        "device_worker_lag_us",
+        "feeder_late_us",
+    ):
         assert set(results[key]) >= {"p50", "p99", "max", "count"}, key
     per_second = results["tick_to_close_per_second"]
     assert per_second and sum(row["count"] for row in per_second) == hops["total"]["count"]

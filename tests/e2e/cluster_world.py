@@ -359,7 +359,7 @@ class World:
                 pass
             await trio.sleep(0.3)
 
-    def _on_command(self, device: str, ea: SimulatedEA, command: Any, _arrived: float) -> None:
+    def _on_command(self, device: str, ea: SimulatedEA, command: Any, _arrived_ns: int) -> None:
         if isinstance(command, CloseCommand):
             self.closes.append(
                 Close(

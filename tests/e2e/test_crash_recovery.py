@@ -74,7 +74,7 @@ class World:
         self.token = TokenIssuer(JWT_SECRET.encode(), 24 * 3600).issue(user_id, "user")[0]
         self.signals = 0
 
-    def record_command(self, command: Any, arrived: float) -> None:
+    def record_command(self, command: Any, arrived_ns: int) -> None:
         content = msgspec.json.encode(
             {
                 k: v
