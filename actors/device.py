@@ -7,7 +7,8 @@ positions go UNKNOWN until the new session's positions snapshot settles them).
 
 Commands from user actors enter with :meth:`DeviceActor.submit_nowait`, synchronously: the
 command is in this device's outbox when the call returns (the tick path's last step). Frames
-from the device enter with :meth:`DeviceActor.inbound` and are handled in the actor's task.
+from the device enter with :meth:`DeviceActor.inbound`: handled at once in the connection's
+reader when the actor's task is idle, in the actor's task otherwise.
 The outbox never drops: past its limit the device is marked unhealthy and an alert is raised.
 
 Every command handed to the link is first allowed by the node's
@@ -32,6 +33,7 @@ from actors.mailbox import Mailbox
 from actors.messages import (
     AccountReport,
     DeviceChanged,
+    Failure,
     LinkLost,
     Settled,
     TerminalDeals,
@@ -108,7 +110,7 @@ class DeviceActor:
         self.device_id = device_id
         self.user_id = user_id
         # (the session it came on, a decoded frame or None: that session ended)
-        self.mailbox: Mailbox[tuple[Session, DeviceMessage | None]] = Mailbox(
+        self.mailbox: Mailbox[tuple[Session, DeviceMessage | None] | Failure] = Mailbox(
             f"device:{device_id}", node.config.device_mailbox
         )
         self.core = self._new_core()
@@ -207,7 +209,23 @@ class DeviceActor:
         return session
 
     def inbound(self, session: Session, message: DeviceMessage) -> None:
-        """A decoded frame from the device (never blocks)."""
+        """A decoded frame from the device (never blocks).
+
+        The idle fast path, as in the user and symbol actors: when the actor's task waits on
+        an empty mailbox, the frame is handled at once in the caller's task (the connection's
+        reader; trio runs every task on one thread and the handling is synchronous, so nothing
+        interleaves and nothing queued is overtaken). Through the mailbox an ack cost a task
+        hop here and another to its user actor before the position was closed, and a burst's
+        acks each waited for the scheduler's turns (``bench.e2e``'s engine CPU per close).
+        A failure is handed to the actor's task, which raises it for the supervisor.
+        """
+        if self.mailbox.awaited:
+            if session is self.session:
+                try:
+                    self._handle(session, message)
+                except Exception as exc:
+                    self.mailbox.put_nowait(Failure(exc))
+            return
         self.mailbox.put_nowait((session, message))
 
     def ping(self, session: Session, seq: int) -> None:
@@ -328,7 +346,10 @@ class DeviceActor:
             self._started.set()
             nursery.start_soon(self._tick)
             while True:
-                for session, message in await self.mailbox.get_batch():
+                for item in await self.mailbox.get_batch():
+                    if isinstance(item, Failure):
+                        raise item.error
+                    session, message = item
                     if session is self.session:
                         self._handle(session, message)
 

@@ -91,6 +91,13 @@ class Mailbox(Generic[T]):
         return len(self._items)
 
     @property
+    def awaited(self) -> bool:
+        """True while the consumer is parked on this mailbox, which is then empty: an item
+        handled in the producer's task now cannot overtake one the consumer has still to handle
+        (a woken consumer is no longer awaiting, and takes its items only when it runs)."""
+        return self._bell._waiter is not None
+
+    @property
     def over(self) -> bool:
         """True while more items wait than the mailbox's capacity."""
         return len(self._items) > self.capacity

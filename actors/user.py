@@ -102,17 +102,25 @@ class UserActor:
     def deliver(self, message: UserMessage, inline: bool = True) -> None:
         """Put a message in the mailbox (never blocks, never drops).
 
-        The idle fast path, as in the symbol actor: a fired trigger reaching an actor whose task
-        is waiting on an empty mailbox is handled at once in the caller's task (trio runs every
-        task on one thread, and the core is synchronous, so nothing interleaves). A quote that
-        crosses a band of levels fires positions of hundreds of users at once; without this
-        each of them cost a task hop before its close command reached the outbox, and the last
-        user of a burst waited for all the others' hops (bench.engine's tick-to-outbox).
+        The idle fast path, as in the symbol actor: a fired trigger or a command's result
+        reaching an actor whose task is waiting on an empty mailbox is handled at once in the
+        caller's task (trio runs every task on one thread, and the core is synchronous, so
+        nothing interleaves). A quote that crosses a band of levels fires positions of hundreds
+        of users at once; without this each of them cost a task hop before its close command
+        reached the outbox, and the last user of a burst waited for all the others' hops
+        (bench.engine's tick-to-outbox). The acks of that burst come back the same way: each
+        result a hop before its position was closed (bench.e2e's engine CPU per close).
         A failure is handed to the actor's task, which raises it for the supervisor.
         ``inline=False`` always queues (a stopping symbol actor handing over its backlog).
         """
         timer = self._timer
-        if inline and type(message) is Fired and timer is not None and not len(self.mailbox):
+        kind = type(message)
+        if (
+            inline
+            and (kind is Fired or kind is Settled)
+            and timer is not None
+            and not len(self.mailbox)
+        ):
             self._timer = None  # a nested delivery during this one queues as usual
             core = self.core
             due = core.next_due_ms()

@@ -171,3 +171,49 @@ async def test_a_request_answers_its_refusal_and_a_broken_one_crashes_the_actor(
     closed: Reply[str | None] = Reply()  # the restarted actor serves requests again
     node.user("u1").deliver(ClosePosition(pid, closed))
     assert await closed.wait() == f"{pid}.close.1"
+
+
+def _state(node, user_id: str, position_id: str) -> PositionState:
+    core = node.users[user_id].core
+    position = core.positions.get(position_id) or core.recent_closed[position_id]
+    return position.state
+
+
+async def test_an_ack_closes_its_position_in_the_call_that_reads_it(
+    harness, device, autojump_clock
+) -> None:
+    # The idle fast paths (device actor, then user actor) settle an ack inside the reader's
+    # call: no task hop between the frame and the closed position.
+    await device.connect()
+    pid = await open_position(harness, device)
+    harness.quote(1944.0, 1944.3)
+    close = await device.link.next(CloseCommand)
+    await trio.sleep(1)  # every actor idle again
+    assert _state(harness.node, "u1", pid) is PositionState.CLOSING
+    device.ack(close, fill_price=1944.0)  # no await between the ack and the check
+    assert _state(harness.node, "u1", pid) is PositionState.CLOSED
+
+
+async def test_an_ack_that_fails_on_the_fast_path_restarts_the_device_actor(
+    harness, device, autojump_clock, monkeypatch
+) -> None:
+    # The failure is raised in the actor's own task (its supervisor restarts it), not in the
+    # connection's reader that handed the frame over.
+    from engine.device import DeviceCore
+
+    await device.connect()
+    pid = await open_position(harness, device)
+    harness.quote(1944.0, 1944.3)
+    close = await device.link.next(CloseCommand)
+    await trio.sleep(1)
+
+    def broken(self, ack, now_ms):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(DeviceCore, "on_ack", broken)
+    device.ack(close, fill_price=1944.0)  # returns: the reader is not the one that fails
+    await trio.sleep(1)
+    assert harness.node.supervised["device:d1"].restarts == 1
+    # The restarted actor ended the session it could not trust; the position waits, CLOSING
+    # or UNKNOWN, for the device's next snapshot (never closed twice, never lost).
+    assert _state(harness.node, "u1", pid) in {PositionState.CLOSING, PositionState.UNKNOWN}
