@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import (
@@ -22,7 +24,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from gateway.wsdirect import DirectWebSocket, parse_upgrade, serve_upgraded
+from gateway.wsdirect import DirectWebSocket, data_frame, parse_upgrade, serve_upgraded
 from protocol.closecodes import CloseCode
 from protocol.errors import FrameTooLarge
 
@@ -298,3 +300,28 @@ async def test_a_frame_the_fast_path_does_not_take_fails_as_wsproto_fails_it(
     refused = await _refused(False, wire)
     assert refused[0] is error
     assert await _refused(True, wire) == refused
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    message=st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=300),
+        # Each edge of the length classes (7-bit, 16-bit, 64-bit), text and binary.
+        st.sampled_from([125, 126, 127, 65_535, 65_536, 70_000]).flatmap(
+            lambda n: st.sampled_from([b"b" * n, "t" * n])
+        ),
+    )
+)
+def test_a_frame_made_here_is_the_frame_wsproto_makes(message: str | bytes) -> None:
+    server = WSConnection(ConnectionType.SERVER)
+    client = WSConnection(ConnectionType.CLIENT)
+    server.receive_data(client.send(Request(host="127.0.0.1", target="/")))
+    list(server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    list(client.events())
+    event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
+    assert data_frame(message) == server.send(event)
+    client.receive_data(data_frame(message))
+    (received,) = client.events()
+    assert received.data == message and received.message_finished
