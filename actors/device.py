@@ -466,6 +466,10 @@ class DeviceActor:
             session = self.session
             if session is not None:
                 self._send_or_queue(session, out.frames)
+        if out.records:
+            # Before the results: a user settling one at once (its idle fast path) journals
+            # what it decides after the device's own records, as when it settled in its task.
+            node.record(out.records)
         if out.results or out.lost:
             user = node.user(self.user_id)
             for result in out.results:
@@ -474,8 +478,6 @@ class DeviceActor:
             if out.lost:
                 node.command_outcomes["lost"] += len(out.lost)
                 user.deliver(LinkLost(self.device_id, out.lost))
-        if out.records:
-            node.record(out.records)
         if out.alerts:
             node.publish_alerts(out.alerts)
         if out.status_changed:

@@ -173,6 +173,16 @@ async def test_a_request_answers_its_refusal_and_a_broken_one_crashes_the_actor(
     assert await closed.wait() == f"{pid}.close.1"
 
 
+async def _closing(harness, device) -> tuple[str, CloseCommand]:
+    """A position fired and its close at the device, every actor idle again."""
+    await device.connect()
+    pid = await open_position(harness, device)
+    harness.quote(1944.0, 1944.3)
+    close = await device.link.next(CloseCommand)
+    await trio.sleep(1)
+    return pid, close
+
+
 def _state(node, user_id: str, position_id: str) -> PositionState:
     core = node.users[user_id].core
     position = core.positions.get(position_id) or core.recent_closed[position_id]
@@ -184,11 +194,7 @@ async def test_an_ack_closes_its_position_in_the_call_that_reads_it(
 ) -> None:
     # The idle fast paths (device actor, then user actor) settle an ack inside the reader's
     # call: no task hop between the frame and the closed position.
-    await device.connect()
-    pid = await open_position(harness, device)
-    harness.quote(1944.0, 1944.3)
-    close = await device.link.next(CloseCommand)
-    await trio.sleep(1)  # every actor idle again
+    pid, close = await _closing(harness, device)
     assert _state(harness.node, "u1", pid) is PositionState.CLOSING
     device.ack(close, fill_price=1944.0)  # no await between the ack and the check
     assert _state(harness.node, "u1", pid) is PositionState.CLOSED
@@ -201,11 +207,7 @@ async def test_an_ack_that_fails_on_the_fast_path_restarts_the_device_actor(
     # connection's reader that handed the frame over.
     from engine.device import DeviceCore
 
-    await device.connect()
-    pid = await open_position(harness, device)
-    harness.quote(1944.0, 1944.3)
-    close = await device.link.next(CloseCommand)
-    await trio.sleep(1)
+    pid, close = await _closing(harness, device)
 
     def broken(self, ack, now_ms):
         raise RuntimeError("injected fault")
