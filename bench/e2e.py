@@ -597,7 +597,7 @@ def _results(
     device_ids: list[str],
     late_ns: list[int],
 ) -> dict[str, Any]:
-    period_ns = 1e9 / args.rate
+    period_ns: float = 1e9 / args.rate
 
     def at_node(q: int) -> float:
         """When quote ``q`` reached the node: its scheduled time plus the feeder's lateness."""
@@ -681,14 +681,10 @@ def _results(
         "tick_to_close_p99_over_echo_p50": round(results["tick_to_close_us"]["p99"] / echo_p50, 2)
         if echo_p50
         else None,
-        "node_to_device_p50_over_echo_p50": round(
-            results["node_to_device_us"]["p50"] / echo_p50, 2
-        )
+        "node_to_device_p50_over_echo_p50": round(results["node_to_device_us"]["p50"] / echo_p50, 2)
         if echo_p50
         else None,
-        "node_to_device_p99_over_echo_p50": round(
-            results["node_to_device_us"]["p99"] / echo_p50, 2
-        )
+        "node_to_device_p99_over_echo_p50": round(results["node_to_device_us"]["p99"] / echo_p50, 2)
         if echo_p50
         else None,
     }
