@@ -205,6 +205,12 @@ HARNESSES: list[tuple[str, list[str], list[Metric]]] = [
                 "<= 2,000",
                 _at_most(2000),
             ),
+            Metric(
+                "results.burst_extra_close_us.p50",
+                "burst_extra_close p50 (us)",
+                "<= 50",
+                _at_most(50),
+            ),
             Metric("results.echo_rtt_us.p50", "echo p50 (us)"),
             Metric("results.lost", "lost", "= 0", _is_zero),
             Metric("results.duplicated", "duplicated", "= 0", _is_zero),

@@ -58,6 +58,7 @@ def test_e2e_harness_tiny(tmp_path: Path) -> None:
     for key in (
         "burst_last_close_us",
         "burst_last_close_node_us",
+        "burst_extra_close_us",
         "device_worker_lag_us",
         "feeder_late_us",
     ):
