@@ -216,6 +216,25 @@ HARNESSES: list[tuple[str, list[str], list[Metric]]] = [
             Metric("results.duplicated", "duplicated", "= 0", _is_zero),
         ],
     ),
+    (
+        "bench.cluster",
+        [
+            *("--steps", "100", "--warmup", "3", "--step-s", "10", "--runs", "1"),
+            *("--failover-s", "20", "--failover-kill-at", "8"),
+        ],
+        [
+            Metric(
+                "cluster_efficiency.median",
+                "cluster_efficiency",
+                ">= 0.8",
+                _at_least(0.8),
+            ),
+            Metric("capacity_ratio.median", "capacity_ratio (cluster2 / cluster1)"),
+            Metric("failover.failover_s", "failover (s)", "<= 3", _at_most(3)),
+            Metric("lost", "lost", "= 0", _is_zero),
+            Metric("duplicated", "duplicated", "= 0", _is_zero),
+        ],
+    ),
 ]
 
 

@@ -107,6 +107,7 @@ def report(
         "cluster_efficiency": {
             "target": 0.8,
             "runs": efficiency,
+            "median": _median([e["ratio"] for e in efficiency]),
             "median_by_rate": {
                 f"{rate:g}": _median([e["ratio"] for e in efficiency if e["rate"] == rate])
                 for rate in sorted({e["rate"] for e in efficiency})
