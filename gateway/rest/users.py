@@ -187,3 +187,18 @@ async def disable_user(user_id: str) -> Any:
     return json_response(
         UserStatus(id=user.id, username=user.username, role=user.role, disabled=True)
     )
+
+
+@blueprint.post("/users/<user_id>/enable")
+@bearer
+@document_response(UserStatus, 200)
+@errors(401, 403, 404)
+async def enable_user(user_id: str) -> Any:
+    """Enable a disabled user again (admins only): it can log in and connect its devices
+    again. Its tokens issued before the disable are honoured again until they expire."""
+    require_role(identity(), "admin")
+    async with audited("user.enable", "user", user_id, "200"):
+        user = await ctx().registry.set_disabled(user_id, False)
+    return json_response(
+        UserStatus(id=user.id, username=user.username, role=user.role, disabled=False)
+    )

@@ -185,3 +185,35 @@ async def test_a_disabled_users_token_is_refused_at_once(engine) -> None:
         assert (await http.post("/api/v1/devices", json={"name": "x"})).status_code == 401
         assert (await as_admin.get("/api/v1/auth/me")).status_code == 200  # others unaffected
     assert engine.ctx.registry.devices_of(user_id) == []
+
+
+async def test_an_admin_enables_a_disabled_user_again(engine) -> None:
+    user_id, token = await engine.user("returner")
+    admin = await engine.login("admin", ADMIN_PASSWORD)
+    async with engine.client(token) as http, engine.client(admin) as as_admin:
+        assert (await as_admin.post(f"/api/v1/users/{user_id}/disable")).status_code == 200
+        assert (await http.get("/api/v1/auth/me")).status_code == 401
+        # Only an admin may, and only for a user that exists.
+        refused = await http.post(f"/api/v1/users/{user_id}/enable")
+        assert refused.status_code == 401  # a disabled user's own token stands for nobody
+        missing = await as_admin.post("/api/v1/users/no-such-user/enable")
+        assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+        enabled = await as_admin.post(f"/api/v1/users/{user_id}/enable")
+        assert enabled.status_code == 200, enabled.text
+        assert enabled.json() == {
+            "id": user_id,
+            "username": "returner",
+            "role": "user",
+            "disabled": False,
+        }
+        assert (await http.get("/api/v1/auth/me")).status_code == 200  # honoured again
+        entries = (await as_admin.get("/api/v1/audit", params={"action": "user.enable"})).json()
+        assert sorted((e["target_id"], e["outcome"]) for e in entries["entries"]) == sorted(
+            [("no-such-user", "404:not_found"), (user_id, "200")]
+        )
+    other_id, other = await engine.user("bystander")
+    async with engine.client(other) as http:
+        forbidden = await http.post(f"/api/v1/users/{user_id}/enable")
+        assert forbidden.status_code == 403 and forbidden.json()["code"] == "forbidden"
+    assert engine.ctx.registry.is_active(user_id) and engine.ctx.registry.is_active(other_id)
+    assert await engine.login("returner", "password-0123")  # it can log in again
