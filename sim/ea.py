@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -76,6 +77,7 @@ class SimulatedEA:
         latency_ms: float = 0.0,
         send_deals: bool = True,
         crash_before_ack: Callable[[Any], bool] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
         self.device_id = device_id
@@ -87,6 +89,9 @@ class SimulatedEA:
         self.latency_ms = latency_ms
         self.send_deals = send_deals
         self.crash_before_ack = crash_before_ack
+        self.ssl_context = ssl_context
+        """For a ``wss://`` URL: the context the server's certificate is checked with (None:
+        the system's default)."""
         self.crashed = False
         """True once ``crash_before_ack`` ended the connection (``run`` then returns)."""
         self.codec = device_client_codec(encoding)  # type: ignore[arg-type]
@@ -152,6 +157,7 @@ class SimulatedEA:
         try:
             async with open_websocket_url(
                 url,
+                ssl_context=self.ssl_context,
                 subprotocols=[f"tripwire.v1.{self.encoding}"],
                 message_queue_size=4096,
                 max_message_size=4 * 1024 * 1024,

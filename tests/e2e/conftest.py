@@ -42,6 +42,8 @@ class Engine:
     services: Services | None = None
     """Everything the engine is made of (the fixtures' engines; None where only ``ctx`` is
     at hand)."""
+    verify: Any = True
+    """How its clients check its certificate (an ``ssl.SSLContext`` for an engine on TLS)."""
 
     @property
     def node(self) -> Any:
@@ -49,7 +51,9 @@ class Engine:
 
     def client(self, token: str | None = None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=10)
+        return httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=10, verify=self.verify
+        )
 
     async def login(self, username: str, password: str) -> str:
         async with self.client() as http:
