@@ -55,6 +55,11 @@ class _Doorbell:
         self._waiter: trio.lowlevel.Task | None = None
         self._abort = self._aborted  # bound once: a wait makes no closure
 
+    @property
+    def waiting(self) -> bool:
+        """A task is parked here (its mailbox was empty when it parked)."""
+        return self._waiter is not None
+
     def ring(self) -> None:
         task = self._waiter
         if task is not None:
@@ -95,7 +100,7 @@ class Mailbox(Generic[T]):
         """True while the consumer is parked on this mailbox, which is then empty: an item
         handled in the producer's task now cannot overtake one the consumer has still to handle
         (a woken consumer is no longer awaiting, and takes its items only when it runs)."""
-        return self._bell._waiter is not None
+        return self._bell.waiting
 
     @property
     def over(self) -> bool:

@@ -692,18 +692,11 @@ def _results(
         results[name] = {k: (v / 1000 if k != "count" else v) for k, v in results[name].items()}
     echo_p50 = results["echo_rtt_us"]["p50"]
     ratios = {
-        "tick_to_close_p50_over_echo_p50": round(results["tick_to_close_us"]["p50"] / echo_p50, 2)
+        f"{name}_{p}_over_echo_p50": round(results[f"{name}_us"][p] / echo_p50, 2)
         if echo_p50
-        else None,
-        "tick_to_close_p99_over_echo_p50": round(results["tick_to_close_us"]["p99"] / echo_p50, 2)
-        if echo_p50
-        else None,
-        "node_to_device_p50_over_echo_p50": round(results["node_to_device_us"]["p50"] / echo_p50, 2)
-        if echo_p50
-        else None,
-        "node_to_device_p99_over_echo_p50": round(results["node_to_device_us"]["p99"] / echo_p50, 2)
-        if echo_p50
-        else None,
+        else None
+        for name in ("tick_to_close", "node_to_device")
+        for p in ("p50", "p99")
     }
     if soak:
         rss = [s["rss_mb"] for s in soak if s["t_s"] > 0] or [soak[0]["rss_mb"]]

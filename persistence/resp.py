@@ -40,8 +40,8 @@ _FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, hiredi
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
-    # hiredis's stub declares the argument a 1-tuple and no return type; it takes any tuple
-    # of str/bytes/numbers and returns bytes.
+    # hiredis's type hints (its .pyi) declare the argument a 1-tuple and give no return type;
+    # it takes a tuple of any length of str/bytes/numbers and returns bytes.
     return cast(bytes, hiredis.pack_command(args))
 
 
