@@ -3,7 +3,9 @@ WebSockets, after authentication) or 307 (REST), and the clients follow to the o
 
 from __future__ import annotations
 
+import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from bench.e2e_workers import DeviceSpec, _keep_connected
+from bench.ea_fleet import EaFleet, FleetDevice
 from engine.instruments import DEFAULT_INSTRUMENTS
 from gateway.placement import Elsewhere, Unowned
 from protocol.client import Subscribe
@@ -256,18 +258,28 @@ async def test_the_harness_devices_follow_moved(
     user_id, device_id, secret = await _device(node_a)
     await mirror_device(node_a, node_b, user_id, device_id)
     placed(node_a).placements[user_id] = Elsewhere(url=node_b.base_url, partition=8, epoch=3)
-    eas: list[SimulatedEA] = []
-    gone: list[tuple[str, int | None, str | None]] = []
-    spec = DeviceSpec(device_id, secret, [])
-    with trio.fail_after(20):
-        await nursery.start(
-            _keep_connected,
-            f"{node_a.ws_url}/ws/device",
-            spec,
-            _terminal(device_id),
-            None,
-            eas,
-            gone,
-        )
-    assert eas[0].welcomed_at == f"{node_b.ws_url}/ws/device" and gone == []
+    welcomes: list[tuple[str, str]] = []
+    device = FleetDevice(
+        device_id, secret.encode(), _terminal(device_id), [f"{node_a.ws_url}/ws/device"]
+    )
+    fleet = EaFleet(
+        [device],
+        on_command=lambda *_: None,
+        on_welcome=lambda device, url: welcomes.append((device, url)),
+    )
+    ready = threading.Event()
+    stop_read, stop_write = os.pipe()
+    try:
+        async with trio.open_nursery() as inner:
+            inner.start_soon(trio.to_thread.run_sync, fleet.run, ready.set, stop_read)
+            with trio.fail_after(20):
+                while not ready.is_set():
+                    await trio.sleep(0.01)
+            os.close(stop_write)  # the fleet's loop ends when its stop pipe does
+            stop_write = -1
+    finally:
+        os.close(stop_read)
+        if stop_write >= 0:
+            os.close(stop_write)
+    assert welcomes == [(device_id, f"{node_b.ws_url}/ws/device")] and fleet.gone == []
     assert node_b.ctx.counters.handshakes["ok"] == 1
