@@ -16,6 +16,10 @@ The hops of one close command, in order (``HOPS``):
 
 A quote's first two stamps wait in :attr:`HopTrace.quotes` (keyed by the quote object's id)
 between the feed handler and the symbol actor, which may be two tasks when the actor is busy.
+
+Beside the hops, :attr:`HopTrace.busy` records when the engine handled each feed frame and each
+device frame (``FEED``, ``DEVICE``): what a quote that waited before its frame was read waited
+for (a burst's acks, earlier quotes, or neither).
 """
 
 from __future__ import annotations
@@ -27,13 +31,18 @@ __all__ = ["HOPS", "TRACE", "HopTrace", "enable"]
 
 HOPS: Final = ("frame", "offered", "fired", "decided", "outbox", "sent")
 
+FEED: Final = 0
+"""``busy`` kind: a feed frame, from its read to its quotes offered (fired closes included)."""
+DEVICE: Final = 1
+"""``busy`` kind: a device frame, from its read to its message handled (an ack settled)."""
+
 _now = time.monotonic_ns
 
 
 class HopTrace:
     """The stamps of a run: per close command id, one stamp per hop (0: not reached)."""
 
-    __slots__ = ("commands", "frame_ns", "quotes")
+    __slots__ = ("busy", "commands", "frame_ns", "quotes")
 
     def __init__(self) -> None:
         self.frame_ns = 0
@@ -41,6 +50,12 @@ class HopTrace:
         self.quotes: dict[int, int] = {}
         """``id(quote)`` -> its frame's stamp, until the symbol actor takes it."""
         self.commands: dict[str, list[int]] = {}
+        self.busy: list[tuple[int, int, int]] = []
+        """(kind, start, end) of every frame the engine handled: ``FEED`` or ``DEVICE``."""
+
+    def handled(self, kind: int, start_ns: int) -> None:
+        """A frame of ``kind`` read at ``start_ns`` has been handled."""
+        self.busy.append((kind, start_ns, _now()))
 
     def quote_offered(self, quote: object) -> None:
         self.quotes[id(quote)] = self.frame_ns

@@ -158,7 +158,7 @@ async def run(args: Any) -> dict[str, Any]:
             "TRIPWIRE_CHART_PER_USER": str(args.per_user),
             "TRIPWIRE_CHART_QUEUE": str(args.queue),
         }
-        engine = await start_engine(dsn, folder, port, _free_port(), None, **settings)
+        engine = await start_engine(dsn, folder, port, _free_port(), None, env=settings)
         base_url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
             await wait_ready(http)

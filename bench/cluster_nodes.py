@@ -220,7 +220,7 @@ async def open_arm(
                 )
             node_name = f"{tag}-node{i}"
             process = await start_engine(
-                dsn, folder, port, arm.echo_port if i == 0 else 0, None, name=node_name, **env
+                dsn, folder, port, arm.echo_port if i == 0 else 0, None, name=node_name, env=env
             )
             http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60)
             node = Node(i, port, process, http, folder / f"{node_name}.log")

@@ -17,14 +17,20 @@ What runs (every role its own process, so both cores work and nothing shares an 
   constant ``--rate``, each quote due at its scheduled time and sent as a publisher does: at
   most one frame per ``--frame-ms``, carrying every quote due, stamped with ``sent_ms``.
 
+The harness's processes run at ``--harness-nice`` (10): on a machine of two cores, an EA process
+woken by the first close of a burst preempted the engine half-way through it (the scheduler
+favours a task that slept), and the rest of the burst waited; a real EA, on its own machine,
+never takes the engine's core. Alternating runs: node_to_device p50 1.9-2.2 ms at nice 0 against
+1.1-1.3 ms at 10, the engine runnable but waiting 1.5 % of the time against 0.6-0.8 %.
+
 What is measured (``time.monotonic_ns``, one clock for every process of the machine):
 
 ``tick_to_close_us``    from a quote's SCHEDULED send time to the close command it causes
                         arriving at the device (the oracle below says which quote crosses each
                         position first: no coordinated omission, a late send counts); a
-                        command has arrived when the simulated EA has taken its frame from the
-                        connection (``sim.ea``: before it executes and acks, and before the
-                        other EAs of its process execute theirs);
+                        command has arrived when the device's kernel received its frame
+                        (``bench.ea_fleet``: ``SO_TIMESTAMPNS``; ``device_read_lag_us`` is how
+                        much later the harness's EA process read it);
 ``node_to_device_us``   the ends the latency targets are set on: from the quote's arrival at the
                         node (the feeder's send returned: loopback delivers in the call) to the
                         command's arrival at the device; the feeder's own lateness (the harness
@@ -34,11 +40,19 @@ What is measured (``time.monotonic_ns``, one clock for every process of the mach
                         the node);
 ``burst_extra_close_us`` per such quote, the engine's time per extra close to the wire: its
                         first close's send returning to its last's, over k - 1 (traced stamps);
+``first_close_node_us`` per quote that closes anything, its arrival at the node to its first
+                        close's arrival; ``closes_per_firing_quote`` how many it closes (k);
+``node_to_device_by_rank`` node_to_device by the close's rank in its quote's burst (0: first
+                        to arrive): the burst's spacing told apart from a quote's wait;
+``quote_wait``          per such quote, its wait at the node until the engine read its frame,
+                        split by what the engine did meanwhile: other feed frames, device
+                        frames (acks), or neither (traced ``busy`` intervals);
 ``close_to_client_ms``  from the close command at the device to the CLOSED state arriving on
                         the owner's client stream (command -> ack -> journal -> delta);
 ``client_lag_ms``       a position delta's age when a client receives it;
 ``echo_rtt_us``         the baseline: a raw echo round trip between a device process and the
-                        engine process, in the same run; ``ratios`` divide by its p50;
+                        engine process, in the same run, on the EAs' client stack and to the
+                        kernel's receipt of the answer; ``ratios`` divide by its p50;
 ``lost``/``duplicated`` positions the oracle says must close that got no close command / that
                         got more than one distinct close command (must both be 0);
 ``resent``              a close command id arriving again: the protocol's resend after a
@@ -51,6 +65,7 @@ Latencies are recorded in HDR histograms; each is ``{"p50","p90","p99","p999","m
 
 from __future__ import annotations
 
+import bisect
 import os
 import secrets
 import shutil
@@ -67,6 +82,7 @@ import msgspec
 import numpy as np
 import trio
 
+from actors import tracing
 from bench.common import base_parser, bench_extra_missing, machine, print_table, write_json
 from bench.e2e_workers import DeviceSpec, WorkerConfig
 from engine.instruments import DEFAULT_INSTRUMENTS
@@ -242,13 +258,15 @@ async def start_engine(
     echo_port: int = 0,
     trace: Path | None = None,
     *,
+    steps: bool = False,
     name: str = "engine",
-    **env: str,
+    env: dict[str, str] | None = None,
 ) -> trio.Process:
     """The engine process (``bench.e2e_engine``) on ``dsn``: no built-in feed, paper device or
     demo strategy, quiet logs, no snapshot during a run; ``env`` adds settings. With
     ``echo_port`` it also runs the raw echo server there; with ``trace`` it stamps every close's
-    hops and writes them there when it stops. Its log is ``folder/NAME.log``."""
+    hops and writes them there when it stops (with ``steps``, every trio task step too). Its
+    log is ``folder/NAME.log``."""
     settings = {
         "DATABASE_URL": dsn,
         "TRIPWIRE_PORT": str(port),
@@ -262,13 +280,13 @@ async def start_engine(
         # Every simulated device and client connects from loopback: no per-address limits.
         "TRIPWIRE_MAX_WS_PER_ADDRESS": "0",
         "TRIPWIRE_MAX_HTTP_PER_ADDRESS": "0",
-        **env,
+        **(env or {}),
     }
     argv = [sys.executable, "-m", "bench.e2e_engine"]
     if echo_port:
         argv += ["--echo-port", str(echo_port)]
     if trace is not None:
-        argv += ["--trace", str(trace)]
+        argv += ["--trace", str(trace), *(["--steps"] if steps else [])]
     inherited = {k: v for k, v in os.environ.items() if k not in _CLUSTER_ENV}
     # Its log goes to a file: warnings on the terminal would bury the harness's table.
     log = os.open(folder / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -451,7 +469,13 @@ async def run(args: Any) -> dict[str, Any]:
         port, echo_port = _free_port(), _free_port()
         trace = folder / "trace.msgpack"
         engine = await start_engine(
-            dsn, folder, port, echo_port, trace, TRIPWIRE_FEED_TOKEN=FEED_TOKEN
+            dsn,
+            folder,
+            port,
+            echo_port,
+            trace,
+            steps=args.task_steps,
+            env={"TRIPWIRE_FEED_TOKEN": FEED_TOKEN},
         )
         base = f"http://127.0.0.1:{port}"
         # Generous: an overloaded engine answers late, and a late answer is a measurement.
@@ -467,6 +491,7 @@ async def run(args: Any) -> dict[str, Any]:
                     url=f"{url}/ws/device",
                     devices=specs,
                     echo_url=f"ws://127.0.0.1:{echo_port}" if w == 0 else "",
+                    nice=args.harness_nice,
                 )
                 workers.append(Worker("devices", config, folder, f"devices{w}"))
             for worker in workers:
@@ -478,7 +503,12 @@ async def run(args: Any) -> dict[str, Any]:
                     await trio.sleep(0.5)
             issuer = TokenIssuer(JWT_SECRET.encode(), 24 * 3600)
             tokens = [issuer.issue(u, "user")[0] for u in client_users]
-            clients = Worker("clients", WorkerConfig(url=url, tokens=tokens), folder, "clients")
+            clients = Worker(
+                "clients",
+                WorkerConfig(url=url, tokens=tokens, nice=args.harness_nice),
+                folder,
+                "clients",
+            )
             if tokens:
                 await clients.start()
             feeder = Worker(
@@ -489,6 +519,7 @@ async def run(args: Any) -> dict[str, Any]:
                     rate=args.rate,
                     feed_token=FEED_TOKEN,
                     frame_ms=args.frame_ms,
+                    nice=args.harness_nice,
                 ),
                 folder,
                 "feeder",
@@ -530,7 +561,8 @@ async def run(args: Any) -> dict[str, Any]:
         await trio.to_thread.run_sync(server.close)
         # The database (~120 MB) goes; the engine's log and the traces stay for a look.
         shutil.rmtree(folder / "pg", ignore_errors=True)
-    stamps = msgspec.msgpack.decode(trace.read_bytes()) if trace.exists() else {}
+    traced = msgspec.msgpack.decode(trace.read_bytes()) if trace.exists() else {}
+    stamps: dict[str, list[int]] = traced.get("commands", {})
     out = _results(
         args, quotes, expected, observed, seen, soak, start_ns, device_ids, fed["late_ns"]
     )
@@ -539,8 +571,18 @@ async def run(args: Any) -> dict[str, Any]:
     out["results"]["burst_extra_close_us"] = _hist(
         _burst_spacing(expected, observed, stamps, device_ids)
     )
+    out["results"]["quote_wait"] = _quote_wait(
+        args, expected, observed, stamps, traced.get("busy", []), fed, device_ids
+    )
+    if traced.get("steps"):
+        out["results"]["quote_wait_by_task"] = _waits_by_task(
+            args, expected, observed, stamps, traced["steps"], fed, device_ids
+        )
     out["results"]["device_worker_lag_us"] = _hist(
         [ns / 1000 for part in observed for ns in part.get("lag_ns", [])]
+    )
+    out["results"]["device_read_lag_us"] = _hist(
+        [ns / 1000 for part in observed for ns in part.get("read_lag_ns", [])]
     )
     out["results"]["engine_metrics"] = engine_metrics
     out["results"]["cpu"] = sched
@@ -656,6 +698,21 @@ def _results(
     ]
     burst_last = [(last - (start_ns + q * period_ns)) / 1e3 for q, last in bursts]
     burst_last_node = [(last - at_node(q)) / 1e3 for q, last in bursts]
+    # Each close by its rank in its quote's burst (by arrival): a burst's closes leave one
+    # socket write after another, so rank r waits for the r before it; rank 0 is the path
+    # itself. Tells the burst's spacing apart from a quote's wait for the engine.
+    by_rank: dict[str, list[float]] = {label: [] for label, _low, _high in RANKS}
+    first_close_node = []
+    sizes: list[float] = []
+    for q, got in by_quote.items():
+        came = sorted(a for a in got if a is not None)
+        if not came:
+            continue
+        sizes.append(len(got))
+        first_close_node.append((came[0] - at_node(q)) / 1e3)
+        for rank, arrived in enumerate(came):
+            label = next(label for label, low, high in RANKS if low <= rank < high)
+            by_rank[label].append((arrived - at_node(q)) / 1e3)
     # Two different close commands for one position is a duplicate; one command id arriving
     # again is the protocol's resend after a reconnect (the terminal answers it from its window
     # of executed ids), counted apart. Without a reconnect a resend would still be suspect:
@@ -675,6 +732,13 @@ def _results(
         "echo_rtt_us": _hist(echo),
         "burst_last_close_us": _hist(burst_last),
         "burst_last_close_node_us": _hist(burst_last_node),
+        "first_close_node_us": _hist(first_close_node),
+        "closes_per_firing_quote": _hist(sizes),
+        "node_to_device_by_rank": [
+            {"rank": label, **{p: h[p] for p in ("count", "p50", "p99", "max")}}
+            for label, h in ((label, _hist(v)) for label, v in by_rank.items())
+            if h["count"]
+        ],
         "tick_to_close_per_second": per_second,
         "lost": lost,
         "duplicated": duplicated,
@@ -710,6 +774,16 @@ def _results(
 
 BURST_MIN = 10
 """A quote that closes at least this many positions is a burst (``burst_last_close_us``)."""
+
+RANKS: tuple[tuple[str, int, int], ...] = (
+    ("0", 0, 1),
+    ("1-4", 1, 5),
+    ("5-9", 5, 10),
+    ("10-19", 10, 20),
+    ("20-49", 20, 50),
+    ("50+", 50, 1 << 62),
+)
+"""The buckets of ``node_to_device_by_rank``: (label, first rank, past the last)."""
 
 HOP_NAMES = (
     "feeder",
@@ -761,6 +835,103 @@ def _hops(
         name: {k: h[k] for k in ("p50", "p99", "max", "count")}
         for name, h in ((n, _hist(v)) for n, v in hops.items())
     }
+
+
+def _firing_waits(
+    args: Any,
+    expected: dict[tuple[int, int], int],
+    observed: list[dict[str, Any]],
+    stamps: dict[str, list[int]],
+    fed: dict[str, Any],
+    device_ids: list[str],
+) -> list[tuple[float, int]]:
+    """Per quote that closes anything (traced): (its arrival at the node, its frame's read)."""
+    period_ns = 1e9 / args.rate
+    start_ns, late = fed["start_ns"], fed["late_ns"]
+    index = {d: i for i, d in enumerate(device_ids)}
+    frame_of: dict[int, int] = {}
+    for part in observed:
+        for device, command_id, ticket, _arrived in part["arrivals"]:
+            q = expected.get((index[device], ticket))
+            row = stamps.get(command_id)
+            if q is not None and row is not None and row[0] and q < len(late):
+                frame_of[q] = row[0]
+    return [(start_ns + q * period_ns + late[q], frame) for q, frame in frame_of.items()]
+
+
+def _waits_by_task(
+    args: Any,
+    expected: dict[tuple[int, int], int],
+    observed: list[dict[str, Any]],
+    stamps: dict[str, list[int]],
+    steps: list[tuple[str, int, int]],
+    fed: dict[str, Any],
+    device_ids: list[str],
+) -> list[dict[str, Any]]:
+    """Over every firing quote's wait to be read (``_firing_waits``): the engine's trio tasks
+    that ran meanwhile, by name, with their share of the waits; ``(no task step)`` is the rest:
+    the scheduler, I/O polling, the asyncio bridge's thread holding the GIL, or the process off
+    the CPU."""
+    spans = sorted(steps, key=lambda step: step[1])
+    ends = [end for _name, _start, end in spans]
+    by_task: dict[str, float] = {}
+    total = 0.0
+    for arrived, frame in _firing_waits(args, expected, observed, stamps, fed, device_ids):
+        if frame <= arrived:
+            continue
+        total += frame - arrived
+        i = bisect.bisect_right(ends, arrived)
+        while i < len(spans) and spans[i][1] < frame:
+            name, begin, end = spans[i]
+            by_task[name] = by_task.get(name, 0.0) + max(0.0, min(end, frame) - max(begin, arrived))
+            i += 1
+    by_task["(no task step)"] = total - sum(by_task.values())
+    ranked = sorted(by_task.items(), key=lambda item: -item[1])
+    return [
+        {"task": name, "ms": round(ns / 1e6, 2), "share_pct": round(ns / total * 100, 1)}
+        for name, ns in ranked[:12]
+        if total
+    ]
+
+
+def _quote_wait(
+    args: Any,
+    expected: dict[tuple[int, int], int],
+    observed: list[dict[str, Any]],
+    stamps: dict[str, list[int]],
+    busy: list[tuple[int, int, int]],
+    fed: dict[str, Any],
+    device_ids: list[str],
+) -> dict[str, dict[str, float]]:
+    """Per quote that closes anything: how long it waited at the node before the engine read
+    its frame, and what the engine was doing meanwhile (the traced ``busy`` intervals): other
+    feed frames (earlier quotes and the closes they fired), device frames (acks and reports),
+    or neither (the journal, clients, timers, the scheduler, or another process on the core).
+    ``device_frames`` counts the device frames handled meanwhile."""
+    if not stamps or not busy:
+        return {}
+    spans = sorted(busy, key=lambda span: span[1])
+    ends = [end for _kind, _start, end in spans]
+    parts: dict[str, list[float]] = {n: [] for n in ("wait", "feed", "device", "other")}
+    frames: list[float] = []
+    for arrived, frame in _firing_waits(args, expected, observed, stamps, fed, device_ids):
+        wait = max(0.0, frame - arrived)
+        took = {tracing.FEED: 0.0, tracing.DEVICE: 0.0}
+        count = 0
+        i = bisect.bisect_right(ends, arrived)
+        while i < len(spans) and spans[i][1] < frame:
+            kind, begin, end = spans[i]
+            took[kind] += max(0.0, min(end, frame) - max(begin, arrived))
+            count += kind == tracing.DEVICE
+            i += 1
+        parts["wait"].append(wait / 1e3)
+        parts["feed"].append(took[tracing.FEED] / 1e3)
+        parts["device"].append(took[tracing.DEVICE] / 1e3)
+        parts["other"].append(max(0.0, wait - took[tracing.FEED] - took[tracing.DEVICE]) / 1e3)
+        frames.append(count)
+    out = {f"{name}_us": _hist(values) for name, values in parts.items()}
+    out["device_frames"] = _hist(frames)
+    return out
 
 
 def _burst_spacing(
@@ -836,6 +1007,21 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to wait for the last closes after the last quote",
     )
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of the distributions")
+    parser.add_argument(
+        "--harness-nice",
+        type=int,
+        default=10,
+        help="the EAs, clients and feeder run at this nice value (default 10: the engine's "
+        "wake-ups are not preempted by the harness, which a real EA on its own machine never "
+        "does; 0: as before)",
+    )
+
+    parser.add_argument(
+        "--task-steps",
+        action="store_true",
+        help="record every trio task step of the engine (~1 us each) and say which tasks ran "
+        "while firing quotes waited to be read",
+    )
     args = parser.parse_args(argv)
     out = trio.run(run, args)
     raw = out["results"].pop("_raw")
@@ -864,6 +1050,24 @@ def main(argv: list[str] | None = None) -> int:
             [{"hop": name, **hops[name]} for name in HOP_NAMES],
             ["hop", "p50", "p99", "max", "count"],
         )
+    if r["quote_wait"]:
+        print_table(
+            "a firing quote's wait at the node for the engine to read it, and what the engine "
+            "did meanwhile (us; device_frames: a count)",
+            [{"part": name, **r["quote_wait"][name]} for name in r["quote_wait"]],
+            ["part", "p50", "p90", "p99", "max", "count"],
+        )
+    if r.get("quote_wait_by_task"):
+        print_table(
+            "what ran while firing quotes waited to be read (trio task steps, summed)",
+            r["quote_wait_by_task"],
+            ["task", "ms", "share_pct"],
+        )
+    print_table(
+        "node -> device by the close's rank in its quote's burst (us; rank 0: the first close)",
+        r["node_to_device_by_rank"],
+        ["rank", "count", "p50", "p99", "max"],
+    )
     print_table(
         "tick -> close per second of the run (us, by the quote's scheduled time)",
         r["tick_to_close_per_second"],

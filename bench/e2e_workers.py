@@ -24,6 +24,7 @@ every process of the machine, so a quote's scheduled time (feeder) and a command
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -72,6 +73,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Devices: the seed of that random pick."""
     reconnect_s: float = 1.0
     """Devices: the pause before connecting again after a session ended or was refused."""
+    nice: int = 0
+    """Added to the worker's nice value at start (see ``bench.e2e --harness-nice``)."""
 
 
 async def _until_stdin_closes() -> None:
@@ -82,16 +85,18 @@ async def _until_stdin_closes() -> None:
 
 def _echo_rtt(url: str, rounds: int) -> list[int]:
     """Round trips of a small frame through the engine process's raw echo server (ns), on the
-    same client stack as the EAs (a blocking socket and wsproto)."""
+    same client stack as the EAs (a blocking socket and wsproto), to the kernel's receipt of
+    the answer, as a command's arrival is stamped (``bench.ea_fleet``)."""
     samples = []
     ws = BlockingWebSocket(url)
     try:
         payload = b"x" * 64
         for _ in range(rounds):
+            ws.stamps.resync()
             t0 = time.monotonic_ns()
             ws.send(payload)
             ws.receive()
-            samples.append(time.monotonic_ns() - t0)
+            samples.append(ws.received_ns - t0)
     finally:
         ws.close()
     return samples
@@ -150,6 +155,7 @@ def run_devices(config: WorkerConfig) -> dict[str, Any]:
         "welcomes": welcomes,
         "echo_ns": echo,
         "lag_ns": fleet.lag_ns,
+        "read_lag_ns": fleet.read_lag_ns,
         "bad_signatures": fleet.bad_signatures,
         "disconnects": fleet.gone,
     }
@@ -259,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with open(args.config, "rb") as fh:
         config = msgspec.msgpack.decode(fh.read(), type=WorkerConfig)
+    if config.nice:
+        os.nice(config.nice)
     if args.role == "clients":
         result = trio.run(run_clients, config)
     else:

@@ -6,8 +6,13 @@ the slowest part of a burst: from the engine's last send of a burst of ~20 close
 arrival took 3.8 ms at p50, 10.6 ms at p90 (bench.e2e, 100 devices, 10,000 positions,
 500 quotes/s), the EAs of a process taking each frame through a reader task, a channel and
 a lock, one after the other. Here each EA is a plain socket with a wsproto client, and one
-thread waits on all of them with ``selectors``: every ready connection is read, and each command
-in it stamped (``time.monotonic_ns()``), before any command is verified, executed and acked.
+thread waits on all of them with ``selectors``: every ready connection is read before any
+command is verified, executed and acked.
+
+A command's arrival is when the device's kernel received its frame (``SO_TIMESTAMPNS``, on the
+monotonic clock: ``bench.wsclient.KernelStamps``): the device has the command then, and how
+soon this process reads it depends on the cores it shares with the engine, which a real EA, on
+its own machine, does not. :attr:`EaFleet.read_lag_ns` says how much later it was read.
 
 Each EA does what docs/protocol.md asks, as ``sim.ea`` does: the subprotocol, a signed hello,
 the welcome, its positions snapshot, closing deals and account, a heartbeat every
@@ -46,7 +51,7 @@ from wsproto.events import (
     Request,
 )
 
-from bench.wsclient import host_port_target
+from bench.wsclient import KernelStamps, host_port_target
 from protocol.codec import device_client_codec
 from protocol.device import (
     CloseCommand,
@@ -113,8 +118,8 @@ class EaFleet:
 
     Args:
         devices: the terminals.
-        on_command: called with every command that verified and the monotonic ns its frame
-            was read at, before the terminal executes it.
+        on_command: called with every command that verified and the monotonic ns the kernel
+            received its frame at, before the terminal executes it.
         on_welcome: called with a device's id and the URL of the node that welcomed it.
         reconnect_s: the pause before a device connects again after its session ended.
         encoding: the subprotocol's encoding.
@@ -151,8 +156,10 @@ class EaFleet:
         """(device, close code, reason) of every session that ended after the device started."""
         self.bad_signatures = 0
         self.lag_ns: list[int] = []
-        """How late the loop woke for the probe's timer: when it falls behind, the arrival
-        stamps are late too, and this says so."""
+        """How late the loop woke for the probe's timer."""
+        self.read_lag_ns: list[int] = []
+        """Per command: from the kernel's receipt of its frame to this process reading it."""
+        self.stamps = KernelStamps()
         self.stopped = False
 
     # -- the loop ------------------------------------------------------------------------------
@@ -194,6 +201,7 @@ class EaFleet:
         self._at(time.monotonic_ns() + int(seconds * 1e9), action)
 
     def _probe_lag(self, due_ns: int) -> None:
+        self.stamps.resync()
         now = time.monotonic_ns()
         self.lag_ns.append(max(0, now - due_ns))
         next_due = now + self.LAG_PERIOD_NS
@@ -221,6 +229,7 @@ class EaFleet:
             self._after(self.reconnect_s, lambda: self._connect(device))
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        KernelStamps.enable(sock)
         session = _Session(device, url, sock)
         request = Request(
             host=f"{host}:{port}", target=target, subprotocols=[f"tripwire.v1.{self.encoding}"]
@@ -230,10 +239,9 @@ class EaFleet:
 
     def _readable(self, session: _Session) -> None:
         try:
-            data = session.sock.recv(262_144)
+            data, arrived_ns = self.stamps.recv(session.sock, 262_144)
         except OSError:
-            data = b""
-        arrived_ns = time.monotonic_ns()
+            data, arrived_ns = b"", 0
         if not data:
             self._end(session)
             return
@@ -287,6 +295,7 @@ class EaFleet:
             return
         if isinstance(message, _COMMANDS):
             self._due.append((session, message, arrived_ns))
+            self.read_lag_ns.append(max(0, time.monotonic_ns() - arrived_ns))
         elif isinstance(message, AppPing):
             self._send(session, Heartbeat(seq=message.seq, time_ms=time.time_ns() // 1_000_000))
         elif isinstance(message, Welcome):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 import time
 from urllib.parse import urlsplit
 
@@ -26,7 +27,45 @@ from wsproto.events import (
     Request,
 )
 
-__all__ = ["BlockingWebSocket", "host_port_target"]
+__all__ = ["BlockingWebSocket", "KernelStamps", "host_port_target"]
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Linux: stamp each received packet (``SCM_TIMESTAMPNS``, the same number), in ns of the
+realtime clock; Python names it only on some builds."""
+
+
+class KernelStamps:
+    """When the kernel received what a socket read returns, on the monotonic clock.
+
+    The device's end of the latency is when the command reached the device: its kernel has the
+    frame (for loopback, inside the engine's ``send``). When the harness's process then reads it
+    depends on the harness sharing the cores, which a real EA, a terminal on its own machine,
+    does not. The kernel stamps in realtime; :meth:`resync` keeps the offset to the monotonic
+    clock current (call it every few ms: clock slewing moves it by up to ~0.5 ms a second).
+    """
+
+    ANCILLARY = socket.CMSG_SPACE(16)
+
+    def __init__(self) -> None:
+        self.offset_ns = 0
+        self.resync()
+
+    def resync(self) -> None:
+        self.offset_ns = time.time_ns() - time.monotonic_ns()
+
+    @staticmethod
+    def enable(sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+    def recv(self, sock: socket.socket, size: int) -> tuple[bytes, int]:
+        """Read up to ``size`` bytes; (data, when the kernel received the last of them). The
+        stamp is the read's own time when the kernel gave none."""
+        data, ancillary, _flags, _address = sock.recvmsg(size, self.ANCILLARY)
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", value[:16])
+                return data, seconds * 1_000_000_000 + nanoseconds - self.offset_ns
+        return data, time.monotonic_ns()
 
 
 def host_port_target(url: str) -> tuple[str, int, str]:
@@ -43,6 +82,10 @@ class BlockingWebSocket:
         host, port, target = host_port_target(url)
         self.sock = socket.create_connection((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        KernelStamps.enable(self.sock)
+        self.stamps = KernelStamps()
+        self.received_ns = 0
+        """When the kernel received the last bytes read (``KernelStamps``)."""
         self.conn = WSConnection(ConnectionType.CLIENT)
         request = Request(host=f"{host}:{port}", target=target, subprotocols=subprotocols or [])
         self.sock.sendall(self.conn.send(request))
@@ -52,7 +95,7 @@ class BlockingWebSocket:
             pass
 
     def _recv(self) -> bytes:
-        data = self.sock.recv(65_536)
+        data, self.received_ns = self.stamps.recv(self.sock, 65_536)
         if not data:
             raise ConnectionError("the engine closed the connection")
         return data
@@ -87,7 +130,8 @@ class BlockingWebSocket:
         self.sock.sendall(self.conn.send(BytesMessage(data=payload)))
 
     def receive(self) -> bytes:
-        """The next whole message (a text one as its UTF-8 bytes)."""
+        """The next whole message (a text one as its UTF-8 bytes); ``received_ns`` says when
+        the kernel had its last bytes."""
         while not self._messages:
             self._take(self._recv())
         return self._messages.pop(0)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from actors import tracing
 from gateway.closing import CLOSE_TIMEOUT_S, PEER_GONE, close_quietly, send_quietly
 from gateway.placement import Elsewhere, Local, Unowned, moved_frame
 from protocol.closecodes import CloseCode, close_code_for, close_reason
@@ -342,6 +343,8 @@ async def _run_session(
                 continue
             heard = trio.current_time()
             next_ping = heard + ping_every_s
+            trace = tracing.TRACE
+            read_ns = tracing.now_ns() if trace is not None else 0
             # A frame that does not open ends an encrypted session with 1008, whatever the
             # reason (forged, replayed, reordered, truncated, not binary): docs/protocol.md.
             close_code: int | None = CloseCode.POLICY_VIOLATION if cipher is not None else None
@@ -360,6 +363,8 @@ async def _run_session(
             if ctx.settings.log_frames:
                 log.debug("device frame", frame=for_log(message))
             actor.inbound(session, message)
+            if trace is not None:
+                trace.handled(tracing.DEVICE, read_ns)
     finally:
         ctx.counters.devices_connected -= 1
         actor.close_session(session)

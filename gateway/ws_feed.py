@@ -107,3 +107,5 @@ async def serve_feed(ctx: GatewayContext, ws: Any = None) -> None:
             return
         if isinstance(batch, QuoteBatch):
             ctx.counters.feed_quotes += ctx.offer_quotes(batch.quotes, batch.sent_ms)
+            if trace is not None:
+                trace.handled(tracing.FEED, trace.frame_ns)

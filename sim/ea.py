@@ -6,15 +6,12 @@ heartbeats, verifies every command's signature with the session key, executes ea
 once (a repeat is answered with the earlier ack, by the :class:`~sim.paper_terminal.PaperTerminal`)
 and acks with the broker's result code. A ``moved`` answer to its hello is followed
 (``protocol.redirects``). After its positions snapshot it reports the terminal's
-closing deals (``send_deals``). End-to-end tests and the ``bench.e2e`` harness run it;
-``on_command`` lets a harness time a command's arrival, and ``crash_before_ack`` makes it die
-between executing a command and acking it (the terminal keeps the trade; the ack is lost).
-
-A harness runs many EAs in one process, where a real one has its own: a command's arrival is
-stamped (``time.monotonic_ns()``) as soon as its frame is taken from the connection, and the EA
-then lets the others of its process take theirs before it verifies, executes and acks. Without
-that, the last command of a burst across fifty EAs was stamped after the forty-nine before it
-had all been executed and acked (``bench.e2e`` counted the harness's own work as wire time).
+closing deals (``send_deals``). End-to-end tests run it (the benchmarks run many EAs in one
+thread instead: ``bench.ea_fleet``); ``on_command`` lets a test see a command's arrival (stamped
+with ``time.monotonic_ns()`` as its frame is taken from the connection; the EA then lets the
+others of its process take theirs before it verifies, executes and acks), and
+``crash_before_ack`` makes it die between executing a command and acking it (the terminal keeps
+the trade; the ack is lost).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ def test_e2e_harness_tiny(tmp_path: Path) -> None:
         "1",
         "--grace",
         "2",
+        "--task-steps",
         "--json",
         str(out),
         "--plot",
@@ -60,9 +61,24 @@ def test_e2e_harness_tiny(tmp_path: Path) -> None:
         "burst_last_close_node_us",
         "burst_extra_close_us",
         "device_worker_lag_us",
+        "device_read_lag_us",
         "feeder_late_us",
+        "first_close_node_us",
+        "closes_per_firing_quote",
     ):
         assert set(results[key]) >= {"p50", "p99", "max", "count"}, key
+    # Every close has a rank in its quote's burst; the first closes are one per firing quote.
+    ranks = results["node_to_device_by_rank"]
+    assert sum(row["count"] for row in ranks) == node["count"]
+    assert ranks[0]["rank"] == "0" and ranks[0]["count"] == results["first_close_node_us"]["count"]
+    # What the firing quotes waited for, and (with --task-steps) which tasks ran meanwhile.
+    wait = results["quote_wait"]
+    assert set(wait) == {"wait_us", "feed_us", "device_us", "other_us", "device_frames"}
+    assert wait["wait_us"]["count"] == results["first_close_node_us"]["count"]
+    by_task = results["quote_wait_by_task"]
+    assert isinstance(by_task, list) and all(0 <= row["share_pct"] <= 100 for row in by_task)
+    assert sum(row["share_pct"] for row in by_task) <= 100.5
+    assert report["config"]["harness_nice"] == 10
     per_second = results["tick_to_close_per_second"]
     assert per_second and sum(row["count"] for row in per_second) == hops["total"]["count"]
     assert set(results["cpu"]) >= {"engine", "feeder", "devices0"}
