@@ -612,6 +612,7 @@ _ENGINE_METRICS = (
     "tripwire_actor_restarts_total",
     "tripwire_clients_dropped_total",
     "tripwire_journal_pending",
+    "tripwire_feed_first_deferrals_total",
 )
 
 

@@ -17,6 +17,7 @@ from quart import current_app
 
 from gateway.auth import HashingGate, LoginLimiter, TokenIssuer
 from gateway.config import Settings
+from gateway.feed_first import FeedFirst
 from gateway.metrics import Metrics
 from gateway.placement import AllLocal, Ownership
 from gateway.signal_source import LocalSignals, SignalSource
@@ -139,6 +140,8 @@ class GatewayContext:
 
     cluster_metrics: Callable[[], dict[str, tuple[str, str, float]]] | None = None
     """A cluster node's figures for ``/metrics``: name -> (counter or gauge, help, value)."""
+    feed_first: FeedFirst = field(default_factory=FeedFirst)
+    """The node's feed connections, read before other connections' bookkeeping."""
     quote_sink: QuoteSink | None = None
     """Where feeds hand their quotes: None, the node itself; in a cluster, the tick streams
     (``gateway.cluster``), so that every node judges them."""

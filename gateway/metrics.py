@@ -86,6 +86,12 @@ class _Collector:
             "Last quote batch: from its publisher's sent_ms to the node (the node's backlog)",
             ctx.node.feed_lag_ms / 1000,
         )
+        yield counter(
+            "tripwire_feed_first_deferrals",
+            "Passes through the scheduler that device and client work made so that a quote "
+            "already at the node was read first",
+            ctx.feed_first.deferred,
+        )
         yield gauge(
             "tripwire_armed_positions", "Positions watched by trigger books", stats["armed"]
         )

@@ -24,6 +24,7 @@ What a connection may cost is bounded (docs/operations.md, "Limits"):
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -173,7 +174,9 @@ async def serve_client(ctx: GatewayContext, ws: Any = None) -> None:
         _refuse_unknown(sub, hub.update(sub, symbols=request.symbols))
         await websocket.send(codec.encode(snapshot))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write, websocket, codec, sub, nursery.cancel_scope, log)
+            nursery.start_soon(
+                _write, websocket, codec, sub, nursery.cancel_scope, log, ctx.feed_first.defer
+            )
             nursery.start_soon(_guard, websocket, codec, sub, stream, nursery.cancel_scope, log)
             await _read(ctx, websocket, codec, sub, stream, log)
             nursery.cancel_scope.cancel()
@@ -232,15 +235,18 @@ async def _write(
     sub: Subscription,
     scope: trio.CancelScope,
     log: Any,
+    defer: Callable[[], Awaitable[None]],
 ) -> None:
     """Send what the hub buffered; drop the client when it falls behind.
 
     On a direct socket (``gateway.wsdirect``) a batch (a burst's deltas) leaves in one write,
-    one frame per message; through Quart each message is a send of its own.
+    one frame per message; through Quart each message is a send of its own. A quote already
+    at the node is read first (``defer``: ``gateway.feed_first``).
     """
     send_many = getattr(websocket, "send_many", None)
     while True:
         batch = await sub.buffer.get_batch()
+        await defer()
         if sub.dropped:
             log.info("slow client dropped", overruns=sub.buffer.overruns)
             await close_quietly(websocket, CloseCode.TRY_AGAIN_LATER, "too slow: reconnect", log)

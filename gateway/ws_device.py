@@ -319,6 +319,7 @@ async def _run_session(
     heard = trio.current_time()
     next_ping = heard + ping_every_s
     pings = 0
+    feed_first = ctx.feed_first
     try:
         while not session.closed.is_set():
             frame: Frame = None
@@ -343,6 +344,8 @@ async def _run_session(
                 continue
             heard = trio.current_time()
             next_ping = heard + ping_every_s
+            # An ack can wait for a quote that is already here (gateway.feed_first).
+            await feed_first.defer()
             trace = tracing.TRACE
             read_ns = tracing.now_ns() if trace is not None else 0
             # A frame that does not open ends an encrypted session with 1008, whatever the

@@ -23,6 +23,7 @@ import structlog
 from actors import tracing
 from gateway.auth import bearer_token
 from gateway.closing import close_quietly, send_quietly
+from gateway.wsdirect import DirectWebSocket
 from protocol.closecodes import CloseCode, close_code_for, truncate_reason
 from protocol.codec import encoding_of, feed_codec, negotiate, sniff_encoding
 from protocol.errors import DecodeError, ProtocolError
@@ -80,8 +81,23 @@ async def serve_feed(ctx: GatewayContext, ws: Any = None) -> None:
         ctx.counters.handshake("feed_unauthorized")
         await close_quietly(websocket, CloseCode.POLICY_VIOLATION, "unauthorized", log)
         return
-    codec = None
     log.info("feed publisher connected")
+    # Its quotes are read before other connections' bookkeeping (gateway.feed_first).
+    direct = isinstance(websocket, DirectWebSocket)
+    if direct:
+        ctx.feed_first.add(websocket)
+    try:
+        await _read_quotes(ctx, websocket, subprotocol, log)
+    finally:
+        if direct:
+            ctx.feed_first.remove(websocket)
+
+
+async def _read_quotes(
+    ctx: GatewayContext, websocket: Any, subprotocol: str | None, log: Any
+) -> None:
+    """Offer every quote batch the publisher sends; a bad frame ends the connection."""
+    codec = None
     while True:
         try:
             # Over the transport's size limit: raised here (gateway.wsdirect).

@@ -156,6 +156,15 @@ class DirectWebSocket:
             self.accepted = True
             await self._write(self.conn.send(AcceptConnection(subprotocol=subprotocol)))
 
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 under TLS): ``gateway.feed_first`` polls a feed's."""
+        return self._fd
+
+    @property
+    def buffered(self) -> bool:
+        """Whole messages read and not yet returned by :meth:`receive`."""
+        return bool(self._messages)
+
     async def receive(self) -> str | bytes:
         """The next message; raises ``trio.BrokenResourceError`` once the peer has closed.
 
