@@ -44,6 +44,8 @@ What is measured (``time.monotonic_ns``, one clock for every process of the mach
                         close's arrival; ``closes_per_firing_quote`` how many it closes (k);
 ``node_to_device_by_rank`` node_to_device by the close's rank in its quote's burst (0: first
                         to arrive): the burst's spacing told apart from a quote's wait;
+``burst_close_parts``   per extra close of a burst, from the previous close's send to its
+                        decision, and from its decision to its own send (traced stamps);
 ``quote_wait``          per such quote, its wait at the node until the engine read its frame,
                         split by what the engine did meanwhile: other feed frames, device
                         frames (acks), or neither (traced ``busy`` intervals);
@@ -66,6 +68,7 @@ Latencies are recorded in HDR histograms; each is ``{"p50","p90","p99","p999","m
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import secrets
 import shutil
@@ -571,6 +574,7 @@ async def run(args: Any) -> dict[str, Any]:
     out["results"]["burst_extra_close_us"] = _hist(
         _burst_spacing(expected, observed, stamps, device_ids)
     )
+    out["results"]["burst_close_parts"] = _burst_parts(stamps)
     out["results"]["quote_wait"] = _quote_wait(
         args, expected, observed, stamps, traced.get("busy", []), fed, device_ids
     )
@@ -935,6 +939,31 @@ def _quote_wait(
     return out
 
 
+def _burst_parts(stamps: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """Where an extra close of a burst goes, per close after its quote's first (traced
+    stamps, in the order sent): ``decide_us`` from the previous close's send returning to this
+    one's user deciding it (the user core, and the bookkeeping of the close before), ``send_us``
+    from deciding it to its send returning (device core, signing, framing, the socket write);
+    ``first_send_us`` the same for the first close of each firing quote."""
+    by_frame: dict[int, list[list[int]]] = {}
+    for row in stamps.values():
+        if 0 not in row:
+            by_frame.setdefault(row[0], []).append(row)
+    decide: list[float] = []
+    send: list[float] = []
+    first: list[float] = []
+    for rows in by_frame.values():
+        rows.sort(key=lambda row: row[5])
+        first.append((rows[0][5] - rows[0][3]) / 1e3)
+        for before, row in itertools.pairwise(rows):
+            if row[3] != before[3]:  # decided apart (one user's closes are decided at once)
+                decide.append((row[3] - before[5]) / 1e3)
+                send.append((row[5] - row[3]) / 1e3)
+    if not first:
+        return {}
+    return {"decide_us": _hist(decide), "send_us": _hist(send), "first_send_us": _hist(first)}
+
+
 def _burst_spacing(
     expected: dict[tuple[int, int], int],
     observed: list[dict[str, Any]],
@@ -1056,6 +1085,12 @@ def main(argv: list[str] | None = None) -> int:
             "a firing quote's wait at the node for the engine to read it, and what the engine "
             "did meanwhile (us; device_frames: a count)",
             [{"part": name, **r["quote_wait"][name]} for name in r["quote_wait"]],
+            ["part", "p50", "p90", "p99", "max", "count"],
+        )
+    if r["burst_close_parts"]:
+        print_table(
+            "an extra close of a burst (us): the user's decision, then its way to the socket",
+            [{"part": name, **r["burst_close_parts"][name]} for name in r["burst_close_parts"]],
             ["part", "p50", "p90", "p99", "max", "count"],
         )
     if r.get("quote_wait_by_task"):

@@ -79,6 +79,9 @@ def test_e2e_harness_tiny(tmp_path: Path) -> None:
     assert isinstance(by_task, list) and all(0 <= row["share_pct"] <= 100 for row in by_task)
     assert sum(row["share_pct"] for row in by_task) <= 100.5
     assert report["config"]["harness_nice"] == 10
+    parts = results["burst_close_parts"]
+    assert set(parts) == {"decide_us", "send_us", "first_send_us"}
+    assert parts["first_send_us"]["count"] == results["first_close_node_us"]["count"]
     per_second = results["tick_to_close_per_second"]
     assert per_second and sum(row["count"] for row in per_second) == hops["total"]["count"]
     assert set(results["cpu"]) >= {"engine", "feeder", "devices0"}
