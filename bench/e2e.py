@@ -67,6 +67,7 @@ Latencies are recorded in HDR histograms; each is ``{"p50","p90","p99","p999","m
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import itertools
 import os
@@ -77,6 +78,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,12 +266,14 @@ async def start_engine(
     steps: bool = False,
     name: str = "engine",
     env: dict[str, str] | None = None,
+    cpus: list[int] | None = None,
 ) -> trio.Process:
     """The engine process (``bench.e2e_engine``) on ``dsn``: no built-in feed, paper device or
     demo strategy, quiet logs, no snapshot during a run; ``env`` adds settings. With
     ``echo_port`` it also runs the raw echo server there; with ``trace`` it stamps every close's
     hops and writes them there when it stops (with ``steps``, every trio task step too). Its
-    log is ``folder/NAME.log``."""
+    log is ``folder/NAME.log``. With ``cpus`` it runs on those CPUs only (set before it has
+    started a thread, so every thread it starts inherits it)."""
     settings = {
         "DATABASE_URL": dsn,
         "TRIPWIRE_PORT": str(port),
@@ -294,11 +298,14 @@ async def start_engine(
     # Its log goes to a file: warnings on the terminal would bury the harness's table.
     log = os.open(folder / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        return await trio.lowlevel.open_process(
+        process = await trio.lowlevel.open_process(
             argv, env={**inherited, **settings}, stdout=log, stderr=log
         )
     finally:
         os.close(log)  # the engine has its own copy
+    if cpus:
+        os.sched_setaffinity(process.pid, cpus)
+    return process
 
 
 async def stop_engine(engine: trio.Process, grace_s: float = 30) -> None:
@@ -471,6 +478,11 @@ async def run(args: Any) -> dict[str, Any]:
         device_ids, device_secrets, client_users = await _seed(dsn, args.devices, args.clients)
         port, echo_port = _free_port(), _free_port()
         trace = folder / "trace.msgpack"
+        cores = sorted(os.sched_getaffinity(0))
+        engine_cpus: list[int] = []
+        harness_cpus: list[int] = []
+        if args.pin and len(cores) > 1:
+            engine_cpus, harness_cpus = cores[:1], cores[1:]
         engine = await start_engine(
             dsn,
             folder,
@@ -479,6 +491,7 @@ async def run(args: Any) -> dict[str, Any]:
             trace,
             steps=args.task_steps,
             env={"TRIPWIRE_FEED_TOKEN": FEED_TOKEN},
+            cpus=engine_cpus,
         )
         base = f"http://127.0.0.1:{port}"
         # Generous: an overloaded engine answers late, and a late answer is a measurement.
@@ -495,6 +508,7 @@ async def run(args: Any) -> dict[str, Any]:
                     devices=specs,
                     echo_url=f"ws://127.0.0.1:{echo_port}" if w == 0 else "",
                     nice=args.harness_nice,
+                    cpus=harness_cpus,
                 )
                 workers.append(Worker("devices", config, folder, f"devices{w}"))
             for worker in workers:
@@ -508,7 +522,7 @@ async def run(args: Any) -> dict[str, Any]:
             tokens = [issuer.issue(u, "user")[0] for u in client_users]
             clients = Worker(
                 "clients",
-                WorkerConfig(url=url, tokens=tokens, nice=args.harness_nice),
+                WorkerConfig(url=url, tokens=tokens, nice=args.harness_nice, cpus=harness_cpus),
                 folder,
                 "clients",
             )
@@ -523,6 +537,7 @@ async def run(args: Any) -> dict[str, Any]:
                     feed_token=FEED_TOKEN,
                     frame_ms=args.frame_ms,
                     nice=args.harness_nice,
+                    cpus=harness_cpus,
                 ),
                 folder,
                 "feeder",
@@ -570,18 +585,16 @@ async def run(args: Any) -> dict[str, Any]:
         args, quotes, expected, observed, seen, soak, start_ns, device_ids, fed["late_ns"]
     )
     out["results"]["feeder_late_us"] = _hist([ns / 1000 for ns in fed["late_ns"]])
-    out["results"]["hop_us"] = _hops(args, expected, observed, stamps, fed, device_ids)
+    traced_closes = list(_traced_closes(args, expected, observed, stamps, fed, device_ids))
+    out["results"]["hop_us"] = _hops(traced_closes)
     out["results"]["burst_extra_close_us"] = _hist(
         _burst_spacing(expected, observed, stamps, device_ids)
     )
     out["results"]["burst_close_parts"] = _burst_parts(stamps)
-    out["results"]["quote_wait"] = _quote_wait(
-        args, expected, observed, stamps, traced.get("busy", []), fed, device_ids
-    )
+    waits = _firing_waits(traced_closes)
+    out["results"]["quote_wait"] = _quote_wait(waits, traced.get("busy", []))
     if traced.get("steps"):
-        out["results"]["quote_wait_by_task"] = _waits_by_task(
-            args, expected, observed, stamps, traced["steps"], fed, device_ids
-        )
+        out["results"]["quote_wait_by_task"] = _waits_by_task(waits, traced["steps"])
     out["results"]["device_worker_lag_us"] = _hist(
         [ns / 1000 for part in observed for ns in part.get("lag_ns", [])]
     )
@@ -808,21 +821,23 @@ send returning (the writer), its arrival at the simulated EA (the wire and the E
 ``total`` is scheduled time to arrival (as ``tick_to_close_us``)."""
 
 
-def _hops(
+TracedClose = tuple[int, float, float, list[int], int]
+"""A traced close: its quote, the quote's scheduled time, its arrival at the node, the engine's
+stamps (``actors.tracing.HOPS``), the close's arrival at the device."""
+
+
+def _traced_closes(
     args: Any,
     expected: dict[tuple[int, int], int],
     observed: list[dict[str, Any]],
     stamps: dict[str, list[int]],
     fed: dict[str, Any],
     device_ids: list[str],
-) -> dict[str, dict[str, float]]:
-    """Each hop's p50/p99/max over the traced closes (empty without an engine trace)."""
-    if not stamps:
-        return {}
+) -> Iterator[TracedClose]:
+    """Every close that arrived and was traced end to end."""
     period_ns = 1e9 / args.rate
     start_ns, late = fed["start_ns"], fed["late_ns"]
     index = {d: i for i, d in enumerate(device_ids)}
-    hops: dict[str, list[float]] = {name: [] for name in HOP_NAMES}
     for part in observed:
         for device, command_id, ticket, arrived in part["arrivals"]:
             q = expected.get((index[device], ticket))
@@ -830,105 +845,97 @@ def _hops(
             if q is None or row is None or q >= len(late) or 0 in row:
                 continue
             due = start_ns + q * period_ns
-            sent_by_feeder = due + late[q]
-            frame, offered, fired, decided, outbox, sent = row
-            points = (due, sent_by_feeder, frame, offered, fired, decided, outbox, sent, arrived)
-            for name, before, after in zip(HOP_NAMES, points, points[1:], strict=False):
-                hops[name].append((after - before) / 1e3)
-            hops["total"].append((arrived - due) / 1e3)
+            yield q, due, due + late[q], row, arrived
+
+
+def _hops(closes: list[TracedClose]) -> dict[str, dict[str, float]]:
+    """Each hop's p50/p99/max over the traced closes (empty without an engine trace)."""
+    hops: dict[str, list[float]] = {name: [] for name in HOP_NAMES}
+    for _q, due, sent_by_feeder, row, arrived in closes:
+        frame, offered, fired, decided, outbox, sent = row
+        points = (due, sent_by_feeder, frame, offered, fired, decided, outbox, sent, arrived)
+        for name, before, after in zip(HOP_NAMES, points, points[1:], strict=False):
+            hops[name].append((after - before) / 1e3)
+        hops["total"].append((arrived - due) / 1e3)
+    if not hops["total"]:
+        return {}
     return {
         name: {k: h[k] for k in ("p50", "p99", "max", "count")}
         for name, h in ((n, _hist(v)) for n, v in hops.items())
     }
 
 
-def _firing_waits(
-    args: Any,
-    expected: dict[tuple[int, int], int],
-    observed: list[dict[str, Any]],
-    stamps: dict[str, list[int]],
-    fed: dict[str, Any],
-    device_ids: list[str],
-) -> list[tuple[float, int]]:
+def _firing_waits(closes: list[TracedClose]) -> list[tuple[float, int]]:
     """Per quote that closes anything (traced): (its arrival at the node, its frame's read)."""
-    period_ns = 1e9 / args.rate
-    start_ns, late = fed["start_ns"], fed["late_ns"]
-    index = {d: i for i, d in enumerate(device_ids)}
-    frame_of: dict[int, int] = {}
-    for part in observed:
-        for device, command_id, ticket, _arrived in part["arrivals"]:
-            q = expected.get((index[device], ticket))
-            row = stamps.get(command_id)
-            if q is not None and row is not None and row[0] and q < len(late):
-                frame_of[q] = row[0]
-    return [(start_ns + q * period_ns + late[q], frame) for q, frame in frame_of.items()]
+    frame_of = {q: (at_node, row[0]) for q, _due, at_node, row, _arrived in closes}
+    return list(frame_of.values())
 
 
 def _waits_by_task(
-    args: Any,
-    expected: dict[tuple[int, int], int],
-    observed: list[dict[str, Any]],
-    stamps: dict[str, list[int]],
-    steps: list[tuple[str, int, int]],
-    fed: dict[str, Any],
-    device_ids: list[str],
+    waits: list[tuple[float, int]], steps: list[tuple[str, int, int]]
 ) -> list[dict[str, Any]]:
     """Over every firing quote's wait to be read (``_firing_waits``): the engine's trio tasks
     that ran meanwhile, by name, with their share of the waits; ``(no task step)`` is the rest:
     the scheduler, I/O polling, the asyncio bridge's thread holding the GIL, or the process off
-    the CPU."""
-    spans = sorted(steps, key=lambda step: step[1])
-    ends = [end for _name, _start, end in spans]
+    the CPU. Collections (``gc:N``) happen inside task steps: their rows are part of those."""
+    tasks = _Spans([step for step in steps if not step[0].startswith("gc:")])
+    collections = _Spans([step for step in steps if step[0].startswith("gc:")])
     by_task: dict[str, float] = {}
+    in_gc: dict[str, float] = {}
     total = 0.0
-    for arrived, frame in _firing_waits(args, expected, observed, stamps, fed, device_ids):
+    for arrived, frame in waits:
         if frame <= arrived:
             continue
         total += frame - arrived
-        i = bisect.bisect_right(ends, arrived)
-        while i < len(spans) and spans[i][1] < frame:
-            name, begin, end = spans[i]
-            by_task[name] = by_task.get(name, 0.0) + max(0.0, min(end, frame) - max(begin, arrived))
-            i += 1
+        for spans, sums in ((tasks, by_task), (collections, in_gc)):
+            for name, ns in spans.within(arrived, frame):
+                sums[name] = sums.get(name, 0.0) + ns
     by_task["(no task step)"] = total - sum(by_task.values())
-    ranked = sorted(by_task.items(), key=lambda item: -item[1])
+    ranked = sorted(by_task.items(), key=lambda item: -item[1])[:12] + sorted(in_gc.items())
     return [
         {"task": name, "ms": round(ns / 1e6, 2), "share_pct": round(ns / total * 100, 1)}
-        for name, ns in ranked[:12]
+        for name, ns in ranked
         if total
     ]
 
 
+class _Spans:
+    """Intervals (key, start, end) of one thread, none inside another: which overlap a window."""
+
+    def __init__(self, spans: list[tuple[Any, int, int]]) -> None:
+        self.spans = sorted(spans, key=lambda span: span[1])
+        self.ends = [end for _key, _start, end in self.spans]
+
+    def within(self, begin: float, end: float) -> Iterator[tuple[Any, float]]:
+        """(key, ns of it inside [begin, end]) of every interval that overlaps the window."""
+        spans = self.spans
+        i = bisect.bisect_right(self.ends, begin)
+        while i < len(spans) and spans[i][1] < end:
+            key, start, stop = spans[i]
+            yield key, max(0.0, min(stop, end) - max(start, begin))
+            i += 1
+
+
 def _quote_wait(
-    args: Any,
-    expected: dict[tuple[int, int], int],
-    observed: list[dict[str, Any]],
-    stamps: dict[str, list[int]],
-    busy: list[tuple[int, int, int]],
-    fed: dict[str, Any],
-    device_ids: list[str],
+    waits: list[tuple[float, int]], busy: list[tuple[int, int, int]]
 ) -> dict[str, dict[str, float]]:
     """Per quote that closes anything: how long it waited at the node before the engine read
     its frame, and what the engine was doing meanwhile (the traced ``busy`` intervals): other
     feed frames (earlier quotes and the closes they fired), device frames (acks and reports),
     or neither (the journal, clients, timers, the scheduler, or another process on the core).
     ``device_frames`` counts the device frames handled meanwhile."""
-    if not stamps or not busy:
+    if not waits or not busy:
         return {}
-    spans = sorted(busy, key=lambda span: span[1])
-    ends = [end for _kind, _start, end in spans]
+    spans = _Spans(busy)
     parts: dict[str, list[float]] = {n: [] for n in ("wait", "feed", "device", "other")}
     frames: list[float] = []
-    for arrived, frame in _firing_waits(args, expected, observed, stamps, fed, device_ids):
+    for arrived, frame in waits:
         wait = max(0.0, frame - arrived)
         took = {tracing.FEED: 0.0, tracing.DEVICE: 0.0}
         count = 0
-        i = bisect.bisect_right(ends, arrived)
-        while i < len(spans) and spans[i][1] < frame:
-            kind, begin, end = spans[i]
-            took[kind] += max(0.0, min(end, frame) - max(begin, arrived))
+        for kind, ns in spans.within(arrived, frame):
+            took[kind] += ns
             count += kind == tracing.DEVICE
-            i += 1
         parts["wait"].append(wait / 1e3)
         parts["feed"].append(took[tracing.FEED] / 1e3)
         parts["device"].append(took[tracing.DEVICE] / 1e3)
@@ -1046,6 +1053,12 @@ def main(argv: list[str] | None = None) -> int:
         "does; 0: as before)",
     )
 
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the engine on CPU 0, the EAs, clients and feeder on the others (Postgres free)",
+    )
     parser.add_argument(
         "--task-steps",
         action="store_true",

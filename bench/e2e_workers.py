@@ -75,6 +75,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Devices: the pause before connecting again after a session ended or was refused."""
     nice: int = 0
     """Added to the worker's nice value at start (see ``bench.e2e --harness-nice``)."""
+    cpus: list[int] = msgspec.field(default_factory=list)
+    """The CPUs the worker runs on (empty: any; see ``bench.e2e --pin``)."""
 
 
 async def _until_stdin_closes() -> None:
@@ -267,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         config = msgspec.msgpack.decode(fh.read(), type=WorkerConfig)
     if config.nice:
         os.nice(config.nice)
+    if config.cpus:
+        os.sched_setaffinity(0, config.cpus)
     if args.role == "clients":
         result = trio.run(run_clients, config)
     else:
