@@ -103,7 +103,6 @@ class _Session:
         self.sock = sock
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.key = b""
-        self.welcomed = False
         self.ended = False
         self.moved: Moved | None = None
         self.closed: tuple[int | None, str | None] = (None, None)
@@ -309,7 +308,6 @@ class EaFleet:
         device = session.device
         device.redirects.welcomed()
         device.refusals = 0
-        session.welcomed = True
         self.on_welcome(device.device_id, session.url)
         now = time.time_ns() // 1_000_000
         self._send(session, device.terminal.snapshot(now))
