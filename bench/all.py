@@ -211,6 +211,7 @@ HARNESSES: list[tuple[str, list[str], list[Metric]]] = [
                 "<= 50",
                 _at_most(50),
             ),
+            Metric("results.first_close_node_us.p50", "first close per firing quote p50 (us)"),
             Metric("results.echo_rtt_us.p50", "echo p50 (us)"),
             Metric("results.lost", "lost", "= 0", _is_zero),
             Metric("results.duplicated", "duplicated", "= 0", _is_zero),
