@@ -42,7 +42,6 @@ from gateway.config import Settings, parse_strategies
 from gateway.context import GatewayContext, NonceStore
 from gateway.demo import DEMO_STRATEGY, Demo, ensure_demo
 from gateway.edge import EdgeGuard
-from gateway.feed_first import FeedFirst
 from gateway.memory_nonces import MemoryNonces
 from gateway.metrics import Metrics
 from gateway.notifications import NotificationStore
@@ -229,7 +228,6 @@ async def open_services(
         alerts = AlertRelay()
         router = RecordRouter(settings.partitions)
         fences = FenceRelay()
-        feed_first = FeedFirst()  # the node's feed connections: read before bookkeeping
         journal: JournalWriter[Record] | PartitionJournalWriter[Record]
         if cluster_mode:
             # Each partition is recovered when this node claims it (gateway.cluster): the
@@ -247,11 +245,7 @@ async def open_services(
             recovered = Recovered(EngineState(), 0, 0, 0.0)
         else:
             journal = JournalWriter(
-                db,
-                encode_indexed_batch,
-                make_projection(instruments),
-                on_alert=alerts,
-                pause=feed_first.defer,
+                db, encode_indexed_batch, make_projection(instruments), on_alert=alerts
             )
             reader = JournalReader(db)
             snapshots = SnapshotStore(db, writer=journal)
@@ -326,7 +320,6 @@ async def open_services(
                 hashing=HashingGate(settings.login_max_hashing),
                 metrics=metrics,
                 journal_writer=journal,
-                feed_first=feed_first,
                 notifier=notifier,
                 ownership=ownership if ownership is not None else AllLocal(),
                 # A cluster's nodes share signals through Postgres (gateway.signal_source).

@@ -39,7 +39,7 @@ import functools
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -87,11 +87,6 @@ class JournalWriter(Generic[T]):
             when a projection starts failing.
         max_backoff_s: the longest pause between two write attempts during an outage.
         shutdown_grace_s: how long a cancelled writer may go on writing what is pending.
-        pause: awaited between encoding a batch and projecting it (None: no pause). Each is
-            ~1-2 us a record on the trio thread, so a burst's batch held the loop for up to
-            ~4 ms in one step (``bench.e2e --task-steps``); the node passes
-            ``gateway.feed_first.FeedFirst.defer``, so that a quote already there is read
-            between the two halves.
 
     Metrics (plain attributes, read them any time): ``pending`` records not yet committed,
     ``lag_ms`` age of the oldest of them, ``batches_written``, ``records_written``,
@@ -113,7 +108,6 @@ class JournalWriter(Generic[T]):
         on_alert: OnAlert | None = None,
         max_backoff_s: float = 2.0,
         shutdown_grace_s: float = 5.0,
-        pause: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if not 0 < max_batch <= soft_limit <= hard_limit:
             raise UsageError("journal limits must satisfy 0 < max_batch <= soft <= hard")
@@ -128,7 +122,6 @@ class JournalWriter(Generic[T]):
         self.shutdown_grace_s = shutdown_grace_s
         self._encode = encode_batch
         self._project = project
-        self._pause = pause
         self._on_alert = on_alert
         self._buffer: list[T] = []
         self._buffer_since = 0.0  # monotonic time of the oldest buffered record
@@ -327,10 +320,6 @@ class JournalWriter(Generic[T]):
         last = first + len(records) - 1
         encoded = self._encode(records)
         payload, index = (encoded, None) if isinstance(encoded, bytes) else encoded
-        if self._pause is not None:
-            # Nothing is written yet: a cancel here leaves the batch in flight, written again
-            # (encoded and projected anew) by the shielded flush of ``run``.
-            await self._pause()
         statements = self._projection(records, first, last)
         write = functools.partial(
             store.write_batch, first_seq=first, last_seq=last, record_index=index

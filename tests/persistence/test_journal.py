@@ -120,55 +120,6 @@ async def test_projection_commits_with_its_batch(db: Database) -> None:
     assert await db.fetchval("SELECT detail FROM audit_log WHERE detail->>'n' = '7'") == {"n": 7}
 
 
-async def test_each_batch_pauses_between_encoding_and_projecting(db: Database) -> None:
-    events: list[str] = []
-
-    def encode(records: list[Rec]) -> bytes:
-        events.append("encode")
-        return encode_batch(records)
-
-    def project(records: list[Rec]) -> Any:
-        events.append("project")
-        return audit_projection(records)
-
-    async def pause() -> None:
-        events.append("pause")
-        await trio.lowlevel.checkpoint()
-
-    journal = JournalWriter(db, encode, project, window_ms=1, max_batch=40, pause=pause)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(journal.run)
-        for i in range(100):
-            journal.append_nowait(Rec(kind="p", n=i))
-        await journal.flush()
-        nursery.cancel_scope.cancel()
-    assert await audit_count(db) == 100
-    assert len(events) >= 9 and events == ["encode", "pause", "project"] * (len(events) // 3)
-
-
-async def test_a_batch_cancelled_in_its_pause_is_written_at_shutdown(db: Database) -> None:
-    paused = trio.Event()
-    calls = 0
-
-    async def pause() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            paused.set()
-            await trio.sleep_forever()  # cancelled here: nothing of the batch written yet
-
-    journal = JournalWriter(db, encode_batch, audit_projection, window_ms=1, pause=pause)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(journal.run)
-        for i in range(10):
-            journal.append_nowait(Rec(kind="p", n=i))
-        await paused.wait()
-        nursery.cancel_scope.cancel()
-    # The shielded flush wrote the batch, projected anew; nothing is left pending.
-    assert await audit_count(db) == 10 and journal.pending == 0 and calls == 2
-    assert [r.n for _seq, r in await read_all(db)] == list(range(10))
-
-
 async def test_projection_failure_never_blocks_the_journal(db: Database) -> None:
     alerts: list[Alert] = []
 
