@@ -587,10 +587,8 @@ async def run(args: Any) -> dict[str, Any]:
     out["results"]["feeder_late_us"] = _hist([ns / 1000 for ns in fed["late_ns"]])
     traced_closes = list(_traced_closes(args, expected, observed, stamps, fed, device_ids))
     out["results"]["hop_us"] = _hops(traced_closes)
-    out["results"]["burst_extra_close_us"] = _hist(
-        _burst_spacing(expected, observed, stamps, device_ids)
-    )
-    out["results"]["burst_close_parts"] = _burst_parts(stamps)
+    out["results"]["burst_extra_close_us"] = _hist(_burst_spacing(traced_closes))
+    out["results"]["burst_close_parts"] = _burst_parts(traced_closes)
     waits = _firing_waits(traced_closes)
     out["results"]["quote_wait"] = _quote_wait(waits, traced.get("busy", []))
     if traced.get("steps"):
@@ -946,21 +944,24 @@ def _quote_wait(
     return out
 
 
-def _burst_parts(stamps: dict[str, list[int]]) -> dict[str, dict[str, float]]:
-    """Where an extra close of a burst goes, per close after its quote's first (traced
-    stamps, in the order sent): ``decide_us`` from the previous close's send returning to this
-    one's user deciding it (the user core, and the bookkeeping of the close before), ``send_us``
-    from deciding it to its send returning (device core, signing, framing, the socket write);
-    ``first_send_us`` the same for the first close of each firing quote."""
-    by_frame: dict[int, list[list[int]]] = {}
-    for row in stamps.values():
-        if 0 not in row:
-            by_frame.setdefault(row[0], []).append(row)
+def _rows_by_quote(closes: list[TracedClose]) -> list[list[list[int]]]:
+    """The engine's stamps of each quote's traced closes, in the order they were sent."""
+    by_quote: dict[int, list[list[int]]] = {}
+    for q, _due, _at_node, row, _arrived in closes:
+        by_quote.setdefault(q, []).append(row)
+    return [sorted(rows, key=lambda row: row[5]) for rows in by_quote.values()]
+
+
+def _burst_parts(closes: list[TracedClose]) -> dict[str, dict[str, float]]:
+    """Where an extra close of a burst goes, per close after its quote's first: ``decide_us``
+    from the previous close's send returning to this one's user deciding it (the user core,
+    and the bookkeeping of the close before), ``send_us`` from deciding it to its send
+    returning (device core, signing, framing, the socket write); ``first_send_us`` the same for
+    the first close of each firing quote."""
     decide: list[float] = []
     send: list[float] = []
     first: list[float] = []
-    for rows in by_frame.values():
-        rows.sort(key=lambda row: row[5])
+    for rows in _rows_by_quote(closes):
         first.append((rows[0][5] - rows[0][3]) / 1e3)
         for before, row in itertools.pairwise(rows):
             if row[3] != before[3]:  # decided apart (one user's closes are decided at once)
@@ -971,27 +972,14 @@ def _burst_parts(stamps: dict[str, list[int]]) -> dict[str, dict[str, float]]:
     return {"decide_us": _hist(decide), "send_us": _hist(send), "first_send_us": _hist(first)}
 
 
-def _burst_spacing(
-    expected: dict[tuple[int, int], int],
-    observed: list[dict[str, Any]],
-    stamps: dict[str, list[int]],
-    device_ids: list[str],
-) -> list[float]:
+def _burst_spacing(closes: list[TracedClose]) -> list[float]:
     """Per quote that closes at least ``BURST_MIN`` positions, the engine's time per extra
     close to the wire: from its first close's send returning to its last's, over k - 1 (the
     engine's own stamps; empty without a trace)."""
-    index = {d: i for i, d in enumerate(device_ids)}
-    sent_by_quote: dict[int, list[int]] = {}
-    for part in observed:
-        for device, command_id, ticket, _arrived in part["arrivals"]:
-            q = expected.get((index[device], ticket))
-            row = stamps.get(command_id)
-            if q is not None and row is not None and row[-1]:
-                sent_by_quote.setdefault(q, []).append(row[-1])
     return [
-        (max(sent) - min(sent)) / 1e3 / (len(sent) - 1)
-        for sent in sent_by_quote.values()
-        if len(sent) >= BURST_MIN
+        (rows[-1][5] - rows[0][5]) / 1e3 / (len(rows) - 1)
+        for rows in _rows_by_quote(closes)
+        if len(rows) >= BURST_MIN
     ]
 
 

@@ -121,7 +121,6 @@ class EaFleet:
             received its frame at, before the terminal executes it.
         on_welcome: called with a device's id and the URL of the node that welcomed it.
         reconnect_s: the pause before a device connects again after its session ended.
-        encoding: the subprotocol's encoding.
         connecting: at most this many first connections in flight at start.
     """
 
@@ -135,15 +134,13 @@ class EaFleet:
         on_command: Callable[[str, Any, int], None],
         on_welcome: Callable[[str, str], None],
         reconnect_s: float = 1.0,
-        encoding: str = "msgpack",
         connecting: int = 10,
     ) -> None:
         self.devices = devices
         self.on_command = on_command
         self.on_welcome = on_welcome
         self.reconnect_s = reconnect_s
-        self.encoding = encoding
-        self.codec = device_client_codec(encoding)  # type: ignore[arg-type]
+        self.codec = device_client_codec("msgpack")
         self.selector = selectors.DefaultSelector()
         self._timers: list[tuple[int, int, Callable[[], None]]] = []
         self._order = itertools.count()
@@ -231,7 +228,7 @@ class EaFleet:
         KernelStamps.enable(sock)
         session = _Session(device, url, sock)
         request = Request(
-            host=f"{host}:{port}", target=target, subprotocols=[f"tripwire.v1.{self.encoding}"]
+            host=f"{host}:{port}", target=target, subprotocols=["tripwire.v1.msgpack"]
         )
         session.send(session.ws.send(request))
         self.selector.register(sock, selectors.EVENT_READ, lambda: self._readable(session))
@@ -283,8 +280,8 @@ class EaFleet:
 
     def _send(self, session: _Session, message: Any) -> None:
         frame = self.codec.encode(message)
-        data = frame if isinstance(frame, bytes) else frame.encode()
-        session.send(session.ws.send(BytesMessage(data=data)))
+        assert isinstance(frame, bytes)  # msgpack
+        session.send(session.ws.send(BytesMessage(data=frame)))
 
     def _message(self, session: _Session, frame: bytes, arrived_ns: int) -> None:
         try:

@@ -7,9 +7,8 @@ once (a repeat is answered with the earlier ack, by the :class:`~sim.paper_termi
 and acks with the broker's result code. A ``moved`` answer to its hello is followed
 (``protocol.redirects``). After its positions snapshot it reports the terminal's
 closing deals (``send_deals``). End-to-end tests run it (the benchmarks run many EAs in one
-thread instead: ``bench.ea_fleet``); ``on_command`` lets a test see a command's arrival (stamped
-with ``time.monotonic_ns()`` as its frame is taken from the connection; the EA then lets the
-others of its process take theirs before it verifies, executes and acks), and
+thread instead: ``bench.ea_fleet``); ``on_command`` lets a test see each verified command and
+when its frame was taken from the connection (``time.monotonic_ns()``), and
 ``crash_before_ack`` makes it die between executing a command and acking it (the terminal keeps
 the trade; the ack is lost).
 """
@@ -198,8 +197,6 @@ class SimulatedEA:
                         arrived_ns = time.monotonic_ns()
                         message = self.codec.decode(frame)
                         if isinstance(message, _COMMANDS):
-                            # The other EAs of this process stamp their frames first (above).
-                            await trio.lowlevel.checkpoint()
                             await self._command(ws, message, key, arrived_ns)
                         elif isinstance(message, Ping):
                             await ws.send_message(
