@@ -14,7 +14,12 @@ node in seq order, and the node remembers the last seq delivered per symbol. A n
 need not wait for the read that brings them back: once the append returns their seqs, each one
 that directly follows the last seq delivered for its symbol is delivered at once (the read then
 skips it); one behind a quote only the stream has yet (another node's) waits for the read, so
-the order per symbol is the stream's either way.
+the order per symbol is the stream's either way. A symbol only this node appends to leaves the
+blocking read altogether (the reader *mutes* it, ``persistence.tick_reader``): its quotes are
+delivered from the append's reply through the reader's gap check, and another node's entries
+there are found by the next own append or by a poll every ``poll_muted_s``. Appends, their
+delivery and the polls run under one lock, so a poll never mistakes an own entry for another
+node's.
 
 **Checkpoints.** Every ``checkpoint_every_s``, when the node has nothing pending (every quote
 delivered so far has been judged, its fires decided, their records appended), each ready partition
@@ -135,6 +140,9 @@ class ClusterConfig:
     arm_wait_s: float = 10.0
     retry_after_ms: int = 250
     """What a ``moved`` frame for a partition nobody owns yet tells the client to wait."""
+    poll_muted_s: float = 0.1
+    """How often the streams this node feeds alone are read for another node's entries: the
+    longest such an entry waits there (see ``persistence.tick_reader``)."""
 
 
 @dataclass(slots=True)
@@ -339,6 +347,8 @@ class ClusterNode:
         self._placements: dict[int, tuple[str | None, str | None, int]] = {}
         self._to_append: list[Quote] = []
         self._append_wanted = trio.Event()
+        self._ticks = trio.Lock()
+        """Held by an append with its delivery, and by a poll of the muted streams."""
         self._held: list[list[Stamped]] | None = None
         """Deliveries held while a claim replays its gap (None: deliver at once)."""
         self._resume = trio.Event()
@@ -443,6 +453,16 @@ class ClusterNode:
                 "Age of the newest stream entry this node has read",
                 streams.lag_ms / 1000,
             ),
+            "tripwire_stream_symbols_muted": (
+                "gauge",
+                "Symbols only this node appends to, delivered from the append, out of the read",
+                streams.muted,
+            ),
+            "tripwire_stream_unmutes": (
+                "counter",
+                "Muted symbols another node's entries brought back to the read",
+                streams.unmutes,
+            ),
             "tripwire_stream_gaps": (
                 "counter",
                 "Gaps in a symbol's seqs detected by the reader (filled by replay)",
@@ -489,6 +509,7 @@ class ClusterNode:
                 nursery.start_soon(self.appender.run)
                 nursery.start_soon(self.bars.run)
                 nursery.start_soon(self._read_forever)
+                nursery.start_soon(self._poll_muted_forever)
                 nursery.start_soon(self._placements_forever)
                 nursery.start_soon(self._checkpoints_forever)
                 nursery.start_soon(self._snapshots_forever)
@@ -514,11 +535,41 @@ class ClusterNode:
             await self._append_wanted.wait()
             self._append_wanted = trio.Event()
             batch, self._to_append = self._to_append, []
-            if batch:
+            if not batch:
+                continue
+            try:  # uncontended but for a poll: no trip through the scheduler
+                self._ticks.acquire_nowait()
+            except trio.WouldBlock:
+                await self._ticks.acquire()
+            try:
                 stamped = await self.appender.append(batch)
-                self.stats.quotes_appended += len(batch)
-                if self._held is None:  # a claim holds deliveries: the read brings them later
-                    self.stats.quotes_delivered_own += self._deliver(stamped, own=True)
+                own = await self.reader.appended(stamped, self.delivered)
+            finally:
+                self._ticks.release()
+            self.stats.quotes_appended += len(batch)
+            if self._held is not None:
+                # A claim holds deliveries: the read brings the rest later, muted symbols'
+                # quotes have no read to come from (the hold unmutes them, at the next read).
+                if own.delivered:
+                    self._held.append(own.delivered)
+                continue
+            early = self._deliver(own.delivered) if own.delivered else 0
+            self.stats.quotes_delivered_own += early + self._deliver(own.left, own=True)
+
+    async def _poll_muted_forever(self) -> None:
+        """Find another node's entries on the streams this node feeds alone."""
+        while True:
+            await trio.sleep(self.config.poll_muted_s)
+            if not self.reader.muted:
+                continue
+            async with self._ticks:
+                found = await self.reader.poll(self.appender.conn, self.delivered)
+            if not found:
+                continue
+            if self._held is not None:
+                self._held.append(found)
+            else:
+                self._deliver(found)
 
     async def _read_forever(self) -> None:
         async for batch in self.reader.batches():
@@ -537,11 +588,15 @@ class ClusterNode:
     @contextlib.asynccontextmanager
     async def _holding_quotes(self) -> AsyncIterator[None]:
         """Hold the reader's deliveries (a claim replays its gap meanwhile), then deliver
-        them in order."""
+        them in order. Muted symbols go back to the read meanwhile: a claim's replay counts on
+        the read having brought every entry up to what was delivered."""
         self._held = []
+        self.reader.muting_allowed = False
+        self.reader.unmute_all()
         try:
             yield
         finally:
+            self.reader.muting_allowed = True
             held, self._held = self._held, None
             for batch in held:
                 self._deliver(batch)

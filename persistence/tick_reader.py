@@ -16,6 +16,22 @@ order from the ring first, then from the stream (``XREVRANGE`` pages walking bac
 ring's oldest quote), then from the 1 s bars in Postgres for what the stream no longer has
 (synthetic quotes, by the rule in :mod:`persistence.tick_bars`, with an alert).
 
+**Streams this node feeds alone** need no read at all. A blocking ``XREAD`` wakes for every
+entry of the streams it follows, this node's own appends included, and the node had those
+already: the append's reply carries their seqs (:meth:`StreamReader.appended`). So once
+``mute_after`` of this node's appends to a symbol came back with consecutive seqs (no other
+node appended in between), the reader *mutes* the symbol: it leaves the ``XREAD`` (between two
+reads, as any change), and its cursor follows the node's appends instead, each delivered in
+order through the same gap check as a read. Another node's entries on a muted stream are still
+found, in order: by the next own append (its seq jumps: the gap is replayed first), or at the
+latest by :meth:`StreamReader.poll`, a read without ``BLOCK`` that the node runs every
+``poll`` interval on a connection of its choice. Either way the symbol is *unmuted* (back in the
+``XREAD``, from its cursor) and not muted again for ``mute_holdoff_s``. The cost: another
+node's first quote on a stream muted here waits up to the poll interval; the saving: one wake-up
+of the node, one round trip and one decode per quote it feeds. Muting is off while
+:attr:`StreamReader.muting_allowed` is False (the node's claims: their replays count on the
+read) and with ``mute_after=0``.
+
 Reader lag (``lag_ms``) is the wall clock minus the ms of the newest id the last read
 delivered, 0 after a read that found nothing new; it includes the clock difference between
 this host and Redis.
@@ -24,9 +40,10 @@ this host and Redis.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -51,7 +68,7 @@ from protocol.common import Alert, AlertLevel
 from protocol.errors import StorageError
 from protocol.feed import Quote
 
-__all__ = ["ReaderStats", "StreamReader", "TickRing", "seq_holes"]
+__all__ = ["OwnAppends", "ReaderStats", "StreamReader", "TickRing", "seq_holes"]
 
 _log = structlog.get_logger(component="tick_reader")  # lazy: configured at first use
 
@@ -137,6 +154,23 @@ class ReaderStats(msgspec.Struct, frozen=True, kw_only=True):
     whole seq jump (see :mod:`persistence.tick_streams`): watch the alerts, not the size."""
     lag_ms: int
     degraded: bool
+    muted: int
+    """Symbols followed through this node's own appends, out of the blocking read (a gauge)."""
+    mutes: int
+    unmutes: int
+    """Muted symbols another node's entries brought back to the read (counters)."""
+    polls: int
+
+
+class OwnAppends(NamedTuple):
+    """What :meth:`StreamReader.appended` made of the node's appended quotes."""
+
+    delivered: list[Stamped]
+    """Of muted symbols: the reader's delivery, in per-symbol seq order, gaps filled (another
+    node's entries ahead of an own one come first)."""
+    left: list[Stamped]
+    """Of the other symbols: the read brings them (the node may deliver one early where it
+    directly follows what it delivered, ``gateway.cluster.DeliveryOrder``)."""
 
 
 class _Cursor:
@@ -166,6 +200,9 @@ class StreamReader:
         on_alert: called when a replay used bars or found seqs missing.
         retry_after_s: pacing of reads while Redis is down.
         prefix: the key prefix (as the appenders'), page: ``XREVRANGE`` page size.
+        mute_after: consecutive own appends of a symbol after which it is muted (0: never).
+        mute_holdoff_s: how long a symbol unmuted by another node's entries stays unmuted.
+        monotonic: the clock of the hold-off.
     """
 
     def __init__(
@@ -183,6 +220,9 @@ class StreamReader:
         prefix: str = "tripwire:",
         page: int = 1_000,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        mute_after: int = 50,
+        mute_holdoff_s: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.link = link
         self.conn = conn
@@ -202,6 +242,21 @@ class StreamReader:
         # symbol -> (watch or unwatch, after_seq), applied between two reads
         self._changes: dict[str, tuple[bool, int | None]] = {}
         self._changed = trio.Event()
+        self.mute_after = mute_after
+        self.mute_holdoff_s = mute_holdoff_s
+        self.muting_allowed = True
+        self._monotonic = monotonic
+        self._muted: dict[str, _Cursor] = {}
+        """symbol -> its cursor, followed through own appends and polls (not in the XREAD)."""
+        self._mute_changes: dict[str, bool] = {}
+        """symbol -> mute (True) or unmute, applied between two reads."""
+        self._streaks: dict[str, tuple[int, int]] = {}
+        """symbol -> (seq of the last own append, consecutive own appends up to it)."""
+        self._holdoff: dict[str, float] = {}
+        self._muted_lock = trio.Lock()
+        self.mutes = 0
+        self.unmutes = 0
+        self.polls = 0
         self.delivered_total = 0
         self.gaps_detected = 0
         self.duplicates = 0
@@ -235,23 +290,138 @@ class StreamReader:
             missing=self.missing_total,
             lag_ms=self.lag_ms,
             degraded=self.state.degraded,
+            muted=len(self._muted),
+            mutes=self.mutes,
+            unmutes=self.unmutes,
+            polls=self.polls,
         )
 
     @property
     def symbols(self) -> set[str]:
-        """The symbols being read now (changes not applied yet excluded)."""
-        return set(self._cursors)
+        """The symbols followed now, muted ones included (changes not applied yet excluded)."""
+        return set(self._cursors) | set(self._muted)
+
+    @property
+    def muted(self) -> set[str]:
+        """The symbols followed through own appends and polls, out of the blocking read."""
+        return set(self._muted)
+
+    def unmute_all(self) -> None:
+        """Put every muted symbol back in the read at the next read (pending mutes dropped)."""
+        self._mute_changes = dict.fromkeys(self._muted, False)
+        if self._mute_changes:
+            self._changed.set()
 
     def watch(self, symbol: str, after_seq: int | None = None) -> None:
         """Start reading ``symbol`` at the next read: from its newest entry then, or, with
         ``after_seq``, from that seq on (what lies between is replayed first)."""
         self._changes[symbol] = (True, after_seq)
+        self._mute_changes.pop(symbol, None)
         self._changed.set()
 
     def unwatch(self, symbol: str) -> None:
         """Stop reading ``symbol`` at the next read."""
         self._changes[symbol] = (False, None)
+        self._mute_changes.pop(symbol, None)
         self._changed.set()
+
+    async def appended(self, batch: list[Stamped], delivered: Mapping[str, int]) -> OwnAppends:
+        """This node's quotes as its append returned them (see the module docstring, "Streams
+        this node feeds alone"). ``delivered``: the last seq the node has delivered per symbol,
+        whoever brought it (what is at or below it is skipped, never counted as a gap).
+
+        The caller serializes this with :meth:`poll` and with the appends themselves, so that
+        no poll reads an own entry before this call has seen it.
+        """
+        try:
+            self._muted_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._muted_lock.acquire()
+        try:
+            out: list[Stamped] = []
+            left: list[Stamped] = []
+            for stamped in batch:
+                cursor = self._muted.get(stamped.symbol)
+                if cursor is None:
+                    left.append(stamped)
+                    self._count_own(stamped)
+                    continue
+                self._lift(cursor, stamped.symbol, delivered)
+                cursor.last_id = max(cursor.last_id, stamped.stream_id)
+                if stamped.seq <= (cursor.last_seq or 0):
+                    continue
+                foreign = cursor.last_seq is not None and stamped.seq > cursor.last_seq + 1
+                await self._deliver(cursor, stamped, out)
+                if foreign:
+                    self._foreign_on_muted(stamped.symbol)
+            self.delivered_total += len(out)
+            return OwnAppends(out, left)
+        finally:
+            self._muted_lock.release()
+
+    async def poll(self, conn: RespConnection, delivered: Mapping[str, int]) -> list[Stamped]:
+        """Read the muted streams once, without blocking, on ``conn``: another node's entries
+        there, in order (the symbol is unmuted). Never raises for Redis (the next poll or own
+        append finds what this one could not)."""
+        async with self._muted_lock:
+            cursors = list(self._muted.items())
+            if not cursors:
+                return []
+            command: list[str | bytes | int] = ["XREAD", "COUNT", self.count, "STREAMS"]
+            command += [c.key for _, c in cursors]
+            command += [format_stream_id(c.last_id) for _, c in cursors]
+            try:
+                reply = await conn.execute(*command)
+            except StorageError as exc:
+                _log.warning("poll of the muted streams failed", error=repr(exc))
+                return []
+            self.polls += 1
+            by_key = {c.key: (symbol, c) for symbol, c in cursors}
+            out: list[Stamped] = []
+            for raw_key, entries in reply or ():
+                symbol, cursor = by_key.get(raw_key, (None, None))
+                if symbol is None or cursor is None or self._muted.get(symbol) is not cursor:
+                    continue
+                self._lift(cursor, symbol, delivered)
+                found = len(out)
+                for stamped in self._decoded(symbol, cursor, entries):
+                    if stamped.seq > (cursor.last_seq or 0):
+                        await self._deliver(cursor, stamped, out)
+                if len(out) > found:
+                    self._foreign_on_muted(symbol)
+            self.delivered_total += len(out)
+            return out
+
+    def _lift(self, cursor: _Cursor, symbol: str, delivered: Mapping[str, int]) -> None:
+        """What the node delivered (own appends before the mute applied) is behind the cursor."""
+        seq = delivered.get(symbol)
+        if seq is not None and (cursor.last_seq is None or seq > cursor.last_seq):
+            cursor.last_seq = seq
+
+    def _count_own(self, stamped: Stamped) -> None:
+        symbol = stamped.symbol
+        last, streak = self._streaks.get(symbol, (None, 0))
+        streak = streak + 1 if last is not None and stamped.seq == last + 1 else 1
+        self._streaks[symbol] = (stamped.seq, streak)
+        if (
+            self.mute_after
+            and streak >= self.mute_after
+            and self.muting_allowed
+            and symbol in self._cursors
+            and symbol not in self._changes
+            and symbol not in self._mute_changes
+            and self._monotonic() >= self._holdoff.get(symbol, 0.0)
+        ):
+            self._mute_changes[symbol] = True
+            self._changed.set()
+
+    def _foreign_on_muted(self, symbol: str) -> None:
+        """Another node appends to ``symbol`` too: back to the read, and stay there a while."""
+        self._holdoff[symbol] = self._monotonic() + self.mute_holdoff_s
+        self._streaks.pop(symbol, None)
+        if self._mute_changes.get(symbol) is not False:
+            self._mute_changes[symbol] = False
+            self._changed.set()
 
     async def replay(self, symbol: str, after_seq: int, upto_seq: int | None = None) -> Replayed:
         """Every quote of ``symbol`` with ``after_seq < seq <= upto_seq``, in order.
@@ -266,6 +436,8 @@ class StreamReader:
     async def batches(self) -> AsyncGenerator[list[Stamped], None]:
         """Yield what each read delivered (per-symbol seq order, gaps filled), forever."""
         while True:
+            if self._mute_changes:
+                await self._apply_mutes()
             if self._changes:
                 watched = await self._apply_changes()
                 if watched:
@@ -291,9 +463,31 @@ class StreamReader:
 
     # -- the read loop -------------------------------------------------------------------
 
+    async def _apply_mutes(self) -> None:
+        async with self._muted_lock:
+            for symbol, mute in list(self._mute_changes.items()):
+                del self._mute_changes[symbol]
+                if mute:
+                    cursor = self._cursors.pop(symbol, None)
+                    if cursor is None:
+                        continue  # unwatched meanwhile
+                    del self._by_key[cursor.key]
+                    self._muted[symbol] = cursor
+                    self.mutes += 1
+                    _log.info("stream muted: this node feeds it alone", symbol=symbol)
+                else:
+                    cursor = self._muted.pop(symbol, None)
+                    if cursor is None:
+                        continue
+                    self._cursors[symbol] = cursor
+                    self._by_key[cursor.key] = symbol
+                    self.unmutes += 1
+                    _log.info("stream unmuted: another node appends to it", symbol=symbol)
+
     async def _apply_changes(self) -> list[Stamped]:
         delivered: list[Stamped] = []
         for symbol, (watching, after) in list(self._changes.items()):
+            self._muted.pop(symbol, None)  # a (re)watch starts in the read
             if not watching:
                 cursor = self._cursors.pop(symbol, None)
                 if cursor is not None:
@@ -345,19 +539,27 @@ class StreamReader:
         for raw_key, entries in reply or ():
             symbol = self._by_key.get(raw_key)
             cursor = self._cursors.get(symbol) if symbol is not None else None
-            if cursor is None:
+            if symbol is None or cursor is None:
                 continue  # unwatched meanwhile
-            for raw_id, flat in entries:
-                cursor.last_id = parse_stream_id(raw_id)
-                newest_ms = max(newest_ms, cursor.last_id[0])
-                # A foreign entry's fields may not pair up: it then fails in _decode, counted.
-                fields = dict(zip(flat[::2], flat[1::2], strict=False))
-                stamped = self._decode(symbol, cursor.last_id, fields)
-                if stamped is not None:
-                    await self._deliver(cursor, stamped, out)
+            for stamped in self._decoded(symbol, cursor, entries):
+                await self._deliver(cursor, stamped, out)
+            newest_ms = max(newest_ms, cursor.last_id[0])
         self.lag_ms = max(0, self._clock_ms() - newest_ms) if newest_ms else 0
         self.delivered_total += len(out)
         return out
+
+    def _decoded(self, symbol: str, cursor: _Cursor, entries: Any) -> list[Stamped]:
+        """One stream's entries of an ``XREAD`` reply, the cursor's id moved past them."""
+        found: list[Stamped] = []
+        for raw_id, flat in entries:
+            stream_id = parse_stream_id(raw_id)
+            cursor.last_id = max(cursor.last_id, stream_id)
+            # A foreign entry's fields may not pair up: it then fails in _decode, counted.
+            fields = dict(zip(flat[::2], flat[1::2], strict=False))
+            stamped = self._decode(symbol, stream_id, fields)
+            if stamped is not None:
+                found.append(stamped)
+        return found
 
     def _decode(self, symbol: str | None, stream_id: StreamId, fields: Any) -> Stamped | None:
         try:
