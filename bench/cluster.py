@@ -317,6 +317,12 @@ _NODE_COUNTERS = (
     "tripwire_journal_fenced_batches_total",
     "tripwire_armed_positions",
     "tripwire_devices_connected",
+    "tripwire_stream_quotes_appended_total",
+    "tripwire_stream_quotes_delivered_own_total",
+    "tripwire_stream_symbols_muted",
+    "tripwire_stream_appends_in_call_total",
+    "tripwire_stream_appends_finished_later_total",
+    "tripwire_stream_unmutes_total",
 )
 
 

@@ -6,7 +6,10 @@ A private ``redis-server`` (TCP on loopback and a unix socket) and, in this proc
 PINGs per path after a warm-up: a blocking stdlib socket (no event loop: the floor), trio's
 ``SocketStream``, a non-blocking socket parked in ``wait_readable`` (what ``persistence.resp``
 does), ``RespConnection.execute`` over TCP and over the unix socket, and
-``TickAppender.append`` of one quote (the cluster tick path's append). CPU is this process's
+``TickAppender.append`` of one quote (the cluster tick path's append); and the two ways without
+the event loop: ``RespConnection.send_now`` + ``reply_within`` (``*_blocked``) and
+``TickAppender.append_nowait`` (``*_in_call``, with a checkpoint after each call, as the others
+have one inside). CPU is this process's
 (``time.process_time``): Redis's own work is not in it. Compare paths inside one run.
 """
 
@@ -84,12 +87,27 @@ async def trio_paths(redis: PrivateRedis, count: int) -> dict[str, dict[str, flo
     for name, url in (("resp_tcp", redis.url), ("resp_unix", redis.local_url)):
         conn = RespConnection(url)
         out[name] = await _timed(lambda c=conn: c.execute("PING"), count)  # type: ignore[misc]
+
+        async def blocked(c: RespConnection = conn) -> None:
+            # The cluster append's way from a feed's call: sent, the reply awaited blocked.
+            if not c.send_now("PING") or not c.reply_within(0.05)[0]:
+                raise RuntimeError("no PONG within 50 ms")
+            await trio.lowlevel.checkpoint()  # not part of the path: keeps _timed's shape
+
+        out[name + "_blocked"] = await _timed(blocked, count)
         await conn.aclose()
     async with open_bridge() as bridge:
         link = await RedisLink.open(bridge, redis.local_url)
         appender = TickAppender(link, keep_ms=60_000, prefix="bench:rtt:")
         quote = Quote(symbol="XAUUSD", bid=2000.0, ask=2000.5, time_ms=1)
         out["append_one_quote_unix"] = await _timed(lambda: appender.append([quote]), count)
+
+        async def append_in_call() -> None:
+            if not isinstance(appender.append_nowait([quote], 0.05), list):
+                raise RuntimeError("the append was not stamped within 50 ms")
+            await trio.lowlevel.checkpoint()
+
+        out["append_one_quote_unix_in_call"] = await _timed(append_in_call, count)
         await appender.aclose()
         await link.aclose()
     return out

@@ -19,7 +19,12 @@ blocking read altogether (the reader *mutes* it, ``persistence.tick_reader``): i
 delivered from the append's reply through the reader's gap check, and another node's entries
 there are found by the next own append or by a poll every ``poll_muted_s``. Appends, their
 delivery and the polls run under one lock, so a poll never mistakes an own entry for another
-node's.
+node's. When nothing else is in the way (no append queued or in flight, no claim holding the
+quotes, no poll running), a feed's quotes are appended and delivered in the feed's own call,
+the append's reply awaited blocked for at most ``sync_append_s``
+(``TickAppender.append_nowait``): a quote then costs the node one round trip's syscalls and no
+trip through the scheduler. Otherwise (or when the reply is late) the appending task takes them,
+in order.
 
 **Checkpoints.** Every ``checkpoint_every_s``, when the node has nothing pending (every quote
 delivered so far has been judged, its fires decided, their records appended), each ready partition
@@ -104,8 +109,8 @@ from persistence.partition_journal import PartitionJournalWriter
 from persistence.partition_store import compact_partition, load_partition, write_partition_snapshot
 from persistence.redis_link import RedisLink
 from persistence.tick_bars import TickBarStore
-from persistence.tick_reader import StreamReader
-from persistence.tick_streams import Stamped, TickAppender
+from persistence.tick_reader import OwnAppends, StreamReader
+from persistence.tick_streams import AppendInFlight, Stamped, TickAppender
 from protocol.closecodes import CloseCode
 from protocol.common import Alert, AlertLevel
 from protocol.errors import Fenced, StorageError
@@ -140,6 +145,10 @@ class ClusterConfig:
     arm_wait_s: float = 10.0
     retry_after_ms: int = 250
     """What a ``moved`` frame for a partition nobody owns yet tells the client to wait."""
+    sync_append_s: float = 0.001
+    """How long a feed's call waits blocked for its append's reply before the appending task
+    takes it over (0: always the task). It stalls the event loop that long at worst; a round
+    trip to a local Redis is some 40-70 us."""
     poll_muted_s: float = 0.1
     """How often the streams this node feeds alone are read for another node's entries: the
     longest such an entry waits there (see ``persistence.tick_reader``)."""
@@ -158,6 +167,10 @@ class ClusterStats:
     quotes_appended: int = 0
     quotes_delivered_own: int = 0
     """Own quotes delivered when their append returned, before the read brought them back."""
+    appends_in_call: int = 0
+    """Appends stamped and delivered in the feed's own call."""
+    appends_finished_later: int = 0
+    """Appends begun in the feed's call and finished by the appending task (a late reply)."""
     last_claim_s: float = 0.0
     by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -347,8 +360,14 @@ class ClusterNode:
         self._placements: dict[int, tuple[str | None, str | None, int]] = {}
         self._to_append: list[Quote] = []
         self._append_wanted = trio.Event()
-        self._ticks = trio.Lock()
-        """Held by an append with its delivery, and by a poll of the muted streams."""
+        self._ticks = trio.Semaphore(1)
+        """Held by an append with its delivery, and by a poll of the muted streams (not a
+        Lock: an append begun in a feed's call may be finished by the appending task)."""
+        self._handed: AppendInFlight | list[Stamped] | None = None
+        """An append begun in a feed's call for the appending task to finish (it holds
+        ``_ticks`` meanwhile): in flight, or stamped but waiting for the reader."""
+        self._appending = False
+        """The appending task holds quotes taken from ``_to_append``."""
         self._held: list[list[Stamped]] | None = None
         """Deliveries held while a claim replays its gap (None: deliver at once)."""
         self._resume = trio.Event()
@@ -385,12 +404,58 @@ class ClusterNode:
 
     def offer_quotes(self, quotes: Iterable[Quote], sent_ms: int | None = None) -> int:
         """A feed's quotes: queued for the streams (never processed before they have a seq)."""
+        waiting = self._to_append or self._appending or self._handed is not None
+        if waiting or self._held is not None:
+            return self._queue(quotes)  # behind what waits already, in order
+        batch = list(quotes)
+        wait_s = self.config.sync_append_s
+        if not batch or wait_s <= 0:
+            return self._queue(batch)
+        try:
+            self._ticks.acquire_nowait()
+        except trio.WouldBlock:  # a poll of the muted streams
+            return self._queue(batch)
+        done = self.appender.append_nowait(batch, wait_s)
+        if done is None:
+            self._ticks.release()
+            return self._queue(batch)
+        self.stats.quotes_appended += len(batch)
+        if isinstance(done, AppendInFlight):
+            self.stats.appends_finished_later += 1
+            return self._finish_later(done, len(batch))
+        own = self.reader.appended_nowait(done, self.delivered)
+        if own is None:
+            return self._finish_later(done, len(batch))
+        self._ticks.release()
+        self.stats.appends_in_call += 1
+        self._offer_own(own)
+        if self.appender.backlog:  # Redis refused them: the task sweeps
+            self._append_wanted.set()
+        return len(batch)
+
+    def _queue(self, quotes: Iterable[Quote]) -> int:
         before = len(self._to_append)
         self._to_append.extend(quotes)
         added = len(self._to_append) - before
         if added:
             self._append_wanted.set()
         return added
+
+    def _finish_later(self, job: AppendInFlight | list[Stamped], count: int) -> int:
+        """The appending task finishes ``job`` (``_ticks`` stays taken for it)."""
+        self._handed = job
+        self._append_wanted.set()
+        return count
+
+    def _offer_own(self, own: OwnAppends) -> None:
+        if self._held is not None:
+            # A claim holds deliveries: the read brings the rest later, muted symbols'
+            # quotes have no read to come from (the hold unmutes them, at the next read).
+            if own.delivered:
+                self._held.append(own.delivered)
+            return
+        early = self._deliver(own.delivered) if own.delivered else 0
+        self.stats.quotes_delivered_own += early + self._deliver(own.left, own=True)
 
     def metrics(self) -> dict[str, tuple[str, str, float]]:
         """This node's cluster figures for ``/metrics`` (read at scrape time)."""
@@ -452,6 +517,16 @@ class ClusterNode:
                 "gauge",
                 "Age of the newest stream entry this node has read",
                 streams.lag_ms / 1000,
+            ),
+            "tripwire_stream_appends_in_call": (
+                "counter",
+                "Appends stamped and delivered in the feed's own call (no task switch)",
+                self.stats.appends_in_call,
+            ),
+            "tripwire_stream_appends_finished_later": (
+                "counter",
+                "Appends begun in the feed's call whose reply came late (the task took it)",
+                self.stats.appends_finished_later,
             ),
             "tripwire_stream_symbols_muted": (
                 "gauge",
@@ -534,27 +609,33 @@ class ClusterNode:
         while True:
             await self._append_wanted.wait()
             self._append_wanted = trio.Event()
+            handed, self._handed = self._handed, None
+            if handed is not None:  # begun in a feed's call: _ticks is held for it
+                try:
+                    stamped = (
+                        await self.appender.finish(handed)
+                        if isinstance(handed, AppendInFlight)
+                        else handed
+                    )
+                    own = await self.reader.appended(stamped, self.delivered)
+                finally:
+                    self._ticks.release()
+                self._offer_own(own)
             batch, self._to_append = self._to_append, []
-            if not batch:
+            if not batch and not self.appender.backlog:
                 continue
-            try:  # uncontended but for a poll: no trip through the scheduler
-                self._ticks.acquire_nowait()
-            except trio.WouldBlock:
-                await self._ticks.acquire()
+            self._appending = True
             try:
-                stamped = await self.appender.append(batch)
-                own = await self.reader.appended(stamped, self.delivered)
+                await self._ticks.acquire()
+                try:
+                    stamped = await self.appender.append(batch)
+                    own = await self.reader.appended(stamped, self.delivered)
+                finally:
+                    self._ticks.release()
             finally:
-                self._ticks.release()
+                self._appending = False
             self.stats.quotes_appended += len(batch)
-            if self._held is not None:
-                # A claim holds deliveries: the read brings the rest later, muted symbols'
-                # quotes have no read to come from (the hold unmutes them, at the next read).
-                if own.delivered:
-                    self._held.append(own.delivered)
-                continue
-            early = self._deliver(own.delivered) if own.delivered else 0
-            self.stats.quotes_delivered_own += early + self._deliver(own.left, own=True)
+            self._offer_own(own)
 
     async def _poll_muted_forever(self) -> None:
         """Find another node's entries on the streams this node feeds alone."""

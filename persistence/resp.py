@@ -9,6 +9,13 @@ This connection speaks RESP2 directly on a non-blocking socket that trio waits o
 (``wait_readable``): ``hiredis`` packs the command and parses the reply (its C reader, the
 parser redis-py itself prefers), nothing else runs.
 
+A command can also be run without the event loop (:meth:`RespConnection.send_now`, then
+:meth:`RespConnection.reply_within`): sent at once and its reply awaited *blocked*, for at most a
+bound of about a millisecond; a reply that is late is collected the usual way
+(:meth:`RespConnection.finish`). On loopback a round trip is some 40-70 us of wall time, and
+waiting it out blocked costs a third of the CPU that parking the task in the scheduler does
+(``python -m bench.redis_rtt``): the cluster's appends take this path from the feed's own call.
+
 It is deliberately small: one command at a time (a lock keeps replies in order), connected
 lazily, and thrown away on any doubt. A timeout, a cancellation mid-command, a reset or a
 protocol error close the socket, because the next reply on it could belong to the command
@@ -23,8 +30,10 @@ URLs are parsed by redis-py (``redis://``, ``rediss://`` with the default TLS co
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
+import time
 from typing import Any, cast
 
 import hiredis
@@ -72,7 +81,13 @@ class RespConnection:
         self._tls: trio.SSLStream[trio.SocketStream] | None = None
         """A ``rediss://`` connection (trio's stream does the TLS)."""
         self._reader = hiredis.Reader()
-        self._lock = trio.Lock()
+        # A semaphore, not a Lock: a command begun by one task (send_now) may be finished by
+        # another (finish), and a trio Lock belongs to the task that took it.
+        self._lock = trio.Semaphore(1)
+        self._poller: select.poll | None = None
+        """Polls the plain socket for reply_within (made once per connection)."""
+        self._unsent: memoryview | None = None
+        """Bytes of a command begun with send_now that the socket did not take at once."""
         self.commands = 0
         self.connects = 0
 
@@ -114,6 +129,98 @@ class RespConnection:
             raise
         finally:
             self._lock.release()
+        return self._answered(reply)
+
+    def send_now(self, *args: str | bytes | int | float) -> bool:
+        """Begin a command without waiting, if the connection is free, connected and plain
+        (not TLS): True, and the caller now holds the connection until it takes the reply with
+        :meth:`reply_within` or :meth:`finish`; False: nothing was sent (use :meth:`execute`).
+
+        Raises:
+            StorageError: the send failed (the connection is thrown away and free again).
+        """
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        view = memoryview(_pack(args))
+        try:
+            while view:
+                view = view[sock.send(view) :]
+        except BlockingIOError:
+            self._unsent = view  # finish() sends the rest
+        except OSError as exc:
+            self._discard()
+            self._lock.release()
+            raise StorageError("redis unavailable", error=repr(exc)) from exc
+        return True
+
+    def reply_within(self, wait_s: float) -> tuple[bool, Any]:
+        """The reply of the command begun with :meth:`send_now`, waiting for it blocked (the
+        whole thread, the event loop included) at most ``wait_s``: ``(True, reply)``, and the
+        connection is free again; ``(False, None)``: not there yet, the caller still holds
+        the connection and takes the reply with :meth:`finish`.
+
+        Raises:
+            RedisReplyError: Redis answered with an error (the connection is free).
+            StorageError: reset or closed (the connection is thrown away and free).
+        """
+        sock = self._sock
+        assert sock is not None
+        if self._unsent is not None:
+            return False, None
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(sock, select.POLLIN)
+        deadline = time.monotonic() + wait_s
+        try:
+            reply = self._reader.gets()
+            while reply is False:
+                left_ms = (deadline - time.monotonic()) * 1000
+                if left_ms <= 0 or not poller.poll(left_ms):
+                    return False, None
+                data = sock.recv(_CHUNK)
+                if not data:
+                    raise ConnectionResetError("redis closed the connection")
+                self._reader.feed(data)
+                reply = self._reader.gets()
+        except (*_FAILURES, BlockingIOError) as exc:
+            self._discard()
+            self._lock.release()
+            raise StorageError("redis unavailable", error=repr(exc)) from exc
+        self._lock.release()
+        return True, self._answered(reply)
+
+    async def finish(self, timeout_s: float | None = None) -> Any:
+        """The reply of the command begun with :meth:`send_now` (after ``reply_within`` said
+        it was not there yet), waiting in the scheduler as :meth:`execute` does; the connection
+        is free again after. Raises as :meth:`execute`."""
+        limit = self.op_timeout_s if timeout_s is None else timeout_s
+        try:
+            with trio.fail_after(limit):
+                reply = await self._receive(self._take_unsent())
+        except trio.TooSlowError as exc:
+            self._discard()
+            raise StorageError("redis did not answer in time", timed_out=True) from exc
+        except _FAILURES as exc:
+            self._discard()
+            raise StorageError("redis unavailable", error=repr(exc)) from exc
+        except BaseException:
+            self._discard()
+            raise
+        finally:
+            self._lock.release()
+        return self._answered(reply)
+
+    def _take_unsent(self) -> memoryview:
+        view, self._unsent = self._unsent, None
+        return view if view is not None else memoryview(b"")
+
+    def _answered(self, reply: Any) -> Any:
         self.commands += 1
         if isinstance(reply, hiredis.ReplyError):
             raise RedisReplyError(str(reply), reply=str(reply))
@@ -144,9 +251,13 @@ class RespConnection:
                 self._reader.feed(data)  # type: ignore[arg-type]  # any buffer will do
                 reply = self._reader.gets()
             return reply
+        return await self._receive(memoryview(packed))
+
+    async def _receive(self, view: memoryview) -> Any:
+        """Send what is left of a command (``view``, maybe empty), return the next reply."""
         sock = self._sock
-        assert sock is not None
-        view = memoryview(packed)
+        if sock is None:
+            raise trio.ClosedResourceError("the connection was thrown away")
         while view:
             try:
                 view = view[sock.send(view) :]
@@ -216,4 +327,6 @@ class RespConnection:
             self._tls.transport_stream.socket.close()
         self._sock = None
         self._tls = None
+        self._unsent = None
+        self._poller = None
         self._reader = hiredis.Reader()

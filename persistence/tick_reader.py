@@ -359,6 +359,45 @@ class StreamReader:
         finally:
             self._muted_lock.release()
 
+    def appended_nowait(
+        self, batch: list[Stamped], delivered: Mapping[str, int]
+    ) -> OwnAppends | None:
+        """:meth:`appended` without waiting, for the append made from the feed's own call:
+        None (nothing done: call :meth:`appended`) when a poll holds the muted streams or a
+        muted symbol's seq jumps (another node's entries to replay first)."""
+        try:
+            self._muted_lock.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        try:
+            muted = self._muted
+            lasts: dict[str, int] = {}
+            for stamped in batch:
+                symbol = stamped.symbol
+                cursor = muted.get(symbol)
+                if cursor is None or cursor.last_seq is None:
+                    continue
+                last = lasts.get(symbol) or max(cursor.last_seq, delivered.get(symbol, 0))
+                if stamped.seq > last + 1:
+                    return None
+                lasts[symbol] = max(last, stamped.seq)
+            out: list[Stamped] = []
+            left: list[Stamped] = []
+            for stamped in batch:
+                cursor = muted.get(stamped.symbol)
+                if cursor is None:
+                    left.append(stamped)
+                    self._count_own(stamped)
+                    continue
+                self._lift(cursor, stamped.symbol, delivered)
+                cursor.last_id = max(cursor.last_id, stamped.stream_id)
+                if cursor.last_seq is None or stamped.seq > cursor.last_seq:
+                    self._take(cursor, stamped, out)
+            self.delivered_total += len(out)
+            return OwnAppends(out, left)
+        finally:
+            self._muted_lock.release()
+
     async def poll(self, conn: RespConnection, delivered: Mapping[str, int]) -> list[Stamped]:
         """Read the muted streams once, without blocking, on ``conn``: another node's entries
         there, in order (the symbol is unmuted). Never raises for Redis (the next poll or own
@@ -583,6 +622,10 @@ class StreamReader:
                 stamped.symbol, last, stamped.seq - 1, before=stamped.stream_id
             )
             out += replayed.quotes
+        self._take(cursor, stamped, out)
+
+    def _take(self, cursor: _Cursor, stamped: Stamped, out: list[Stamped]) -> None:
+        """``stamped`` is next on its stream: ring it and deliver it."""
         self.ring.add(stamped)
         out.append(stamped)
         cursor.last_seq = stamped.seq

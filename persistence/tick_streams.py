@@ -32,6 +32,13 @@ largest reader lag: a claimer replays from the stream what the previous owner ha
 processed; what was trimmed comes from the 1 s bars, approximately (see
 :mod:`persistence.tick_bars`).
 
+**From the feed's own call.** :meth:`TickAppender.append_nowait` appends without the event
+loop when nothing else is in the way (no backlog, no outage, the connection free): the script is
+sent at once and its reply awaited blocked for at most ``wait_s`` (``persistence.resp``). The
+reply in time, the quotes are stamped in the caller's own call, with no task switch and no trip
+through the scheduler; late, the caller takes them with :meth:`TickAppender.finish`; anything
+else, nothing was sent and the caller uses :meth:`TickAppender.append`.
+
 **Redis down.** :meth:`TickAppender.append` never drops a quote silently. Quotes that cannot
 be appended wait in a bounded in-memory backlog, in arrival order (so in per-symbol order),
 and go out first, in order, on the next attempt (paced by ``retry_after_s``; :meth:`run`
@@ -60,6 +67,7 @@ from protocol.errors import RedisReplyError, StorageError
 from protocol.feed import Quote
 
 __all__ = [
+    "AppendInFlight",
     "AppenderStats",
     "Replayed",
     "Stamped",
@@ -137,6 +145,13 @@ class AppenderStats(msgspec.Struct, frozen=True, kw_only=True):
     outages: int
     script_calls: int
     """Round trips to Redis that appended (a counter)."""
+
+
+class AppendInFlight(msgspec.Struct, frozen=True):
+    """An append sent by :meth:`TickAppender.append_nowait` whose reply was not in yet: the
+    appender is busy until :meth:`TickAppender.finish` takes it."""
+
+    quotes: list[Quote]
 
 
 class TickKeys:
@@ -228,7 +243,9 @@ class TickAppender:
         # Arrival order; the first ``_held`` quotes have waited through a failed attempt.
         self._backlog: deque[Quote] = deque()
         self._held = 0
-        self._lock = trio.Lock()  # FIFO: appends of one node reach Redis in call order
+        # FIFO: appends of one node reach Redis in call order. A semaphore, not a Lock: an
+        # append begun in one task (append_nowait) may be finished in another (finish).
+        self._lock = trio.Semaphore(1)
         self._overflow_alerted = False
         self._outage_from: tuple[int, int] | None = None  # (swept, dropped) when it began
         self.appended_total = 0
@@ -271,6 +288,60 @@ class TickAppender:
             return await self._drain()
         finally:
             self._lock.release()
+
+    def append_nowait(
+        self, quotes: Sequence[Quote], wait_s: float
+    ) -> list[Stamped] | AppendInFlight | None:
+        """Stamp ``quotes`` from the caller's own call (see the module docstring, "From the
+        feed's own call"): what was stamped; an :class:`AppendInFlight` to hand to
+        :meth:`finish` (the appender is busy until then); or None: nothing was done (a
+        backlog, an outage, the connection busy or not up), use :meth:`append`. Redis failing
+        here puts the quotes in the backlog, as :meth:`append` does (then ``[]``)."""
+        if self._backlog or not 0 < len(quotes) <= self.max_batch or not self.state.should_try():
+            return None
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        chunk = list(quotes)
+        try:
+            if not self.conn.send_now("EVALSHA", *self._script_args(chunk)):
+                self._lock.release()
+                return None
+            answered, reply = self.conn.reply_within(wait_s)
+        except StorageError as exc:  # RedisReplyError included (NOSCRIPT: append runs EVAL)
+            self._backlog.extend(chunk)
+            self._bound_backlog()
+            self._outage_or_retry(exc)
+            self._lock.release()
+            return []
+        if not answered:
+            return AppendInFlight(chunk)  # the lock stays taken: finish() releases it
+        self._lock.release()
+        done = self._stamped(chunk, reply)
+        self.appended_total += len(done)
+        return done
+
+    async def finish(self, flight: AppendInFlight) -> list[Stamped]:
+        """The quotes of an append :meth:`append_nowait` left in flight, stamped (``[]``: Redis
+        failed meanwhile, and they wait in the backlog)."""
+        try:
+            reply = await self.conn.finish()
+        except StorageError as exc:
+            self._backlog.extendleft(reversed(flight.quotes))  # ahead of any quotes since
+            self._bound_backlog()
+            self._outage_or_retry(exc)
+            return []
+        finally:
+            self._lock.release()
+        done = self._stamped(flight.quotes, reply)
+        self.appended_total += len(done)
+        return done
+
+    def _outage_or_retry(self, exc: StorageError) -> None:
+        """A NOSCRIPT reply is no outage: the next :meth:`append` loads the script again."""
+        if not exc.details.get("reply", "").startswith("NOSCRIPT"):
+            self._outage(exc)
 
     async def sweep(self) -> list[Stamped]:
         """Try to stamp the backlog now (if the pacing allows); return what was stamped."""
@@ -334,19 +405,28 @@ class TickAppender:
         self._recovered()
         return stamped
 
-    async def _call_script(self, chunk: list[Quote]) -> list[Stamped]:
+    def _script_args(self, chunk: list[Quote]) -> list[str | bytes | int]:
+        """``EVALSHA``'s arguments for ``chunk``: the sha, the keys, keep_ms, the quotes."""
         keys: list[str] = []
         args: list[bytes | int] = [self.keep_ms]
         for quote in chunk:
             keys += (self.keys.seq(quote.symbol), self.keys.stream(quote.symbol))
             args.append(self._encoder.encode(quote))
+        return [_APPEND_SHA, len(keys), *keys, *args]
+
+    async def _call_script(self, chunk: list[Quote]) -> list[Stamped]:
+        args = self._script_args(chunk)
         try:
-            reply: Any = await self.conn.execute("EVALSHA", _APPEND_SHA, len(keys), *keys, *args)
+            reply: Any = await self.conn.execute("EVALSHA", *args)
         except RedisReplyError as exc:
             if not exc.details.get("reply", "").startswith("NOSCRIPT"):
                 raise
             # Redis restarted (or flushed its scripts): EVAL runs it and caches it again.
-            reply = await self.conn.execute("EVAL", _APPEND_LUA, len(keys), *keys, *args)
+            reply = await self.conn.execute("EVAL", _APPEND_LUA, *args[1:])
+        return self._stamped(chunk, reply)
+
+    def _stamped(self, chunk: list[Quote], reply: Any) -> list[Stamped]:
+        """The script's reply for ``chunk``: each quote with its seq and id (and its bar)."""
         self.script_calls += 1
         self.state.succeeded()
         done: list[Stamped] = []

@@ -13,7 +13,8 @@ from tests.fixtures.redis import _skip_or_fail
 
 PATHS = {
     "blocking_socket", "trio_socket_stream", "trio_wait_readable", "resp_tcp", "resp_unix",
-    "append_one_quote_unix",
+    "resp_tcp_blocked", "resp_unix_blocked", "append_one_quote_unix",
+    "append_one_quote_unix_in_call",
 }  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from gateway.cluster import DeliveryOrder
 from persistence import Bridge, RedisLink, open_bridge
 from persistence.tick_reader import StreamReader
-from persistence.tick_streams import TickAppender, TickKeys
+from persistence.tick_streams import AppendInFlight, TickAppender, TickKeys
 from protocol.feed import Quote
 
 SYMBOL = "XAUUSD"
@@ -74,6 +74,23 @@ class World:
             stamped = await self.ours.append(_quotes(self.next_ours, n))
             got = await self.reader.appended(stamped, self.order.last)
         self.next_ours += n
+        self._take(got.delivered, own=False)
+        self._take(got.left, own=True)
+
+    async def append_ours_now(self, n: int, wait_s: float) -> None:
+        """As ``gateway.cluster`` from a feed's call: appended and delivered without waiting
+        where it can be, else finished (or appended) the waiting way, in order."""
+        quotes = _quotes(self.next_ours, n)
+        self.next_ours += n
+        async with self.lock:
+            done = self.ours.append_nowait(quotes, wait_s)
+            if done is None:
+                done = await self.ours.append(quotes)
+            elif isinstance(done, AppendInFlight):
+                done = await self.ours.finish(done)
+            got = self.reader.appended_nowait(done, self.order.last)
+            if got is None:
+                got = await self.reader.appended(done, self.order.last)
         self._take(got.delivered, own=False)
         self._take(got.left, own=True)
 
@@ -223,6 +240,8 @@ async def test_unmute_all_puts_every_muted_stream_back_and_muting_can_be_held(
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("ours"), st.integers(1, 4)),
+        st.tuples(st.just("ours_now"), st.integers(1, 4)),
+        st.tuples(st.just("ours_late"), st.integers(1, 4)),
         st.tuples(st.just("theirs"), st.integers(1, 3)),
         st.tuples(st.just("poll"), st.just(0)),
         st.tuples(st.just("wait"), st.integers(0, 30)),
@@ -232,7 +251,7 @@ ops = st.lists(
 
 
 @settings(
-    max_examples=15,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -253,6 +272,8 @@ def test_each_entry_once_in_stream_order_whoever_appends(
                     for kind, n in plan:
                         if kind == "ours":
                             await w.append_ours(n)
+                        elif kind in ("ours_now", "ours_late"):
+                            await w.append_ours_now(n, 0.5 if kind == "ours_now" else 0.0)
                         elif kind == "theirs":
                             await w.append_theirs(n)
                         elif kind == "poll":

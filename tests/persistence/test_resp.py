@@ -85,6 +85,53 @@ async def test_db_and_password_come_from_the_url(redis_server: RedisProcess) -> 
             await conn.aclose()
 
 
+async def test_a_command_without_the_event_loop_in_time_late_or_refused(redis_url: str) -> None:
+    """send_now + reply_within: the reply taken blocked when it comes in time, else left to
+    finish; the connection is held from the send to the reply, whoever takes it."""
+    conn = RespConnection(redis_url)
+    key = _key()
+    try:
+        assert not conn.send_now("PING")  # not connected yet: nothing sent
+        assert await conn.execute("PING") == b"PONG"
+        assert conn.send_now("RPUSH", key, b"a")
+        assert conn.reply_within(1.0) == (True, 1)
+        # Late: BLPOP on an empty list answers in 0.2 s.
+        assert conn.send_now("BLPOP", key + ":empty", 0.2)
+        assert conn.reply_within(0.001) == (False, None)
+        assert not conn.send_now("PING")  # held until the reply is taken
+
+        async def other() -> None:
+            assert await conn.execute("LLEN", key) == 1  # waits its turn, gets its own reply
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            await trio.sleep(0.01)
+            assert await conn.finish() is None  # BLPOP timed out: nil
+        # An error reply: raised, and the connection is free and usable again.
+        assert conn.send_now("INCR", key)
+        with pytest.raises(RedisReplyError):
+            conn.reply_within(1.0)
+        assert conn.send_now("LRANGE", key, 0, -1)
+        assert conn.reply_within(1.0) == (True, [b"a"])
+        assert conn.connects == 1
+    finally:
+        await conn.aclose()
+
+
+async def test_a_late_reply_that_never_comes_throws_the_socket_away(redis_url: str) -> None:
+    conn = RespConnection(redis_url, op_timeout_s=0.1)
+    try:
+        assert await conn.execute("PING") == b"PONG"
+        assert conn.send_now("BLPOP", _key(), 2)
+        assert conn.reply_within(0.001) == (False, None)
+        with pytest.raises(StorageError) as slow:
+            await conn.finish()
+        assert slow.value.details["timed_out"] is True and not conn.connected
+        assert await conn.execute("PING") == b"PONG"  # a new socket, free
+    finally:
+        await conn.aclose()
+
+
 async def test_a_dead_server_is_a_storage_error_and_a_restarted_one_is_used_again(
     redis_server: RedisProcess,
 ) -> None:

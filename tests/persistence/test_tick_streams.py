@@ -20,6 +20,7 @@ from persistence import Bridge, Database, RedisLink
 from persistence.tick_bars import TickBar, TickBarStore, bar_path
 from persistence.tick_reader import StreamReader, TickRing, seq_holes
 from persistence.tick_streams import (
+    AppendInFlight,
     Stamped,
     TickAppender,
     TickKeys,
@@ -528,3 +529,57 @@ async def test_foreign_entries_on_a_stream_are_counted_and_skipped(
     await reader.aclose()
     assert got == ours
     assert reader.stats().decode_errors == 4
+
+
+# -- appends from the caller's own call -------------------------------------------------------
+
+
+async def test_an_append_from_the_callers_own_call_in_time_or_finished_later(
+    link: RedisLink, appenders: Callable[..., TickAppender]
+) -> None:
+    appender = appenders(link, keep_ms=600_000, prefix=_prefix())
+    assert appender.append_nowait([_quote(0)], 0.5) is None  # not connected yet: nothing done
+    first = await appender.append([_quote(0)])
+    now = appender.append_nowait([_quote(1), _quote(2)], 0.5)
+    assert isinstance(now, list)
+    assert [s.seq for s in now] == [first[0].seq + 1, first[0].seq + 2]
+    flight = appender.append_nowait([_quote(3)], 0.0)  # no wait at all: left in flight
+    assert isinstance(flight, AppendInFlight)
+    assert appender.append_nowait([_quote(4)], 0.5) is None  # busy until it is finished
+    later = await appender.finish(flight)
+    assert [s.seq for s in later] == [first[0].seq + 3]
+    assert appender.appended_total == 4 and appender.backlog == 0
+
+
+async def test_an_append_from_the_callers_own_call_after_a_script_flush(
+    link: RedisLink, appenders: Callable[..., TickAppender]
+) -> None:
+    """Redis lost the script (a restart, SCRIPT FLUSH): the quotes wait in the backlog, no
+    outage is declared, and the next append loads the script and stamps them first."""
+    alerts: list[Alert] = []
+    appender = appenders(link, keep_ms=600_000, prefix=_prefix(), on_alert=alerts.append)
+    first = await appender.append([_quote(0)])
+    await link.call(lambda r: r.script_flush())
+    assert appender.append_nowait([_quote(1), _quote(2)], 0.5) == []
+    assert appender.backlog == 2 and alerts == []
+    assert appender.append_nowait([_quote(3)], 0.5) is None  # a backlog: the task's work
+    swept = await appender.append([_quote(3)])
+    assert [s.quote.bid for s in swept] == [_quote(n).bid for n in (1, 2, 3)]
+    assert [s.seq for s in swept] == [first[0].seq + n for n in (1, 2, 3)]
+
+
+async def test_redis_dying_under_an_append_from_the_callers_own_call(
+    bridge: Bridge, redis_server: RedisProcess, appenders: Callable[..., TickAppender]
+) -> None:
+    link = await RedisLink.open(bridge, redis_server.url, op_timeout_s=0.3)
+    alerts: list[Alert] = []
+    try:
+        appender = appenders(link, keep_ms=600_000, prefix=_prefix(), on_alert=alerts.append)
+        await appender.append([_quote(0)])
+        redis_server.kill()
+        assert appender.append_nowait([_quote(1)], 0.5) == []  # held, never dropped
+        assert appender.backlog == 1
+        assert [a.kind for a in alerts] == ["tick_stream_down"]
+        assert appender.append_nowait([_quote(2)], 0.5) is None  # the task's work now
+    finally:
+        await link.aclose()
