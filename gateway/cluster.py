@@ -309,6 +309,7 @@ async def open_cluster(
                 url=settings.node_url,
                 partitions=settings.partitions,
                 snapshot_every_s=settings.snapshot_interval_s,
+                sync_append_s=settings.stream_append_wait_ms / 1000,
             ),
             db=db,
             node=node,

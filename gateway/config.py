@@ -103,6 +103,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int = 64
     lease_s: float = 5.0
     stream_keep_s: float = 300.0
+    stream_append_wait_ms: float = 1.0
 
 
 SETTINGS_HELP: dict[str, str] = {
@@ -206,6 +207,9 @@ SETTINGS_HELP.update(
         "a killed node's at once",
         "stream_keep_s": "seconds of quotes each symbol's Redis stream keeps (at least the lease "
         "plus recovery plus the largest reader lag; older gaps replay from 1 s bars)",
+        "stream_append_wait_ms": "how long a feed's call waits, blocked, for its quotes' "
+        "append to Redis before the appending task takes it over (0: always the task); the "
+        "event loop stalls for each round trip up to this, so set 0 where Redis is far away",
     }
 )
 
@@ -388,6 +392,8 @@ def _check(s: Settings) -> None:  # noqa: C901
         fail("lease_s", "must be 1..300 seconds")
     if s.stream_keep_s < 3 * s.lease_s:
         fail("stream_keep_s", "must be at least three leases (a claim replays the gap from it)")
+    if not 0 <= s.stream_append_wait_ms <= 10:
+        fail("stream_append_wait_ms", "must be 0..10 ms")
     if s.snapshot_interval_s < 1:
         fail("snapshot_interval_s", "must be at least 1 second")
     demo = s.paper_device or s.demo_strategy

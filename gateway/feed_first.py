@@ -15,8 +15,9 @@ Tasks whose work can wait (a device session's next frame, a client's next batch)
 task passes through the scheduler, so the feed's reader, woken in the same round, runs first.
 At most :attr:`FeedFirst.max_defers` times: a flood of quotes delays the bookkeeping by a few
 scheduler rounds, it never starves it. The closes themselves never wait here: they leave in the
-quote's own call. In cluster mode a node's books are fed by its tick-stream reader, not by the
-feed connections: there the deferral only lets the feed's append go first.
+quote's own call. In cluster mode the same holds for a node's own feeds while their appends
+are made in the feed's call (``gateway.cluster``); quotes another node appended reach the books
+through the tick-stream reader, which the deferral does not favour.
 """
 
 from __future__ import annotations

@@ -187,6 +187,12 @@ async def test_kill_9_mid_run_every_position_closes_exactly_once(
                 assert abs(after.json()["tp"] - tp) < 1e-6, after.text
             gap = [await nodes.metric(i, "tripwire_claim_gap_quotes_total") for i in survivors]
             assert sum(gap) > 0, "the claimers replayed no quote of the gap"
+            # The feed's node appended from the feed's call; the others, which append nothing,
+            # read the stream (none muted it).
+            assert await nodes.metric(0, "tripwire_stream_appends_in_call_total") > 0
+            for i in survivors:
+                if i != 0:
+                    assert await nodes.metric(i, "tripwire_stream_symbols_muted") == 0
             nursery.cancel_scope.cancel()
     finally:
         await nodes.close()
