@@ -24,8 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from graphlib import TopologicalSorter
-from typing import Any
 
 import asyncpg
 import msgspec
@@ -34,7 +32,7 @@ from persistence.db import is_unavailable
 from persistence.journal_sql import Statements
 from protocol.errors import ConfigError
 
-__all__ = ["BatchOutcome", "PartitionWrite", "fetch_tail", "merge_statements", "write_batch"]
+__all__ = ["BatchOutcome", "PartitionWrite", "fetch_tail", "write_batch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,39 +147,15 @@ async def write_batch(
                             epoch=w.epoch,
                         )
                     outcome.already_written.add(w.partition)
-        statements: list[tuple[str, Sequence[Any]]] = merge_statements(
-            [
-                w.statements
-                for w in parts
-                if w.partition in passed and w.partition not in outcome.already_written
-            ]
-        )
+        statements = [
+            statement
+            for w in parts
+            if w.partition in passed and w.partition not in outcome.already_written
+            for statement in w.statements
+        ]
         statements.extend(global_statements)
         outcome.projection_error = await _project(conn, statements)
     return outcome
-
-
-def merge_statements(per_partition: Sequence[Statements]) -> list[tuple[str, Sequence[Any]]]:
-    """The partitions' projection statements as one ``executemany`` per SQL.
-
-    Each ``executemany`` is a round trip to Postgres (and two crossings of the asyncio bridge's
-    work on the node), so a batch spread over many partitions ran several times the statements
-    of the same batch on one node. Rows of different partitions are different users' rows, so
-    only each partition's own order of statements matters: the merged order keeps every
-    partition's (a topological order of them all; every projection lists its statements in one
-    fixed order, so there is always one).
-    """
-    if len(per_partition) == 1:
-        return [(sql, list(rows)) for sql, rows in per_partition[0]]
-    rows_of: dict[str, list[Any]] = {}
-    graph: TopologicalSorter[str] = TopologicalSorter()
-    for statements in per_partition:
-        previous: str | None = None
-        for sql, rows in statements:
-            rows_of.setdefault(sql, []).extend(rows)
-            graph.add(sql, *(() if previous is None else (previous,)))
-            previous = sql
-    return [(sql, rows_of[sql]) for sql in graph.static_order()]
 
 
 async def _committed(conn: asyncpg.Connection, w: PartitionWrite) -> bool:
