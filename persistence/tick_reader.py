@@ -341,14 +341,8 @@ class StreamReader:
             out: list[Stamped] = []
             left: list[Stamped] = []
             for stamped in batch:
-                cursor = self._muted.get(stamped.symbol)
-                if cursor is None:
-                    left.append(stamped)
-                    self._count_own(stamped)
-                    continue
-                self._lift(cursor, stamped.symbol, delivered)
-                cursor.last_id = max(cursor.last_id, stamped.stream_id)
-                if stamped.seq <= (cursor.last_seq or 0):
+                cursor = self._own_cursor(stamped, delivered, left)
+                if cursor is None or stamped.seq <= (cursor.last_seq or 0):
                     continue
                 foreign = cursor.last_seq is not None and stamped.seq > cursor.last_seq + 1
                 await self._deliver(cursor, stamped, out)
@@ -384,13 +378,9 @@ class StreamReader:
             out: list[Stamped] = []
             left: list[Stamped] = []
             for stamped in batch:
-                cursor = muted.get(stamped.symbol)
+                cursor = self._own_cursor(stamped, delivered, left)
                 if cursor is None:
-                    left.append(stamped)
-                    self._count_own(stamped)
                     continue
-                self._lift(cursor, stamped.symbol, delivered)
-                cursor.last_id = max(cursor.last_id, stamped.stream_id)
                 if cursor.last_seq is None or stamped.seq > cursor.last_seq:
                     self._take(cursor, stamped, out)
             self.delivered_total += len(out)
@@ -430,6 +420,20 @@ class StreamReader:
                     self._foreign_on_muted(symbol)
             self.delivered_total += len(out)
             return out
+
+    def _own_cursor(
+        self, stamped: Stamped, delivered: Mapping[str, int], left: list[Stamped]
+    ) -> _Cursor | None:
+        """The muted cursor an own append moves (lifted to what the node delivered), or None:
+        the symbol is read, ``stamped`` goes to ``left`` and counts towards muting it."""
+        cursor = self._muted.get(stamped.symbol)
+        if cursor is None:
+            left.append(stamped)
+            self._count_own(stamped)
+            return None
+        self._lift(cursor, stamped.symbol, delivered)
+        cursor.last_id = max(cursor.last_id, stamped.stream_id)
+        return cursor
 
     def _lift(self, cursor: _Cursor, symbol: str, delivered: Mapping[str, int]) -> None:
         """What the node delivered (own appends before the mute applied) is behind the cursor."""

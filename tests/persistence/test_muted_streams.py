@@ -77,6 +77,12 @@ class World:
         self._take(got.delivered, own=False)
         self._take(got.left, own=True)
 
+    async def fed_alone(self, appends: int) -> None:
+        """This node appends one quote at a time until the reader mutes the symbol."""
+        for _ in range(appends):
+            await self.append_ours(1)
+        await _until(lambda: self.reader.muted == {SYMBOL})
+
     async def append_ours_now(self, n: int, wait_s: float) -> None:
         """As ``gateway.cluster`` from a feed's call: appended and delivered without waiting
         where it can be, else finished (or appended) the waiting way, in order."""
@@ -174,9 +180,7 @@ async def test_another_nodes_entries_come_first_and_bring_the_read_back(
     w = world(mute_after=2, mute_holdoff_s=60)
     async with trio.open_nursery() as nursery:
         await w.start(nursery)
-        for _ in range(3):
-            await w.append_ours(1)
-        await _until(lambda: w.reader.muted == {SYMBOL})
+        await w.fed_alone(3)
         await w.append_theirs(2)
         await w.append_ours(1)  # its seq jumps: the other node's two are replayed before it
         assert w.seen == [1_000.0, 1_001.0, 1_002.0, 5_000.0, 5_001.0, 1_003.0]
@@ -197,9 +201,7 @@ async def test_a_poll_finds_another_nodes_entries_while_this_node_is_quiet(
     w = world(mute_after=2)
     async with trio.open_nursery() as nursery:
         await w.start(nursery)
-        for _ in range(3):
-            await w.append_ours(1)
-        await _until(lambda: w.reader.muted == {SYMBOL})
+        await w.fed_alone(3)
         await w.poll()  # only own entries there: nothing, and the symbol stays muted
         assert w.reader.muted == {SYMBOL} and len(w.seen) == 3
         await w.append_theirs(3)
@@ -219,9 +221,7 @@ async def test_unmute_all_puts_every_muted_stream_back_and_muting_can_be_held(
     w = world(mute_after=2)
     async with trio.open_nursery() as nursery:
         await w.start(nursery)
-        for _ in range(3):
-            await w.append_ours(1)
-        await _until(lambda: w.reader.muted == {SYMBOL})
+        await w.fed_alone(3)
         w.reader.muting_allowed = False
         w.reader.unmute_all()
         await w.append_ours(1)  # before the unmute applies: still delivered from the append
