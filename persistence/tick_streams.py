@@ -290,7 +290,7 @@ class TickAppender:
             self._lock.release()
 
     def append_nowait(
-        self, quotes: Sequence[Quote], wait_s: float
+        self, quotes: list[Quote], wait_s: float
     ) -> list[Stamped] | AppendInFlight | None:
         """Stamp ``quotes`` from the caller's own call (see the module docstring, "From the
         feed's own call"): what was stamped; an :class:`AppendInFlight` to hand to
@@ -303,7 +303,7 @@ class TickAppender:
             self._lock.acquire_nowait()
         except trio.WouldBlock:
             return None
-        chunk = list(quotes)
+        chunk = quotes  # the caller's own list: kept as is (in flight, in the backlog)
         try:
             if not self.conn.send_now("EVALSHA", *self._script_args(chunk)):
                 self._lock.release()

@@ -6,7 +6,9 @@ replies a fake server on a loopback socket sending whatever hypothesis makes up.
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import socket
+import threading
 import uuid
 
 import pytest
@@ -162,27 +164,47 @@ def test_only_redis_urls() -> None:
         RespConnection("http://127.0.0.1:6379")
 
 
-async def _against(payload: bytes) -> object:
-    """Run one command against a fake server that answers ``payload`` and hangs up."""
+def _fake_server(payload: bytes, blocked: bool) -> tuple[int, threading.Thread]:
+    """A server on a thread of its own (a blocked wait stalls the event loop, so the fake
+    cannot share it) that answers one command with ``payload`` and hangs up; with ``blocked``,
+    a PING first, answered properly."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
 
-    async def fake(stream: trio.SocketStream) -> None:
-        await stream.receive_some(4096)
-        await stream.send_all(payload)
-        await stream.aclose()
+    def serve() -> None:
+        with listener, contextlib.suppress(OSError):
+            peer, _ = listener.accept()
+            with peer:
+                if blocked:
+                    peer.recv(4096)
+                    peer.sendall(b"+PONG\r\n")
+                peer.recv(4096)
+                peer.sendall(payload)
 
-    async with trio.open_nursery() as nursery:
-        serve = functools.partial(trio.serve_tcp, fake, 0, host="127.0.0.1")
-        listeners = await nursery.start(serve)
-        port = listeners[0].socket.getsockname()[1]
-        conn = RespConnection(f"redis://127.0.0.1:{port}/0", op_timeout_s=1.0)
-        try:
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+async def _against(payload: bytes, blocked: bool) -> object:
+    """Run one command against the fake server: the scheduler's way (``execute``), or blocked
+    (``send_now`` + ``reply_within``, then ``finish`` if the reply is late)."""
+    port, thread = _fake_server(payload, blocked)
+    conn = RespConnection(f"redis://127.0.0.1:{port}/0", op_timeout_s=1.0)
+    try:
+        if not blocked:
             return await conn.execute("GET", "k")
-        except StorageError as exc:
-            assert not conn.connected or isinstance(exc, RedisReplyError)
-            return exc
-        finally:
+        assert await conn.execute("PING") == b"PONG"
+        assert conn.send_now("GET", "k")
+        answered, reply = conn.reply_within(1.0)
+        return reply if answered else await conn.finish()
+    except StorageError as exc:
+        assert not conn.connected or isinstance(exc, RedisReplyError)
+        return exc
+    finally:
+        with trio.fail_after(1):  # the connection was released, whatever happened
             await conn.aclose()
-            nursery.cancel_scope.cancel()
+        thread.join(5)
 
 
 resp_like = st.lists(
@@ -194,8 +216,10 @@ resp_like = st.lists(
 ).map(b"".join)
 
 
-@settings(max_examples=60, deadline=None)
-@given(resp_like)
-def test_a_hostile_server_gets_a_reply_or_a_storage_error_never_a_crash(payload: bytes) -> None:
-    outcome = trio.run(_against, payload)
+@settings(max_examples=80, deadline=None)
+@given(resp_like, st.booleans())
+def test_a_hostile_server_gets_a_reply_or_a_storage_error_never_a_crash(
+    payload: bytes, blocked: bool
+) -> None:
+    outcome = trio.run(_against, payload, blocked)
     assert outcome is None or isinstance(outcome, bytes | int | list | StorageError)
