@@ -103,7 +103,6 @@ from persistence.leases import (
     LeaseManager,
     Lost,
     read_node_url,
-    read_placements,
 )
 from persistence.partition_journal import PartitionJournalWriter
 from persistence.partition_store import compact_partition, load_partition, write_partition_snapshot
@@ -139,7 +138,6 @@ class ClusterConfig:
     url: str
     partitions: int = 64
     checkpoint_every_s: float = 1.0  # the journal writes them every 2 s at most anyway
-    placements_every_s: float = 0.5
     snapshot_every_s: float = 60.0
     handover_ack_wait_s: float = 5.0
     arm_wait_s: float = 10.0
@@ -358,7 +356,6 @@ class ClusterNode:
         self.ready: set[int] = set()
         """Partitions adopted and armed: their users are served here."""
         self._claiming: set[int] = set()
-        self._placements: dict[int, tuple[str | None, str | None, int]] = {}
         self._to_append: list[Quote] = []
         self._append_wanted = trio.Event()
         self._ticks = trio.Semaphore(1)
@@ -389,9 +386,10 @@ class ClusterNode:
         p = self.partition(user_id)
         if p in self.ready and self.leases.holds(p):
             return Local()
-        owner, url, epoch = self._placements.get(p, (None, None, 0))
-        if owner is not None and url is not None and owner != self.config.node_id:
-            return Elsewhere(url=url, partition=p, epoch=epoch)
+        # As of the leases' last balancing round (twice a second).
+        there = self.leases.placements.get(p)
+        if there is not None and there.owner not in (None, self.config.node_id) and there.url:
+            return Elsewhere(url=there.url, partition=p, epoch=there.epoch)
         return Unowned(partition=p, retry_after_ms=self.config.retry_after_ms)
 
     def serves(self, user_id: str) -> bool:
@@ -586,7 +584,6 @@ class ClusterNode:
                 nursery.start_soon(self.bars.run)
                 nursery.start_soon(self._read_forever)
                 nursery.start_soon(self._poll_muted_forever)
-                nursery.start_soon(self._placements_forever)
                 nursery.start_soon(self._checkpoints_forever)
                 nursery.start_soon(self._snapshots_forever)
                 nursery.start_soon(self._events_forever)
@@ -922,14 +919,6 @@ class ClusterNode:
             await actor.end_session(CloseCode.MOVED, "the user moved to another node")
 
     # -- background -------------------------------------------------------------------------
-
-    async def _placements_forever(self) -> None:
-        """Who owns which partition, for redirects (read from Postgres twice a second)."""
-        while True:
-            with contextlib.suppress(StorageError):
-                rows = await read_placements(self.db)
-                self._placements = {r.partition: (r.owner, r.url, r.epoch) for r in rows}
-            await trio.sleep(self.config.placements_every_s)
 
     async def _leases_watched(self) -> None:
         """Closes held for want of a lease are never silent: a CRITICAL alert when the leases

@@ -28,11 +28,11 @@ __all__ = [
     "ClusterView",
     "Placement",
     "acquire_node_lock",
+    "balance_round",
     "claim_partitions",
     "cluster_view",
     "ensure_cluster",
     "node_url",
-    "placements",
     "reap_dead_nodes",
     "register_node",
     "release_partition",
@@ -53,11 +53,28 @@ class ClaimedRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Placement:
+    """Who owns a partition now, for redirects (owner None: nobody, or a lapsed lease)."""
+
+    partition: int
+    owner: str | None
+    url: str | None
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterView:
-    """The live nodes (node row not expired), and the partitions each holds unexpired."""
+    """What one balancing round reads, in one statement per table: the live nodes (node row
+    not expired), the partitions each holds unexpired, every partition's placement (for
+    redirects), and how many this node could claim now."""
 
     live_nodes: tuple[str, ...]
     owned_by: dict[str, int]
+    placements: tuple[Placement, ...] = ()
+    reserved: int = 0
+    """Partitions a handover reserved for this node (``_RESERVED``)."""
+    claimable: int = 0
+    """Partitions free for this node (``_CLAIMABLE``), the reserved ones included."""
 
 
 async def ensure_cluster(conn: asyncpg.Connection, partitions: int) -> int:
@@ -178,18 +195,6 @@ async def renew(
     return bool(row["node"]), frozenset(row["renewed"])
 
 
-async def cluster_view(conn: asyncpg.Connection) -> ClusterView:
-    """The live nodes and how many partitions each holds (leases unexpired)."""
-    nodes = await conn.fetch(
-        "SELECT node_id FROM cluster_nodes WHERE expires_at > clock_timestamp() ORDER BY node_id"
-    )
-    owned = await conn.fetch(
-        "SELECT owner, count(*) FROM partitions"
-        " WHERE owner IS NOT NULL AND expires_at > clock_timestamp() GROUP BY owner"
-    )
-    return ClusterView(tuple(r[0] for r in nodes), {r[0]: int(r[1]) for r in owned})
-
-
 _CLAIMABLE = """
     NOT (id = ANY($2::int[])) AND (
         expires_at IS NULL
@@ -218,6 +223,48 @@ UPDATE partitions SET owner = $1, url = $2, epoch = epoch + 1, next_owner = NULL
 WHERE id = ANY($4::int[])
 RETURNING id, epoch
 """
+
+
+_VIEW = (
+    "SELECT id, owner, url, epoch, (expires_at > clock_timestamp()) AS live,"
+    " (owner IS NULL AND next_owner = $1 AND NOT (id = ANY($2::int[]))) AS reserved,"
+    " (" + _CLAIMABLE + ") AS claimable"
+    " FROM partitions ORDER BY id"
+)
+
+
+async def cluster_view(conn: asyncpg.Connection, node_id: str, owned: list[int]) -> ClusterView:
+    """The round's view for ``node_id`` holding ``owned`` (see :class:`ClusterView`)."""
+    nodes = await conn.fetch(
+        "SELECT node_id FROM cluster_nodes WHERE expires_at > clock_timestamp() ORDER BY node_id"
+    )
+    rows = await conn.fetch(_VIEW, node_id, owned)
+    owned_by: dict[str, int] = {}
+    for r in rows:
+        if r["owner"] is not None and r["live"]:
+            owned_by[r["owner"]] = owned_by.get(r["owner"], 0) + 1
+    return ClusterView(
+        live_nodes=tuple(r[0] for r in nodes),
+        owned_by=owned_by,
+        # A lapsed lease reads as unowned: nobody may be sent there.
+        placements=tuple(
+            Placement(r["id"], r["owner"] if r["live"] else None, r["url"], r["epoch"])
+            for r in rows
+        ),
+        reserved=sum(1 for r in rows if r["reserved"]),
+        claimable=sum(1 for r in rows if r["reserved"] or r["claimable"]),
+    )
+
+
+async def balance_round(
+    conn: asyncpg.Connection, node_id: str, owned: list[int]
+) -> tuple[list[str], ClusterView]:
+    """What a balancing round reads, on the node's lock connection in one call over the bridge:
+    the dead nodes reaped first (their partitions are then claimable in the view), then the
+    view. The claim itself is a transaction of its own, opened only when the view shows
+    something to claim: a settled cluster's round is three cheap reads."""
+    dead = await reap_dead_nodes(conn, node_id)
+    return dead, await cluster_view(conn, node_id, owned)
 
 
 async def claim_partitions(
@@ -280,27 +327,6 @@ async def release_partition(
         float(lease_s),
     )
     return str(status).endswith(" 1")
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Who owns a partition now, for redirects (owner None: nobody, or a lapsed lease)."""
-
-    partition: int
-    owner: str | None
-    url: str | None
-    epoch: int
-
-
-async def placements(conn: asyncpg.Connection) -> list[Placement]:
-    """Every partition's owner, URL and epoch; a lapsed lease reads as unowned."""
-    rows = await conn.fetch(
-        "SELECT id, owner, url, epoch, (expires_at > clock_timestamp()) AS live"
-        " FROM partitions ORDER BY id"
-    )
-    return [
-        Placement(r["id"], r["owner"] if r["live"] else None, r["url"], r["epoch"]) for r in rows
-    ]
 
 
 async def node_url(conn: asyncpg.Connection, node_id: str) -> str | None:

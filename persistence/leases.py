@@ -31,7 +31,11 @@ Rules of operation:
   loaded node below target): the runtime runs the ordered handover (stop, drain,
   flush) and then calls :meth:`release`. A claim bumps the epoch; :class:`Claimed` is emitted
   only once the claim has COMMITTED, with what the previous owner left (journal ``last_seq``,
-  tick ``checkpoint``).
+  tick ``checkpoint``). A round is ONE call over the bridge, on the lock connection: the dead
+  nodes reaped, then one read of the nodes and one of the partitions, which also gives every
+  partition's placement (:attr:`LeaseManager.placements`, for redirects). The claim's
+  transaction runs only when that read shows something to claim, so a settled node's
+  round costs three small reads, twice a second.
 
 **Postgres unreachable for longer than a lease.** Renewals fail, deadlines pass, :meth:`holds`
 turns False for every partition (commands stop) while the partitions stay in :meth:`owned`
@@ -72,7 +76,6 @@ __all__ = [
     "LeaseManager",
     "Lost",
     "read_node_url",
-    "read_placements",
 ]
 
 T = TypeVar("T")
@@ -188,6 +191,8 @@ class LeaseManager:
         self.handovers = 0
         self.renew_failures = 0
         self.renew_ok_at = -math.inf
+        self.placements: dict[int, lease_sql.Placement] = {}
+        """Every partition's owner and URL as of the last balancing round (for redirects)."""
         self._draining = False
 
     def drain(self) -> None:
@@ -324,20 +329,29 @@ class LeaseManager:
                 return
             await self._register()
         try:
-            dead = await self._bridged(lease_sql.reap_dead_nodes, self._lock_conn, self.node_id)
+            dead, view = await self._bridged(
+                lease_sql.balance_round, self._lock_conn, self.node_id, self._held_or_releasing()
+            )
         except StorageError:
             await self._close_lock()  # a dead lock connection: we look dead to the others
             raise
+        self.placements = {p.partition: p for p in view.placements}
         if dead:
             _log.warning("nodes found dead", nodes=dead)
         if self._draining:
             return  # leaving: claim nothing more, offer nothing (the runtime hands all over)
-        view = await self.db.run_with_connection(lease_sql.cluster_view)
         live = len(set(view.live_nodes) | {self.node_id})
         target = math.ceil(self.partitions / live)
-        if time.monotonic() - self.renew_ok_at < self.lease_s - self.margin_s:
-            await self._claim(max(0, target - len(self._epochs)))
+        want = max(0, target - len(self._epochs))
+        # Only a view with something to claim opens the claim's transaction; what turns
+        # claimable after this read is claimed at the next round.
+        wanted = view.reserved or (want and view.claimable)
+        if wanted and time.monotonic() - self.renew_ok_at < self.lease_s - self.margin_s:
+            await self._claim(want)
         self._offer_handover(view, target)
+
+    def _held_or_releasing(self) -> list[int]:
+        return sorted(self._epochs.keys() | self._releasing)
 
     async def _claim(self, want: int) -> None:
         sent = time.monotonic()
@@ -347,7 +361,7 @@ class LeaseManager:
                 node_id=self.node_id,
                 url=self.url,
                 lease_s=self.lease_s,
-                owned=sorted(self._epochs.keys() | self._releasing),
+                owned=self._held_or_releasing(),
                 want=want,
             )
         )
@@ -511,15 +525,6 @@ class LeaseManager:
 def _call_trio(token: trio.lowlevel.TrioToken, fn: Callable[..., object], *args: Any) -> None:
     with contextlib.suppress(trio.RunFinishedError):  # the trio run ended first
         token.run_sync_soon(fn, *args)
-
-
-async def read_placements(db: Database) -> list[lease_sql.Placement]:
-    """Every partition's owner, URL and epoch, for redirects (a lapsed lease: no owner).
-
-    Raises:
-        StorageError: Postgres is unavailable.
-    """
-    return await db.run_with_connection(lease_sql.placements)
 
 
 async def read_node_url(db: Database, node_id: str) -> str | None:

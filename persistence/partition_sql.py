@@ -13,11 +13,12 @@ is what they run on the bridge. The rules of ``partition_journal`` (``0006_clust
 
 One batch of the writer is ONE transaction for every partition in it. The design note asks
 for a savepoint per partition, fence first, rolled back on zero rows; :func:`write_batch`
-reaches the same outcome in three statements instead of four per partition: one fence
-``UPDATE`` for all the partitions (locking their rows in id order, so it never deadlocks with
-a renewal), whose ``RETURNING`` says which passed; then the journal rows of those only; then
-the projections in a savepoint. A fenced partition thus writes nothing and never holds up the
-others; nothing of it needs rolling back.
+reaches the same outcome in two statements instead of four per partition: one statement whose
+fence ``UPDATE`` covers all the partitions (locking their rows in id order, so it never
+deadlocks with a renewal) and whose ``INSERT`` writes the journal rows of those that passed,
+and only those (it reads the fence's ``RETURNING``); then the projections in a savepoint. A
+fenced partition thus writes nothing and never holds up the others; nothing of it needs
+rolling back.
 """
 
 from __future__ import annotations
@@ -61,30 +62,36 @@ class BatchOutcome:
     """Set when the projections were rolled back (the journal rows committed)."""
 
 
-_FENCE = """
+_FENCE_AND_WRITE = """
 WITH v AS (
-    SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[])
-        AS v(id, epoch, last_seq, checkpoint)
+    SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                         $6::bytea[], $7::bytea[])
+        AS v(id, epoch, last_seq, checkpoint, first_seq, records, record_index)
 ), locked AS (
     SELECT p.id FROM partitions p JOIN v ON p.id = v.id AND p.epoch = v.epoch
     ORDER BY p.id
     FOR UPDATE OF p
+), passed AS (
+    UPDATE partitions p SET last_seq = v.last_seq, checkpoint = v.checkpoint::jsonb
+    FROM v, locked
+    WHERE p.id = v.id AND p.id = locked.id
+    RETURNING p.id
+), written AS (
+    INSERT INTO partition_journal (partition, first_seq, last_seq, epoch, record_count, records,
+        record_index)
+    SELECT v.id, v.first_seq, v.last_seq, v.epoch, (v.last_seq - v.first_seq + 1)::int,
+        v.records, v.record_index
+    FROM v JOIN passed ON passed.id = v.id
+    WHERE v.records IS NOT NULL
+    ON CONFLICT (partition, first_seq) DO NOTHING
+    RETURNING partition
 )
-UPDATE partitions p SET last_seq = v.last_seq, checkpoint = v.checkpoint::jsonb
-FROM v, locked
-WHERE p.id = v.id AND p.id = locked.id
-RETURNING p.id
+SELECT passed.id, EXISTS (SELECT 1 FROM written WHERE written.partition = passed.id)
+FROM passed
 """
-
-_INSERT = """
-INSERT INTO partition_journal (partition, first_seq, last_seq, epoch, record_count, records,
-    record_index)
-SELECT id, f, l, e, (l - f + 1)::int, r, x
-FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
-    AS t(id, f, l, e, r, x)
-ON CONFLICT (partition, first_seq) DO NOTHING
-RETURNING partition
-"""
+"""The fence and the journal rows in one statement: a row is written only for a partition
+whose fence passed (``passed``, the ``UPDATE``'s ``RETURNING``); each passed partition comes
+back with whether its row was inserted (False: a checkpoint only, or a row already there)."""
 
 
 async def write_batch(
@@ -104,49 +111,38 @@ async def write_batch(
     """
     outcome = BatchOutcome()
     async with conn.transaction():
-        passed: set[int] = set()
+        inserted: dict[int, bool] = {}
         if parts:
             ordered = sorted(parts, key=lambda w: w.partition)
-            passed = {
-                row[0]
+            inserted = {
+                row[0]: row[1]
                 for row in await conn.fetch(
-                    _FENCE,
+                    _FENCE_AND_WRITE,
                     [w.partition for w in ordered],
                     [w.epoch for w in ordered],
                     [w.last_seq for w in ordered],
                     [msgspec.json.encode(w.checkpoint).decode() for w in ordered],
+                    [w.first_seq for w in ordered],
+                    [w.payload for w in ordered],
+                    [w.record_index for w in ordered],
                 )
             }
-        writes = [w for w in parts if w.partition in passed and w.payload is not None]
+        passed = inserted.keys()
         for w in parts:
             if w.partition not in passed:
                 if retry and w.payload is not None and await _committed(conn, w):
                     outcome.already_written.add(w.partition)
                 else:
                     outcome.fenced.add(w.partition)
-        if writes:
-            inserted = {
-                row[0]
-                for row in await conn.fetch(
-                    _INSERT,
-                    [w.partition for w in writes],
-                    [w.first_seq for w in writes],
-                    [w.last_seq for w in writes],
-                    [w.epoch for w in writes],
-                    [w.payload for w in writes],
-                    [w.record_index for w in writes],
-                )
-            }
-            for w in writes:
-                if w.partition not in inserted:
-                    if not await _committed(conn, w):
-                        raise ConfigError(
-                            "partition journal collision: two writers at one epoch?",
-                            partition=w.partition,
-                            first_seq=w.first_seq,
-                            epoch=w.epoch,
-                        )
-                    outcome.already_written.add(w.partition)
+            elif w.payload is not None and not inserted[w.partition]:
+                if not await _committed(conn, w):
+                    raise ConfigError(
+                        "partition journal collision: two writers at one epoch?",
+                        partition=w.partition,
+                        first_seq=w.first_seq,
+                        epoch=w.epoch,
+                    )
+                outcome.already_written.add(w.partition)
         statements = [
             statement
             for w in parts

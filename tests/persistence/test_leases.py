@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -11,7 +12,7 @@ import msgspec
 import pytest
 import trio
 
-from persistence import Database, open_bridge, open_database
+from persistence import Database, lease_sql, open_bridge, open_database
 from persistence.leases import Claimed, HandoverWanted, LeaseEvent, LeaseManager, Lost
 from persistence.partition_journal import PartitionJournalWriter
 from protocol.errors import ConfigError, Fenced
@@ -161,7 +162,11 @@ async def test_a_node_that_stops_renewing_loses_its_partitions_and_its_writes_ar
         await nursery.start(journal.run)
         runtime_a = await _start(nursery, a)
         runtime_b = await _start(nursery, b)
-        await _wait_until(lambda: _balanced([a, b]))
+        # Balanced, and every claim's event taken by the pump (a claim emits it in the same
+        # step that records the partition, but the pump runs when the scheduler says).
+        await _wait_until(
+            lambda: _balanced([a, b]) and {c.partition for c in runtime_b.of(Claimed)} == b.owned()
+        )
         for claim in runtime_b.of(Claimed):
             journal.open_partition(claim.partition, claim.epoch, claim.last_seq, claim.checkpoint)
         victim = min(b.owned())
@@ -194,6 +199,87 @@ async def test_a_node_that_stops_renewing_loses_its_partitions_and_its_writes_ar
         await _wait_until(lambda: len(runtime_b.of(Lost)) == len(taken))
         assert {e.partition for e in runtime_b.of(Lost)} == taken and not b.owned()
         assert all(c.previous_owner == "b" for c in runtime_a.of(Claimed) if c.partition in taken)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_rounds_view_says_what_this_node_may_claim_and_where_each_partition_is(
+    db: Database,
+) -> None:
+    """The one read a balancing round makes of the partitions: the same rules as the claim's
+    own statements (``_RESERVED``, ``_CLAIMABLE``), and the placements for redirects."""
+    await db.run_with_connection(functools.partial(lease_sql.ensure_cluster, partitions=64))
+    await db.execute(
+        "INSERT INTO cluster_nodes (node_id, url, lock_key, expires_at) VALUES"
+        " ('a', 'http://a', 901, clock_timestamp() + interval '1 minute'),"
+        " ('b', 'http://b', 902, clock_timestamp() + interval '1 minute')"
+    )
+    later, earlier = "clock_timestamp() + interval '1 minute'", "clock_timestamp() - interval '1 s'"
+    for partition, owner, next_owner, expires in [
+        (0, "b", None, later),  # b's, live: nothing for a
+        (1, None, "a", later),  # reserved for a by a handover
+        (2, None, "b", later),  # reserved for b: not a's
+        (3, "b", None, earlier),  # b's lease lapsed: anyone's
+        (4, "ghost", None, later),  # a node whose row was reaped: anyone's
+        (5, "a", None, later),  # a's from a previous life (or held, when a says so)
+    ]:
+        await db.execute(
+            f"UPDATE partitions SET owner = $2::text, url = 'http://' || $2::text,"
+            f" next_owner = $3::text, expires_at = {expires} WHERE id = $1",
+            partition,
+            owner,
+            next_owner,
+        )
+
+    async def view(owned: list[int]) -> lease_sql.ClusterView:
+        return await db.run_with_connection(
+            functools.partial(lease_sql.cluster_view, node_id="a", owned=owned)
+        )
+
+    held = await view([5])
+    assert held.live_nodes == ("a", "b")
+    assert held.owned_by == {"a": 1, "b": 1, "ghost": 1}
+    assert held.reserved == 1
+    assert held.claimable == 64 - 3  # all but 0, 2 and 5 (1 is counted: reserved for a)
+    assert (await view([])).claimable == 64 - 2
+    assert (await view([1, 5])).reserved == 0
+    where = {p.partition: (p.owner, p.url) for p in held.placements}
+    assert len(where) == 64
+    assert where[0] == ("b", "http://b") and where[5] == ("a", "http://a")
+    assert where[3][0] is None and where[1][0] is None and where[10] == (None, None)
+
+
+async def test_a_settled_node_opens_no_claim_transaction(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twice a second on every node: once it holds its share, a round is its reads only, and
+    they keep the placements current."""
+    calls = {"rounds": 0, "claims": 0}
+    real_round, real_claim = lease_sql.balance_round, lease_sql.claim_partitions
+
+    async def counted_round(*args: Any, **kwargs: Any) -> Any:
+        calls["rounds"] += 1
+        return await real_round(*args, **kwargs)
+
+    async def counted_claim(*args: Any, **kwargs: Any) -> Any:
+        calls["claims"] += 1
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(lease_sql, "balance_round", counted_round)
+    monkeypatch.setattr(lease_sql, "claim_partitions", counted_claim)
+    alone = _manager(db, "alone")
+    async with trio.open_nursery() as nursery:
+        await _start(nursery, alone)
+        await _wait_until(lambda: alone.owned() == frozenset(range(64)))
+        await _wait_until(
+            lambda: (
+                len(alone.placements) == 64
+                and all(p.owner == "alone" for p in alone.placements.values())
+            )
+        )
+        claims, rounds = calls["claims"], calls["rounds"]
+        await _wait_until(lambda: calls["rounds"] >= rounds + 10)
+        assert calls["claims"] == claims
+        assert {p.url for p in alone.placements.values()} == {"http://127.0.0.1/alone"}
         nursery.cancel_scope.cancel()
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from persistence import Database, open_bridge, open_database, partition_sql
 from persistence.partition_journal import PartitionJournalWriter
 from protocol.common import Alert
-from protocol.errors import Fenced, UsageError
+from protocol.errors import ConfigError, Fenced, UsageError
 from tests.fixtures.postgres import PrivatePg
 
 
@@ -219,6 +219,70 @@ async def test_a_retried_batch_that_had_committed_is_not_written_twice(db: Datab
     assert again.already_written == {2} and not again.fenced
     assert [r for _, r in await _journal_of(db, 2)] == records
     assert await db.fetchval("SELECT count(*) FROM audit_log") == 2
+
+
+def _write(partition: int, first_seq: int, records: list[Rec] | None, **kw: Any) -> Any:
+    last_seq = first_seq + len(records) - 1 if records else first_seq - 1
+    return partition_sql.PartitionWrite(
+        partition=partition,
+        epoch=kw.pop("epoch", 1),
+        first_seq=first_seq,
+        last_seq=kw.pop("last_seq", last_seq),
+        checkpoint=kw.pop("checkpoint", {"S": partition}),
+        payload=None if records is None else _encoder.encode(records),
+        statements=_project(records or []),
+    )
+
+
+async def _batch(db: Database, *parts: Any, retry: bool = False) -> Any:
+    return await db.run_with_connection(
+        functools.partial(
+            partition_sql.write_batch, parts=list(parts), global_statements=[], retry=retry
+        )
+    )
+
+
+async def test_one_statement_writes_only_what_passed_its_fence(db: Database) -> None:
+    """The fence and the journal rows go in one statement: a fenced partition gets neither
+    its row nor its checkpoint, a checkpoint alone gets no row, the others are written."""
+    await _seed(db)
+    await _claim_elsewhere(db, 1)
+    outcome = await _batch(
+        db,
+        _write(1, 1, [Rec(partition=1, n=1)]),
+        _write(2, 1, [Rec(partition=2, n=2), Rec(partition=2, n=3)]),
+        _write(3, 1, None, last_seq=0, checkpoint={"S": 9}),
+    )
+    assert outcome.fenced == {1} and not outcome.already_written
+    assert outcome.projection_error is None
+    assert await _journal_of(db, 1) == [] and await _journal_of(db, 3) == []
+    assert [(s, r.n) for s, r in await _journal_of(db, 2)] == [(1, 2), (2, 3)]
+    rows = {
+        r["id"]: (r["last_seq"], r["checkpoint"])
+        for r in await db.fetch("SELECT id, last_seq, checkpoint FROM partitions WHERE id < 4")
+    }
+    assert rows[1][0] == 0 and rows[2][0] == 2 and rows[3][0] == 0
+    assert [rows[p][1] for p in (1, 2, 3)] == [{}, {"S": 2}, {"S": 9}]  # jsonb: a dict here
+    projected = await db.fetch("SELECT detail->>'n' FROM audit_log ORDER BY 1")
+    assert [r[0] for r in projected] == ["2", "3"]
+
+
+async def test_another_row_at_the_same_seq_and_epoch_refuses_the_whole_batch(
+    db: Database,
+) -> None:
+    """Two writers at one epoch (a bug, never a race the fence allows): the batch raises and
+    rolls back, the other partitions' rows included."""
+    await _seed(db)
+    assert not (await _batch(db, _write(2, 1, [Rec(partition=2, n=1)]))).fenced
+    with pytest.raises(ConfigError, match="collision"):
+        await _batch(
+            db,
+            _write(2, 1, [Rec(partition=2, n=7), Rec(partition=2, n=8)]),
+            _write(4, 1, [Rec(partition=4, n=9)]),
+        )
+    assert [(s, r.n) for s, r in await _journal_of(db, 2)] == [(1, 1)]
+    assert await _journal_of(db, 4) == []
+    assert await db.fetchval("SELECT last_seq FROM partitions WHERE id = 2") == 1
 
 
 async def test_writes_survive_connections_killed_under_the_writer(db: Database) -> None:
