@@ -17,7 +17,8 @@ skips it); one behind a quote only the stream has yet (another node's) waits for
 the order per symbol is the stream's either way. A symbol only this node appends to leaves the
 blocking read altogether (the reader *mutes* it, ``persistence.tick_reader``): its quotes are
 delivered from the append's reply through the reader's gap check, and another node's entries
-there are found by the next own append or by a poll every ``poll_muted_s``. Appends, their
+there are found by the next own append or by a poll every ``poll_muted_s`` (of the streams no
+own append moved for as long). Appends, their
 delivery and the polls run under one lock, so a poll never mistakes an own entry for another
 node's. When nothing else is in the way (no append queued or in flight, no claim holding the
 quotes, no poll running), a feed's quotes are appended and delivered in the feed's own call,
@@ -148,8 +149,9 @@ class ClusterConfig:
     takes it over (0: always the task). It stalls the event loop that long at worst; a round
     trip to a local Redis took 70-110 us on the quiet 2-core VM, ~280 us under load."""
     poll_muted_s: float = 0.1
-    """How often the streams this node feeds alone are read for another node's entries: the
-    longest such an entry waits there (see ``persistence.tick_reader``)."""
+    """How often the streams this node feeds alone are read for another node's entries, those
+    of them no own append moved for as long: such an entry waits there at most twice this
+    (see ``persistence.tick_reader``)."""
 
 
 @dataclass(slots=True)
@@ -642,7 +644,9 @@ class ClusterNode:
             if not self.reader.muted:
                 continue
             async with self._ticks:
-                found = await self.reader.poll(self.appender.conn, self.delivered)
+                found = await self.reader.poll(
+                    self.appender.conn, self.delivered, quiet_s=self.config.poll_muted_s
+                )
             if not found:
                 continue
             if self._held is not None:

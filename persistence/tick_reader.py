@@ -26,9 +26,11 @@ order through the same gap check as a read. Another node's entries on a muted st
 found, in order: by the next own append (its seq jumps: the gap is replayed first), or at the
 latest by :meth:`StreamReader.poll`, a read without ``BLOCK`` that the node runs every
 ``poll`` interval on a connection of its choice. Either way the symbol is *unmuted* (back in the
-``XREAD``, from its cursor) and not muted again for ``mute_holdoff_s``. The cost: another
-node's first quote on a stream muted here waits up to the poll interval; the saving: one wake-up
-of the node, one round trip and one decode per quote it feeds. Muting is off while
+``XREAD``, from its cursor) and not muted again for ``mute_holdoff_s``. A poll reads only the
+muted streams no own append moved for a while (``quiet_s``): the appends of a stream fed
+steadily check it already. The cost: another node's first quote on a stream muted here waits up
+to the poll interval plus ``quiet_s``; the saving: one wake-up of the node, one round trip and one
+decode per quote it feeds, and no poll while it feeds them. Muting is off while
 :attr:`StreamReader.muting_allowed` is False (the node's claims: their replays count on the
 read) and with ``mute_after=0``.
 
@@ -40,6 +42,7 @@ this host and Redis.
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
@@ -174,12 +177,14 @@ class OwnAppends(NamedTuple):
 
 
 class _Cursor:
-    __slots__ = ("key", "last_id", "last_seq")
+    __slots__ = ("key", "last_id", "last_seq", "own_at")
 
     def __init__(self, key: bytes, last_id: StreamId, last_seq: int | None) -> None:
         self.key = key
         self.last_id = last_id
         self.last_seq = last_seq
+        self.own_at = -math.inf
+        """Muted: the monotonic time an own append last moved it (no poll needed soon after)."""
 
 
 class StreamReader:
@@ -202,7 +207,7 @@ class StreamReader:
         prefix: the key prefix (as the appenders'), page: ``XREVRANGE`` page size.
         mute_after: consecutive own appends of a symbol after which it is muted (0: never).
         mute_holdoff_s: how long a symbol unmuted by another node's entries stays unmuted.
-        monotonic: the clock of the hold-off.
+        monotonic: the clock of the hold-off and of the polls' ``quiet_s``.
     """
 
     def __init__(
@@ -388,12 +393,20 @@ class StreamReader:
         finally:
             self._muted_lock.release()
 
-    async def poll(self, conn: RespConnection, delivered: Mapping[str, int]) -> list[Stamped]:
+    async def poll(
+        self, conn: RespConnection, delivered: Mapping[str, int], quiet_s: float = 0.0
+    ) -> list[Stamped]:
         """Read the muted streams once, without blocking, on ``conn``: another node's entries
         there, in order (the symbol is unmuted). Never raises for Redis (the next poll or own
-        append finds what this one could not)."""
+        append finds what this one could not).
+
+        ``quiet_s``: only the streams no own append moved for that long are read. An own
+        append finds the entries before it anyway (its seq jumps), so a stream this node
+        feeds steadily is never polled; an entry right after the last own append then waits
+        up to ``quiet_s`` plus the poll interval."""
         async with self._muted_lock:
-            cursors = list(self._muted.items())
+            since = self._monotonic() - quiet_s
+            cursors = [(s, c) for s, c in self._muted.items() if c.own_at <= since]
             if not cursors:
                 return []
             command: list[str | bytes | int] = ["XREAD", "COUNT", self.count, "STREAMS"]
@@ -433,6 +446,7 @@ class StreamReader:
             return None
         self._lift(cursor, stamped.symbol, delivered)
         cursor.last_id = max(cursor.last_id, stamped.stream_id)
+        cursor.own_at = self._monotonic()
         return cursor
 
     def _lift(self, cursor: _Cursor, symbol: str, delivered: Mapping[str, int]) -> None:

@@ -104,9 +104,9 @@ class World:
         await self.theirs.append(_quotes(self.next_theirs, n))
         self.next_theirs += n
 
-    async def poll(self) -> None:
+    async def poll(self, quiet_s: float = 0.0) -> None:
         async with self.lock:
-            found = await self.reader.poll(self.ours.conn, self.order.last)
+            found = await self.reader.poll(self.ours.conn, self.order.last, quiet_s)
         self._take(found, own=False)
 
     async def stream(self) -> list[float]:
@@ -213,6 +213,29 @@ async def test_a_poll_finds_another_nodes_entries_while_this_node_is_quiet(
         nursery.cancel_scope.cancel()
     assert w.seen == await w.stream()
     assert w.reader.stats().polls == 2
+
+
+async def test_a_stream_this_node_just_appended_to_is_not_polled(
+    world: Callable[..., World],
+) -> None:
+    """Its next own append checks it anyway: the poll skips it until it has been quiet for
+    ``quiet_s``, and then finds what another node appended meanwhile."""
+    now = [100.0]
+    w = world(mute_after=2, monotonic=lambda: now[0])
+    async with trio.open_nursery() as nursery:
+        await w.start(nursery)
+        await w.fed_alone(3)
+        await w.append_theirs(2)
+        now[0] += 0.05
+        await w.poll(quiet_s=0.1)
+        assert w.reader.stats().polls == 0  # no command was sent
+        assert w.reader.muted == {SYMBOL} and len(w.seen) == 3
+        now[0] += 0.1
+        await w.poll(quiet_s=0.1)
+        assert w.reader.stats().polls == 1 and w.seen[3:] == [5_000.0, 5_001.0]
+        await _until(lambda: not w.reader.muted)
+        nursery.cancel_scope.cancel()
+    assert w.seen == await w.stream()
 
 
 async def test_unmute_all_puts_every_muted_stream_back_and_muting_can_be_held(
