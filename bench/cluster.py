@@ -33,7 +33,10 @@ An invalid step says nothing either way: the next step runs, and the capacity li
 ``closes_per_engine_cpu_s``: closes of the measured quotes per CPU second (user + system,
 ``/proc/PID/stat``) of the arm's node processes, from the end of the warm-up to the end of the
 grace; ``idle_engine_cpu_pct``, their CPU in the ``--idle-s`` before the feed (every device
-connected, no quote), says how much of it is fixed cost. ``cluster_efficiency`` = cluster1's
+connected, no quote), says how much of it is fixed cost. ``engine_loop_cpu_s`` is the part of
+``engine_cpu_s`` the nodes' main threads (their trio loops) used, the rest being the asyncio
+bridge's; ``engine_loop_switches_per_quote``, how often those threads slept (voluntary) or were
+preempted (involuntary) per quote fed meanwhile. ``cluster_efficiency`` = cluster1's
 over single's at the same step (target >= 0.8); ``capacity_ratio`` = capacity of cluster2 over
 cluster1.
 
@@ -252,7 +255,7 @@ async def measure_step(
         warm_ns = start_ns + int(args.warmup * 1e9)
         end_ns = start_ns + int(n * 1e9 / rate)
         await _sleep_until_ns(warm_ns)
-        cpu_before = arm.cpu_s()
+        cpu_before, loop_before = arm.cpu_s(), arm.loop_thread()
         lags: dict[str, float] = {}
         while time.monotonic_ns() < end_ns:
             for metrics in await arm.metrics():
@@ -263,6 +266,7 @@ async def measure_step(
         await _sleep_until_ns(end_ns + int(args.grace * 1e9))
         alive = all(node.alive for node in arm.nodes)
         cpu_s = arm.cpu_s() - cpu_before
+        loop = arm.loop_thread() - loop_before
         end_metrics = await arm.metrics()
         fed = await feeder.stop()
         observed = [await worker.stop() for worker in prep.workers]
@@ -276,6 +280,7 @@ async def measure_step(
         if q >= warm_q and k in arrival
     ]
     late = [ns / 1000 for ns in fed["late_ns"][warm_q:]]
+    n_measured = n - warm_q  # the quotes fed while the CPU was measured
     row: dict[str, Any] = {
         "run": run,
         "arm": name,
@@ -289,6 +294,11 @@ async def measure_step(
         "engine_cpu_s": round(cpu_s, 3),
         "idle_engine_cpu_pct": round(idle_pct, 1),
         "closes_per_engine_cpu_s": round(len(measured) / cpu_s, 1) if cpu_s > 0 else None,
+        "engine_loop_cpu_s": round(loop.cpu_s, 3),
+        "engine_loop_switches_per_quote": {
+            "voluntary": round(loop.voluntary / n_measured, 2) if n_measured else None,
+            "involuntary": round(loop.involuntary / n_measured, 2) if n_measured else None,
+        },
         "journal_lag_s_max": lags.get("journal_lag_s"),
         "stream_lag_s_max": lags.get("stream_lag_s"),
         "stream_backlog_max": lags.get("stream_backlog"),

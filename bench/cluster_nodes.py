@@ -34,7 +34,7 @@ from persistence.db import dsn_with_database
 from persistence.embedded import EmbeddedPostgres
 from persistence.redis_server import PrivateRedis, free_loopback_port
 
-__all__ = ["ARMS", "PARTITIONS", "Arm", "Databases", "Node", "open_arm", "scrape"]
+__all__ = ["ARMS", "PARTITIONS", "Arm", "Databases", "LoopThread", "Node", "open_arm", "scrape"]
 
 ARMS = {"single": 1, "cluster1": 1, "cluster2": 2}
 """Each arm's node count."""
@@ -113,6 +113,51 @@ class Node:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class LoopThread:
+    """A node's main thread (its trio loop: the quote path, the actors, the sockets), read from
+    ``/proc/PID/task/PID``: its CPU seconds, and how often it gave up the CPU (voluntary: it
+    slept, waiting for a socket or a timer) or was made to (involuntary: preempted while it
+    could run). The rest of a node's CPU is its other threads' (the asyncio bridge to Postgres
+    and Redis)."""
+
+    cpu_s: float = 0.0
+    voluntary: int = 0
+    involuntary: int = 0
+
+    @classmethod
+    def of(cls, pid: int) -> LoopThread:
+        task = Path(f"/proc/{pid}/task/{pid}")
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            return cls(float("nan"))
+        switches = {
+            key: int(value)
+            for key, _, value in (line.partition(":\t") for line in status.splitlines())
+            if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+        }
+        return cls(
+            _cpu_s(pid, thread=pid),
+            switches.get("voluntary_ctxt_switches", 0),
+            switches.get("nonvoluntary_ctxt_switches", 0),
+        )
+
+    def __add__(self, other: LoopThread) -> LoopThread:
+        return LoopThread(
+            self.cpu_s + other.cpu_s,
+            self.voluntary + other.voluntary,
+            self.involuntary + other.involuntary,
+        )
+
+    def __sub__(self, other: LoopThread) -> LoopThread:
+        return LoopThread(
+            self.cpu_s - other.cpu_s,
+            self.voluntary - other.voluntary,
+            self.involuntary - other.involuntary,
+        )
+
+
 @dataclass
 class Arm:
     """The running nodes of one arm (node 0 runs the echo server and takes the feed)."""
@@ -134,6 +179,14 @@ class Arm:
     def cpu_s(self) -> float:
         """CPU seconds (user + system, every thread) the nodes have used, summed."""
         return sum(_cpu_s(node.process.pid) for node in self.nodes if node.alive)
+
+    def loop_thread(self) -> LoopThread:
+        """The nodes' main threads (each runs its trio loop), summed: see :class:`LoopThread`."""
+        total = LoopThread()
+        for node in self.nodes:
+            if node.alive:
+                total = total + LoopThread.of(node.process.pid)
+        return total
 
     async def wait_partitions(self, timeout_s: float) -> None:
         """Until every partition is served and each live node serves within one of its fair

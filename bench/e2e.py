@@ -392,10 +392,12 @@ def _schedstat(pid: int) -> tuple[float, float, float]:
     return on_cpu / 1e9, waiting / 1e9, time.monotonic()
 
 
-def _cpu_s(pid: int) -> float:
-    """Seconds of CPU a process has used (user + system, every thread), from /proc/PID/stat."""
+def _cpu_s(pid: int, thread: int | None = None) -> float:
+    """Seconds of CPU a process has used (user + system, every thread), from /proc/PID/stat;
+    or one of its threads', from /proc/PID/task/TID/stat."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(path).read_text()
     except OSError:
         return float("nan")
     # The command name (field 2) may hold spaces: count the fields after its closing paren.

@@ -26,6 +26,8 @@ STEP_KEYS = {
     "engine_cpu_s",
     "idle_engine_cpu_pct",
     "closes_per_engine_cpu_s",
+    "engine_loop_cpu_s",
+    "engine_loop_switches_per_quote",
     "journal_lag_s_max",
     "stream_lag_s_max",
     "feeder_late_ms",
@@ -61,6 +63,9 @@ def test_cluster_harness_tiny(tmp_path: Path) -> None:
         assert step["lost"] == 0 and step["duplicated"] == 0, step
         assert step["unexpected_closes"] == 0 and step["nodes_alive"]
         assert set(step["tick_to_close_ms"]) == {"p50", "p99", "max", "count"}
+        # The trio loop's share of the nodes' CPU, and its sleeps: it waits for sockets.
+        assert 0 < step["engine_loop_cpu_s"] <= step["engine_cpu_s"] + 0.02, step
+        assert step["engine_loop_switches_per_quote"]["voluntary"] > 0, step
     # Settled before the feed: every partition served, by one node or shared by two.
     owned = {
         s["arm"]: [m["tripwire_partitions_owned"] for m in s["node_metrics"]]
