@@ -70,10 +70,10 @@ class ClusterView:
 
     live_nodes: tuple[str, ...]
     owned_by: dict[str, int]
-    placements: tuple[Placement, ...] = ()
-    reserved: int = 0
+    placements: tuple[Placement, ...]
+    reserved: int
     """Partitions a handover reserved for this node (``_RESERVED``)."""
-    claimable: int = 0
+    claimable: int
     """Partitions free for this node (``_CLAIMABLE``), the reserved ones included."""
 
 
