@@ -18,14 +18,13 @@ the order per symbol is the stream's either way. A symbol only this node appends
 blocking read altogether (the reader *mutes* it, ``persistence.tick_reader``): its quotes are
 delivered from the append's reply through the reader's gap check, and another node's entries
 there are found by the next own append or by a poll every ``poll_muted_s`` (of the streams no
-own append moved for as long). Appends, their
-delivery and the polls run under one lock, so a poll never mistakes an own entry for another
-node's. When nothing else is in the way (no append queued or in flight, no claim holding the
-quotes, no poll running), a feed's quotes are appended and delivered in the feed's own call,
-the append's reply awaited blocked for at most ``sync_append_s``
-(``TickAppender.append_nowait``): a quote then costs the node one round trip's syscalls and no
-trip through the scheduler. Otherwise (or when the reply is late) the appending task takes them,
-in order.
+own append moved for as long). Appends, their delivery and the polls run under one lock, so a
+poll never mistakes an own entry for another node's. When nothing else is in the way (no append
+queued or in flight, no claim holding the quotes, no poll running), a feed's quotes are appended
+and delivered in the feed's own call, the append's reply awaited blocked for at most
+``sync_append_s`` (``TickAppender.append_nowait``): a quote then costs the node one round trip's
+syscalls and no trip through the scheduler. Otherwise (or when the reply is late) the appending
+task takes them, in order.
 
 **Checkpoints.** Every ``checkpoint_every_s``, when the node has nothing pending (every quote
 delivered so far has been judged, its fires decided, their records appended), each ready partition
