@@ -184,7 +184,9 @@ class _Cursor:
         self.last_id = last_id
         self.last_seq = last_seq
         self.own_at = -math.inf
-        """Muted: the monotonic time an own append last moved it (no poll needed soon after)."""
+        """The monotonic time an own append last moved it. Used once muted (no poll needed
+        soon after); kept while read too, since the appends that mute a stream come before
+        the read loop applies the mute."""
 
 
 class StreamReader:
@@ -442,6 +444,9 @@ class StreamReader:
         cursor = self._muted.get(stamped.symbol)
         if cursor is None:
             left.append(stamped)
+            read = self._cursors.get(stamped.symbol)
+            if read is not None:
+                read.own_at = self._monotonic()
             self._count_own(stamped)
             return None
         self._lift(cursor, stamped.symbol, delivered)

@@ -224,15 +224,17 @@ async def test_a_stream_this_node_just_appended_to_is_not_polled(
     w = world(mute_after=2, monotonic=lambda: now[0])
     async with trio.open_nursery() as nursery:
         await w.start(nursery)
-        await w.fed_alone(3)
+        # Two appends: the second asks for the mute, which the read loop applies after it,
+        # so the last own append moved the stream while it was still in the read.
+        await w.fed_alone(2)
         await w.append_theirs(2)
         now[0] += 0.05
         await w.poll(quiet_s=0.1)
         assert w.reader.stats().polls == 0  # no command was sent
-        assert w.reader.muted == {SYMBOL} and len(w.seen) == 3
+        assert w.reader.muted == {SYMBOL} and len(w.seen) == 2
         now[0] += 0.1
         await w.poll(quiet_s=0.1)
-        assert w.reader.stats().polls == 1 and w.seen[3:] == [5_000.0, 5_001.0]
+        assert w.reader.stats().polls == 1 and w.seen[2:] == [5_000.0, 5_001.0]
         await _until(lambda: not w.reader.muted)
         nursery.cancel_scope.cancel()
     assert w.seen == await w.stream()
