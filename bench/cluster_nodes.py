@@ -268,6 +268,7 @@ async def open_arm(
                 env.update(
                     REDIS_URL=redis_url,
                     TRIPWIRE_NODES="1",
+                    TRIPWIRE_EXPECT_NODES=str(count),
                     TRIPWIRE_NODE_URL=f"http://127.0.0.1:{port}",
                     TRIPWIRE_NODE_ID=f"bench-{i}",
                 )

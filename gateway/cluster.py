@@ -295,6 +295,7 @@ async def open_cluster(
         renew_every_s=lease_s / 5,
         margin_s=lease_s / 5,
         move_every_s=min(0.5, lease_s / 4),
+        expect_nodes=settings.expect_nodes,
     )
     bars = TickBarStore(db)
     appender = TickAppender(

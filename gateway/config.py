@@ -98,6 +98,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_backoff_max_ms: int = 5000
     csv_export_max_rows: int = 100_000
     nodes: int = 1
+    expect_nodes: int = 1
     node_url: str | None = None
     node_id: str | None = None
     partitions: int = 64
@@ -197,6 +198,9 @@ SETTINGS_HELP.update(
     {
         "nodes": "node processes `tripwire run` starts on this machine, sharing one Postgres and "
         "one Redis (more than 1: cluster mode, docs/operations.md); about one per core",
+        "expect_nodes": "nodes started together with this one (`tripwire run --nodes N` sets "
+        "it for its nodes): for one lease after joining, a node claims only its share of that "
+        "many, so they settle at once instead of by one handover after another",
         "node_url": "this node's own public URL (TRIPWIRE_NODE_URL); set: run as one node of a "
         "cluster, joining the others through DATABASE_URL and REDIS_URL; devices and REST calls "
         "for users owned elsewhere are redirected to the owner's URL",
@@ -384,6 +388,8 @@ def _check(s: Settings) -> None:  # noqa: C901
         fail("csv_export_max_rows", "must be 1..10000000 rows")
     if not 1 <= s.nodes <= 64:
         fail("nodes", "must be 1..64")
+    if not 1 <= s.expect_nodes <= 64:
+        fail("expect_nodes", "must be 1..64")
     if s.node_url is not None and not s.node_url.startswith(("http://", "https://")):
         fail("node_url", "must be the node's http(s) URL")
     if not 1 <= s.partitions <= 4096:

@@ -61,6 +61,7 @@ def node_environment(
             "DATABASE_URL": dsn,
             "REDIS_URL": redis_url,
             env_name("nodes"): "1",
+            env_name("expect_nodes"): str(settings.nodes),
             env_name("port"): str(port),
             env_name("node_url"): f"{scheme}://{settings.host}:{port}",
             env_name("node_id"): f"{settings.node_id or 'node'}-{index}",

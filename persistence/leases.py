@@ -25,7 +25,10 @@ Rules of operation:
   partition the renewal no longer finds (claimed by another node) is LOST: :class:`Lost`.
 * **Balancing**, every ``move_every_s``: target = ceil(partitions / live nodes) (live: node row
   unexpired). Below target, a node claims what is free (unowned, lapsed, owned by a dead node),
-  all at once (start-up, failover), and always what a handover reserved for it. Above
+  all at once (start-up, failover), and always what a handover reserved for it. Nodes started
+  together (``tripwire run --nodes N``) pass ``expect_nodes``: for one lease after joining, a
+  node counts at least that many live nodes, so the first to join does not claim all and
+  then hand half over one at a time (32 handovers at 0.5 s a round for two nodes). Above
   target + ``hysteresis``, or above target while another node is more than ``hysteresis``
   below it, it asks for ONE handover at a time (:class:`HandoverWanted`, naming the least
   loaded node below target): the runtime runs the ordered handover (stop, drain,
@@ -137,6 +140,9 @@ class LeaseManager:
         loop_stale_s: how old the trio loop's heartbeat may be for a renewal to go out.
         move_every_s: the period of balancing rounds (dead-node checks, claims, handovers).
         hysteresis: how far above target a node may stay before asking for a handover.
+        expect_nodes: how many nodes were started with this one: for ``lease_s`` after
+            joining, the target counts at least that many live nodes (those not up by then
+            are taken as absent, and their share is claimed).
 
     Attributes (metrics): ``claims``, ``losses``, ``handovers`` (partitions released to a next
     owner), ``renew_failures``, ``owned_count``, ``renew_ok_at``; ``events`` is where
@@ -157,9 +163,12 @@ class LeaseManager:
         move_every_s: float = 2.0,
         hysteresis: int = 1,
         connect_timeout_s: float = 5.0,
+        expect_nodes: int = 1,
     ) -> None:
         if partitions < 1:
             raise UsageError("partitions must be >= 1")
+        if expect_nodes < 1:
+            raise UsageError("expect_nodes must be >= 1")
         if not 0 <= margin_s < lease_s or renew_every_s <= 0 or renew_every_s >= lease_s:
             raise UsageError("leases need 0 <= margin_s < lease_s and 0 < renew_every_s < lease_s")
         self.db = db
@@ -173,6 +182,8 @@ class LeaseManager:
         self.move_every_s = move_every_s
         self.hysteresis = hysteresis
         self.connect_timeout_s = connect_timeout_s
+        self.expect_nodes = expect_nodes
+        self._joined_at = math.inf  # monotonic: when expect_nodes stops counting
         # Short, yet long enough for a loaded server: an answer later than the local deadline
         # extends nothing anyway (a deadline counts from the renewal's send time).
         self._renew_timeout_s = max(renew_every_s, (lease_s - margin_s) / 2)
@@ -249,6 +260,7 @@ class LeaseManager:
         sent = time.monotonic()
         await self._register()
         self.renew_ok_at = sent
+        self._joined_at = sent
         _log.info("joined the cluster", node_id=self.node_id, lock_key=self._lock_key)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -341,6 +353,8 @@ class LeaseManager:
         if self._draining:
             return  # leaving: claim nothing more, offer nothing (the runtime hands all over)
         live = len(set(view.live_nodes) | {self.node_id})
+        if time.monotonic() - self._joined_at < self.lease_s:
+            live = max(live, self.expect_nodes)
         target = math.ceil(self.partitions / live)
         want = max(0, target - len(self._epochs))
         # Only a view with something to claim opens the claim's transaction; what turns

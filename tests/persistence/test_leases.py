@@ -15,7 +15,7 @@ import trio
 from persistence import Database, lease_sql, open_bridge, open_database
 from persistence.leases import Claimed, HandoverWanted, LeaseEvent, LeaseManager, Lost
 from persistence.partition_journal import PartitionJournalWriter
-from protocol.errors import ConfigError, Fenced
+from protocol.errors import ConfigError, Fenced, UsageError
 
 # Short enough for quick tests, long enough that a loaded machine (a full suite on two cores
 # beside other work) does not lose a lease to a slow scheduler.
@@ -120,6 +120,65 @@ async def test_three_nodes_share_the_partitions_and_a_fourth_joins_by_handovers(
         assert sum(m.handovers for m in managers) == len(moved)
         assert not any(r.of(Lost) for r in [*runtimes, late_runtime])
         nursery.cancel_scope.cancel()
+
+
+async def test_nodes_started_together_settle_without_handovers(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``expect_nodes``: the first to join claims its share only, not all 64 to hand half of
+    them over one a round (what ``tripwire run --nodes 2`` did when one node was quicker)."""
+    rounds = [0]
+    real_round = lease_sql.balance_round
+
+    async def counted_round(*args: Any, **kwargs: Any) -> Any:
+        rounds[0] += 1
+        return await real_round(*args, **kwargs)
+
+    monkeypatch.setattr(lease_sql, "balance_round", counted_round)
+    # A lease (the window of expect_nodes) far longer than the test needs.
+    long = {"lease_s": 30.0, "renew_every_s": 0.2, "margin_s": 1.0, "expect_nodes": 2}
+    first, second = _manager(db, "first", **long), _manager(db, "second", **long)
+    async with trio.open_nursery() as nursery:
+        first_runtime = await _start(nursery, first)
+        await _wait_until(lambda: first.owned_count == 32)
+        seen = rounds[0]
+        await _wait_until(lambda: rounds[0] >= seen + 10)
+        assert first.owned_count == 32  # ten rounds alone, and still its share only
+        second_runtime = await _start(nursery, second)
+        await _wait_until(lambda: first.owned_count == second.owned_count == 32)
+        assert _balanced([first, second])
+        runtimes = [first_runtime, second_runtime]
+        assert first.handovers == second.handovers == 0
+        assert not any(r.of(HandoverWanted) or r.of(Lost) for r in runtimes)
+        claimed = [c for r in runtimes for c in r.of(Claimed)]
+        assert sorted(c.partition for c in claimed) == list(range(64))
+        assert all(c.epoch == 1 for c in claimed)  # each claimed once, from nobody
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_expected_node_not_up_within_a_lease_is_taken_as_absent(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wants: list[int] = []
+    real_claim = lease_sql.claim_partitions
+
+    async def recorded_claim(*args: Any, **kwargs: Any) -> Any:
+        rows = await real_claim(*args, **kwargs)
+        wants.append(kwargs["want"])
+        return rows
+
+    monkeypatch.setattr(lease_sql, "claim_partitions", recorded_claim)
+    lone = _manager(db, "lone", lease_s=2.0, expect_nodes=2)
+    async with trio.open_nursery() as nursery:
+        await _start(nursery, lone)
+        await _wait_until(lambda: lone.owned_count == 64)
+        nursery.cancel_scope.cancel()
+    assert wants == [32, 32]  # its share of two at once; the rest once the lease had passed
+
+
+async def test_expect_nodes_below_one_is_refused(db: Database) -> None:
+    with pytest.raises(UsageError, match="expect_nodes"):
+        _manager(db, "n", expect_nodes=0)
 
 
 async def test_a_count_mismatch_refuses_to_join(db: Database) -> None:
