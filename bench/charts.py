@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import trio
 
-from bench.common import base_parser, machine, print_table, write_json
+from bench.common import base_parser, machine, print_table, run_harness, write_json
 from bench.e2e import JWT_SECRET, _free_port, _seed, start_engine, stop_engine, wait_ready
 from gateway.auth import TokenIssuer
 from persistence.bridge import open_bridge
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-user", type=int, default=2, help="TRIPWIRE_CHART_PER_USER")
     parser.add_argument("--queue", type=int, default=8, help="TRIPWIRE_CHART_QUEUE")
     args = parser.parse_args(argv)
-    r = trio.run(run, args)
+    r = run_harness(run, args)
     print_table(
         f"another user's equity.png: idle engine vs. {args.flood} distinct chart requests in "
         f"flight from {args.flooders} users (chart workers {args.workers}, per user "

@@ -70,7 +70,7 @@ import trio
 
 from bench.cluster_nodes import ARMS, PARTITIONS, Arm, Databases, open_arm, scrape
 from bench.cluster_report import report, summary, verdict
-from bench.common import base_parser, bench_extra_missing, machine, write_json
+from bench.common import base_parser, bench_extra_missing, machine, run_harness, write_json
 from bench.e2e import (
     FEED_TOKEN,
     Worker,
@@ -472,7 +472,8 @@ async def run(args: Any) -> dict[str, Any]:
         if args.failover:
             failover = await measure_failover(args, dbs, workload, folder)
     finally:
-        await dbs.close()
+        with trio.CancelScope(shield=True):  # stopped by SIGTERM too (bench.common.run_harness)
+            await dbs.close()
     return report(args, rows, failover, folder)
 
 
@@ -563,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.failover and not 0 < args.failover_kill_at < args.failover_s:
         raise SystemExit("bench.cluster: --failover-kill-at must fall inside --failover-s")
     configure_logging("console", "warning")  # the seeding's migrations would bury the table
-    out = trio.run(run, args)
+    out = run_harness(run, args)
     summary(args, out)
     config = {k: v for k, v in vars(args).items() if k not in {"json", "database_url"}}
     write_json(args.json, {"machine": machine(), "config": config, **out})

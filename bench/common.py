@@ -8,13 +8,15 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
+import trio
 
 from engine.lifecycle import PositionState
 from engine.positions import Position
@@ -29,8 +31,11 @@ __all__ = [
     "percentiles",
     "print_table",
     "require_bench_extra",
+    "run_harness",
     "write_json",
 ]
+
+T = TypeVar("T")
 
 BENCH_EXTRA = ("hdrh",)
 """The modules of pyproject's ``bench`` extra that a harness imports (``make run`` omits them)."""
@@ -168,3 +173,31 @@ def open_positions(
             )
         )
     return out
+
+
+def run_harness(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run(fn, *args)``, stopped by SIGTERM as by Ctrl-C: the run is cancelled, so the
+    harness's own clean-up stops what it started (engines, nodes, its Postgres and Redis)
+    instead of leaving them running, and the process exits 143.
+
+    Without it, SIGTERM (``kill``, ``timeout``) ends the process on the spot: its children
+    outlived it and disturbed the runs after it."""
+    done: list[T] = []
+
+    async def stoppable() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_sigterm() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        print("SIGTERM: stopping what this harness started", file=sys.stderr)
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_sigterm)
+            done.append(await fn(*args))
+            nursery.cancel_scope.cancel()
+
+    trio.run(stoppable)
+    if not done:
+        raise SystemExit(128 + signal.SIGTERM)
+    return done[0]

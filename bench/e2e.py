@@ -88,7 +88,14 @@ import numpy as np
 import trio
 
 from actors import tracing
-from bench.common import base_parser, bench_extra_missing, machine, print_table, write_json
+from bench.common import (
+    base_parser,
+    bench_extra_missing,
+    machine,
+    print_table,
+    run_harness,
+    write_json,
+)
 from bench.e2e_workers import DeviceSpec, WorkerConfig
 from engine.instruments import DEFAULT_INSTRUMENTS
 from gateway.auth import TokenIssuer, hash_password
@@ -576,9 +583,10 @@ async def run(args: Any) -> dict[str, Any]:
                 await clients.stop() if tokens else {"deltas": [], "price_lag_ms": [], "dropped": 0}
             )
     finally:
-        if engine is not None:
-            await stop_engine(engine)
-        await trio.to_thread.run_sync(server.close)
+        with trio.CancelScope(shield=True):  # stopped by SIGTERM too (bench.common.run_harness)
+            if engine is not None:
+                await stop_engine(engine)
+            await trio.to_thread.run_sync(server.close)
         # The database (~120 MB) goes; the engine's log and the traces stay for a look.
         shutil.rmtree(folder / "pg", ignore_errors=True)
     traced = msgspec.msgpack.decode(trace.read_bytes()) if trace.exists() else {}
@@ -1056,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
         "while firing quotes waited to be read",
     )
     args = parser.parse_args(argv)
-    out = trio.run(run, args)
+    out = run_harness(run, args)
     raw = out["results"].pop("_raw")
     r = out["results"]
     rows = [

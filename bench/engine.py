@@ -44,7 +44,15 @@ import trio.lowlevel
 from actors import gc_policy
 from actors.directory import StaticDirectory
 from actors.node import MemoryJournal, Node, NodeConfig
-from bench.common import base_parser, machine, open_positions, percentiles, print_table, write_json
+from bench.common import (
+    base_parser,
+    machine,
+    open_positions,
+    percentiles,
+    print_table,
+    run_harness,
+    write_json,
+)
 from engine.instruments import DEFAULT_INSTRUMENTS
 from engine.quotes import QuoteLimits
 from engine.records import PositionSaved
@@ -386,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = Path(tempfile.gettempdir()) / "tripwire-bench-engine.log"
     with log_path.open("w") as log_file:
         configure_logging("json", "info", stream=log_file)
-        results = trio.run(
+        results = run_harness(
             run,
             args.positions,
             args.devices,

@@ -47,7 +47,7 @@ import asyncpg
 import msgspec
 import trio
 
-from bench.common import base_parser, machine, percentiles, print_table, write_json
+from bench.common import base_parser, machine, percentiles, print_table, run_harness, write_json
 from bench.recovery import measure_recovery, measure_snapshot
 from persistence import (
     Bridge,
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         server = EmbeddedPostgres(tempfile.mkdtemp(prefix="tripwire-bench-pg-"))
         admin_dsn = server.start()
     try:
-        results = trio.run(run, args, admin_dsn)
+        results = run_harness(run, args, admin_dsn)
     finally:
         if server is not None:
             server.cleanup()

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from bench.common import base_parser, machine, write_json
+from bench.common import base_parser, machine, run_harness, write_json
 from persistence import RedisLink, open_bridge
 from persistence.redis_server import PrivateRedis
 from persistence.resp import RespConnection
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         redis.start()
         try:
             paths = {"blocking_socket": blocking(redis.port, args.count)}
-            paths.update(trio.run(trio_paths, redis, args.count))
+            paths.update(run_harness(trio_paths, redis, args.count))
         finally:
             redis.kill()
     print(f"Redis PING round trips, {args.count} per path (this process's CPU and wall time):")

@@ -48,7 +48,7 @@ import msgspec
 import numpy as np
 import trio
 
-from bench.common import base_parser, machine, print_table, write_json
+from bench.common import base_parser, machine, print_table, run_harness, write_json
 from bench.e2e import (
     JWT_SECRET,
     Worker,
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "--samples", metavar="PATH", help="also write every request's sample (msgpack) to PATH"
     )
     args = parser.parse_args(argv)
-    out = trio.run(run, args)
+    out = run_harness(run, args)
     r = out["results"]
     rows = [
         {"endpoint": BASELINE + " (baseline)", **r["baseline_healthz"]},

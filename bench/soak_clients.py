@@ -43,7 +43,7 @@ import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-from bench.common import base_parser, machine, print_table, write_json
+from bench.common import base_parser, machine, print_table, run_harness, write_json
 from bench.e2e import (
     JWT_SECRET,
     _free_port,
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp-timeout", type=float, default=300.0, help="bound on the ramp, s")
     parser.add_argument("--max-requests", type=int, default=100_000, help="bound on the probe")
     args = parser.parse_args(argv)
-    r = trio.run(run, args)
+    r = run_harness(run, args)
     print_table(
         f"/healthz while {args.clients:,} idle /ws/client connections come and go "
         f"({args.rate:g} requests/s, from the scheduled time)",
