@@ -640,6 +640,7 @@ class ClusterNode:
     async def _poll_muted_forever(self) -> None:
         """Find another node's entries on the streams this node feeds alone."""
         while True:
+            await self.reader.until_muted()  # nothing muted: no wake-ups
             await trio.sleep(self.config.poll_muted_s)
             if not self.reader.muted:
                 continue

@@ -323,7 +323,8 @@ class LeaseManager:
         """Stamp the trio loop's heartbeat: renewals go out only while it is fresh."""
         while True:
             self._heartbeat_at = time.monotonic()
-            await trio.sleep(max(0.01, self.loop_stale_s / 4))
+            # Twice per loop_stale_s: fresh at any renewal while the loop turns.
+            await trio.sleep(max(0.01, self.loop_stale_s / 2))
 
     async def _balance_forever(self) -> None:
         while True:

@@ -249,6 +249,7 @@ class StreamReader:
         # symbol -> (watch or unwatch, after_seq), applied between two reads
         self._changes: dict[str, tuple[bool, int | None]] = {}
         self._changed = trio.Event()
+        self._mute_applied = trio.Event()
         self.mute_after = mute_after
         self.mute_holdoff_s = mute_holdoff_s
         self.muting_allowed = True
@@ -312,6 +313,12 @@ class StreamReader:
     def muted(self) -> set[str]:
         """The symbols followed through own appends and polls, out of the blocking read."""
         return set(self._muted)
+
+    async def until_muted(self) -> None:
+        """Return once some symbol is muted (at once if one is): what polls wait on."""
+        while not self._muted:
+            self._mute_applied = trio.Event()
+            await self._mute_applied.wait()
 
     def unmute_all(self) -> None:
         """Put every muted symbol back in the read at the next read (pending mutes dropped)."""
@@ -508,8 +515,9 @@ class StreamReader:
                     await trio.sleep_until(self.state.retry_at)
                 continue
             if not self._cursors:
-                with trio.move_on_after(self.block_ms / 1000):
-                    await self._changed.wait()
+                # Nothing to read (none watched, or all muted): every change sets the event,
+                # so an idle node does not wake here.
+                await self._changed.wait()
                 self._changed = trio.Event()
                 continue
             if not self.state.should_try():
@@ -535,6 +543,7 @@ class StreamReader:
                         continue  # unwatched meanwhile
                     del self._by_key[cursor.key]
                     self._muted[symbol] = cursor
+                    self._mute_applied.set()
                     self.mutes += 1
                     _log.info("stream muted: this node feeds it alone", symbol=symbol)
                 else:

@@ -242,6 +242,7 @@ class TickAppender:
         self._encoder = msgspec.msgpack.Encoder()
         # Arrival order; the first ``_held`` quotes have waited through a failed attempt.
         self._backlog: deque[Quote] = deque()
+        self._backlog_added = trio.Event()  # wakes the sweeping task (idle without a backlog)
         self._held = 0
         # FIFO: appends of one node reach Redis in call order. A semaphore, not a Lock: an
         # append begun in one task (append_nowait) may be finished in another (finish).
@@ -354,14 +355,20 @@ class TickAppender:
         interval_s: float = 0.2,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Sweep the backlog while there is one, every ``interval_s``, until cancelled."""
+        """Sweep the backlog while there is one, every ``interval_s``, until cancelled.
+        Without a backlog it sleeps until quotes go into one: no wake-ups on a healthy node."""
         task_status.started()
         while True:
+            while not self._backlog:
+                self._backlog_added = trio.Event()
+                await self._backlog_added.wait()
             await trio.sleep(interval_s)
             if self._backlog:
                 await self.sweep()
 
     def _bound_backlog(self) -> None:
+        """After quotes went into the backlog: wake the sweeping task, drop what is over."""
+        self._backlog_added.set()
         excess = len(self._backlog) - self.backlog_limit
         if excess <= 0:
             return
