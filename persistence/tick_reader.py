@@ -2,7 +2,8 @@
 
 :class:`StreamReader` follows a set of symbols' streams (:mod:`persistence.tick_streams`)
 with ``XREAD BLOCK`` on a Redis connection of its own, never the shared pool's, and a short
-block (150 ms by default). The block is never cancelled to change the set of symbols (redis-py
+block (500 ms by default: an idle node wakes twice a second here; entries end a block at
+once). The block is never cancelled to change the set of symbols (redis-py
 drops a connection whose command is cancelled): :meth:`StreamReader.watch` and
 :meth:`StreamReader.unwatch` only record the change, and the read loop applies it between two
 reads. Every entry's seq is checked against the last one delivered for its symbol: a jump is a
@@ -32,7 +33,9 @@ steadily check it already. The cost: another node's first quote on a stream mute
 to the poll interval plus ``quiet_s``; the saving: one wake-up of the node, one round trip and one
 decode per quote it feeds, and no poll while it feeds them. Muting is off while
 :attr:`StreamReader.muting_allowed` is False (the node's claims: their replays count on the
-read) and with ``mute_after=0``.
+read) and with ``mute_after=0``. A muted symbol that no own append moved for
+``unmute_idle_s`` goes back to the read: the node stopped feeding it, and a quiet blocking read
+costs nothing while a poll would wake the node every interval.
 
 Reader lag (``lag_ms``) is the wall clock minus the ms of the newest id the last read
 delivered, 0 after a read that found nothing new; it includes the clock difference between
@@ -209,6 +212,8 @@ class StreamReader:
         prefix: the key prefix (as the appenders'), page: ``XREVRANGE`` page size.
         mute_after: consecutive own appends of a symbol after which it is muted (0: never).
         mute_holdoff_s: how long a symbol unmuted by another node's entries stays unmuted.
+        unmute_idle_s: a muted symbol no own append moved for this long is unmuted by the
+            next poll (this node stopped feeding it).
         monotonic: the clock of the hold-off and of the polls' ``quiet_s``.
     """
 
@@ -219,7 +224,7 @@ class StreamReader:
         *,
         ring: TickRing | None = None,
         bars: TickBarStore | None = None,
-        block_ms: int = 150,
+        block_ms: int = 500,
         count: int = 1_000,
         on_gap: GapSink | None = None,
         on_alert: AlertSink | None = None,
@@ -229,6 +234,7 @@ class StreamReader:
         clock_ms: Callable[[], int] = wall_clock_ms,
         mute_after: int = 50,
         mute_holdoff_s: float = 30.0,
+        unmute_idle_s: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.link = link
@@ -236,6 +242,7 @@ class StreamReader:
         self.ring = ring if ring is not None else TickRing()
         self.bars = bars
         self.block_ms = block_ms
+        self.unmute_idle_s = unmute_idle_s
         self.count = count
         self.page = page
         self.keys = TickKeys(prefix)
@@ -440,6 +447,11 @@ class StreamReader:
                         await self._deliver(cursor, stamped, out)
                 if len(out) > found:
                     self._foreign_on_muted(symbol)
+            idle_since = since + quiet_s - self.unmute_idle_s
+            for symbol, cursor in cursors:
+                if cursor.own_at <= idle_since and self._muted.get(symbol) is cursor:
+                    self._mute_changes.setdefault(symbol, False)  # this node stopped feeding it
+                    self._changed.set()
             self.delivered_total += len(out)
             return out
 
@@ -553,7 +565,10 @@ class StreamReader:
                     self._cursors[symbol] = cursor
                     self._by_key[cursor.key] = symbol
                     self.unmutes += 1
-                    _log.info("stream unmuted: another node appends to it", symbol=symbol)
+                    _log.info(
+                        "stream unmuted: another node appends to it, or this node stopped",
+                        symbol=symbol,
+                    )
 
     async def _apply_changes(self) -> list[Stamped]:
         delivered: list[Stamped] = []

@@ -240,6 +240,36 @@ async def test_a_stream_this_node_just_appended_to_is_not_polled(
     assert w.seen == await w.stream()
 
 
+async def test_a_stream_this_node_stopped_feeding_goes_back_to_the_read(
+    world: Callable[..., World],
+) -> None:
+    """An idle node is not woken by polls: a muted stream no own append moved for
+    ``unmute_idle_s`` is polled once more, then read (blocked) like any other."""
+    now = [100.0]
+    w = world(mute_after=2, unmute_idle_s=5.0, monotonic=lambda: now[0])
+    async with trio.open_nursery() as nursery:
+        await w.start(nursery)
+        await w.fed_alone(2)
+        now[0] += 1.0
+        await w.poll(quiet_s=0.1)  # quiet, not idle yet: polled, and still muted
+        await trio.sleep(0.06)  # three blocks of the read's 20 ms: a change would have applied
+        assert w.reader.muted == {SYMBOL}
+        now[0] += 5.0
+        await w.poll(quiet_s=0.1)
+        await _until(lambda: not w.reader.muted)
+        assert w.reader.stats().polls == 2
+        await w.append_theirs(2)  # the read brings them: no poll
+        await _until(lambda: len(w.seen) == 4)
+        for _ in range(2):  # fed again: muted again (no hold-off, no other node was seen)
+            await w.append_ours(1)
+        await _until(lambda: w.reader.muted == {SYMBOL})
+        truth = await w.settle()
+        stats = w.reader.stats()
+        nursery.cancel_scope.cancel()
+    assert w.seen == truth
+    assert (stats.mutes, stats.unmutes, stats.gaps_detected) == (2, 1, 0)
+
+
 async def test_unmute_all_puts_every_muted_stream_back_and_muting_can_be_held(
     world: Callable[..., World],
 ) -> None:
