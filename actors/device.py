@@ -346,7 +346,11 @@ class DeviceActor:
             self._started.set()
             nursery.start_soon(self._tick)
             while True:
-                for item in await self.mailbox.get_batch():
+                batch = await self.mailbox.get_batch()
+                # Woken with a batch, then cancelled before running (its user released to
+                # another node): the batch is not this node's to handle any more.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                for item in batch:
                     if isinstance(item, Failure):
                         raise item.error
                     session, message = item

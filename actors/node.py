@@ -218,6 +218,12 @@ class Node:
         try:
             with scope:
                 await run()
+        except Exception as exc:
+            # The supervisor keeps an actor's failures in; one raised beside the Cancelled of
+            # its stop (a group of both) passes it. The actor is going anyway: not the node.
+            if not scope.cancel_called:
+                raise
+            self.log.error("actor failed while stopping", actor=name, exc_info=exc)
         finally:
             done.set()
             if self._tasks.get(name) == (scope, done):

@@ -212,6 +212,8 @@ class UserActor:
                     batch = await self.mailbox.get_batch()
             finally:
                 self._timer = None
+            # Woken with a batch, then cancelled before running (released to another node).
+            await trio.lowlevel.checkpoint_if_cancelled()
             now = clock.now_ms()
             for message in batch:
                 self._handle(message, now)

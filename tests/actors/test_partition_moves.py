@@ -200,6 +200,34 @@ async def test_release_forgets_everything_and_a_later_adopt_works(
     assert (await link2.next(CloseCommand)).command_id == "p1.close.1"
 
 
+async def test_a_frame_queued_as_its_user_is_released_is_dropped_not_a_crash(
+    harness, autojump_clock
+) -> None:
+    """The frozen zombie's race (CI, 2026-12-07): a device actor woken with a batch is
+    cancelled by a release before it runs; it must not handle the batch (its user is gone:
+    that raised UsageError beside the Cancelled, which escaped the supervisor and ended the
+    whole node), and the node goes on serving."""
+    node = harness.node
+    harness.quote(1950.0, 1950.3)
+    await node.adopt(partition())
+    await wait_for_state(node, "u1", "p1", PositionState.OPEN)
+    link, session = await open_session(node)
+    actor = node.device("d1")
+    actor.inbound(session, PositionsSnapshot(time_ms=node.clock.now_ms(), positions=[HELD]))
+    await trio.sleep(0.1)
+    actor.close_session(session)  # queued: the actor's task is woken with it, not run yet
+
+    async def moved(released: DeviceActor) -> None:
+        await link.close(4010, "moved")
+
+    released = await node.release(["u1"], reason="lost", on_device_released=moved)
+    assert released.device_ids == ("d1",)
+    await trio.sleep(1)
+    assert "device:d1" not in node.supervised and "u1" not in node.users
+    await node.adopt(partition())  # the node still runs: the user can come back
+    await wait_for_state(node, "u1", "p1", PositionState.OPEN)
+
+
 async def test_release_without_a_hook_closes_the_session(harness, autojump_clock) -> None:
     node = harness.node
     await node.adopt(partition())
