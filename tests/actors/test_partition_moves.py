@@ -85,6 +85,19 @@ async def open_session(node, device_id: str = "d1") -> tuple[ScriptedLink, objec
     return link, session
 
 
+async def adopted_with_snapshot(harness) -> tuple[ScriptedLink, object]:
+    """u1 adopted and OPEN, d1 connected with its positions snapshot (its commands may go)."""
+    node = harness.node
+    harness.quote(1950.0, 1950.3)
+    await node.adopt(partition())
+    await wait_for_state(node, "u1", "p1", PositionState.OPEN)
+    link, session = await open_session(node)
+    node.device("d1").inbound(
+        session, PositionsSnapshot(time_ms=node.clock.now_ms(), positions=[HELD])
+    )
+    return link, session
+
+
 def commands(link: ScriptedLink) -> list[CloseCommand]:
     return [f for f in link.frames if isinstance(f, CloseCommand)]
 
@@ -154,13 +167,7 @@ async def test_release_forgets_everything_and_a_later_adopt_works(
     harness, nursery, autojump_clock
 ) -> None:
     node = harness.node
-    harness.quote(1950.0, 1950.3)
-    await node.adopt(partition())
-    await wait_for_state(node, "u1", "p1", PositionState.OPEN)
-    link, session = await open_session(node)
-    node.device("d1").inbound(
-        session, PositionsSnapshot(time_ms=node.clock.now_ms(), positions=[HELD])
-    )
+    link, _ = await adopted_with_snapshot(harness)
     await trio.sleep(0.1)
     symbol = node.symbols["XAUUSD"]
     assert symbol.armed == 1
@@ -208,14 +215,10 @@ async def test_a_frame_queued_as_its_user_is_released_is_dropped_not_a_crash(
     that raised UsageError beside the Cancelled, which escaped the supervisor and ended the
     whole node), and the node goes on serving."""
     node = harness.node
-    harness.quote(1950.0, 1950.3)
-    await node.adopt(partition())
-    await wait_for_state(node, "u1", "p1", PositionState.OPEN)
-    link, session = await open_session(node)
-    actor = node.device("d1")
-    actor.inbound(session, PositionsSnapshot(time_ms=node.clock.now_ms(), positions=[HELD]))
+    link, session = await adopted_with_snapshot(harness)
     await trio.sleep(0.1)
-    actor.close_session(session)  # queued: the actor's task is woken with it, not run yet
+    # Queued: the actor's task is woken with it, and has not run yet.
+    node.device("d1").close_session(session)
 
     async def moved(released: DeviceActor) -> None:
         await link.close(4010, "moved")
@@ -255,13 +258,7 @@ def gate(harness) -> Gate:
 
 async def test_gate_refusals_hold_commands_until_it_opens(harness, gate, autojump_clock) -> None:
     node = harness.node
-    harness.quote(1950.0, 1950.3)
-    await node.adopt(partition())
-    await wait_for_state(node, "u1", "p1", PositionState.OPEN)
-    link, session = await open_session(node)
-    node.device("d1").inbound(
-        session, PositionsSnapshot(time_ms=node.clock.now_ms(), positions=[HELD])
-    )
+    link, _ = await adopted_with_snapshot(harness)
     await trio.sleep(0.1)
     gate.open = False
     harness.quote(1944.0, 1944.3)
@@ -299,12 +296,8 @@ async def test_an_ack_with_another_commands_hash_is_refused(harness, autojump_cl
     node = harness.node
     alerts: list = []
     node.on_alerts(alerts.extend)
-    harness.quote(1950.0, 1950.3)
-    await node.adopt(partition())
-    await wait_for_state(node, "u1", "p1", PositionState.OPEN)
-    link, session = await open_session(node)
+    link, session = await adopted_with_snapshot(harness)
     device = node.device("d1")
-    device.inbound(session, PositionsSnapshot(time_ms=node.clock.now_ms(), positions=[HELD]))
     harness.quote(1944.0, 1944.3)
     close = await link.next(CloseCommand)
     other = CloseCommand(
