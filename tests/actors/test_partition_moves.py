@@ -231,6 +231,29 @@ async def test_a_frame_queued_as_its_user_is_released_is_dropped_not_a_crash(
     await wait_for_state(node, "u1", "p1", PositionState.OPEN)
 
 
+async def test_an_actor_failing_as_its_user_is_released_ends_alone_not_the_node(
+    harness, autojump_clock, monkeypatch
+) -> None:
+    """A failure raised beside the Cancelled of an actor's stop (here the device's tick task
+    fails as the release cancels it: a group of both) passes the supervisor; the actor's own
+    scope takes it, not the node's nursery."""
+    node = harness.node
+
+    async def tick_failing_when_stopped(self: DeviceActor) -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            raise ValueError("failed while stopping") from None
+
+    monkeypatch.setattr(DeviceActor, "_tick", tick_failing_when_stopped)
+    await adopted_with_snapshot(harness)
+    await trio.sleep(0.1)
+    released = await node.release(["u1"], reason="lost")
+    assert released.device_ids == ("d1",)
+    await node.adopt(partition())  # the node still runs: the user comes back
+    await wait_for_state(node, "u1", "p1", PositionState.OPEN)
+
+
 async def test_release_without_a_hook_closes_the_session(harness, autojump_clock) -> None:
     node = harness.node
     await node.adopt(partition())

@@ -219,28 +219,3 @@ async def test_an_ack_that_fails_on_the_fast_path_restarts_the_device_actor(
     # The restarted actor ended the session it could not trust; the position waits, CLOSING
     # or UNKNOWN, for the device's next snapshot (never closed twice, never lost).
     assert _state(harness.node, "u1", pid) in {PositionState.CLOSING, PositionState.UNKNOWN}
-
-
-async def test_an_actor_that_fails_as_it_is_stopped_does_not_end_the_node(
-    harness, device, autojump_clock
-) -> None:
-    """A failure raised beside the Cancelled of an actor's stop (a group of both) passes the
-    supervisor; the actor's own scope takes it, not the node's nursery."""
-    node = harness.node
-
-    async def fails_when_stopped() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.sleep_forever)
-            try:
-                await trio.sleep_forever()
-            except trio.Cancelled:
-                raise ValueError("failed while stopping") from None
-
-    node._start("stubborn", fails_when_stopped)
-    await trio.sleep(0.1)
-    scope, done = node._tasks["stubborn"]
-    scope.cancel()
-    await done.wait()
-    assert "stubborn" not in node._tasks
-    await device.connect()  # the node still serves
-    await open_position(harness, device)
