@@ -282,17 +282,23 @@ class ClientHub:
         period = self.node.config.price_push_ms / 1000
         while True:
             await trio.sleep(period)
-            board = self.node.prices
-            for user_id, subs in self._subs.items():
-                for sub in subs:
-                    if "prices" not in sub.channels:
-                        continue
-                    for symbol in sub.symbols or self._watched.get(user_id) or ():
-                        quote = board.get(symbol)
-                        if quote is not None:
-                            sub.buffer.offer(
-                                ("q", symbol),
-                                PriceUpdate(
-                                    symbol=symbol, bid=quote[0], ask=quote[1], time_ms=quote[2]
-                                ),
-                            )
+            self._push_prices_once()
+
+    def _push_prices_once(self) -> None:
+        # Its own frame: the loop's last ``sub`` must not outlive the push (held across the
+        # sleep, a closed stream's subscription and its buffer stayed alive until the next
+        # push, or for good once no stream was left).
+        board = self.node.prices
+        for user_id, subs in self._subs.items():
+            for sub in subs:
+                if "prices" not in sub.channels:
+                    continue
+                for symbol in sub.symbols or self._watched.get(user_id) or ():
+                    quote = board.get(symbol)
+                    if quote is not None:
+                        sub.buffer.offer(
+                            ("q", symbol),
+                            PriceUpdate(
+                                symbol=symbol, bid=quote[0], ask=quote[1], time_ms=quote[2]
+                            ),
+                        )
