@@ -28,19 +28,27 @@ def settle(gen0: int = DEFAULT_GEN0) -> None:
 
 
 @contextmanager
-def bulk_build() -> Iterator[None]:
+def bulk_build(min_frozen: int = DEFAULT_GEN0) -> Iterator[None]:
     """For bulk builds of long-lived objects (an actor restoring a recovered state): no
-    collection inside, and what was built is frozen at the end. Without this, every young
-    collection would rescan the growing heap and the first one after it would scan all of it
-    (a 100,000-position restart spent half a second of its arming so); with it, a recovery
-    looks like the start-up that :func:`settle` already freezes. Frozen objects are still
-    freed by reference counting; only a cycle made inside would outlive its use."""
+    collection inside, and what was built is frozen at the end if it is ``min_frozen``
+    objects or more. Without this, every young collection would rescan the growing heap and
+    the first one after it would scan all of it (a 100,000-position restart spent half a second
+    of its arming so); with it, a recovery looks like the start-up that :func:`settle` already
+    freezes.
+
+    ``gc.freeze`` takes every object alive at that moment, not only the build's: the requests
+    and streams in flight too. Frozen objects are still freed by reference counting, but one
+    that ends in a cycle is never collected (and ``gc.get_referrers`` no longer sees them). So a
+    small build (a user with a few positions, started while the node serves) is left to the
+    young collections, which take it cheaply."""
     collecting = gc.isenabled()
     gc.disable()
+    before = gc.get_count()[0]  # tracked objects allocated, net, since the last collection
     try:
         yield
     finally:
-        gc.freeze()
+        if gc.get_count()[0] - before >= min_frozen:
+            gc.freeze()
         if collecting:
             gc.enable()
 
