@@ -96,6 +96,7 @@ class ClientHub:
         """user -> symbol -> ids of its positions there that are not closed: who a market
         alert concerns (no empty sets, no empty users)."""
         self._accounts: dict[str, AccountView] = {}  # user -> the account view last sent
+        self._subscribed = trio.Event()  # set by a subscribe: the price push waits on it when idle
         self.dropped = 0
 
     @property
@@ -128,6 +129,7 @@ class ClientHub:
         sub = Subscription(user_id, channels, config.client_capacity, config.client_max_overruns)
         # Before the snapshot: no delta can fall in between.
         self._subs.setdefault(user_id, set()).add(sub)
+        self._subscribed.set()
         reply: Reply[Snapshot] = Reply()
         try:
             self.node.user(user_id).deliver(ClientSnapshot(reply))
@@ -278,9 +280,13 @@ class ClientHub:
                     sub.buffer.offer(("a", next(_alert_keys)), message)
 
     async def push_prices(self) -> None:
-        """Sample the price board and push prices to subscribed clients, forever."""
+        """Sample the price board and push prices to subscribed clients, forever; with no
+        client connected, wait for one instead of waking every period for nothing."""
         period = self.node.config.price_push_ms / 1000
         while True:
+            if not self._subs:
+                self._subscribed = trio.Event()
+                await self._subscribed.wait()
             await trio.sleep(period)
             self._push_prices_once()
 

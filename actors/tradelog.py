@@ -59,6 +59,9 @@ class TradeLog:
 
     def __init__(self) -> None:
         self._events: deque[TradeEvent] = deque()
+        self._noted = trio.Event()
+        """Set by the first event noted while the log is empty: an idle log waits on it, not on a
+        timer (an idle node would otherwise wake ten times a second for nothing)."""
         self._states: dict[str, PositionState] = {}
         """The last state logged per live position (terminal ones are forgotten)."""
         self.overflow = 0
@@ -67,6 +70,8 @@ class TradeLog:
     def note(self, event: TradeEvent) -> None:
         """A record or an alert to log later (never blocks, never formats)."""
         events = self._events
+        if not events:
+            self._noted.set()
         if len(events) < MAX_BACKLOG:
             events.append(event)
         else:
@@ -75,7 +80,10 @@ class TradeLog:
     async def run(self) -> None:
         """Write what was noted, a slice per round, until cancelled."""
         while True:
-            await trio.sleep(_PERIOD_S)
+            if not self._events:
+                self._noted = trio.Event()
+                await self._noted.wait()
+            await trio.sleep(_PERIOD_S)  # what the same burst notes meanwhile goes with it
             while self._events:
                 # A short turn, then every other ready task runs before the next one: a
                 # burst's closes and the quotes behind it wait at most BUDGET_S for the log.

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import trio
+import math
+from types import SimpleNamespace
 
-from actors.hub import Subscription
+import trio
+import trio.testing
+
+from actors.config import NodeConfig
+from actors.hub import ClientHub, Subscription
 from protocol.client import PositionDelta, Snapshot
 from protocol.errors import AuthError
 from protocol.redirects import Moved
@@ -67,3 +72,14 @@ def test_a_moved_user_s_streams_get_the_frame_once_and_an_earlier_end_stands() -
     ended.end(AuthError("disabled"))
     ended.move(frame)  # already ending for another reason: it is not sent elsewhere
     assert ended.moved is None and ended.ended_by is not None
+
+
+async def test_the_price_push_sets_no_timer_while_no_client_is_connected() -> None:
+    """Idle, the push waits for a subscribe instead of waking every ``price_push_ms`` (that
+    a subscribe wakes it is shown over real sockets: tests/e2e/test_ws_client.py)."""
+    hub = ClientHub(SimpleNamespace(config=NodeConfig()))  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.push_prices)
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
+        nursery.cancel_scope.cancel()

@@ -225,6 +225,16 @@ async def test_a_closed_stream_leaves_nothing_in_the_hub(engine, ending: str) ->
     assert gone() is None
 
 
+async def test_prices_reach_a_stream_opened_after_the_last_one_closed(engine) -> None:
+    """With no stream left the price push waits for the next subscribe: it must wake for it."""
+    user_id, token = await engine.user("alice")
+    for bid in (2000.0, 2001.0):
+        async with open_websocket_url(_url(engine, token), subprotocols=SUBPROTOCOLS) as ws:
+            await _subscribe(ws, channels=["prices"], symbols=["XAUUSD"])
+            assert (await _price_pushed(engine, ws, bid)).bid == bid
+        await wait_for(lambda: not _live(engine, user_id))
+
+
 async def test_flooded_streams_leave_nothing_behind(engine) -> None:
     """Streams closed for flooding are forgotten by the hub too: none of them stays alive."""
     user_id, token = await engine.user("alice")
